@@ -1,0 +1,20 @@
+"""MXFP8 (OCP microscaling, E4M3 elements, E8M0 scales per 32) linear algebra for JAX."""
+
+from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len, unswizzle_scales
+from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.mxarray import MXArray, dequantize, quantize
+from mxfp8_xla.numerics import BLOCK_SIZE, E4M3_MAX
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BLOCK_SIZE",
+    "E4M3_MAX",
+    "MXArray",
+    "dequantize",
+    "mxfp8_matmul",
+    "quantize",
+    "swizzle_scales",
+    "swizzled_scale_len",
+    "unswizzle_scales",
+]

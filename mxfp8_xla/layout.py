@@ -1,0 +1,56 @@
+"""FlashInfer/CUTLASS 128x4 swizzled scale layout.
+
+A 2-D scale matrix ``[rows, cols]`` (one uint8 per 32-element block) is padded with
+zeros to ``[round_up(rows, 128), round_up(cols, 4)]`` and cut into 128x4 tiles,
+stored row of tiles by row of tiles. Inside a tile, scale ``(r, c)`` sits at
+``(r % 32) * 16 + (r // 32) * 4 + c``. This is ``get_sf_out_offset_128x4`` of
+FlashInfer's quantization kernels (the layout ``mxfp8_quantize(...,
+is_sf_swizzled_layout=True)`` writes and ``mm_mxfp8`` reads)::
+
+    offset(r, c) = (r // 128) * (cols_padded // 4) * 512 + (c // 4) * 512
+                   + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ROW_TILE = 128
+COL_TILE = 4
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def swizzled_scale_len(rows: int, cols: int) -> int:
+    """Length of the 1-D swizzled buffer for a ``[rows, cols]`` scale matrix."""
+    return round_up(rows, ROW_TILE) * round_up(cols, COL_TILE)
+
+
+def swizzle_scales(scale_2d: jax.Array) -> jax.Array:
+    """Reorder uint8 scales ``[rows, cols]`` into FlashInfer's 1-D 128x4 layout (zero padded)."""
+    if scale_2d.ndim != 2 or jnp.dtype(scale_2d.dtype) != jnp.uint8:
+        raise ValueError(
+            f"swizzle_scales expects a 2-D uint8 scale matrix, got shape {tuple(scale_2d.shape)} "
+            f"and dtype {scale_2d.dtype}"
+        )
+    rows, cols = scale_2d.shape
+    rp, cp = round_up(rows, ROW_TILE), round_up(cols, COL_TILE)
+    padded = jnp.pad(scale_2d, ((0, rp - rows), (0, cp - cols)))
+    tiles = padded.reshape(rp // ROW_TILE, 4, 32, cp // COL_TILE, COL_TILE)
+    return tiles.transpose(0, 3, 2, 1, 4).reshape(-1)
+
+
+def unswizzle_scales(swizzled: jax.Array, rows: int, cols: int) -> jax.Array:
+    """Inverse of :func:`swizzle_scales`: the 1-D buffer back to ``[rows, cols]``."""
+    expected = swizzled_scale_len(rows, cols)
+    if swizzled.ndim != 1 or swizzled.shape[0] != expected:
+        raise ValueError(
+            f"unswizzle_scales: a [{rows}, {cols}] scale matrix needs a 1-D buffer of length "
+            f"{expected}, got shape {tuple(swizzled.shape)}"
+        )
+    rp, cp = round_up(rows, ROW_TILE), round_up(cols, COL_TILE)
+    tiles = swizzled.reshape(rp // ROW_TILE, cp // COL_TILE, 32, 4, COL_TILE)
+    return tiles.transpose(0, 3, 2, 1, 4).reshape(rp, cp)[:rows, :cols]

@@ -1,0 +1,36 @@
+"""``mxfp8_matmul``: the MXFP8 linear-layer product ``x @ w.T``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mxfp8_xla.backends import get_backend
+from mxfp8_xla.mxarray import MXArray, check_quantizable, quantize
+
+
+def mxfp8_matmul(
+    x: jax.Array | MXArray,
+    w: MXArray,
+    *,
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "emulation",
+) -> jax.Array:
+    """Multiply ``x [..., K]`` by the MXFP8 weight ``w [N, K]`` (torch/ModelOpt orientation).
+
+    ``x`` is a float32/bfloat16/float16 array, quantized here with blocks of 32
+    along K, or an ``MXArray``. Returns ``[..., N]`` in ``out_dtype``.
+    """
+    if not isinstance(w, MXArray):
+        raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K], got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"mxfp8_matmul: w must be 2-D [N, K], got shape {w.shape}")
+    if not isinstance(x, MXArray):
+        check_quantizable(x, "mxfp8_matmul: x")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
+            f"the last axis of x must equal K = {w.shape[1]}"
+        )
+    xq = x if isinstance(x, MXArray) else quantize(x)
+    return get_backend(backend)(xq, w, jnp.dtype(out_dtype))

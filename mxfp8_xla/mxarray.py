@@ -1,0 +1,121 @@
+"""``MXArray``: MXFP8 data plus E8M0 block scales, and quantize/dequantize."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mxfp8_xla import numerics
+
+QUANTIZABLE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MXArray:
+    """An MXFP8 tensor: ``data`` float8_e4m3fn ``[..., K]``, ``scale`` uint8 ``[..., K // 32]``.
+
+    Block ``j`` of a row is ``data[..., 32*j : 32*j + 32] * 2**(scale[..., j] - 127)``.
+    Scale byte 255 (E8M0 NaN) makes the whole block NaN. Blocks always run along
+    the last axis. A JAX pytree: pass it through ``jit``, ``vmap`` and ``tree_util``.
+    """
+
+    data: jax.Array
+    scale: jax.Array
+
+    def __post_init__(self) -> None:
+        # Pytree machinery rebuilds instances with placeholders (None, tracers of
+        # other ranks, axis specs); check only when both leaves look like arrays.
+        if _is_arraylike(self.data) and _is_arraylike(self.scale):
+            check_mxarray_leaves(self.data, self.scale)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Logical shape ``[..., K]`` (the shape of ``data``)."""
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """Element dtype: float8_e4m3fn."""
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data plus scales (1 + 1/32 bytes per element)."""
+        return int(np.prod(self.data.shape)) + int(np.prod(self.scale.shape))
+
+
+def _is_arraylike(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def check_mxarray_leaves(data: Any, scale: Any, name: str = "MXArray") -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``data``/``scale`` form a valid MXArray."""
+    if jnp.dtype(data.dtype) != jnp.float8_e4m3fn:
+        raise TypeError(f"{name}.data must be float8_e4m3fn, got {data.dtype} with shape {data.shape}")
+    if jnp.dtype(scale.dtype) != jnp.uint8:
+        raise TypeError(f"{name}.scale must be uint8 (biased E8M0), got {scale.dtype} with shape {scale.shape}")
+    if len(data.shape) == 0 or data.shape[-1] % numerics.BLOCK_SIZE:
+        raise ValueError(
+            f"{name}.data shape {tuple(data.shape)}: the last axis must be a multiple of "
+            f"{numerics.BLOCK_SIZE}"
+        )
+    expected = (*data.shape[:-1], data.shape[-1] // numerics.BLOCK_SIZE)
+    if tuple(scale.shape) != expected:
+        raise ValueError(
+            f"{name}.scale has shape {tuple(scale.shape)}; data shape {tuple(data.shape)} "
+            f"needs scale shape {expected}"
+        )
+
+
+def check_quantizable(x: Any, name: str = "x") -> None:
+    """Raise unless ``x`` is a float32/bfloat16/float16 array whose last axis is blocked by 32."""
+    dtype = jnp.dtype(getattr(x, "dtype", type(x)))
+    if dtype not in QUANTIZABLE_DTYPES:
+        hint = " (float64 is not supported: cast to float32 first)" if dtype == jnp.float64 else ""
+        raise TypeError(
+            f"{name} with shape {tuple(jnp.shape(x))} has dtype {dtype}; expected one of "
+            f"float32, bfloat16, float16{hint}"
+        )
+    shape = jnp.shape(x)
+    if len(shape) == 0 or shape[-1] % numerics.BLOCK_SIZE:
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}: the blocked axis (size "
+            f"{shape[-1] if shape else 'none'}) must be a multiple of {numerics.BLOCK_SIZE}"
+        )
+
+
+def quantize(x: jax.Array, *, axis: int = -1) -> MXArray:
+    """Quantize ``x`` to MXFP8 with blocks of 32 along ``axis``.
+
+    The blocked axis is moved last in the result (``jnp.moveaxis(x, axis, -1)``),
+    so a ``[K, N]`` kernel quantized with ``axis=0`` comes back as ``[N, K]``.
+    Raises ``ValueError`` if that axis is not a multiple of 32, ``TypeError`` for
+    dtypes other than float32, bfloat16 and float16.
+    """
+    x = jnp.asarray(x) if not hasattr(x, "dtype") else x
+    x = jnp.moveaxis(x, axis, -1)
+    check_quantizable(x)
+    *lead, k = x.shape
+    blocks = x.astype(jnp.float32).reshape(*lead, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
+    data, scale = numerics.quantize_blocks(blocks)
+    return MXArray(data=data.reshape(*lead, k), scale=scale)
+
+
+def dequantize(a: MXArray, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """Decode ``a`` to ``dtype``: exact in float32 (up to XLA:CPU's flush of results < 2**-126)."""
+    if not isinstance(a, MXArray):
+        raise TypeError(f"dequantize expects an MXArray, got {type(a).__name__}")
+    *lead, k = a.data.shape
+    blocks = a.data.astype(jnp.float32).reshape(*lead, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
+    hi, lo = numerics.scale_to_float(a.scale)
+    out = blocks * hi[..., None] * lo[..., None]
+    return out.reshape(*lead, k).astype(dtype)
