@@ -76,20 +76,19 @@ def check_mxarray_leaves(data: Any, scale: Any, name: str = "MXArray") -> None:
         )
 
 
-def check_quantizable(x: Any, name: str = "x") -> None:
-    """Raise unless ``x`` is a float32/bfloat16/float16 array whose last axis is blocked by 32."""
+def check_quantizable(x: Any, name: str = "x", axis: int = -1) -> None:
+    """Raise unless ``x`` is a float32/bfloat16/float16 array whose ``axis`` is a multiple of 32."""
     dtype = jnp.dtype(getattr(x, "dtype", type(x)))
+    shape = tuple(jnp.shape(x))
     if dtype not in QUANTIZABLE_DTYPES:
         hint = " (float64 is not supported: cast to float32 first)" if dtype == jnp.float64 else ""
         raise TypeError(
-            f"{name} with shape {tuple(jnp.shape(x))} has dtype {dtype}; expected one of "
-            f"float32, bfloat16, float16{hint}"
+            f"{name} with shape {shape} has dtype {dtype}; expected one of float32, bfloat16, float16{hint}"
         )
-    shape = jnp.shape(x)
-    if len(shape) == 0 or shape[-1] % numerics.BLOCK_SIZE:
+    if not shape or shape[axis] % numerics.BLOCK_SIZE:
         raise ValueError(
-            f"{name} has shape {tuple(shape)}: the blocked axis (size "
-            f"{shape[-1] if shape else 'none'}) must be a multiple of {numerics.BLOCK_SIZE}"
+            f"{name} has shape {shape}: the blocked axis {axis} must be a multiple of "
+            f"{numerics.BLOCK_SIZE} (MXFP8 shares one scale per {numerics.BLOCK_SIZE} elements)"
         )
 
 
@@ -101,9 +100,8 @@ def quantize(x: jax.Array, *, axis: int = -1) -> MXArray:
     Raises ``ValueError`` if that axis is not a multiple of 32, ``TypeError`` for
     dtypes other than float32, bfloat16 and float16.
     """
-    x = jnp.asarray(x) if not hasattr(x, "dtype") else x
-    x = jnp.moveaxis(x, axis, -1)
-    check_quantizable(x)
+    check_quantizable(x, axis=axis)
+    x = jnp.moveaxis(jnp.asarray(x), axis, -1)
     *lead, k = x.shape
     blocks = x.astype(jnp.float32).reshape(*lead, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
     data, scale = numerics.quantize_blocks(blocks)

@@ -83,7 +83,10 @@ def quantize_blocks(blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
     sub_mag = bits.astype(jnp.float32) * pow2(jnp.maximum(-149 - e, -126))
     scaled = jnp.where(is_subnormal, jnp.copysign(sub_mag, blocks), scaled)
 
-    data = jnp.clip(scaled, -E4M3_MAX, E4M3_MAX).astype(jnp.float8_e4m3fn)
+    clipped = jnp.clip(scaled, -E4M3_MAX, E4M3_MAX)
+    # E4M3 (fn) has no Inf: Inf and NaN elements both become NaN, never +-448.
+    clipped = jnp.where(bits >= _F32_INF_BITS, jnp.float32(jnp.nan), clipped)
+    data = clipped.astype(jnp.float8_e4m3fn)
     return data, scale
 
 

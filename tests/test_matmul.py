@@ -1,0 +1,73 @@
+"""Emulation matmul against a float64 NumPy product of the dequantized operands."""
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import reference
+
+import mxfp8_xla as mx
+
+
+def reference_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    xd = reference.dequantize(*reference.quantize(x))
+    wd = reference.dequantize(*reference.quantize(w))
+    return xd @ wd.T
+
+
+def rel_err(got, want) -> float:
+    return float(np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (2, 2, 3)])
+def test_float32_out_matches_float64(lead, rng):
+    x = (rng.standard_normal((*lead, 96)) * 3).astype(np.float32)
+    w = (rng.standard_normal((40, 96)) * 0.05).astype(np.float32)
+    wq = mx.quantize(w)
+    want = reference_matmul(x, w)
+    for fn in (mx.mxfp8_matmul, jax.jit(mx.mxfp8_matmul, static_argnames=("out_dtype", "backend"))):
+        got = fn(x, wq, out_dtype=jnp.float32)
+        assert got.shape == (*lead, 40) and got.dtype == jnp.float32
+        assert rel_err(got, want) < 1e-6
+
+
+def test_bfloat16_out_within_bf16_rounding(rng):
+    x = rng.standard_normal((16, 256)).astype(np.float32)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    got = np.asarray(mx.mxfp8_matmul(jnp.asarray(x, jnp.bfloat16), mx.quantize(w)), np.float64)
+    want = reference_matmul(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), w)
+    # One bf16 rounding of a float32 result: |err| <= 2**-8 |want| (plus float32 accumulation slack).
+    assert np.all(np.abs(got - want) <= 2.0**-8 * np.abs(want) + 1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(got, want.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64))
+
+
+def test_prequantized_x_and_vmap(rng):
+    x = rng.standard_normal((4, 3, 64)).astype(np.float32)
+    wq = mx.quantize(rng.standard_normal((8, 64)).astype(np.float32))
+    direct = mx.mxfp8_matmul(x, wq, out_dtype=jnp.float32)
+    via_mx = mx.mxfp8_matmul(mx.quantize(x), wq, out_dtype=jnp.float32)
+    mapped = jax.vmap(lambda xi: mx.mxfp8_matmul(xi, wq, out_dtype=jnp.float32))(x)
+    np.testing.assert_array_equal(np.asarray(direct), np.asarray(via_mx))
+    np.testing.assert_array_equal(np.asarray(direct), np.asarray(mapped))
+
+
+def test_nan_propagates(rng):
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    x[0, 5] = np.inf
+    out = np.asarray(mx.mxfp8_matmul(x, mx.quantize(np.ones((3, 64), np.float32))))
+    assert np.all(np.isnan(out[0])) and np.all(np.isfinite(out[1]))
+
+
+def test_bad_operands():
+    wq = mx.quantize(jnp.ones((8, 64)))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 32\).*must equal K = 64"):
+        mx.mxfp8_matmul(jnp.ones((2, 32)), wq)
+    with pytest.raises(TypeError, match="w must be an MXArray"):
+        mx.mxfp8_matmul(jnp.ones((2, 64)), jnp.ones((8, 64)))
+    with pytest.raises(ValueError, match="w must be 2-D"):
+        mx.mxfp8_matmul(jnp.ones((2, 64)), mx.quantize(jnp.ones((2, 8, 64))))
+    with pytest.raises(ValueError, match="unknown MXFP8 backend 'cuda'"):
+        mx.mxfp8_matmul(jnp.ones((2, 64)), wq, backend="cuda")
+    with pytest.raises(TypeError, match="int8"):
+        mx.mxfp8_matmul(jnp.ones((2, 64), jnp.int8), wq)
