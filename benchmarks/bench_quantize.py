@@ -1,0 +1,72 @@
+"""Activation quantization throughput against device copy bandwidth.
+
+Bytes moved per element: 2 (bf16 read) + 1 (fp8 write) + 1/32 (scale write).
+Variants: ``xla`` is ``mxfp8_xla.quantize`` under jit (XLA fuses it); ``pallas`` is
+the one-pass Pallas/Triton kernel (GPU only). Both produce identical bytes (checked).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.backends import pallas_quantize  # noqa: E402
+from timing import copy_bandwidth, device_time, environment, write_json  # noqa: E402
+
+SHAPES = [(16, 4096), (2048, 4096), (4096, 4096), (8192, 14336)]
+SETS = 8
+
+
+def main() -> None:
+    env = environment()
+    bw = copy_bandwidth()
+    print(f"{env}  copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    out = {"env": env, "copy_bytes_per_s": bw, "rows": []}
+    variants = {
+        "xla": mx.quantize,
+        "pallas": pallas_quantize.quantize_2d,
+        "pallas_bm64": lambda x: pallas_quantize.quantize_2d(x, bm=64, bk=128),
+        "pallas_bk256": lambda x: pallas_quantize.quantize_2d(x, bm=32, bk=256, num_warps=8),
+    }
+    print(f"{'M':>6} {'K':>6} " + " ".join(f"{v:>22}" for v in variants) + "  (us, TB/s, % of copy)")
+    for m, k in SHAPES:
+        xs = [
+            (jax.random.normal(jax.random.key(i), (m, k), jnp.bfloat16) * 3,) for i in range(SETS)
+        ]
+        want = jax.jit(mx.quantize)(xs[0][0])
+        row = {"m": m, "k": k}
+        cells = []
+        for name, fn in variants.items():
+            try:
+                got = jax.jit(fn)(xs[0][0])
+                same = bool(
+                    np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
+                    and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
+                )
+                t = device_time(fn, xs)
+            except Exception as e:
+                row[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                cells.append("n/a")
+                continue
+            moved = m * k * (2 + 1 + 1 / 32)
+            row[name] = {"us": t * 1e6, "tb_per_s": moved / t / 1e12, "frac_copy": moved / t / bw, "bit_exact": same}
+            cells.append(f"{t * 1e6:7.1f} {moved / t / 1e12:4.2f} {100 * moved / t / bw:3.0f}%{'' if same else '!'}")
+        print(f"{m:6d} {k:6d} " + " ".join(f"{c:>22}" for c in cells), flush=True)
+        out["rows"].append(row)
+    write_json("bench_quantize.json", out)
+    for r in out["rows"]:
+        for name, v in r.items():
+            if isinstance(v, dict) and "error" in v:
+                print(f"  {name} at {r['m']}x{r['k']}: {v['error']}")
+
+
+if __name__ == "__main__":
+    main()

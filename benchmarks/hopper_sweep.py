@@ -1,0 +1,89 @@
+"""Tile sweep for the Hopper Pallas GEMM (M <= 64) and the large-M candidates, on one GPU.
+
+Prints, per shape, the device time of each kernel config next to bf16 ``jnp.dot`` and
+writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.backends import hopper  # noqa: E402
+from timing import device_time, environment, write_json  # noqa: E402
+
+SHAPES = [(14336, 4096), (4096, 14336), (4096, 4096), (28672, 4096)]
+SETS = 8
+WEIGHT_COPIES = 4
+
+
+def make_sets(m, n, k):
+    keys = jax.random.split(jax.random.key(m * 7 + n + k), 2 * SETS)
+    ws = [jax.random.normal(keys[i], (n, k), jnp.bfloat16) * 0.02 for i in range(WEIGHT_COPIES)]
+    xs = [jax.random.normal(keys[SETS + i], (m, k), jnp.bfloat16) for i in range(SETS)]
+    wq = [mx.quantize(w) for w in ws]
+    return xs, ws, wq
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def main():
+    results = {"env": environment(), "rows": []}
+    print(results["env"], flush=True)
+    configs = [
+        hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=s, num_warps=w, num_stages=st)
+        for bn in (32, 64, 128)
+        for bk in (128, 256)
+        for s in (1, 2, 4)
+        for w in (4,)
+        for st in (3,)
+    ]
+    for n, k in SHAPES:
+        for m in (16,):
+            xs, ws, wq = make_sets(m, n, k)
+            bf16 = device_time(
+                lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16),
+                [(xs[i], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
+            )
+            row = {"m": m, "n": n, "k": k, "bf16_us": bf16 * 1e6, "configs": []}
+            ref = mx.mxfp8_matmul(xs[0], wq[0], out_dtype=jnp.float32)
+            best = None
+            for cfg in configs:
+                if cfg.check(m, n, k) or (n // cfg.bn) * cfg.split_k > 1024:
+                    continue
+                try:
+                    fn = jax.jit(lambda x, w, cfg=cfg: hopper.matmul_2d(x, w, jnp.bfloat16, cfg))
+                    err = rel(hopper.matmul_2d(xs[0], wq[0], jnp.float32, cfg), ref)
+                    t = device_time(
+                        lambda x, w, fn=fn: fn(x, w), [(xs[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)]
+                    )
+                except Exception as e:  # report and go on: this is a sweep
+                    row["configs"].append({"cfg": str(cfg), "error": repr(e)[:400]})
+                    print(f"  {cfg}: FAILED {repr(e)[:300]}", flush=True)
+                    continue
+                row["configs"].append({"cfg": str(cfg), "us": t * 1e6, "rel_err": err})
+                if best is None or t < best[0]:
+                    best = (t, cfg, err)
+            if best:
+                print(
+                    f"M={m:5d} N={n:6d} K={k:6d}  bf16 {bf16 * 1e6:7.1f} us  best {best[0] * 1e6:7.1f} us "
+                    f"({bf16 / best[0]:.2f}x) rel_err {best[2]:.1e}  {best[1]}",
+                    flush=True,
+                )
+            results["rows"].append(row)
+            write_json("hopper_sweep.json", results)
+
+
+if __name__ == "__main__":
+    main()

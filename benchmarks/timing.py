@@ -1,0 +1,77 @@
+"""Device-time measurement shared by the benchmark scripts.
+
+A lone jitted call costs ~50 us of host dispatch, so one call's wall time says
+nothing about the GPU. ``device_time`` jits ``fn`` unrolled over ``len(arg_sets)``
+independent argument sets (distinct buffers, so nothing is shared through L2 or
+removed by CSE), queues ``calls`` of that jitted function without blocking, and
+divides the wall time by the number of ops. Median of ``repeats``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+
+def device_time(fn: Callable, arg_sets: Sequence[tuple], calls: int = 10, repeats: int = 5) -> float:
+    """Median seconds per ``fn(*args)`` over queued, unrolled calls."""
+    many = jax.jit(lambda sets: [fn(*args) for args in sets])
+    jax.block_until_ready(many(arg_sets))  # compile + warm up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            out = many(arg_sets)
+        jax.block_until_ready(out)
+        samples.append((time.perf_counter() - t0) / (calls * len(arg_sets)))
+    return statistics.median(samples)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes/s of a device-to-device elementwise pass (bytes read + written)."""
+    n = nbytes // 2
+    xs = [(jnp.full((n,), i, jnp.bfloat16),) for i in range(2)]
+    t = device_time(lambda x: x + jnp.bfloat16(1), xs, calls=5)
+    return 2 * n * 2 / t
+
+
+def bf16_matmul_rate(size: int = 8192) -> float:
+    """FLOP/s of a bf16 ``[size, size] @ [size, size]`` jnp.dot."""
+    key = jax.random.key(0)
+    sets = [
+        (jax.random.normal(key, (size, size), jnp.bfloat16), jax.random.normal(key, (size, size), jnp.bfloat16))
+        for _ in range(2)
+    ]
+    t = device_time(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.bfloat16), sets, calls=5)
+    return 2 * size**3 / t
+
+
+def out_dir() -> Path:
+    path = Path(os.environ.get("OUT", "bench_out"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(name: str, payload: dict) -> Path:
+    path = out_dir() / name
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def environment() -> dict:
+    import jaxlib
+
+    dev = jax.devices()[0]
+    return {
+        "device": dev.device_kind,
+        "platform": dev.platform,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+    }

@@ -1,0 +1,140 @@
+"""Hopper (SM90) backend: a Pallas/Triton GEMM that dequantizes MXFP8 weights in registers.
+
+Hopper has no MX-scaled tensor-core instructions, so this kernel reads the fp8
+weight and its uint8 scales once from HBM, turns each ``[BN, 32]`` block into
+bf16 in registers (``fp8 * 2**(s-127)`` is exact in bf16), and feeds bf16 tensor
+cores with float32 accumulation. The activation is MXFP8-quantized inside the
+same kernel (each ``[BM, 32]`` block, with the exact rule of ``numerics``) and
+dequantized to bf16, also exactly. So the result is the emulation backend's
+function, up to float32 summation order; the bf16 weight never exists in HBM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from mxfp8_xla import numerics
+from mxfp8_xla.mxarray import MXArray
+
+BLOCK = numerics.BLOCK_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes: ``bm x bn`` outputs per program, ``bk`` of K per loop step, ``split_k`` programs along K."""
+
+    bm: int = 16
+    bn: int = 64
+    bk: int = 256
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def check(self, m: int, n: int, k: int) -> str | None:
+        """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
+        if n % self.bn:
+            return f"N={n} is not a multiple of the tile bn={self.bn}"
+        if k % (self.bk * self.split_k):
+            return f"K={k} is not a multiple of bk*split_k={self.bk * self.split_k}"
+        return None
+
+
+def default_config(m: int, n: int, k: int) -> KernelConfig:
+    """A config for ``[m, k] x [n, k]`` chosen from measurements on an H100 (docs/backends.md)."""
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    for bn in (64, 32):
+        if n % bn == 0:
+            break
+    programs = -(-m // bm) * (n // bn)
+    split_k = 1
+    while programs * split_k < 128 and k % (256 * split_k * 2) == 0:
+        split_k *= 2
+    return KernelConfig(bm=bm, bn=bn, bk=256 if k % 256 == 0 else 32, split_k=split_k)
+
+
+def _dequant_rows(data: jax.Array, scale: jax.Array) -> jax.Array:
+    """``[R, 32]`` fp8 data and ``[R]`` scale bytes to exact bf16 values."""
+    hi, lo = numerics.scale_to_float(scale)
+    return (data.astype(jnp.float32) * hi[:, None] * lo[:, None]).astype(jnp.bfloat16)
+
+
+def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool) -> None:
+    if x_is_quantized:
+        xq_ref, xs_ref, w_ref, ws_ref, o_ref = refs
+    else:
+        x_ref, w_ref, ws_ref, o_ref = refs
+    i_m, i_n, i_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    m0, n0 = i_m * cfg.bm, i_n * cfg.bn
+    row_ok = (m0 + jnp.arange(cfg.bm)) < m
+    rows = pl.ds(m0, cfg.bm)
+    cols = pl.ds(n0, cfg.bn)
+
+    def step(t, acc):
+        for c in range(cfg.bk // BLOCK):
+            kb = (i_s * k_split + t * cfg.bk) // BLOCK + c  # scale column
+            ks = pl.ds(kb * BLOCK, BLOCK)
+            if x_is_quantized:
+                xq = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
+                xs = pltriton.load(xs_ref.at[rows, pl.ds(kb, 1)], mask=row_ok[:, None], other=0)
+                x = _dequant_rows(xq, xs[:, 0])
+            else:
+                xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
+                x = _dequant_rows(*numerics.quantize_blocks(xf))
+            w = _dequant_rows(w_ref[cols, ks], ws_ref[cols, pl.ds(kb, 1)][:, 0])
+            acc += jax.lax.dot_general(
+                x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+            )
+        return acc
+
+    acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros((cfg.bm, cfg.bn), jnp.float32))
+    if cfg.split_k > 1:  # partial sums [split_k, M, N], reduced by the caller
+        pltriton.store(o_ref.at[pl.ds(i_s, 1), rows, cols], acc[None], mask=row_ok[None, :, None])
+    else:
+        pltriton.store(o_ref.at[rows, cols], acc.astype(o_ref.dtype), mask=row_ok[:, None])
+
+
+def matmul_2d(
+    x: jax.Array | MXArray,
+    w: MXArray,
+    out_dtype: jnp.dtype,
+    config: KernelConfig | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """``x [M, K] @ w.T`` with ``w`` an MXArray ``[N, K]``; ``x`` raw (quantized in-kernel) or MXArray."""
+    m, k = x.shape
+    n = w.shape[0]
+    cfg = config or default_config(m, n, k)
+    reason = cfg.check(m, n, k)
+    if reason:
+        raise ValueError(f"hopper backend: cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
+    x_is_quantized = isinstance(x, MXArray)
+    operands = (x.data, x.scale) if x_is_quantized else (x,)
+    k_split = k // cfg.split_k
+    grid = (pl.cdiv(m, cfg.bm), n // cfg.bn, cfg.split_k)
+    acc_dtype = jnp.float32 if cfg.split_k > 1 else out_dtype
+    out_shape = (cfg.split_k, m, n) if cfg.split_k > 1 else (m, n)
+    kernel = functools.partial(_kernel, m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized)
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(out_shape, acc_dtype),
+        grid=grid,
+        compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name="mxfp8_hopper_gemm",
+    )(*operands, w.data, w.scale)
+    if cfg.split_k > 1:
+        out = out.sum(axis=0)
+    return out.astype(out_dtype)
+
+
+def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """Backend entry: ``x [..., K]`` (MXArray) times ``w [N, K]``, leading dims flattened."""
+    *lead, k = x.shape
+    x2 = MXArray(x.data.reshape(-1, k), x.scale.reshape(-1, k // BLOCK))
+    return matmul_2d(x2, w, out_dtype).reshape(*lead, w.shape[0])
