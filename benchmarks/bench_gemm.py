@@ -25,9 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from timing import bf16_matmul_rate, copy_bandwidth, device_time, environment, write_json  # noqa: E402
+
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
-from timing import bf16_matmul_rate, copy_bandwidth, device_time, environment, write_json  # noqa: E402
 
 SHAPES = [(6144, 4096), (4096, 4096), (14336, 4096), (28672, 4096), (4096, 14336)]
 MS = [1, 16, 64, 256, 1024, 2048, 4096]

@@ -17,9 +17,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from timing import copy_bandwidth, device_time, environment, write_json  # noqa: E402
+
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import pallas_quantize  # noqa: E402
-from timing import copy_bandwidth, device_time, environment, write_json  # noqa: E402
 
 SHAPES = [(16, 4096), (2048, 4096), (4096, 4096), (8192, 14336)]
 SETS = 8
@@ -38,9 +39,7 @@ def main() -> None:
     }
     print(f"{'M':>6} {'K':>6} " + " ".join(f"{v:>22}" for v in variants) + "  (us, TB/s, % of copy)")
     for m, k in SHAPES:
-        xs = [
-            (jax.random.normal(jax.random.key(i), (m, k), jnp.bfloat16) * 3,) for i in range(SETS)
-        ]
+        xs = [(jax.random.normal(jax.random.key(i), (m, k), jnp.bfloat16) * 3,) for i in range(SETS)]
         want = jax.jit(mx.quantize)(xs[0][0])
         row = {"m": m, "k": k}
         cells = []
@@ -57,8 +56,15 @@ def main() -> None:
                 cells.append("n/a")
                 continue
             moved = m * k * (2 + 1 + 1 / 32)
-            row[name] = {"us": t * 1e6, "tb_per_s": moved / t / 1e12, "frac_copy": moved / t / bw, "bit_exact": same}
-            cells.append(f"{t * 1e6:7.1f} {moved / t / 1e12:4.2f} {100 * moved / t / bw:3.0f}%{'' if same else '!'}")
+            row[name] = {
+                "us": t * 1e6,
+                "tb_per_s": moved / t / 1e12,
+                "frac_copy": moved / t / bw,
+                "bit_exact": same,
+            }
+            cells.append(
+                f"{t * 1e6:7.1f} {moved / t / 1e12:4.2f} {100 * moved / t / bw:3.0f}%{'' if same else '!'}"
+            )
         print(f"{m:6d} {k:6d} " + " ".join(f"{c:>22}" for c in cells), flush=True)
         out["rows"].append(row)
     write_json("bench_quantize.json", out)

@@ -16,9 +16,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from timing import device_time, environment, write_json  # noqa: E402
+
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
-from timing import device_time, environment, write_json  # noqa: E402
 
 SHAPES = [(14336, 4096), (4096, 14336), (4096, 4096), (28672, 4096)]
 SETS = 8
@@ -85,5 +86,47 @@ def main():
             write_json("hopper_sweep.json", results)
 
 
+def large_m_probe():
+    """M=2048: the Pallas kernel with larger tiles, x raw or pre-quantized, vs bf16 and XLA dequant."""
+    rows = []
+    for n, k in [(14336, 4096)]:
+        m = 2048
+        xs, ws, wq = make_sets(m, n, k)
+        sets = [(xs[i], ws[i % WEIGHT_COPIES], wq[i % WEIGHT_COPIES]) for i in range(SETS)]
+        base = device_time(lambda x, w, q: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16), sets)
+        print(f"large M={m} N={n} K={k}: bf16 {base * 1e6:.1f} us", flush=True)
+        cands = {
+            "xla_dequant": lambda x, w, q: jnp.dot(
+                mx.dequantize(mx.quantize(x), jnp.bfloat16),
+                mx.dequantize(q, jnp.bfloat16).T,
+                preferred_element_type=jnp.bfloat16,
+            ),
+        }
+        for bm, bn, bk, nw, st in [
+            (64, 128, 64, 4, 3),
+            (128, 128, 64, 8, 3),
+            (128, 256, 64, 8, 3),
+            (128, 128, 128, 8, 3),
+            (64, 256, 128, 8, 3),
+        ]:
+            cfg = hopper.KernelConfig(bm=bm, bn=bn, bk=bk, num_warps=nw, num_stages=st)
+            cands[f"raw {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(x, q, jnp.bfloat16, cfg)
+            cands[f"preq {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(
+                mx.quantize(x), q, jnp.bfloat16, cfg
+            )
+        for name, fn in cands.items():
+            try:
+                t = device_time(fn, sets)
+                print(f"  {name}: {t * 1e6:.1f} us ({base / t:.2f}x)", flush=True)
+                rows.append({"name": name, "us": t * 1e6, "ratio": base / t})
+            except Exception as e:
+                print(f"  {name}: FAILED {repr(e)[:300]}", flush=True)
+                rows.append({"name": name, "error": repr(e)[:400]})
+    return rows
+
+
 if __name__ == "__main__":
-    main()
+    if "--large" in sys.argv:
+        write_json("hopper_large_m.json", {"rows": large_m_probe()})
+    else:
+        main()

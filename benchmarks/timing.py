@@ -46,7 +46,10 @@ def bf16_matmul_rate(size: int = 8192) -> float:
     """FLOP/s of a bf16 ``[size, size] @ [size, size]`` jnp.dot."""
     key = jax.random.key(0)
     sets = [
-        (jax.random.normal(key, (size, size), jnp.bfloat16), jax.random.normal(key, (size, size), jnp.bfloat16))
+        (
+            jax.random.normal(key, (size, size), jnp.bfloat16),
+            jax.random.normal(key, (size, size), jnp.bfloat16),
+        )
         for _ in range(2)
     ]
     t = device_time(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.bfloat16), sets, calls=5)

@@ -87,9 +87,7 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
                 xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
                 x = _dequant_rows(*numerics.quantize_blocks(xf))
             w = _dequant_rows(w_ref[cols, ks], ws_ref[cols, pl.ds(kb, 1)][:, 0])
-            acc += jax.lax.dot_general(
-                x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
-            )
+            acc += jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
         return acc
 
     acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros((cfg.bm, cfg.bn), jnp.float32))

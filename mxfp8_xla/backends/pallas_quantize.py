@@ -32,7 +32,9 @@ def _kernel(x_ref, q_ref, s_ref, *, m: int, bm: int, bk: int) -> None:
         pltriton.store(s_ref.at[rows, pl.ds(kb, 1)], scale[:, None], mask=ok)
 
 
-def quantize_2d(x: jax.Array, bm: int = 32, bk: int = 128, num_warps: int = 4, interpret: bool = False) -> MXArray:
+def quantize_2d(
+    x: jax.Array, bm: int = 32, bk: int = 128, num_warps: int = 4, interpret: bool = False
+) -> MXArray:
     """MXFP8-quantize ``x [M, K]`` along K in one pass (K a multiple of ``bk``)."""
     check_quantizable(x)
     m, k = x.shape
