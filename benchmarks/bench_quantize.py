@@ -35,7 +35,9 @@ def main() -> None:
         "xla": mx.quantize,
         "pallas": pallas_quantize.quantize_2d,
         "pallas_bm64": lambda x: pallas_quantize.quantize_2d(x, bm=64, bk=128),
-        "pallas_bk256": lambda x: pallas_quantize.quantize_2d(x, bm=32, bk=256, num_warps=8),
+        "tile_32x256": lambda x: pallas_quantize.quantize_2d(x, bm=32, bk=256, tile=True),
+        "tile_64x256w8": lambda x: pallas_quantize.quantize_2d(x, bm=64, bk=256, num_warps=8, tile=True),
+        "tile_16x512": lambda x: pallas_quantize.quantize_2d(x, bm=16, bk=512, tile=True),
     }
     print(f"{'M':>6} {'K':>6} " + " ".join(f"{v:>22}" for v in variants) + "  (us, TB/s, % of copy)")
     for m, k in SHAPES:
@@ -62,9 +64,7 @@ def main() -> None:
                 "frac_copy": moved / t / bw,
                 "bit_exact": same,
             }
-            cells.append(
-                f"{t * 1e6:7.1f} {moved / t / 1e12:4.2f} {100 * moved / t / bw:3.0f}%{'' if same else '!'}"
-            )
+            cells.append(f"{t * 1e6:7.1f} {moved / t / 1e12:4.2f} {100 * moved / t / bw:3.0f}%{'' if same else '!'}")
         print(f"{m:6d} {k:6d} " + " ".join(f"{c:>22}" for c in cells), flush=True)
         out["rows"].append(row)
     write_json("bench_quantize.json", out)

@@ -1,12 +1,13 @@
 """Hopper (SM90) backend: a Pallas/Triton GEMM that dequantizes MXFP8 weights in registers.
 
-Hopper has no MX-scaled tensor-core instructions, so this kernel reads the fp8
-weight and its uint8 scales once from HBM, turns each ``[BN, 32]`` block into
-bf16 in registers (``fp8 * 2**(s-127)`` is exact in bf16), and feeds bf16 tensor
-cores with float32 accumulation. The activation is MXFP8-quantized inside the
-same kernel (each ``[BM, 32]`` block, with the exact rule of ``numerics``) and
-dequantized to bf16, also exactly. So the result is the emulation backend's
-function, up to float32 summation order; the bf16 weight never exists in HBM.
+Hopper has no MX-scaled tensor-core instructions. This kernel reads the fp8
+weight and its uint8 scales once from HBM and, per 32-wide block of K, multiplies
+the raw E4M3 values on f16 tensor cores (E4M3 -> f16 is exact, products are exact,
+accumulation is float32), then scales each block's partial sum by the two block
+scales. The activation is MXFP8-quantized inside the same kernel (the exact rule
+of ``numerics``) or passed in already quantized. The result is the emulation
+backend's function up to float32 summation order; no bf16 copy of the weight is
+ever written to HBM.
 """
 
 from __future__ import annotations
@@ -58,13 +59,20 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
     return KernelConfig(bm=bm, bn=bn, bk=256 if k % 256 == 0 else 32, split_k=split_k)
 
 
-def _dequant_rows(data: jax.Array, scale: jax.Array) -> jax.Array:
-    """``[R, 32]`` fp8 data and ``[R]`` scale bytes to exact bf16 values."""
+def _block_factor(scale: jax.Array) -> jax.Array:
+    """``2**(scale - 127)`` as float32 (NaN for byte 255) for a vector of scale bytes."""
     hi, lo = numerics.scale_to_float(scale)
-    return (data.astype(jnp.float32) * hi[:, None] * lo[:, None]).astype(jnp.bfloat16)
+    return hi * lo
 
 
 def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool) -> None:
+    """One ``[bm, bn]`` output tile over a ``k_split`` slice of K.
+
+    Per 32-wide block of K: ``dot(x_fp8 -> f16, w_fp8 -> f16)`` accumulates exact
+    products in float32, then the partial sum is scaled by ``2**(ex + ew)`` (the
+    activation's and the weight's block scales, outer product) and added to the
+    accumulator. E4M3 converts to f16 exactly, so no element is ever rounded.
+    """
     if x_is_quantized:
         xq_ref, xs_ref, w_ref, ws_ref, o_ref = refs
     else:
@@ -79,15 +87,21 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
         for c in range(cfg.bk // BLOCK):
             kb = (i_s * k_split + t * cfg.bk) // BLOCK + c  # scale column
             ks = pl.ds(kb * BLOCK, BLOCK)
-            if x_is_quantized:
-                xq = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
-                xs = pltriton.load(xs_ref.at[rows, pl.ds(kb, 1)], mask=row_ok[:, None], other=0)
-                x = _dequant_rows(xq, xs[:, 0])
+            if x_is_quantized:  # fp8 data arrives as uint8 bits (masked loads need an integer type)
+                bits = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
+                xq = jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn)
+                xs = pltriton.load(xs_ref.at[rows, kb], mask=row_ok, other=0)
             else:
-                xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
-                x = _dequant_rows(*numerics.quantize_blocks(xf))
-            w = _dequant_rows(w_ref[cols, ks], ws_ref[cols, pl.ds(kb, 1)][:, 0])
-            acc += jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+                x = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0)
+                xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
+            partial = jax.lax.dot_general(
+                xq.astype(jnp.float16),
+                w_ref[cols, ks].astype(jnp.float16),
+                (((1,), (1,)), ((), ())),
+                preferred_element_type=jnp.float32,
+            )
+            factor = _block_factor(xs)[:, None] * _block_factor(ws_ref[cols, kb])[None, :]
+            acc += partial * factor
         return acc
 
     acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros((cfg.bm, cfg.bn), jnp.float32))
@@ -112,7 +126,7 @@ def matmul_2d(
     if reason:
         raise ValueError(f"hopper backend: cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
     x_is_quantized = isinstance(x, MXArray)
-    operands = (x.data, x.scale) if x_is_quantized else (x,)
+    operands = (jax.lax.bitcast_convert_type(x.data, jnp.uint8), x.scale) if x_is_quantized else (x,)
     k_split = k // cfg.split_k
     grid = (pl.cdiv(m, cfg.bm), n // cfg.bn, cfg.split_k)
     acc_dtype = jnp.float32 if cfg.split_k > 1 else out_dtype

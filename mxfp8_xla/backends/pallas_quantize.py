@@ -32,8 +32,23 @@ def _kernel(x_ref, q_ref, s_ref, *, m: int, bm: int, bk: int) -> None:
         pltriton.store(s_ref.at[rows, pl.ds(kb, 1)], scale[:, None], mask=ok)
 
 
+def _kernel_tile(x_ref, q_ref, s_ref, *, m: int, bm: int, bk: int) -> None:
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows, cols = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
+    ok = ((i * bm + jnp.arange(bm)) < m)[:, None]
+    x = pltriton.load(x_ref.at[rows, cols], mask=ok, other=0).astype(jnp.float32)
+    data, scale = numerics.quantize_blocks(x.reshape(bm * bk // BLOCK, BLOCK))
+    pltriton.store(q_ref.at[rows, cols], data.reshape(bm, bk), mask=ok)
+    pltriton.store(s_ref.at[rows, pl.ds(j * (bk // BLOCK), bk // BLOCK)], scale.reshape(bm, bk // BLOCK), mask=ok)
+
+
 def quantize_2d(
-    x: jax.Array, bm: int = 32, bk: int = 128, num_warps: int = 4, interpret: bool = False
+    x: jax.Array,
+    bm: int = 32,
+    bk: int = 128,
+    num_warps: int = 4,
+    tile: bool = False,
+    interpret: bool = False,
 ) -> MXArray:
     """MXFP8-quantize ``x [M, K]`` along K in one pass (K a multiple of ``bk``)."""
     check_quantizable(x)
@@ -41,7 +56,7 @@ def quantize_2d(
     if k % bk:
         raise ValueError(f"pallas quantize: K={k} must be a multiple of bk={bk}")
     q, s = pl.pallas_call(
-        functools.partial(_kernel, m=m, bm=bm, bk=bk),
+        functools.partial(_kernel_tile if tile else _kernel, m=m, bm=bm, bk=bk),
         out_shape=(
             jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn),
             jax.ShapeDtypeStruct((m, k // BLOCK), jnp.uint8),
