@@ -78,7 +78,7 @@ def main():
                 xs1 = [x[:1] for x in xs]
                 best_cfg = best[1]
                 t1 = device_time(
-                    lambda x, w: hopper.matmul_2d(x, w, jnp.bfloat16, best_cfg),
+                    lambda x, w, cfg=best_cfg: hopper.matmul_2d(x, w, jnp.bfloat16, cfg),
                     [(xs1[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)],
                 )
                 b1 = device_time(
@@ -116,12 +116,14 @@ def large_m_probe():
             (64, 128, 64, 4, 3),
             (128, 128, 64, 8, 3),
             (128, 256, 64, 8, 3),
-            (128, 128, 128, 8, 3),
-            (64, 256, 128, 8, 3),
+            (64, 128, 128, 4, 4),
+            (128, 128, 32, 8, 4),
         ]:
             cfg = hopper.KernelConfig(bm=bm, bn=bn, bk=bk, num_warps=nw, num_stages=st)
             cands[f"raw {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(x, q, jnp.bfloat16, cfg)
-            cands[f"preq {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(mx.quantize(x), q, jnp.bfloat16, cfg)
+            cands[f"preq {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(
+                pallas_quantize.quantize_2d(x, bm=64, bk=128), q, jnp.bfloat16, cfg
+            )
         for name, fn in cands.items():
             try:
                 t = device_time(fn, sets)
