@@ -36,6 +36,7 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    swap_ab: bool = False  # compute out.T = w @ x.T: the weight fills the MMA's M dimension
 
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
@@ -94,17 +95,20 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
             else:
                 x = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0)
                 xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
-            partial = jax.lax.dot_general(
-                xq.astype(jnp.float16),
-                w_ref[cols, ks].astype(jnp.float16),
-                (((1,), (1,)), ((), ())),
-                preferred_element_type=jnp.float32,
-            )
-            factor = _block_factor(xs)[:, None] * _block_factor(ws_ref[cols, kb])[None, :]
-            acc += partial * factor
+            a, b = xq.astype(jnp.float16), w_ref[cols, ks].astype(jnp.float16)
+            fx, fw = _block_factor(xs), _block_factor(ws_ref[cols, kb])
+            if cfg.swap_ab:
+                partial = jax.lax.dot_general(b, a, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+                acc += partial * (fw[:, None] * fx[None, :])
+            else:
+                partial = jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+                acc += partial * (fx[:, None] * fw[None, :])
         return acc
 
-    acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros((cfg.bm, cfg.bn), jnp.float32))
+    acc_shape = (cfg.bn, cfg.bm) if cfg.swap_ab else (cfg.bm, cfg.bn)
+    acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros(acc_shape, jnp.float32))
+    if cfg.swap_ab:
+        acc = acc.T
     if cfg.split_k > 1:  # partial sums [split_k, M, N], reduced by the caller
         pltriton.store(o_ref.at[pl.ds(i_s, 1), rows, cols], acc[None], mask=row_ok[None, :, None])
     else:
