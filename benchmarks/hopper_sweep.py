@@ -63,13 +63,12 @@ def main():
                 if cfg.check(m, n, k) or (n // cfg.bn) * cfg.split_k > 1024:
                     continue
                 try:
-                    if "--preq" in sys.argv:
-                        xs_in = [mx.quantize(x) for x in xs]
-                    else:
-                        xs_in = xs
+                    xs_in = [mx.quantize(x) for x in xs] if "--preq" in sys.argv else xs
                     fn = jax.jit(lambda x, w, cfg=cfg: hopper.matmul_2d(x, w, jnp.bfloat16, cfg))
                     err = rel(hopper.matmul_2d(xs[0], wq[0], jnp.float32, cfg), ref)
-                    t = device_time(lambda x, w, fn=fn: fn(x, w), [(xs[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)])
+                    t = device_time(
+                        lambda x, w, fn=fn: fn(x, w), [(xs_in[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)]
+                    )
                 except Exception as e:  # report and go on: this is a sweep
                     row["configs"].append({"cfg": str(cfg), "error": repr(e)[:400]})
                     print(f"  {cfg}: FAILED {repr(e)[:300]}", flush=True)

@@ -26,10 +26,7 @@ def _mx_gemm(
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, 32)
     m_ok = offs_m < M
-    if SWAP:
-        acc = tl.zeros((BN, BM), tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), tl.float32)
+    acc = tl.zeros((BN, BM), tl.float32) if SWAP else tl.zeros((BM, BN), tl.float32)
     for kb in range(0, K // 32):
         xq = tl.load(x_ptr + offs_m[:, None] * K + kb * 32 + offs_k[None, :], mask=m_ok[:, None], other=0)
         w = tl.load(w_ptr + offs_n[:, None] * K + kb * 32 + offs_k[None, :])
@@ -71,9 +68,8 @@ def main():
         m = 16
         wb = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
         xb = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        j = [0]
 
-        def bf16():
+        def bf16(xb=xb, wb=wb, j=[0]):  # noqa: B006 (a counter cycling the weight copies)
             j[0] = (j[0] + 1) % 3
             torch.nn.functional.linear(xb, wb[j[0]])
 
