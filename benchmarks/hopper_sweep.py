@@ -43,12 +43,11 @@ def main():
     results = {"env": environment(), "rows": []}
     print(results["env"], flush=True)
     configs = [
-        hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=s, num_warps=4, num_stages=st, swap_ab=sw)
-        for bn in (64, 128)
-        for bk, st in ((32, 6), (64, 4))
-        for s in (1, 2)
-        for sw in (False, True)
-    ]
+        hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=4, num_stages=4, tile_dequant=True)
+        for bn in (32, 64, 128)
+        for bk in (128, 256)
+        for sk in (1, 2, 4)
+    ] + [hopper.KernelConfig(bm=16, bn=64, bk=64, split_k=2, num_warps=4, num_stages=4)]
     for n, k in SHAPES:
         for m in (16,):
             xs, ws, wq = make_sets(m, n, k)
@@ -121,7 +120,7 @@ def large_m_probe():
             (64, 128, 128, 4, 4),
             (128, 128, 32, 8, 4),
         ]:
-            cfg = hopper.KernelConfig(bm=bm, bn=bn, bk=bk, num_warps=nw, num_stages=st)
+            cfg = hopper.KernelConfig(bm=bm, bn=bn, bk=bk, num_warps=nw, num_stages=st, tile_dequant=True)
             cands[f"raw {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(x, q, jnp.bfloat16, cfg)
             cands[f"preq {cfg}"] = lambda x, w, q, cfg=cfg: hopper.matmul_2d(
                 pallas_quantize.quantize_2d(x, bm=64, bk=128), q, jnp.bfloat16, cfg

@@ -37,6 +37,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     swap_ab: bool = False  # compute out.T = w @ x.T: the weight fills the MMA's M dimension
+    tile_dequant: bool = False  # dequantize whole [bn, bk] tiles to bf16, one MMA per bk step
 
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
@@ -105,6 +106,10 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
                 acc += partial * (fx[:, None] * fw[None, :])
         return acc
 
+    if cfg.tile_dequant:
+        step = functools.partial(
+            _tile_step, refs=refs, ids=(i_m, i_n, i_s), m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized
+        )
     acc_shape = (cfg.bn, cfg.bm) if cfg.swap_ab else (cfg.bm, cfg.bn)
     acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros(acc_shape, jnp.float32))
     if cfg.swap_ab:
@@ -113,6 +118,37 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
         pltriton.store(o_ref.at[pl.ds(i_s, 1), rows, cols], acc[None], mask=row_ok[None, :, None])
     else:
         pltriton.store(o_ref.at[rows, cols], acc.astype(o_ref.dtype), mask=row_ok[:, None])
+
+
+def _dequant_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
+    """``[R, bk]`` fp8 and ``[R, bk // 32]`` scale bytes to exact bf16 values."""
+    r, bk = data.shape
+    blocks = data.astype(jnp.float32).reshape(r, bk // BLOCK, BLOCK)
+    return (blocks * _block_factor(scale)[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
+
+
+def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool):
+    """One bk step: both operands dequantized to exact bf16 tiles, then a single MMA."""
+    i_m, i_n, i_s = ids
+    rows, cols = pl.ds(i_m * cfg.bm, cfg.bm), pl.ds(i_n * cfg.bn, cfg.bn)
+    row_ok = (i_m * cfg.bm + jnp.arange(cfg.bm)) < m
+    k0 = i_s * k_split + t * cfg.bk
+    ks, kbs = pl.ds(k0, cfg.bk), pl.ds(k0 // BLOCK, cfg.bk // BLOCK)
+    if x_is_quantized:
+        xq_ref, xs_ref, w_ref, ws_ref, _ = refs
+        bits = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
+        xs = pltriton.load(xs_ref.at[rows, kbs], mask=row_ok[:, None], other=0)
+        x = _dequant_tile(jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn), xs)
+    else:
+        x_ref, w_ref, ws_ref, _ = refs
+        xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
+        xq, xs = numerics.quantize_blocks(xf.reshape(cfg.bm * cfg.bk // BLOCK, BLOCK))
+        x = _dequant_tile(xq.reshape(cfg.bm, cfg.bk), xs.reshape(cfg.bm, cfg.bk // BLOCK))
+    w = _dequant_tile(w_ref[cols, ks], ws_ref[cols, kbs])
+    dims = (((1,), (1,)), ((), ()))
+    if cfg.swap_ab:
+        return acc + jax.lax.dot_general(w, x, dims, preferred_element_type=jnp.float32)
+    return acc + jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
 
 
 def matmul_2d(
