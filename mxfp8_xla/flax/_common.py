@@ -109,8 +109,8 @@ def output_dtype(layer: str, x: jax.Array, dtype: Any, param_dtype: Any) -> jnp.
 
 @jax.jit
 def quantize_kernel(kernel: jax.Array) -> MXArray:
-    """``quantize(kernel [K, N], axis=0)``: MXFP8 ``[N, K]`` (jitted: eager calls compile once)."""
-    return quantize(kernel, axis=0)
+    """``quantize(kernel [..., K, N], axis=-2)``: MXFP8 ``[..., N, K]`` (jitted: compiles once)."""
+    return quantize(kernel, axis=-2)
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "backend"))

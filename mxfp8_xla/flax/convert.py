@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import math
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
 from typing import Any
 
@@ -23,10 +24,10 @@ Patterns = str | Iterable[str]
 
 @dataclasses.dataclass(frozen=True)
 class ConvertedLayer:
-    """One converted layer: its '/'-joined path, kernel shape ``(K, N)`` and dtype, bytes."""
+    """One converted layer: its '/'-joined path, kernel shape ``(K, N)`` (or ``(..., K, N)``), bytes."""
 
     path: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     dtype: str
     bytes_before: int
     """Bytes of the high-precision kernel."""
@@ -69,7 +70,7 @@ class ConversionReport:
             f"converted {len(self.converted)} layer(s), skipped {len(self.skipped)}; kernel bytes "
             f"{self.bytes_before} -> {self.bytes_after} (saved {self.bytes_saved})"
         ]
-        lines += [f"  converted {c.path}: [K, N] = {list(c.shape)} {c.dtype}" for c in self.converted]
+        lines += [f"  converted {c.path}: kernel {list(c.shape)} {c.dtype}" for c in self.converted]
         lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -78,21 +79,26 @@ def _patterns(p: Patterns) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
+def _matches(path: str, patterns: Patterns) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in _patterns(patterns))
+
+
 def _selected(path: str, include: Patterns, exclude: Patterns) -> str | None:
     """``None`` if ``path`` is selected, else the reason it is not."""
-    if not any(fnmatch.fnmatchcase(path, p) for p in _patterns(include)):
+    if not _matches(path, include):
         return f"path not matched by include={_patterns(include)}"
     hit = [p for p in _patterns(exclude) if fnmatch.fnmatchcase(path, p)]
     return f"path matched by exclude pattern {hit[0]!r}" if hit else None
 
 
-def _kernel_problem(kernel: Any) -> str | None:
-    """``None`` if a ``[K, N]`` kernel can be quantized, else why not."""
+def _kernel_problem(kernel: Any, stacked: bool = False) -> str | None:
+    """``None`` if a ``[K, N]`` (``[..., K, N]`` if ``stacked``) kernel can be quantized, else why not."""
     shape, dtype = tuple(jnp.shape(kernel)), jnp.dtype(kernel.dtype)
-    if len(shape) != 2:
-        return f"kernel has shape {shape}: not a 2-D [K, N] Dense kernel"
-    if shape[0] % BLOCK_SIZE:
-        return f"kernel has shape {shape}: K = {shape[0]} is not a multiple of {BLOCK_SIZE}"
+    if len(shape) != 2 and not (stacked and len(shape) > 2):
+        hint = " (for nn.scan/nn.vmap-stacked layers pass stacked=PATTERNS)" if len(shape) > 2 else ""
+        return f"kernel has shape {shape}: not a 2-D [K, N] Dense kernel{hint}"
+    if shape[-2] % BLOCK_SIZE:
+        return f"kernel has shape {shape}: K = {shape[-2]} is not a multiple of {BLOCK_SIZE}"
     if dtype not in _common.SUPPORTED_DTYPES:
         return f"kernel with shape {shape} has dtype {dtype}; expected float32, bfloat16 or float16"
     return None
@@ -104,15 +110,15 @@ def _skip(report: ConversionReport, path: str, reason: str, level: int = logging
 
 
 def _record(report: ConversionReport, path: str, kernel: Any) -> None:
-    k, n = kernel.shape
-    before = k * n * jnp.dtype(kernel.dtype).itemsize
-    report.converted.append(
-        ConvertedLayer(path, (k, n), str(kernel.dtype), before, n * k + n * k // BLOCK_SIZE)
-    )
+    shape = tuple(kernel.shape)
+    size = math.prod(shape)
+    before = size * jnp.dtype(kernel.dtype).itemsize
+    after = size + size // BLOCK_SIZE
+    report.converted.append(ConvertedLayer(path, shape, str(kernel.dtype), before, after))
 
 
 def quantize_params(
-    params: Mapping[str, Any], *, include: Patterns = "*", exclude: Patterns = ()
+    params: Mapping[str, Any], *, include: Patterns = "*", exclude: Patterns = (), stacked: Patterns = ()
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Turn ``nn.Dense`` params (``kernel [K, N]``, ``bias``) into ``MXFP8Dense`` inference params.
 
@@ -124,15 +130,23 @@ def quantize_params(
     instead of ``kernel``; the bias is kept as is. Candidates that cannot be converted
     (K not a multiple of 32, kernel not 2-D, unsupported dtype) are skipped with a
     warning from the ``mxfp8_xla.flax`` logger; build those layers with ``nn.Dense``.
+    Layers whose path matches a glob in ``stacked`` (``nn.scan``/``nn.vmap`` over
+    layers) hold kernels ``[..., K, N]`` and get ``kernel_q [..., N, K]`` and
+    ``kernel_scale [..., N, K/32]``; elsewhere kernels that are not 2-D are skipped.
 
     Returns the new params (plain dicts; the input is not modified) and a report.
     """
     report = ConversionReport()
-    return _convert_tree(params, (), include, exclude, report), report
+    return _convert_tree(params, (), include, exclude, stacked, report), report
 
 
 def _convert_tree(
-    node: Any, path: tuple[str, ...], include: Patterns, exclude: Patterns, report: ConversionReport
+    node: Any,
+    path: tuple[str, ...],
+    include: Patterns,
+    exclude: Patterns,
+    stacked: Patterns,
+    report: ConversionReport,
 ) -> Any:
     if not isinstance(node, Mapping):
         return node
@@ -144,7 +158,7 @@ def _convert_tree(
             _skip(report, name, f"holds params {extra} besides kernel/bias: not an nn.Dense")
         elif (reason := _selected(name, include, exclude)) is not None:
             _skip(report, name, reason, logging.INFO)
-        elif (reason := _kernel_problem(kernel)) is not None:
+        elif (reason := _kernel_problem(kernel, _matches(name, stacked))) is not None:
             _skip(report, name, reason)
         else:
             q = _common.quantize_kernel(kernel)
@@ -153,7 +167,7 @@ def _convert_tree(
             if "bias" in node:
                 out["bias"] = node["bias"]
             return out
-    return {k: _convert_tree(v, (*path, str(k)), include, exclude, report) for k, v in node.items()}
+    return {k: _convert_tree(v, (*path, str(k)), include, exclude, stacked, report) for k, v in node.items()}
 
 
 def _is_container(node: Any) -> bool:
