@@ -48,7 +48,7 @@ class MXFP8Linear(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         layer = f"MXFP8Linear({in_features}, {out_features})"
-        self._backend = _common.check_config(layer, mode, backend, dtype, param_dtype)
+        _common.check_config(layer, mode, backend, dtype, param_dtype)
         _common.check_k(layer, in_features, "in_features")
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
         if mode == "train":
@@ -117,4 +117,6 @@ class MXFP8Linear(nnx.Module):
             bias = self.bias[...]
             _common.check_param(layer, "bias", bias, (n,), _common.SUPPORTED_DTYPES)
         out_dtype = _common.output_dtype(layer, x, self.dtype, self.param_dtype)
-        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self._backend)
+        return _common.forward(
+            x, **weights, bias=bias, out_dtype=out_dtype, backend=_common._resolve_backend(self.backend)
+        )
