@@ -150,7 +150,7 @@ def _convert_tree(
 ) -> Any:
     if not isinstance(node, Mapping):
         return node
-    if "kernel" in node:
+    if "kernel" in node and hasattr(meta.unbox(node["kernel"]), "shape"):
         name = "/".join(path) or "<root>"
         extra = sorted(set(node) - {"kernel", "bias"})
         kernel = meta.unbox(node["kernel"])
