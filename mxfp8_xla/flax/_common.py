@@ -1,0 +1,142 @@
+"""Checks and the forward computation shared by the Linen and NNX layers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from mxfp8_xla.backends import BACKENDS, get_backend
+from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.mxarray import MXArray, quantize
+from mxfp8_xla.numerics import BLOCK_SIZE
+from mxfp8_xla.ste import mxfp8_linear_ste
+
+Mode = Literal["inference", "train"]
+MODES = ("inference", "train")
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+FP8 = jnp.dtype(jnp.float8_e4m3fn)
+UINT8 = jnp.dtype(jnp.uint8)
+
+
+def _resolve_backend(name: str) -> str:
+    """Map the layers' ``backend`` argument to a registered backend name.
+
+    TEMPORARY: the registry has no ``"auto"`` yet (``select_backend`` is being added
+    in a parallel branch). Until it does, ``"auto"`` means ``"emulation"``. Replace this
+    function with the registry's own selection once ``"auto"`` is registered.
+    """
+    if name == "auto" and "auto" not in BACKENDS:
+        return "emulation"
+    return name
+
+
+def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: Any) -> str:
+    """Validate constructor arguments; return the resolved backend name."""
+    if mode not in MODES:
+        raise ValueError(f"{layer}: mode must be 'inference' or 'train', got {mode!r}")
+    check_float_dtype(layer, "param_dtype", param_dtype)
+    if dtype is not None:
+        check_float_dtype(layer, "dtype", dtype)
+    resolved = _resolve_backend(backend)
+    try:
+        get_backend(resolved)
+    except ValueError as err:
+        raise ValueError(f"{layer}: {err}") from None
+    return resolved
+
+
+def check_float_dtype(layer: str, what: str, dtype: Any) -> jnp.dtype:
+    """``jnp.dtype(dtype)`` if it is float32/bfloat16/float16, else ``TypeError``."""
+    d = jnp.dtype(dtype)
+    if d not in SUPPORTED_DTYPES:
+        hint = " (float64 is not supported by MXFP8 layers)" if d == jnp.float64 else ""
+        raise TypeError(f"{layer}: {what} is {d}; expected float32, bfloat16 or float16{hint}")
+    return d
+
+
+def check_k(layer: str, k: int, what: str) -> None:
+    """Raise ``ValueError`` unless the contraction size ``k`` is blocked by 32."""
+    if k % BLOCK_SIZE:
+        raise ValueError(
+            f"{layer}: {what} has K = {k} input features, which is not a multiple of "
+            f"{BLOCK_SIZE}; MXFP8 blocks of {BLOCK_SIZE} run along K (keep this layer unquantized)"
+        )
+
+
+def check_param(layer: str, name: str, value: Any, shape: tuple[int, ...], dtypes: tuple[Any, ...]) -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``value`` has ``shape`` and one of ``dtypes``."""
+    got_shape, got_dtype = tuple(jnp.shape(value)), jnp.dtype(value.dtype)
+    if got_shape != shape:
+        raise ValueError(
+            f"{layer}: parameter '{name}' has shape {got_shape} and dtype {got_dtype}; expected shape {shape}"
+        )
+    if got_dtype not in [jnp.dtype(d) for d in dtypes]:
+        names = ", ".join(str(jnp.dtype(d)) for d in dtypes)
+        raise TypeError(
+            f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}"
+        )
+
+
+def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Array:
+    """``x`` as a JAX array, with its dtype and last axis checked."""
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError(f"{layer}: input must have at least 1 dimension [..., K], got a scalar")
+    if x.dtype == jnp.float64 or not (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"{layer}: input with shape {tuple(x.shape)} has dtype {x.dtype}; expected float32, "
+            f"bfloat16 or float16 (or an integer dtype)"
+        )
+    if in_features is not None and x.shape[-1] != in_features:
+        raise ValueError(
+            f"{layer}: input has shape {tuple(x.shape)} and dtype {x.dtype}; expected last dimension "
+            f"{in_features} (in_features, the K of the kernel)"
+        )
+    return x
+
+
+def output_dtype(layer: str, x: jax.Array, dtype: Any, param_dtype: Any) -> jnp.dtype:
+    """Output dtype as in ``nn.Dense``: ``dtype`` or the promotion of input and param dtypes."""
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    return check_float_dtype(layer, "the promoted dtype of input and params", jnp.result_type(x, param_dtype))
+
+
+@jax.jit
+def quantize_kernel(kernel: jax.Array) -> MXArray:
+    """``quantize(kernel [..., K, N], axis=-2)``: MXFP8 ``[..., N, K]`` (jitted: compiles once)."""
+    return quantize(kernel, axis=-2)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "backend"))
+def forward(
+    x: jax.Array,
+    *,
+    kernel: jax.Array | None = None,
+    kernel_q: jax.Array | None = None,
+    kernel_scale: jax.Array | None = None,
+    bias: jax.Array | None,
+    out_dtype: jnp.dtype,
+    backend: str,
+) -> jax.Array:
+    """``x @ W + bias`` in MXFP8, from ``kernel [K, N]`` (train) or ``kernel_q/scale [N, K]``.
+
+    Both paths quantize ``x`` (blocks along K) and the weight identically and make
+    the same ``mxfp8_matmul`` call, so for the same weights they agree bit for bit.
+    Jitted (inlined under an outer ``jit``) so eager calls compile once.
+    """
+    if x.dtype not in SUPPORTED_DTYPES:  # integer inputs
+        x = x.astype(out_dtype)
+    if kernel is not None:
+        y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype)
+    else:
+        w = MXArray(data=kernel_q, scale=kernel_scale)
+        y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend)
+    if bias is not None:
+        y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)).astype(out_dtype)
+    return y

@@ -1,0 +1,222 @@
+"""Convert trained ``nn.Dense`` params / ``nnx.Linear`` modules to MXFP8 inference layers."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import math
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import meta
+
+from mxfp8_xla.flax import _common
+from mxfp8_xla.flax.nnx import MXFP8Linear
+from mxfp8_xla.numerics import BLOCK_SIZE
+
+logger = logging.getLogger("mxfp8_xla.flax")
+
+Patterns = str | Iterable[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedLayer:
+    """One converted layer: its '/'-joined path, kernel shape ``(K, N)`` (or ``(..., K, N)``), bytes."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes_before: int
+    """Bytes of the high-precision kernel."""
+    bytes_after: int
+    """Bytes of ``kernel_q`` plus ``kernel_scale`` (``N*K + N*K/32``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedLayer:
+    """A candidate layer left as it was, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What ``quantize_params`` / ``quantize_module`` converted and skipped.
+
+    Byte counts cover kernels only; biases are kept unchanged.
+    """
+
+    converted: list[ConvertedLayer] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(c.bytes_before for c in self.converted)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(c.bytes_after for c in self.converted)
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+    def __str__(self) -> str:
+        lines = [
+            f"converted {len(self.converted)} layer(s), skipped {len(self.skipped)}; kernel bytes "
+            f"{self.bytes_before} -> {self.bytes_after} (saved {self.bytes_saved})"
+        ]
+        lines += [f"  converted {c.path}: kernel {list(c.shape)} {c.dtype}" for c in self.converted]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def _patterns(p: Patterns) -> tuple[str, ...]:
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+def _matches(path: str, patterns: Patterns) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in _patterns(patterns))
+
+
+def _selected(path: str, include: Patterns, exclude: Patterns) -> str | None:
+    """``None`` if ``path`` is selected, else the reason it is not."""
+    if not _matches(path, include):
+        return f"path not matched by include={_patterns(include)}"
+    hit = [p for p in _patterns(exclude) if fnmatch.fnmatchcase(path, p)]
+    return f"path matched by exclude pattern {hit[0]!r}" if hit else None
+
+
+def _kernel_problem(kernel: Any, stacked: bool = False) -> str | None:
+    """``None`` if a ``[K, N]`` (``[..., K, N]`` if ``stacked``) kernel can be quantized, else why not."""
+    shape, dtype = tuple(jnp.shape(kernel)), jnp.dtype(kernel.dtype)
+    if len(shape) != 2 and not (stacked and len(shape) > 2):
+        hint = " (for nn.scan/nn.vmap-stacked layers pass stacked=PATTERNS)" if len(shape) > 2 else ""
+        return f"kernel has shape {shape}: not a 2-D [K, N] Dense kernel{hint}"
+    if shape[-2] % BLOCK_SIZE:
+        return f"kernel has shape {shape}: K = {shape[-2]} is not a multiple of {BLOCK_SIZE}"
+    if dtype not in _common.SUPPORTED_DTYPES:
+        return f"kernel with shape {shape} has dtype {dtype}; expected float32, bfloat16 or float16"
+    return None
+
+
+def _skip(report: ConversionReport, path: str, reason: str, level: int = logging.WARNING) -> None:
+    logger.log(level, "mxfp8_xla: not converting layer %r: %s", path, reason)
+    report.skipped.append(SkippedLayer(path, reason))
+
+
+def _record(report: ConversionReport, path: str, kernel: Any) -> None:
+    shape = tuple(kernel.shape)
+    size = math.prod(shape)
+    before = size * jnp.dtype(kernel.dtype).itemsize
+    after = size + size // BLOCK_SIZE
+    report.converted.append(ConvertedLayer(path, shape, str(kernel.dtype), before, after))
+
+
+def quantize_params(
+    params: Mapping[str, Any], *, include: Patterns = "*", exclude: Patterns = (), stacked: Patterns = ()
+) -> tuple[dict[str, Any], ConversionReport]:
+    """Turn ``nn.Dense`` params (``kernel [K, N]``, ``bias``) into ``MXFP8Dense`` inference params.
+
+    Every mapping in ``params`` holding a ``kernel`` (and at most a ``bias`` beside
+    it) is a candidate; its path is its keys joined by '/' (e.g. ``"params/Dense_0"``
+    if you pass the whole variables dict). Candidates whose path matches a glob in
+    ``include`` and none in ``exclude`` (``fnmatch``, where ``*`` also matches '/')
+    get ``kernel_q`` float8_e4m3fn ``[N, K]`` and ``kernel_scale`` uint8 ``[N, K/32]``
+    instead of ``kernel``; the bias is kept as is. Candidates that cannot be converted
+    (K not a multiple of 32, kernel not 2-D, unsupported dtype) are skipped with a
+    warning from the ``mxfp8_xla.flax`` logger; build those layers with ``nn.Dense``.
+    Layers whose path matches a glob in ``stacked`` (``nn.scan``/``nn.vmap`` over
+    layers) hold kernels ``[..., K, N]`` and get ``kernel_q [..., N, K]`` and
+    ``kernel_scale [..., N, K/32]``; elsewhere kernels that are not 2-D are skipped.
+
+    Returns the new params (plain dicts; the input is not modified) and a report.
+    """
+    report = ConversionReport()
+    return _convert_tree(params, (), include, exclude, stacked, report), report
+
+
+def _convert_tree(
+    node: Any,
+    path: tuple[str, ...],
+    include: Patterns,
+    exclude: Patterns,
+    stacked: Patterns,
+    report: ConversionReport,
+) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    if "kernel" in node and hasattr(meta.unbox(node["kernel"]), "shape"):
+        name = "/".join(path) or "<root>"
+        extra = sorted(set(node) - {"kernel", "bias"})
+        kernel = meta.unbox(node["kernel"])
+        if extra:
+            _skip(report, name, f"holds params {extra} besides kernel/bias: not an nn.Dense")
+        elif (reason := _selected(name, include, exclude)) is not None:
+            _skip(report, name, reason, logging.INFO)
+        elif (reason := _kernel_problem(kernel, _matches(name, stacked))) is not None:
+            _skip(report, name, reason)
+        else:
+            q = _common.quantize_kernel(kernel)
+            _record(report, name, kernel)
+            out = {"kernel_q": q.data, "kernel_scale": q.scale}
+            if "bias" in node:
+                out["bias"] = node["bias"]
+            return out
+    return {k: _convert_tree(v, (*path, str(k)), include, exclude, stacked, report) for k, v in node.items()}
+
+
+def _is_container(node: Any) -> bool:
+    """``nnx.List``/``nnx.Dict`` (and plain lists/dicts): children are items, not attributes."""
+    return isinstance(node, (MutableSequence, MutableMapping))
+
+
+def quantize_module(
+    model: nnx.Module,
+    *,
+    include: Patterns = "*",
+    exclude: Patterns = (),
+    backend: str = "auto",
+) -> ConversionReport:
+    """Replace ``nnx.Linear`` sub-modules of ``model`` by inference-mode ``MXFP8Linear``, in place.
+
+    ``model`` is modified in place (``nnx.clone`` it first to keep the original).
+    Paths are attribute names / container keys joined by '/' (e.g. ``"layers/0"``) and
+    are selected with ``include``/``exclude`` globs as in ``quantize_params``. Only
+    exact ``nnx.Linear`` instances are converted (subclasses may change the math).
+    Layers with K not a multiple of 32, unsupported dtypes, or that are ``model``
+    itself are skipped with a logged reason. A Linear reachable through several
+    references is replaced at its first path only. Returns the report.
+    """
+    report = ConversionReport()
+    found = [(p, n) for p, n in nnx.iter_graph(model) if type(n) is nnx.Linear]
+    for parts, linear in found:
+        name = "/".join(str(p) for p in parts)
+        kernel = linear.kernel[...]
+        if not parts:
+            _skip(report, "<root>", "the model itself is an nnx.Linear; use MXFP8Linear.from_linear")
+            continue
+        if (reason := _selected(name, include, exclude)) is not None:
+            _skip(report, name, reason, logging.INFO)
+            continue
+        if (reason := _kernel_problem(kernel)) is not None:
+            _skip(report, name, reason)
+            continue
+        try:
+            new = MXFP8Linear.from_linear(linear, backend=backend)
+        except (TypeError, ValueError) as err:  # e.g. float64 dtype/param_dtype
+            _skip(report, name, str(err))
+            continue
+        parent = model
+        for p in parts[:-1]:
+            parent = parent[p] if _is_container(parent) else getattr(parent, p)
+        if _is_container(parent):
+            parent[parts[-1]] = new
+        else:
+            setattr(parent, parts[-1], new)
+        _record(report, name, kernel)
+    return report

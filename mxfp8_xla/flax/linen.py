@@ -1,0 +1,104 @@
+"""``MXFP8Dense``: a drop-in replacement for ``flax.linen.Dense`` with MXFP8 weights and activations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mxfp8_xla.flax import _common
+from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.numerics import BLOCK_SIZE
+
+Initializer = Any  # (key, shape, dtype) -> array, as for nn.Dense
+default_kernel_init = nn.initializers.lecun_normal()  # nn.Dense's default
+
+
+class MXFP8Dense(nn.Module):
+    """``y = x @ W + b`` with ``x`` and ``W`` quantized to MXFP8 (blocks of 32 along K).
+
+    Attributes:
+      features: N, the number of output features (K comes from the input).
+      use_bias, kernel_init, bias_init, param_dtype: as in ``nn.Dense``.
+      dtype: output dtype; ``None`` promotes input and ``param_dtype`` like ``nn.Dense``.
+        Float inputs are quantized from their own dtype (no cast to ``dtype`` first).
+      precision: accepted for signature compatibility and ignored (MXFP8 fixes the math).
+      mode: ``"inference"`` (default): params ``kernel_q`` float8_e4m3fn ``[N, K]``,
+        ``kernel_scale`` uint8 ``[N, K/32]``, ``bias`` ``[N]``. ``"train"``: params
+        ``kernel [K, N]`` and ``bias [N]`` exactly like ``nn.Dense``, quantized per call,
+        with straight-through gradients (see ``mxfp8_xla.ste``).
+      backend: ``mxfp8_matmul`` backend name; ``"auto"`` picks one.
+
+    Inference params are initialized by quantizing ``kernel_init``'s ``[K, N]`` draw
+    (the same draw train mode and ``nn.Dense`` make for the same key). K must be a
+    multiple of 32 in both modes.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+    mode: _common.Mode = "inference"
+    backend: str = "auto"
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Apply the layer to ``inputs [..., K]``; returns ``[..., features]``."""
+        layer = f"MXFP8Dense at '{'/'.join(self.scope.path) or '<root>'}'"
+        backend = _common.check_config(layer, self.mode, self.backend, self.dtype, self.param_dtype)
+        x = _common.prepare_input(layer, inputs)
+        k, n = x.shape[-1], self.features
+        _common.check_k(layer, k, f"input of shape {tuple(x.shape)}")
+        pdt = self.param_dtype
+        self._check_mode_matches_params(layer)
+
+        if self.mode == "train":
+            self._check_existing(layer, "kernel", (k, n), _common.SUPPORTED_DTYPES)
+            kernel = self.param("kernel", self.kernel_init, (k, n), pdt)
+            weights = {"kernel": kernel}
+        else:
+            self._check_existing(layer, "kernel_q", (n, k), (_common.FP8,))
+            self._check_existing(layer, "kernel_scale", (n, k // BLOCK_SIZE), (_common.UINT8,))
+            drawn: list[MXArray] = []  # one kernel draw feeds both variables
+
+            def init(field: str) -> jax.Array:
+                if not drawn:
+                    w = nn.meta.unbox(self.kernel_init(self.make_rng("params"), (k, n), pdt))
+                    drawn.append(_common.quantize_kernel(w))
+                return getattr(drawn[0], field)
+
+            kernel_q = self.variable("params", "kernel_q", init, "data").value
+            kernel_scale = self.variable("params", "kernel_scale", init, "scale").value
+            weights = {"kernel_q": kernel_q, "kernel_scale": kernel_scale}
+
+        bias = None
+        if self.use_bias:
+            self._check_existing(layer, "bias", (n,), _common.SUPPORTED_DTYPES)
+            bias = self.param("bias", self.bias_init, (n,), pdt)
+        out_dtype = _common.output_dtype(layer, x, self.dtype, pdt)
+        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=backend)
+
+    def _check_mode_matches_params(self, layer: str) -> None:
+        """Raise if the loaded params belong to the other mode."""
+        has_train, has_q = self.has_variable("params", "kernel"), self.has_variable("params", "kernel_q")
+        if self.mode == "inference" and has_train and not has_q:
+            raise ValueError(
+                f"{layer}: mode='inference' needs params 'kernel_q'/'kernel_scale' but got a train-mode "
+                "'kernel' [K, N]; convert them with mxfp8_xla.flax.quantize_params"
+            )
+        if self.mode == "train" and has_q and not has_train:
+            raise ValueError(
+                f"{layer}: mode='train' needs a float 'kernel' [K, N] but got inference-mode params "
+                "'kernel_q'/'kernel_scale'"
+            )
+
+    def _check_existing(self, layer: str, name: str, shape: tuple[int, ...], dtypes: tuple[Any, ...]) -> None:
+        """Clear errors for a loaded param of the wrong shape/dtype (before flax's own check)."""
+        if self.has_variable("params", name):
+            value = nn.meta.unbox(self.get_variable("params", name))
+            _common.check_param(layer, name, value, shape, dtypes)

@@ -1,0 +1,110 @@
+"""Straight-through estimator (STE) for the MXFP8 linear product, used by train mode.
+
+Forward::
+
+    y = mxfp8_matmul(quantize(x), quantize(kernel, axis=0))      # x [..., K], kernel [K, N]
+
+Backward (``jax.custom_vjp``): the rounding of ``quantize`` is treated as the
+identity, so the cotangents are those of a plain float32 matmul of the
+*dequantized* operands the forward pass actually multiplied::
+
+    x_hat = dequantize(quantize(x))                # float32 [..., K]
+    w_hat = dequantize(quantize(kernel, axis=0))   # float32 [N, K]
+    g32   = g.astype(float32)                      # g: cotangent of y, [..., N]
+    dx      = (g32 @ w_hat)                         .astype(x.dtype)       # [..., K]
+    dkernel = (x_hat.reshape(-1, K).T @ g32.reshape(-1, N)).astype(kernel.dtype)  # [K, N]
+
+Both products run in float32 with ``Precision.HIGHEST``; the backend is used
+only in the forward pass. Gradients are *not* quantized (no MXFP8 backward
+GEMMs). Rounding to E4M3, underflow of tiny elements to zero and the clip at
++-448 (which never triggers for finite inputs: each block's scale maps its amax
+to at most 448) all get the identity gradient. Only the quantized operands
+(1 + 1/32 bytes per element) are saved as residuals, not ``x`` or ``kernel``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.mxarray import MXArray, check_quantizable, dequantize, quantize
+
+__all__ = ["mxfp8_linear_ste"]
+
+
+def mxfp8_linear_ste(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    backend: str = "emulation",
+    out_dtype: jnp.dtype = jnp.bfloat16,
+) -> jax.Array:
+    """``x [..., K] @ kernel [K, N]`` in MXFP8 with straight-through gradients.
+
+    ``x`` and ``kernel`` are float32/bfloat16/float16; both are quantized with
+    blocks of 32 along K (so K must be a multiple of 32) and multiplied by
+    ``mxfp8_matmul(..., backend=backend)``. Returns ``[..., N]`` in ``out_dtype``.
+    Gradients: see the module docstring (float32 matmuls of the dequantized
+    operands). Works under ``jit``, ``vmap``, ``grad``, ``remat`` and ``scan``.
+    """
+    check_quantizable(x, "mxfp8_linear_ste: x")
+    if kernel.ndim != 2:
+        raise ValueError(f"mxfp8_linear_ste: kernel must be 2-D [K, N], got shape {tuple(kernel.shape)}")
+    k, n = kernel.shape
+    check_quantizable(jax.ShapeDtypeStruct((n, k), kernel.dtype), "mxfp8_linear_ste: kernel.T [N, K]")
+    if x.shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"mxfp8_linear_ste: x has shape {tuple(x.shape)} but kernel has shape "
+            f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
+        )
+    return _ste_jit(backend, jnp.dtype(out_dtype), x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _ste(backend: str, out_dtype: jnp.dtype, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _forward(backend, out_dtype, x, kernel)[0]
+
+
+def _forward(
+    backend: str, out_dtype: jnp.dtype, x: jax.Array, kernel: jax.Array
+) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
+    xq = quantize(x)
+    wq = quantize(kernel, axis=0)
+    y = mxfp8_matmul(xq, wq, out_dtype=out_dtype, backend=backend)
+    # Zero-size arrays carry the primal dtypes to the backward pass.
+    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+    return y, (xq, wq, *dtypes)
+
+
+def _backward(
+    backend: str,
+    out_dtype: jnp.dtype,
+    residuals: tuple[MXArray, MXArray, jax.Array, jax.Array],
+    g: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    del backend, out_dtype
+    xq, wq, x_dtype_tag, k_dtype_tag = residuals
+    x_hat = dequantize(xq, jnp.float32)  # [..., K]
+    w_hat = dequantize(wq, jnp.float32)  # [N, K]
+    g32 = g.astype(jnp.float32)  # [..., N]
+    k, n = w_hat.shape[1], w_hat.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    dx = jax.lax.dot_general(
+        g32, w_hat, (((g32.ndim - 1,), (0,)), ((), ())), precision=hi, preferred_element_type=jnp.float32
+    )
+    dkernel = jax.lax.dot_general(
+        x_hat.reshape(-1, k),
+        g32.reshape(-1, n),
+        (((0,), (0,)), ((), ())),
+        precision=hi,
+        preferred_element_type=jnp.float32,
+    )
+    return dx.astype(x_dtype_tag.dtype), dkernel.astype(k_dtype_tag.dtype)
+
+
+_ste.defvjp(_forward, _backward)
+# Jitted so that eager calls compile once instead of op by op; inlined under an outer jit.
+_ste_jit = jax.jit(_ste, static_argnums=(0, 1))

@@ -1,0 +1,197 @@
+"""``quantize_params`` (Linen trees) and ``quantize_module`` (NNX): selection, skips, report, math."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import np_reference as ref
+import numpy as np
+import pytest
+from flax import nnx
+
+from mxfp8_xla.flax import ConversionReport, MXFP8Dense, MXFP8Linear, quantize_module, quantize_params
+
+KEY = jax.random.key(0)
+X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 48)), jnp.float32)
+
+
+def shapes_dtypes(tree: Any) -> Any:
+    return jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
+
+
+class Net(nn.Module):
+    """embed (K=48: cannot be quantized) -> norm -> hidden (K=64) -> head (K=64)."""
+
+    kinds: tuple[str, str, str]  # per layer: "dense", "train" or "inference"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        def layer(kind: str, n: int, name: str) -> nn.Module:
+            if kind == "dense":
+                return nn.Dense(n, bias_init=nn.initializers.normal(0.5), name=name)
+            return MXFP8Dense(n, mode=kind, bias_init=nn.initializers.normal(0.5), name=name)
+
+        h = nn.relu(layer(self.kinds[0], 64, "embed")(x))
+        h = nn.LayerNorm(name="norm")(h)
+        h = nn.relu(layer(self.kinds[1], 64, "hidden")(h))
+        return layer(self.kinds[2], 10, "head")(h)
+
+
+@pytest.fixture(scope="module")
+def dense_vars() -> Any:
+    return jax.jit(Net(("dense",) * 3).init)(KEY, X)
+
+
+def test_quantize_params_converts_skips_logs_and_reports(dense_vars: Any, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.flax"):
+        q, report = quantize_params(dense_vars)
+    assert sorted(c.path for c in report.converted) == ["params/head", "params/hidden"]
+    assert [s.path for s in report.skipped] == ["params/embed"]
+    assert "K = 48 is not a multiple of 32" in report.skipped[0].reason
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "params/embed" in record.getMessage() and "K = 48 is not a multiple of 32" in record.getMessage()
+    # Bytes: float32 kernels [64, 64] and [64, 10] -> 1 + 1/32 bytes per element.
+    assert (report.bytes_before, report.bytes_after) == (4 * (4096 + 640), (4096 + 128) + (640 + 20))
+    assert report.bytes_saved == report.bytes_before - report.bytes_after
+    assert "converted 2 layer(s), skipped 1" in str(report)
+
+    p, qp = dense_vars["params"], q["params"]
+    assert qp["embed"]["kernel"] is p["embed"]["kernel"] and qp["norm"]["scale"] is p["norm"]["scale"]
+    assert shapes_dtypes(qp["hidden"]) == {
+        "kernel_q": ((64, 64), "float8_e4m3fn"),
+        "kernel_scale": ((64, 2), "uint8"),
+        "bias": ((64,), "float32"),
+    }
+    elements, scale = ref.quantize(np.asarray(p["head"]["kernel"]), axis=0)
+    np.testing.assert_array_equal(np.asarray(qp["head"]["kernel_q"], np.float64), elements)
+    np.testing.assert_array_equal(np.asarray(qp["head"]["kernel_scale"]), scale)
+    np.testing.assert_array_equal(qp["head"]["bias"], p["head"]["bias"])
+    assert "kernel" in p["hidden"]  # the input is not modified
+
+    # The converted tree is what the mixed model (nn.Dense where skipped) expects, and its
+    # output equals train-mode MXFP8Dense on the original weights bit for bit.
+    mixed = Net(("dense", "inference", "inference"))
+    assert shapes_dtypes(jax.eval_shape(mixed.init, KEY, X)) == shapes_dtypes(q)
+    y_q = jax.jit(mixed.apply)(q, X)
+    y_train = jax.jit(Net(("dense", "train", "train")).apply)(dense_vars, X)
+    np.testing.assert_array_equal(y_q, y_train)
+
+
+def test_include_exclude_globs(dense_vars: Any, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.flax"):
+        _, report = quantize_params(dense_vars, exclude="*head")
+    assert [c.path for c in report.converted] == ["params/hidden"]
+    assert {s.path: s.reason for s in report.skipped}[
+        "params/head"
+    ] == "path matched by exclude pattern '*head'"
+    assert any(r.levelno == logging.INFO and "params/head" in r.getMessage() for r in caplog.records)
+
+    q, report = quantize_params(dense_vars["params"], include=["head", "nothing/*"])
+    assert [c.path for c in report.converted] == ["head"]
+    assert "kernel" in q["hidden"] and "kernel_q" in q["head"]
+    assert "not matched by include" in {s.path: s.reason for s in report.skipped}["hidden"]
+
+
+def test_non_dense_nodes_are_left_alone_or_skipped_with_reason() -> None:
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 32, 8)), "bias": jnp.ones(8)},
+        "custom": {"kernel": jnp.ones((32, 8)), "gate": jnp.ones(8)},
+        "embed": {"embedding": jnp.ones((100, 32))},
+        "half": {"kernel": jnp.ones((32, 8), jnp.bfloat16)},
+        "ints": {"kernel": jnp.ones((32, 8), jnp.int32)},
+    }
+    q, report = quantize_params(params)
+    assert [c.path for c in report.converted] == ["half"]
+    assert report.converted[0].bytes_before == 32 * 8 * 2
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert "not a 2-D [K, N] Dense kernel" in reasons["conv"]
+    assert "besides kernel/bias" in reasons["custom"]
+    assert "dtype int32" in reasons["ints"]
+    assert q["embed"]["embedding"] is params["embed"]["embedding"]
+    assert q["conv"]["kernel"] is params["conv"]["kernel"] and q["custom"]["gate"] is params["custom"]["gate"]
+    with jax.enable_x64(True):
+        _, report = quantize_params({"d": {"kernel": jnp.ones((32, 8), jnp.float64)}})
+    assert "dtype float64" in report.skipped[0].reason
+
+
+class NNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.embed = nnx.Linear(48, 64, rngs=rngs)
+        self.norm = nnx.LayerNorm(64, rngs=rngs)
+        self.blocks = nnx.List([nnx.Linear(64, 64, rngs=rngs) for _ in range(2)])
+        self.head = nnx.Sequential(nnx.Linear(64, 10, rngs=rngs))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.norm(nnx.relu(self.embed(x)))
+        for block in self.blocks:
+            h = nnx.relu(block(h))
+        return self.head(h)
+
+
+@nnx.jit
+def call(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+def test_quantize_module_replaces_linear_layers_in_place(caplog: Any) -> None:
+    model = NNet(nnx.Rngs(0))
+    reference = nnx.clone(model)  # the same weights in train-mode MXFP8Linear layers
+    reference.blocks[0] = MXFP8Linear.from_linear(reference.blocks[0], mode="train")
+    reference.blocks[1] = MXFP8Linear.from_linear(reference.blocks[1], mode="train")
+    reference.head.layers[0] = MXFP8Linear.from_linear(reference.head.layers[0], mode="train")
+    head_kernel = np.asarray(model.head.layers[0].kernel[...])
+
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.flax"):
+        report = quantize_module(model)
+    assert isinstance(report, ConversionReport)
+    assert [c.path for c in report.converted] == ["blocks/0", "blocks/1", "head/layers/0"]
+    assert [s.path for s in report.skipped] == ["embed"]
+    assert any("'embed'" in r.getMessage() and "K = 48" in r.getMessage() for r in caplog.records)
+    assert report.bytes_saved == 4 * (2 * 4096 + 640) - (2 * (4096 + 128) + 640 + 20)
+    assert type(model.embed) is nnx.Linear
+    assert all(
+        type(m) is MXFP8Linear and m.mode == "inference" for m in [*model.blocks, model.head.layers[0]]
+    )
+
+    head = model.head.layers[0]
+    elements, scale = ref.quantize(head_kernel, axis=0)
+    np.testing.assert_array_equal(np.asarray(head.kernel_q[...], np.float64), elements)
+    np.testing.assert_array_equal(np.asarray(head.kernel_scale[...]), scale)
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert shapes_dtypes(state["blocks"][0]) == {
+        "kernel_q": ((64, 64), "float8_e4m3fn"),
+        "kernel_scale": ((64, 2), "uint8"),
+        "bias": ((64,), "float32"),
+    }
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 48)), jnp.float32)
+    np.testing.assert_array_equal(call(model, x), call(reference, x))
+
+
+def test_quantize_module_selection_and_unconvertible_layers() -> None:
+    model = NNet(nnx.Rngs(0))
+    report = quantize_module(model, include="blocks/*", exclude="*/1")
+    assert [c.path for c in report.converted] == ["blocks/0"]
+    assert type(model.blocks[1]) is nnx.Linear and type(model.head.layers[0]) is nnx.Linear
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert reasons["blocks/1"] == "path matched by exclude pattern '*/1'"
+
+    root = nnx.Linear(64, 8, rngs=nnx.Rngs(0))
+    assert "MXFP8Linear.from_linear" in quantize_module(root).skipped[0].reason
+    assert type(root) is nnx.Linear
+
+    class Wide(nnx.Module):
+        def __init__(self) -> None:
+            self.fc = nnx.Linear(64, 8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+
+    with warnings.catch_warnings():  # "float64 is not available" (x64 is off): arrays are float32
+        warnings.simplefilter("ignore", UserWarning)
+        wide = Wide()
+    report = quantize_module(wide)
+    assert not report.converted and "float64" in report.skipped[0].reason
+    assert type(wide.fc) is nnx.Linear

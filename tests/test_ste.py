@@ -1,0 +1,130 @@
+"""The straight-through MXFP8 linear op: forward math, gradients, transformations, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import np_reference as ref
+import numpy as np
+import pytest
+
+from mxfp8_xla import dequantize, mxfp8_matmul, quantize
+from mxfp8_xla.ste import mxfp8_linear_ste
+
+F32 = jnp.float32
+
+
+def _data(seed: int, shape: tuple[int, ...], spread: float = 4.0) -> np.ndarray:
+    """Normal values with per-element magnitudes spread over ``2**+-spread`` (float32)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) * 2.0 ** rng.uniform(-spread, spread, shape)).astype(np.float32)
+
+
+def ste(x: jax.Array, k: jax.Array, out_dtype: jnp.dtype = F32) -> jax.Array:
+    return mxfp8_linear_ste(x, k, backend="emulation", out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize("xshape", [(64,), (5, 64), (2, 3, 64)])
+def test_forward_matches_float64_numpy_reference(xshape: tuple[int, ...]) -> None:
+    x, k = _data(0, xshape), _data(1, (64, 24))
+    x[..., :32] = 0.0  # an all-zero block: scale byte 0
+    for fn in (ste, jax.jit(ste)):
+        y = np.asarray(fn(jnp.asarray(x), jnp.asarray(k)), np.float64)
+        assert y.shape == (*xshape[:-1], 24)
+        np.testing.assert_array_less(np.abs(y - ref.linear(x, k)), ref.linear_tolerance(x, k))
+
+
+def test_forward_is_quantize_then_mxfp8_matmul_bit_for_bit() -> None:
+    x, k = jnp.asarray(_data(2, (7, 96))), jnp.asarray(_data(3, (96, 40)))
+    for out_dtype in (jnp.float32, jnp.bfloat16):
+        expected = jax.jit(
+            lambda x, k, dt=out_dtype: mxfp8_matmul(quantize(x), quantize(k, axis=0), out_dtype=dt)
+        )(x, k)
+        got = jax.jit(ste, static_argnums=2)(x, k, out_dtype)
+        assert got.dtype == out_dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+
+
+def test_gradients_are_float32_matmuls_of_dequantized_operands() -> None:
+    x, k, g = _data(4, (3, 5, 64)), _data(5, (64, 16)), _data(6, (3, 5, 16))
+    y, vjp = jax.vjp(ste, jnp.asarray(x), jnp.asarray(k))
+    dx, dk = (np.asarray(a, np.float64) for a in jax.jit(vjp)(jnp.asarray(g)))
+    xd = ref.dequantize(*ref.quantize(x))  # [3, 5, 64]
+    wd = ref.dequantize(*ref.quantize(k, axis=0))  # [16, 64]
+    g64 = g.astype(np.float64)
+    dx_ref = g64 @ wd
+    dk_ref = xd.reshape(-1, 64).T @ g64.reshape(-1, 16)
+    tol = 2.0**-21
+    np.testing.assert_array_less(np.abs(dx - dx_ref), tol * (np.abs(g64) @ np.abs(wd)) + 1e-30)
+    np.testing.assert_array_less(
+        np.abs(dk - dk_ref), tol * (np.abs(xd).reshape(-1, 64).T @ np.abs(g64).reshape(-1, 16)) + 1e-30
+    )
+    # Straight-through, not the plain gradient of the unquantized matmul:
+    assert not np.allclose(dx, g64 @ k.astype(np.float64).T, rtol=1e-6, atol=0)
+
+
+def test_gradient_dtypes_follow_primal_dtypes_and_residuals_are_quantized() -> None:
+    x = jnp.asarray(_data(7, (4, 64)), jnp.bfloat16)
+    k = jnp.asarray(_data(8, (64, 8)), jnp.float16)
+    y, vjp = jax.vjp(lambda a, b: ste(a, b, jnp.bfloat16), x, k)
+    dx, dk = vjp(jnp.ones_like(y))
+    assert (dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float16)
+    big = [leaf for leaf in jax.tree.leaves(vjp) if leaf.size > 0]
+    assert {str(leaf.dtype) for leaf in big} == {"float8_e4m3fn", "uint8"}
+
+
+def test_jit_vmap_grad_remat_scan_agree() -> None:
+    x, ks = jnp.asarray(_data(9, (6, 64))), jnp.asarray(_data(10, (3, 64, 64), spread=1.0) / 8)
+
+    def loss(x: jax.Array, ks: jax.Array) -> jax.Array:
+        h = x
+        for i in range(ks.shape[0]):
+            h = jax.nn.relu(ste(h, ks[i]))
+        return jnp.sum(h**2)
+
+    def loss_scan(x: jax.Array, ks: jax.Array) -> jax.Array:
+        layer = jax.checkpoint(lambda h, k: (jax.nn.relu(ste(h, k)), None))
+        h, _ = jax.lax.scan(layer, x, ks)
+        return jnp.sum(h**2)
+
+    g_unrolled = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ks)
+    g_scan_remat = jax.jit(jax.grad(loss_scan, argnums=(0, 1)))(x, ks)
+    for a, b in zip(g_unrolled, g_scan_remat, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert all(bool(jnp.any(gk != 0)) for gk in g_unrolled[1])  # every layer gets a gradient
+
+    # vmap over rows equals the batched call bit for bit; kernel grads sum over the vmapped axis.
+    k = ks[0]
+    y_rows = jax.vmap(lambda r: ste(r, k))(x)
+    np.testing.assert_array_equal(np.asarray(y_rows), np.asarray(ste(x, k)))
+    gk_vmapped = jax.jit(jax.grad(lambda k: jnp.sum(jax.vmap(lambda r: ste(r, k))(x))))(k)
+    gk_batched = jax.jit(jax.grad(lambda k: jnp.sum(ste(x, k))))(k)
+    np.testing.assert_allclose(np.asarray(gk_vmapped), np.asarray(gk_batched), rtol=1e-6, atol=1e-6)
+    # vmap over a batch of kernels (both operands batched).
+    y_k = jax.jit(jax.vmap(lambda kk: ste(x, kk)))(ks)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(y_k[i]), np.asarray(ste(x, ks[i])))
+
+
+def test_identity_gradient_through_rounding() -> None:
+    """With an all-ones cotangent, dkernel[k, n] is the sum over rows of dequantized x."""
+    x, k = jnp.asarray(_data(11, (8, 32))), jnp.asarray(_data(12, (32, 3)))
+    dk = jax.jit(jax.grad(lambda k: jnp.sum(ste(x, k))))(k)
+    colsum = jax.jit(lambda x: jnp.sum(dequantize(quantize(x)), axis=0))(x)
+    np.testing.assert_allclose(
+        np.asarray(dk), np.broadcast_to(np.asarray(colsum)[:, None], (32, 3)), rtol=1e-6
+    )
+
+
+def test_errors_are_clear_and_raised_at_trace_time() -> None:
+    x, k = jnp.ones((2, 64)), jnp.ones((64, 8))
+    with pytest.raises(ValueError, match=r"last axis of x must equal K = 64"):
+        jax.jit(ste)(jnp.ones((2, 32)), k)
+    with pytest.raises(ValueError, match=r"multiple of 32"):
+        jax.jit(ste)(jnp.ones((2, 48)), jnp.ones((48, 8)))
+    with pytest.raises(ValueError, match=r"kernel must be 2-D \[K, N\], got shape \(2, 64, 8\)"):
+        jax.jit(ste)(x, jnp.ones((2, 64, 8)))
+    with pytest.raises(TypeError, match=r"int32"):
+        ste(x, jnp.ones((64, 8), jnp.int32))
+    with jax.enable_x64(True), pytest.raises(TypeError, match=r"float64"):
+        ste(jnp.ones((2, 64), jnp.float64), k)
