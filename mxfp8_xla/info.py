@@ -35,7 +35,7 @@ def info() -> dict[str, Any]:
     """Devices, compute capability, library versions, and which backends are usable here."""
     from mxfp8_xla import __version__
 
-    cap = probe_capability(flashinfer=True)
+    cap = probe_capability(torch=True, flashinfer=True)
     devices = []
     for d in jax.devices():
         devices.append(

@@ -380,3 +380,23 @@ def test_flashinfer_backend_prepared_weight_and_vmap(fake_flashinfer):
     emu = np.asarray(matmul(x, w, "emulation", jnp.float32), np.float32)
     ulp = np.exp2(np.floor(np.log2(np.maximum(np.abs(emu), 1e-30))) - 7)
     assert np.all(np.abs(out - emu) <= ulp)
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def test_info_reports_devices_versions_and_backends(capsys):
+    from mxfp8_xla import info as info_mod
+
+    with override_capability(H100):
+        report = info_mod.info()
+    assert report["jax"] == jax.__version__ and report["torch"] == "2.11.0"
+    assert report["devices"] and report["devices"][0]["platform"]
+    assert report["backends"]["emulation"] == {"usable": True, "why_not": None}
+    assert report["backends"]["torch"]["usable"] is True
+    assert not report["backends"]["flashinfer"]["usable"]
+    assert "SM90" in report["backends"]["flashinfer"]["why_not"][0]
+    assert report["auto_choice"]["backend"] == "emulation"
+    assert info_mod.main() == 0
+    out = capsys.readouterr().out
+    assert "backends:" in out and "emulation  usable" in out and "jax:" in out

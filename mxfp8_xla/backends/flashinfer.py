@@ -63,11 +63,14 @@ class FlashInferWeight:
         return tuple(self.data.shape)  # type: ignore[return-value]
 
 
+_swizzle_jit = jax.jit(swizzle_scales)
+
+
 def prepare_weight(w: MXArray) -> FlashInferWeight:
     """Swizzle the scales of ``w [N, K]`` once (at layer setup); the data is kept as is."""
     if not isinstance(w, MXArray) or w.ndim != 2:
         raise ValueError(f"prepare_weight expects a 2-D MXArray [N, K], got {getattr(w, 'shape', w)}")
-    return FlashInferWeight(data=w.data, scale_swizzled=swizzle_scales(w.scale))
+    return FlashInferWeight(data=w.data, scale_swizzled=_swizzle_jit(w.scale))
 
 
 def expected_scale_len(rows: int, k: int) -> int:

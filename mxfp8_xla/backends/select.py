@@ -75,7 +75,8 @@ class Capability:
     """torch was built with CUDA and sees a GPU."""
     flashinfer_version: str | None = None
     flashinfer_error: str | None = None
-    """Why ``import flashinfer`` failed; both ``None`` means "not probed yet"."""
+    """Why ``import flashinfer`` failed. For torch and flashinfer, version and error
+    both ``None`` means "not probed yet"."""
 
     @property
     def sm(self) -> int | None:
@@ -102,41 +103,34 @@ def _parse_cc(value: object) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _probe_devices_and_torch() -> Capability:
+def _probe_devices() -> Capability:
     device = jax.devices()[0]
     platform = device.platform
     kind = getattr(device, "device_kind", platform)
     vendor = None
     cc = None
-    if platform == "gpu" or platform in ("cuda", "rocm"):
+    if platform in ("gpu", "cuda", "rocm"):
         client_platform = getattr(getattr(device, "client", None), "platform_version", "") or ""
         vendor = "rocm" if "rocm" in client_platform.lower() else "cuda"
         platform = "gpu"
         cc = _parse_cc(getattr(device, "compute_capability", None))
-    torch_version = torch_error = None
-    torch_cuda = False
+    return Capability(platform=platform, device_kind=kind, compute_capability=cc, gpu_vendor=vendor)
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_torch() -> tuple[str | None, str | None, bool]:
+    """``(version, error, has_cuda)``; imports torch (about a second the first time)."""
     try:
         import torch
 
-        torch_version = torch.__version__
-        torch_cuda = bool(torch.version.cuda) and torch.cuda.is_available()
-        if cc is None and vendor == "cuda" and torch_cuda:
-            cc = tuple(torch.cuda.get_device_capability(0))  # type: ignore[assignment]
+        return torch.__version__, None, bool(torch.version.cuda) and torch.cuda.is_available()
     except Exception as e:  # noqa: BLE001 - any import failure makes torch unusable
-        torch_error = f"{type(e).__name__}: {e}"
-    return Capability(
-        platform=platform,
-        device_kind=kind,
-        compute_capability=cc,
-        gpu_vendor=vendor,
-        torch_version=torch_version,
-        torch_error=torch_error,
-        torch_cuda=torch_cuda,
-    )
+        return None, f"{type(e).__name__}: {e}", False
 
 
 @functools.lru_cache(maxsize=1)
 def _probe_flashinfer() -> tuple[str | None, str | None]:
+    """``(version, error)``; imports flashinfer (several seconds the first time)."""
     try:
         import flashinfer
 
@@ -148,12 +142,38 @@ def _probe_flashinfer() -> tuple[str | None, str | None]:
 _override: Capability | None = None
 
 
-def probe_capability(*, flashinfer: bool = False) -> Capability:
-    """The (cached) capability of this process; ``flashinfer=True`` also imports flashinfer."""
-    cap = _override if _override is not None else _probe_devices_and_torch()
-    if flashinfer and cap.flashinfer_version is None and cap.flashinfer_error is None:
-        version, error = _probe_flashinfer()
-        cap = dataclasses.replace(cap, flashinfer_version=version, flashinfer_error=error)
+def _with_torch(cap: Capability) -> Capability:
+    if cap.torch_version is not None or cap.torch_error is not None:
+        return cap
+    version, error, cuda = _probe_torch()
+    cap = dataclasses.replace(cap, torch_version=version, torch_error=error, torch_cuda=cuda)
+    if cap.compute_capability is None and cap.gpu_vendor == "cuda" and cuda:
+        import torch
+
+        cap = dataclasses.replace(cap, compute_capability=tuple(torch.cuda.get_device_capability(0)))
+    return cap
+
+
+def _with_flashinfer(cap: Capability) -> Capability:
+    if cap.flashinfer_version is not None or cap.flashinfer_error is not None:
+        return cap
+    version, error = _probe_flashinfer()
+    return dataclasses.replace(cap, flashinfer_version=version, flashinfer_error=error)
+
+
+def probe_capability(*, torch: bool = False, flashinfer: bool = False) -> Capability:
+    """This process's (cached) capability: devices always; torch/flashinfer status on request.
+
+    Importing torch and flashinfer is slow, so they are probed only when a
+    decision needs them (``torch=True``/``flashinfer=True`` probe them now).
+    Inside :func:`override_capability` the given capability is returned, with
+    unset torch/flashinfer fields probed for real.
+    """
+    cap = _override if _override is not None else _probe_devices()
+    if torch or flashinfer:
+        cap = _with_torch(cap)
+    if flashinfer:
+        cap = _with_flashinfer(cap)
     return cap
 
 
@@ -171,28 +191,35 @@ def override_capability(cap: Capability) -> Iterator[Capability]:
         _logged.clear()
 
 
+def _torch_problems(cap: Capability) -> list[str]:
+    if cap.torch_version is None:
+        return [f"torch does not import ({cap.torch_error or 'not installed'})"]
+    if cap.platform == "gpu" and not cap.torch_cuda:
+        return [f"torch {cap.torch_version} has no CUDA device but JAX runs on {cap.describe()}"]
+    return []
+
+
 def backend_problems(
     backend: str, *, n: int, k: int, out_dtype: object = jnp.bfloat16, capability: Capability | None = None
 ) -> list[str]:
-    """Why ``backend`` cannot serve ``x [..., k] @ w[n, k].T -> out_dtype`` here (empty: it can)."""
+    """Why ``backend`` cannot serve ``x [..., k] @ w[n, k].T -> out_dtype`` here (empty: it can).
+
+    torch and flashinfer are imported only when the device and shape checks pass.
+    """
     out_dtype = jnp.dtype(out_dtype)
     if backend == "emulation":
         return []
     if backend not in ("torch", "flashinfer"):
         raise ValueError(f"unknown MXFP8 backend {backend!r}; choose one of {SELECTABLE}")
-    cap = capability or probe_capability(flashinfer=False)
+    cap = capability or probe_capability()
     problems: list[str] = []
 
     if backend == "torch":
         if cap.platform not in ("cpu", "gpu"):
-            problems.append(f"the device is {cap.describe()}; the torch bridge runs on CPU and GPU only")
-        if cap.torch_version is None:
-            problems.append(f"torch does not import ({cap.torch_error or 'not installed'})")
-        elif cap.platform == "gpu" and not cap.torch_cuda:
-            problems.append(f"torch {cap.torch_version} has no CUDA device but JAX runs on {cap.describe()}")
-        return problems
+            return [f"the device is {cap.describe()}; the torch bridge runs on CPU and GPU only"]
+        return _torch_problems(_with_torch(cap))
 
-    # flashinfer
+    # flashinfer: device, then shape, then (only if still possible) the slow imports.
     if cap.platform != "gpu" or cap.gpu_vendor not in (None, "cuda"):
         problems.append(
             f"the device is {cap.describe()}; FlashInfer mm_mxfp8 needs an NVIDIA Blackwell GPU (SM100+)"
@@ -201,10 +228,6 @@ def backend_problems(
         problems.append(f"the compute capability of {cap.device_kind} is unknown; mm_mxfp8 needs SM100+")
     elif cap.sm < 100:
         problems.append(f"{cap.device_kind} is SM{cap.sm}; FlashInfer mm_mxfp8 needs SM100+ (Blackwell)")
-    if cap.torch_version is None:
-        problems.append(f"torch does not import ({cap.torch_error or 'not installed'})")
-    elif cap.platform == "gpu" and not cap.torch_cuda:
-        problems.append(f"torch {cap.torch_version} has no CUDA device")
     if k % 32:
         problems.append(f"K={k} is not a multiple of 32")
     if k < FLASHINFER_MIN_K:
@@ -215,13 +238,13 @@ def backend_problems(
         problems.append(f"N={n} is not a multiple of 32 (mm_mxfp8 on SM12x)")
     if out_dtype not in FLASHINFER_OUT_DTYPES:
         problems.append(f"out_dtype {out_dtype} is not supported (mm_mxfp8 writes bfloat16 or float16)")
-    # Import flashinfer only when everything else could work (the import is slow).
     if not problems:
-        version, error = cap.flashinfer_version, cap.flashinfer_error
-        if version is None and error is None:
-            version, error = _probe_flashinfer()
-        if version is None:
-            problems.append(f"flashinfer does not import ({error})")
+        cap = _with_torch(cap)
+        problems += _torch_problems(cap)
+    if not problems:
+        cap = _with_flashinfer(cap)
+        if cap.flashinfer_version is None:
+            problems.append(f"flashinfer does not import ({cap.flashinfer_error})")
     return problems
 
 
