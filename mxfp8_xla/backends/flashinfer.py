@@ -138,11 +138,29 @@ def flashinfer_arguments(
     return args, kwargs
 
 
+def _ffi_stream(device: Any) -> Any:
+    """Pin TVM-FFI's stream to torch's current stream (XLA's, inside the bridge).
+
+    FlashInfer's TVM-FFI kernels launch on ``TVMFFIEnvGetStream``; tvm-ffi only
+    follows torch's current stream automatically when torch exposes its DLPack
+    exchange API, so set it explicitly.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        import tvm_ffi
+
+        return tvm_ffi.use_torch_stream()
+    except (ImportError, AttributeError):  # older FlashInfer (torch extensions) use torch's stream
+        return contextlib.nullcontext()
+
+
 def _mm_mxfp8(a_q: Any, a_scale_sw: Any, w_q: Any, w_scale_sw: Any, *, out: Any) -> None:
     import flashinfer
 
     args, kwargs = flashinfer_arguments(a_q, w_q, a_scale_sw, w_scale_sw, out)
-    flashinfer.mm_mxfp8(*args, **kwargs)
+    with _ffi_stream(out.device):
+        flashinfer.mm_mxfp8(*args, **kwargs)
 
 
 def _matmul_2d(
@@ -241,5 +259,6 @@ def warmup(
             sw = torch.full((expected_scale_len(n, k),), 127, dtype=torch.uint8, device=device)
             out = torch.empty((m, n), dtype=tdt, device=device)
             args, kwargs = flashinfer_arguments(a, w, sa, sw, out)
-            flashinfer.mm_mxfp8(*args, **kwargs)
+            with _ffi_stream(out.device):
+                flashinfer.mm_mxfp8(*args, **kwargs)
     torch.cuda.synchronize(device)
