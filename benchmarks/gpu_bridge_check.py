@@ -287,6 +287,13 @@ def overhead() -> None:
         note("overhead", f"{tag}: us per chain (jitted fori_loop)", round(t_loop * 1e6, 1))
         if cmd is not None:
             note("overhead", f"{tag}: python entries per execution", py)
+        if cmd and ON_GPU and py >= layers:
+            note(
+                "overhead",
+                "hint",
+                "command buffers did not capture the bridged calls; check XLA_FLAGS "
+                "(--xla_gpu_enable_command_buffer must include CUSTOM_CALL)",
+            )
     # Same numbers? (bf16 cuBLAS in both, possibly different kernels: loose check)
     native = np.asarray(jax.jit(chain("native", "x"))(h0, ws), np.float32)
     set_command_buffers(True)
