@@ -15,11 +15,14 @@ def mxfp8_matmul(
     *,
     out_dtype: jnp.dtype = jnp.bfloat16,
     backend: str = "emulation",
+    name: str | None = None,
 ) -> jax.Array:
     """Multiply ``x [..., K]`` by the MXFP8 weight ``w [N, K]`` (torch/ModelOpt orientation).
 
     ``x`` is a float32/bfloat16/float16 array, quantized here with blocks of 32
     along K, or an ``MXArray``. Returns ``[..., N]`` in ``out_dtype``.
+    ``backend``: ``"emulation"``, ``"torch"``, ``"flashinfer"`` or ``"auto"``
+    (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
     """
     if not isinstance(w, MXArray):
         raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K], got {type(w).__name__}")
@@ -33,4 +36,4 @@ def mxfp8_matmul(
             f"the last axis of x must equal K = {w.shape[1]}"
         )
     xq = x if isinstance(x, MXArray) else quantize(x)
-    return get_backend(backend)(xq, w, jnp.dtype(out_dtype))
+    return get_backend(backend)(xq, w, jnp.dtype(out_dtype), name=name)

@@ -1,7 +1,18 @@
 """Matmul backends: each computes ``x @ w.T`` for MXFP8 operands.
 
-A backend is a function ``(x: MXArray [..., K], w: MXArray [N, K], out_dtype) ->
-[..., N]``. ``get_backend(name)`` returns it; unknown names raise ``ValueError``.
+A backend is a function ``(x: MXArray [..., K], w: MXArray [N, K], out_dtype, *,
+name=None) -> [..., N]``; ``name`` labels the layer in error and log messages.
+``get_backend(name)`` returns it; unknown names raise ``ValueError``.
+
+* ``"emulation"``: pure JAX, any device (:mod:`.emulation`).
+* ``"torch"``: the same math in PyTorch through the DLPack bridge, a reference
+  (:mod:`.torch_ref`).
+* ``"flashinfer"``: FlashInfer ``mm_mxfp8`` on Blackwell through the bridge
+  (:mod:`.flashinfer`).
+* ``"auto"``: picks per layer with :func:`.select.select_backend` (FlashInfer
+  where it can serve, else emulation; honours ``MXFP8_XLA_BACKEND``).
+
+torch and flashinfer are imported only when their backend runs.
 """
 
 from __future__ import annotations
@@ -11,13 +22,39 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import emulation
+from mxfp8_xla.backends import emulation, flashinfer, torch_ref
+from mxfp8_xla.backends.select import (
+    BACKEND_ENV,
+    BackendUnavailableError,
+    Capability,
+    backend_problems,
+    override_capability,
+    probe_capability,
+    require_backend,
+    select_backend,
+)
 from mxfp8_xla.mxarray import MXArray
 
-Backend = Callable[[MXArray, MXArray, jnp.dtype], jax.Array]
+Backend = Callable[..., jax.Array]
+
+
+def _emulation(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
+    del name
+    return emulation.matmul(x, w, out_dtype)
+
+
+def _auto(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
+    """Select per layer (trace time), then run the chosen backend."""
+    n, k = w.shape
+    choice = select_backend("auto", n=n, k=k, out_dtype=out_dtype, name=name)
+    return BACKENDS[choice](x, w, out_dtype, name=name)
+
 
 BACKENDS: dict[str, Backend] = {
-    "emulation": emulation.matmul,
+    "emulation": _emulation,
+    "torch": torch_ref.matmul,
+    "flashinfer": flashinfer.matmul,
+    "auto": _auto,
 }
 
 
@@ -27,3 +64,18 @@ def get_backend(name: str) -> Backend:
         return BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown MXFP8 backend {name!r}; available: {sorted(BACKENDS)}") from None
+
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "Backend",
+    "BackendUnavailableError",
+    "Capability",
+    "backend_problems",
+    "get_backend",
+    "override_capability",
+    "probe_capability",
+    "require_backend",
+    "select_backend",
+]

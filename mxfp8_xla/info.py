@@ -1,0 +1,109 @@
+"""``mxfp8_xla.info()`` / ``python -m mxfp8_xla info``: what can run here, and why not."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mxfp8_xla.backends.select import (
+    BACKEND_ENV,
+    backend_problems,
+    probe_capability,
+    select_backend,
+)
+from mxfp8_xla.interop import COMMAND_BUFFER_ENV
+
+# A representative large layer for the "usable" column; shape limits are listed separately.
+_PROBE_N = 4096
+_PROBE_K = 4096
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def info() -> dict[str, Any]:
+    """Devices, compute capability, library versions, and which backends are usable here."""
+    from mxfp8_xla import __version__
+
+    cap = probe_capability(torch=True, flashinfer=True)
+    devices = []
+    for d in jax.devices():
+        devices.append(
+            {
+                "id": d.id,
+                "platform": d.platform,
+                "kind": getattr(d, "device_kind", d.platform),
+                "compute_capability": getattr(d, "compute_capability", None),
+            }
+        )
+    torch_cuda = None
+    if cap.torch_version is not None:
+        import torch
+
+        torch_cuda = torch.version.cuda
+    backends = {}
+    for name in ("emulation", "torch", "flashinfer"):
+        problems = backend_problems(name, n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, capability=cap)
+        backends[name] = {"usable": not problems, "why_not": problems or None}
+    auto = select_backend("auto", n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, name="info", capability=cap)
+    return {
+        "mxfp8_xla": __version__,
+        "python": sys.version.split()[0],
+        "os": f"{platform.system()} {platform.machine()}",
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "torch": cap.torch_version,
+        "torch_cuda": torch_cuda,
+        "torch_error": cap.torch_error,
+        "flashinfer": cap.flashinfer_version,
+        "flashinfer_error": cap.flashinfer_error,
+        "default_backend": jax.default_backend(),
+        "devices": devices,
+        "compute_capability": cap.compute_capability,
+        "backends": backends,
+        "auto_choice": {"shape": f"w [{_PROBE_N}, {_PROBE_K}], out bfloat16", "backend": auto},
+        "flashinfer_shape_rules": "K % 32 == 0, K >= 128, N >= 128, out bfloat16/float16",
+        "env": {
+            BACKEND_ENV: os.environ.get(BACKEND_ENV),
+            COMMAND_BUFFER_ENV: os.environ.get(COMMAND_BUFFER_ENV),
+        },
+    }
+
+
+def _format(report: dict[str, Any]) -> str:
+    lines = []
+    for key, value in report.items():
+        if key == "devices":
+            lines.append("devices:")
+            for d in value:
+                cc = f", compute capability {d['compute_capability']}" if d["compute_capability"] else ""
+                lines.append(f"  [{d['id']}] {d['platform']}: {d['kind']}{cc}")
+        elif key == "backends":
+            lines.append("backends:")
+            for name, b in value.items():
+                status = "usable" if b["usable"] else "not usable: " + "; ".join(b["why_not"])
+                lines.append(f"  {name:<10} {status}")
+        elif key == "env":
+            lines.append("env:")
+            lines.extend(f"  {k}={v if v is not None else '(unset)'}" for k, v in value.items())
+        elif key.endswith("_error") and value is None:
+            continue
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Print :func:`info` for ``python -m mxfp8_xla info``."""
+    print(_format(info()))
+    return 0
