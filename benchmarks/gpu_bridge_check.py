@@ -132,9 +132,7 @@ def correctness() -> None:
         for lead, n, k in cases:
             wq = quantize(jax.random.normal(jax.random.key(n), (n, k)) * 0.05)
             emu32 = jax.jit(lambda xq, w: mx.mxfp8_matmul(xq, w, out_dtype=jnp.float32))
-            ref32 = jax.jit(
-                lambda xq, w: mx.mxfp8_matmul(xq, w, out_dtype=jnp.float32, backend="torch", name="check")
-            )
+            ref32 = jax.jit(lambda xq, w: mx.mxfp8_matmul(xq, w, out_dtype=jnp.float32, backend="torch", name="check"))
             emu16 = jax.jit(lambda xq, w: mx.mxfp8_matmul(xq, w, out_dtype=jnp.bfloat16))
             ref16 = jax.jit(lambda xq, w: mx.mxfp8_matmul(xq, w, out_dtype=jnp.bfloat16, backend="torch"))
             for it in range(4):  # fresh inputs every call
@@ -162,9 +160,7 @@ def correctness() -> None:
 
 def _bridged_mm_f32(x, w, name):
     spec = jax.ShapeDtypeStruct((x.shape[0], w.shape[0]), jnp.float32)
-    return torch_callback(
-        lambda a, b, *, out: torch.matmul(a, b.t(), out=out), spec, x, w, pass_out=True, name=name
-    )
+    return torch_callback(lambda a, b, *, out: torch.matmul(a, b.t(), out=out), spec, x, w, pass_out=True, name=name)
 
 
 def stream_ordering() -> None:
@@ -228,9 +224,7 @@ def stream_ordering() -> None:
 
 def _bridged_mm_bf16(h, w, name):
     spec = jax.ShapeDtypeStruct((h.shape[0], w.shape[0]), jnp.bfloat16)
-    return torch_callback(
-        lambda a, b, *, out: torch.matmul(a, b.t(), out=out), spec, h, w, pass_out=True, name=name
-    )
+    return torch_callback(lambda a, b, *, out: torch.matmul(a, b.t(), out=out), spec, h, w, pass_out=True, name=name)
 
 
 def _time_queued(f, args, reps: int, repeats: int = 5) -> float:

@@ -1,5 +1,7 @@
 """MXFP8 (OCP microscaling, E4M3 elements, E8M0 scales per 32) linear algebra for JAX."""
 
+from mxfp8_xla.backends import BackendUnavailableError, select_backend
+from mxfp8_xla.info import info
 from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len, unswizzle_scales
 from mxfp8_xla.matmul import mxfp8_matmul
 from mxfp8_xla.mxarray import MXArray, dequantize, quantize
@@ -9,11 +11,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BLOCK_SIZE",
+    "BackendUnavailableError",
     "E4M3_MAX",
     "MXArray",
     "dequantize",
+    "info",
     "mxfp8_matmul",
     "quantize",
+    "select_backend",
     "swizzle_scales",
     "swizzled_scale_len",
     "unswizzle_scales",

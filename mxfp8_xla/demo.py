@@ -28,7 +28,9 @@ def main(m: int = 64, k: int = 1024, n: int = 512, seed: int = 0) -> int:
     print(f"mxfp8_xla demo on {jax.devices()[0].platform}: x [{m}, {k}] @ w[{n}, {k}].T, emulation backend")
     print(f"  relative error, MXFP8 vs float32 reference: {_rel_err(y, y_f32):.4e}")
     print(f"  relative error, bf16  vs float32 reference: {_rel_err(y_bf16, y_f32):.4e}")
-    print(f"  weight bytes: float32 {w.nbytes:,}  bf16 {w.nbytes // 2:,}  MXFP8 {w_q.nbytes:,} "
-          f"(data {w_q.data.nbytes:,} + scales {w_q.scale.nbytes:,}; {w.nbytes / 2 / w_q.nbytes:.2f}x "
-          f"smaller than bf16)")
+    print(
+        f"  weight bytes: float32 {w.nbytes:,}  bf16 {w.nbytes // 2:,}  MXFP8 {w_q.nbytes:,} "
+        f"(data {w_q.data.nbytes:,} + scales {w_q.scale.nbytes:,}; {w.nbytes / 2 / w_q.nbytes:.2f}x "
+        f"smaller than bf16)"
+    )
     return 0

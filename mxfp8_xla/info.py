@@ -52,7 +52,7 @@ def info() -> dict[str, Any]:
 
         torch_cuda = torch.version.cuda
     backends = {}
-    for name in ("emulation", "torch", "flashinfer"):
+    for name in ("emulation", "torch", "flashinfer", "hopper"):
         problems = backend_problems(name, n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, capability=cap)
         backends[name] = {"usable": not problems, "why_not": problems or None}
     auto = select_backend("auto", n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, name="info", capability=cap)

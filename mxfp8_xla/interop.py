@@ -162,9 +162,7 @@ def rowwise_vmap(fun: Callable[..., Any], row_argnums: Sequence[int]) -> Callabl
                     if not b:
                         a = jnp.broadcast_to(a, (axis_size, *a.shape))
                     if a.ndim < 2:
-                        raise ValueError(
-                            f"rowwise_vmap: row argument {i} has shape {a.shape[1:]} (no row axis)"
-                        )
+                        raise ValueError(f"rowwise_vmap: row argument {i} has shape {a.shape[1:]} (no row axis)")
                     a = a.reshape((axis_size * a.shape[1], *a.shape[2:]))
                 flat.append(a)
             out = batched(*flat)
@@ -271,18 +269,14 @@ def torch_callback(
     if vmap_method is None:
         vmap_method = "flatten" if row_argnums is not None else "sequential"
     if vmap_method not in VMAP_METHODS:
-        raise ValueError(
-            f"torch_callback({label}): vmap_method must be one of {VMAP_METHODS}, got {vmap_method!r}"
-        )
+        raise ValueError(f"torch_callback({label}): vmap_method must be one of {VMAP_METHODS}, got {vmap_method!r}")
     if vmap_method == "flatten":
         if row_argnums is None:
             raise ValueError(f"torch_callback({label}): vmap_method='flatten' needs row_argnums")
         row_argnums = tuple(int(i) for i in row_argnums)
         for i in row_argnums:
             if not 0 <= i < len(args) or args[i].ndim == 0:
-                raise ValueError(
-                    f"torch_callback({label}): row_argnums entry {i} must name an input with a row axis"
-                )
+                raise ValueError(f"torch_callback({label}): row_argnums entry {i} must name an input with a row axis")
         rows = {args[i].shape[0] for i in row_argnums} | {s.shape[0] if s.shape else None for s in out_specs}
         if len(rows) != 1:
             raise ValueError(
@@ -316,9 +310,7 @@ def torch_callback(
             jax.lax.bitcast_convert_type(a, c) if c != a.dtype else a
             for a, (c, _) in zip(arrays, in_carriers, strict=True)
         ]
-        carried_specs = [
-            jax.ShapeDtypeStruct(s.shape, c) for s, (c, _) in zip(specs, out_carriers, strict=True)
-        ]
+        carried_specs = [jax.ShapeDtypeStruct(s.shape, c) for s, (c, _) in zip(specs, out_carriers, strict=True)]
 
         def bridge(ctx: Any, outs: Sequence[Any], *ins: Any) -> None:
             CALL_COUNTS[label] += 1
@@ -352,9 +344,7 @@ def torch_callback(
     return jax.tree.unflatten(out_tree, flat_out)
 
 
-def _run(
-    fn: Callable[..., Any], in_t: list[Any], out_t: list[Any], out_tree: Any, pass_out: bool, label: str
-) -> None:
+def _run(fn: Callable[..., Any], in_t: list[Any], out_t: list[Any], out_tree: Any, pass_out: bool, label: str) -> None:
     if pass_out:
         fn(*in_t, out=jax.tree.unflatten(out_tree, out_t))  # return value ignored
         return

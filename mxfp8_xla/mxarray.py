@@ -65,14 +65,12 @@ def check_mxarray_leaves(data: Any, scale: Any, name: str = "MXArray") -> None:
         raise TypeError(f"{name}.scale must be uint8 (biased E8M0), got {scale.dtype} with shape {scale.shape}")
     if len(data.shape) == 0 or data.shape[-1] % numerics.BLOCK_SIZE:
         raise ValueError(
-            f"{name}.data shape {tuple(data.shape)}: the last axis must be a multiple of "
-            f"{numerics.BLOCK_SIZE}"
+            f"{name}.data shape {tuple(data.shape)}: the last axis must be a multiple of {numerics.BLOCK_SIZE}"
         )
     expected = (*data.shape[:-1], data.shape[-1] // numerics.BLOCK_SIZE)
     if tuple(scale.shape) != expected:
         raise ValueError(
-            f"{name}.scale has shape {tuple(scale.shape)}; data shape {tuple(data.shape)} "
-            f"needs scale shape {expected}"
+            f"{name}.scale has shape {tuple(scale.shape)}; data shape {tuple(data.shape)} needs scale shape {expected}"
         )
 
 

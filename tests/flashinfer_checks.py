@@ -84,9 +84,7 @@ def fake_mm_mxfp8(
     a, b, a_descale, b_descale, out=None, out_dtype=torch.bfloat16, use_8x4_sf_layout=False, backend="auto"
 ):
     """CPU model of ``flashinfer.mm_mxfp8``: validates like it, computes in float64."""
-    check_mm_mxfp8(
-        a, b, a_descale, b_descale, out=out, out_dtype=out_dtype, use_8x4_sf_layout=use_8x4_sf_layout
-    )
+    check_mm_mxfp8(a, b, a_descale, b_descale, out=out, out_dtype=out_dtype, use_8x4_sf_layout=use_8x4_sf_layout)
     x = dequantize_swizzled(a, a_descale)
     w = dequantize_swizzled(b.t(), b_descale)  # b.t() is the [N, K] weight
     result = (x @ w.t()).to(out_dtype)

@@ -1,3 +1,5 @@
+import importlib
+
 """Backends: torch reference vs emulation, selection rules, forced-backend errors, FlashInfer arguments."""
 
 import dataclasses
@@ -46,11 +48,7 @@ def _data(m_shape, n, k, seed=0, spread=4.0):
     """x with per-block magnitudes over a few binades (exercises many scale bytes)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((*m_shape, k)).astype(np.float32)
-    x *= (
-        np.exp2(rng.integers(-spread, spread + 1, size=(*m_shape, k // 32, 1)))
-        .repeat(32, -1)
-        .reshape(x.shape)
-    )
+    x *= np.exp2(rng.integers(-spread, spread + 1, size=(*m_shape, k // 32, 1))).repeat(32, -1).reshape(x.shape)
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
     return jnp.asarray(x), quantize(jnp.asarray(w))
 
@@ -137,12 +135,8 @@ H100 = Capability(
     flashinfer_version="0.6.0",
 )
 B200 = dataclasses.replace(H100, device_kind="NVIDIA B200", compute_capability=(10, 0))
-B200_NO_FI = dataclasses.replace(
-    B200, flashinfer_version=None, flashinfer_error="ModuleNotFoundError: flashinfer"
-)
-B200_NO_TORCH = dataclasses.replace(
-    B200, torch_version=None, torch_cuda=False, torch_error="ImportError: torch"
-)
+B200_NO_FI = dataclasses.replace(B200, flashinfer_version=None, flashinfer_error="ModuleNotFoundError: flashinfer")
+B200_NO_TORCH = dataclasses.replace(B200, torch_version=None, torch_cuda=False, torch_error="ImportError: torch")
 RTX5090 = dataclasses.replace(B200, device_kind="NVIDIA GeForce RTX 5090", compute_capability=(12, 0))
 TPU = Capability(platform="tpu", device_kind="TPU v5e", torch_version="2.13.0")
 
@@ -152,7 +146,11 @@ BF16, F32 = jnp.bfloat16, jnp.float32
 AUTO_TABLE = [
     (CPU, 4096, 4096, BF16, "emulation", "the device is cpu"),
     (TPU, 4096, 4096, BF16, "emulation", "the device is tpu"),
-    (H100, 4096, 4096, BF16, "emulation", "SM90; FlashInfer mm_mxfp8 needs SM100+"),
+    (H100, 4096, 4096, BF16, "hopper", "SM90; FlashInfer mm_mxfp8 needs SM100+"),
+    (H100, 4096, 4096, F32, "hopper", "SM90 GPU, hopper kernel fits"),
+    (H100, 4096, 4000, BF16, "emulation", "K=4000 is not a multiple of 128 (the hopper kernel's K tile)"),
+    (H100, 4000, 4096, BF16, "emulation", "N=4000 is not a multiple of 64"),
+    (B200_NO_FI, 4096, 4096, BF16, "emulation", "is SM100; the hopper kernel is built and measured for SM90 only"),
     (B200, 4096, 4096, BF16, "flashinfer", "shape fits"),
     (B200, 128, 128, BF16, "flashinfer", "shape fits"),
     (B200, 4096, 4096, jnp.float16, "flashinfer", "shape fits"),
@@ -194,6 +192,9 @@ def test_auto_logs_once_per_layer(caplog):
         (B200_NO_TORCH, "torch", 4096, 4096, "torch does not import"),
         (dataclasses.replace(H100, torch_cuda=False), "torch", 4096, 4096, "has no CUDA device"),
         (TPU, "torch", 4096, 4096, "CPU and GPU only"),
+        (CPU, "hopper", 4096, 4096, "the hopper kernel needs an NVIDIA SM90 GPU"),
+        (B200, "hopper", 4096, 4096, "SM100; the hopper kernel is built and measured for SM90 only"),
+        (H100, "hopper", 4096, 96, "K=96 is not a multiple of 128"),
     ],
 )
 def test_forced_backend_errors(cap, backend, n, k, reason):
@@ -386,7 +387,7 @@ def test_flashinfer_backend_prepared_weight_and_vmap(fake_flashinfer):
 
 
 def test_info_reports_devices_versions_and_backends(capsys):
-    from mxfp8_xla import info as info_mod
+    info_mod = importlib.import_module("mxfp8_xla.info")  # mxfp8_xla.info is also the function
 
     with override_capability(H100):
         report = info_mod.info()
@@ -396,7 +397,8 @@ def test_info_reports_devices_versions_and_backends(capsys):
     assert report["backends"]["torch"]["usable"] is True
     assert not report["backends"]["flashinfer"]["usable"]
     assert "SM90" in report["backends"]["flashinfer"]["why_not"][0]
-    assert report["auto_choice"]["backend"] == "emulation"
+    assert report["backends"]["hopper"] == {"usable": True, "why_not": None}
+    assert report["auto_choice"]["backend"] == "hopper"
     assert info_mod.main() == 0
     out = capsys.readouterr().out
     assert "backends:" in out and "emulation  usable" in out and "jax:" in out

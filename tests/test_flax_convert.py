@@ -87,9 +87,7 @@ def test_include_exclude_globs(dense_vars: Any, caplog: Any) -> None:
     with caplog.at_level(logging.INFO, logger="mxfp8_xla.flax"):
         _, report = quantize_params(dense_vars, exclude="*head")
     assert [c.path for c in report.converted] == ["params/hidden"]
-    assert {s.path: s.reason for s in report.skipped}[
-        "params/head"
-    ] == "path matched by exclude pattern '*head'"
+    assert {s.path: s.reason for s in report.skipped}["params/head"] == "path matched by exclude pattern '*head'"
     assert any(r.levelno == logging.INFO and "params/head" in r.getMessage() for r in caplog.records)
 
     q, report = quantize_params(dense_vars["params"], include=["head", "nothing/*"])
@@ -155,9 +153,7 @@ def test_quantize_module_replaces_linear_layers_in_place(caplog: Any) -> None:
     assert any("'embed'" in r.getMessage() and "K = 48" in r.getMessage() for r in caplog.records)
     assert report.bytes_saved == 4 * (2 * 4096 + 640) - (2 * (4096 + 128) + 640 + 20)
     assert type(model.embed) is nnx.Linear
-    assert all(
-        type(m) is MXFP8Linear and m.mode == "inference" for m in [*model.blocks, model.head.layers[0]]
-    )
+    assert all(type(m) is MXFP8Linear and m.mode == "inference" for m in [*model.blocks, model.head.layers[0]])
 
     head = model.head.layers[0]
     elements, scale = ref.quantize(head_kernel, axis=0)

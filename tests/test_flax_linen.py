@@ -287,9 +287,7 @@ def _assert_same_tree_bits(a: Any, b: Any) -> None:
     assert shapes_dtypes(a) == shapes_dtypes(b)
     assert {str(leaf.dtype) for leaf in jax.tree.leaves(a)} == {"float8_e4m3fn", "uint8", "float32"}
     jax.tree.map(
-        lambda u, v: np.testing.assert_array_equal(
-            np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8)
-        ),
+        lambda u, v: np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8)),
         a,
         b,
     )
@@ -335,9 +333,7 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
         jax.jit(MLP(mx(mode="train")).apply)(vt, jnp.ones((2, 96)))
     # K not a multiple of 32, at init, in both modes.
     for mode in ("inference", "train"):
-        with pytest.raises(
-            ValueError, match=r"MXFP8Dense at 'fc1'.*input of shape \(2, 48\).*K = 48.*multiple of 32"
-        ):
+        with pytest.raises(ValueError, match=r"MXFP8Dense at 'fc1'.*input of shape \(2, 48\).*K = 48.*multiple of 32"):
             jax.jit(MLP(mx(mode=mode)).init)(KEY, jnp.ones((2, 48)))
     # float64.
     with pytest.raises(TypeError, match=r"MXFP8Dense at 'fc1'.*param_dtype is float64"):

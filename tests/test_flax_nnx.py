@@ -161,9 +161,7 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
         ):
             fn(jnp.ones((2, 96)))
     for mode in ("inference", "train"):
-        with pytest.raises(
-            ValueError, match=r"MXFP8Linear\(48, 8\): in_features has K = 48 .*multiple of 32"
-        ):
+        with pytest.raises(ValueError, match=r"MXFP8Linear\(48, 8\): in_features has K = 48 .*multiple of 32"):
             MXFP8Linear(48, 8, mode=mode, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match=r"param_dtype is float64"):
         MXFP8Linear(64, 8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
@@ -175,7 +173,5 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
     ):
         call(layer, jnp.ones((2, 64), jnp.float64))
     layer.kernel_q = nnx.Param(layer.kernel_q[...].astype(jnp.float32))
-    with pytest.raises(
-        TypeError, match=r"'kernel_q' with shape \(8, 64\) has dtype float32; expected float8_e4m3fn"
-    ):
+    with pytest.raises(TypeError, match=r"'kernel_q' with shape \(8, 64\) has dtype float32; expected float8_e4m3fn"):
         call(layer, jnp.ones((2, 64)))

@@ -98,9 +98,7 @@ def test_pytree_outputs_and_rank3():
 
 def test_python_runs_on_every_cpu_execution():
     x = jnp.ones((2, 32))
-    f = jax.jit(
-        lambda x: torch_callback(lambda t: t + 1, jax.ShapeDtypeStruct(x.shape, x.dtype), x, name="cnt")
-    )
+    f = jax.jit(lambda x: torch_callback(lambda t: t + 1, jax.ShapeDtypeStruct(x.shape, x.dtype), x, name="cnt"))
     before = CALL_COUNTS["cnt"]
     for i in range(3):
         np.testing.assert_array_equal(f(x + i), np.full((2, 32), 2.0 + i))
@@ -111,9 +109,7 @@ def test_command_buffer_flag_is_harmless_on_cpu(monkeypatch):
     x = _random((2, 32), jnp.float32)
     spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
     for flag in (True, False, None):
-        y = jax.jit(lambda x, flag=flag: torch_callback(torch.neg, spec, x, command_buffer_compatible=flag))(
-            x
-        )
+        y = jax.jit(lambda x, flag=flag: torch_callback(torch.neg, spec, x, command_buffer_compatible=flag))(x)
         np.testing.assert_array_equal(y, -x)
     monkeypatch.setenv(interop.COMMAND_BUFFER_ENV, "0")
     assert interop._command_buffer_default() is False

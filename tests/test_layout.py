@@ -11,9 +11,7 @@ import mxfp8_xla as mx
 def offset_128x4(r: int, c: int, cols: int) -> int:
     """FlashInfer's get_sf_out_offset_128x4, transcribed from its CUDA source."""
     num_k_tiles = (cols + 3) // 4
-    return (
-        (r // 128) * num_k_tiles * 512 + (c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
-    )
+    return (r // 128) * num_k_tiles * 512 + (c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
 
 
 @pytest.mark.parametrize("rows", [1, 127, 128, 129, 300])

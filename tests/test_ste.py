@@ -37,9 +37,9 @@ def test_forward_matches_float64_numpy_reference(xshape: tuple[int, ...]) -> Non
 def test_forward_is_quantize_then_mxfp8_matmul_bit_for_bit() -> None:
     x, k = jnp.asarray(_data(2, (7, 96))), jnp.asarray(_data(3, (96, 40)))
     for out_dtype in (jnp.float32, jnp.bfloat16):
-        expected = jax.jit(
-            lambda x, k, dt=out_dtype: mxfp8_matmul(quantize(x), quantize(k, axis=0), out_dtype=dt)
-        )(x, k)
+        expected = jax.jit(lambda x, k, dt=out_dtype: mxfp8_matmul(quantize(x), quantize(k, axis=0), out_dtype=dt))(
+            x, k
+        )
         got = jax.jit(ste, static_argnums=2)(x, k, out_dtype)
         assert got.dtype == out_dtype
         np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
@@ -111,9 +111,7 @@ def test_identity_gradient_through_rounding() -> None:
     x, k = jnp.asarray(_data(11, (8, 32))), jnp.asarray(_data(12, (32, 3)))
     dk = jax.jit(jax.grad(lambda k: jnp.sum(ste(x, k))))(k)
     colsum = jax.jit(lambda x: jnp.sum(dequantize(quantize(x)), axis=0))(x)
-    np.testing.assert_allclose(
-        np.asarray(dk), np.broadcast_to(np.asarray(colsum)[:, None], (32, 3)), rtol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(dk), np.broadcast_to(np.asarray(colsum)[:, None], (32, 3)), rtol=1e-6)
 
 
 def test_errors_are_clear_and_raised_at_trace_time() -> None:

@@ -9,8 +9,11 @@ name=None) -> [..., N]``; ``name`` labels the layer in error and log messages.
   (:mod:`.torch_ref`).
 * ``"flashinfer"``: FlashInfer ``mm_mxfp8`` on Blackwell through the bridge
   (:mod:`.flashinfer`).
+* ``"hopper"``: a Pallas/Triton kernel for SM90 that dequantizes the fp8 weight in
+  registers (:mod:`.hopper`).
 * ``"auto"``: picks per layer with :func:`.select.select_backend` (FlashInfer
-  where it can serve, else emulation; honours ``MXFP8_XLA_BACKEND``).
+  where it can serve, else the hopper kernel, else emulation; honours
+  ``MXFP8_XLA_BACKEND``).
 
 torch and flashinfer are imported only when their backend runs.
 """
@@ -22,7 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import emulation, flashinfer, torch_ref
+from mxfp8_xla.backends import emulation, flashinfer, hopper, torch_ref
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     BackendUnavailableError,
@@ -54,6 +57,7 @@ BACKENDS: dict[str, Backend] = {
     "emulation": _emulation,
     "torch": torch_ref.matmul,
     "flashinfer": flashinfer.matmul,
+    "hopper": hopper.matmul,
     "auto": _auto,
 }
 

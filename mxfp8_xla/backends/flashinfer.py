@@ -124,10 +124,7 @@ def flashinfer_arguments(
     if out.dtype not in (torch.bfloat16, torch.float16):
         fail(f"out must be bfloat16 or float16, got {out.dtype}")
     if tuple(out.shape) != (m, n) or not out.is_contiguous():
-        fail(
-            f"out must be a contiguous [{m}, {n}] tensor, "
-            f"got {tuple(out.shape)} with strides {tuple(out.stride())}"
-        )
+        fail(f"out must be a contiguous [{m}, {n}] tensor, got {tuple(out.shape)} with strides {tuple(out.stride())}")
     devices = {t.device for t in (a_q, w_q, a_scale_sw, w_scale_sw, out)}
     if len(devices) != 1:
         fail(f"all tensors must be on one device, got {sorted(map(str, devices))}")

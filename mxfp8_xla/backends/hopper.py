@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from mxfp8_xla import numerics
-from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.backends.select import require_backend
+from mxfp8_xla.mxarray import MXArray, dequantize
 
 BLOCK = numerics.BLOCK_SIZE
 
@@ -48,17 +50,22 @@ class KernelConfig:
         return None
 
 
+SMALL_M_MAX = 64
+"""Up to this many rows the Pallas kernel runs; above, XLA dequantizes and calls cuBLAS."""
+
+
 def default_config(m: int, n: int, k: int) -> KernelConfig:
-    """A config for ``[m, k] x [n, k]`` chosen from measurements on an H100 (docs/backends.md)."""
+    """The tile config measured best on an H100 for ``m <= 64`` (benchmarks/hopper_sweep.py).
+
+    bn=128 while that still gives ~100 programs along N, else bn=64 and K split
+    until ~100 programs stream the weight; bk=128; whole-tile dequantization.
+    """
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
-    for bn in (64, 32):
-        if n % bn == 0:
-            break
-    programs = -(-m // bm) * (n // bn)
+    bn = 128 if n % 128 == 0 and n // 128 >= 96 else 64
     split_k = 1
-    while programs * split_k < 128 and k % (256 * split_k * 2) == 0:
+    while (n // bn) * split_k < 100 and split_k < 8 and k % (128 * split_k * 2) == 0:
         split_k *= 2
-    return KernelConfig(bm=bm, bn=bn, bk=256 if k % 256 == 0 else 32, split_k=split_k)
+    return KernelConfig(bm=bm, bn=bn, bk=128, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
 
 
 def _block_factor(scale: jax.Array) -> jax.Array:
@@ -185,8 +192,24 @@ def matmul_2d(
     return out.astype(out_dtype)
 
 
-def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """Backend entry: ``x [..., K]`` (MXArray) times ``w [N, K]``, leading dims flattened."""
+def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
+    """Backend entry: ``x [..., K]`` (MXArray) times ``w [N, K]``; leading dims flattened.
+
+    ``M <= 64`` rows: the Pallas kernel. More rows: the GEMM is compute-bound, and
+    XLA's path (both operands dequantized exactly to bf16, cuBLAS with float32
+    accumulation) measured faster than this kernel on an H100 (docs/backends.md).
+    """
     *lead, k = x.shape
-    x2 = MXArray(x.data.reshape(-1, k), x.scale.reshape(-1, k // BLOCK))
-    return matmul_2d(x2, w, out_dtype).reshape(*lead, w.shape[0])
+    require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
+    m = math.prod(lead)
+    x2 = MXArray(x.data.reshape(m, k), x.scale.reshape(m, k // BLOCK))
+    if m <= SMALL_M_MAX:
+        out = matmul_2d(x2, w, out_dtype)
+    else:
+        out = jax.lax.dot_general(
+            dequantize(x2, jnp.bfloat16),
+            dequantize(w, jnp.bfloat16),
+            (((1,), (1,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        ).astype(out_dtype)
+    return out.reshape(*lead, w.shape[0])

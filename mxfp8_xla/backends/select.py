@@ -9,8 +9,12 @@ Rules (checked when a layer is set up or first traced, never inside a kernel):
   of compute capability 10.0 or newer (Blackwell), torch with CUDA, an importable
   ``flashinfer``, ``K % 32 == 0``, ``K >= 128``, ``N >= 128`` and a bfloat16 or
   float16 output (on SM12x also ``N % 32 == 0``).
-* ``"auto"``: ``"flashinfer"`` when it can serve, else ``"emulation"`` with one
-  log line per layer (logger ``mxfp8_xla.backends``, level INFO) saying why.
+* ``"hopper"``: the Pallas/Triton kernel of :mod:`.hopper` (fp8 weight dequantized
+  in registers). Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was
+  built and measured on), ``K % 128 == 0`` and ``N % 64 == 0``.
+* ``"auto"``: ``"flashinfer"`` when it can serve, else ``"hopper"`` when it can,
+  else ``"emulation"``, with one log line per layer (logger
+  ``mxfp8_xla.backends``, level INFO) saying why.
 
 A backend named explicitly (argument other than ``"auto"``/``None``) is
 *forced*; so is ``MXFP8_XLA_BACKEND=<name>`` when the argument is ``"auto"`` or
@@ -48,7 +52,9 @@ __all__ = [
 logger = logging.getLogger("mxfp8_xla.backends")
 
 BACKEND_ENV = "MXFP8_XLA_BACKEND"
-SELECTABLE = ("auto", "emulation", "torch", "flashinfer")
+SELECTABLE = ("auto", "emulation", "torch", "flashinfer", "hopper")
+HOPPER_K_MULTIPLE = 128
+HOPPER_N_MULTIPLE = 64
 FLASHINFER_MIN_K = 128
 FLASHINFER_MIN_N = 128
 FLASHINFER_OUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -209,10 +215,21 @@ def backend_problems(
     out_dtype = jnp.dtype(out_dtype)
     if backend == "emulation":
         return []
-    if backend not in ("torch", "flashinfer"):
+    if backend not in ("torch", "flashinfer", "hopper"):
         raise ValueError(f"unknown MXFP8 backend {backend!r}; choose one of {SELECTABLE}")
     cap = capability or probe_capability()
     problems: list[str] = []
+
+    if backend == "hopper":
+        if cap.platform != "gpu" or cap.gpu_vendor not in (None, "cuda"):
+            problems.append(f"the device is {cap.describe()}; the hopper kernel needs an NVIDIA SM90 GPU")
+        elif cap.sm != 90:
+            problems.append(f"{cap.device_kind} is SM{cap.sm}; the hopper kernel is built and measured for SM90 only")
+        if k % HOPPER_K_MULTIPLE:
+            problems.append(f"K={k} is not a multiple of {HOPPER_K_MULTIPLE} (the hopper kernel's K tile)")
+        if n % HOPPER_N_MULTIPLE:
+            problems.append(f"N={n} is not a multiple of {HOPPER_N_MULTIPLE} (the hopper kernel's N tile)")
+        return problems
 
     if backend == "torch":
         if cap.platform not in ("cpu", "gpu"):
@@ -221,9 +238,7 @@ def backend_problems(
 
     # flashinfer: device, then shape, then (only if still possible) the slow imports.
     if cap.platform != "gpu" or cap.gpu_vendor not in (None, "cuda"):
-        problems.append(
-            f"the device is {cap.describe()}; FlashInfer mm_mxfp8 needs an NVIDIA Blackwell GPU (SM100+)"
-        )
+        problems.append(f"the device is {cap.describe()}; FlashInfer mm_mxfp8 needs an NVIDIA Blackwell GPU (SM100+)")
     elif cap.sm is None:
         problems.append(f"the compute capability of {cap.device_kind} is unknown; mm_mxfp8 needs SM100+")
     elif cap.sm < 100:
@@ -303,7 +318,7 @@ def select_backend(
     name: str | None = None,
     capability: Capability | None = None,
 ) -> str:
-    """The concrete backend (``"emulation"``, ``"torch"`` or ``"flashinfer"``) for a layer.
+    """The concrete backend (``"emulation"``, ``"torch"``, ``"flashinfer"`` or ``"hopper"``) for a layer.
 
     ``n``/``k``: the weight is ``[n, k]``. Call it when the layer is set up so
     that problems surface early. Forced backends that cannot serve raise
@@ -312,13 +327,16 @@ def select_backend(
     """
     requested, forced_by = _requested(backend)
     if requested != "auto":
-        require_backend(
-            requested, n=n, k=k, out_dtype=out_dtype, name=name, forced_by=forced_by, capability=capability
-        )
+        require_backend(requested, n=n, k=k, out_dtype=out_dtype, name=name, forced_by=forced_by, capability=capability)
         return requested
     problems = backend_problems("flashinfer", n=n, k=k, out_dtype=out_dtype, capability=capability)
-    choice = "emulation" if problems else "flashinfer"
-    why = "; ".join(problems) if problems else "SM100+ GPU, flashinfer imports, shape fits"
+    if not problems:
+        choice, why = "flashinfer", "SM100+ GPU, flashinfer imports, shape fits"
+    else:
+        hopper_problems = backend_problems("hopper", n=n, k=k, out_dtype=out_dtype, capability=capability)
+        choice = "emulation" if hopper_problems else "hopper"
+        why = "flashinfer: " + "; ".join(problems)
+        why += "; hopper: " + "; ".join(hopper_problems) if hopper_problems else "; SM90 GPU, hopper kernel fits"
     key = (name or "mxfp8_matmul", n, k, str(jnp.dtype(out_dtype)), choice)
     if key not in _logged:
         _logged.add(key)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import BACKENDS, get_backend
+from mxfp8_xla.backends.select import SELECTABLE
 from mxfp8_xla.matmul import mxfp8_matmul
 from mxfp8_xla.mxarray import MXArray, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
@@ -21,18 +21,6 @@ FP8 = jnp.dtype(jnp.float8_e4m3fn)
 UINT8 = jnp.dtype(jnp.uint8)
 
 
-def _resolve_backend(name: str) -> str:
-    """Map the layers' ``backend`` argument to a registered backend name.
-
-    TEMPORARY: the registry has no ``"auto"`` yet (``select_backend`` is being added
-    in a parallel branch). Until it does, ``"auto"`` means ``"emulation"``. Replace this
-    function with the registry's own selection once ``"auto"`` is registered.
-    """
-    if name == "auto" and "auto" not in BACKENDS:
-        return "emulation"
-    return name
-
-
 def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: Any) -> str:
     """Validate constructor arguments; return the resolved backend name."""
     if mode not in MODES:
@@ -40,12 +28,9 @@ def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: A
     check_float_dtype(layer, "param_dtype", param_dtype)
     if dtype is not None:
         check_float_dtype(layer, "dtype", dtype)
-    resolved = _resolve_backend(backend)
-    try:
-        get_backend(resolved)
-    except ValueError as err:
-        raise ValueError(f"{layer}: {err}") from None
-    return resolved
+    if backend not in SELECTABLE:
+        raise ValueError(f"{layer}: unknown MXFP8 backend {backend!r}; choose one of {SELECTABLE}")
+    return backend
 
 
 def check_float_dtype(layer: str, what: str, dtype: Any) -> jnp.dtype:
@@ -75,9 +60,7 @@ def check_param(layer: str, name: str, value: Any, shape: tuple[int, ...], dtype
         )
     if got_dtype not in [jnp.dtype(d) for d in dtypes]:
         names = ", ".join(str(jnp.dtype(d)) for d in dtypes)
-        raise TypeError(
-            f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}"
-        )
+        raise TypeError(f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}")
 
 
 def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Array:
@@ -85,9 +68,7 @@ def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Arr
     x = jnp.asarray(x)
     if x.ndim == 0:
         raise ValueError(f"{layer}: input must have at least 1 dimension [..., K], got a scalar")
-    if x.dtype == jnp.float64 or not (
-        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
-    ):
+    if x.dtype == jnp.float64 or not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
         raise TypeError(
             f"{layer}: input with shape {tuple(x.shape)} has dtype {x.dtype}; expected float32, "
             f"bfloat16 or float16 (or an integer dtype)"
@@ -113,7 +94,7 @@ def quantize_kernel(kernel: jax.Array) -> MXArray:
     return quantize(kernel, axis=-2)
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "backend"))
+@functools.partial(jax.jit, static_argnames=("out_dtype", "backend", "name"))
 def forward(
     x: jax.Array,
     *,
@@ -123,6 +104,7 @@ def forward(
     bias: jax.Array | None,
     out_dtype: jnp.dtype,
     backend: str,
+    name: str | None = None,
 ) -> jax.Array:
     """``x @ W + bias`` in MXFP8, from ``kernel [K, N]`` (train) or ``kernel_q/scale [N, K]``.
 
@@ -136,7 +118,7 @@ def forward(
         y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype)
     else:
         w = MXArray(data=kernel_q, scale=kernel_scale)
-        y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend)
+        y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend, name=name)
     if bias is not None:
         y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)).astype(out_dtype)
     return y

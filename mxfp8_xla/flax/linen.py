@@ -81,7 +81,7 @@ class MXFP8Dense(nn.Module):
             self._check_existing(layer, "bias", (n,), _common.SUPPORTED_DTYPES)
             bias = self.param("bias", self.bias_init, (n,), pdt)
         out_dtype = _common.output_dtype(layer, x, self.dtype, pdt)
-        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=backend)
+        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=backend, name=layer)
 
     def _check_mode_matches_params(self, layer: str) -> None:
         """Raise if the loaded params belong to the other mode."""

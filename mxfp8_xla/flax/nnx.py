@@ -66,9 +66,7 @@ class MXFP8Linear(nnx.Module):
         self.precision, self.mode, self.backend = precision, mode, backend
 
     @classmethod
-    def from_linear(
-        cls, linear: nnx.Linear, *, mode: _common.Mode = "inference", backend: str = "auto"
-    ) -> MXFP8Linear:
+    def from_linear(cls, linear: nnx.Linear, *, mode: _common.Mode = "inference", backend: str = "auto") -> MXFP8Linear:
         """A new ``MXFP8Linear`` holding ``linear``'s weights (quantized in inference mode).
 
         Copies ``use_bias``, ``dtype``, ``param_dtype`` and ``precision``; the bias array
@@ -117,6 +115,4 @@ class MXFP8Linear(nnx.Module):
             bias = self.bias[...]
             _common.check_param(layer, "bias", bias, (n,), _common.SUPPORTED_DTYPES)
         out_dtype = _common.output_dtype(layer, x, self.dtype, self.param_dtype)
-        return _common.forward(
-            x, **weights, bias=bias, out_dtype=out_dtype, backend=_common._resolve_backend(self.backend)
-        )
+        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)

@@ -1,0 +1,91 @@
+"""The hopper backend's Pallas kernels, run in Pallas interpret mode on CPU.
+
+Interpret mode executes the same kernel bodies (tiling, masking, split-K, in-kernel
+quantization) with XLA:CPU, so every config's numerics are checked here; speed is
+measured on the GPU by benchmarks/hopper_sweep.py and bench_gemm.py.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mxfp8_xla as mx
+from mxfp8_xla.backends import hopper, pallas_quantize
+from mxfp8_xla.backends.select import Capability, override_capability
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+CONFIGS = [
+    hopper.KernelConfig(bm=16, bn=32, bk=128, split_k=1, tile_dequant=True),
+    hopper.KernelConfig(bm=16, bn=64, bk=128, split_k=2, tile_dequant=True),
+    hopper.KernelConfig(bm=16, bn=32, bk=64, split_k=2, tile_dequant=True, swap_ab=True),
+    hopper.KernelConfig(bm=16, bn=32, bk=64, split_k=2),
+    hopper.KernelConfig(bm=16, bn=32, bk=32, split_k=1, swap_ab=True),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m", [1, 5, 20])
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_kernel_matches_emulation(cfg, m, prequantized, rng):
+    k, n = 256, 128
+    x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
+    w = mx.quantize((rng.standard_normal((n, k)) * 0.02).astype(np.float32))
+    want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
+    xin = mx.quantize(x) if prequantized else jnp.asarray(x)
+    got = hopper.matmul_2d(xin, w, jnp.float32, cfg, interpret=True)
+    assert got.shape == (m, n)
+    assert rel_err(got, want) < 1e-6  # float32 accumulation in another order
+
+
+def test_kernel_propagates_non_finite_blocks(rng):
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    x[1, 7] = np.inf
+    w = mx.quantize(rng.standard_normal((64, 128)).astype(np.float32))
+    got = np.asarray(hopper.matmul_2d(x, w, jnp.float32, CONFIGS[0], interpret=True))
+    assert np.all(np.isnan(got[1])) and np.all(np.isfinite(got[[0, 2]]))
+
+
+def test_default_config_follows_the_measured_rule():
+    assert hopper.default_config(16, 14336, 4096) == hopper.KernelConfig(
+        bm=16, bn=128, bk=128, split_k=1, num_warps=4, num_stages=4, tile_dequant=True
+    )
+    assert hopper.default_config(16, 4096, 14336).split_k == 2
+    assert hopper.default_config(64, 4096, 14336).bm == 64
+
+
+def test_config_check_names_the_problem():
+    with pytest.raises(ValueError, match=r"N=96 is not a multiple of the tile bn=64"):
+        hopper.matmul_2d(jnp.ones((2, 128)), mx.quantize(jnp.ones((96, 128))), jnp.float32, CONFIGS[1])
+
+
+def test_large_m_path_matches_emulation(rng):
+    """Above 64 rows the backend hands XLA exact bf16 operands with float32 accumulation."""
+    h100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
+    x = rng.standard_normal((2, 40, 256)).astype(np.float32)
+    w = mx.quantize(rng.standard_normal((128, 256)).astype(np.float32))
+    want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
+    with override_capability(h100):
+        got = hopper.matmul(mx.quantize(x), w, jnp.float32, name="mlp")
+    assert got.shape == (2, 40, 128)
+    assert rel_err(got, want) < 1e-6
+
+
+def test_forced_hopper_on_cpu_raises_early():
+    w = mx.quantize(jnp.ones((128, 256)))
+    with pytest.raises(mx.BackendUnavailableError, match="the hopper kernel needs an NVIDIA SM90 GPU"):
+        mx.mxfp8_matmul(jnp.ones((4, 256)), w, backend="hopper", name="blk.0")
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_pallas_quantize_is_bit_exact(tile, rng):
+    x = jnp.asarray(rng.standard_normal((40, 256)) * 10, jnp.bfloat16)
+    x = x.at[3, 5].set(jnp.nan).at[7, 100].set(1e-39)
+    want = mx.quantize(x)
+    got = pallas_quantize.quantize_2d(x, bm=16, bk=128, tile=tile, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
+    np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(want.scale))
