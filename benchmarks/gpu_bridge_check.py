@@ -19,7 +19,8 @@ Sections (each runs even if another fails; failures are recorded, exit code 1):
    off; device time from many queued calls (and a jitted fori_loop), reported as us
    per bridged call over native. Also how often Python is entered per execution.
 4. early failure: backend="flashinfer" on a GPU below SM100 must fail while tracing
-   with a clear message naming the layer; "auto" must pick emulation and log why.
+   with a clear message naming the layer; "auto" must pick the hopper kernel on SM90
+   (emulation on other GPUs below SM100) and log why.
 
 Runs on CPU too (smoke test; the timings then mean nothing). Total < 3 minutes.
 """
@@ -352,7 +353,13 @@ def early_failure() -> None:
         log.removeHandler(handler)
     note("early_failure", "auto choice", choice)
     note("early_failure", "auto log line", records[0] if records else "(none)")
-    assert choice == "emulation" and records
+    assert choice == ("hopper" if _sm() == 90 else "emulation") and records
+
+
+def _sm() -> int | None:
+    from mxfp8_xla.backends.select import probe_capability
+
+    return probe_capability().sm
 
 
 # --------------------------------------------------------------------------- main
