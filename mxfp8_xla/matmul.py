@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import get_backend
+from mxfp8_xla.backends import ACTIVATION_QUANTIZERS, get_backend, select_backend
 from mxfp8_xla.mxarray import MXArray, check_quantizable, quantize
 
 
@@ -35,5 +35,11 @@ def mxfp8_matmul(
             f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
             f"the last axis of x must equal K = {w.shape[1]}"
         )
-    xq = x if isinstance(x, MXArray) else quantize(x)
-    return get_backend(backend)(xq, w, jnp.dtype(out_dtype), name=name)
+    get_backend(backend)  # unknown names fail here, before any work
+    # Resolve "auto" and check a forced backend now (trace time), before x is quantized
+    # with the chosen backend's quantizer.
+    backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+    run = get_backend(backend)
+    if not isinstance(x, MXArray):
+        x = ACTIVATION_QUANTIZERS.get(backend, quantize)(x)
+    return run(x, w, jnp.dtype(out_dtype), name=name)

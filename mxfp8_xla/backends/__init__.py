@@ -62,6 +62,12 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+ACTIVATION_QUANTIZERS: dict[str, Callable[[jax.Array], MXArray]] = {
+    "hopper": hopper.quantize_activations,
+}
+"""Backends with their own (faster, bit-identical) activation quantizer; others use ``quantize``."""
+
+
 def get_backend(name: str) -> Backend:
     """The backend function registered under ``name``."""
     try:
@@ -71,6 +77,7 @@ def get_backend(name: str) -> Backend:
 
 
 __all__ = [
+    "ACTIVATION_QUANTIZERS",
     "BACKENDS",
     "BACKEND_ENV",
     "Backend",

@@ -22,6 +22,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from mxfp8_xla import numerics
+from mxfp8_xla.backends import pallas_quantize
 from mxfp8_xla.backends.select import require_backend
 from mxfp8_xla.mxarray import MXArray, dequantize
 
@@ -190,6 +191,15 @@ def matmul_2d(
     if cfg.split_k > 1:
         out = out.sum(axis=0)
     return out.astype(out_dtype)
+
+
+def quantize_activations(x: jax.Array) -> MXArray:
+    """MXFP8-quantize ``x [..., K]`` with the one-pass Pallas kernel (bit-identical to ``quantize``)."""
+    *lead, k = x.shape
+    x2 = x.reshape(-1, k)
+    bm = 16 if x2.shape[0] <= 16 else 32
+    q = pallas_quantize.quantize_2d(x2, bm=bm, bk=256 if k % 256 == 0 else 128, tile=True)
+    return MXArray(q.data.reshape(*lead, k), q.scale.reshape(*lead, k // BLOCK))
 
 
 def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
