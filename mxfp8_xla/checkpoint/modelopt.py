@@ -408,6 +408,26 @@ def load_modelopt(
     return ModelOptCheckpoint(index.config, index.quant_config, tensors, index.path, files)
 
 
+def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Array]:
+    """Every tensor of one (unquantized) safetensors file, memory-mapped, as JAX arrays.
+
+    float8 tensors are returned as stored (no scale is applied); ``dtype`` casts the
+    other floating-point tensors. Raises :class:`CheckpointError` for a bad file.
+    """
+    shard = SafetensorsFile(path)
+    out: dict[str, jax.Array] = {}
+    for info in sorted(shard.tensors.values(), key=lambda t: t.begin):
+        value = jnp.asarray(shard.get(info.name))
+        if (
+            dtype is not None
+            and jnp.issubdtype(value.dtype, jnp.floating)
+            and not info.dtype.startswith("F8")
+        ):
+            value = value.astype(dtype)
+        out[info.name] = value
+    return out
+
+
 def quantize_state_dict(
     tensors: Mapping[str, Any], *, exclude_modules: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE
 ) -> dict[str, MXArray | Any]:
