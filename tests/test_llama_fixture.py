@@ -132,6 +132,16 @@ def test_kv_cache_generation_equals_no_cache_greedy(model, ref):
     np.testing.assert_array_equal(np.asarray(cached), np.asarray(uncached))
 
 
+def test_prompt_len_pads_the_prompt_buffer(model, ref):
+    cfg, params, _ = model
+    prompt = jnp.asarray(ref["input_ids"][:1, :8], jnp.int32)
+    want = np.asarray(generate(cfg, params, prompt, max_new_tokens=8))
+    padded = jnp.asarray(ref["input_ids"][:1, :12], jnp.int32)  # 4 tokens of junk after the prompt
+    got = np.asarray(generate(cfg, params, padded, max_new_tokens=8, prompt_len=8))
+    np.testing.assert_array_equal(got[:, :16], want)
+    assert np.all(got[:, 16:] == 0)
+
+
 def test_cached_prefill_and_decode_logits_equal_full_forward(model, ref):
     cfg, params, _ = model
     ids = jnp.asarray(ref["input_ids"][1:, :10], jnp.int32)

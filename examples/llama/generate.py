@@ -35,21 +35,28 @@ def generate(
     key: jax.Array | None = None,
     *,
     max_new_tokens: int,
+    prompt_len: jax.Array | int | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
 ) -> jax.Array:
     """``prompt [B, T]`` -> ``[B, T + max_new_tokens]`` token ids.
 
-    After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
+    ``prompt_len`` (traced, so one compilation serves every length up to ``T``): the
+    prompt is ``prompt[:, :prompt_len]`` (the rest of the buffer is ignored) and the result
+    is valid up to ``prompt_len + max_new_tokens`` (zeros after). Causal masking keeps the
+    ignored tail out of the prefill, and decoding overwrites its cache slots before any
+    query can see them. After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
     """
     model = Llama(cfg)
     b, t = prompt.shape
+    n = jnp.int32(t if prompt_len is None else prompt_len)
     key = jax.random.key(0) if key is None else key
     cache = init_cache(cfg, b, t + max_new_tokens)
     logits, cache = model.apply({"params": params}, prompt, cache=cache, cache_index=0)  # prefill
+    last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)
     key, sub = jax.random.split(key)
-    first = _pick(logits[:, -1], sub, temperature, top_k)
+    first = _pick(last, sub, temperature, top_k)
     done = jnp.zeros((b,), bool) if eos_id is None else first == eos_id
 
     def step(carry, _):
@@ -62,8 +69,11 @@ def generate(
             done = done | (nxt == eos_id)
         return (nxt, cache, index + 1, key, done), nxt
 
-    _, rest = jax.lax.scan(step, (first, cache, jnp.int32(t), key, done), None, length=max_new_tokens - 1)
-    return jnp.concatenate([prompt.astype(jnp.int32), first[:, None], rest.T], axis=1)
+    _, rest = jax.lax.scan(step, (first, cache, n, key, done), None, length=max_new_tokens - 1)
+    new = jnp.concatenate([first[:, None], rest.T], axis=1)
+    out = jnp.zeros((b, t + max_new_tokens), jnp.int32)
+    out = out.at[:, :t].set(jnp.where(jnp.arange(t) < n, prompt.astype(jnp.int32), 0))
+    return jax.lax.dynamic_update_slice(out, new, (0, n))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
