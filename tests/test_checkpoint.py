@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -451,7 +452,7 @@ def test_inspect_cli(ckpt_dir: Path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stderr
