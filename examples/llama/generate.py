@@ -1,0 +1,96 @@
+"""Generation with a KV cache under ``jax.jit``: one prefill, then a ``lax.scan`` of decode steps.
+
+Greedy (``temperature=0``) or sampled (``temperature > 0``, optional ``top_k``). The whole
+loop is one jitted function per (config, prompt shape, ``max_new_tokens``, sampling
+settings); the cache holds ``prompt_len + max_new_tokens`` positions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .model import Llama, LlamaConfig, init_cache
+
+
+def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
+    """Next token from the last-position logits ``[B, V]``."""
+    if temperature <= 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id"))
+def generate(
+    cfg: LlamaConfig,
+    params: Any,
+    prompt: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    max_new_tokens: int,
+    prompt_len: jax.Array | int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+) -> jax.Array:
+    """``prompt [B, T]`` -> ``[B, T + max_new_tokens]`` token ids.
+
+    ``prompt_len`` (traced, so one compilation serves every length up to ``T``): the
+    prompt is ``prompt[:, :prompt_len]`` (the rest of the buffer is ignored) and the result
+    is valid up to ``prompt_len + max_new_tokens`` (zeros after). Causal masking keeps the
+    ignored tail out of the prefill, and decoding overwrites its cache slots before any
+    query can see them. After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
+    """
+    model = Llama(cfg)
+    b, t = prompt.shape
+    n = jnp.int32(t if prompt_len is None else prompt_len)
+    key = jax.random.key(0) if key is None else key
+    cache = init_cache(cfg, b, t + max_new_tokens)
+    logits, cache = model.apply({"params": params}, prompt, cache=cache, cache_index=0)  # prefill
+    last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)
+    key, sub = jax.random.split(key)
+    first = _pick(last, sub, temperature, top_k)
+    done = jnp.zeros((b,), bool) if eos_id is None else first == eos_id
+
+    def step(carry, _):
+        token, cache, index, key, done = carry
+        logits, cache = model.apply({"params": params}, token[:, None], cache=cache, cache_index=index)
+        key, sub = jax.random.split(key)
+        nxt = _pick(logits[:, -1], sub, temperature, top_k)
+        if eos_id is not None:
+            nxt = jnp.where(done, eos_id, nxt)
+            done = done | (nxt == eos_id)
+        return (nxt, cache, index + 1, key, done), nxt
+
+    _, rest = jax.lax.scan(step, (first, cache, n, key, done), None, length=max_new_tokens - 1)
+    new = jnp.concatenate([first[:, None], rest.T], axis=1)
+    out = jnp.zeros((b, t + max_new_tokens), jnp.int32)
+    out = out.at[:, :t].set(jnp.where(jnp.arange(t) < n, prompt.astype(jnp.int32), 0))
+    return jax.lax.dynamic_update_slice(out, new, (0, n))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward(cfg: LlamaConfig, params: Any, input_ids: jax.Array) -> jax.Array:
+    """Logits ``[B, T, V]`` of a plain causal forward (no cache)."""
+    return Llama(cfg).apply({"params": params}, input_ids)[0]
+
+
+def greedy_without_cache(cfg: LlamaConfig, params: Any, prompt: jax.Array, max_new_tokens: int) -> jax.Array:
+    """Greedy decoding by re-running the full forward each step (the reference for the cache).
+
+    The sequence lives in a fixed ``[B, T + max_new_tokens]`` buffer so there is one
+    compilation; causal attention makes the unfilled tail invisible to earlier positions.
+    """
+    b, t = prompt.shape
+    ids = jnp.zeros((b, t + max_new_tokens), jnp.int32).at[:, :t].set(prompt)
+    for pos in range(t, t + max_new_tokens):
+        logits = forward(cfg, params, ids)
+        ids = ids.at[:, pos].set(jnp.argmax(logits[:, pos - 1], axis=-1).astype(jnp.int32))
+    return ids

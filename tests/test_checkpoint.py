@@ -1,0 +1,474 @@
+"""ModelOpt MXFP8 checkpoints: load the real export, every error case, save round trips, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import FIXTURE_DIR
+
+import mxfp8_xla as mx
+from mxfp8_xla.__main__ import main as cli_main
+from mxfp8_xla.checkpoint import (
+    CheckpointError,
+    ModelOptCheckpoint,
+    QuantConfig,
+    load_modelopt,
+    quantize_state_dict,
+    save_modelopt,
+    scan_modelopt,
+)
+from mxfp8_xla.checkpoint._safetensors import SafetensorsFile, write_file
+
+pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"fixture directory {FIXTURE_DIR} is absent")
+
+Q = "model.layers.0.self_attn.q_proj"
+N_QUANTIZED = 14
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path: Path) -> Path:
+    """A writable copy of the ModelOpt export (the shared fixture stays untouched)."""
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    for name in ("config.json", "hf_quant_config.json", "model.safetensors"):
+        shutil.copy(FIXTURE_DIR / name, out / name)
+        (out / name).chmod(0o644)
+    return out
+
+
+def _raw(path: Path) -> dict[str, np.ndarray]:
+    f = SafetensorsFile(path)
+    return {n: np.array(f.get(n)) for n in sorted(f.tensors, key=lambda n: f.tensors[n].begin)}
+
+
+def _rewrite(path: Path, edit) -> None:
+    tensors = _raw(path)
+    edit(tensors)
+    write_file(path, tensors.items(), {"format": "pt"})
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _bytes(x) -> np.ndarray:
+    a = np.asarray(x)
+    return a.reshape(-1).view(np.uint8) if a.size else np.zeros(0, np.uint8)
+
+
+def _assert_same(a: ModelOptCheckpoint, b: ModelOptCheckpoint) -> None:
+    assert list(a.tensors) == list(b.tensors)
+    for name, x in a.tensors.items():
+        y = b.tensors[name]
+        assert type(x) is type(y), name
+        if isinstance(x, mx.MXArray):
+            assert x.data.dtype == y.data.dtype == jnp.float8_e4m3fn
+            assert x.scale.dtype == y.scale.dtype == jnp.uint8
+            np.testing.assert_array_equal(_bytes(x.data), _bytes(y.data), err_msg=name)
+            np.testing.assert_array_equal(_bytes(x.scale), _bytes(y.scale), err_msg=name)
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape, name
+            np.testing.assert_array_equal(_bytes(x), _bytes(y), err_msg=name)
+
+
+# --- loading the real export ---------------------------------------------------------------
+
+
+def test_load_fixture(ckpt_dir: Path):
+    ckpt = load_modelopt(ckpt_dir)
+    assert len(ckpt.quantized) == N_QUANTIZED and len(ckpt.tensors) == 21
+    w = ckpt.tensors[Q + ".weight"]
+    assert isinstance(w, mx.MXArray)
+    assert w.data.shape == (256, 256) and w.data.dtype == jnp.float8_e4m3fn
+    assert w.scale.shape == (256, 8) and w.scale.dtype == jnp.uint8
+    assert ckpt.tensors["model.layers.0.mlp.down_proj.weight"].scale.shape == (256, 16)
+    assert Q + ".weight_scale" not in ckpt.tensors  # folded into the MXArray
+    assert ckpt.tensors["lm_head.weight"].dtype == jnp.bfloat16
+    assert ckpt.tensors["model.norm.weight"].shape == (256,)
+    qc = ckpt.quant_config
+    assert (qc.quant_algo, qc.group_size, qc.kv_cache_quant_algo) == ("MXFP8", 32, None)
+    assert qc.exclude_modules == ("lm_head", "model.embed_tokens")
+    assert qc.producer == {"name": "modelopt", "version": "0.47.0"}
+    assert ckpt.config["num_hidden_layers"] == 2
+    assert ckpt.files[Q + ".weight"] == ckpt_dir / "model.safetensors"
+
+
+def test_loaded_bytes_match_safetensors_reference_reader(ckpt_dir: Path):
+    """Our memory-mapped reader agrees byte for byte with safetensors' own (torch) reader."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    ref = load_file(str(ckpt_dir / "model.safetensors"))
+    ckpt = load_modelopt(ckpt_dir, dtype=None)
+    for name, value in ckpt.tensors.items():
+        if isinstance(value, mx.MXArray):
+            pairs = [(value.data, ref[name]), (value.scale, ref[name + "_scale"])]
+        else:
+            pairs = [(value, ref[name])]
+        for ours, theirs in pairs:
+            assert tuple(ours.shape) == tuple(theirs.shape)
+            np.testing.assert_array_equal(
+                _bytes(ours), theirs.contiguous().view(torch.uint8).numpy().reshape(-1)
+            )
+
+
+def test_load_dtype(ckpt_dir: Path):
+    f32 = load_modelopt(ckpt_dir, dtype=jnp.float32)
+    kept = load_modelopt(ckpt_dir, dtype=None)
+    assert f32.tensors["lm_head.weight"].dtype == jnp.float32
+    assert kept.tensors["lm_head.weight"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        f32.tensors["lm_head.weight"], kept.tensors["lm_head.weight"].astype(jnp.float32)
+    )
+    assert f32.tensors[Q + ".weight"].data.dtype == jnp.float8_e4m3fn  # quantized bytes untouched
+
+
+@pytest.mark.parametrize("keep", ["config.json", "hf_quant_config.json"])
+def test_either_config_file_suffices(ckpt_dir: Path, keep: str):
+    if keep == "config.json":
+        (ckpt_dir / "hf_quant_config.json").unlink()
+    else:
+        _edit_json(ckpt_dir / "config.json", lambda c: c.pop("quantization_config"))
+    ckpt = load_modelopt(ckpt_dir)
+    assert ckpt.quant_config.exclude_modules == ("lm_head", "model.embed_tokens")
+    assert len(ckpt.quantized) == N_QUANTIZED
+
+
+def test_sharded_checkpoint_with_split_weight_and_scale(ckpt_dir: Path):
+    """Shards from an index; a weight and its scale may live in different shards."""
+    tensors = _raw(ckpt_dir / "model.safetensors")
+    names = list(tensors)
+    first = [n for n in names if not n.endswith("_scale")]
+    second = [n for n in names if n.endswith("_scale")]
+    write_file(ckpt_dir / "model-00001-of-00002.safetensors", [(n, tensors[n]) for n in first])
+    write_file(ckpt_dir / "model-00002-of-00002.safetensors", [(n, tensors[n]) for n in second])
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in first}
+    weight_map |= {n: "model-00002-of-00002.safetensors" for n in second}
+    (ckpt_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    single = load_modelopt(FIXTURE_DIR)
+    (ckpt_dir / "model.safetensors").unlink()
+    sharded = load_modelopt(ckpt_dir)
+    assert len(sharded.quantized) == N_QUANTIZED
+    assert {p.name for p in sharded.files.values()} == {"model-00001-of-00002.safetensors"}
+    _assert_same(
+        ModelOptCheckpoint(single.config, single.quant_config, dict(sorted(single.tensors.items()))),
+        ModelOptCheckpoint(sharded.config, sharded.quant_config, dict(sorted(sharded.tensors.items()))),
+    )
+
+
+def test_progress_bar(ckpt_dir: Path, capsys):
+    pytest.importorskip("tqdm")
+    load_modelopt(ckpt_dir, progress=True)
+    assert "loading ckpt" in capsys.readouterr().err
+
+
+# --- clear errors, each naming the tensor and the file ---------------------------------------
+
+
+def _expect(ckpt_dir: Path, *fragments: str) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_modelopt(ckpt_dir)
+    msg = str(info.value)
+    for fragment in fragments:
+        assert fragment in msg, msg
+    # inspect reports the same problem without reading data
+    with pytest.raises(CheckpointError):
+        scan_modelopt(ckpt_dir)
+    return msg
+
+
+def test_error_weight_without_scale(ckpt_dir: Path):
+    _rewrite(ckpt_dir / "model.safetensors", lambda t: t.pop(Q + ".weight_scale"))
+    _expect(ckpt_dir, Q + ".weight", "model.safetensors", "without its scale", Q + ".weight_scale")
+
+
+def test_error_scale_without_weight(ckpt_dir: Path):
+    _rewrite(ckpt_dir / "model.safetensors", lambda t: t.pop(Q + ".weight"))
+    _expect(ckpt_dir, Q + ".weight_scale", "model.safetensors", "missing")
+
+
+def test_error_scale_shape(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight_scale"] = np.zeros((256, 16), np.uint8)  # K/16: a group size of 16
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight_scale", "model.safetensors", "[256, 16]", "[256, 8]")
+
+
+def test_error_transposed_scale(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight_scale"] = np.zeros((8, 256), np.uint8)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight_scale", "[8, 256]", "[256, 8]")
+
+
+def test_error_scale_dtype(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight_scale"] = t[Q + ".weight_scale"].astype(np.float32)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight_scale", "model.safetensors", "F32", "U8")
+
+
+def test_error_weight_dtype(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight"] = t[Q + ".weight"].astype(ml_dtypes.bfloat16)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight", "model.safetensors", "BF16", "F8_E4M3")
+
+
+def test_error_other_float8_dtype(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight"] = t[Q + ".weight"].astype(ml_dtypes.float8_e5m2)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight", "F8_E5M2")
+
+
+def test_error_foreign_format_tensor(ckpt_dir: Path):
+    def edit(t):
+        t[Q + ".weight_scale_2"] = np.ones((), np.float32)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect(ckpt_dir, Q + ".weight_scale_2", "model.safetensors", "NVFP4")
+
+
+def test_error_excluded_module_stored_quantized(ckpt_dir: Path):
+    _edit_json(
+        ckpt_dir / "hf_quant_config.json", lambda c: c["quantization"]["exclude_modules"].append("*q_proj")
+    )
+    _expect(ckpt_dir, Q + ".weight", "model.safetensors", "*q_proj", "hf_quant_config.json")
+
+
+@pytest.mark.parametrize("algo", ["FP8", "NVFP4", "MXFP4"])
+@pytest.mark.parametrize("where", ["config.json", "hf_quant_config.json"])
+def test_error_quant_algo(ckpt_dir: Path, algo: str, where: str):
+    if where == "config.json":
+        _edit_json(ckpt_dir / where, lambda c: c["quantization_config"].update(quant_algo=algo))
+    else:
+        _edit_json(ckpt_dir / where, lambda c: c["quantization"].update(quant_algo=algo))
+    _expect(ckpt_dir, where, repr(algo), "only MXFP8")
+
+
+def test_error_quant_method(ckpt_dir: Path):
+    _edit_json(ckpt_dir / "config.json", lambda c: c["quantization_config"].update(quant_method="fp8"))
+    _expect(ckpt_dir, "config.json", "'fp8'", "modelopt")
+
+
+@pytest.mark.parametrize("size", [16, 64])
+def test_error_group_size(ckpt_dir: Path, size: int):
+    _edit_json(ckpt_dir / "hf_quant_config.json", lambda c: c["quantization"].update(group_size=size))
+    _expect(ckpt_dir, "hf_quant_config.json", "group_size", str(size), "32")
+
+
+def test_error_no_quant_config(ckpt_dir: Path):
+    (ckpt_dir / "hf_quant_config.json").unlink()
+    _edit_json(ckpt_dir / "config.json", lambda c: c.pop("quantization_config"))
+    _expect(ckpt_dir, "not a ModelOpt quantized checkpoint")
+
+
+def test_error_no_weights(ckpt_dir: Path):
+    (ckpt_dir / "model.safetensors").unlink()
+    _expect(ckpt_dir, "model.safetensors", "model.safetensors.index.json")
+
+
+def test_error_truncated_file(ckpt_dir: Path):
+    f = ckpt_dir / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:-1000])
+    # the last tensor in the file is the last scale
+    last = max(SafetensorsFile(FIXTURE_DIR / "model.safetensors").tensors.values(), key=lambda t: t.end).name
+    _expect(ckpt_dir, "truncated", last, "model.safetensors")
+
+
+def test_error_truncated_header(ckpt_dir: Path):
+    f = ckpt_dir / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    _expect(ckpt_dir, "truncated or corrupt", "model.safetensors")
+
+
+def test_error_tiny_file(ckpt_dir: Path):
+    (ckpt_dir / "model.safetensors").write_bytes(b"\x01\x02")
+    _expect(ckpt_dir, "truncated or corrupt", "model.safetensors")
+
+
+def test_error_corrupt_header(ckpt_dir: Path):
+    f = ckpt_dir / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[8:20] = b"\xff" * 12
+    f.write_bytes(bytes(data))
+    _expect(ckpt_dir, "corrupt", "not valid JSON", "model.safetensors")
+
+
+def test_error_offsets_do_not_match_shape(ckpt_dir: Path):
+    f = ckpt_dir / "model.safetensors"
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header[Q + ".weight"]["shape"] = [256, 128]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    _expect(ckpt_dir, Q + ".weight", "model.safetensors", "data_offsets")
+
+
+def test_error_index_missing_shard(ckpt_dir: Path):
+    names = list(SafetensorsFile(ckpt_dir / "model.safetensors").tensors)
+    weight_map = {n: "model.safetensors" for n in names} | {Q + ".weight": "model-00002-of-00002.safetensors"}
+    (ckpt_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    _expect(ckpt_dir, "model-00002-of-00002.safetensors", Q + ".weight", "does not exist")
+
+
+def test_error_index_lists_absent_tensor(ckpt_dir: Path):
+    names = list(SafetensorsFile(ckpt_dir / "model.safetensors").tensors)
+    weight_map = {n: "model.safetensors" for n in names} | {"model.extra.weight": "model.safetensors"}
+    (ckpt_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    _expect(ckpt_dir, "model.extra.weight", "model.safetensors", "does not contain it")
+
+
+def test_error_missing_directory(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_modelopt(tmp_path / "nope")
+
+
+# --- saving ------------------------------------------------------------------------------
+
+
+def test_load_save_load_bit_exact(ckpt_dir: Path, tmp_path: Path):
+    first = load_modelopt(ckpt_dir)
+    written = save_modelopt(tmp_path / "out", first)
+    assert [p.name for p in written] == ["model.safetensors"]
+    second = load_modelopt(tmp_path / "out")
+    _assert_same(first, second)
+    assert second.quant_config.exclude_modules == first.quant_config.exclude_modules
+    assert second.quant_config.producer["name"] == "mxfp8_xla"
+    assert {k: v for k, v in second.config.items() if k != "quantization_config"} == {
+        k: v for k, v in first.config.items() if k != "quantization_config"
+    }
+    # the saved file holds exactly the original bytes for every tensor
+    orig, saved = _raw(ckpt_dir / "model.safetensors"), _raw(tmp_path / "out" / "model.safetensors")
+    assert sorted(orig) == sorted(saved)
+    for name in orig:
+        assert orig[name].dtype == saved[name].dtype, name
+        np.testing.assert_array_equal(_bytes(orig[name]), _bytes(saved[name]), err_msg=name)
+
+
+def test_saved_file_reads_with_safetensors_library(ckpt_dir: Path, tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    save_modelopt(tmp_path / "out", load_modelopt(ckpt_dir))
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        w = f.get_tensor(Q + ".weight")
+        assert w.dtype == torch.float8_e4m3fn and f.get_tensor(Q + ".weight_scale").dtype == torch.uint8
+        names = set(f.keys())
+    assert names == set(SafetensorsFile(FIXTURE_DIR / "model.safetensors").tensors)
+
+
+def test_save_sharded_round_trip(ckpt_dir: Path, tmp_path: Path):
+    first = load_modelopt(ckpt_dir, dtype=jnp.float32)
+    written = save_modelopt(tmp_path / "out", first, max_shard_bytes=600_000)
+    assert len(written) > 2 and (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    wm = index["weight_map"]
+    assert all(wm[n] == wm[n + "_scale"] for n in first.quantized)  # weight and scale together
+    second = load_modelopt(tmp_path / "out", dtype=None)
+    _assert_same(first, second)  # float32 stays float32
+    # saving again as one file removes the stale shards and index
+    save_modelopt(tmp_path / "out", second)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json",
+        "hf_quant_config.json",
+        "model.safetensors",
+    ]
+    _assert_same(second, load_modelopt(tmp_path / "out", dtype=None))
+
+
+def test_save_over_loaded_directory(ckpt_dir: Path):
+    """The loaded arrays survive overwriting the (memory-mapped) files they came from."""
+    first = load_modelopt(ckpt_dir)
+    save_modelopt(ckpt_dir, first)
+    _assert_same(first, load_modelopt(ckpt_dir))
+
+
+def test_quantize_state_dict_then_save_matches_modelopt_file(tmp_path: Path):
+    """From bf16 weights to a ModelOpt MXFP8 directory with the same tensor bytes as ModelOpt's."""
+    unquantized = _raw(FIXTURE_DIR / "unquantized_bf16.safetensors")
+    tensors = quantize_state_dict(unquantized)
+    assert sum(isinstance(v, mx.MXArray) for v in tensors.values()) == N_QUANTIZED
+    config = json.loads((FIXTURE_DIR / "config.json").read_text())
+    save_modelopt(tmp_path / "out", tensors, config=config)
+    ours, theirs = _raw(tmp_path / "out" / "model.safetensors"), _raw(FIXTURE_DIR / "model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype, name
+        np.testing.assert_array_equal(_bytes(ours[name]), _bytes(theirs[name]), err_msg=name)
+    qc = load_modelopt(tmp_path / "out").quant_config
+    assert set(qc.exclude_modules) == {"lm_head", "model.embed_tokens"}
+
+
+def test_quantize_state_dict_skips_unblockable_k(caplog):
+    w = np.ones((64, 48), np.float32)
+    out = quantize_state_dict({"m.proj.weight": w})
+    assert out["m.proj.weight"] is w
+    assert "not a multiple of 32" in caplog.text
+
+
+def test_save_errors(tmp_path: Path):
+    q = mx.quantize(jnp.ones((32, 64), jnp.float32))
+    with pytest.raises(CheckpointError, match="must be named '<module>.weight'"):
+        save_modelopt(tmp_path / "a", {"m.kernel": q})
+    with pytest.raises(CheckpointError, match="excluded by pattern 'lm_head'"):
+        save_modelopt(tmp_path / "b", {"lm_head.weight": q}, quant_config=QuantConfig())
+    with pytest.raises(CheckpointError, match="MXFP8"):
+        save_modelopt(tmp_path / "c", {"m.weight": q}, quant_config=QuantConfig(quant_algo="NVFP4"))
+    with pytest.raises(CheckpointError, match="given as well"):
+        save_modelopt(tmp_path / "d", {"m.weight": q, "m.weight_scale": q.scale})
+
+
+# --- inspect ------------------------------------------------------------------------------
+
+
+def test_inspect_cli(ckpt_dir: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mxfp8_xla", "inspect", str(ckpt_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "quant_algo MXFP8, group_size 32" in out
+    assert "producer modelopt 0.47.0" in out
+    assert "Quantized linears (MXFP8: float8_e4m3fn weight + uint8 E8M0 scale per 32): 14" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("model.layers.0.mlp.down_proj "))
+    assert line.split()[1:] == ["256", "x", "512", "256", "x", "16", "135,168", "model.safetensors"]
+    assert "Excluded modules (patterns): lm_head, model.embed_tokens" in out
+    assert "lm_head: lm_head.weight" in out
+    assert "Total: 35 stored tensors, 2,243,072 bytes" in out
+
+
+def test_inspect_error(ckpt_dir: Path, capsys):
+    _rewrite(ckpt_dir / "model.safetensors", lambda t: t.pop(Q + ".weight_scale"))
+    assert cli_main(["inspect", str(ckpt_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and Q + ".weight" in err
