@@ -1,0 +1,97 @@
+"""The examples/llama model at Llama-3-8B layer dimensions: MXFP8 vs bf16 decode and prefill.
+
+A few blocks with random weights (hidden 4096, MLP 14336, 32 query / 8 KV heads of 128),
+a small vocabulary (1024) so that the unquantized embedding and head do not hide the
+blocks, KV cache under jit. Decode time per token is the slope between two generation
+lengths (prefill cancels out); prefill is a forward pass over 2048 tokens.
+
+Usage: python benchmarks/bench_llama.py [--layers 4]; JSON to $OUT/bench_llama.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from examples.llama import Llama, LlamaConfig, forward, generate  # noqa: E402
+from timing import environment, write_json  # noqa: E402
+
+PROMPT = 64
+SHORT, LONG = 16, 80
+
+
+def wall(fn, repeats: int = 3) -> float:
+    jax.block_until_ready(fn())  # compile + warm up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--backend", default="auto")
+    args = ap.parse_args()
+    env = environment()
+    print(env, flush=True)
+    out = {"env": env, "layers": args.layers, "rows": []}
+    base = dict(
+        vocab_size=1024,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=args.layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        dtype=jnp.bfloat16,
+        param_dtype=jnp.bfloat16,
+    )
+    results = {}
+    for quantized in (False, True):
+        cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend)
+        name = "mxfp8" if quantized else "bf16"
+        params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
+        row = {"model": name, "param_bytes": nbytes}
+        for batch in (1, 8, 32):
+            prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
+            t_short = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=SHORT))
+            t_long = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=LONG))
+            step = (t_long - t_short) / (LONG - SHORT)
+            row[f"decode_b{batch}_ms_per_step"] = step * 1e3
+            row[f"decode_b{batch}_tokens_per_s"] = batch / step
+            print(f"{name}: batch {batch:2d} decode {step * 1e3:.3f} ms/step, {batch / step:,.0f} tokens/s", flush=True)
+        ids = jax.random.randint(jax.random.key(7), (1, 2048), 0, cfg.vocab_size)
+        t = wall(lambda c=cfg, pr=params: forward(c, pr, ids), repeats=5)
+        row["prefill_2048_ms"] = t * 1e3
+        print(f"{name}: prefill 2048 tokens {t * 1e3:.2f} ms; params {nbytes / 2**20:,.0f} MiB", flush=True)
+        results[name] = row
+        out["rows"].append(row)
+        write_json("bench_llama.json", out)
+        del params
+    b, m = results["bf16"], results["mxfp8"]
+    print(f"\n{'':28}{'bf16':>12}{'mxfp8':>12}{'mxfp8/bf16':>12}")
+    for batch in (1, 8, 32):
+        key = f"decode_b{batch}_tokens_per_s"
+        print(f"{'decode tokens/s, batch ' + str(batch):28}{b[key]:12,.0f}{m[key]:12,.0f}{m[key] / b[key]:11.2f}x")
+    key = "prefill_2048_ms"
+    print(f"{'prefill 2048 tokens, ms':28}{b[key]:12.2f}{m[key]:12.2f}{b[key] / m[key]:11.2f}x")
+    print(f"{'parameter MiB':28}{b['param_bytes'] / 2**20:12,.0f}{m['param_bytes'] / 2**20:12,.0f}")
+
+
+if __name__ == "__main__":
+    main()
