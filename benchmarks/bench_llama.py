@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from examples.llama import Llama, LlamaConfig, forward, generate  # noqa: E402
 from timing import environment, write_json  # noqa: E402
+
+from examples.llama import Llama, LlamaConfig, forward, generate  # noqa: E402
 
 PROMPT = 64
 SHORT, LONG = 16, 80
@@ -44,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--tiny", action="store_true", help="small dimensions: a CPU smoke test of the script")
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
@@ -60,6 +62,8 @@ def main() -> None:
         dtype=jnp.bfloat16,
         param_dtype=jnp.bfloat16,
     )
+    if args.tiny:
+        base.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
     results = {}
     for quantized in (False, True):
         cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend)
@@ -76,7 +80,7 @@ def main() -> None:
             row[f"decode_b{batch}_tokens_per_s"] = batch / step
             print(f"{name}: batch {batch:2d} decode {step * 1e3:.3f} ms/step, {batch / step:,.0f} tokens/s", flush=True)
         ids = jax.random.randint(jax.random.key(7), (1, 2048), 0, cfg.vocab_size)
-        t = wall(lambda c=cfg, pr=params: forward(c, pr, ids), repeats=5)
+        t = wall(lambda c=cfg, pr=params, i=ids: forward(c, pr, i), repeats=5)
         row["prefill_2048_ms"] = t * 1e3
         print(f"{name}: prefill 2048 tokens {t * 1e3:.2f} ms; params {nbytes / 2**20:,.0f} MiB", flush=True)
         results[name] = row
