@@ -48,6 +48,13 @@ def main():
         for bk in (128, 256)
         for sk in (1, 2, 4)
     ] + [hopper.KernelConfig(bm=16, bn=64, bk=64, split_k=2, num_warps=4, num_stages=4)]
+    if "--tune" in sys.argv:  # warps/stages around the best tile config
+        configs = [
+            hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, tile_dequant=True)
+            for bn, sk in ((128, 1), (64, 2))
+            for bk in (128, 256)
+            for w, st in ((4, 3), (4, 5), (8, 3), (8, 5))
+        ]
     for n, k in SHAPES:
         for m in (16,):
             xs, ws, wq = make_sets(m, n, k)
