@@ -31,6 +31,14 @@ def manual_roundtrip(x, dtype):
     return (data.astype(jnp.float32) * hi[..., None] * lo[..., None]).reshape(x.shape).astype(dtype)
 
 
+def manual_roundtrip_exact(x, dtype):
+    """``manual_roundtrip`` with the fp8 values behind an optimization barrier."""
+    blocks = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 32)
+    data, scale = jax.lax.optimization_barrier(numerics.quantize_blocks(blocks))
+    hi, lo = numerics.scale_to_float(scale)
+    return (data.astype(jnp.float32) * hi[..., None] * lo[..., None]).reshape(x.shape).astype(dtype)
+
+
 def main() -> None:
     print(jax.devices()[0].device_kind, jax.__version__)
     x = jax.random.normal(jax.random.key(0), (256, 4096), jnp.bfloat16) * 3
@@ -39,7 +47,8 @@ def main() -> None:
         fused = jax.jit(lambda v, d=dtype: mx.dequantize(mx.quantize(v), d))(x)
         manual = jax.jit(lambda v, d=dtype: manual_roundtrip(v, d))(x)
         raw = np.asarray(x, np.float32)
-        for name, got in (("fused", fused), ("manual", manual)):
+        exact = jax.jit(lambda v, d=dtype: manual_roundtrip_exact(v, d))(x)
+        for name, got in (("fused", fused), ("manual", manual), ("barrier", exact)):
             diff = int(np.sum(np.asarray(got, np.float32) != np.asarray(split, np.float32)))
             print(f"{jnp.dtype(dtype).name:9} {name:7} elements differing from split: {diff} of {x.size}")
         same_as_input = int(np.sum(np.asarray(manual, np.float32) == raw))
