@@ -301,7 +301,7 @@ def require_backend(
         hint = (
             f"unset {BACKEND_ENV} or set it to 'auto'"
             if forced_by.startswith(BACKEND_ENV)
-            else ("use backend='auto' (falls back to emulation) or 'emulation'")
+            else ("use backend='auto' (picks a backend that can serve, emulation at worst) or 'emulation'")
         )
         raise BackendUnavailableError(
             f"mxfp8_xla: {_where(name, n, k, out_dtype)} cannot use backend {backend!r} "
