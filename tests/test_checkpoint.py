@@ -119,9 +119,7 @@ def test_loaded_bytes_match_safetensors_reference_reader(ckpt_dir: Path):
             pairs = [(value, ref[name])]
         for ours, theirs in pairs:
             assert tuple(ours.shape) == tuple(theirs.shape)
-            np.testing.assert_array_equal(
-                _bytes(ours), theirs.contiguous().view(torch.uint8).numpy().reshape(-1)
-            )
+            np.testing.assert_array_equal(_bytes(ours), theirs.contiguous().view(torch.uint8).numpy().reshape(-1))
 
 
 def test_load_dtype(ckpt_dir: Path):
@@ -129,9 +127,7 @@ def test_load_dtype(ckpt_dir: Path):
     kept = load_modelopt(ckpt_dir, dtype=None)
     assert f32.tensors["lm_head.weight"].dtype == jnp.float32
     assert kept.tensors["lm_head.weight"].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(
-        f32.tensors["lm_head.weight"], kept.tensors["lm_head.weight"].astype(jnp.float32)
-    )
+    np.testing.assert_array_equal(f32.tensors["lm_head.weight"], kept.tensors["lm_head.weight"].astype(jnp.float32))
     assert f32.tensors[Q + ".weight"].data.dtype == jnp.float8_e4m3fn  # quantized bytes untouched
 
 
@@ -156,9 +152,7 @@ def test_sharded_checkpoint_with_split_weight_and_scale(ckpt_dir: Path):
     write_file(ckpt_dir / "model-00002-of-00002.safetensors", [(n, tensors[n]) for n in second])
     weight_map = {n: "model-00001-of-00002.safetensors" for n in first}
     weight_map |= {n: "model-00002-of-00002.safetensors" for n in second}
-    (ckpt_dir / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
+    (ckpt_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     single = load_modelopt(FIXTURE_DIR)
     (ckpt_dir / "model.safetensors").unlink()
     sharded = load_modelopt(ckpt_dir)
@@ -250,9 +244,7 @@ def test_error_foreign_format_tensor(ckpt_dir: Path):
 
 
 def test_error_excluded_module_stored_quantized(ckpt_dir: Path):
-    _edit_json(
-        ckpt_dir / "hf_quant_config.json", lambda c: c["quantization"]["exclude_modules"].append("*q_proj")
-    )
+    _edit_json(ckpt_dir / "hf_quant_config.json", lambda c: c["quantization"]["exclude_modules"].append("*q_proj"))
     _expect(ckpt_dir, Q + ".weight", "model.safetensors", "*q_proj", "hf_quant_config.json")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import np_reference as ref
+import reference as ref
 import numpy as np
 import pytest
 from flax import nnx
@@ -68,7 +68,7 @@ def test_quantize_params_converts_skips_logs_and_reports(dense_vars: Any, caplog
         "kernel_scale": ((64, 2), "uint8"),
         "bias": ((64,), "float32"),
     }
-    elements, scale = ref.quantize(np.asarray(p["head"]["kernel"]), axis=0)
+    elements, scale = ref.quantize_values(np.asarray(p["head"]["kernel"]), axis=0)
     np.testing.assert_array_equal(np.asarray(qp["head"]["kernel_q"], np.float64), elements)
     np.testing.assert_array_equal(np.asarray(qp["head"]["kernel_scale"]), scale)
     np.testing.assert_array_equal(qp["head"]["bias"], p["head"]["bias"])
@@ -156,7 +156,7 @@ def test_quantize_module_replaces_linear_layers_in_place(caplog: Any) -> None:
     assert all(type(m) is MXFP8Linear and m.mode == "inference" for m in [*model.blocks, model.head.layers[0]])
 
     head = model.head.layers[0]
-    elements, scale = ref.quantize(head_kernel, axis=0)
+    elements, scale = ref.quantize_values(head_kernel, axis=0)
     np.testing.assert_array_equal(np.asarray(head.kernel_q[...], np.float64), elements)
     np.testing.assert_array_equal(np.asarray(head.kernel_scale[...]), scale)
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -199,9 +199,7 @@ def test_nn_dense_variant_matches_unquantized_reference(model, unquantized, ref)
 @pytest.mark.parametrize("quantized", [True, False])
 def test_loaded_params_have_the_init_tree(model, unquantized, quantized):
     cfg = dataclasses.replace(model[0], quantized=quantized)
-    shapes = jax.eval_shape(
-        lambda: Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    )
+    shapes = jax.eval_shape(lambda: Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     loaded = params_from_hf(unquantized, cfg)
     assert jax.tree.structure(shapes) == jax.tree.structure(loaded)
     for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(loaded), strict=True):

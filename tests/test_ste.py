@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import np_reference as ref
+import reference as ref
 import numpy as np
 import pytest
 
@@ -49,8 +49,8 @@ def test_gradients_are_float32_matmuls_of_dequantized_operands() -> None:
     x, k, g = _data(4, (3, 5, 64)), _data(5, (64, 16)), _data(6, (3, 5, 16))
     y, vjp = jax.vjp(ste, jnp.asarray(x), jnp.asarray(k))
     dx, dk = (np.asarray(a, np.float64) for a in jax.jit(vjp)(jnp.asarray(g)))
-    xd = ref.dequantize(*ref.quantize(x))  # [3, 5, 64]
-    wd = ref.dequantize(*ref.quantize(k, axis=0))  # [16, 64]
+    xd = ref.dequantize_values(*ref.quantize_values(x))  # [3, 5, 64]
+    wd = ref.dequantize_values(*ref.quantize_values(k, axis=0))  # [16, 64]
     g64 = g.astype(np.float64)
     dx_ref = g64 @ wd
     dk_ref = xd.reshape(-1, 64).T @ g64.reshape(-1, 16)
