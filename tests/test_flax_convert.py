@@ -9,9 +9,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import reference as ref
 import numpy as np
 import pytest
+import reference as ref
 from flax import nnx
 
 from mxfp8_xla.flax import ConversionReport, MXFP8Dense, MXFP8Linear, quantize_module, quantize_params

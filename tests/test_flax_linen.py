@@ -9,11 +9,11 @@ import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import reference as ref
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+import reference as ref
 
 from mxfp8_xla.flax import MXFP8Dense, quantize_params
 

@@ -7,10 +7,10 @@ from typing import Any
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import reference as ref
 import numpy as np
 import optax
 import pytest
+import reference as ref
 from flax import nnx
 
 from mxfp8_xla.flax import MXFP8Linear

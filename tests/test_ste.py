@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import reference as ref
 import numpy as np
 import pytest
+import reference as ref
 
 from mxfp8_xla import dequantize, mxfp8_matmul, quantize
 from mxfp8_xla.ste import mxfp8_linear_ste
