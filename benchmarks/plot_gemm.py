@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(src: str, dst: str) -> None:
-    data = json.load(open(src))
+    with open(src) as f:
+        data = json.load(f)
     rows = data["rows"]
     shapes = sorted({(r["n"], r["k"]) for r in rows}, key=lambda s: (s[1], s[0]))
     variants = [v for v in ("hopper", "xla_dequant", "scaled_dot", "fp8_tensor") if any(v in r for r in rows)]

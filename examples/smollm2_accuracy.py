@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"float32": params_from_hf(f32, cfg["float32"]), "bf16": params_from_hf(bf16, cfg["bf16"])}
     with tempfile.TemporaryDirectory() as tmp:  # bf16 -> ModelOpt MXFP8 checkpoint -> load
         exclude = ["model.embed_tokens"] + ([] if hf_config["tie_word_embeddings"] else ["lm_head"])
-        save_modelopt(
-            tmp, quantize_state_dict(bf16, exclude_modules=exclude), config=hf_config, progress=False
-        )
+        save_modelopt(tmp, quantize_state_dict(bf16, exclude_modules=exclude), config=hf_config, progress=False)
         ckpt = load_modelopt(tmp, dtype=jnp.bfloat16, progress=False)
         excluded = ckpt.quant_config.exclude_modules
         print(f"MXFP8 checkpoint: {len(ckpt.quantized)} quantized linears, exclude {excluded}")
@@ -210,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bucket = 64
     chats = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-        )
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
         for p in PROMPTS
     ]
     answers = {}

@@ -1,8 +1,7 @@
-import importlib
-
 """Backends: torch reference vs emulation, selection rules, forced-backend errors, FlashInfer arguments."""
 
 import dataclasses
+import importlib
 import logging
 import sys
 import types

@@ -159,9 +159,7 @@ class Attention(nn.Module):
             k, v, cache = ck, cv, (ck, cv)
 
         q = q.reshape(b, t, kv, h // kv, hd)  # grouped-query: each KV head serves h/kv query heads
-        scores = jnp.einsum(
-            "btkgd,bskd->bkgts", q, k, precision=cfg.precision, preferred_element_type=jnp.float32
-        )
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=cfg.precision, preferred_element_type=jnp.float32)
         scores = scores * (1.0 / math.sqrt(hd))
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -220,9 +218,7 @@ class Llama(nn.Module):
 
         new_cache = []
         for i in range(cfg.num_hidden_layers):
-            x, c = Block(cfg, name=f"layers_{i}")(
-                x, cos, sin, mask, None if cache is None else cache[i], cache_index
-            )
+            x, c = Block(cfg, name=f"layers_{i}")(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
             new_cache.append(c)
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
         if cfg.tie_word_embeddings:

@@ -27,9 +27,7 @@ from .generate import forward, generate, greedy_without_cache
 from .loader import params_from_hf
 from .model import Llama, LlamaConfig
 
-DEFAULT_FIXTURE = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "modelopt_tiny_llama_mxfp8"
-)
+DEFAULT_FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "modelopt_tiny_llama_mxfp8"
 
 
 # The fixture's one fp8 rounding tie (see docs/checkpoints.md). ModelOpt's reference ran the
@@ -95,9 +93,7 @@ def run_fixture(fixture: Path = DEFAULT_FIXTURE, backend: str = "emulation") -> 
     prompt = ids[:1, :prompt_len]
     cached = generate(cfg, params, prompt, max_new_tokens=n_new)
     uncached = greedy_without_cache(cfg, params, prompt, n_new)
-    sampled = generate(
-        cfg, params, prompt, jax.random.key(0), max_new_tokens=n_new, temperature=0.8, top_k=50
-    )
+    sampled = generate(cfg, params, prompt, jax.random.key(0), max_new_tokens=n_new, temperature=0.8, top_k=50)
 
     unquantized = load_safetensors(fixture / "unquantized_bf16.safetensors", dtype=jnp.float32)
     # The same bf16 weights quantized here, on load: ModelOpt's bytes exactly.
@@ -144,11 +140,7 @@ def _layer_input(cfg: LlamaConfig, params, ids) -> np.ndarray:
 
         def capture(next_fun, args, kwargs, context):
             module = context.module
-            if (
-                context.method_name == "__call__"
-                and module.scope is not None
-                and module.scope.path == TIE_LAYER
-            ):
+            if context.method_name == "__call__" and module.scope is not None and module.scope.path == TIE_LAYER:
                 seen.append(args[0])
             return next_fun(*args, **kwargs)
 

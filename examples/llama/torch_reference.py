@@ -51,11 +51,7 @@ def reference_logits(fixture: Path, attn_implementation: str) -> np.ndarray:
     model = LlamaForCausalLM(cfg).float().eval()
     model.load_state_dict(weights, strict=False)
     for name, module in model.named_modules():
-        if (
-            isinstance(module, torch.nn.Linear)
-            and name + ".weight" in stored
-            and name + ".weight_scale" in stored
-        ):
+        if isinstance(module, torch.nn.Linear) and name + ".weight" in stored and name + ".weight_scale" in stored:
             module.register_forward_pre_hook(lambda _m, args: (fake_quant_mxfp8(args[0]), *args[1:]))
     ids = torch.from_numpy(np.load(fixture / "reference.npz")["input_ids"])
     with torch.no_grad():

@@ -18,9 +18,7 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for j, row in enumerate(rows):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  " + "  ".join(cells).rstrip())
         if j == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
@@ -59,9 +57,7 @@ def summarize(index: CheckpointIndex) -> str:
         )
         q_bytes += w.nbytes + s.nbytes
         q_bf16 += 2 * w.nbytes
-    lines.append(
-        f"Quantized linears (MXFP8: float8_e4m3fn weight + uint8 E8M0 scale per 32): {len(rows) - 1}"
-    )
+    lines.append(f"Quantized linears (MXFP8: float8_e4m3fn weight + uint8 E8M0 scale per 32): {len(rows) - 1}")
     if len(rows) > 1:
         lines += _table(rows, right={3})
     lines.append("")

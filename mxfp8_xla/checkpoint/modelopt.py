@@ -251,8 +251,7 @@ def scan_modelopt(path: str | Path) -> CheckpointIndex:
         for info in sorted(shard.tensors.values(), key=lambda t: t.begin):
             if info.name in tensors:
                 raise CheckpointError(
-                    f"tensor {info.name!r} is stored twice: in {str(tensors[info.name].file)!r} and "
-                    f"{str(info.file)!r}"
+                    f"tensor {info.name!r} is stored twice: in {str(tensors[info.name].file)!r} and {str(info.file)!r}"
                 )
             tensors[info.name] = info
     index = path / INDEX_FILE
@@ -296,8 +295,7 @@ def _pair_quantized(
             continue
         if not name.endswith(WEIGHT_SUFFIX):
             raise CheckpointError(
-                f"{where} is float8_e4m3fn but is not a '.weight'; MXFP8 checkpoints quantize only "
-                "linear weights"
+                f"{where} is float8_e4m3fn but is not a '.weight'; MXFP8 checkpoints quantize only linear weights"
             )
         if not is_fp8:
             raise CheckpointError(
@@ -305,9 +303,7 @@ def _pair_quantized(
                 f"must be {WEIGHT_DTYPE} (float8_e4m3fn)"
             )
         if scale_name not in tensors:
-            raise CheckpointError(
-                f"{where} is a quantized (float8_e4m3fn) weight without its scale {scale_name!r}"
-            )
+            raise CheckpointError(f"{where} is a quantized (float8_e4m3fn) weight without its scale {scale_name!r}")
         scale = tensors[scale_name]
         swhere = f"tensor {scale_name!r} in {str(scale.file)!r}"
         if scale.dtype not in SCALE_DTYPES:
@@ -354,9 +350,7 @@ class _NoBar:
         pass
 
 
-def load_modelopt(
-    path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool | None = None
-) -> ModelOptCheckpoint:
+def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool | None = None) -> ModelOptCheckpoint:
     """Load a ModelOpt MXFP8 checkpoint directory.
 
     Args:
@@ -418,11 +412,7 @@ def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Ar
     out: dict[str, jax.Array] = {}
     for info in sorted(shard.tensors.values(), key=lambda t: t.begin):
         value = jnp.asarray(shard.get(info.name))
-        if (
-            dtype is not None
-            and jnp.issubdtype(value.dtype, jnp.floating)
-            and not info.dtype.startswith("F8")
-        ):
+        if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating) and not info.dtype.startswith("F8"):
             value = value.astype(dtype)
         out[info.name] = value
     return out
@@ -480,9 +470,7 @@ def _stored_tensors(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             if not (hasattr(value, "shape") and hasattr(value, "dtype")):
                 value = np.asarray(value)
             if np.dtype(value.dtype) not in DTYPES.values():
-                raise CheckpointError(
-                    f"cannot save tensor {name!r}: dtype {value.dtype} has no safetensors name"
-                )
+                raise CheckpointError(f"cannot save tensor {name!r}: dtype {value.dtype} has no safetensors name")
             yield name, value
 
 
@@ -542,9 +530,7 @@ def save_modelopt(
         if isinstance(value, MXArray) and name.endswith(WEIGHT_SUFFIX):
             pattern = quant_config.excluded_by(name[: -len(WEIGHT_SUFFIX)])
             if pattern is not None:
-                raise CheckpointError(
-                    f"cannot save {name!r} quantized: its module is excluded by pattern {pattern!r}"
-                )
+                raise CheckpointError(f"cannot save {name!r} quantized: its module is excluded by pattern {pattern!r}")
             if name + "_scale" in tensors:
                 raise CheckpointError(f"{name!r} is an MXArray and {name + '_scale'!r} is given as well")
 
