@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -99,7 +100,12 @@ def quantize(x: jax.Array, *, axis: int = -1) -> MXArray:
     dtypes other than float32, bfloat16 and float16.
     """
     check_quantizable(x, axis=axis)
-    x = jnp.moveaxis(jnp.asarray(x), axis, -1)
+    return _quantize(jnp.asarray(x), axis)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # eager calls compile once per shape, not op by op
+def _quantize(x: jax.Array, axis: int) -> MXArray:
+    x = jnp.moveaxis(x, axis, -1)
     *lead, k = x.shape
     blocks = x.astype(jnp.float32).reshape(*lead, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
     data, scale = numerics.quantize_blocks(blocks)
@@ -110,6 +116,11 @@ def dequantize(a: MXArray, dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """Decode ``a`` to ``dtype``: exact in float32 (up to XLA:CPU's flush of results < 2**-126)."""
     if not isinstance(a, MXArray):
         raise TypeError(f"dequantize expects an MXArray, got {type(a).__name__}")
+    return _dequantize(a, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _dequantize(a: MXArray, dtype: jnp.dtype) -> jax.Array:
     *lead, k = a.data.shape
     # XLA:GPU (allow_excess_precision, on by default) folds convert(f32 -> f8 -> f32) when
     # quantize and dequantize fuse in one program, silently skipping the E4M3 rounding
