@@ -48,6 +48,14 @@ def main():
         for bk in (128, 256)
         for sk in (1, 2, 4)
     ] + [hopper.KernelConfig(bm=16, bn=64, bk=64, split_k=2, num_warps=4, num_stages=4)]
+    ms = (16,)
+    if "--mtiles" in sys.argv:  # 32 and 64 rows: one tall tile or several 16-row tiles
+        ms = (32, 64)
+        configs = [
+            hopper.KernelConfig(bm=bm, bn=bn, bk=128, split_k=sk, num_warps=4, num_stages=4, tile_dequant=True)
+            for bm in (16, 32, 64)
+            for bn, sk in ((128, 1), (64, 2))
+        ]
     if "--tune" in sys.argv:  # warps/stages around the best tile config
         configs = [
             hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, tile_dequant=True)
@@ -56,7 +64,7 @@ def main():
             for w, st in ((4, 3), (4, 5), (8, 3), (8, 5))
         ]
     for n, k in SHAPES:
-        for m in (16,):
+        for m in ms:
             xs, ws, wq = make_sets(m, n, k)
             bf16 = device_time(
                 lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16),
