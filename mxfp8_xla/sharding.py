@@ -1,0 +1,142 @@
+"""Tensor-parallel MXFP8 matmuls under ``jax.sharding``: column- and row-parallel layers.
+
+The Megatron pattern, with MXFP8 block scales kept whole:
+
+* **column-parallel** (split N): a weight ``[N, K]`` and its scales ``[N, K/32]`` are both
+  split along N; every device holds all of K, so activations are quantized exactly as
+  unsharded; the output stays split along N.
+* **row-parallel** (split K): the data is split along K and the scales along K/32, so each
+  device holds whole 32-element blocks (its K range must be a multiple of 32, checked before
+  any XLA work); each device quantizes its own K slice of the activations, which gives the
+  same bytes as unsharded quantization, multiplies in float32 and the partial sums are
+  reduced with ``psum``.
+
+A column-parallel layer followed by a row-parallel one needs no communication between them:
+the first layer's N split is the second layer's K split (``mlp``).
+The backend (``"emulation"``, ``"torch"``, ...) runs per shard inside ``jax.shard_map``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.numerics import BLOCK_SIZE
+
+
+def check_column_parallel(w_shape: tuple[int, ...], shards: int, name: str = "layer") -> None:
+    """Raise ``ValueError`` unless ``N`` of a ``[N, K]`` weight splits evenly over ``shards``."""
+    n = w_shape[0]
+    if n % shards:
+        raise ValueError(
+            f"column-parallel {name}: weight [N={n}, K={w_shape[1]}] cannot be split along N over "
+            f"{shards} devices: N is not a multiple of {shards}"
+        )
+
+
+def check_row_parallel(w_shape: tuple[int, ...], shards: int, name: str = "layer") -> None:
+    """Raise ``ValueError`` unless each of ``shards`` K slices holds whole 32-element blocks."""
+    k = w_shape[1]
+    if k % shards or (k // shards) % BLOCK_SIZE:
+        raise ValueError(
+            f"row-parallel {name}: weight [N={w_shape[0]}, K={k}] cannot be split along K over {shards} "
+            f"devices: each device's K range ({k}/{shards}) must be a whole number of {BLOCK_SIZE}-element "
+            f"MXFP8 blocks, or a block's shared scale would be split across devices"
+        )
+
+
+def _weight_spec(kind: str, model_axis: str) -> P:
+    return P(model_axis, None) if kind == "column" else P(None, model_axis)
+
+
+def shard_weight(w: MXArray, mesh: Mesh, kind: str, model_axis: str = "model", name: str = "layer") -> MXArray:
+    """Place ``w [N, K]`` on ``mesh`` for a ``"column"`` or ``"row"`` parallel layer (data and scales alike)."""
+    shards = mesh.shape[model_axis]
+    if kind == "column":
+        check_column_parallel(w.shape, shards, name)
+    elif kind == "row":
+        check_row_parallel(w.shape, shards, name)
+    else:
+        raise ValueError(f"{name}: kind must be 'column' or 'row', got {kind!r}")
+    sharding = NamedSharding(mesh, _weight_spec(kind, model_axis))
+    return MXArray(jax.device_put(w.data, sharding), jax.device_put(w.scale, sharding))
+
+
+def _w_specs(kind: str, model_axis: str) -> MXArray:
+    spec = _weight_spec(kind, model_axis)
+    return MXArray(spec, spec)  # a pytree of specs mirroring the MXArray
+
+
+def column_parallel(
+    x: jax.Array,
+    w: MXArray,
+    mesh: Mesh,
+    *,
+    model_axis: str = "model",
+    data_axis: str | None = "data",
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "emulation",
+    name: str = "layer",
+) -> jax.Array:
+    """``x [B, K] @ w.T`` with ``w`` split along N; the result ``[B, N]`` stays split along N."""
+    check_column_parallel(w.shape, mesh.shape[model_axis], name)
+
+    def local(xs: jax.Array, ws: MXArray) -> jax.Array:
+        return mxfp8_matmul(xs, ws, out_dtype=out_dtype, backend=backend, name=name)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(data_axis, None), _w_specs("column", model_axis)),
+        out_specs=P(data_axis, model_axis),
+    )(x, w)
+
+
+def row_parallel(
+    x: jax.Array,
+    w: MXArray,
+    mesh: Mesh,
+    *,
+    model_axis: str = "model",
+    data_axis: str | None = "data",
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "emulation",
+    name: str = "layer",
+) -> jax.Array:
+    """``x [B, K] @ w.T`` with ``x`` and ``w`` split along K; partial sums reduced with ``psum``."""
+    check_row_parallel(w.shape, mesh.shape[model_axis], name)
+
+    def local(xs: jax.Array, ws: MXArray) -> jax.Array:
+        partial = mxfp8_matmul(xs, ws, out_dtype=jnp.float32, backend=backend, name=name)
+        return jax.lax.psum(partial, model_axis).astype(out_dtype)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(data_axis, model_axis), _w_specs("row", model_axis)),
+        out_specs=P(data_axis, None),
+    )(x, w)
+
+
+def mlp(
+    x: jax.Array,
+    w_in: MXArray,
+    w_out: MXArray,
+    mesh: Mesh,
+    *,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+    model_axis: str = "model",
+    data_axis: str | None = "data",
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "emulation",
+) -> jax.Array:
+    """``activation(x @ w_in.T) @ w_out.T``: column- then row-parallel, one ``psum`` at the end."""
+    kw = dict(model_axis=model_axis, data_axis=data_axis, backend=backend)
+    h = column_parallel(x, w_in, mesh, out_dtype=out_dtype, name="mlp.in", **kw)
+    return row_parallel(activation(h), w_out, mesh, out_dtype=out_dtype, name="mlp.out", **kw)

@@ -1,0 +1,104 @@
+"""Sharded MXFP8 cases, run by tests/test_sharding.py in a subprocess with 8 CPU devices.
+
+XLA_FLAGS must be set before jax initializes, which other test modules in the pytest
+process have already done; hence a separate process. Prints one line per case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import PartitionSpec as P
+
+import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla import sharding as sh  # noqa: E402
+
+B, D, H, OUT = 16, 256, 512, 128
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def mesh_of(data: int, model: int) -> Mesh:
+    return Mesh(np.array(jax.devices()).reshape(data, model), ("data", "model"))
+
+
+def main() -> None:
+    assert len(jax.devices()) == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((B, D)), jnp.float32)
+    w1 = mx.quantize(jnp.asarray(rng.standard_normal((H, D)) * 0.05, jnp.float32))
+    w2 = mx.quantize(jnp.asarray(rng.standard_normal((OUT, H)) * 0.05, jnp.float32))
+    h_ref = mx.mxfp8_matmul(x, w1, out_dtype=jnp.float32)
+    y_ref = mx.mxfp8_matmul(jax.nn.gelu(h_ref), w2, out_dtype=jnp.float32)
+
+    for data, model in ((1, 8), (2, 4), (8, 1)):
+        mesh = mesh_of(data, model)
+        w1s, w2s = sh.shard_weight(w1, mesh, "column"), sh.shard_weight(w2, mesh, "row")
+        assert w1s.scale.sharding.spec == P("model", None) and w2s.scale.sharding.spec == P(None, "model")
+        for backend in ("emulation", "torch"):
+            col = jax.jit(lambda a, w, m=mesh, b=backend: sh.column_parallel(a, w, m, out_dtype=jnp.float32, backend=b))
+            h = col(x, w1s)
+            # Column-parallel: every device holds all of K; XLA:CPU may still block the dot
+            # differently for the narrower N, so allow float32 summation-order differences.
+            col_err = rel(h, h_ref)
+            assert col_err < 1e-6, (data, model, backend, col_err)
+            mlp = jax.jit(lambda a, u, v, m=mesh, b=backend: sh.mlp(a, u, v, m, out_dtype=jnp.float32, backend=b))
+            y = mlp(x, w1s, w2s)
+            # Row-parallel: the psum adds `model` float32 partial sums in another order.
+            err = rel(y, y_ref)
+            assert err < 1e-6, (data, model, backend, err)
+            print(f"mesh {data}x{model} {backend:9}: column-parallel rel err {col_err:.1e}, MLP rel err {err:.1e}")
+
+    # Each device quantizes its own K slice: the same bytes as quantizing the whole row.
+    mesh = mesh_of(2, 4)
+    local_q = jax.jit(
+        jax.shard_map(
+            lambda a: jax.lax.bitcast_convert_type(mx.quantize(a).data, jnp.uint8),
+            mesh=mesh,
+            in_specs=P("data", "model"),
+            out_specs=P("data", "model"),
+        )
+    )(x)
+    np.testing.assert_array_equal(np.asarray(local_q), np.asarray(mx.quantize(x).data).view(np.uint8))
+    print("per-shard activation quantization: bytes identical to unsharded")
+
+    # Bad shardings fail before any XLA work, naming the layer, shapes and reason.
+    mesh2 = mesh_of(4, 2)
+    for fn, w, m, want in (
+        (sh.row_parallel, mx.quantize(jnp.ones((64, 96))), mesh2, "K=96] cannot be split along K over 2"),
+        (
+            sh.column_parallel,
+            mx.quantize(jnp.ones((100, 64))),
+            mesh_of(1, 8),
+            "N=100, K=64] cannot be split along N over 8",
+        ),
+    ):
+        try:
+            fn(jnp.ones((8, w.shape[1])), w, m, name="blk.0")
+        except ValueError as e:
+            assert want in str(e) and "blk.0" in str(e), str(e)
+            print(f"error: {e}")
+        else:
+            raise AssertionError(f"{fn.__name__} accepted {w.shape}")
+    try:
+        sh.shard_weight(mx.quantize(jnp.ones((64, 96))), mesh2, "row", name="blk.1")
+    except ValueError as e:
+        assert "whole number of 32-element" in str(e)
+    else:
+        raise AssertionError("shard_weight accepted K=96 over 2")
+    print("OK")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
