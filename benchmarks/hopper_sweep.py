@@ -6,6 +6,7 @@ writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -63,9 +64,25 @@ def main():
             for bk in (128, 256)
             for w, st in ((4, 3), (4, 5), (8, 3), (8, 5))
         ]
-    for n, k in SHAPES:
+    shapes = SHAPES
+    if "--variants" in sys.argv:  # decoding variants around the default config, pre-quantized activations
+        shapes, ms = SHAPES + [(28672, 4096)], (1, 16)
+    for n, k in shapes:
         for m in ms:
+            if "--variants" in sys.argv:
+                base = hopper.default_config(m, n, k)
+                chunk = dataclasses.replace(base, tile_dequant=False, chunk_dequant=True)
+                configs = [
+                    base,
+                    dataclasses.replace(base, swap_ab=True),
+                    chunk,
+                    dataclasses.replace(chunk, swap_ab=True),
+                    dataclasses.replace(chunk, bk=256),
+                    dataclasses.replace(chunk, num_warps=8),
+                    dataclasses.replace(chunk, num_stages=6),
+                ]
             xs, ws, wq = make_sets(m, n, k)
+            preq = "--preq" in sys.argv or "--variants" in sys.argv
             bf16 = device_time(
                 lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16),
                 [(xs[i], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
@@ -77,9 +94,9 @@ def main():
                 if cfg.check(m, n, k) or (n // cfg.bn) * cfg.split_k > 1024:
                     continue
                 try:
-                    xs_in = [mx.quantize(x) for x in xs] if "--preq" in sys.argv else xs
+                    xs_in = [mx.quantize(x) for x in xs] if preq else xs
                     fn = jax.jit(lambda x, w, cfg=cfg: hopper.matmul_2d(x, w, jnp.bfloat16, cfg))
-                    err = rel(hopper.matmul_2d(xs[0], wq[0], jnp.float32, cfg), ref)
+                    err = rel(hopper.matmul_2d(xs_in[0], wq[0], jnp.float32, cfg), ref)
                     t = device_time(
                         lambda x, w, fn=fn: fn(x, w), [(xs_in[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)]
                     )
@@ -90,8 +107,8 @@ def main():
                 row["configs"].append({"cfg": str(cfg), "us": t * 1e6, "rel_err": err})
                 if best is None or t < best[0]:
                     best = (t, cfg, err)
-            if best:
-                xs1 = [x[:1] for x in xs]
+            if best and m > 1:
+                xs1 = [mx.quantize(x[:1]) if preq else x[:1] for x in xs]
                 best_cfg = best[1]
                 t1 = device_time(
                     lambda x, w, cfg=best_cfg: hopper.matmul_2d(x, w, jnp.bfloat16, cfg),
