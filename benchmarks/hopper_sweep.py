@@ -6,7 +6,6 @@ writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -64,25 +63,10 @@ def main():
             for bk in (128, 256)
             for w, st in ((4, 3), (4, 5), (8, 3), (8, 5))
         ]
-    shapes = SHAPES
-    if "--variants" in sys.argv:  # decoding variants around the default config, pre-quantized activations
-        shapes, ms = SHAPES + [(28672, 4096)], (1, 16)
-    for n, k in shapes:
+    for n, k in SHAPES:
         for m in ms:
-            if "--variants" in sys.argv:
-                base = hopper.default_config(m, n, k)
-                chunk = dataclasses.replace(base, tile_dequant=False, chunk_dequant=True)
-                configs = [
-                    base,
-                    dataclasses.replace(base, swap_ab=True),
-                    chunk,
-                    dataclasses.replace(chunk, swap_ab=True),
-                    dataclasses.replace(chunk, bk=256),
-                    dataclasses.replace(chunk, num_warps=8),
-                    dataclasses.replace(chunk, num_stages=6),
-                ]
             xs, ws, wq = make_sets(m, n, k)
-            preq = "--preq" in sys.argv or "--variants" in sys.argv
+            preq = "--preq" in sys.argv
             bf16 = device_time(
                 lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16),
                 [(xs[i], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
@@ -107,7 +91,7 @@ def main():
                 row["configs"].append({"cfg": str(cfg), "us": t * 1e6, "rel_err": err})
                 if best is None or t < best[0]:
                     best = (t, cfg, err)
-            if best and m > 1:
+            if best:
                 xs1 = [mx.quantize(x[:1]) if preq else x[:1] for x in xs]
                 best_cfg = best[1]
                 t1 = device_time(

@@ -19,6 +19,8 @@ def rel_err(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
+H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
+
 CONFIGS = [
     hopper.KernelConfig(bm=16, bn=32, bk=128, split_k=1, tile_dequant=True),
     hopper.KernelConfig(bm=16, bn=64, bk=128, split_k=2, tile_dequant=True),
@@ -65,14 +67,23 @@ def test_config_check_names_the_problem():
 
 def test_large_m_path_matches_emulation(rng):
     """Above 64 rows the backend hands XLA exact bf16 operands with float32 accumulation."""
-    h100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
     x = rng.standard_normal((2, 40, 256)).astype(np.float32)
     w = mx.quantize(rng.standard_normal((128, 256)).astype(np.float32))
     want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
-    with override_capability(h100):
+    with override_capability(H100):
         got = hopper.matmul(mx.quantize(x), w, jnp.float32, name="mlp")
     assert got.shape == (2, 40, 128)
     assert rel_err(got, want) < 1e-6
+
+
+def test_large_m_path_rounds_once_into_bf16(rng):
+    """bf16 output comes straight from the float32-accumulating dot: within one bf16 ulp of emulation."""
+    x = rng.standard_normal((80, 1024)).astype(np.float32)
+    w = mx.quantize(rng.standard_normal((128, 1024)).astype(np.float32))
+    want = np.asarray(mx.mxfp8_matmul(x, w, out_dtype=jnp.bfloat16), np.float32)
+    with override_capability(H100):
+        got = np.asarray(hopper.matmul(mx.quantize(x), w, jnp.bfloat16, name="mlp"), np.float32)
+    assert np.all(np.abs(got - want) <= np.abs(want) * 2.0**-8)
 
 
 def test_forced_hopper_on_cpu_raises_early():

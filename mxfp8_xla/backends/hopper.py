@@ -41,7 +41,6 @@ class KernelConfig:
     num_stages: int = 3
     swap_ab: bool = False  # compute out.T = w @ x.T: the weight fills the MMA's M dimension
     tile_dequant: bool = False  # dequantize whole [bn, bk] tiles to bf16, one MMA per bk step
-    chunk_dequant: bool = False  # dequantize [bn, 32] chunks to bf16, one MMA per chunk, no reshapes
 
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
@@ -115,15 +114,9 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
                 acc += partial * (fx[:, None] * fw[None, :])
         return acc
 
-    if cfg.tile_dequant or cfg.chunk_dequant:
+    if cfg.tile_dequant:
         step = functools.partial(
-            _chunk_step if cfg.chunk_dequant else _tile_step,
-            refs=refs,
-            ids=(i_m, i_n, i_s),
-            m=m,
-            cfg=cfg,
-            k_split=k_split,
-            x_is_quantized=x_is_quantized,
+            _tile_step, refs=refs, ids=(i_m, i_n, i_s), m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized
         )
     acc_shape = (cfg.bn, cfg.bm) if cfg.swap_ab else (cfg.bm, cfg.bn)
     acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros(acc_shape, jnp.float32))
@@ -164,30 +157,6 @@ def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_
     if cfg.swap_ab:
         return acc + jax.lax.dot_general(w, x, dims, preferred_element_type=jnp.float32)
     return acc + jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
-
-
-def _chunk_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool):
-    """One bk step as bk/32 chunks: each ``[rows, 32]`` chunk decoded to exact bf16, one MMA per chunk."""
-    if not x_is_quantized:
-        raise ValueError("chunk_dequant needs a pre-quantized activation")
-    xq_ref, xs_ref, w_ref, ws_ref, _ = refs
-    i_m, i_n, i_s = ids
-    rows, cols = pl.ds(i_m * cfg.bm, cfg.bm), pl.ds(i_n * cfg.bn, cfg.bn)
-    row_ok = (i_m * cfg.bm + jnp.arange(cfg.bm)) < m
-    dims = (((1,), (1,)), ((), ()))
-    for c in range(cfg.bk // BLOCK):
-        kb = (i_s * k_split + t * cfg.bk) // BLOCK + c
-        ks = pl.ds(kb * BLOCK, BLOCK)
-        bits = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
-        xs = pltriton.load(xs_ref.at[rows, kb], mask=row_ok, other=0)
-        x = jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn).astype(jnp.float32) * _block_factor(xs)[:, None]
-        w = w_ref[cols, ks].astype(jnp.float32) * _block_factor(ws_ref[cols, kb])[:, None]
-        x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-        if cfg.swap_ab:
-            acc += jax.lax.dot_general(w, x, dims, preferred_element_type=jnp.float32)
-        else:
-            acc += jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
-    return acc
 
 
 def matmul_2d(
@@ -238,7 +207,8 @@ def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = N
 
     ``M <= 64`` rows: the Pallas kernel. More rows: the GEMM is compute-bound, and
     XLA's path (both operands dequantized exactly to bf16, cuBLAS with float32
-    accumulation) measured faster than this kernel on an H100 (docs/backends.md).
+    accumulation writing ``out_dtype`` directly) measured faster than this kernel
+    on an H100 (docs/backends.md).
     """
     *lead, k = x.shape
     require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
@@ -246,11 +216,11 @@ def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = N
     x2 = MXArray(x.data.reshape(m, k), x.scale.reshape(m, k // BLOCK))
     if m <= SMALL_M_MAX:
         out = matmul_2d(x2, w, out_dtype)
-    else:
+    else:  # cuBLAS accumulates bf16 products in float32 and rounds once into out_dtype
         out = jax.lax.dot_general(
             dequantize(x2, jnp.bfloat16),
             dequantize(w, jnp.bfloat16),
             (((1,), (1,)), ((), ())),
-            preferred_element_type=jnp.float32,
-        ).astype(out_dtype)
+            preferred_element_type=out_dtype,
+        )
     return out.reshape(*lead, w.shape[0])
