@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU check of the JAX -> PyTorch DLPack bridge (mxfp8_xla.interop) and backend selection.
 
-    python3 benchmarks/gpu_bridge_check.py            # writes $OUT/gpu_bridge_check.json
+    python3 benchmarks/bench_bridge.py            # writes $OUT/bench_bridge.json
                                                       # (or ./bench_out/), prints a table last
 
 Needs jax (CUDA), torch (CUDA build) and this checkout; flashinfer is not needed.
@@ -377,7 +377,7 @@ def main() -> int:
 
     out_dir = Path(os.environ.get("OUT") or "bench_out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "gpu_bridge_check.json"
+    path = out_dir / "bench_bridge.json"
     path.write_text(json.dumps(RESULTS, indent=2, default=str))
 
     width = max(len(f"{s} | {i}") for s, i, _ in TABLE)
