@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import ACTIVATION_QUANTIZERS, get_backend, select_backend
+from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, select_backend
 from mxfp8_xla.mxarray import MXArray, check_quantizable, quantize
 
 
@@ -37,9 +37,9 @@ def mxfp8_matmul(
         )
     get_backend(backend)  # unknown names fail here, before any work
     # Resolve "auto" and check a forced backend now (trace time), before x is quantized
-    # with the chosen backend's quantizer.
+    # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     run = get_backend(backend)
-    if not isinstance(x, MXArray):
-        x = ACTIVATION_QUANTIZERS.get(backend, quantize)(x)
+    if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
+        x = quantize(x)
     return run(x, w, jnp.dtype(out_dtype), name=name)

@@ -65,15 +65,18 @@ def test_config_check_names_the_problem():
         hopper.matmul_2d(jnp.ones((2, 128)), mx.quantize(jnp.ones((96, 128))), jnp.float32, CONFIGS[1])
 
 
-def test_large_m_path_matches_emulation(rng):
-    """Above 64 rows the backend hands XLA exact bf16 operands with float32 accumulation."""
-    x = rng.standard_normal((2, 40, 256)).astype(np.float32)
+@pytest.mark.parametrize("m", [5, 80])  # the Pallas GEMM, and the decode-then-cuBLAS path
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_backend_entry_matches_emulation(m, prequantized, rng):
+    x = rng.standard_normal((2, m // 2 + 1, 256)).astype(np.float32)
     w = mx.quantize(rng.standard_normal((128, 256)).astype(np.float32))
     want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
-    with override_capability(H100):
-        got = hopper.matmul(mx.quantize(x), w, jnp.float32, name="mlp")
-    assert got.shape == (2, 40, 128)
-    assert rel_err(got, want) < 1e-6
+    with override_capability(H100), hopper.interpret_mode():
+        got = hopper.matmul(mx.quantize(x) if prequantized else jnp.asarray(x), w, jnp.float32, name="mlp")
+        through_api = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32, backend="hopper")
+    assert got.shape == through_api.shape == x.shape[:2] + (128,)
+    assert rel_err(got, want) < 1e-6  # float32 accumulation in another order
+    np.testing.assert_array_equal(through_api, got)
 
 
 def test_large_m_path_rounds_once_into_bf16(rng):
@@ -81,9 +84,37 @@ def test_large_m_path_rounds_once_into_bf16(rng):
     x = rng.standard_normal((80, 1024)).astype(np.float32)
     w = mx.quantize(rng.standard_normal((128, 1024)).astype(np.float32))
     want = np.asarray(mx.mxfp8_matmul(x, w, out_dtype=jnp.bfloat16), np.float32)
-    with override_capability(H100):
-        got = np.asarray(hopper.matmul(mx.quantize(x), w, jnp.bfloat16, name="mlp"), np.float32)
+    with override_capability(H100), hopper.interpret_mode():
+        got = np.asarray(hopper.matmul(jnp.asarray(x), w, jnp.bfloat16, name="mlp"), np.float32)
     assert np.all(np.abs(got - want) <= np.abs(want) * 2.0**-8)
+
+
+def edge_case_rows(rng) -> np.ndarray:
+    """40 x 512 float32: NaN, Inf, float32 subnormals, a block whose scale byte is 0, zeros, huge values."""
+    x = (rng.standard_normal((40, 512)) * 10).astype(np.float32)
+    x[3, 5], x[4, 40], x[5, 70] = np.nan, np.inf, -np.inf
+    x[7, :32] = rng.standard_normal(32) * 1e-39  # subnormal inputs
+    x[8, 32:64] = rng.standard_normal(32) * 2.0**-130  # amax below 448 * 2**-127: scale byte 0
+    x[9, 64:96] = 0.0
+    x[10, 96:128] = rng.standard_normal(32) * 1e38
+    return x
+
+
+def bits(a) -> np.ndarray:
+    return np.asarray(a).view(np.uint16)
+
+
+def test_pallas_decode_is_bit_exact(rng):
+    q = mx.quantize(edge_case_rows(rng))
+    got = pallas_quantize.decode_2d(q, bm=16, bk=128, interpret=True)
+    np.testing.assert_array_equal(bits(got), bits(mx.dequantize(q, jnp.bfloat16)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_fake_quantize_is_bit_exact(dtype, rng):
+    x = jnp.asarray(edge_case_rows(rng), dtype)
+    got = pallas_quantize.fake_quantize_2d(x, bm=16, bk=256, interpret=True)
+    np.testing.assert_array_equal(bits(got), bits(mx.dequantize(mx.quantize(x), jnp.bfloat16)))
 
 
 def test_forced_hopper_on_cpu_raises_early():

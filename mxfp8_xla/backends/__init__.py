@@ -1,7 +1,8 @@
 """Matmul backends: each computes ``x @ w.T`` for MXFP8 operands.
 
 A backend is a function ``(x: MXArray [..., K], w: MXArray [N, K], out_dtype, *,
-name=None) -> [..., N]``; ``name`` labels the layer in error and log messages.
+name=None) -> [..., N]``; those in ``TAKES_RAW_ACTIVATIONS`` also take a raw ``x``.
+``name`` labels the layer in error and log messages.
 ``get_backend(name)`` returns it; unknown names raise ``ValueError``.
 
 * ``"emulation"``: pure JAX, any device (:mod:`.emulation`).
@@ -62,10 +63,8 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-ACTIVATION_QUANTIZERS: dict[str, Callable[[jax.Array], MXArray]] = {
-    "hopper": hopper.quantize_activations,
-}
-"""Backends with their own (faster, bit-identical) activation quantizer; others use ``quantize``."""
+TAKES_RAW_ACTIVATIONS = frozenset({"hopper"})
+"""Backends that quantize a raw activation in their own (faster, bit-identical) kernels; others get an MXArray."""
 
 
 def get_backend(name: str) -> Backend:
@@ -77,9 +76,9 @@ def get_backend(name: str) -> Backend:
 
 
 __all__ = [
-    "ACTIVATION_QUANTIZERS",
     "BACKENDS",
     "BACKEND_ENV",
+    "TAKES_RAW_ACTIVATIONS",
     "Backend",
     "BackendUnavailableError",
     "Capability",

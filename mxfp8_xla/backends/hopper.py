@@ -1,20 +1,24 @@
-"""Hopper (SM90) backend: a Pallas/Triton GEMM that dequantizes MXFP8 weights in registers.
+"""Hopper (SM90) backend: MXFP8 ``x @ w.T`` without a bf16 weight in HBM where it matters.
 
-Hopper has no MX-scaled tensor-core instructions. This kernel reads the fp8
-weight and its uint8 scales once from HBM and, per 32-wide block of K, multiplies
-the raw E4M3 values on f16 tensor cores (E4M3 -> f16 is exact, products are exact,
-accumulation is float32), then scales each block's partial sum by the two block
-scales. The activation is MXFP8-quantized inside the same kernel (the exact rule
-of ``numerics``) or passed in already quantized. The result is the emulation
-backend's function up to float32 summation order; no bf16 copy of the weight is
-ever written to HBM.
+Hopper has no MX-scaled tensor-core instructions. For ``M <= 64`` rows (decode,
+memory-bound) a Pallas/Triton GEMM reads the fp8 weight and its uint8 scales once
+from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-127)``
+fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
+activation arrives quantized by a one-pass Pallas kernel. (The kernel also keeps
+the original per-32-block variant, ``tile_dequant=False``, and in-kernel activation
+quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) For more rows
+(compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
+cuBLAS multiplies them. Either way the result is the emulation backend's function
+up to float32 summation order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +28,7 @@ from jax.experimental.pallas import triton as pltriton
 from mxfp8_xla import numerics
 from mxfp8_xla.backends import pallas_quantize
 from mxfp8_xla.backends.select import require_backend
-from mxfp8_xla.mxarray import MXArray, dequantize
+from mxfp8_xla.mxarray import MXArray
 
 BLOCK = numerics.BLOCK_SIZE
 
@@ -51,8 +55,21 @@ class KernelConfig:
         return None
 
 
+_INTERPRET = [False]
+
+
+@contextlib.contextmanager
+def interpret_mode() -> Iterator[None]:
+    """Trace this backend's Pallas kernels in interpret mode (runs on CPU: numerics checks, debugging)."""
+    _INTERPRET.append(True)
+    try:
+        yield
+    finally:
+        _INTERPRET.pop()
+
+
 SMALL_M_MAX = 64
-"""Up to this many rows the Pallas kernel runs; above, XLA dequantizes and calls cuBLAS."""
+"""Up to this many rows the Pallas GEMM runs; above, operands are decoded to bf16 for cuBLAS."""
 
 
 def default_config(m: int, n: int, k: int) -> KernelConfig:
@@ -128,8 +145,14 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
         pltriton.store(o_ref.at[rows, cols], acc.astype(o_ref.dtype), mask=row_ok[:, None])
 
 
-def _dequant_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
-    """``[R, bk]`` fp8 and ``[R, bk // 32]`` scale bytes to exact bf16 values."""
+def _decode_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
+    """``[R, bk]`` fp8 and ``[R, bk // 32]`` scale bytes to exact bf16, one multiply per element.
+
+    Unlike ``pallas_quantize.decode_tile`` the two scale factors are folded into one
+    (byte 0 then is the float32 subnormal ``2**-127``, exact on the GPU): the second
+    multiply cost this ALU-bound kernel 1.25x -> 1.05x of bf16 at M=1, N=14336, K=4096
+    (H100, bench_gemm.py).
+    """
     r, bk = data.shape
     blocks = data.astype(jnp.float32).reshape(r, bk // BLOCK, BLOCK)
     return (blocks * _block_factor(scale)[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
@@ -146,13 +169,13 @@ def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_
         xq_ref, xs_ref, w_ref, ws_ref, _ = refs
         bits = pltriton.load(xq_ref.at[rows, ks], mask=row_ok[:, None], other=0)
         xs = pltriton.load(xs_ref.at[rows, kbs], mask=row_ok[:, None], other=0)
-        x = _dequant_tile(jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn), xs)
+        x = _decode_tile(jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn), xs)
     else:
         x_ref, w_ref, ws_ref, _ = refs
         xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
         xq, xs = numerics.quantize_blocks(xf.reshape(cfg.bm * cfg.bk // BLOCK, BLOCK))
-        x = _dequant_tile(xq.reshape(cfg.bm, cfg.bk), xs.reshape(cfg.bm, cfg.bk // BLOCK))
-    w = _dequant_tile(w_ref[cols, ks], ws_ref[cols, kbs])
+        x = _decode_tile(xq.reshape(cfg.bm, cfg.bk), xs.reshape(cfg.bm, cfg.bk // BLOCK))
+    w = _decode_tile(w_ref[cols, ks], ws_ref[cols, kbs])
     dims = (((1,), (1,)), ((), ()))
     if cfg.swap_ab:
         return acc + jax.lax.dot_general(w, x, dims, preferred_element_type=jnp.float32)
@@ -164,9 +187,12 @@ def matmul_2d(
     w: MXArray,
     out_dtype: jnp.dtype,
     config: KernelConfig | None = None,
-    interpret: bool = False,
+    interpret: bool | None = None,
 ) -> jax.Array:
-    """``x [M, K] @ w.T`` with ``w`` an MXArray ``[N, K]``; ``x`` raw (quantized in-kernel) or MXArray."""
+    """``x [M, K] @ w.T`` with ``w`` an MXArray ``[N, K]``; ``x`` raw (quantized in-kernel) or MXArray.
+
+    ``interpret=None`` follows :func:`interpret_mode`.
+    """
     m, k = x.shape
     n = w.shape[0]
     cfg = config or default_config(m, n, k)
@@ -185,7 +211,7 @@ def matmul_2d(
         out_shape=jax.ShapeDtypeStruct(out_shape, acc_dtype),
         grid=grid,
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-        interpret=interpret,
+        interpret=_INTERPRET[-1] if interpret is None else interpret,
         name="mxfp8_hopper_gemm",
     )(*operands, w.data, w.scale)
     if cfg.split_k > 1:
@@ -194,33 +220,43 @@ def matmul_2d(
 
 
 def quantize_activations(x: jax.Array) -> MXArray:
-    """MXFP8-quantize ``x [..., K]`` with the one-pass Pallas kernel (bit-identical to ``quantize``)."""
-    *lead, k = x.shape
-    x2 = x.reshape(-1, k)
-    bm = 16 if x2.shape[0] <= 16 else 32
-    q = pallas_quantize.quantize_2d(x2, bm=bm, bk=256 if k % 256 == 0 else 128, tile=True)
-    return MXArray(q.data.reshape(*lead, k), q.scale.reshape(*lead, k // BLOCK))
+    """MXFP8-quantize ``x [M, K]`` with the one-pass Pallas kernel (bit-identical to ``quantize``)."""
+    bm = 16 if x.shape[0] <= 16 else 32
+    return pallas_quantize.quantize_2d(x, bm=bm, bk=_k_tile(x.shape[1], 256), tile=True, interpret=_INTERPRET[-1])
 
 
-def matmul(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
-    """Backend entry: ``x [..., K]`` (MXArray) times ``w [N, K]``; leading dims flattened.
+def decode_operand(x: jax.Array | MXArray) -> jax.Array:
+    """Exact bf16 operand for cuBLAS: an MXArray decoded, or a raw ``x`` quantized and decoded, in one pass."""
+    if isinstance(x, MXArray):
+        return pallas_quantize.decode_2d(x, bk=_k_tile(x.shape[1], 512), interpret=_INTERPRET[-1])
+    return pallas_quantize.fake_quantize_2d(x, bk=_k_tile(x.shape[1], 256), interpret=_INTERPRET[-1])
 
-    ``M <= 64`` rows: the Pallas kernel. More rows: the GEMM is compute-bound, and
-    XLA's path (both operands dequantized exactly to bf16, cuBLAS with float32
-    accumulation writing ``out_dtype`` directly) measured faster than this kernel
-    on an H100 (docs/backends.md).
+
+def _k_tile(k: int, widest: int) -> int:
+    """The widest K tile up to ``widest`` that divides ``k`` (the backend needs ``k % 128 == 0``)."""
+    bk = widest
+    while k % bk:
+        bk //= 2
+    return bk
+
+
+def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
+    """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
+
+    A raw ``x`` is quantized by this backend's own Pallas kernels (bit-identical to
+    ``quantize``). ``M <= 64`` rows: the Pallas GEMM. More rows: the GEMM is
+    compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
+    kernels (a raw activation quantized and decoded in the same pass) and cuBLAS
+    multiplies them with float32 accumulation, writing ``out_dtype`` directly. This
+    measured faster than the Pallas GEMM for large M on an H100 (docs/backends.md).
     """
     *lead, k = x.shape
     require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
     m = math.prod(lead)
-    x2 = MXArray(x.data.reshape(m, k), x.scale.reshape(m, k // BLOCK))
+    x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
     if m <= SMALL_M_MAX:
-        out = matmul_2d(x2, w, out_dtype)
+        out = matmul_2d(x2 if isinstance(x2, MXArray) else quantize_activations(x2), w, out_dtype)
     else:  # cuBLAS accumulates bf16 products in float32 and rounds once into out_dtype
-        out = jax.lax.dot_general(
-            dequantize(x2, jnp.bfloat16),
-            dequantize(w, jnp.bfloat16),
-            (((1,), (1,)), ((), ())),
-            preferred_element_type=out_dtype,
-        )
+        dims = (((1,), (1,)), ((), ()))
+        out = jax.lax.dot_general(decode_operand(x2), decode_operand(w), dims, preferred_element_type=out_dtype)
     return out.reshape(*lead, w.shape[0])

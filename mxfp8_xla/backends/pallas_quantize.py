@@ -1,8 +1,9 @@
-"""One-pass MXFP8 activation quantization as a Pallas/Triton GPU kernel.
+"""One-pass MXFP8 Pallas/Triton GPU kernels: quantize, decode, and quantize-then-decode.
 
-Each program reads a ``[bm, bk]`` tile once, quantizes it 32 columns at a time
-with ``numerics.quantize_blocks`` (the same exact rule as ``mxfp8_xla.quantize``),
-and writes the fp8 data and uint8 scales.
+Each program reads a ``[bm, bk]`` tile once. ``quantize_2d`` quantizes it with
+``numerics.quantize_blocks`` (the exact rule of ``mxfp8_xla.quantize``) and writes the
+fp8 data and uint8 scales; ``decode_2d`` turns an MXArray into bf16 (the arithmetic of
+``mxfp8_xla.dequantize``); ``fake_quantize_2d`` does both without writing the fp8 data.
 """
 
 from __future__ import annotations
@@ -42,6 +43,74 @@ def _kernel_tile(x_ref, q_ref, s_ref, *, m: int, bm: int, bk: int) -> None:
     pltriton.store(s_ref.at[rows, pl.ds(j * (bk // BLOCK), bk // BLOCK)], scale.reshape(bm, bk // BLOCK), mask=ok)
 
 
+def decode_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
+    """``[R, bk]`` fp8 and ``[R, bk // 32]`` scale bytes to bf16, with ``dequantize``'s arithmetic.
+
+    ``fp8 * 2**(s - 127)`` is exact in float32 and in bf16 (8 mantissa bits hold E4M3's 4)
+    down to bf16's smallest normal; smaller values round as ``dequantize(a, bfloat16)`` does.
+    """
+    r, bk = data.shape
+    blocks = data.astype(jnp.float32).reshape(r, bk // BLOCK, BLOCK)
+    hi, lo = numerics.scale_to_float(scale)
+    return (blocks * hi[:, :, None] * lo[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
+
+
+def _decode_kernel(d_ref, s_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows, cols = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
+    ok = ((i * bm + jnp.arange(bm)) < m)[:, None]
+    bits = pltriton.load(d_ref.at[rows, cols], mask=ok, other=0)  # fp8 as uint8: masked loads need integers
+    scale = pltriton.load(s_ref.at[rows, pl.ds(j * (bk // BLOCK), bk // BLOCK)], mask=ok, other=0)
+    pltriton.store(
+        o_ref.at[rows, cols], decode_tile(jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn), scale), mask=ok
+    )
+
+
+def _fake_quantize_kernel(x_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
+    i, j = pl.program_id(0), pl.program_id(1)
+    rows, cols = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
+    ok = ((i * bm + jnp.arange(bm)) < m)[:, None]
+    x = pltriton.load(x_ref.at[rows, cols], mask=ok, other=0).astype(jnp.float32)
+    data, scale = numerics.quantize_blocks(x.reshape(bm * bk // BLOCK, BLOCK))
+    pltriton.store(o_ref.at[rows, cols], decode_tile(data.reshape(bm, bk), scale.reshape(bm, bk // BLOCK)), mask=ok)
+
+
+def _check_k(k: int, bk: int, what: str) -> None:
+    if k % bk:
+        raise ValueError(f"pallas {what}: K={k} must be a multiple of bk={bk}")
+
+
+def decode_2d(a: MXArray, bm: int = 64, bk: int = 512, num_warps: int = 4, interpret: bool = False) -> jax.Array:
+    """``dequantize(a, bfloat16)`` for ``a [M, K]`` in one pass (bit-identical; K a multiple of ``bk``)."""
+    m, k = a.shape
+    _check_k(k, bk, "decode")
+    return pl.pallas_call(
+        functools.partial(_decode_kernel, m=m, bm=bm, bk=bk),
+        out_shape=jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
+        grid=(pl.cdiv(m, bm), k // bk),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
+        interpret=interpret,
+        name="mxfp8_decode",
+    )(jax.lax.bitcast_convert_type(a.data, jnp.uint8), a.scale)
+
+
+def fake_quantize_2d(
+    x: jax.Array, bm: int = 32, bk: int = 256, num_warps: int = 4, interpret: bool = False
+) -> jax.Array:
+    """``dequantize(quantize(x), bfloat16)`` for ``x [M, K]`` in one pass, the fp8 data never written."""
+    check_quantizable(x)
+    m, k = x.shape
+    _check_k(k, bk, "fake quantize")
+    return pl.pallas_call(
+        functools.partial(_fake_quantize_kernel, m=m, bm=bm, bk=bk),
+        out_shape=jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
+        grid=(pl.cdiv(m, bm), k // bk),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
+        interpret=interpret,
+        name="mxfp8_fake_quantize",
+    )(x)
+
+
 def quantize_2d(
     x: jax.Array,
     bm: int = 32,
@@ -53,8 +122,7 @@ def quantize_2d(
     """MXFP8-quantize ``x [M, K]`` along K in one pass (K a multiple of ``bk``)."""
     check_quantizable(x)
     m, k = x.shape
-    if k % bk:
-        raise ValueError(f"pallas quantize: K={k} must be a multiple of bk={bk}")
+    _check_k(k, bk, "quantize")
     q, s = pl.pallas_call(
         functools.partial(_kernel_tile if tile else _kernel, m=m, bm=bm, bk=bk),
         out_shape=(
