@@ -131,3 +131,11 @@ def test_pallas_quantize_is_bit_exact(tile, rng):
     got = pallas_quantize.quantize_2d(x, bm=16, bk=128, tile=tile, interpret=True)
     np.testing.assert_array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
     np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(want.scale))
+
+
+def test_pallas_tile_kernels_name_a_k_that_does_not_tile():
+    q = mx.quantize(jnp.ones((4, 256)))
+    with pytest.raises(ValueError, match=r"pallas mxfp8_decode: K=256 must be a multiple of bk=512"):
+        pallas_quantize.decode_2d(q, bk=512, interpret=True)
+    with pytest.raises(ValueError, match=r"pallas mxfp8_fake_quantize: K=256 must be a multiple of bk=512"):
+        pallas_quantize.fake_quantize_2d(jnp.ones((4, 256)), bk=512, interpret=True)

@@ -75,23 +75,29 @@ def _fake_quantize_kernel(x_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
     pltriton.store(o_ref.at[rows, cols], decode_tile(data.reshape(bm, bk), scale.reshape(bm, bk // BLOCK)), mask=ok)
 
 
-def _check_k(k: int, bk: int, what: str) -> None:
+def _call_over_tiles(
+    kernel, out_shape, operands, *, m: int, k: int, bm: int, bk: int, num_warps: int, interpret: bool, name: str
+):
+    """Run ``kernel`` on a ``(cdiv(m, bm), k // bk)`` grid of ``[bm, bk]`` tiles (K a multiple of ``bk``)."""
     if k % bk:
-        raise ValueError(f"pallas {what}: K={k} must be a multiple of bk={bk}")
+        raise ValueError(f"pallas {name}: K={k} must be a multiple of bk={bk}")
+    return pl.pallas_call(
+        functools.partial(kernel, m=m, bm=bm, bk=bk),
+        out_shape=out_shape,
+        grid=(pl.cdiv(m, bm), k // bk),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
+        interpret=interpret,
+        name=name,
+    )(*operands)
 
 
 def decode_2d(a: MXArray, bm: int = 64, bk: int = 512, num_warps: int = 4, interpret: bool = False) -> jax.Array:
     """``dequantize(a, bfloat16)`` for ``a [M, K]`` in one pass (bit-identical; K a multiple of ``bk``)."""
     m, k = a.shape
-    _check_k(k, bk, "decode")
-    return pl.pallas_call(
-        functools.partial(_decode_kernel, m=m, bm=bm, bk=bk),
-        out_shape=jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
-        grid=(pl.cdiv(m, bm), k // bk),
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
-        interpret=interpret,
-        name="mxfp8_decode",
-    )(jax.lax.bitcast_convert_type(a.data, jnp.uint8), a.scale)
+    operands = (jax.lax.bitcast_convert_type(a.data, jnp.uint8), a.scale)
+    out = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
+    tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
+    return _call_over_tiles(_decode_kernel, out, operands, name="mxfp8_decode", **tiles)
 
 
 def fake_quantize_2d(
@@ -100,15 +106,9 @@ def fake_quantize_2d(
     """``dequantize(quantize(x), bfloat16)`` for ``x [M, K]`` in one pass, the fp8 data never written."""
     check_quantizable(x)
     m, k = x.shape
-    _check_k(k, bk, "fake quantize")
-    return pl.pallas_call(
-        functools.partial(_fake_quantize_kernel, m=m, bm=bm, bk=bk),
-        out_shape=jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
-        grid=(pl.cdiv(m, bm), k // bk),
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
-        interpret=interpret,
-        name="mxfp8_fake_quantize",
-    )(x)
+    out = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
+    tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
+    return _call_over_tiles(_fake_quantize_kernel, out, (x,), name="mxfp8_fake_quantize", **tiles)
 
 
 def quantize_2d(
@@ -122,16 +122,7 @@ def quantize_2d(
     """MXFP8-quantize ``x [M, K]`` along K in one pass (K a multiple of ``bk``)."""
     check_quantizable(x)
     m, k = x.shape
-    _check_k(k, bk, "quantize")
-    q, s = pl.pallas_call(
-        functools.partial(_kernel_tile if tile else _kernel, m=m, bm=bm, bk=bk),
-        out_shape=(
-            jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn),
-            jax.ShapeDtypeStruct((m, k // BLOCK), jnp.uint8),
-        ),
-        grid=(pl.cdiv(m, bm), k // bk),
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
-        interpret=interpret,
-        name="mxfp8_quantize",
-    )(x)
+    out = (jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((m, k // BLOCK), jnp.uint8))
+    tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
+    q, s = _call_over_tiles(_kernel_tile if tile else _kernel, out, (x,), name="mxfp8_quantize", **tiles)
     return MXArray(q, s)
