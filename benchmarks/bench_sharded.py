@@ -140,8 +140,9 @@ def bench_llama(args, mesh: Mesh, out: dict) -> None:
         what = f"greedy ids ({batch}x{long} new) identical" if same else f"greedy ids differ from new token {first}"
         print(f"{'decode batch ' + str(batch) + ', ms/step':26}{t1 * 1e3:12.3f}{ts * 1e3:12.3f}{t1 / ts:8.2f}x  {what}")
     print(
-        "(differences beyond float32 summation order come from rounding flips: an activation within a few ulps of "
-        "an fp8 or bf16 rounding boundary lands on the other side, and attention spreads it along the sequence; "
+        "(differences beyond float32 summation order come from rounding flips: an activation within float32 "
+        "rounding noise of an fp8 or bf16 rounding boundary lands on the other side, and attention spreads it "
+        "along the sequence; "
         "see docs/sharding.md)"
     )
     out["llama"] = row
