@@ -1,7 +1,9 @@
-"""Tensor-parallel MXFP8 layers on 8 CPU devices (1x8, 2x4, 8x1 meshes), emulation and torch backends.
+"""Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices.
 
-The cases live in tests/sharding_cases.py and run in a subprocess, because
-``--xla_force_host_platform_device_count`` must be set before jax initializes.
+The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and
+torch backends) and tests/llama_sharding_cases.py (the Llama example on the ModelOpt
+fixture) and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be
+set before jax initializes.
 """
 
 import os
@@ -9,13 +11,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import FIXTURE_DIR
 
-def test_sharded_cases_in_a_process_with_8_cpu_devices():
-    here = Path(__file__).resolve().parent
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
+HERE = Path(__file__).resolve().parent
+
+
+def run_cases(script: str, *args: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
     proc = subprocess.run(
-        [sys.executable, str(here / "sharding_cases.py")], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(HERE / script), *args], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK"), proc.stdout
-    assert proc.stdout.count("MLP rel err") == 6
+    return proc.stdout
+
+
+def test_sharded_cases_in_a_process_with_8_cpu_devices():
+    assert run_cases("sharding_cases.py").count("MLP rel err") == 6
+
+
+@pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"fixture directory {FIXTURE_DIR} is absent")
+def test_tensor_parallel_llama_in_a_process_with_8_cpu_devices():
+    out = run_cases("llama_sharding_cases.py", str(FIXTURE_DIR))
+    assert out.count("logits rel diff") == 4
+    assert "greedy ids with the KV cache identical" in out
+    assert out.count("cannot be split") == 5

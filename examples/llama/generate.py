@@ -3,6 +3,9 @@
 Greedy (``temperature=0``) or sampled (``temperature > 0``, optional ``top_k``). The whole
 loop is one jitted function per (config, prompt shape, ``max_new_tokens``, sampling
 settings); the cache holds ``prompt_len + max_new_tokens`` positions.
+
+``mesh`` (optional, a ``("data", "model")`` :class:`jax.sharding.Mesh`): run the model
+tensor-parallel over it (``parallel.py``); params placed with ``parallel.shard_params``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from .model import Llama, LlamaConfig, init_cache
+from .parallel import sharded_apply
+
+
+def model_apply(cfg: LlamaConfig, mesh: Mesh | None = None):
+    """``apply(params, ids, cache=None, cache_index=0) -> (logits, cache)`` on one device or split over ``mesh``."""
+    if mesh is not None:
+        return sharded_apply(cfg, mesh)
+    model = Llama(cfg)
+    return lambda params, ids, cache=None, cache_index=0: model.apply(
+        {"params": params}, ids, cache=cache, cache_index=cache_index
+    )
 
 
 def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
@@ -27,7 +42,7 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | No
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh"))
 def generate(
     cfg: LlamaConfig,
     params: Any,
@@ -39,6 +54,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """``prompt [B, T]`` -> ``[B, T + max_new_tokens]`` token ids.
 
@@ -48,12 +64,12 @@ def generate(
     ignored tail out of the prefill, and decoding overwrites its cache slots before any
     query can see them. After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
     """
-    model = Llama(cfg)
+    apply = model_apply(cfg, mesh)
     b, t = prompt.shape
     n = jnp.int32(t if prompt_len is None else prompt_len)
     key = jax.random.key(0) if key is None else key
     cache = init_cache(cfg, b, t + max_new_tokens)
-    logits, cache = model.apply({"params": params}, prompt, cache=cache, cache_index=0)  # prefill
+    logits, cache = apply(params, prompt, cache=cache, cache_index=0)  # prefill
     last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)
     key, sub = jax.random.split(key)
     first = _pick(last, sub, temperature, top_k)
@@ -61,7 +77,7 @@ def generate(
 
     def step(carry, _):
         token, cache, index, key, done = carry
-        logits, cache = model.apply({"params": params}, token[:, None], cache=cache, cache_index=index)
+        logits, cache = apply(params, token[:, None], cache=cache, cache_index=index)
         key, sub = jax.random.split(key)
         nxt = _pick(logits[:, -1], sub, temperature, top_k)
         if eos_id is not None:
@@ -76,13 +92,15 @@ def generate(
     return jax.lax.dynamic_update_slice(out, new, (0, n))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def forward(cfg: LlamaConfig, params: Any, input_ids: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def forward(cfg: LlamaConfig, params: Any, input_ids: jax.Array, mesh: Mesh | None = None) -> jax.Array:
     """Logits ``[B, T, V]`` of a plain causal forward (no cache)."""
-    return Llama(cfg).apply({"params": params}, input_ids)[0]
+    return model_apply(cfg, mesh)(params, input_ids)[0]
 
 
-def greedy_without_cache(cfg: LlamaConfig, params: Any, prompt: jax.Array, max_new_tokens: int) -> jax.Array:
+def greedy_without_cache(
+    cfg: LlamaConfig, params: Any, prompt: jax.Array, max_new_tokens: int, mesh: Mesh | None = None
+) -> jax.Array:
     """Greedy decoding by re-running the full forward each step (the reference for the cache).
 
     The sequence lives in a fixed ``[B, T + max_new_tokens]`` buffer so there is one
@@ -91,6 +109,6 @@ def greedy_without_cache(cfg: LlamaConfig, params: Any, prompt: jax.Array, max_n
     b, t = prompt.shape
     ids = jnp.zeros((b, t + max_new_tokens), jnp.int32).at[:, :t].set(prompt)
     for pos in range(t, t + max_new_tokens):
-        logits = forward(cfg, params, ids)
+        logits = forward(cfg, params, ids, mesh=mesh)
         ids = ids.at[:, pos].set(jnp.argmax(logits[:, pos - 1], axis=-1).astype(jnp.int32))
     return ids

@@ -15,6 +15,10 @@ Parameter tree (Flax names follow the Hugging Face module names)::
     norm/weight [D]
     lm_head/kernel [D, V]         (absent when tie_word_embeddings)
 
+Tensor parallelism (``parallel.py``) runs this same module under ``jax.shard_map`` with
+``cfg.tp_axis`` set: each device then holds its share of the heads and MLP features, and
+o_proj/down_proj add their partial sums over the model axis (``layers.row_dense``).
+
 The model is called as ``logits, cache = model.apply({"params": p}, ids, cache=..., cache_index=...)``.
 Without a cache it is a plain causal forward over ``ids``; with one (from :func:`init_cache`)
 the new keys/values are written at ``cache_index`` and attention runs over the cache.
@@ -31,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .layers import dense
+from .layers import dense, row_dense
 
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer: (keys, values) [B, S, KV, hd]
 
@@ -57,10 +61,23 @@ class LlamaConfig:
     param_dtype: Any = jnp.bfloat16  # non-quantized params (norms, embeddings, head, nn.Dense)
     backend: str = "auto"  # mxfp8_matmul backend of the MXFP8 layers
     precision: Any = None  # for the non-MXFP8 dots (attention, head, nn.Dense)
+    # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
+    # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
+    # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.
+    tp_axis: str | None = None
 
     @property
     def hd(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def local(self, n: int, what: str) -> int:
+        """``n`` split over the ``tp_axis`` devices (``n`` itself without tensor parallelism)."""
+        if self.tp_axis is None:
+            return n
+        tp = jax.lax.axis_size(self.tp_axis)
+        if n % tp:
+            raise ValueError(f"{what} = {n} cannot be split over the {tp} devices of mesh axis {self.tp_axis!r}")
+        return n // tp
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -146,8 +163,10 @@ class Attention(nn.Module):
     def __call__(self, x, cos, sin, mask, cache, cache_index):
         cfg = self.cfg
         b, t, _ = x.shape
-        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hd
-        bias = cfg.attention_bias
+        hd, bias = cfg.hd, cfg.attention_bias
+        # this device's heads (all of them without tensor parallelism): q/k/v are column-parallel
+        h = cfg.local(cfg.num_attention_heads, "num_attention_heads")
+        kv = cfg.local(cfg.num_key_value_heads, "num_key_value_heads")
         q = dense(h * hd, use_bias=bias, cfg=cfg, name="q_proj")(x).reshape(b, t, h, hd)
         k = dense(kv * hd, use_bias=bias, cfg=cfg, name="k_proj")(x).reshape(b, t, kv, hd)
         v = dense(kv * hd, use_bias=bias, cfg=cfg, name="v_proj")(x).reshape(b, t, kv, hd)
@@ -164,7 +183,7 @@ class Attention(nn.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=cfg.precision).reshape(b, t, h * hd)
-        return dense(cfg.hidden_size, use_bias=bias, cfg=cfg, name="o_proj")(out.astype(cfg.dtype)), cache
+        return row_dense(cfg.hidden_size, use_bias=bias, cfg=cfg, name="o_proj")(out.astype(cfg.dtype)), cache
 
 
 class MLP(nn.Module):
@@ -173,9 +192,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        gate = dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
-        up = dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
-        return dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
+        inter = cfg.local(cfg.intermediate_size, "intermediate_size")  # gate/up column-parallel, down row-parallel
+        gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
+        up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
+        return row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
 
 
 class Block(nn.Module):
