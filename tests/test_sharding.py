@@ -28,7 +28,7 @@ def run_cases(script: str, *args: str) -> str:
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():
-    assert run_cases("sharding_cases.py").count("MLP rel err") == 6
+    assert run_cases("sharding_cases.py").count("MLP rel err") == 8
 
 
 @pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"fixture directory {FIXTURE_DIR} is absent")
