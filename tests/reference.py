@@ -72,3 +72,10 @@ def linear_tolerance(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     xd = dequantize_values(*quantize_values(x))
     wd = dequantize_values(*quantize_values(kernel, axis=0))
     return 2.0**-22 * (np.abs(xd) @ np.abs(wd).T) + 1e-30
+
+
+def assert_linear_matches(y, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None = None) -> None:
+    """A layer's float32 output ``y`` equals ``linear(x, kernel, bias)`` within float32 accumulation and rounding."""
+    expected = linear(x, kernel, bias)
+    tol = linear_tolerance(x, kernel) + 2.0**-23 * np.abs(expected)
+    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - expected), tol)

@@ -21,7 +21,7 @@ import pytest
 from conftest import FIXTURE_DIR
 
 import mxfp8_xla as mx
-from mxfp8_xla.checkpoint import load_modelopt, load_safetensors
+from mxfp8_xla.checkpoint import load_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -42,6 +42,7 @@ from examples.llama.run import (  # noqa: E402
     TIE_SDPA_VALUE,
     _layer_input,
     forward_with_sdpa_tie,
+    load_fixture_model,
     rel_fro,
 )
 
@@ -62,16 +63,7 @@ def ref(fixture_copy):
 
 @pytest.fixture(scope="module")
 def model(fixture_copy):
-    ckpt = load_modelopt(fixture_copy, dtype=jnp.float32, progress=False)
-    cfg = LlamaConfig.from_hf(
-        ckpt.config,
-        quantized=True,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        backend="emulation",
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    return cfg, params_from_hf(ckpt.tensors, cfg), ckpt
+    return load_fixture_model(fixture_copy, backend="emulation")
 
 
 @pytest.fixture(scope="module")

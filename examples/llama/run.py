@@ -71,10 +71,8 @@ def rel_fro(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-def run_fixture(fixture: Path = DEFAULT_FIXTURE, backend: str = "emulation") -> dict:
-    """Every comparison the example reports, as a dict (the tests read the same numbers)."""
-    ref = np.load(fixture / "reference.npz")
-    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+def load_fixture_model(fixture: Path = DEFAULT_FIXTURE, backend: str = "emulation"):
+    """``(cfg, params, checkpoint)`` of the fixture's MXFP8 model, float32 throughout, HIGHEST precision."""
     ckpt = load_modelopt(fixture, dtype=jnp.float32, progress=False)
     cfg = LlamaConfig.from_hf(
         ckpt.config,
@@ -84,7 +82,14 @@ def run_fixture(fixture: Path = DEFAULT_FIXTURE, backend: str = "emulation") -> 
         backend=backend,
         precision=jax.lax.Precision.HIGHEST,
     )
-    params = params_from_hf(ckpt.tensors, cfg)
+    return cfg, params_from_hf(ckpt.tensors, cfg), ckpt
+
+
+def run_fixture(fixture: Path = DEFAULT_FIXTURE, backend: str = "emulation") -> dict:
+    """Every comparison the example reports, as a dict (the tests read the same numbers)."""
+    ref = np.load(fixture / "reference.npz")
+    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+    cfg, params, _ = load_fixture_model(fixture, backend)
     logits = forward(cfg, params, ids)
 
     greedy = ref["greedy_ids"]
