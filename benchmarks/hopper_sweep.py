@@ -56,6 +56,14 @@ def main():
             for bm in (16, 32, 64)
             for bn, sk in ((128, 1), (64, 2))
         ]
+    if "--fp8" in sys.argv:  # per-32-block MMAs on the E4M3 operands themselves, against the shipped default
+        configs = [None] + [
+            hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, swap_ab=swap, fp8_mma=True)
+            for bn, sk in ((128, 1), (64, 1), (64, 2), (32, 2), (64, 4))
+            for swap in (False, True)
+            for bk, w, st in ((128, 4, 4), (256, 4, 3))
+            if not (swap and bn < 64)
+        ]
     if "--tune" in sys.argv:  # warps/stages around the best tile config
         configs = [
             hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, tile_dequant=True)
@@ -72,9 +80,10 @@ def main():
                 [(xs[i], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
             )
             row = {"m": m, "n": n, "k": k, "bf16_us": bf16 * 1e6, "configs": []}
-            ref = mx.mxfp8_matmul(xs[0], wq[0], out_dtype=jnp.float32)
+            ref = mx.mxfp8_matmul(xs[0], wq[0], out_dtype=jnp.float32, backend="emulation")
             best = None
             for cfg in configs:
+                cfg = cfg or hopper.default_config(m, n, k)
                 if cfg.check(m, n, k) or (n // cfg.bn) * cfg.split_k > 1024:
                     continue
                 try:
@@ -89,6 +98,7 @@ def main():
                     print(f"  {cfg}: FAILED {repr(e)[:300]}", flush=True)
                     continue
                 row["configs"].append({"cfg": str(cfg), "us": t * 1e6, "rel_err": err})
+                print(f"  {t * 1e6:7.1f} us ({bf16 / t:.2f}x) err {err:.1e}  {cfg}", flush=True)
                 if best is None or t < best[0]:
                     best = (t, cfg, err)
             if best:
@@ -100,9 +110,18 @@ def main():
                 )
                 b1 = device_time(
                     lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16),
-                    [(xs1[i], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
+                    [(xs[i][:1], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
                 )
                 row["m1"] = {"bf16_us": b1 * 1e6, "best_us": t1 * 1e6}
+                if "--fp8" in sys.argv:  # end to end: the backend's activation quantizer + the kernel
+                    row["e2e"] = {}
+                    for label, c in (("default", hopper.default_config(m, n, k)), ("best", best_cfg)):
+                        t_e2e = device_time(
+                            lambda x, w, c=c: hopper.matmul_2d(hopper.quantize_activations(x), w, jnp.bfloat16, c),
+                            [(xs[i], wq[i % WEIGHT_COPIES]) for i in range(SETS)],
+                        )
+                        row["e2e"][label] = t_e2e * 1e6
+                        print(f"   end to end, {label}: {t_e2e * 1e6:.1f} us ({bf16 / t_e2e:.2f}x)", flush=True)
                 print(f"   M=1 with that config: {t1 * 1e6:.1f} us vs bf16 {b1 * 1e6:.1f} ({b1 / t1:.2f}x)")
                 print(
                     f"M={m:5d} N={n:6d} K={k:6d}  bf16 {bf16 * 1e6:7.1f} us  best {best[0] * 1e6:7.1f} us "
