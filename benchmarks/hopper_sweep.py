@@ -1,4 +1,4 @@
-"""Tile sweep for the Hopper Pallas GEMM (M <= 64) and the large-M candidates, on one GPU.
+"""Tile sweeps for the Hopper Pallas GEMM (M <= 64), the 64 < M <= 512 and large-M candidates, on one GPU.
 
 Prints, per shape, the device time of each kernel config next to bf16 ``jnp.dot`` and
 writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``.
@@ -56,14 +56,14 @@ def main():
             for bm in (16, 32, 64)
             for bn, sk in ((128, 1), (64, 2))
         ]
-    if "--fp8" in sys.argv:  # per-32-block MMAs on the E4M3 operands themselves, against the shipped default
+    if "--retune" in sys.argv:  # the shipped default against the best tiles of benchmarks/stream_probe.py
         configs = [None] + [
-            hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, swap_ab=swap, fp8_mma=True)
-            for bn, sk in ((128, 1), (64, 1), (64, 2), (32, 2), (64, 4))
-            for swap in (False, True)
-            for bk, w, st in ((128, 4, 4), (256, 4, 3))
-            if not (swap and bn < 64)
-        ]
+            hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=4, num_stages=st, tile_dequant=True)
+            for bn, bk, sk, st in [
+                (64, 256, 1, 4), (64, 256, 1, 3), (128, 256, 1, 3), (64, 256, 2, 4), (64, 256, 4, 4), (64, 128, 4, 4),
+                (32, 256, 4, 4),
+            ]
+        ]  # fmt: skip
     if "--tune" in sys.argv:  # warps/stages around the best tile config
         configs = [
             hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=w, num_stages=st, tile_dequant=True)
@@ -113,7 +113,7 @@ def main():
                     [(xs[i][:1], ws[i % WEIGHT_COPIES]) for i in range(SETS)],
                 )
                 row["m1"] = {"bf16_us": b1 * 1e6, "best_us": t1 * 1e6}
-                if "--fp8" in sys.argv:  # end to end: the backend's activation quantizer + the kernel
+                if "--retune" in sys.argv:  # end to end: the backend's activation quantizer + the kernel
                     row["e2e"] = {}
                     for label, c in (("default", hopper.default_config(m, n, k)), ("best", best_cfg)):
                         t_e2e = device_time(
@@ -171,8 +171,40 @@ def large_m_probe():
     return rows
 
 
+def mid_m_probe():
+    """64 < M <= 512: the shipped decode-then-cuBLAS path against the Pallas GEMM with taller tiles, end to end."""
+    rows = []
+    for n, k in SHAPES:
+        for m in (128, 256, 512):
+            xs, ws, wq = make_sets(m, n, k)
+            sets = [(xs[i], ws[i % WEIGHT_COPIES], wq[i % WEIGHT_COPIES]) for i in range(SETS)]
+            base = device_time(lambda x, w, q: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16), sets)
+            print(f"M={m} N={n} K={k}: bf16 {base * 1e6:.1f} us", flush=True)
+            ref = mx.mxfp8_matmul(xs[0], wq[0], out_dtype=jnp.float32, backend="emulation")
+            cands = {"shipped (decode + cuBLAS)": lambda x, q: hopper.matmul(x, q, jnp.bfloat16)}
+            for bm, bn, bk, nw, st in [(64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 128, 64, 8, 3),
+                                       (128, 64, 128, 4, 4), (128, 128, 128, 8, 3)]:  # fmt: skip
+                cfg = hopper.KernelConfig(bm=bm, bn=bn, bk=bk, num_warps=nw, num_stages=st, tile_dequant=True)
+                cands[str(cfg)] = lambda x, q, cfg=cfg: hopper.matmul_2d(
+                    hopper.quantize_activations(x), q, jnp.bfloat16, cfg
+                )
+            for name, fn in cands.items():
+                try:
+                    err = rel(jax.jit(fn)(xs[0], wq[0]).astype(jnp.float32), ref)
+                    t = device_time(lambda x, w, q, fn=fn: fn(x, q), sets)
+                except Exception as e:  # report and go on: this is a sweep
+                    print(f"  {name}: FAILED {repr(e)[:300]}", flush=True)
+                    rows.append({"m": m, "n": n, "k": k, "name": name, "error": repr(e)[:400]})
+                    continue
+                print(f"  {t * 1e6:7.1f} us ({base / t:.2f}x) err {err:.1e}  {name}", flush=True)
+                rows.append(dict(m=m, n=n, k=k, name=name, us=t * 1e6, bf16_us=base * 1e6, rel_err=err))
+    return rows
+
+
 if __name__ == "__main__":
-    if "--large" in sys.argv:
+    if "--midm" in sys.argv:
+        write_json("hopper_mid_m.json", {"env": environment(), "rows": mid_m_probe()})
+    elif "--large" in sys.argv:
         write_json("hopper_large_m.json", {"rows": large_m_probe()})
     else:
         main()

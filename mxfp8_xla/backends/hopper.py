@@ -45,7 +45,6 @@ class KernelConfig:
     num_stages: int = 3
     swap_ab: bool = False  # compute out.T = w @ x.T: the weight fills the MMA's M dimension
     tile_dequant: bool = False  # dequantize whole [bn, bk] tiles to bf16, one MMA per bk step
-    fp8_mma: bool = False  # per-32-block path: E4M3 operands straight into the fp8 MMA, no f16 convert
 
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
@@ -122,9 +121,7 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
             else:
                 x = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0)
                 xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
-            a, b = xq, w_ref[cols, ks]
-            if not cfg.fp8_mma:
-                a, b = a.astype(jnp.float16), b.astype(jnp.float16)
+            a, b = xq.astype(jnp.float16), w_ref[cols, ks].astype(jnp.float16)
             fx, fw = _block_factor(xs), _block_factor(ws_ref[cols, kb])
             if cfg.swap_ab:
                 partial = jax.lax.dot_general(b, a, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
