@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla.backends.hopper import SMALL_M_KERNEL_ENV
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     backend_problems,
@@ -76,6 +77,7 @@ def info() -> dict[str, Any]:
         "env": {
             BACKEND_ENV: os.environ.get(BACKEND_ENV),
             COMMAND_BUFFER_ENV: os.environ.get(COMMAND_BUFFER_ENV),
+            SMALL_M_KERNEL_ENV: os.environ.get(SMALL_M_KERNEL_ENV),
         },
     }
 

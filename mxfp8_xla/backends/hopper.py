@@ -6,7 +6,9 @@ from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-1
 fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
 activation arrives quantized by a one-pass Pallas kernel. (The kernel also keeps
 the original per-32-block variant, ``tile_dequant=False``, and in-kernel activation
-quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) For more rows
+quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) Where it measured
+faster (``mosaic_config``), a warp-specialized Mosaic GPU kernel (``hopper_mosaic``)
+replaces the Triton one. For more rows
 (compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
 cuBLAS multiplies them. Either way the result is the emulation backend's function
 up to float32 summation order.
@@ -18,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Iterator
 
 import jax
@@ -26,7 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from mxfp8_xla import numerics
-from mxfp8_xla.backends import pallas_quantize
+from mxfp8_xla.backends import hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.select import require_backend
 from mxfp8_xla.mxarray import MXArray
 
@@ -70,6 +73,37 @@ def interpret_mode() -> Iterator[None]:
 
 SMALL_M_MAX = 64
 """Up to this many rows the Pallas GEMM runs; above, operands are decoded to bf16 for cuBLAS."""
+
+
+SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
+"""``auto`` (default): the kernel measured faster for the shape; ``triton``; or ``mosaic`` wherever it can run."""
+
+MOSAIC_MIN_K = 8192
+"""``auto`` runs the Mosaic GPU kernel from this K up, for up to 16 rows (the ones measured).
+
+At (N, K) = (4096, 14336) it took 36.9 / 40.2 us against the Triton kernel's 44.7 / 45.6 us
+for M = 1 / 16; at K = 4096 neither won consistently (H100, benchmarks/mosaic_sweep.py).
+"""
+
+
+def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
+    """The Mosaic GPU kernel's config for ``m`` rows, or None where the Triton kernel runs.
+
+    Follows ``MXFP8_XLA_HOPPER_SMALL_M``. K is split until at least 128 CTAs (of 128
+    weight rows each) stream the weight.
+    """
+    choice = os.environ.get(SMALL_M_KERNEL_ENV, "auto").strip().lower()
+    if choice not in ("auto", "triton", "mosaic"):
+        raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'triton' or 'mosaic'")
+    cfg = hopper_mosaic.MosaicConfig()
+    ctas = n // (hopper_mosaic.ROWS * cfg.num_wgs)
+    split_k = 1
+    while ctas * split_k < 128 and k % (cfg.tile_k * split_k * 2) == 0:
+        split_k *= 2
+    cfg = dataclasses.replace(cfg, split_k=split_k)
+    if choice == "triton" or cfg.check(m, n, k) is not None:
+        return None
+    return cfg if choice == "mosaic" or (k >= MOSAIC_MIN_K and m <= 16) else None
 
 
 def default_config(m: int, n: int, k: int) -> KernelConfig:
@@ -254,7 +288,10 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
     m = math.prod(lead)
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
-    if m <= SMALL_M_MAX:
+    mosaic = mosaic_config(m, w.shape[0], k) if m <= SMALL_M_MAX else None
+    if mosaic is not None:
+        out = hopper_mosaic.matmul_2d(decode_operand(x2), w, out_dtype, mosaic)
+    elif m <= SMALL_M_MAX:
         out = matmul_2d(x2 if isinstance(x2, MXArray) else quantize_activations(x2), w, out_dtype)
     else:  # cuBLAS accumulates bf16 products in float32 and rounds once into out_dtype
         dims = (((1,), (1,)), ((), ()))

@@ -1,0 +1,146 @@
+"""The ``hopper`` backend's small-M kernels end to end: Triton (Pallas) against Mosaic GPU.
+
+For the Llama-3-8B layer shapes and a few activation row counts, times (device time,
+queued calls over 4 independent input sets) from a raw bf16 activation to the bf16
+output: ``jnp.dot`` with a bf16 weight (the baseline), the shipped Triton path, and the
+Mosaic GPU kernel (``hopper_mosaic.matmul_2d`` after the one-pass activation
+quantize+decode) for the default ``hopper.mosaic_config`` and neighbouring configs.
+Every candidate is checked against the emulation backend on the same operands, and
+an edge-case weight (scale bytes 0, 1, 254, 255) is compared elementwise.
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only]``; JSON to
+$OUT/mosaic_sweep.json. (The recorded run, results/mosaic_sweep_h100.*, also tried scale bytes read
+in place from ``[N, K/32]`` with ``tile_k = 512``; jax 0.11.2 refused to compile that kernel.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import device_time, environment, write_json  # noqa: E402
+
+from mxfp8_xla import MXArray, quantize  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
+
+SHAPES = ((14336, 4096), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096))
+ROWS = (1, 16)
+
+
+def operands(n, k, m, copies=4):
+    sets = []
+    for i in range(copies):
+        kw, ks, kx = jax.random.split(jax.random.key(i), 3)
+        w = (jax.random.normal(kw, (n, k), jnp.float32) * 64).astype(jnp.float8_e4m3fn)
+        s = jax.random.randint(ks, (n, k // 32), 112, 124).astype(jnp.uint8)
+        x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16)
+        sets.append((x, MXArray(w, s)))
+    return sets
+
+
+def rel_err(out, ref):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+
+
+def candidates(m, n, k):
+    """The default Mosaic config and its neighbours that can run this shape."""
+    os.environ[hopper.SMALL_M_KERNEL_ENV] = "mosaic"
+    base = hopper.mosaic_config(m, n, k)
+    os.environ.pop(hopper.SMALL_M_KERNEL_ENV)
+    if base is None:
+        return []
+    cfgs = [base, dataclasses.replace(base, num_wgs=1, tile_k=256), dataclasses.replace(base, split_k=base.split_k * 2)]
+    unique = list(dict.fromkeys(cfgs))
+    return [c for c in unique if c.check(m, n, k) is None]
+
+
+def edge_case_check() -> dict:
+    """Scale bytes 0, 1, 254 and 255 (NaN) in the weight; the result must match emulation elementwise."""
+    n, k, m = 128, 1024, 8
+    kw, kx = jax.random.split(jax.random.key(7))
+    w = jax.random.normal(kw, (n, k), jnp.float32).astype(jnp.float8_e4m3fn)
+    s = np.full((n, k // 32), 127, np.uint8)
+    s[0, :], s[1, 3], s[2, 5], s[3, 0] = 0, 1, 254, 255
+    x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16) * 1e-3
+    q = MXArray(w, jnp.asarray(s))
+    xd = hopper.decode_operand(x)
+    ref = np.asarray(emulation.matmul(quantize(x), q, jnp.float32))
+    out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig()))
+    finite = np.isfinite(ref)
+    result = dict(
+        nan_positions_match=bool(np.array_equal(np.isnan(out), np.isnan(ref))),
+        inf_positions_match=bool(np.array_equal(np.isposinf(out), np.isposinf(ref)))
+        and bool(np.array_equal(np.isneginf(out), np.isneginf(ref))),
+        nan_columns=int(np.isnan(ref).any(0).sum()),
+        inf_columns=int(np.isinf(ref).any(0).sum()),
+        max_rel_err_finite=float(np.max(np.abs(out[finite] - ref[finite]) / (np.abs(ref[finite]) + 1e-30))),
+    )
+    print(f"edge cases: {result}", flush=True)
+    return result
+
+
+def main() -> None:
+    env = environment()
+    print(env, flush=True)
+    rows = []
+    edge = edge_case_check()
+    if "--edge-only" in sys.argv:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
+        routed = []
+        for m in ROWS:
+            sets = operands(4096, 14336, m)
+            fn = lambda x, q: hopper.matmul(x, q, jnp.bfloat16)  # noqa: E731
+            err = rel_err(
+                jax.jit(fn)(*sets[0]).astype(jnp.float32),
+                emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32),
+            )
+            t = device_time(fn, sets)
+            t_bf16 = device_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
+            routed.append(
+                dict(
+                    n=4096,
+                    k=14336,
+                    m=m,
+                    config=str(hopper.mosaic_config(m, 4096, 14336)),
+                    us=t * 1e6,
+                    bf16_us=t_bf16 * 1e6,
+                    rel_err=err,
+                )
+            )
+            print(f"hopper.matmul auto: {routed[-1]}", flush=True)
+        write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
+        return
+    for n, k in SHAPES:
+        for m in ROWS:
+            sets = operands(n, k, m)
+            t_bf16 = device_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
+            ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
+            cands = {"triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16)}
+            for cfg in candidates(m, n, k):
+                cands[f"mosaic {cfg}"] = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
+                    hopper.decode_operand(x), q, jnp.bfloat16, cfg
+                )
+            print(f"== N={n} K={k} M={m}: bf16 jnp.dot {t_bf16 * 1e6:.1f} us", flush=True)
+            rows.append(dict(n=n, k=k, m=m, variant="bf16_jnp_dot", us=t_bf16 * 1e6))
+            for name, fn in cands.items():
+                try:
+                    err = rel_err(jax.jit(fn)(*sets[0]).astype(jnp.float32), ref)
+                    t = device_time(fn, sets)
+                except Exception as e:  # noqa: BLE001 - a sweep reports every failure and goes on
+                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    print(f"  {name}: FAILED {msg}", flush=True)
+                    rows.append(dict(n=n, k=k, m=m, variant=name, error=msg))
+                    continue
+                print(f"  {name}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x bf16), rel err {err:.1e}", flush=True)
+                rows.append(dict(n=n, k=k, m=m, variant=name, us=t * 1e6, speedup=t_bf16 / t, rel_err=err))
+            write_json("mosaic_sweep.json", dict(environment=env, edge_cases=edge, rows=rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Hopper small-M MXFP8 GEMM as a warp-specialized Mosaic GPU kernel (Pallas ``plgpu``).
+
+One producer warpgroup streams the fp8 weight, its E8M0 scale bytes and the activation
+into shared memory with TMA; ``num_wgs`` compute warpgroups decode each ``[64, 32]``
+weight block to bf16 in registers and hand it to ``wgmma`` as the register (A) operand.
+The product is computed transposed, ``out.T [N, M] = W [N, K] @ x.T``, so the weight
+fills wgmma's 64-row M dimension and the few activation rows (padded to a multiple of
+8) its N dimension. The activation arrives as exact bf16 (``dequantize(quantize(x))``),
+so the result is the emulation backend's function up to float32 summation order.
+
+The scale bytes are transposed by XLA to ``[K/32, N]`` first, so a step's scales are
+whole rows: read in place, a step's ``tile_k / 32`` bytes per row are below TMA's
+16-byte minimum unless ``tile_k >= 512``, and that kernel did not compile with jax 0.11.2.
+
+Requires jax's Mosaic GPU backend on an SM90 GPU. Measured against the Triton kernel by
+benchmarks/mosaic_sweep.py; docs/backends.md says where each one runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+from jax import lax
+
+from mxfp8_xla import numerics
+from mxfp8_xla.mxarray import MXArray
+
+BLOCK = numerics.BLOCK_SIZE
+ROWS = 64  # weight rows per compute warpgroup: wgmma's M
+MAX_M = 32  # activation rows: wgmma's N, padded to a multiple of 8
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    """``num_wgs`` compute warpgroups of 64 weight rows each; ``tile_k`` of K per pipeline step;
+    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA."""
+
+    num_wgs: int = 2
+    tile_k: int = 128
+    stages: int = 4
+    split_k: int = 1
+
+    def check(self, m: int, n: int, k: int) -> str | None:
+        """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
+        if m > MAX_M:
+            return f"M={m} rows exceed {MAX_M}"
+        if n % (ROWS * self.num_wgs):
+            return f"N={n} is not a multiple of {ROWS * self.num_wgs} (64 rows per compute warpgroup)"
+        if self.tile_k % 128:
+            return f"tile_k={self.tile_k} must be a multiple of 128 (the weight's swizzle width)"
+        if k % (self.tile_k * self.split_k):
+            return f"K={k} is not a multiple of tile_k*split_k={self.tile_k * self.split_k}"
+        return None
+
+
+def decode_block(q: jax.Array, scale: jax.Array) -> jax.Array:
+    """E4M3 ``q [R, 32]`` times ``2**(scale - 127)`` per row (``scale [R]`` uint8) -> exact bf16.
+
+    One float32 factor per row (byte 0 is the subnormal ``2**-127``, exact on the GPU;
+    byte 255 is NaN). The product has E4M3's 4 significant bits, so bf16 holds it exactly
+    unless it falls below bf16's normal range (scale bytes < 10), where it can round once.
+    """
+    hi, lo = numerics.scale_to_float(scale)
+    factor = lax.broadcast_in_dim(hi * lo, q.shape, [0])
+    return (q.astype(jnp.float32) * factor).astype(jnp.bfloat16)
+
+
+def run_and_store(run_pipeline, o_smem, o_gmem) -> None:
+    """Run the pipeline into a fresh float32 accumulator shaped like ``o_smem``, then copy it to ``o_gmem``."""
+
+    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(o_smem.shape, jnp.float32))
+    def _(acc_ref):
+        run_pipeline(acc_ref)
+        o_smem[...] = acc_ref[...]
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_gmem)
+        plgpu.wait_smem_to_gmem(0)
+
+
+def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, o_smem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
+    i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
+    cta_rows = ROWS * cfg.num_wgs
+    wg_rows = pl.ds(wg * ROWS, ROWS)
+
+    def step(_, w_smem, s_smem, x_smem, acc_ref):
+        tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
+        for j in range(cfg.tile_k // BLOCK):
+            w_block = decode_block(tile[:, j * BLOCK : (j + 1) * BLOCK], s_smem[j, wg_rows])
+            plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
+        plgpu.wgmma_wait(0)
+        return acc_ref
+
+    def compute_context(run_pipeline):
+        dst = o_gmem.at[i_s, pl.ds(i_n * cta_rows + wg * ROWS, ROWS)]
+        run_and_store(run_pipeline, o_smem.at[wg], dst)
+
+    pipeline = plgpu.emit_pipeline_warp_specialized(
+        step,
+        grid=(k_split // cfg.tile_k,),
+        memory_registers=40,
+        in_specs=[
+            plgpu.BlockSpec(
+                (cta_rows, cfg.tile_k),
+                lambda t: (0, t),
+                transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128)),
+            ),
+            plgpu.BlockSpec((cfg.tile_k // BLOCK, cta_rows), lambda t: (t, 0)),
+            plgpu.BlockSpec(
+                (m, cfg.tile_k),
+                lambda t: (0, t),
+                transforms=(plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64)),  # one block per tile
+            ),
+        ],
+        wg_axis="wg",
+        num_compute_wgs=cfg.num_wgs,
+        max_concurrent_steps=cfg.stages,
+        compute_context=compute_context,
+    )
+    rows, ks = pl.ds(i_n * cta_rows, cta_rows), pl.ds(i_s * k_split, k_split)
+    kbs = pl.ds(i_s * (k_split // BLOCK), k_split // BLOCK)
+    pipeline(w_gmem.at[rows, ks], s_gmem.at[kbs, rows], x_gmem.at[:, ks])
+
+
+def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConfig | None = None) -> jax.Array:
+    """``x [M, K] @ w.T`` for an exact bf16 ``x`` (a decoded MXFP8 activation) and an MXArray ``w [N, K]``."""
+    m, k = x.shape
+    n = w.shape[0]
+    cfg = config or MosaicConfig()
+    reason = cfg.check(m, n, k)
+    if reason:
+        raise ValueError(f"hopper backend (Mosaic GPU): cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
+    m_pad = -(-m // 8) * 8
+    x = jnp.pad(x.astype(jnp.bfloat16), ((0, m_pad - m), (0, 0)))
+    k_split = k // cfg.split_k
+    partial_sums = plgpu.kernel(
+        functools.partial(_kernel, m=m_pad, cfg=cfg, k_split=k_split),
+        out_type=jax.ShapeDtypeStruct((cfg.split_k, n, m_pad), jnp.float32),
+        grid=(n // (ROWS * cfg.num_wgs), cfg.split_k),
+        grid_names=("n", "s"),
+        num_threads=cfg.num_wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+        scratch_types=dict(o_smem=plgpu.SMEM((cfg.num_wgs, ROWS, m_pad), jnp.float32)),
+    )(w.data, w.scale.T, x)
+    return partial_sums.sum(axis=0)[:, :m].T.astype(out_dtype)

@@ -1,0 +1,102 @@
+"""The hopper backend's Mosaic GPU kernel on CPU: its decode math, its configs, and that it lowers.
+
+The kernel itself runs only on an SM90 GPU (there is no interpret mode for Mosaic GPU);
+its numerics against the emulation backend and its speed are measured on an H100 by
+benchmarks/mosaic_sweep.py (results in benchmarks/results/mosaic_*_h100.*).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from mxfp8_xla import MXArray
+from mxfp8_xla.backends import hopper, hopper_mosaic
+
+ALL_E4M3 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn)
+
+
+def expected_bf16(codes: np.ndarray, scale: int) -> np.ndarray:
+    """E4M3 codes times ``2**(scale - 127)`` in float64, rounded once to bf16 (NumPy, no JAX).
+
+    Products beyond bf16's range (large codes at bytes >= 248) become +-inf, as on the GPU.
+    """
+    with np.errstate(over="ignore"):
+        return (codes.astype(np.float64) * 2.0 ** (scale - 127)).astype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_decode_block_is_exact_for_every_code_and_scale(jit):
+    # Bytes >= 10 keep every product a float32 normal: XLA:CPU flushes float32 subnormals,
+    # which the GPU computes exactly (bytes 0 and 1 were checked on the H100, mosaic_edge_cases_h100.json).
+    scales = np.arange(10, 255, dtype=np.uint8)
+    q = np.tile(ALL_E4M3.reshape(8, 32), (len(scales), 1))  # every code, 8 rows per scale byte
+    s = np.repeat(scales, 8)
+    decode = jax.jit(hopper_mosaic.decode_block) if jit else hopper_mosaic.decode_block
+    got = np.asarray(decode(jnp.asarray(q), jnp.asarray(s)))
+    want = np.concatenate([expected_bf16(ALL_E4M3.reshape(8, 32), int(b)) for b in scales])
+    assert got.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), np.isnan(want.astype(np.float32)))
+    finite = ~np.isnan(want.astype(np.float32))
+    np.testing.assert_array_equal(got.view(np.uint16)[finite], want.view(np.uint16)[finite])
+
+
+def test_decode_block_scale_byte_255_is_nan():
+    got = np.asarray(hopper_mosaic.decode_block(jnp.asarray(ALL_E4M3.reshape(8, 32)), jnp.full((8,), 255, jnp.uint8)))
+    assert np.all(np.isnan(got.astype(np.float32)))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "shape", "message"),
+    [
+        (hopper_mosaic.MosaicConfig(), (33, 4096, 4096), "M=33 rows exceed 32"),
+        (hopper_mosaic.MosaicConfig(), (16, 4160, 4096), "N=4160 is not a multiple of 128"),
+        (hopper_mosaic.MosaicConfig(split_k=4), (16, 4096, 1280), "K=1280 is not a multiple of tile_k*split_k=512"),
+        (hopper_mosaic.MosaicConfig(tile_k=192), (16, 4096, 4608), "tile_k=192 must be a multiple of 128"),
+    ],
+)
+def test_config_check_names_what_does_not_fit(cfg, shape, message):
+    assert message in cfg.check(*shape)
+
+
+def test_matmul_2d_rejects_a_shape_it_cannot_run():
+    w = MXArray(jnp.zeros((96, 256), jnp.float8_e4m3fn), jnp.zeros((96, 8), jnp.uint8))
+    with pytest.raises(ValueError, match=r"x \[4, 256\] @ w \[96, 256\]\.T: N=96 is not a multiple of 128"):
+        hopper_mosaic.matmul_2d(jnp.zeros((4, 256), jnp.bfloat16), w, jnp.bfloat16)
+
+
+def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert hopper.mosaic_config(16, 4096, 14336) == hopper_mosaic.MosaicConfig(split_k=4)
+    assert hopper.mosaic_config(1, 4096, 14336) == hopper_mosaic.MosaicConfig(split_k=4)
+    assert hopper.mosaic_config(17, 4096, 14336) is None  # measured up to 16 rows
+    assert hopper.mosaic_config(16, 14336, 4096) is None  # K = 4096: the Triton kernel
+
+
+def test_environment_variable_forces_either_kernel(monkeypatch):
+    monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "mosaic")
+    assert hopper.mosaic_config(16, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2)
+    assert hopper.mosaic_config(64, 14336, 4096) is None  # beyond the kernel's 32 rows
+    monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "triton")
+    assert hopper.mosaic_config(16, 4096, 14336) is None
+    monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "cuda")
+    with pytest.raises(ValueError, match="MXFP8_XLA_HOPPER_SMALL_M='cuda': expected 'auto', 'triton' or 'mosaic'"):
+        hopper.mosaic_config(16, 4096, 14336)
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_kernel_lowers_for_an_sm90_gpu(m):
+    n, k = 256, 1024
+    cfg = hopper_mosaic.MosaicConfig(split_k=2)
+
+    def run(x, data, scale):
+        return hopper_mosaic.matmul_2d(x, MXArray(data, scale), jnp.bfloat16, cfg)
+
+    args = (
+        jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn),
+        jax.ShapeDtypeStruct((n, k // 32), jnp.uint8),
+    )
+    text = jax.jit(run).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
