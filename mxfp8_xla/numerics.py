@@ -102,3 +102,13 @@ def scale_to_float(scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     hi = jnp.where(s == SCALE_NAN, jnp.float32(jnp.nan), hi)
     lo = jnp.where(is_zero, pow2(jnp.full_like(s, -64)), jnp.float32(1.0))
     return hi, lo
+
+
+def scale_to_factor(scale: jax.Array) -> jax.Array:
+    """``2**(scale - 127)`` as one float32 (NaN for byte 255), for GPU kernels.
+
+    Byte 0 gives the subnormal ``2**-127``: exact on the GPU, zero on XLA:CPU (which
+    flushes subnormals; use :func:`scale_to_float`'s two factors where that matters).
+    """
+    hi, lo = scale_to_float(scale)
+    return hi * lo

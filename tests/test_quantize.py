@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mxfp8_xla as mx
+from mxfp8_xla import numerics
 
 
 def qbytes(a: mx.MXArray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,3 +212,13 @@ def test_fused_round_trip_keeps_the_e4m3_rounding():
     fused = jax.jit(lambda v: mx.dequantize(mx.quantize(v)))(x)
     split = mx.dequantize(jax.jit(mx.quantize)(x))
     np.testing.assert_array_equal(np.asarray(fused), np.asarray(split))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_scale_to_factor_is_the_power_of_two_of_every_normal_byte(jit):
+    scale = np.arange(1, 256, dtype=np.uint8)  # byte 0 is the float32 subnormal 2**-127: exact only on GPUs
+    fn = jax.jit(numerics.scale_to_factor) if jit else numerics.scale_to_factor
+    got = np.asarray(fn(jnp.asarray(scale)))
+    want = np.ldexp(np.float32(1), scale[:-1].astype(np.int32) - 127).astype(np.float32)
+    np.testing.assert_array_equal(got[:-1], want)
+    assert np.isnan(got[-1])  # byte 255: E8M0 NaN

@@ -120,12 +120,6 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
     return KernelConfig(bm=bm, bn=bn, bk=128, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
 
 
-def _block_factor(scale: jax.Array) -> jax.Array:
-    """``2**(scale - 127)`` as float32 (NaN for byte 255) for a vector of scale bytes."""
-    hi, lo = numerics.scale_to_float(scale)
-    return hi * lo
-
-
 def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool) -> None:
     """One ``[bm, bn]`` output tile over a ``k_split`` slice of K.
 
@@ -156,7 +150,7 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
                 x = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0)
                 xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
             a, b = xq.astype(jnp.float16), w_ref[cols, ks].astype(jnp.float16)
-            fx, fw = _block_factor(xs), _block_factor(ws_ref[cols, kb])
+            fx, fw = numerics.scale_to_factor(xs), numerics.scale_to_factor(ws_ref[cols, kb])
             if cfg.swap_ab:
                 partial = jax.lax.dot_general(b, a, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
                 acc += partial * (fw[:, None] * fx[None, :])
@@ -189,7 +183,7 @@ def _decode_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
     """
     r, bk = data.shape
     blocks = data.astype(jnp.float32).reshape(r, bk // BLOCK, BLOCK)
-    return (blocks * _block_factor(scale)[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
+    return (blocks * numerics.scale_to_factor(scale)[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
 
 
 def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool):

@@ -65,8 +65,7 @@ def decode_block(q: jax.Array, scale: jax.Array) -> jax.Array:
     byte 255 is NaN). The product has E4M3's 4 significant bits, so bf16 holds it exactly
     unless it falls below bf16's normal range (scale bytes < 10), where it can round once.
     """
-    hi, lo = numerics.scale_to_float(scale)
-    factor = lax.broadcast_in_dim(hi * lo, q.shape, [0])
+    factor = lax.broadcast_in_dim(numerics.scale_to_factor(scale), q.shape, [0])
     return (q.astype(jnp.float32) * factor).astype(jnp.bfloat16)
 
 
