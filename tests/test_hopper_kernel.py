@@ -117,6 +117,20 @@ def test_pallas_fake_quantize_is_bit_exact(dtype, rng):
     np.testing.assert_array_equal(bits(got), bits(mx.dequantize(mx.quantize(x), jnp.bfloat16)))
 
 
+@pytest.mark.parametrize("rows", [3, 8, 40])
+def test_pallas_fake_quantize_pads_zero_rows_in_the_same_pass(rows, rng):
+    x = jnp.asarray(rng.standard_normal((3, 256)) * 10, jnp.bfloat16)
+    got = np.asarray(pallas_quantize.fake_quantize_2d(x, bm=16, bk=256, rows=rows, interpret=True))
+    assert got.shape == (rows, 256)
+    np.testing.assert_array_equal(bits(got[:3]), bits(mx.dequantize(mx.quantize(x), jnp.bfloat16)))
+    np.testing.assert_array_equal(bits(got[3:]), 0)
+
+
+def test_pallas_fake_quantize_refuses_fewer_rows_than_x():
+    with pytest.raises(ValueError, match=r"rows=2 is fewer than x's 4 rows \(x shape \(4, 256\)\)"):
+        pallas_quantize.fake_quantize_2d(jnp.ones((4, 256)), rows=2, interpret=True)
+
+
 def test_forced_hopper_on_cpu_raises_early():
     w = mx.quantize(jnp.ones((128, 256)))
     with pytest.raises(mx.BackendUnavailableError, match="the hopper kernel needs an NVIDIA SM90 GPU"):

@@ -67,12 +67,14 @@ def _decode_kernel(d_ref, s_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
 
 
 def _fake_quantize_kernel(x_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
+    """``m`` output rows; rows past x's own are zeros (quantize(0) decodes to 0)."""
     i, j = pl.program_id(0), pl.program_id(1)
     rows, cols = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
-    ok = ((i * bm + jnp.arange(bm)) < m)[:, None]
-    x = pltriton.load(x_ref.at[rows, cols], mask=ok, other=0).astype(jnp.float32)
+    row = i * bm + jnp.arange(bm)
+    x = pltriton.load(x_ref.at[rows, cols], mask=(row < x_ref.shape[0])[:, None], other=0).astype(jnp.float32)
     data, scale = numerics.quantize_blocks(x.reshape(bm * bk // BLOCK, BLOCK))
-    pltriton.store(o_ref.at[rows, cols], decode_tile(data.reshape(bm, bk), scale.reshape(bm, bk // BLOCK)), mask=ok)
+    out = decode_tile(data.reshape(bm, bk), scale.reshape(bm, bk // BLOCK))
+    pltriton.store(o_ref.at[rows, cols], out, mask=(row < m)[:, None])
 
 
 def _call_over_tiles(
@@ -101,13 +103,19 @@ def decode_2d(a: MXArray, bm: int = 64, bk: int = 512, num_warps: int = 4, inter
 
 
 def fake_quantize_2d(
-    x: jax.Array, bm: int = 32, bk: int = 256, num_warps: int = 4, interpret: bool = False
+    x: jax.Array, bm: int = 32, bk: int = 256, num_warps: int = 4, interpret: bool = False, rows: int | None = None
 ) -> jax.Array:
-    """``dequantize(quantize(x), bfloat16)`` for ``x [M, K]`` in one pass, the fp8 data never written."""
+    """``dequantize(quantize(x), bfloat16)`` for ``x [M, K]`` in one pass, the fp8 data never written.
+
+    ``rows >= M`` pads the result with zero rows (a GEMM's row tile) in the same pass.
+    """
     check_quantizable(x)
     m, k = x.shape
-    out = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
-    tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
+    rows = m if rows is None else rows
+    if rows < m:
+        raise ValueError(f"pallas mxfp8_fake_quantize: rows={rows} is fewer than x's {m} rows (x shape {x.shape})")
+    out = jax.ShapeDtypeStruct((rows, k), jnp.bfloat16)
+    tiles = dict(m=rows, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
     return _call_over_tiles(_fake_quantize_kernel, out, (x,), name="mxfp8_fake_quantize", **tiles)
 
 
