@@ -31,9 +31,19 @@ from jax import lax
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from timing import device_time, environment, write_json  # noqa: E402
 
-from mxfp8_xla.backends.hopper_mosaic import run_and_store  # noqa: E402
-
 ROWS = 64  # weight rows per compute warpgroup (wgmma's M)
+
+
+def run_and_store(run_pipeline, o_smem, o_gmem) -> None:
+    """Run the pipeline into a fresh float32 accumulator shaped like ``o_smem``, then copy it to ``o_gmem``."""
+
+    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(o_smem.shape, jnp.float32))
+    def _(acc_ref):
+        run_pipeline(acc_ref)
+        o_smem[...] = acc_ref[...]
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_gmem)
+        plgpu.wait_smem_to_gmem(0)
 
 
 def weight_factors(scale: jax.Array) -> jax.Array:

@@ -81,8 +81,9 @@ SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
 MOSAIC_MIN_K = 8192
 """``auto`` runs the Mosaic GPU kernel from this K up, for up to 16 rows (the ones measured).
 
-At (N, K) = (4096, 14336) it took 36.9 / 40.2 us against the Triton kernel's 44.7 / 45.6 us
-for M = 1 / 16; at K = 4096 neither won consistently (H100, benchmarks/mosaic_sweep.py).
+At (N, K) = (4096, 14336) it took 39.1 / 38.0 us against the Triton kernel's 46.6 / 45.1 us
+for M = 1 / 16; at K = 4096 the Triton kernel won at 6 of 8 points (H100,
+benchmarks/mosaic_sweep.py, results/mosaic_sweep_gmem_scales_h100.log).
 """
 
 
@@ -253,11 +254,15 @@ def quantize_activations(x: jax.Array) -> MXArray:
     return pallas_quantize.quantize_2d(x, bm=bm, bk=_k_tile(x.shape[1], 256), tile=True, interpret=_INTERPRET[-1])
 
 
-def decode_operand(x: jax.Array | MXArray) -> jax.Array:
-    """Exact bf16 operand for cuBLAS: an MXArray decoded, or a raw ``x`` quantized and decoded, in one pass."""
+def decode_operand(x: jax.Array | MXArray, rows: int | None = None) -> jax.Array:
+    """Exact bf16 operand: an MXArray decoded, or a raw ``x`` quantized and decoded, in one pass.
+
+    ``rows`` pads the result with zero rows (in the same pass for a raw ``x``).
+    """
     if isinstance(x, MXArray):
-        return pallas_quantize.decode_2d(x, bk=_k_tile(x.shape[1], 512), interpret=_INTERPRET[-1])
-    return pallas_quantize.fake_quantize_2d(x, bk=_k_tile(x.shape[1], 256), interpret=_INTERPRET[-1])
+        out = pallas_quantize.decode_2d(x, bk=_k_tile(x.shape[1], 512), interpret=_INTERPRET[-1])
+        return out if rows is None else jnp.pad(out, ((0, rows - out.shape[0]), (0, 0)))
+    return pallas_quantize.fake_quantize_2d(x, bk=_k_tile(x.shape[1], 256), rows=rows, interpret=_INTERPRET[-1])
 
 
 def _k_tile(k: int, widest: int) -> int:
@@ -284,7 +289,8 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
     mosaic = mosaic_config(m, w.shape[0], k) if m <= SMALL_M_MAX else None
     if mosaic is not None:
-        out = hopper_mosaic.matmul_2d(decode_operand(x2), w, out_dtype, mosaic)
+        x_exact = decode_operand(x2, rows=hopper_mosaic.padded_rows(m))
+        out = hopper_mosaic.matmul_2d(x_exact, w, out_dtype, mosaic)[:m]
     elif m <= SMALL_M_MAX:
         out = matmul_2d(x2 if isinstance(x2, MXArray) else quantize_activations(x2), w, out_dtype)
     else:  # cuBLAS accumulates bf16 products in float32 and rounds once into out_dtype

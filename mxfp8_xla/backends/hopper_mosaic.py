@@ -8,9 +8,13 @@ fills wgmma's 64-row M dimension and the few activation rows (padded to a multip
 8) its N dimension. The activation arrives as exact bf16 (``dequantize(quantize(x))``),
 so the result is the emulation backend's function up to float32 summation order.
 
-The scale bytes are transposed by XLA to ``[K/32, N]`` first, so a step's scales are
-whole rows: read in place, a step's ``tile_k / 32`` bytes per row are below TMA's
-16-byte minimum unless ``tile_k >= 512``, and that kernel did not compile with jax 0.11.2.
+Nothing runs around the kernel but the activation pass: each compute warpgroup reads
+its rows' scale bytes straight from the untransposed ``[N, K/32]`` array in global
+memory (one step ahead, carried through the pipeline; through TMA and shared memory the
+per-step ``tile_k / 32`` bytes per row are below TMA's 16-byte minimum, and reading one
+column of a shared-memory scale tile did not compile with jax 0.11.2), and writes the
+output ``[M, N]`` in the output dtype from registers (float32 partial sums per K split,
+added by XLA, when ``split_k > 1``).
 
 Requires jax's Mosaic GPU backend on an SM90 GPU. Measured against the Triton kernel by
 benchmarks/mosaic_sweep.py; docs/backends.md says where each one runs.
@@ -33,6 +37,7 @@ from mxfp8_xla.mxarray import MXArray
 BLOCK = numerics.BLOCK_SIZE
 ROWS = 64  # weight rows per compute warpgroup: wgmma's M
 MAX_M = 32  # activation rows: wgmma's N, padded to a multiple of 8
+_ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,38 +70,45 @@ def decode_block(q: jax.Array, scale: jax.Array) -> jax.Array:
     byte 255 is NaN). The product has E4M3's 4 significant bits, so bf16 holds it exactly
     unless it falls below bf16's normal range (scale bytes < 10), where it can round once.
     """
-    factor = lax.broadcast_in_dim(numerics.scale_to_factor(scale), q.shape, [0])
-    return (q.astype(jnp.float32) * factor).astype(jnp.bfloat16)
+    return decode_with_factor(q, numerics.scale_to_factor(scale))
 
 
-def run_and_store(run_pipeline, o_smem, o_gmem) -> None:
-    """Run the pipeline into a fresh float32 accumulator shaped like ``o_smem``, then copy it to ``o_gmem``."""
-
-    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(o_smem.shape, jnp.float32))
-    def _(acc_ref):
-        run_pipeline(acc_ref)
-        o_smem[...] = acc_ref[...]
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_smem, o_gmem)
-        plgpu.wait_smem_to_gmem(0)
+def decode_with_factor(q: jax.Array, factor: jax.Array) -> jax.Array:
+    """:func:`decode_block` for a row's float32 factor already built (``factor [R]``)."""
+    return (q.astype(jnp.float32) * lax.broadcast_in_dim(factor, q.shape, [0])).astype(jnp.bfloat16)
 
 
-def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, o_smem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
+def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
     i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
     cta_rows = ROWS * cfg.num_wgs
     wg_rows = pl.ds(wg * ROWS, ROWS)
+    my_rows = pl.ds(i_n * cta_rows + wg * ROWS, ROWS)
+    steps, blocks = k_split // cfg.tile_k, cfg.tile_k // BLOCK
 
-    def step(_, w_smem, s_smem, x_smem, acc_ref):
+    def load_factors(t):
+        """Step ``t``'s E8M0 factors, one ``[64]`` row vector per 32-block, read from the untransposed scales."""
+        first = i_s * (k_split // BLOCK) + t * blocks
+        return tuple(
+            numerics.scale_to_factor(plgpu.load(s_gmem.at[my_rows, first + j], (), layout=_ROW_LAYOUT, optimized=False))
+            for j in range(blocks)
+        )
+
+    def step(idx, w_smem, x_smem, carry):
+        acc_ref, factors = carry
+        upcoming = load_factors(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
         tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
-        for j in range(cfg.tile_k // BLOCK):
-            w_block = decode_block(tile[:, j * BLOCK : (j + 1) * BLOCK], s_smem[j, wg_rows])
+        for j in range(blocks):
+            w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
             plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
         plgpu.wgmma_wait(0)
-        return acc_ref
+        return acc_ref, upcoming
 
     def compute_context(run_pipeline):
-        dst = o_gmem.at[i_s, pl.ds(i_n * cta_rows + wg * ROWS, ROWS)]
-        run_and_store(run_pipeline, o_smem.at[wg], dst)
+        @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
+        def _(acc_ref):
+            run_pipeline((acc_ref, load_factors(0)))
+            out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
+            plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out  # out [M, N]: no transpose after
 
     pipeline = plgpu.emit_pipeline_warp_specialized(
         step,
@@ -108,7 +120,6 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, o_smem, *, m: int, cfg: MosaicConfig
                 lambda t: (0, t),
                 transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128)),
             ),
-            plgpu.BlockSpec((cfg.tile_k // BLOCK, cta_rows), lambda t: (t, 0)),
             plgpu.BlockSpec(
                 (m, cfg.tile_k),
                 lambda t: (0, t),
@@ -120,9 +131,8 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, o_smem, *, m: int, cfg: MosaicConfig
         max_concurrent_steps=cfg.stages,
         compute_context=compute_context,
     )
-    rows, ks = pl.ds(i_n * cta_rows, cta_rows), pl.ds(i_s * k_split, k_split)
-    kbs = pl.ds(i_s * (k_split // BLOCK), k_split // BLOCK)
-    pipeline(w_gmem.at[rows, ks], s_gmem.at[kbs, rows], x_gmem.at[:, ks])
+    ks = pl.ds(i_s * k_split, k_split)
+    pipeline(w_gmem.at[pl.ds(i_n * cta_rows, cta_rows), ks], x_gmem.at[:, ks])
 
 
 def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConfig | None = None) -> jax.Array:
@@ -133,17 +143,23 @@ def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConf
     reason = cfg.check(m, n, k)
     if reason:
         raise ValueError(f"hopper backend (Mosaic GPU): cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
-    m_pad = -(-m // 8) * 8
-    x = jnp.pad(x.astype(jnp.bfloat16), ((0, m_pad - m), (0, 0)))
+    m_pad = padded_rows(m)
+    if m != m_pad:
+        x = jnp.pad(x, ((0, m_pad - m), (0, 0)))
     k_split = k // cfg.split_k
-    partial_sums = plgpu.kernel(
+    out = plgpu.kernel(
         functools.partial(_kernel, m=m_pad, cfg=cfg, k_split=k_split),
-        out_type=jax.ShapeDtypeStruct((cfg.split_k, n, m_pad), jnp.float32),
+        out_type=jax.ShapeDtypeStruct((cfg.split_k, m_pad, n), out_dtype if cfg.split_k == 1 else jnp.float32),
         grid=(n // (ROWS * cfg.num_wgs), cfg.split_k),
         grid_names=("n", "s"),
         num_threads=cfg.num_wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-        scratch_types=dict(o_smem=plgpu.SMEM((cfg.num_wgs, ROWS, m_pad), jnp.float32)),
-    )(w.data, w.scale.T, x)
-    return partial_sums.sum(axis=0)[:, :m].T.astype(out_dtype)
+    )(w.data, w.scale, x.astype(jnp.bfloat16))
+    out = out[0] if cfg.split_k == 1 else out.sum(axis=0).astype(out_dtype)
+    return out[:m]
+
+
+def padded_rows(m: int) -> int:
+    """Activation rows the kernel multiplies: ``m`` rounded up to wgmma's multiple of 8."""
+    return -(-m // 8) * 8
