@@ -43,7 +43,7 @@ from timing import device_time, environment, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
-from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_block  # noqa: E402
+from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_block, split_for_ctas  # noqa: E402
 
 ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
 
@@ -175,31 +175,28 @@ def reference(w, s, x):
     return jnp.dot(x.astype(jnp.float32), (w.astype(jnp.float32) * factor).T, precision=lax.Precision.HIGHEST)
 
 
-def splits(n, k, num_wgs, tile_k, ctas=100):
-    split = 1
-    while (n // (ROWS * num_wgs)) * split < ctas and k % (tile_k * split * 2) == 0:
-        split *= 2
-    return split
-
-
 def variants(n, k, probes=True):
-    base = Variant(split_k=splits(n, k, 2, 128))
+    base = Variant(split_k=split_for_ctas(n, k, 2, 128, min_ctas=100))
     out = [base, dataclasses.replace(base, scales="gmem")]
     if base.split_k == 1:
         out.append(dataclasses.replace(base, store="direct"))
         out.append(dataclasses.replace(base, scales="gmem", store="direct"))
     if not probes:
-        return out + [Variant(num_wgs=1, tile_k=256, split_k=splits(n, k, 1, 256), scales="gmem")]
+        return out + [Variant(num_wgs=1, tile_k=256, split_k=split_for_ctas(n, k, 1, 256, min_ctas=100), scales="gmem")]
     for tile_k, stages, num_wgs in ((128, 4, 2), (256, 4, 2), (512, 2, 2), (256, 6, 1), (512, 4, 1)):
         out.append(
             Variant(
-                num_wgs=num_wgs, tile_k=tile_k, stages=stages, split_k=splits(n, k, num_wgs, tile_k), consumer="none"
+                num_wgs=num_wgs,
+                tile_k=tile_k,
+                stages=stages,
+                split_k=split_for_ctas(n, k, num_wgs, tile_k, min_ctas=100),
+                consumer="none",
             )
         )
     out.append(dataclasses.replace(base, consumer="one_mma"))
-    out.append(dataclasses.replace(base, split_k=splits(n, k, 2, 128, ctas=200)))  # two CTAs per SM
+    out.append(dataclasses.replace(base, split_k=split_for_ctas(n, k, 2, 128, min_ctas=200)))  # two CTAs per SM
     out.append(dataclasses.replace(base, stages=8))
-    out.append(dataclasses.replace(base, tile_k=256, split_k=splits(n, k, 2, 256)))
+    out.append(dataclasses.replace(base, tile_k=256, split_k=split_for_ctas(n, k, 2, 256, min_ctas=100)))
     return list(dict.fromkeys(out))
 
 
@@ -220,7 +217,10 @@ def main() -> None:
         shapes = ((14336, 4096), (4096, 14336), (28672, 4096))
         for n, k in shapes:
             sets = operands(n, k, 16, copies=4)
-            for v in (Variant(split_k=splits(n, k, 2, 128)), Variant(split_k=splits(n, k, 2, 128), consumer="none")):
+            for v in (
+                Variant(split_k=split_for_ctas(n, k, 2, 128, min_ctas=100)),
+                Variant(split_k=split_for_ctas(n, k, 2, 128, min_ctas=100), consumer="none"),
+            ):
                 for vv in (v, dataclasses.replace(v, stagger=True)):
                     t = device_time(functools.partial(gemm, v=vv), sets)
                     err = ""

@@ -54,14 +54,10 @@ def rel_err(out, ref):
 def candidates(m, n, k):
     """Mosaic configs to time: one and two warpgroups at the smallest K split giving >= 96 CTAs."""
     cfgs = []
-    for num_wgs, tile_k, count in ((2, 128, 1), (1, 256, 1)):
-        ok = [
-            c
-            for c in (hopper_mosaic.MosaicConfig(num_wgs=num_wgs, tile_k=tile_k, split_k=s) for s in (1, 2, 4, 8))
-            if c.check(m, n, k) is None and (n // (64 * num_wgs)) * c.split_k >= 96
-        ]
-        cfgs += ok[:count]
-    return cfgs
+    for num_wgs, tile_k in ((2, 128), (1, 256)):
+        split_k = hopper_mosaic.split_for_ctas(n, k, num_wgs, tile_k, min_ctas=96)
+        cfgs.append(hopper_mosaic.MosaicConfig(num_wgs=num_wgs, tile_k=tile_k, split_k=split_k))
+    return [c for c in cfgs if c.check(m, n, k) is None]
 
 
 def edge_case_check() -> dict:

@@ -97,11 +97,7 @@ def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     if choice not in ("auto", "triton", "mosaic"):
         raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'triton' or 'mosaic'")
     cfg = hopper_mosaic.MosaicConfig()
-    ctas = n // (hopper_mosaic.ROWS * cfg.num_wgs)
-    split_k = 1
-    while ctas * split_k < 128 and k % (cfg.tile_k * split_k * 2) == 0:
-        split_k *= 2
-    cfg = dataclasses.replace(cfg, split_k=split_k)
+    cfg = dataclasses.replace(cfg, split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=128))
     if choice == "triton" or cfg.check(m, n, k) is not None:
         return None
     return cfg if choice == "mosaic" or (k >= MOSAIC_MIN_K and m <= 16) else None

@@ -160,6 +160,14 @@ def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConf
     return out[:m]
 
 
+def split_for_ctas(n: int, k: int, num_wgs: int, tile_k: int, min_ctas: int) -> int:
+    """The K split, doubled from 1 while K divides, until at least ``min_ctas`` CTAs stream the weight."""
+    split = 1
+    while (n // (ROWS * num_wgs)) * split < min_ctas and k % (tile_k * split * 2) == 0:
+        split *= 2
+    return split
+
+
 def padded_rows(m: int) -> int:
     """Activation rows the kernel multiplies: ``m`` rounded up to wgmma's multiple of 8."""
     return -(-m // 8) * 8
