@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import bf16_matmul_rate, copy_bandwidth, device_time, environment, write_json  # noqa: E402
+from timing import bf16_matmul_rate, copy_bandwidth, environment, loop_time, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 
@@ -85,7 +85,7 @@ def main() -> None:
             ref = np.asarray(mx.mxfp8_matmul(xs[0], wqs[0], out_dtype=jnp.float32), np.float64)
             for name, fn in fns.items():
                 try:
-                    t = device_time(fn, sets)
+                    t = loop_time(fn, sets, iters=10)
                     got = np.asarray(jax.jit(fn)(*sets[0]), np.float64)
                     err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
                 except Exception as e:  # a variant that cannot run here is reported, not fatal

@@ -4,7 +4,8 @@ A lone jitted call costs ~50 us of host dispatch, so one call's wall time says
 nothing about the GPU. ``device_time`` jits ``fn`` unrolled over ``len(arg_sets)``
 independent argument sets (distinct buffers, so nothing is shared through L2 or
 removed by CSE), queues ``calls`` of that jitted function without blocking, and
-divides the wall time by the number of ops. Median of ``repeats``.
+divides the wall time by the number of ops. Median of ``repeats``. ``loop_time`` runs the
+ops in one jitted loop instead: one dispatch for thousands of ops.
 """
 
 from __future__ import annotations
@@ -31,6 +32,34 @@ def device_time(fn: Callable, arg_sets: Sequence[tuple], calls: int = 10, repeat
             out = many(arg_sets)
         jax.block_until_ready(out)
         samples.append((time.perf_counter() - t0) / (calls * len(arg_sets)))
+    return statistics.median(samples)
+
+
+def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats: int = 5) -> float:
+    """Median seconds per ``fn(*args)`` over one jitted loop of ``iters`` rounds of every set.
+
+    One dispatch covers ``iters * len(arg_sets)`` ops, so host dispatch jitter cannot leave the
+    GPU idle between them. The operands ride in the loop's carry through an optimization
+    barrier, so XLA cannot prove them loop-invariant and hoist the ops out; the outputs are
+    the carry too, so none is dead or sliced down.
+    """
+
+    def rounds(sets):
+        def body(_, carry):
+            fresh = jax.lax.optimization_barrier(carry[0])
+            return fresh, [fn(*args) for args in fresh]
+
+        first = jax.eval_shape(lambda: [fn(*args) for args in sets])
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+        return jax.lax.fori_loop(0, iters, body, (sets, zeros))[1]
+
+    looped = jax.jit(rounds)
+    jax.block_until_ready(looped(arg_sets))  # compile + warm up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(looped(arg_sets))
+        samples.append((time.perf_counter() - t0) / (iters * len(arg_sets)))
     return statistics.median(samples)
 
 

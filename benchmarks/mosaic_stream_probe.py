@@ -1,0 +1,241 @@
+"""Probe: what caps the Mosaic GPU kernel's TMA weight stream at ~1.9 TB/s (copy: ~2.9 TB/s)?
+
+Two suspects, timed with the compute warpgroups idle (``consumer="none"``: the pipeline
+streams the fp8 weight and the activation and nothing else) and with the shipped decode
++ wgmma step (``consumer="full"``), M = 16, against bf16 ``jnp.dot`` in the same run:
+
+- **schedule**: ``split`` is the shipped grid (one CTA per 128 weight rows, K split until
+  >= 100 CTAs; e.g. 112 CTAs on 132 SMs at (14336, 4096)); ``balanced`` launches one CTA
+  per SM and gives each an equal run of (row tile, K step) units, crossing row tiles
+  (stream-K). Balanced runs only the stream (its partial sums would need a fix-up).
+- **layout**: ``native`` reads ``[128, tile_k]`` boxes of the ``[N, K]`` weight (128
+  rows, ``tile_k`` bytes each, ``K`` bytes apart); ``tiled`` reads the same boxes from a
+  copy of the weight stored box after box, so each box is one contiguous run of bytes.
+
+Also timed: the copy bandwidth and an XLA reduction that reads the fp8 weight once.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep]``; JSON to
+$OUT/mosaic_stream_probe[_sweep].json. ``--sweep`` times the second set (bytes in flight per CTA,
+layout and K split, both consumers) at the two M <= 16 target shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+
+import jax
+import jax.experimental.pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_decode_probe import operands  # noqa: E402
+from timing import copy_bandwidth, device_time, environment, write_json  # noqa: E402
+
+from mxfp8_xla import numerics  # noqa: E402
+from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
+
+ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
+CTA_ROWS = 2 * ROWS  # two compute warpgroups
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    schedule: str = "split"  # split | balanced
+    layout: str = "native"  # native | tiled
+    tile_k: int = 128
+    stages: int = 4
+    consumer: str = "none"  # none | full
+    min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
+
+
+def tiled(w, tile_k):
+    """``w [N, K]`` stored box after box: ``[(N/128) * (K/tile_k) * 128, tile_k]``."""
+    n, k = w.shape
+    return w.reshape(n // CTA_ROWS, CTA_ROWS, k // tile_k, tile_k).transpose(0, 2, 1, 3).reshape(-1, tile_k)
+
+
+def run(w, s, x, v: Stream, num_sms: int):
+    """The pipeline over ``w`` (native ``[N, K]``, or :func:`tiled`) for ``v``; float32 partials ``[split, M, N]``."""
+    n, k = s.shape[0], s.shape[1] * BLOCK
+    m = x.shape[0]
+    kt = k // v.tile_k
+    units = (n // CTA_ROWS) * kt
+    if v.schedule == "balanced":
+        assert v.consumer == "none"
+        split, grid, per = 1, (num_sms, 1), -(-units // num_sms)
+    else:
+        split = split_for_ctas(n, k, 2, v.tile_k, min_ctas=v.min_ctas)
+        grid, per = (n // CTA_ROWS, split), kt // split
+
+    def kernel(w_gmem, s_gmem, x_gmem, o_gmem):
+        i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
+        first = i_n * per if v.schedule == "balanced" else i_n * kt + i_s * per  # this CTA's first unit
+
+        def unit(t):
+            return jnp.minimum(first + t, units - 1)
+
+        my_rows = pl.ds(i_n * CTA_ROWS + wg * ROWS, ROWS)
+        blocks = v.tile_k // BLOCK
+
+        def load_factors(t):
+            kb = (i_s * per + t) * blocks
+            return tuple(
+                numerics.scale_to_factor(plgpu.load(s_gmem.at[my_rows, kb + j], (), layout=ROW_LAYOUT, optimized=False))
+                for j in range(blocks)
+            )
+
+        def step(idx, w_smem, x_smem, carry):
+            if v.consumer == "none":
+                return carry
+            acc_ref, factors = carry
+            upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
+            tile = w_smem[pl.ds(wg * ROWS, ROWS)]
+            for j in range(blocks):
+                w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
+                plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
+            plgpu.wgmma_wait(0)
+            return acc_ref, upcoming
+
+        def compute_context(run_pipeline):
+            if v.consumer == "none":
+                run_pipeline(())
+                return
+
+            @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
+            def _(acc_ref):
+                run_pipeline((acc_ref, load_factors(0)))
+                out = plgpu.layout_cast(acc_ref[...], plgpu.Layout.WGMMA_TRANSPOSED)
+                plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
+
+        def w_map(t):
+            return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
+
+        pipeline = plgpu.emit_pipeline_warp_specialized(
+            step,
+            grid=(per,),
+            memory_registers=40,
+            in_specs=[
+                plgpu.BlockSpec(
+                    (CTA_ROWS, v.tile_k),
+                    w_map,
+                    transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128)),
+                ),
+                plgpu.BlockSpec(
+                    (m, v.tile_k),
+                    lambda t: (0, lax.rem(unit(t), kt)),
+                    transforms=(plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64)),
+                ),
+            ],
+            wg_axis="wg",
+            num_compute_wgs=2,
+            max_concurrent_steps=v.stages,
+            compute_context=compute_context,
+        )
+        pipeline(w_gmem, x_gmem)
+
+    return plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((split, m, n), jnp.float32),
+        grid=grid,
+        grid_names=("n", "s"),
+        num_threads=3,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+    )(w, s, x)
+
+
+def reference(w, s, x):
+    factor = jnp.repeat(jnp.ldexp(jnp.float32(1), s.astype(jnp.int32) - 127), BLOCK, axis=1)
+    return jnp.dot(x.astype(jnp.float32), (w.astype(jnp.float32) * factor).T, precision=lax.Precision.HIGHEST)
+
+
+FIRST = [
+    Stream(),
+    Stream(layout="tiled"),
+    Stream(schedule="balanced"),
+    Stream(schedule="balanced", layout="tiled"),
+    Stream(schedule="balanced", layout="tiled", tile_k=256),
+    Stream(schedule="balanced", stages=8),
+    Stream(schedule="balanced", layout="tiled", stages=8),
+    Stream(consumer="full"),
+    Stream(layout="tiled", consumer="full"),
+]
+
+# Second run (``--sweep``): bytes in flight per CTA (stages x tile_k, within shared memory), the
+# layout, and the shipped K split (min_ctas=128), with and without the decode + wgmma consumer.
+SWEEP = [
+    *(
+        Stream(layout=layout, tile_k=tile_k, stages=stages, consumer=consumer, min_ctas=min_ctas)
+        for consumer in ("none", "full")
+        for layout in ("native", "tiled")
+        for tile_k, stages in ((128, 4), (128, 8), (128, 10), (256, 4), (256, 5))
+        for min_ctas in (100, 128)
+    ),
+    Stream(schedule="balanced", layout="tiled", stages=8),
+    Stream(schedule="balanced", layout="tiled", stages=10),
+]
+
+
+def main() -> None:
+    env = environment()
+    num_sms = jax.devices()[0].core_count
+    copy = copy_bandwidth()
+    env.update(num_sms=num_sms, copy_tb_s=copy / 1e12)
+    print(env, flush=True)
+    sweep = "--sweep" in sys.argv
+    variants = SWEEP if sweep else FIRST
+    shapes = ((14336, 4096), (4096, 14336)) if sweep else ((14336, 4096), (4096, 14336), (28672, 4096), (4096, 4096))
+    rows = []
+    for n, k in shapes:
+        nbytes = n * k + n * k // BLOCK
+        sets = operands(n, k, 16, copies=max(3, -(-150_000_000 // nbytes)))
+        t_bf16 = device_time(lambda w, x: jnp.dot(x, w.T), [(w.astype(jnp.bfloat16), x) for w, _, x in sets])
+        t_read = device_time(
+            lambda w: jnp.max(lax.bitcast_convert_type(w, jnp.uint8), axis=1), [(w,) for w, _, _ in sets]
+        )
+        print(
+            f"== N={n} K={k}: bf16 jnp.dot {t_bf16 * 1e6:.1f} us; XLA reads the fp8 weight in {t_read * 1e6:.1f} us "
+            f"({n * k / t_read / 1e12:.2f} TB/s)",
+            flush=True,
+        )
+        rows.append(dict(n=n, k=k, bf16_us=t_bf16 * 1e6, xla_read_us=t_read * 1e6))
+        ref = np.asarray(reference(*sets[0]))
+        seen = set()
+        for v in variants:
+            if v.schedule == "split":  # two min_ctas that give the same split are one kernel
+                key = dataclasses.replace(v, min_ctas=split_for_ctas(n, k, 2, v.tile_k, min_ctas=v.min_ctas))
+                if key in seen:
+                    continue
+                seen.add(key)
+            label = dict(n=n, k=k, m=16, **dataclasses.asdict(v))
+            try:
+                vsets = [(tiled(w, v.tile_k) if v.layout == "tiled" else w, s, x) for w, s, x in sets]
+                fn = functools.partial(run, v=v, num_sms=num_sms)
+                err = None
+                if v.consumer == "full":
+                    out = np.asarray(jax.jit(fn)(*vsets[0]).sum(0))
+                    err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+                t = device_time(fn, vsets)
+            except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                print(f"  {v}: FAILED {msg}", flush=True)
+                rows.append(dict(label, error=msg))
+                continue
+            print(
+                f"  {v}: {t * 1e6:.1f} us, {nbytes / t / 1e12:.2f} TB/s, {t_bf16 / t:.2f}x bf16, rel err {err}",
+                flush=True,
+            )
+            rows.append(dict(label, us=t * 1e6, weight_tb_s=nbytes / t / 1e12, speedup=t_bf16 / t, rel_err=err))
+            del vsets
+        write_json(
+            "mosaic_stream_probe_sweep.json" if sweep else "mosaic_stream_probe.json", dict(environment=env, rows=rows)
+        )
+
+
+if __name__ == "__main__":
+    main()
