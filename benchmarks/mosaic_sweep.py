@@ -9,14 +9,9 @@ quantize+decode) for one and two compute warpgroups. Every candidate is checked
 against the emulation backend on the same operands; an edge-case weight (scale bytes
 0, 1, 254, 255) is compared elementwise, also for one activation row with K split.
 
-``--lookahead`` times, at the two M <= 16 target shapes, the shipped K split with 1, 2 and 4
-steps of scale factors loaded ahead and 4 or 8 pipeline stages, in one jitted loop per
-candidate (``timing.loop_time``), bf16 timed before and after as a drift check.
-
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --lookahead]``;
-JSON to $OUT/mosaic_sweep.json (``--lookahead``: $OUT/mosaic_lookahead.json). Recorded runs:
-results/mosaic_sweep_h100.* (the first kernel, scales transposed by XLA) and
-results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only]``; JSON to
+$OUT/mosaic_sweep.json. Recorded runs: results/mosaic_sweep_h100.* (the first kernel,
+scales transposed by XLA) and results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
 """
 
 from __future__ import annotations
@@ -29,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import device_time, environment, loop_time, write_json  # noqa: E402
+from timing import device_time, environment, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
@@ -77,7 +72,6 @@ def edge_case_check() -> dict:
     xd = hopper.decode_operand(x)
     ref = np.asarray(emulation.matmul(quantize(x), q, jnp.float32))
     out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig()))
-    ahead = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig(lookahead=3)))
     one_row = np.asarray(hopper_mosaic.matmul_2d(xd[:1], q, jnp.float32, hopper_mosaic.MosaicConfig(split_k=2)))
     finite = np.isfinite(ref)
     ok = finite[:1]
@@ -88,50 +82,11 @@ def edge_case_check() -> dict:
         nan_columns=int(np.isnan(ref).any(0).sum()),
         inf_columns=int(np.isinf(ref).any(0).sum()),
         max_rel_err_finite=float(np.max(np.abs(out[finite] - ref[finite]) / (np.abs(ref[finite]) + 1e-30))),
-        lookahead_3_bitwise_equal=bool(np.array_equal(ahead, out, equal_nan=True)),
         one_row_split_k_nan_match=bool(np.array_equal(np.isnan(one_row), np.isnan(ref[:1]))),
         one_row_split_k_max_rel_err=float(np.max(np.abs(one_row[ok] - ref[:1][ok]) / np.max(np.abs(ref[:1][ok])))),
     )
     print(f"edge cases: {result}", flush=True)
     return result
-
-
-def lookahead_sweep() -> list[dict]:
-    """Scale-factor lookahead x pipeline stages at the shipped K split, M in (1, 16), the two target shapes."""
-    rows = []
-    for n, k in ((4096, 14336), (14336, 4096)):
-        for m in ROWS:
-            sets = operands(n, k, m)
-            bf16_sets = [(x, q.data.astype(jnp.bfloat16)) for x, q in sets]
-            ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
-            split_k = hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=128)
-            cands = {
-                "bf16_jnp_dot": None,
-                "triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16),
-            }
-            for stages in (4, 8):
-                for lookahead in (1, 2, 4):
-                    cfg = hopper_mosaic.MosaicConfig(stages=stages, split_k=split_k, lookahead=lookahead)
-                    cands[f"mosaic {cfg}"] = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
-                        hopper.decode_operand(x), q, jnp.bfloat16, cfg
-                    )
-            cands["bf16_jnp_dot again"] = None
-            print(f"== N={n} K={k} M={m}", flush=True)
-            for name, fn in cands.items():
-                try:
-                    if fn is None:
-                        t, err = loop_time(lambda x, wb: jnp.dot(x, wb.T), bf16_sets, iters=30, repeats=7), None
-                    else:
-                        err = rel_err(jax.jit(fn)(*sets[0]).astype(jnp.float32), ref)
-                        t = loop_time(fn, sets, iters=30, repeats=7)
-                except Exception as e:  # noqa: BLE001 - a sweep reports every failure and goes on
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                    print(f"  {name}: FAILED {msg}", flush=True)
-                    rows.append(dict(n=n, k=k, m=m, variant=name, error=msg))
-                    continue
-                print(f"  {name}: {t * 1e6:.1f} us, rel err {err}", flush=True)
-                rows.append(dict(n=n, k=k, m=m, variant=name, us=t * 1e6, rel_err=err))
-    return rows
 
 
 def main() -> None:
@@ -143,9 +98,6 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
         edge = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         print(f"edge cases FAILED: {edge}", flush=True)
-    if "--lookahead" in sys.argv:
-        write_json("mosaic_lookahead.json", dict(environment=env, edge_cases=edge, rows=lookahead_sweep()))
-        return
     if "--edge-only" in sys.argv:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
         routed = []
         for m in ROWS:

@@ -43,14 +43,12 @@ _ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """``num_wgs`` compute warpgroups of 64 weight rows each; ``tile_k`` of K per pipeline step;
-    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA;
-    ``lookahead`` steps of scale factors loaded ahead."""
+    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA."""
 
     num_wgs: int = 2
     tile_k: int = 128
     stages: int = 4
     split_k: int = 1
-    lookahead: int = 1  # steps of scale factors in flight from global memory ahead of the step that uses them
 
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
@@ -62,8 +60,6 @@ class MosaicConfig:
             return f"tile_k={self.tile_k} must be a multiple of 128 (the weight's swizzle width)"
         if k % (self.tile_k * self.split_k):
             return f"K={k} is not a multiple of tile_k*split_k={self.tile_k * self.split_k}"
-        if self.lookahead < 1:
-            return f"lookahead={self.lookahead} must be at least 1"
         return None
 
 
@@ -98,19 +94,19 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
         )
 
     def step(idx, w_smem, x_smem, carry):
-        acc_ref, (factors, *ahead) = carry
-        upcoming = load_factors(jnp.minimum(idx[0] + cfg.lookahead, steps - 1))  # in flight while steps compute
+        acc_ref, factors = carry
+        upcoming = load_factors(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
         tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
         for j in range(blocks):
             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
             plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
         plgpu.wgmma_wait(0)
-        return acc_ref, (*ahead, upcoming)
+        return acc_ref, upcoming
 
     def compute_context(run_pipeline):
         @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
         def _(acc_ref):
-            run_pipeline((acc_ref, tuple(load_factors(min(t, steps - 1)) for t in range(cfg.lookahead))))
+            run_pipeline((acc_ref, load_factors(0)))
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
             plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out  # out [M, N]: no transpose after
 
