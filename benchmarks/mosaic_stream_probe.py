@@ -13,9 +13,12 @@ streams the fp8 weight and the activation and nothing else) and with the shipped
   copy of the weight stored box after box, so each box is one contiguous run of bytes.
 
 Also timed: the copy bandwidth and an XLA reduction that reads the fp8 weight once.
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep]``; JSON to
-$OUT/mosaic_stream_probe[_sweep].json. ``--sweep`` times the second set (bytes in flight per CTA,
-layout and K split, both consumers) at the two M <= 16 target shapes.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep | --resident]``;
+JSON to $OUT/mosaic_stream_probe[_sweep|_resident].json. ``--sweep`` times the second set (bytes in
+flight per CTA, layout and K split, both consumers), ``--resident`` the third (the activation
+resident in shared memory, ``consumer="resident"``), each at the two M <= 16 target shapes.
+Timed with ``timing.loop_time``; the recorded H200 runs of the first two sets
+(results/mosaic_stream_probe*_h200.*) used the queued timer, ``timing.device_time``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands  # noqa: E402
-from timing import copy_bandwidth, device_time, environment, write_json  # noqa: E402
+from timing import copy_bandwidth, environment, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
@@ -49,7 +52,7 @@ class Stream:
     layout: str = "native"  # native | tiled
     tile_k: int = 128
     stages: int = 4
-    consumer: str = "none"  # none | full
+    consumer: str = "none"  # none | full | resident
     min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
 
 
@@ -89,54 +92,81 @@ def run(w, s, x, v: Stream, num_sms: int):
                 for j in range(blocks)
             )
 
-        def step(idx, w_smem, x_smem, carry):
-            if v.consumer == "none":
-                return carry
-            acc_ref, factors = carry
-            upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
-            tile = w_smem[pl.ds(wg * ROWS, ROWS)]
-            for j in range(blocks):
-                w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
-                plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
-            plgpu.wgmma_wait(0)
-            return acc_ref, upcoming
-
-        def compute_context(run_pipeline):
-            if v.consumer == "none":
-                run_pipeline(())
-                return
-
-            @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
-            def _(acc_ref):
-                run_pipeline((acc_ref, load_factors(0)))
-                out = plgpu.layout_cast(acc_ref[...], plgpu.Layout.WGMMA_TRANSPOSED)
-                plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
-
         def w_map(t):
             return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
 
-        pipeline = plgpu.emit_pipeline_warp_specialized(
-            step,
-            grid=(per,),
-            memory_registers=40,
-            in_specs=[
-                plgpu.BlockSpec(
-                    (CTA_ROWS, v.tile_k),
-                    w_map,
-                    transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128)),
-                ),
-                plgpu.BlockSpec(
-                    (m, v.tile_k),
-                    lambda t: (0, lax.rem(unit(t), kt)),
-                    transforms=(plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64)),
-                ),
-            ],
-            wg_axis="wg",
-            num_compute_wgs=2,
-            max_concurrent_steps=v.stages,
-            compute_context=compute_context,
+        x_transforms = (plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64))
+
+        def run_pipeline_over(x_res):
+            """The pipeline; ``x_res`` is the CTA's activation slice resident in shared memory, or None."""
+
+            def step(idx, w_smem, *rest):
+                *x_smem, carry = rest
+                if v.consumer == "none":
+                    return carry
+                acc_ref, factors = carry
+                upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
+                tile = w_smem[pl.ds(wg * ROWS, ROWS)]
+                for j in range(blocks):
+                    w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
+                    if x_res is None:
+                        x_block = x_smem[0].at[:, pl.ds(j * BLOCK, BLOCK)]
+                    else:
+                        x_block = x_res.at[:, pl.ds(pl.multiple_of(idx[0] * v.tile_k + j * BLOCK, BLOCK), BLOCK)]
+                    plgpu.wgmma(acc_ref, w_block, x_block.T)
+                # resident: the stage holds only the weight, already in registers, so it is released
+                # with this step's MMAs in flight (the step before's must be done: their registers go)
+                plgpu.wgmma_wait(0 if x_res is None else blocks)
+                return acc_ref, upcoming
+
+            def compute_context(run_pipeline):
+                if v.consumer == "none":
+                    run_pipeline(())
+                    return
+
+                @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
+                def _(acc_ref):
+                    run_pipeline((acc_ref, load_factors(0)))
+                    plgpu.wgmma_wait(0)
+                    out = plgpu.layout_cast(acc_ref[...], plgpu.Layout.WGMMA_TRANSPOSED)
+                    plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
+
+            w_spec = plgpu.BlockSpec(
+                (CTA_ROWS, v.tile_k), w_map, transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128))
+            )
+            x_spec = plgpu.BlockSpec((m, v.tile_k), lambda t: (0, lax.rem(unit(t), kt)), transforms=x_transforms)
+            pipeline = plgpu.emit_pipeline_warp_specialized(
+                step,
+                grid=(per,),
+                memory_registers=40,
+                in_specs=[w_spec] if x_res is not None else [w_spec, x_spec],
+                wg_axis="wg",
+                num_compute_wgs=2,
+                max_concurrent_steps=v.stages,
+                compute_context=compute_context,
+            )
+            if x_res is None:
+                pipeline(w_gmem, x_gmem)
+            else:
+                pipeline(w_gmem)
+
+        if v.consumer != "resident":
+            run_pipeline_over(None)
+            return
+
+        @functools.partial(
+            pl.run_scoped,
+            x_res=plgpu.SMEM((m, per * v.tile_k), jnp.bfloat16, transforms=x_transforms),
+            bar=plgpu.Barrier(num_arrivals=1),
+            collective_axes="wg",  # one allocation, shared by the three warpgroups
         )
-        pipeline(w_gmem, x_gmem)
+        def _(x_res, bar):
+            @pl.when(wg == 0)
+            def _():
+                plgpu.copy_gmem_to_smem(x_gmem.at[:, pl.ds(i_s * per * v.tile_k, per * v.tile_k)], x_res, bar)
+
+            plgpu.barrier_wait(bar)
+            run_pipeline_over(x_res)
 
     return plgpu.kernel(
         kernel,
@@ -180,6 +210,15 @@ SWEEP = [
     Stream(schedule="balanced", layout="tiled", stages=10),
 ]
 
+# Third set (``--resident``): the CTA's activation slice loaded once into shared memory, so a
+# stage holds only the weight and is released while its MMAs are still in flight, against
+# the shipped step (activation in the stage, ``wgmma_wait(0)`` every step).
+RESIDENT = [
+    Stream(tile_k=128, stages=stages, consumer=consumer, min_ctas=min_ctas)
+    for min_ctas in (100, 128)
+    for consumer, stages in (("full", 4), ("full", 8), ("resident", 3), ("resident", 4))  # within shared memory
+]
+
 
 def main() -> None:
     env = environment()
@@ -187,15 +226,15 @@ def main() -> None:
     copy = copy_bandwidth()
     env.update(num_sms=num_sms, copy_tb_s=copy / 1e12)
     print(env, flush=True)
-    sweep = "--sweep" in sys.argv
-    variants = SWEEP if sweep else FIRST
-    shapes = ((14336, 4096), (4096, 14336)) if sweep else ((14336, 4096), (4096, 14336), (28672, 4096), (4096, 4096))
+    mode = next((a[2:] for a in sys.argv[1:] if a in ("--sweep", "--resident")), None)
+    variants = {"sweep": SWEEP, "resident": RESIDENT, None: FIRST}[mode]
+    shapes = ((14336, 4096), (4096, 14336)) if mode else ((14336, 4096), (4096, 14336), (28672, 4096), (4096, 4096))
     rows = []
     for n, k in shapes:
         nbytes = n * k + n * k // BLOCK
         sets = operands(n, k, 16, copies=max(3, -(-150_000_000 // nbytes)))
-        t_bf16 = device_time(lambda w, x: jnp.dot(x, w.T), [(w.astype(jnp.bfloat16), x) for w, _, x in sets])
-        t_read = device_time(
+        t_bf16 = loop_time(lambda w, x: jnp.dot(x, w.T), [(w.astype(jnp.bfloat16), x) for w, _, x in sets])
+        t_read = loop_time(
             lambda w: jnp.max(lax.bitcast_convert_type(w, jnp.uint8), axis=1), [(w,) for w, _, _ in sets]
         )
         print(
@@ -217,10 +256,10 @@ def main() -> None:
                 vsets = [(tiled(w, v.tile_k) if v.layout == "tiled" else w, s, x) for w, s, x in sets]
                 fn = functools.partial(run, v=v, num_sms=num_sms)
                 err = None
-                if v.consumer == "full":
+                if v.consumer != "none":
                     out = np.asarray(jax.jit(fn)(*vsets[0]).sum(0))
                     err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
-                t = device_time(fn, vsets)
+                t = loop_time(fn, vsets)
             except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 print(f"  {v}: FAILED {msg}", flush=True)
@@ -232,9 +271,8 @@ def main() -> None:
             )
             rows.append(dict(label, us=t * 1e6, weight_tb_s=nbytes / t / 1e12, speedup=t_bf16 / t, rel_err=err))
             del vsets
-        write_json(
-            "mosaic_stream_probe_sweep.json" if sweep else "mosaic_stream_probe.json", dict(environment=env, rows=rows)
-        )
+        name = f"mosaic_stream_probe_{mode}.json" if mode else "mosaic_stream_probe.json"
+        write_json(name, dict(environment=env, rows=rows))
 
 
 if __name__ == "__main__":
