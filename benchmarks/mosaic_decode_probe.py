@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from timing import device_time, environment, write_json  # noqa: E402
+from timing import device_time, environment, failure, write_json  # noqa: E402
 
 ROWS = 64  # weight rows per compute warpgroup (wgmma's M)
 
@@ -189,7 +189,7 @@ def main():
                     err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
                     t = device_time(fn, prepared)
                 except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    msg = failure(e)
                     print(f"  {decode} {cfg}: FAILED {msg}", flush=True)
                     rows.append(dict(label, error=msg))
                     continue

@@ -39,7 +39,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands, run_and_store  # noqa: E402
-from timing import device_time, environment, write_json  # noqa: E402
+from timing import device_time, environment, failure, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
@@ -259,7 +259,7 @@ def main() -> None:
                 err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref))) if v.consumer == "full" else None
                 t = device_time(fn, sets)
             except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                msg = failure(e)
                 print(f"  {v}: FAILED {msg}", flush=True)
                 rows.append(dict(label, error=msg))
                 continue

@@ -37,7 +37,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands  # noqa: E402
-from timing import copy_bandwidth, environment, loop_time, write_json  # noqa: E402
+from timing import copy_bandwidth, environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
@@ -261,7 +261,7 @@ def main() -> None:
                     err = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
                 t = loop_time(fn, vsets)
             except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                msg = failure(e)
                 print(f"  {v}: FAILED {msg}", flush=True)
                 rows.append(dict(label, error=msg))
                 continue

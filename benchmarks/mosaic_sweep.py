@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import device_time, environment, write_json  # noqa: E402
+from timing import device_time, environment, failure, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
     try:
         edge = edge_case_check()
     except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
-        edge = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        edge = {"error": failure(e)}
         print(f"edge cases FAILED: {edge}", flush=True)
     if "--edge-only" in sys.argv:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
         routed = []
@@ -140,7 +140,7 @@ def main() -> None:
                     err = rel_err(jax.jit(fn)(*sets[0]).astype(jnp.float32), ref)
                     t = device_time(fn, sets)
                 except Exception as e:  # noqa: BLE001 - a sweep reports every failure and goes on
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    msg = failure(e)
                     print(f"  {name}: FAILED {msg}", flush=True)
                     rows.append(dict(n=n, k=k, m=m, variant=name, error=msg))
                     continue

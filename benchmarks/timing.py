@@ -97,6 +97,12 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def failure(e: Exception) -> str:
+    """``e``'s type and first line (at most 300 characters): how a probe reports a variant that failed."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 def environment() -> dict:
     import jaxlib
 
