@@ -35,13 +35,12 @@ def device_time(fn: Callable, arg_sets: Sequence[tuple], calls: int = 10, repeat
     return statistics.median(samples)
 
 
-def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats: int = 5) -> float:
-    """Median seconds per ``fn(*args)`` over one jitted loop of ``iters`` rounds of every set.
+def looped(fn: Callable, iters: int) -> Callable:
+    """``jit(sets -> outputs)`` running ``iters`` rounds of ``fn(*args)`` for every ``args`` in ``sets``.
 
-    One dispatch covers ``iters * len(arg_sets)`` ops, so host dispatch jitter cannot leave the
-    GPU idle between them. The operands ride in the loop's carry through an optimization
-    barrier, so XLA cannot prove them loop-invariant and hoist the ops out; the outputs are
-    the carry too, so none is dead or sliced down.
+    The operands ride in the loop's carry through an optimization barrier, so XLA cannot
+    prove them loop-invariant and hoist the ops out; the outputs are the carry too, so none
+    is dead or sliced down.
     """
 
     def rounds(sets):
@@ -53,12 +52,21 @@ def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats:
         zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
         return jax.lax.fori_loop(0, iters, body, (sets, zeros))[1]
 
-    looped = jax.jit(rounds)
-    jax.block_until_ready(looped(arg_sets))  # compile + warm up
+    return jax.jit(rounds)
+
+
+def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats: int = 5) -> float:
+    """Median seconds per ``fn(*args)`` over one :func:`looped` call of ``iters`` rounds of every set.
+
+    One dispatch covers ``iters * len(arg_sets)`` ops, so host dispatch jitter cannot leave the
+    GPU idle between them.
+    """
+    run = looped(fn, iters)
+    jax.block_until_ready(run(arg_sets))  # compile + warm up
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(looped(arg_sets))
+        jax.block_until_ready(run(arg_sets))
         samples.append((time.perf_counter() - t0) / (iters * len(arg_sets)))
     return statistics.median(samples)
 
