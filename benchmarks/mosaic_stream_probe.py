@@ -43,7 +43,6 @@ from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
 
 ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
-CTA_ROWS = 2 * ROWS  # two compute warpgroups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +53,13 @@ class Stream:
     stages: int = 4
     consumer: str = "none"  # none | full | resident
     min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
+    wgs: int = 2  # compute warpgroups of 64 weight rows each (the shipped kernel has 2)
 
 
-def tiled(w, tile_k):
-    """``w [N, K]`` stored box after box: ``[(N/128) * (K/tile_k) * 128, tile_k]``."""
+def tiled(w, rows, tile_k):
+    """``w [N, K]`` stored box after box: ``[(N/rows) * (K/tile_k) * rows, tile_k]``."""
     n, k = w.shape
-    return w.reshape(n // CTA_ROWS, CTA_ROWS, k // tile_k, tile_k).transpose(0, 2, 1, 3).reshape(-1, tile_k)
+    return w.reshape(n // rows, rows, k // tile_k, tile_k).transpose(0, 2, 1, 3).reshape(-1, tile_k)
 
 
 def run(w, s, x, v: Stream, num_sms: int):
@@ -67,13 +67,14 @@ def run(w, s, x, v: Stream, num_sms: int):
     n, k = s.shape[0], s.shape[1] * BLOCK
     m = x.shape[0]
     kt = k // v.tile_k
-    units = (n // CTA_ROWS) * kt
+    cta_rows = ROWS * v.wgs
+    units = (n // cta_rows) * kt
     if v.schedule == "balanced":
         assert v.consumer == "none"
         split, grid, per = 1, (num_sms, 1), -(-units // num_sms)
     else:
-        split = split_for_ctas(n, k, 2, v.tile_k, min_ctas=v.min_ctas)
-        grid, per = (n // CTA_ROWS, split), kt // split
+        split = split_for_ctas(n, k, v.wgs, v.tile_k, min_ctas=v.min_ctas)
+        grid, per = (n // cta_rows, split), kt // split
 
     def kernel(w_gmem, s_gmem, x_gmem, o_gmem):
         i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
@@ -82,7 +83,7 @@ def run(w, s, x, v: Stream, num_sms: int):
         def unit(t):
             return jnp.minimum(first + t, units - 1)
 
-        my_rows = pl.ds(i_n * CTA_ROWS + wg * ROWS, ROWS)
+        my_rows = pl.ds(i_n * cta_rows + wg * ROWS, ROWS)
         blocks = v.tile_k // BLOCK
 
         def load_factors(t):
@@ -132,7 +133,7 @@ def run(w, s, x, v: Stream, num_sms: int):
                     plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
 
             w_spec = plgpu.BlockSpec(
-                (CTA_ROWS, v.tile_k), w_map, transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128))
+                (cta_rows, v.tile_k), w_map, transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128))
             )
             x_spec = plgpu.BlockSpec((m, v.tile_k), lambda t: (0, lax.rem(unit(t), kt)), transforms=x_transforms)
             pipeline = plgpu.emit_pipeline_warp_specialized(
@@ -141,7 +142,7 @@ def run(w, s, x, v: Stream, num_sms: int):
                 memory_registers=40,
                 in_specs=[w_spec] if x_res is not None else [w_spec, x_spec],
                 wg_axis="wg",
-                num_compute_wgs=2,
+                num_compute_wgs=v.wgs,
                 max_concurrent_steps=v.stages,
                 compute_context=compute_context,
             )
@@ -173,7 +174,7 @@ def run(w, s, x, v: Stream, num_sms: int):
         out_type=jax.ShapeDtypeStruct((split, m, n), jnp.float32),
         grid=grid,
         grid_names=("n", "s"),
-        num_threads=3,
+        num_threads=v.wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )(w, s, x)
@@ -212,11 +213,16 @@ SWEEP = [
 
 # Third set (``--resident``): the CTA's activation slice loaded once into shared memory, so a
 # stage holds only the weight and is released while its MMAs are still in flight, against
-# the shipped step (activation in the stage, ``wgmma_wait(0)`` every step).
+# the shipped step (activation in the stage, ``wgmma_wait(0)`` every step); and 4 compute
+# warpgroups per CTA instead of 2.
 RESIDENT = [
-    Stream(tile_k=128, stages=stages, consumer=consumer, min_ctas=min_ctas)
-    for min_ctas in (100, 128)
-    for consumer, stages in (("full", 4), ("full", 8), ("resident", 3), ("resident", 4))  # within shared memory
+    *(
+        Stream(tile_k=128, stages=stages, consumer=consumer, min_ctas=min_ctas)
+        for min_ctas in (100, 128)
+        for consumer, stages in (("full", 4), ("full", 8), ("resident", 3), ("resident", 4))  # within shared memory
+    ),
+    # twice the compute warpgroups per CTA (256 weight rows): twice the step chains in flight per SM
+    *(Stream(stages=4, consumer=consumer, min_ctas=128, wgs=4) for consumer in ("none", "full", "resident")),
 ]
 
 
@@ -247,13 +253,13 @@ def main() -> None:
         seen = set()
         for v in variants:
             if v.schedule == "split":  # two min_ctas that give the same split are one kernel
-                key = dataclasses.replace(v, min_ctas=split_for_ctas(n, k, 2, v.tile_k, min_ctas=v.min_ctas))
+                key = dataclasses.replace(v, min_ctas=split_for_ctas(n, k, v.wgs, v.tile_k, min_ctas=v.min_ctas))
                 if key in seen:
                     continue
                 seen.add(key)
             label = dict(n=n, k=k, m=16, **dataclasses.asdict(v))
             try:
-                vsets = [(tiled(w, v.tile_k) if v.layout == "tiled" else w, s, x) for w, s, x in sets]
+                vsets = [(tiled(w, ROWS * v.wgs, v.tile_k) if v.layout == "tiled" else w, s, x) for w, s, x in sets]
                 fn = functools.partial(run, v=v, num_sms=num_sms)
                 err = None
                 if v.consumer != "none":
