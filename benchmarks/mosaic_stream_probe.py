@@ -159,7 +159,7 @@ def run(w, s, x, v: Stream, num_sms: int):
             pl.run_scoped,
             x_res=plgpu.SMEM((m, per * v.tile_k), jnp.bfloat16, transforms=x_transforms),
             bar=plgpu.Barrier(num_arrivals=1),
-            collective_axes="wg",  # one allocation, shared by the three warpgroups
+            collective_axes="wg",  # one allocation, shared by every warpgroup
         )
         def _(x_res, bar):
             @pl.when(wg == 0)
