@@ -1,4 +1,4 @@
-"""Probe: what caps the Mosaic GPU kernel's TMA weight stream at ~1.9 TB/s (copy: ~2.9 TB/s)?
+"""Probe: what caps the Mosaic GPU kernel at M <= 16 (its TMA stream ran ~1.9 TB/s on an H100, copy ~2.9)?
 
 Two suspects, timed with the compute warpgroups idle (``consumer="none"``: the pipeline
 streams the fp8 weight and the activation and nothing else) and with the shipped decode
