@@ -13,10 +13,11 @@ streams the fp8 weight and the activation and nothing else) and with the shipped
   copy of the weight stored box after box, so each box is one contiguous run of bytes.
 
 Also timed: the copy bandwidth and an XLA reduction that reads the fp8 weight once.
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep | --resident]``;
-JSON to $OUT/mosaic_stream_probe[_sweep|_resident].json. ``--sweep`` times the second set (bytes in
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep | --resident | --wide]``;
+JSON to $OUT/mosaic_stream_probe[_sweep|_resident|_wide].json. ``--sweep`` times the second set (bytes in
 flight per CTA, layout and K split, both consumers), ``--resident`` the third (the activation
-resident in shared memory, ``consumer="resident"``), each at the two M <= 16 target shapes.
+resident in shared memory, ``consumer="resident"``), ``--wide`` the fourth (4 compute
+warpgroups per CTA), each at the two M <= 16 target shapes.
 Timed with ``timing.loop_time``; the recorded H200 runs of the first two sets
 (results/mosaic_stream_probe*_h200.*) used the queued timer, ``timing.device_time``.
 """
@@ -54,6 +55,7 @@ class Stream:
     consumer: str = "none"  # none | full | resident
     min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
     wgs: int = 2  # compute warpgroups of 64 weight rows each (the shipped kernel has 2)
+    memory_registers: int = 40  # registers per thread kept by the producer warpgroup
 
 
 def tiled(w, rows, tile_k):
@@ -139,7 +141,7 @@ def run(w, s, x, v: Stream, num_sms: int):
             pipeline = plgpu.emit_pipeline_warp_specialized(
                 step,
                 grid=(per,),
-                memory_registers=40,
+                memory_registers=v.memory_registers,
                 in_specs=[w_spec] if x_res is not None else [w_spec, x_spec],
                 wg_axis="wg",
                 num_compute_wgs=v.wgs,
@@ -213,17 +215,16 @@ SWEEP = [
 
 # Third set (``--resident``): the CTA's activation slice loaded once into shared memory, so a
 # stage holds only the weight and is released while its MMAs are still in flight, against
-# the shipped step (activation in the stage, ``wgmma_wait(0)`` every step); and 4 compute
-# warpgroups per CTA instead of 2.
+# the shipped step (activation in the stage, ``wgmma_wait(0)`` every step).
 RESIDENT = [
-    *(
-        Stream(tile_k=128, stages=stages, consumer=consumer, min_ctas=min_ctas)
-        for min_ctas in (100, 128)
-        for consumer, stages in (("full", 4), ("full", 8), ("resident", 3), ("resident", 4))  # within shared memory
-    ),
-    # twice the compute warpgroups per CTA (256 weight rows): twice the step chains in flight per SM
-    *(Stream(stages=4, consumer=consumer, min_ctas=128, wgs=4) for consumer in ("none", "full", "resident")),
+    Stream(tile_k=128, stages=stages, consumer=consumer, min_ctas=min_ctas)
+    for min_ctas in (100, 128)
+    for consumer, stages in (("full", 4), ("full", 8), ("resident", 3), ("resident", 4))  # within shared memory
 ]
+
+# Fourth set (``--wide``): 4 compute warpgroups per CTA (256 weight rows) instead of 2, i.e.
+# twice the step chains in flight per SM, with the shipped step first.
+WIDE = [Stream(stages=4, consumer=consumer, min_ctas=128, wgs=4) for consumer in ("full", "resident", "none")]
 
 
 def main() -> None:
@@ -232,8 +233,8 @@ def main() -> None:
     copy = copy_bandwidth()
     env.update(num_sms=num_sms, copy_tb_s=copy / 1e12)
     print(env, flush=True)
-    mode = next((a[2:] for a in sys.argv[1:] if a in ("--sweep", "--resident")), None)
-    variants = {"sweep": SWEEP, "resident": RESIDENT, None: FIRST}[mode]
+    mode = next((a[2:] for a in sys.argv[1:] if a in ("--sweep", "--resident", "--wide")), None)
+    variants = {"sweep": SWEEP, "resident": RESIDENT, "wide": WIDE, None: FIRST}[mode]
     shapes = ((14336, 4096), (4096, 14336)) if mode else ((14336, 4096), (4096, 14336), (28672, 4096), (4096, 4096))
     rows = []
     for n, k in shapes:
