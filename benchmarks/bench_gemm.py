@@ -10,7 +10,8 @@ Variants (each skipped with its reason where it cannot run on the device):
   scaled_dot    jax.nn.scaled_dot_general with the mxfp8 config (the JAX-native peer)
   fp8_tensor    per-tensor FP8 jnp.dot (e4m3 x e4m3 -> bf16): the FP8 tensor-core reference
 
-Usage: python benchmarks/bench_gemm.py [--quick] ; JSON to $OUT/bench_gemm.json.
+Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] ;
+JSON to $OUT/bench_gemm.json.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer M values")
     ap.add_argument("--skip", default="emulation", help="comma-separated variants to skip")
+    ap.add_argument("--shapes", help="comma-separated NxK weight shapes (default: all of SHAPES)")
     args = ap.parse_args()
+    shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     ms = [1, 16, 256, 2048] if args.quick else MS
     skip = set(filter(None, args.skip.split(",")))
 
@@ -74,7 +77,7 @@ def main() -> None:
     fns = {k: v for k, v in variants().items() if k not in skip}
     header = f"{'N':>6} {'K':>6} {'M':>5} " + " ".join(f"{k:>12}" for k in fns)
     print(header + "   (us; ratio = bf16 time / variant time)", flush=True)
-    for n, k in SHAPES:
+    for n, k in shapes:
         keys = jax.random.split(jax.random.key(n + k), WEIGHT_COPIES + SETS)
         ws = [jax.random.normal(keys[i], (n, k), jnp.bfloat16) * 0.02 for i in range(WEIGHT_COPIES)]
         wqs = [mx.quantize(w) for w in ws]

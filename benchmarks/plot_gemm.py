@@ -1,6 +1,8 @@
 """Plot bench_gemm.json: speed of each variant relative to bf16 jnp.dot, per layer shape.
 
-Usage: python benchmarks/plot_gemm.py benchmarks/results/bench_gemm_h100.json docs/bench_gemm_h100.png
+Usage: python benchmarks/plot_gemm.py SRC.json [SRC.json ...] DST.png, e.g.
+``benchmarks/results/bench_gemm_h100.json docs/bench_gemm_h100.png``; the rows of several
+runs on one device (e.g. a run split by shape) are plotted together.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(src: str, dst: str) -> None:
-    with open(src) as f:
-        data = json.load(f)
-    rows = data["rows"]
+def main(*paths: str) -> None:
+    *srcs, dst = paths
+    runs = []
+    for src in srcs:
+        with open(src) as f:
+            runs.append(json.load(f))
+    data = runs[0]
+    devices = {run["env"]["device"] for run in runs}
+    if len(devices) != 1:
+        raise SystemExit(f"plot_gemm: the runs come from different devices {sorted(devices)}; plot them apart")
+    rows = [r for run in runs for r in run["rows"]]
     shapes = sorted({(r["n"], r["k"]) for r in rows}, key=lambda s: (s[1], s[0]))
     variants = [v for v in ("hopper", "xla_dequant", "scaled_dot", "fp8_tensor") if any(v in r for r in rows)]
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), sharey=True)
@@ -41,4 +50,4 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
