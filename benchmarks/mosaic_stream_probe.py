@@ -44,6 +44,7 @@ from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
 
 ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
+PROFILE_RANGES = 200  # profiled scopes per warpgroup: 5 per step, <= 32 steps per CTA at the probe's shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Stream:
     min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
     wgs: int = 2  # compute warpgroups of 64 weight rows each (the shipped kernel has 2)
     memory_registers: int = 40  # registers per thread kept by the producer warpgroup
+    auto_barriers: bool = True  # False: CompilerParams(unsafe_no_auto_barriers=True)
 
 
 def tiled(w, rows, tile_k):
@@ -64,8 +66,13 @@ def tiled(w, rows, tile_k):
     return w.reshape(n // rows, rows, k // tile_k, tile_k).transpose(0, 2, 1, 3).reshape(-1, tile_k)
 
 
-def run(w, s, x, v: Stream, num_sms: int):
-    """The pipeline over ``w`` (native ``[N, K]``, or :func:`tiled`) for ``v``; float32 partials ``[split, M, N]``."""
+def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
+    """The pipeline over ``w`` (native ``[N, K]``, or :func:`tiled`) for ``v``; float32 partials ``[split, M, N]``.
+
+    With ``profile_dir``, Mosaic GPU's in-kernel profiler records the step's named scopes
+    (``step``, ``scales``, ``tile``, ``decode_mma``, ``mma_wait``) per warpgroup and writes a
+    Perfetto trace there each time the kernel runs.
+    """
     n, k = s.shape[0], s.shape[1] * BLOCK
     m = x.shape[0]
     kt = k // v.tile_k
@@ -108,18 +115,24 @@ def run(w, s, x, v: Stream, num_sms: int):
                 if v.consumer == "none":
                     return carry
                 acc_ref, factors = carry
-                upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
-                tile = w_smem[pl.ds(wg * ROWS, ROWS)]
-                for j in range(blocks):
-                    w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
-                    if x_res is None:
-                        x_block = x_smem[0].at[:, pl.ds(j * BLOCK, BLOCK)]
-                    else:
-                        x_block = x_res.at[:, pl.ds(pl.multiple_of(idx[0] * v.tile_k + j * BLOCK, BLOCK), BLOCK)]
-                    plgpu.wgmma(acc_ref, w_block, x_block.T)
-                # resident: the stage holds only the weight, already in registers, so it is released
-                # with this step's MMAs in flight (the step before's must be done: their registers go)
-                plgpu.wgmma_wait(0 if x_res is None else blocks)
+                with jax.named_scope("step"):
+                    with jax.named_scope("scales"):
+                        upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
+                    with jax.named_scope("tile"):
+                        tile = w_smem[pl.ds(wg * ROWS, ROWS)]
+                    with jax.named_scope("decode_mma"):
+                        for j in range(blocks):
+                            w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
+                            if x_res is None:
+                                x_block = x_smem[0].at[:, pl.ds(j * BLOCK, BLOCK)]
+                            else:
+                                x_at = pl.multiple_of(idx[0] * v.tile_k + j * BLOCK, BLOCK)
+                                x_block = x_res.at[:, pl.ds(x_at, BLOCK)]
+                            plgpu.wgmma(acc_ref, w_block, x_block.T)
+                    # resident: the stage holds only the weight, already in registers, so it is released
+                    # with this step's MMAs in flight (the step before's must be done: their registers go)
+                    with jax.named_scope("mma_wait"):
+                        plgpu.wgmma_wait(0 if x_res is None else blocks)
                 return acc_ref, upcoming
 
             def compute_context(run_pipeline):
@@ -178,7 +191,11 @@ def run(w, s, x, v: Stream, num_sms: int):
         grid_names=("n", "s"),
         num_threads=v.wgs + 1,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+        compiler_params=plgpu.CompilerParams(
+            lowering_semantics=plgpu.LoweringSemantics.Warpgroup,
+            unsafe_no_auto_barriers=not v.auto_barriers,
+            **(dict(profile_space=PROFILE_RANGES, profile_dir=profile_dir) if profile_dir else {}),
+        ),
     )(w, s, x)
 
 

@@ -1,0 +1,135 @@
+"""Probe: where a compute warpgroup's pipeline step spends its time, by Mosaic GPU's in-kernel profiler.
+
+On the H200 the small-M Mosaic kernel takes ~1.2 us per pipeline step while its TMA stream
+alone needs ~0.75 (docs/benchmarks.md, "What caps the Mosaic kernel"). This runs the stream
+probe's kernel (``mosaic_stream_probe.run``, M = 16) with ``CompilerParams(profile_space=...)``:
+every warpgroup records the SM clock (cycles) on entry to and exit from the step's named
+scopes: ``step`` (the whole body) and, inside it, ``scales`` (issuing the next step's scale
+loads), ``tile`` (the ``[64, tile_k]`` fp8 tile from shared memory into registers),
+``decode_mma`` (decode and the wgmma issues) and ``mma_wait`` (``wgmma_wait``). Between two
+``step`` scopes (``gap``) the warpgroup is in the pipeline: it releases the stage and waits for
+the next one. The profiled variants: the shipped step, 8 stages, and the resident activation.
+
+Also timed, profiler off (``timing.loop_time``): the shipped step with and without
+``CompilerParams(unsafe_no_auto_barriers=True)``. The lowered module (checked on CPU) has
+Pallas's automatic warpgroup barriers only in the producer's loop and the epilogue, none in
+the consumer's loop, so this asks whether the producer's per-step ``bar.sync`` matters.
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_profile.py``; prints a table of
+median cycles per scope and writes $OUT/mosaic_profile.json and the shipped step's raw
+Perfetto trace at (14336, 4096), gzipped, to $OUT/mosaic_profile_trace.json.gz.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import gzip
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_decode_probe import operands  # noqa: E402
+from mosaic_stream_probe import Stream, run  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+
+SCOPES = ("step", "scales", "tile", "decode_mma", "mma_wait")
+PROFILED = [Stream(consumer="full"), Stream(consumer="full", stages=8), Stream(consumer="resident", stages=4)]
+TIMED = [Stream(consumer="full"), Stream(consumer="full", auto_barriers=False)]
+
+
+def summarize(trace: dict) -> dict:
+    """Median cycles of each scope, of the ``gap`` between steps and of the step ``period``.
+
+    ``trace`` is the profiler's Perfetto JSON: per warpgroup (``tid``) nested ``B``/``E``
+    events whose ``ts`` is in thousands of SM cycles from that warpgroup's start.
+    """
+    by_tid = defaultdict(list)
+    for e in trace["traceEvents"]:
+        by_tid[e["tid"]].append(e)
+    cycles = defaultdict(list)
+    for events in by_tid.values():
+        open_at, steps = [], []
+        for e in events:
+            if e["ph"] == "B":
+                open_at.append((e["name"], e["ts"]))
+                continue
+            name, start = open_at.pop()
+            if name != e["name"]:
+                raise ValueError(f"profile trace: scope {e['name']!r} ends inside {name!r}")
+            cycles[name].append((e["ts"] - start) * 1e3)
+            if name == "step":
+                steps.append((start, e["ts"]))
+        for (b0, e0), (b1, _) in zip(steps, steps[1:], strict=False):
+            cycles["gap"].append((b1 - e0) * 1e3)
+            cycles["period"].append((b1 - b0) * 1e3)
+    return {
+        name: {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90))}
+        for name, v in cycles.items()
+        if v
+    } | {"warpgroups": sum(1 for events in by_tid.values() if events)}
+
+
+def profile(fn, args, keep_as: str | None) -> dict:
+    """Runs ``fn`` (compiled with a profile directory) twice; the summary of the second run's trace."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):
+            jax.block_until_ready(fn(tmp)(*args))
+        jax.effects_barrier()  # the trace is written by a host callback
+        newest = max(glob.glob(os.path.join(tmp, "*-trace.json")), key=os.path.getmtime)
+        with open(newest) as f:
+            trace = json.load(f)
+        if keep_as:
+            with open(newest, "rb") as src, gzip.open(out_dir() / keep_as, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return summarize(trace)
+
+
+def main() -> None:
+    env = environment()
+    num_sms = jax.devices()[0].core_count
+    print(env, flush=True)
+    rows = []
+    for n, k in ((14336, 4096), (4096, 14336)):
+        sets = operands(n, k, 16, copies=max(3, -(-150_000_000 // (n * k))))
+        print(f"== N={n} K={k}, M=16 (cycles: median [p10, p90])", flush=True)
+        for v in PROFILED:
+            label = dict(n=n, k=k, variant=repr(v))
+            keep = "mosaic_profile_trace.json.gz" if (n, k) == (14336, 4096) and v == PROFILED[0] else None
+            try:
+                summary = profile(
+                    lambda d, v=v: jax.jit(functools.partial(run, v=v, num_sms=num_sms, profile_dir=d)), sets[0], keep
+                )
+            except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+                print(f"  {v}: FAILED {failure(e)}", flush=True)
+                rows.append(dict(label, error=failure(e)))
+                continue
+            cells = "  ".join(
+                f"{s} {summary[s]['median']:.0f} [{summary[s]['p10']:.0f}, {summary[s]['p90']:.0f}]"
+                for s in (*SCOPES, "gap", "period")
+                if s in summary
+            )
+            print(f"  {v}: {summary['warpgroups']} warpgroups; {cells}", flush=True)
+            rows.append(dict(label, profile=summary))
+        for v in TIMED:
+            label = dict(n=n, k=k, variant=repr(v))
+            try:
+                t = loop_time(functools.partial(run, v=v, num_sms=num_sms), sets)
+            except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+                print(f"  {v}: FAILED {failure(e)}", flush=True)
+                rows.append(dict(label, error=failure(e)))
+                continue
+            print(f"  {v}: {t * 1e6:.1f} us (profiler off)", flush=True)
+            rows.append(dict(label, us=t * 1e6))
+        write_json("mosaic_profile.json", dict(environment=env, rows=rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""benchmarks/mosaic_profile.py's reading of a Mosaic GPU profiler trace (the GPU run is the probe's)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import mosaic_profile  # noqa: E402
+
+
+def scope(name, tid, begin, end):
+    """One profiled range in the profiler's units: ``ts`` in thousands of cycles."""
+    return [{"name": name, "ph": ph, "ts": ts / 1e3, "tid": tid} for ph, ts in (("B", begin), ("E", end))]
+
+
+def step(tid, begin, tile, decode, wait):
+    """A ``step`` range holding ``tile``, ``decode_mma`` and ``mma_wait`` ranges of the given lengths."""
+    inner = scope("tile", tid, begin, begin + tile)
+    inner += scope("decode_mma", tid, begin + tile, begin + tile + decode)
+    inner += scope("mma_wait", tid, begin + tile + decode, begin + tile + decode + wait)
+    outer = scope("step", tid, begin, begin + tile + decode + wait)
+    return [outer[0], *inner, outer[1]]
+
+
+def test_summarize_medians_per_scope_gap_and_period():
+    # warpgroup 1: steps of 100 + 300 + 50 cycles every 1000 cycles (gap 550);
+    # warpgroup 2: the same with 150-cycle tile loads, every 1100 cycles (gap 600)
+    events = [e for t in range(3) for e in step(1, 1000 * t, 100, 300, 50)]
+    events += [e for t in range(3) for e in step(2, 1100 * t, 150, 300, 50)]
+    got = mosaic_profile.summarize({"traceEvents": events})
+    assert got["warpgroups"] == 2
+    assert got["decode_mma"]["median"] == pytest.approx(300)
+    assert got["mma_wait"]["median"] == pytest.approx(50)
+    assert got["tile"]["median"] == pytest.approx(125)  # three 100s and three 150s
+    assert got["step"]["median"] == pytest.approx(475)
+    assert got["gap"]["median"] == pytest.approx(575)  # 550, 550, 600, 600
+    assert got["period"]["median"] == pytest.approx(1050)
+    assert got["tile"]["p10"] == pytest.approx(100) and got["tile"]["p90"] == pytest.approx(150)
+
+
+def test_summarize_refuses_crossed_scopes():
+    events = [
+        {"name": "step", "ph": "B", "ts": 0.0, "tid": 1},
+        {"name": "tile", "ph": "B", "ts": 0.1, "tid": 1},
+        {"name": "step", "ph": "E", "ts": 0.2, "tid": 1},
+    ]
+    with pytest.raises(ValueError, match="'step' ends inside 'tile'"):
+        mosaic_profile.summarize({"traceEvents": events})
