@@ -1,7 +1,7 @@
 """The ``hopper`` backend's small-M kernels end to end: Triton (Pallas) against Mosaic GPU.
 
 For the Llama-3-8B layer shapes and a few activation row counts, times (device time,
-queued calls over independent input sets whose fp8 weights rotate through >= 150 MB,
+``timing.loop_time`` over independent input sets whose fp8 weights rotate through >= 150 MB,
 3x the L2, so no weight is read from L2) from a raw bf16 activation to the bf16
 output: ``jnp.dot`` with a bf16 weight (the baseline), the shipped Triton path, and the
 Mosaic GPU kernel (``hopper_mosaic.matmul_2d`` after the one-pass activation
@@ -9,9 +9,15 @@ quantize+decode) for one and two compute warpgroups. Every candidate is checked
 against the emulation backend on the same operands; an edge-case weight (scale bytes
 0, 1, 254, 255) is compared elementwise, also for one activation row with K split.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only]``; JSON to
-$OUT/mosaic_sweep.json. Recorded runs: results/mosaic_sweep_h100.* (the first kernel,
-scales transposed by XLA) and results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
+``--mid-m``: 64 and 256 activation rows instead, where the backend runs the Triton kernel (64)
+or decodes both operands for cuBLAS (256): the backend as routed against the Mosaic kernel
+with two compute warpgroups, as many stages as fit shared memory, K unsplit or split for
+>= 128 CTAs (the partial sums cost ``split * M * N`` float32 writes and reads).
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m]``;
+JSON to $OUT/mosaic_sweep[_mid_m].json. Recorded runs, queued timer (``timing.device_time``):
+results/mosaic_sweep_h100.* (the first kernel, scales transposed by XLA) and
+results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import device_time, environment, failure, write_json  # noqa: E402
+from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
 
 SHAPES = ((14336, 4096), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096))
 ROWS = (1, 16)
+MID_ROWS = (64, 256)
 
 
 def operands(n, k, m, copies=None):
@@ -57,6 +64,14 @@ def candidates(m, n, k):
     for num_wgs, tile_k in ((2, 128), (1, 256)):
         split_k = hopper_mosaic.split_for_ctas(n, k, num_wgs, tile_k, min_ctas=96)
         cfgs.append(hopper_mosaic.MosaicConfig(num_wgs=num_wgs, tile_k=tile_k, split_k=split_k))
+    return [c for c in cfgs if c.check(m, n, k) is None]
+
+
+def mid_m_candidates(m, n, k):
+    """Mosaic configs for ``--mid-m``: two warpgroups, the stages that fit, K unsplit or split for >= 128 CTAs."""
+    stages = hopper_mosaic.stages_for_rows(m, 2, 128)
+    splits = sorted({1, hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=128)})
+    cfgs = [hopper_mosaic.MosaicConfig(stages=stages, split_k=split) for split in splits]
     return [c for c in cfgs if c.check(m, n, k) is None]
 
 
@@ -107,8 +122,8 @@ def main() -> None:
                 jax.jit(fn)(*sets[0]).astype(jnp.float32),
                 emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32),
             )
-            t = device_time(fn, sets)
-            t_bf16 = device_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
+            t = loop_time(fn, sets)
+            t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             routed.append(
                 dict(
                     n=4096,
@@ -123,13 +138,17 @@ def main() -> None:
             print(f"hopper.matmul auto: {routed[-1]}", flush=True)
         write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
         return
+    mid_m = "--mid-m" in sys.argv
     for n, k in SHAPES:
-        for m in ROWS:
+        for m in MID_ROWS if mid_m else ROWS:
             sets = operands(n, k, m)
-            t_bf16 = device_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
+            t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
-            cands = {"triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16)}
-            for cfg in candidates(m, n, k):
+            if mid_m:
+                cands = {"hopper (routed)": lambda x, q: hopper.matmul(x, q, jnp.bfloat16)}
+            else:
+                cands = {"triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16)}
+            for cfg in mid_m_candidates(m, n, k) if mid_m else candidates(m, n, k):
                 cands[f"mosaic {cfg}"] = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
                     hopper.decode_operand(x), q, jnp.bfloat16, cfg
                 )
@@ -138,7 +157,7 @@ def main() -> None:
             for name, fn in cands.items():
                 try:
                     err = rel_err(jax.jit(fn)(*sets[0]).astype(jnp.float32), ref)
-                    t = device_time(fn, sets)
+                    t = loop_time(fn, sets)
                 except Exception as e:  # noqa: BLE001 - a sweep reports every failure and goes on
                     msg = failure(e)
                     print(f"  {name}: FAILED {msg}", flush=True)
@@ -146,7 +165,8 @@ def main() -> None:
                     continue
                 print(f"  {name}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x bf16), rel err {err:.1e}", flush=True)
                 rows.append(dict(n=n, k=k, m=m, variant=name, us=t * 1e6, speedup=t_bf16 / t, rel_err=err))
-            write_json("mosaic_sweep.json", dict(environment=env, edge_cases=edge, rows=rows))
+            out_name = "mosaic_sweep_mid_m.json" if mid_m else "mosaic_sweep.json"
+            write_json(out_name, dict(environment=env, edge_cases=edge, rows=rows))
 
 
 if __name__ == "__main__":

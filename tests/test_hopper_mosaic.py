@@ -50,7 +50,12 @@ def test_decode_block_scale_byte_255_is_nan():
 @pytest.mark.parametrize(
     ("cfg", "shape", "message"),
     [
-        (hopper_mosaic.MosaicConfig(), (33, 4096, 4096), "M=33 rows exceed 32"),
+        (hopper_mosaic.MosaicConfig(), (257, 4096, 4096), "M=257 rows exceed 256"),
+        (
+            hopper_mosaic.MosaicConfig(),
+            (256, 4096, 4096),
+            "4 stages of 81920 bytes (weight [128, 128] fp8 + activation [256, 128] bf16) exceed the 225280-byte",
+        ),
         (hopper_mosaic.MosaicConfig(), (16, 4160, 4096), "N=4160 is not a multiple of 128"),
         (hopper_mosaic.MosaicConfig(split_k=4), (16, 4096, 1280), "K=1280 is not a multiple of tile_k*split_k=512"),
         (hopper_mosaic.MosaicConfig(tile_k=192), (16, 4096, 4608), "tile_k=192 must be a multiple of 128"),
@@ -58,6 +63,19 @@ def test_decode_block_scale_byte_255_is_nan():
 )
 def test_config_check_names_what_does_not_fit(cfg, shape, message):
     assert message in cfg.check(*shape)
+
+
+@pytest.mark.parametrize(
+    ("m", "num_wgs", "tile_k", "stages"),
+    [(1, 2, 128, 4), (64, 2, 128, 4), (128, 2, 128, 4), (168, 2, 128, 3), (256, 2, 128, 2), (256, 1, 256, 1)],
+)
+def test_stages_for_rows_fill_the_shared_memory_budget(m, num_wgs, tile_k, stages):
+    got = hopper_mosaic.stages_for_rows(m, num_wgs, tile_k)
+    assert got == stages
+    cfg = hopper_mosaic.MosaicConfig(num_wgs=num_wgs, tile_k=tile_k, stages=got)
+    assert cfg.check(m, 4096, 4096) is None
+    if got < 4:  # one stage more would not fit
+        assert "shared memory budget" in hopper_mosaic.MosaicConfig(num_wgs, tile_k, got + 1).check(m, 4096, 4096)
 
 
 def test_matmul_2d_rejects_a_shape_it_cannot_run():
@@ -77,7 +95,9 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
 def test_environment_variable_forces_either_kernel(monkeypatch):
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "mosaic")
     assert hopper.mosaic_config(16, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2)
-    assert hopper.mosaic_config(64, 14336, 4096) is None  # beyond the kernel's 32 rows
+    assert hopper.mosaic_config(64, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2)
+    assert hopper.mosaic_config(256, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2, stages=2)  # smem
+    assert hopper.mosaic_config(257, 14336, 4096) is None  # beyond wgmma's 256 columns
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "triton")
     assert hopper.mosaic_config(16, 4096, 14336) is None
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "cuda")
@@ -85,10 +105,10 @@ def test_environment_variable_forces_either_kernel(monkeypatch):
         hopper.mosaic_config(16, 4096, 14336)
 
 
-@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("m", [1, 16, 100, 256])
 def test_kernel_lowers_for_an_sm90_gpu(m):
     n, k = 256, 1024
-    cfg = hopper_mosaic.MosaicConfig(split_k=2)
+    cfg = hopper_mosaic.MosaicConfig(split_k=2, stages=hopper_mosaic.stages_for_rows(m, 2, 128))
 
     def run(x, data, scale):
         return hopper_mosaic.matmul_2d(x, MXArray(data, scale), jnp.bfloat16, cfg)

@@ -97,7 +97,11 @@ def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     if choice not in ("auto", "triton", "mosaic"):
         raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'triton' or 'mosaic'")
     cfg = hopper_mosaic.MosaicConfig()
-    cfg = dataclasses.replace(cfg, split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=128))
+    cfg = dataclasses.replace(
+        cfg,
+        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=128),
+        stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages),
+    )
     if choice == "triton" or cfg.check(m, n, k) is not None:
         return None
     return cfg if choice == "mosaic" or (k >= MOSAIC_MIN_K and m <= 16) else None

@@ -36,7 +36,10 @@ from mxfp8_xla.mxarray import MXArray
 
 BLOCK = numerics.BLOCK_SIZE
 ROWS = 64  # weight rows per compute warpgroup: wgmma's M
-MAX_M = 32  # activation rows: wgmma's N, padded to a multiple of 8
+MAX_M = 256  # activation rows: wgmma's N (at most 256), padded to a multiple of 8
+SMEM_BUDGET = 220 * 1024
+"""Shared memory bytes the pipeline's stages may take: SM90's 227 KB per block, less room for
+the pipeline's barriers and Pallas's scratch."""
 _ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 
 
@@ -50,10 +53,20 @@ class MosaicConfig:
     stages: int = 4
     split_k: int = 1
 
+    def stage_bytes(self, m: int) -> int:
+        """Shared memory of one pipeline stage: the fp8 weight tile and ``m`` (padded) bf16 activation rows."""
+        return ROWS * self.num_wgs * self.tile_k + padded_rows(m) * self.tile_k * 2
+
     def check(self, m: int, n: int, k: int) -> str | None:
         """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
         if m > MAX_M:
             return f"M={m} rows exceed {MAX_M}"
+        if self.stages * self.stage_bytes(m) > SMEM_BUDGET:
+            return (
+                f"{self.stages} stages of {self.stage_bytes(m)} bytes (weight [{ROWS * self.num_wgs}, {self.tile_k}] "
+                f"fp8 + activation [{padded_rows(m)}, {self.tile_k}] bf16) exceed the {SMEM_BUDGET}-byte shared "
+                "memory budget"
+            )
         if n % (ROWS * self.num_wgs):
             return f"N={n} is not a multiple of {ROWS * self.num_wgs} (64 rows per compute warpgroup)"
         if self.tile_k % 128:
@@ -158,6 +171,12 @@ def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConf
     )(w.data, w.scale, x.astype(jnp.bfloat16))
     out = out[0] if cfg.split_k == 1 else out.sum(axis=0).astype(out_dtype)
     return out[:m]
+
+
+def stages_for_rows(m: int, num_wgs: int, tile_k: int, most: int = 4) -> int:
+    """The most pipeline stages, up to ``most``, whose tiles for ``m`` activation rows fit :data:`SMEM_BUDGET`."""
+    fits = SMEM_BUDGET // MosaicConfig(num_wgs=num_wgs, tile_k=tile_k).stage_bytes(m)
+    return max(1, min(most, fits))
 
 
 def split_for_ctas(n: int, k: int, num_wgs: int, tile_k: int, min_ctas: int) -> int:
