@@ -14,10 +14,10 @@ or decodes both operands for cuBLAS (256): the backend as routed against the Mos
 with two compute warpgroups, as many stages as fit shared memory, K unsplit or split for
 >= 128 CTAs (the partial sums cost ``split * M * N`` float32 writes and reads).
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m]``;
-JSON to $OUT/mosaic_sweep[_mid_m].json. Recorded runs, queued timer (``timing.device_time``):
-results/mosaic_sweep_h100.* (the first kernel, scales transposed by XLA) and
-results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m] [--rows 32,64]``
+(``--rows`` replaces the mode's activation row counts); JSON to $OUT/mosaic_sweep[_mid_m].json.
+Recorded runs, queued timer (``timing.device_time``): results/mosaic_sweep_h100.* (the first
+kernel, scales transposed by XLA) and results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
 """
 
 from __future__ import annotations
@@ -139,8 +139,10 @@ def main() -> None:
         write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
         return
     mid_m = "--mid-m" in sys.argv
+    rows_arg = sys.argv[sys.argv.index("--rows") + 1] if "--rows" in sys.argv else None
+    row_counts = [int(r) for r in rows_arg.split(",")] if rows_arg else MID_ROWS if mid_m else ROWS
     for n, k in SHAPES:
-        for m in MID_ROWS if mid_m else ROWS:
+        for m in row_counts:
             sets = operands(n, k, m)
             t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
