@@ -44,7 +44,7 @@ from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
 
 ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
-PROFILE_RANGES = 200  # profiled scopes per warpgroup: 5 per step, <= 32 steps per CTA at the probe's shapes
+PROFILE_RANGES = 320  # profiled ranges per warpgroup: 5 per step, <= 32 steps per CTA at the probe shapes, with room
 
 
 @dataclasses.dataclass(frozen=True)
