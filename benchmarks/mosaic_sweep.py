@@ -22,6 +22,7 @@ kernel, scales transposed by XLA) and results/mosaic_sweep_gmem_scales_h100.* (s
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -105,6 +106,12 @@ def edge_case_check() -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--edge-only", action="store_true", help="edge cases and the routed kernel at (4096, 14336)")
+    mode.add_argument("--mid-m", action="store_true", help=f"{MID_ROWS} activation rows against the routed backend")
+    ap.add_argument("--rows", type=lambda t: [int(r) for r in t.split(",")], help="activation row counts, e.g. 32,64")
+    args = ap.parse_args()
     env = environment()
     print(env, flush=True)
     rows = []
@@ -113,7 +120,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
         edge = {"error": failure(e)}
         print(f"edge cases FAILED: {edge}", flush=True)
-    if "--edge-only" in sys.argv:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
+    if args.edge_only:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
         routed = []
         for m in ROWS:
             sets = operands(4096, 14336, m)
@@ -138,9 +145,8 @@ def main() -> None:
             print(f"hopper.matmul auto: {routed[-1]}", flush=True)
         write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
         return
-    mid_m = "--mid-m" in sys.argv
-    rows_arg = sys.argv[sys.argv.index("--rows") + 1] if "--rows" in sys.argv else None
-    row_counts = [int(r) for r in rows_arg.split(",")] if rows_arg else MID_ROWS if mid_m else ROWS
+    mid_m = args.mid_m
+    row_counts = args.rows or (MID_ROWS if mid_m else ROWS)
     for n, k in SHAPES:
         for m in row_counts:
             sets = operands(n, k, m)
