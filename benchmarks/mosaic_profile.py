@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands  # noqa: E402
 from mosaic_stream_probe import Stream, run  # noqa: E402
-from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, rotation_copies, write_json  # noqa: E402
 
 SCOPES = ("step", "scales", "tile", "decode_mma", "mma_wait")
 PROFILED = [Stream(consumer="full"), Stream(consumer="full", stages=8), Stream(consumer="resident", stages=4)]
@@ -74,7 +74,7 @@ def summarize(trace: dict) -> dict:
         name: {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90))}
         for name, v in cycles.items()
         if v
-    } | {"warpgroups": sum(1 for events in by_tid.values() if events)}
+    } | {"warpgroups": len(by_tid)}
 
 
 def profile(fn, args, keep_as: str | None) -> dict:
@@ -98,7 +98,7 @@ def main() -> None:
     print(env, flush=True)
     rows = []
     for n, k in ((14336, 4096), (4096, 14336)):
-        sets = operands(n, k, 16, copies=max(3, -(-150_000_000 // (n * k))))
+        sets = operands(n, k, 16, copies=rotation_copies(n * k, least=3))
         print(f"== N={n} K={k}, M=16 (cycles: median [p10, p90])", flush=True)
         for v in PROFILED:
             label = dict(n=n, k=k, variant=repr(v))

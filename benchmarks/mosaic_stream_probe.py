@@ -38,7 +38,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands  # noqa: E402
-from timing import copy_bandwidth, environment, failure, loop_time, write_json  # noqa: E402
+from timing import copy_bandwidth, environment, failure, loop_time, rotation_copies, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
@@ -256,7 +256,7 @@ def main() -> None:
     rows = []
     for n, k in shapes:
         nbytes = n * k + n * k // BLOCK
-        sets = operands(n, k, 16, copies=max(3, -(-150_000_000 // nbytes)))
+        sets = operands(n, k, 16, copies=rotation_copies(nbytes, least=3))
         t_bf16 = loop_time(lambda w, x: jnp.dot(x, w.T), [(w.astype(jnp.bfloat16), x) for w, _, x in sets])
         t_read = loop_time(
             lambda w: jnp.max(lax.bitcast_convert_type(w, jnp.uint8), axis=1), [(w,) for w, _, _ in sets]

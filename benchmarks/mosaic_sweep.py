@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import environment, failure, loop_time, write_json  # noqa: E402
+from timing import environment, failure, loop_time, rotation_copies, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
@@ -43,7 +43,7 @@ MID_ROWS = (64, 256)
 
 def operands(n, k, m, copies=None):
     """Independent operand sets; enough that the fp8 weights rotate through >= 150 MB (3x the H100's L2)."""
-    copies = copies or max(4, -(-150_000_000 // (n * k)))
+    copies = copies or rotation_copies(n * k, least=4)
     sets = []
     for i in range(copies):
         kw, ks, kx = jax.random.split(jax.random.key(i), 3)

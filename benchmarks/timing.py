@@ -71,6 +71,12 @@ def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats:
     return statistics.median(samples)
 
 
+def rotation_copies(set_bytes: int, least: int) -> int:
+    """Operand sets of ``set_bytes`` each, at least ``least``, that add up to >= 150 MB (3x the H100's
+    L2), so that a timing loop rotating through them reads every weight from HBM."""
+    return max(least, -(-150_000_000 // set_bytes))
+
+
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Bytes/s of a device-to-device elementwise pass (bytes read + written)."""
     n = nbytes // 2
