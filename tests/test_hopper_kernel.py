@@ -8,18 +8,17 @@ measured on the GPU by benchmarks/hopper_sweep.py and bench_gemm.py.
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import H100
 
 import mxfp8_xla as mx
 from mxfp8_xla.backends import hopper, pallas_quantize
-from mxfp8_xla.backends.select import Capability, override_capability
+from mxfp8_xla.backends.select import override_capability
 
 
 def rel_err(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
-
-H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
 
 CONFIGS = [
     hopper.KernelConfig(bm=16, bn=32, bk=128, split_k=1, tile_dequant=True),

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import H100
 
 from mxfp8_xla import MXArray
 from mxfp8_xla.backends import hopper, hopper_mosaic
+from mxfp8_xla.backends.select import override_capability
 
 ALL_E4M3 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn)
 
@@ -88,15 +90,47 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert hopper.mosaic_config(16, 4096, 14336) == hopper_mosaic.MosaicConfig(split_k=4)
     assert hopper.mosaic_config(1, 4096, 14336) == hopper_mosaic.MosaicConfig(split_k=4)
-    assert hopper.mosaic_config(17, 4096, 14336) is None  # measured up to 16 rows
-    assert hopper.mosaic_config(16, 14336, 4096) is None  # K = 4096: the Triton kernel
+    assert hopper.mosaic_config(16, 14336, 4096) is None  # up to 16 rows at K = 4096: the Triton kernel
+    assert hopper.mosaic_config(17, 14336, 4096) == hopper_mosaic.MosaicConfig()  # 112 CTAs: no split
+    assert hopper.mosaic_config(64, 4096, 4096) == hopper_mosaic.MosaicConfig(split_k=4)
+    assert hopper.mosaic_config(256, 28672, 4096) == hopper_mosaic.MosaicConfig(stages=2)  # smem
+    assert hopper.mosaic_config(257, 28672, 4096) is None  # beyond wgmma's 256 columns: cuBLAS
+    assert hopper.mosaic_config(64, 4160, 4096) is None  # N not a multiple of 128: the Triton kernel
+
+
+def test_matmul_routes_each_row_count_to_its_kernel(monkeypatch):
+    """Which kernel ``hopper.matmul`` traces for M rows at (N, K) = (4096, 4096) under ``auto``."""
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    called = []
+
+    def spy(name: str):
+        def matmul_2d(x, w, out_dtype, *args, **kwargs):
+            called.append(name)
+            return jnp.zeros((x.shape[0], w.shape[0]), out_dtype)
+
+        return matmul_2d
+
+    monkeypatch.setattr(hopper_mosaic, "matmul_2d", spy("mosaic"))
+    monkeypatch.setattr(hopper, "matmul_2d", spy("triton"))
+    w = MXArray(jnp.zeros((4096, 4096), jnp.float8_e4m3fn), jnp.zeros((4096, 128), jnp.uint8))
+
+    def kernel(m: int) -> str:
+        called.clear()
+        with override_capability(H100):
+            jax.eval_shape(lambda x: hopper.matmul(x, w, jnp.bfloat16), jnp.zeros((m, 4096), jnp.bfloat16))
+        return called[0] if called else "cublas"
+
+    assert [kernel(m) for m in (8, 32, 256, 300)] == ["triton", "mosaic", "mosaic", "cublas"]
+    with override_capability(H100), hopper.interpret_mode():  # no interpret mode for Mosaic GPU
+        called.clear()
+        jax.eval_shape(lambda x: hopper.matmul(x, w, jnp.bfloat16), jnp.zeros((32, 4096), jnp.bfloat16))
+    assert called == ["triton"]
 
 
 def test_environment_variable_forces_either_kernel(monkeypatch):
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "mosaic")
-    assert hopper.mosaic_config(16, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2)
-    assert hopper.mosaic_config(64, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2)
-    assert hopper.mosaic_config(256, 14336, 4096) == hopper_mosaic.MosaicConfig(split_k=2, stages=2)  # smem
+    assert hopper.mosaic_config(16, 14336, 4096) == hopper_mosaic.MosaicConfig()
+    assert hopper.mosaic_config(64, 6144, 4096) == hopper_mosaic.MosaicConfig(split_k=4)  # 48 CTAs x 4
     assert hopper.mosaic_config(257, 14336, 4096) is None  # beyond wgmma's 256 columns
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "triton")
     assert hopper.mosaic_config(16, 4096, 14336) is None

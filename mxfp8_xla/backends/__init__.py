@@ -10,7 +10,7 @@ name=None) -> [..., N]``; those in ``TAKES_RAW_ACTIVATIONS`` also take a raw ``x
   (:mod:`.torch_ref`).
 * ``"flashinfer"``: FlashInfer ``mm_mxfp8`` on Blackwell through the bridge
   (:mod:`.flashinfer`).
-* ``"hopper"``: a Pallas/Triton kernel for SM90 that dequantizes the fp8 weight in
+* ``"hopper"``: Pallas kernels (Triton, Mosaic GPU) for SM90 that dequantize the fp8 weight in
   registers (:mod:`.hopper`).
 * ``"auto"``: picks per layer with :func:`.select.select_backend` (FlashInfer
   where it can serve, else the hopper kernel, else emulation; honours

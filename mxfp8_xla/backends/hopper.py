@@ -7,8 +7,8 @@ fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; th
 activation arrives quantized by a one-pass Pallas kernel. (The kernel also keeps
 the original per-32-block variant, ``tile_dequant=False``, and in-kernel activation
 quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) Where it measured
-faster (``mosaic_config``), a warp-specialized Mosaic GPU kernel (``hopper_mosaic``)
-replaces the Triton one. For more rows
+faster (``mosaic_config``: 17 to 256 rows, and up to 16 rows at K >= 8192), a
+warp-specialized Mosaic GPU kernel (``hopper_mosaic``) replaces it. For more rows
 (compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
 cuBLAS multiplies them. Either way the result is the emulation backend's function
 up to float32 summation order.
@@ -63,7 +63,11 @@ _INTERPRET = [False]
 
 @contextlib.contextmanager
 def interpret_mode() -> Iterator[None]:
-    """Trace this backend's Pallas kernels in interpret mode (runs on CPU: numerics checks, debugging)."""
+    """Trace this backend's Pallas kernels in interpret mode (runs on CPU: numerics checks, debugging).
+
+    Mosaic GPU has no interpret mode, so shapes routed to ``hopper_mosaic`` take the Triton
+    (M <= 64) or cuBLAS path instead: the same function up to float32 summation order.
+    """
     _INTERPRET.append(True)
     try:
         yield
@@ -72,26 +76,35 @@ def interpret_mode() -> Iterator[None]:
 
 
 SMALL_M_MAX = 64
-"""Up to this many rows the Pallas GEMM runs; above, operands are decoded to bf16 for cuBLAS."""
+"""Up to this many rows the Triton GEMM runs where Mosaic does not; above, operands are decoded to bf16 for cuBLAS."""
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
-"""``auto`` (default): the kernel measured faster for the shape; ``triton``; or ``mosaic`` wherever it can run."""
+"""``auto`` (default): the kernel measured faster for the shape; ``triton``: never Mosaic;
+``mosaic``: wherever it can run."""
 
 MOSAIC_MIN_K = 8192
-"""``auto`` runs the Mosaic GPU kernel from this K up, for up to 16 rows (the ones measured).
+"""``auto`` runs the Mosaic GPU kernel for up to 16 rows only from this K up.
 
 At (N, K) = (4096, 14336) it took 39.1 / 38.0 us against the Triton kernel's 46.6 / 45.1 us
 for M = 1 / 16; at K = 4096 the Triton kernel won at 6 of 8 points (H100,
 benchmarks/mosaic_sweep.py, results/mosaic_sweep_gmem_scales_h100.log).
 """
 
+MOSAIC_MIN_CTAS = 100
+"""K is split until at least this many CTAs stream the weight (132 SMs on an H100/H200).
+
+The best split at every (N, K, M) of ``mosaic_sweep.py --mid-m`` on an H200
+(results/mosaic_sweep_mid_m_h200.log): at (14336, 4096) 112 unsplit CTAs beat 224 split ones.
+"""
+
 
 def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
-    """The Mosaic GPU kernel's config for ``m`` rows, or None where the Triton kernel runs.
+    """The Mosaic GPU kernel's config for ``m`` rows, or None where another kernel runs.
 
-    Follows ``MXFP8_XLA_HOPPER_SMALL_M``. K is split until at least 128 CTAs (of 128
-    weight rows each) stream the weight.
+    Follows ``MXFP8_XLA_HOPPER_SMALL_M``: ``auto`` runs Mosaic for 17 to 256 rows, and for
+    up to 16 rows from K = :data:`MOSAIC_MIN_K` up (where each measured faster on an H200 /
+    H100); ``mosaic`` wherever it can run; ``triton`` never.
     """
     choice = os.environ.get(SMALL_M_KERNEL_ENV, "auto").strip().lower()
     if choice not in ("auto", "triton", "mosaic"):
@@ -99,12 +112,12 @@ def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     cfg = hopper_mosaic.MosaicConfig()
     cfg = dataclasses.replace(
         cfg,
-        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=128),
+        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS),
         stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages),
     )
     if choice == "triton" or cfg.check(m, n, k) is not None:
         return None
-    return cfg if choice == "mosaic" or (k >= MOSAIC_MIN_K and m <= 16) else None
+    return cfg if choice == "mosaic" or m > 16 or k >= MOSAIC_MIN_K else None
 
 
 def default_config(m: int, n: int, k: int) -> KernelConfig:
@@ -277,7 +290,8 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
 
     A raw ``x`` is quantized by this backend's own Pallas kernels (bit-identical to
-    ``quantize``). ``M <= 64`` rows: the Pallas GEMM. More rows: the GEMM is
+    ``quantize``). Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
+    GPU kernel; else up to ``M <= 64`` rows the Triton GEMM. More rows: the GEMM is
     compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
     kernels (a raw activation quantized and decoded in the same pass) and cuBLAS
     multiplies them with float32 accumulation, writing ``out_dtype`` directly. This
@@ -287,7 +301,7 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
     m = math.prod(lead)
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
-    mosaic = mosaic_config(m, w.shape[0], k) if m <= SMALL_M_MAX else None
+    mosaic = None if _INTERPRET[-1] else mosaic_config(m, w.shape[0], k)
     if mosaic is not None:
         x_exact = decode_operand(x2, rows=hopper_mosaic.padded_rows(m))
         out = hopper_mosaic.matmul_2d(x_exact, w, out_dtype, mosaic)[:m]

@@ -9,7 +9,7 @@ Rules (checked when a layer is set up or first traced, never inside a kernel):
   of compute capability 10.0 or newer (Blackwell), torch with CUDA, an importable
   ``flashinfer``, ``K % 32 == 0``, ``K >= 128``, ``N >= 128`` and a bfloat16 or
   float16 output (on SM12x also ``N % 32 == 0``).
-* ``"hopper"``: the Pallas/Triton kernel of :mod:`.hopper` (fp8 weight dequantized
+* ``"hopper"``: the Pallas kernels of :mod:`.hopper` (fp8 weight dequantized
   in registers). Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was
   built and measured on), ``K % 128 == 0`` and ``N % 64 == 0``.
 * ``"auto"``: ``"flashinfer"`` when it can serve, else ``"hopper"`` when it can,
