@@ -10,7 +10,7 @@ Variants (each skipped with its reason where it cannot run on the device):
   scaled_dot    jax.nn.scaled_dot_general with the mxfp8 config (the JAX-native peer)
   fp8_tensor    per-tensor FP8 jnp.dot (e4m3 x e4m3 -> bf16): the FP8 tensor-core reference
 
-Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] ;
+Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] [--ms 1,16] ;
 JSON to $OUT/bench_gemm.json.
 """
 
@@ -65,9 +65,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer M values")
     ap.add_argument("--skip", default="emulation", help="comma-separated variants to skip")
     ap.add_argument("--shapes", help="comma-separated NxK weight shapes (default: all of SHAPES)")
+    ap.add_argument("--ms", help="comma-separated row counts M (default: MS, or fewer with --quick)")
     args = ap.parse_args()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
-    ms = [1, 16, 256, 2048] if args.quick else MS
+    ms = [int(m) for m in args.ms.split(",")] if args.ms else [1, 16, 256, 2048] if args.quick else MS
     skip = set(filter(None, args.skip.split(",")))
 
     env = environment()

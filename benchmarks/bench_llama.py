@@ -5,7 +5,7 @@ a small vocabulary (1024) so that the unquantized embedding and head do not hide
 blocks, KV cache under jit. Decode time per token is the slope between two generation
 lengths (prefill cancels out); prefill is a forward pass over 2048 tokens.
 
-Usage: python benchmarks/bench_llama.py [--layers 4]; JSON to $OUT/bench_llama.json.
+Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32]; JSON to $OUT/bench_llama.json.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
     ap.add_argument("--tiny", action="store_true", help="small dimensions: a CPU smoke test of the script")
     args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "rows": []}
@@ -71,7 +73,7 @@ def main() -> None:
         params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}
-        for batch in (1, 8, 32):
+        for batch in batches:
             prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
             t_short = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=SHORT))
             t_long = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=LONG))
@@ -89,7 +91,7 @@ def main() -> None:
         del params
     b, m = results["bf16"], results["mxfp8"]
     print(f"\n{'':28}{'bf16':>12}{'mxfp8':>12}{'mxfp8/bf16':>12}")
-    for batch in (1, 8, 32):
+    for batch in batches:
         key = f"decode_b{batch}_tokens_per_s"
         print(f"{'decode tokens/s, batch ' + str(batch):28}{b[key]:12,.0f}{m[key]:12,.0f}{m[key] / b[key]:11.2f}x")
     key = "prefill_2048_ms"
