@@ -54,10 +54,13 @@ class Stream:
     tile_k: int = 128
     stages: int = 4
     consumer: str = "none"  # none | full | resident
-    min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule asks 128)
+    min_ctas: int = 100  # split: K is split until at least this many CTAs (the shipped rule, hopper.MOSAIC_MIN_CTAS)
     wgs: int = 2  # compute warpgroups of 64 weight rows each (the shipped kernel has 2)
     memory_registers: int = 40  # registers per thread kept by the producer warpgroup
     auto_barriers: bool = True  # False: CompilerParams(unsafe_no_auto_barriers=True)
+    # factors: the next step's scale bytes loaded and turned into float32 factors at once (shipped);
+    # bytes: the bytes loaded a step ahead and turned into factors by the step that uses them
+    scales: str = "factors"
 
 
 def tiled(w, rows, tile_k):
@@ -95,12 +98,13 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
         my_rows = pl.ds(i_n * cta_rows + wg * ROWS, ROWS)
         blocks = v.tile_k // BLOCK
 
-        def load_factors(t):
+        def load_scales(t):
+            """Step ``t``'s scale bytes, one ``[64]`` row vector per 32-block; factors already, unless ``bytes``."""
             kb = (i_s * per + t) * blocks
-            return tuple(
-                numerics.scale_to_factor(plgpu.load(s_gmem.at[my_rows, kb + j], (), layout=ROW_LAYOUT, optimized=False))
-                for j in range(blocks)
+            loaded = tuple(
+                plgpu.load(s_gmem.at[my_rows, kb + j], (), layout=ROW_LAYOUT, optimized=False) for j in range(blocks)
             )
+            return loaded if v.scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
 
         def w_map(t):
             return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
@@ -114,13 +118,14 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                 *x_smem, carry = rest
                 if v.consumer == "none":
                     return carry
-                acc_ref, factors = carry
+                acc_ref, scales = carry
                 with jax.named_scope("step"):
                     with jax.named_scope("scales"):
-                        upcoming = load_factors(jnp.minimum(idx[0] + 1, per - 1))
+                        upcoming = load_scales(jnp.minimum(idx[0] + 1, per - 1))
                     with jax.named_scope("tile"):
                         tile = w_smem[pl.ds(wg * ROWS, ROWS)]
                     with jax.named_scope("decode_mma"):
+                        factors = tuple(map(numerics.scale_to_factor, scales)) if v.scales == "bytes" else scales
                         for j in range(blocks):
                             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
                             if x_res is None:
@@ -142,7 +147,7 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
 
                 @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
                 def _(acc_ref):
-                    run_pipeline((acc_ref, load_factors(0)))
+                    run_pipeline((acc_ref, load_scales(0)))
                     plgpu.wgmma_wait(0)
                     out = plgpu.layout_cast(acc_ref[...], plgpu.Layout.WGMMA_TRANSPOSED)
                     plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
@@ -217,7 +222,7 @@ FIRST = [
 ]
 
 # Second run (``--sweep``): bytes in flight per CTA (stages x tile_k, within shared memory), the
-# layout, and the shipped K split (min_ctas=128), with and without the decode + wgmma consumer.
+# layout, and two K splits (min_ctas 100 and 128), with and without the decode + wgmma consumer.
 SWEEP = [
     *(
         Stream(layout=layout, tile_k=tile_k, stages=stages, consumer=consumer, min_ctas=min_ctas)
