@@ -14,7 +14,7 @@ the next one. The profiled variants: the shipped step, the step with ``scales="b
 Also timed, profiler off (``timing.loop_time``), each output checked against a float32
 reference: the shipped step, ``scales="bytes"``, and ``CompilerParams(unsafe_no_auto_barriers=True)``.
 
-The H200 run of 2026-11-30 (results/mosaic_profile_h200.*) found ``scales`` at ~40% of the step
+The H200 run of 2026-11-30 (results/mosaic_profile_h200.*) found ``scales`` at 31-44% of the step
 (561 of 1,327 cycles at (14336, 4096)): the shipped step turns the next step's scale bytes into
 float32 factors right after loading them, so it waits out a global-memory load every step.
 ``scales="bytes"`` carries the raw bytes into the next step and builds the factors there, so

@@ -17,13 +17,14 @@ Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--s
 JSON to $OUT/mosaic_stream_probe[_sweep|_resident|_wide].json. ``--sweep`` times the second set (bytes in
 flight per CTA, layout and K split, both consumers), ``--resident`` the third (the activation
 resident in shared memory, ``consumer="resident"``), ``--wide`` the fourth (4 compute
-warpgroups per CTA), each at the two M <= 16 target shapes.
+warpgroups per CTA, launch-aware registers), each at the two M <= 16 target shapes.
 Timed with ``timing.loop_time``; the recorded H200 runs of the first two sets
 (results/mosaic_stream_probe*_h200.*) used the queued timer, ``timing.device_time``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -38,6 +39,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_decode_probe import operands  # noqa: E402
+from mosaic_registers import launch_aware_registers  # noqa: E402
 from timing import copy_bandwidth, environment, failure, loop_time, rotation_copies, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
@@ -61,6 +63,9 @@ class Stream:
     # factors: the next step's scale bytes loaded and turned into float32 factors at once (shipped);
     # bytes: the bytes loaded a step ahead and turned into factors by the step that uses them
     scales: str = "factors"
+    # jax: the pipeline's own compute-register count; launch: mosaic_registers.within_launch (4 warpgroups hang
+    # with jax's: they ask more registers than the CTA was launched with)
+    compute_registers: str = "jax"
 
 
 def tiled(w, rows, tile_k):
@@ -166,10 +171,11 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                 max_concurrent_steps=v.stages,
                 compute_context=compute_context,
             )
-            if x_res is None:
-                pipeline(w_gmem, x_gmem)
-            else:
-                pipeline(w_gmem)
+            with launch_aware_registers() if v.compute_registers == "launch" else contextlib.nullcontext():
+                if x_res is None:
+                    pipeline(w_gmem, x_gmem)
+                else:
+                    pipeline(w_gmem)
 
         if v.consumer != "resident":
             run_pipeline_over(None)
@@ -245,8 +251,12 @@ RESIDENT = [
 ]
 
 # Fourth set (``--wide``): 4 compute warpgroups per CTA (256 weight rows) instead of 2, i.e.
-# twice the step chains in flight per SM, with the shipped step first.
-WIDE = [Stream(stages=4, consumer=consumer, min_ctas=128, wgs=4) for consumer in ("full", "resident", "none")]
+# twice the step chains in flight per SM, with launch-aware compute registers (with jax's own
+# count they hang: mosaic_registers.py), then the shipped 2-warpgroup step to compare.
+WIDE = [
+    Stream(stages=4, consumer=consumer, min_ctas=100, wgs=4, compute_registers="launch")
+    for consumer in ("none", "full", "resident")
+] + [Stream(consumer="full")]
 
 
 def main() -> None:

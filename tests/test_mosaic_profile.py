@@ -3,10 +3,13 @@
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import mosaic_profile  # noqa: E402
+import mosaic_stream_probe  # noqa: E402
 
 
 def scope(name, tid, begin, end):
@@ -49,21 +52,17 @@ def test_summarize_refuses_crossed_scopes():
         mosaic_profile.summarize({"traceEvents": events})
 
 
-@pytest.mark.parametrize("variant", mosaic_profile.PROFILED + mosaic_profile.TIMED, ids=repr)
+@pytest.mark.parametrize("variant", mosaic_profile.PROFILED + mosaic_profile.TIMED + mosaic_stream_probe.WIDE, ids=repr)
 def test_probe_variants_lower_for_an_sm90_gpu(variant):
-    """Every variant the profile script runs lowers to a Mosaic GPU kernel on CPU (the GPU runs them).
+    """Every variant the profile script and ``mosaic_stream_probe.py --wide`` run lowers on CPU (the GPU runs them).
 
     Without the profiler: its trace is written by a host callback that lowers only for a GPU backend.
     """
-    import jax
-    import jax.numpy as jnp
-    from mosaic_stream_probe import run
-
     n, k, m = 256, 1024, 16
     args = (
         jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn),
         jax.ShapeDtypeStruct((n, k // 32), jnp.uint8),
         jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
     )
-    fn = jax.jit(lambda w, s, x: run(w, s, x, variant, num_sms=132, profile_dir=None))
+    fn = jax.jit(lambda w, s, x: mosaic_stream_probe.run(w, s, x, variant, num_sms=132, profile_dir=None))
     assert "mosaic_gpu" in fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
