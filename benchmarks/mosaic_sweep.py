@@ -9,10 +9,12 @@ quantize+decode) for one and two compute warpgroups. Every candidate is checked
 against the emulation backend on the same operands; an edge-case weight (scale bytes
 0, 1, 254, 255) is compared elementwise, also for one activation row with K split.
 
-``--mid-m``: 64 and 256 activation rows instead, where the backend runs the Triton kernel (64)
-or decodes both operands for cuBLAS (256): the backend as routed against the Mosaic kernel
+``--mid-m``: 64 and 256 activation rows instead: the backend as routed against the Mosaic kernel
 with two compute warpgroups, as many stages as fit shared memory, K unsplit or split for
->= 128 CTAs (the partial sums cost ``split * M * N`` float32 writes and reads).
+>= 128 CTAs (the partial sums cost ``split * M * N`` float32 writes and reads). In its recorded
+run (results/mosaic_sweep_mid_m_h200.*, loop timer) the routed backend was still the Triton
+kernel (64) and the cuBLAS path (256); Mosaic won 9 of 10 points, and ``auto`` now routes
+17-256 rows to it, so "routed" is the Mosaic kernel with ``hopper.mosaic_config``'s split.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m] [--rows 32,64]``
 (``--rows`` replaces the mode's activation row counts); JSON to $OUT/mosaic_sweep[_mid_m].json.
