@@ -3,18 +3,19 @@
 For the Llama-3-8B layer shapes and a few activation row counts, times (device time,
 ``timing.loop_time`` over independent input sets whose fp8 weights rotate through >= 150 MB,
 3x the L2, so no weight is read from L2) from a raw bf16 activation to the bf16
-output: ``jnp.dot`` with a bf16 weight (the baseline), the shipped Triton path, and the
+output: ``jnp.dot`` with a bf16 weight (the baseline), the Triton path, and the
 Mosaic GPU kernel (``hopper_mosaic.matmul_2d`` after the one-pass activation
-quantize+decode) for one and two compute warpgroups. Every candidate is checked
+quantize+decode) with the shipped split and stages, its scale factors built at load
+(``scales="factors"``, shipped) or at use (``"bytes"``). Every candidate is checked
 against the emulation backend on the same operands; an edge-case weight (scale bytes
-0, 1, 254, 255) is compared elementwise, also for one activation row with K split.
+0, 1, 254, 255) is compared elementwise for both scale modes, also for one activation row
+with K split.
 
-``--mid-m``: 64 and 256 activation rows instead: the backend as routed against the Mosaic kernel
-with two compute warpgroups, as many stages as fit shared memory, K unsplit or split for
->= 128 CTAs (the partial sums cost ``split * M * N`` float32 writes and reads). In its recorded
-run (results/mosaic_sweep_mid_m_h200.*, loop timer) the routed backend was still the Triton
-kernel (64) and the cuBLAS path (256); Mosaic won 9 of 10 points, and ``auto`` now routes
-17-256 rows to it, so "routed" is the Mosaic kernel with ``hopper.mosaic_config``'s split.
+``--mid-m``: 64 and 256 activation rows instead, the backend as routed against the same
+Mosaic candidates. In its recorded run (results/mosaic_sweep_mid_m_h200.*, loop timer, which
+also timed K unsplit or split for >= 128 CTAs) the routed backend was still the Triton kernel
+(64) and the cuBLAS path (256); Mosaic won 9 of 10 points, and ``auto`` now routes 17-256
+rows to it, so "routed" is now the Mosaic kernel as shipped.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m] [--rows 32,64]``
 (``--rows`` replaces the mode's activation row counts); JSON to $OUT/mosaic_sweep[_mid_m].json.
@@ -41,6 +42,7 @@ from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
 SHAPES = ((14336, 4096), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096))
 ROWS = (1, 16)
 MID_ROWS = (64, 256)
+SCALES = ("factors", "bytes")  # MosaicConfig.scales
 
 
 def operands(n, k, m, copies=None):
@@ -62,23 +64,14 @@ def rel_err(out, ref):
 
 
 def candidates(m, n, k):
-    """Mosaic configs to time: one and two warpgroups at the smallest K split giving >= 96 CTAs."""
-    cfgs = []
-    for num_wgs, tile_k in ((2, 128), (1, 256)):
-        split_k = hopper_mosaic.split_for_ctas(n, k, num_wgs, tile_k, min_ctas=96)
-        cfgs.append(hopper_mosaic.MosaicConfig(num_wgs=num_wgs, tile_k=tile_k, split_k=split_k))
-    return [c for c in cfgs if c.check(m, n, k) is None]
-
-
-def mid_m_candidates(m, n, k):
-    """Mosaic configs for ``--mid-m``: two warpgroups, the stages that fit, K unsplit or split for >= 128 CTAs."""
+    """Mosaic configs to time: the shipped split and stages (``hopper.mosaic_config``'s rules), scales either way."""
     stages = hopper_mosaic.stages_for_rows(m, 2, 128)
-    splits = sorted({1, hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=128)})
-    cfgs = [hopper_mosaic.MosaicConfig(stages=stages, split_k=split) for split in splits]
+    split_k = hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=hopper.MOSAIC_MIN_CTAS)
+    cfgs = [hopper_mosaic.MosaicConfig(stages=stages, split_k=split_k, scales=s) for s in SCALES]
     return [c for c in cfgs if c.check(m, n, k) is None]
 
 
-def edge_case_check() -> dict:
+def edge_case_check(scales: str) -> dict:
     """Scale bytes 0, 1, 254 and 255 (NaN) in the weight; the result must match emulation elementwise."""
     n, k, m = 128, 1024, 8
     kw, kx = jax.random.split(jax.random.key(7))
@@ -89,11 +82,13 @@ def edge_case_check() -> dict:
     q = MXArray(w, jnp.asarray(s))
     xd = hopper.decode_operand(x)
     ref = np.asarray(emulation.matmul(quantize(x), q, jnp.float32))
-    out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig()))
-    one_row = np.asarray(hopper_mosaic.matmul_2d(xd[:1], q, jnp.float32, hopper_mosaic.MosaicConfig(split_k=2)))
+    out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig(scales=scales)))
+    split = hopper_mosaic.MosaicConfig(split_k=2, scales=scales)
+    one_row = np.asarray(hopper_mosaic.matmul_2d(xd[:1], q, jnp.float32, split))
     finite = np.isfinite(ref)
     ok = finite[:1]
     result = dict(
+        scales=scales,
         nan_positions_match=bool(np.array_equal(np.isnan(out), np.isnan(ref))),
         inf_positions_match=bool(np.array_equal(np.isposinf(out), np.isposinf(ref)))
         and bool(np.array_equal(np.isneginf(out), np.isneginf(ref))),
@@ -117,11 +112,13 @@ def main() -> None:
     env = environment()
     print(env, flush=True)
     rows = []
-    try:
-        edge = edge_case_check()
-    except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
-        edge = {"error": failure(e)}
-        print(f"edge cases FAILED: {edge}", flush=True)
+    edge = []
+    for scales in SCALES:
+        try:
+            edge.append(edge_case_check(scales))
+        except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
+            edge.append({"scales": scales, "error": failure(e)})
+            print(f"edge cases FAILED: {edge[-1]}", flush=True)
     if args.edge_only:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
         routed = []
         for m in ROWS:
@@ -158,7 +155,7 @@ def main() -> None:
                 cands = {"hopper (routed)": lambda x, q: hopper.matmul(x, q, jnp.bfloat16)}
             else:
                 cands = {"triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16)}
-            for cfg in mid_m_candidates(m, n, k) if mid_m else candidates(m, n, k):
+            for cfg in candidates(m, n, k):
                 cands[f"mosaic {cfg}"] = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
                     hopper.decode_operand(x), q, jnp.bfloat16, cfg
                 )

@@ -46,12 +46,19 @@ _ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """``num_wgs`` compute warpgroups of 64 weight rows each; ``tile_k`` of K per pipeline step;
-    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA."""
+    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA.
+
+    ``scales``: when the next step's scale bytes, loaded one step ahead, become float32
+    factors: ``"factors"`` right after the load (the step waits for it), ``"bytes"`` in the
+    step that uses them (the load has a step to land). Same result; ``"bytes"`` awaits its
+    GPU timing (benchmarks/mosaic_sweep.py, mosaic_profile.py).
+    """
 
     num_wgs: int = 2
     tile_k: int = 128
     stages: int = 4
     split_k: int = 1
+    scales: str = "factors"
 
     def stage_bytes(self, m: int) -> int:
         """Shared memory of one pipeline stage: the fp8 weight tile and ``m`` (padded) bf16 activation rows."""
@@ -73,6 +80,8 @@ class MosaicConfig:
             return f"tile_k={self.tile_k} must be a multiple of 128 (the weight's swizzle width)"
         if k % (self.tile_k * self.split_k):
             return f"K={k} is not a multiple of tile_k*split_k={self.tile_k * self.split_k}"
+        if self.scales not in ("factors", "bytes"):
+            return f"scales={self.scales!r}: expected 'factors' or 'bytes'"
         return None
 
 
@@ -98,17 +107,19 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
     my_rows = pl.ds(i_n * cta_rows + wg * ROWS, ROWS)
     steps, blocks = k_split // cfg.tile_k, cfg.tile_k // BLOCK
 
-    def load_factors(t):
-        """Step ``t``'s E8M0 factors, one ``[64]`` row vector per 32-block, read from the untransposed scales."""
+    def load_scales(t):
+        """Step ``t``'s scales, one ``[64]`` row vector per 32-block from the untransposed ``[N, K/32]`` bytes:
+        float32 factors, or the bytes themselves for ``scales="bytes"``."""
         first = i_s * (k_split // BLOCK) + t * blocks
-        return tuple(
-            numerics.scale_to_factor(plgpu.load(s_gmem.at[my_rows, first + j], (), layout=_ROW_LAYOUT, optimized=False))
-            for j in range(blocks)
+        loaded = tuple(
+            plgpu.load(s_gmem.at[my_rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks)
         )
+        return loaded if cfg.scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
 
     def step(idx, w_smem, x_smem, carry):
-        acc_ref, factors = carry
-        upcoming = load_factors(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
+        acc_ref, scales = carry
+        upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
+        factors = tuple(map(numerics.scale_to_factor, scales)) if cfg.scales == "bytes" else scales
         tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
         for j in range(blocks):
             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
@@ -119,7 +130,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
     def compute_context(run_pipeline):
         @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((ROWS, m), jnp.float32))
         def _(acc_ref):
-            run_pipeline((acc_ref, load_factors(0)))
+            run_pipeline((acc_ref, load_scales(0)))
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
             plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out  # out [M, N]: no transpose after
 
