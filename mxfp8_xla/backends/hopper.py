@@ -8,8 +8,8 @@ activation arrives quantized by a one-pass Pallas kernel. (The kernel also keeps
 the original per-32-block variant, ``tile_dequant=False``, and in-kernel activation
 quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) Where it measured
 faster (``mosaic_config``: 17 to 256 rows, and up to 16 rows at K >= 8192), a
-warp-specialized Mosaic GPU kernel (``hopper_mosaic``) replaces it. For more rows
-(compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
+warp-specialized Mosaic GPU kernel (``hopper_mosaic``) replaces it. For more rows than
+these serve (compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
 cuBLAS multiplies them. Either way the result is the emulation backend's function
 up to float32 summation order.
 """
