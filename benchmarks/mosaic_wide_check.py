@@ -5,7 +5,10 @@ even its first variant. This script separates the stages, each printed as it fin
 and compile (timed), one run at a small shape (checked against a float32 reference), then one
 run and a loop timing at (14336, 4096), for ``wgs`` 4 and 2 (shipped), ``consumer="full"``; or
 for the one variant given as ``consumer wgs memory_registers`` arguments (e.g. ``none 4 40``).
-Run it under ``timeout`` with ``MOSAIC_GPU_DUMP_PTXAS=1`` to see registers and spills:
+Its recorded runs (results/mosaic_wide_check*_h200.log) hung with 4 compute warpgroups at every
+producer register count; mosaic_registers.py explains why (jax's register split asks more than a
+5-warpgroup CTA is launched with), and ``mosaic_stream_probe.py --wide`` now runs these kernels
+with a launch-aware split. Run it under ``timeout`` with ``MOSAIC_GPU_DUMP_PTXAS=1`` to see registers and spills:
 ``PYTHONPATH=. timeout 200 python3 benchmarks/mosaic_wide_check.py [consumer wgs memory_registers]``.
 """
 
