@@ -42,10 +42,15 @@ from mosaic_decode_probe import operands  # noqa: E402
 from mosaic_registers import launch_aware_registers  # noqa: E402
 from timing import copy_bandwidth, environment, failure, loop_time, rotation_copies, write_json  # noqa: E402
 
-from mxfp8_xla import numerics  # noqa: E402
-from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, decode_with_factor, split_for_ctas  # noqa: E402
+from mxfp8_xla.backends.hopper_mosaic import (  # noqa: E402
+    BLOCK,
+    ROWS,
+    as_factors,
+    decode_with_factor,
+    load_row_scales,
+    split_for_ctas,
+)
 
-ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)
 PROFILE_RANGES = 320  # profiled ranges per warpgroup: 5 per step, <= 32 steps per CTA at the probe shapes, with room
 
 
@@ -104,12 +109,8 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
         blocks = v.tile_k // BLOCK
 
         def load_scales(t):
-            """Step ``t``'s scale bytes, one ``[64]`` row vector per 32-block; factors already, unless ``bytes``."""
-            kb = (i_s * per + t) * blocks
-            loaded = tuple(
-                plgpu.load(s_gmem.at[my_rows, kb + j], (), layout=ROW_LAYOUT, optimized=False) for j in range(blocks)
-            )
-            return loaded if v.scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
+            """Step ``t``'s scales for this warpgroup's rows (``hopper_mosaic.load_row_scales``)."""
+            return load_row_scales(s_gmem, my_rows, (i_s * per + t) * blocks, blocks, v.scales)
 
         def w_map(t):
             return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
@@ -130,7 +131,7 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                     with jax.named_scope("tile"):
                         tile = w_smem[pl.ds(wg * ROWS, ROWS)]
                     with jax.named_scope("decode_mma"):
-                        factors = tuple(map(numerics.scale_to_factor, scales)) if v.scales == "bytes" else scales
+                        factors = as_factors(scales, v.scales)
                         for j in range(blocks):
                             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
                             if x_res is None:

@@ -100,6 +100,20 @@ def decode_with_factor(q: jax.Array, factor: jax.Array) -> jax.Array:
     return (q.astype(jnp.float32) * lax.broadcast_in_dim(factor, q.shape, [0])).astype(jnp.bfloat16)
 
 
+def load_row_scales(s_gmem, rows: pl.Slice, first, blocks: int, scales: str) -> tuple:
+    """Scale columns ``first .. first + blocks - 1`` of ``rows`` of the untransposed ``[N, K/32]`` bytes,
+    one ``[64]`` row vector each: float32 factors, or the bytes themselves for ``scales="bytes"``."""
+    loaded = tuple(
+        plgpu.load(s_gmem.at[rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks)
+    )
+    return loaded if scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
+
+
+def as_factors(loaded: tuple, scales: str) -> tuple:
+    """What :func:`load_row_scales` returned, as float32 factors."""
+    return tuple(map(numerics.scale_to_factor, loaded)) if scales == "bytes" else loaded
+
+
 def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
     i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
     cta_rows = ROWS * cfg.num_wgs
@@ -108,18 +122,13 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
     steps, blocks = k_split // cfg.tile_k, cfg.tile_k // BLOCK
 
     def load_scales(t):
-        """Step ``t``'s scales, one ``[64]`` row vector per 32-block from the untransposed ``[N, K/32]`` bytes:
-        float32 factors, or the bytes themselves for ``scales="bytes"``."""
-        first = i_s * (k_split // BLOCK) + t * blocks
-        loaded = tuple(
-            plgpu.load(s_gmem.at[my_rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks)
-        )
-        return loaded if cfg.scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
+        """Step ``t``'s scales for this warpgroup's rows (:func:`load_row_scales`)."""
+        return load_row_scales(s_gmem, my_rows, i_s * (k_split // BLOCK) + t * blocks, blocks, cfg.scales)
 
     def step(idx, w_smem, x_smem, carry):
         acc_ref, scales = carry
         upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
-        factors = tuple(map(numerics.scale_to_factor, scales)) if cfg.scales == "bytes" else scales
+        factors = as_factors(scales, cfg.scales)
         tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
         for j in range(blocks):
             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
