@@ -253,11 +253,11 @@ RESIDENT = [
 
 # Fourth set (``--wide``): 4 compute warpgroups per CTA (256 weight rows) instead of 2, i.e.
 # twice the step chains in flight per SM, with launch-aware compute registers (with jax's own
-# count they hang: mosaic_registers.py), then the shipped 2-warpgroup step to compare.
+# count they hang: mosaic_registers.py), scales either way, then the 2-warpgroup step to compare.
 WIDE = [
-    Stream(stages=4, consumer=consumer, min_ctas=100, wgs=4, compute_registers="launch")
-    for consumer in ("none", "full", "resident")
-] + [Stream(consumer="full")]
+    Stream(stages=4, consumer=consumer, min_ctas=100, wgs=4, scales=scales, compute_registers="launch")
+    for consumer, scales in (("none", "factors"), ("full", "factors"), ("full", "bytes"), ("resident", "bytes"))
+] + [Stream(consumer="full", scales=scales) for scales in ("factors", "bytes")]
 
 
 def main() -> None:
