@@ -13,11 +13,12 @@ streams the fp8 weight and the activation and nothing else) and with the shipped
   copy of the weight stored box after box, so each box is one contiguous run of bytes.
 
 Also timed: the copy bandwidth and an XLA reduction that reads the fp8 weight once.
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep | --resident | --wide]``;
-JSON to $OUT/mosaic_stream_probe[_sweep|_resident|_wide].json. ``--sweep`` times the second set (bytes in
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--sweep|--resident|--wide|--decode]``;
+JSON to $OUT/mosaic_stream_probe[_sweep|_resident|_wide|_decode].json. ``--sweep`` times the second set (bytes in
 flight per CTA, layout and K split, both consumers), ``--resident`` the third (the activation
 resident in shared memory, ``consumer="resident"``), ``--wide`` the fourth (4 compute
-warpgroups per CTA, launch-aware registers), each at the two M <= 16 target shapes.
+warpgroups per CTA, launch-aware registers), ``--decode`` the fifth (the fp8 decode through float32
+or direct to bf16, checked bit for bit first), each at the two M <= 16 target shapes.
 Timed with ``timing.loop_time``; the recorded H200 runs of the first two sets
 (results/mosaic_stream_probe*_h200.*) used the queued timer, ``timing.device_time``.
 """
@@ -34,6 +35,7 @@ import jax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from jax import lax
 
@@ -45,11 +47,11 @@ from timing import copy_bandwidth, environment, failure, loop_time, rotation_cop
 from mxfp8_xla.backends.hopper_mosaic import (  # noqa: E402
     BLOCK,
     ROWS,
-    as_factors,
     decode_with_factor,
     load_row_scales,
     split_for_ctas,
 )
+from mxfp8_xla.numerics import scale_to_factor  # noqa: E402
 
 PROFILE_RANGES = 320  # profiled ranges per warpgroup: 5 per step, <= 32 steps per CTA at the probe shapes, with room
 
@@ -65,9 +67,13 @@ class Stream:
     wgs: int = 2  # compute warpgroups of 64 weight rows each (the shipped kernel has 2)
     memory_registers: int = 40  # registers per thread kept by the producer warpgroup
     auto_barriers: bool = True  # False: CompilerParams(unsafe_no_auto_barriers=True)
-    # factors: the next step's scale bytes loaded and turned into float32 factors at once (shipped);
-    # bytes: the bytes loaded a step ahead and turned into factors by the step that uses them
-    scales: str = "factors"
+    # bytes: the next step's scale bytes loaded a step ahead and turned into float32 factors by the step that
+    # uses them (shipped since 2026-11-30); factors: turned into factors at once (shipped before; 5-16% slower)
+    scales: str = "bytes"
+    # f32: each fp8 element to float32, times its row's factor, to bf16 (shipped: hopper_mosaic.decode_with_factor);
+    # bf16: fp8 to bf16 directly (cvt.rn.bf16x2.e4m3x2, PTX ISA >= 9.2), times the factor as bf16: the exact
+    # product rounded once, the same bf16 as f32's for every input
+    decode: str = "f32"
     # jax: the pipeline's own compute-register count; launch: mosaic_registers.within_launch (4 warpgroups hang
     # with jax's: they ask more registers than the CTA was launched with)
     compute_registers: str = "jax"
@@ -109,8 +115,16 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
         blocks = v.tile_k // BLOCK
 
         def load_scales(t):
-            """Step ``t``'s scales for this warpgroup's rows (``hopper_mosaic.load_row_scales``)."""
-            return load_row_scales(s_gmem, my_rows, (i_s * per + t) * blocks, blocks, v.scales)
+            """Step ``t``'s scale bytes for this warpgroup's rows (``hopper_mosaic.load_row_scales``), or
+            their float32 factors for ``scales="factors"``."""
+            loaded = load_row_scales(s_gmem, my_rows, (i_s * per + t) * blocks, blocks)
+            return tuple(map(scale_to_factor, loaded)) if v.scales == "factors" else loaded
+
+        def decode(q, factor):
+            """A ``[64, 32]`` fp8 block times its rows' float32 factors, as exact bf16 (``v.decode``)."""
+            if v.decode == "f32":
+                return decode_with_factor(q, factor)
+            return q.astype(jnp.bfloat16) * lax.broadcast_in_dim(factor.astype(jnp.bfloat16), q.shape, [0])
 
         def w_map(t):
             return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
@@ -131,9 +145,9 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                     with jax.named_scope("tile"):
                         tile = w_smem[pl.ds(wg * ROWS, ROWS)]
                     with jax.named_scope("decode_mma"):
-                        factors = as_factors(scales, v.scales)
+                        factors = scales if v.scales == "factors" else tuple(map(scale_to_factor, scales))
                         for j in range(blocks):
-                            w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
+                            w_block = decode(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
                             if x_res is None:
                                 x_block = x_smem[0].at[:, pl.ds(j * BLOCK, BLOCK)]
                             else:
@@ -259,6 +273,46 @@ WIDE = [
     for consumer, scales in (("none", "factors"), ("full", "factors"), ("full", "bytes"), ("resident", "bytes"))
 ] + [Stream(consumer="full", scales=scales) for scales in ("factors", "bytes")]
 
+# Fifth set (``--decode``): the fp8 -> bf16 decode as shipped (through float32) or direct (``decode="bf16"``),
+# with 2 compute warpgroups and with 4 (launch-aware registers). Each variant first decodes a weight holding
+# every finite E4M3 code at scale bytes from 0 (bf16 subnormals) to 246 (near bf16's top), picked out exactly
+# by one-hot activation rows, and is compared bit for bit with NumPy (:func:`decode_check`).
+DECODE = [
+    Stream(consumer="full", wgs=wgs, decode=decode, compute_registers="launch" if wgs == 4 else "jax")
+    for wgs in (2, 4)
+    for decode in ("f32", "bf16")
+]
+EDGE_BYTES = np.array([0, 1, 2, 3, 9, 10, 100, 127, 150, 200, 246], np.uint8)
+
+
+def decode_check(v: Stream, num_sms: int) -> dict:
+    """Decoded weight elements, read out through the kernel, against NumPy's exact bf16 (see :data:`DECODE`).
+
+    Activation row ``i`` is one-hot at column ``c_i`` (16 columns in 16 different blocks), so output
+    ``[i, n]`` is the decoded ``w[n, c_i]`` times 1, summed with exact zeros.
+    """
+    n, k, m = 256 * v.wgs, 1024, 16
+    codes = np.arange(256, dtype=np.uint8)
+    finite = codes[~np.isnan(codes.view(ml_dtypes.float8_e4m3fn).astype(np.float32))]
+    w = finite[(np.arange(n)[:, None] * 7 + np.arange(k)[None, :]) % len(finite)]
+    s = EDGE_BYTES[(np.arange(n)[:, None] + np.arange(k // BLOCK)[None, :]) % len(EDGE_BYTES)]
+    cols = np.arange(m) * 64 + np.arange(m) % BLOCK
+    x = np.zeros((m, k), np.float32)
+    x[np.arange(m), cols] = 1
+    values = w[:, cols].view(ml_dtypes.float8_e4m3fn).astype(np.float64)  # [n, m]
+    want = (values * 2.0 ** (s[:, cols // BLOCK].astype(np.float64) - 127)).astype(ml_dtypes.bfloat16).T
+    out = run(
+        jnp.asarray(w.view(ml_dtypes.float8_e4m3fn)),
+        jnp.asarray(s),
+        jnp.asarray(x, jnp.bfloat16),
+        v=v,
+        num_sms=num_sms,
+    ).sum(0)
+    got = np.asarray(out)
+    wrong = got != want.astype(np.float32)
+    first = [float(got[wrong][0]), float(want.astype(np.float32)[wrong][0])] if wrong.any() else []
+    return dict(elements=int(wrong.size), mismatches=int(wrong.sum()), first_got_want=first)
+
 
 def main() -> None:
     env = environment()
@@ -266,8 +320,15 @@ def main() -> None:
     copy = copy_bandwidth()
     env.update(num_sms=num_sms, copy_tb_s=copy / 1e12)
     print(env, flush=True)
-    mode = next((a[2:] for a in sys.argv[1:] if a in ("--sweep", "--resident", "--wide")), None)
-    variants = {"sweep": SWEEP, "resident": RESIDENT, "wide": WIDE, None: FIRST}[mode]
+    mode = next((a[2:] for a in sys.argv[1:] if a in ("--sweep", "--resident", "--wide", "--decode")), None)
+    variants = {"sweep": SWEEP, "resident": RESIDENT, "wide": WIDE, "decode": DECODE, None: FIRST}[mode]
+    checks = []
+    for v in variants if mode == "decode" else ():
+        try:
+            checks.append(dict(dataclasses.asdict(v), **decode_check(v, num_sms)))
+        except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+            checks.append(dict(dataclasses.asdict(v), error=failure(e)))
+        print(f"decode check: {checks[-1]}", flush=True)
     shapes = ((14336, 4096), (4096, 14336)) if mode else ((14336, 4096), (4096, 14336), (28672, 4096), (4096, 4096))
     rows = []
     for n, k in shapes:
@@ -312,7 +373,7 @@ def main() -> None:
             rows.append(dict(label, us=t * 1e6, weight_tb_s=nbytes / t / 1e12, speedup=t_bf16 / t, rel_err=err))
             del vsets
         name = f"mosaic_stream_probe_{mode}.json" if mode else "mosaic_stream_probe.json"
-        write_json(name, dict(environment=env, rows=rows))
+        write_json(name, dict(environment=env, decode_checks=checks, rows=rows))
 
 
 if __name__ == "__main__":

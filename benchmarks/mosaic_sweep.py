@@ -5,22 +5,19 @@ For the Llama-3-8B layer shapes and a few activation row counts, times (device t
 3x the L2, so no weight is read from L2) from a raw bf16 activation to the bf16
 output: ``jnp.dot`` with a bf16 weight (the baseline), the Triton path, and the
 Mosaic GPU kernel (``hopper_mosaic.matmul_2d`` after the one-pass activation
-quantize+decode) with the shipped split and stages, its scale factors built at load
-(``scales="factors"``, shipped) or at use (``"bytes"``). Every candidate is checked
-against the emulation backend on the same operands; an edge-case weight (scale bytes
-0, 1, 254, 255) is compared elementwise for both scale modes, also for one activation row
+quantize+decode) with the split and stages ``hopper.mosaic_config`` picks. Every
+candidate is checked against the emulation backend on the same operands; an edge-case
+weight (scale bytes 0, 1, 254, 255) is compared elementwise, also for one activation row
 with K split.
 
-``--mid-m``: 64 and 256 activation rows instead, the backend as routed against the same
-Mosaic candidates. In its recorded run (results/mosaic_sweep_mid_m_h200.*, loop timer, which
-also timed K unsplit or split for >= 128 CTAs) the routed backend was still the Triton kernel
-(64) and the cuBLAS path (256); Mosaic won 9 of 10 points, and ``auto`` now routes 17-256
-rows to it, so "routed" is now the Mosaic kernel as shipped.
-
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only | --mid-m] [--rows 32,64]``
-(``--rows`` replaces the mode's activation row counts); JSON to $OUT/mosaic_sweep[_mid_m].json.
-Recorded runs, queued timer (``timing.device_time``): results/mosaic_sweep_h100.* (the first
-kernel, scales transposed by XLA) and results/mosaic_sweep_gmem_scales_h100.* (scales read in place).
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only] [--rows 64,256]``
+(``--rows`` replaces the activation row counts 1 and 16); JSON to $OUT/mosaic_sweep.json.
+Recorded runs: results/mosaic_sweep_h100.* (the first kernel, scales transposed by XLA) and
+results/mosaic_sweep_gmem_scales_h100.* (scales read in place), queued timer
+(``timing.device_time``); results/mosaic_sweep_mid_m_h200.* (64 and 256 rows against the
+backend as then routed) and results/mosaic_sweep[_mid_m]_scales_h200.* (the kernel's scale
+bytes turned into factors at load or at use; at use won, and is now the only way), loop
+timer, by earlier versions of this script (commits 409a63f and 4715fcb).
 """
 
 from __future__ import annotations
@@ -41,8 +38,6 @@ from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
 
 SHAPES = ((14336, 4096), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096))
 ROWS = (1, 16)
-MID_ROWS = (64, 256)
-SCALES = ("factors", "bytes")  # MosaicConfig.scales
 
 
 def operands(n, k, m, copies=None):
@@ -63,15 +58,14 @@ def rel_err(out, ref):
     return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
 
 
-def candidates(m, n, k):
-    """Mosaic configs to time: the shipped split and stages (``hopper.mosaic_config``'s rules), scales either way."""
+def shipped_config(m, n, k) -> hopper_mosaic.MosaicConfig:
+    """The split and stages ``hopper.mosaic_config`` gives the Mosaic kernel, whichever kernel ``auto`` picks."""
     stages = hopper_mosaic.stages_for_rows(m, 2, 128)
     split_k = hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=hopper.MOSAIC_MIN_CTAS)
-    cfgs = [hopper_mosaic.MosaicConfig(stages=stages, split_k=split_k, scales=s) for s in SCALES]
-    return [c for c in cfgs if c.check(m, n, k) is None]
+    return hopper_mosaic.MosaicConfig(stages=stages, split_k=split_k)
 
 
-def edge_case_check(scales: str) -> dict:
+def edge_case_check() -> dict:
     """Scale bytes 0, 1, 254 and 255 (NaN) in the weight; the result must match emulation elementwise."""
     n, k, m = 128, 1024, 8
     kw, kx = jax.random.split(jax.random.key(7))
@@ -82,13 +76,12 @@ def edge_case_check(scales: str) -> dict:
     q = MXArray(w, jnp.asarray(s))
     xd = hopper.decode_operand(x)
     ref = np.asarray(emulation.matmul(quantize(x), q, jnp.float32))
-    out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32, hopper_mosaic.MosaicConfig(scales=scales)))
-    split = hopper_mosaic.MosaicConfig(split_k=2, scales=scales)
+    out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32))
+    split = hopper_mosaic.MosaicConfig(split_k=2)
     one_row = np.asarray(hopper_mosaic.matmul_2d(xd[:1], q, jnp.float32, split))
     finite = np.isfinite(ref)
     ok = finite[:1]
     result = dict(
-        scales=scales,
         nan_positions_match=bool(np.array_equal(np.isnan(out), np.isnan(ref))),
         inf_positions_match=bool(np.array_equal(np.isposinf(out), np.isposinf(ref)))
         and bool(np.array_equal(np.isneginf(out), np.isneginf(ref))),
@@ -104,21 +97,17 @@ def edge_case_check(scales: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--edge-only", action="store_true", help="edge cases and the routed kernel at (4096, 14336)")
-    mode.add_argument("--mid-m", action="store_true", help=f"{MID_ROWS} activation rows against the routed backend")
+    ap.add_argument("--edge-only", action="store_true", help="edge cases and the routed kernel at (4096, 14336)")
     ap.add_argument("--rows", type=lambda t: [int(r) for r in t.split(",")], help="activation row counts, e.g. 32,64")
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
     rows = []
-    edge = []
-    for scales in SCALES:
-        try:
-            edge.append(edge_case_check(scales))
-        except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
-            edge.append({"scales": scales, "error": failure(e)})
-            print(f"edge cases FAILED: {edge[-1]}", flush=True)
+    try:
+        edge = edge_case_check()
+    except Exception as e:  # noqa: BLE001 - reported; the sweep goes on to say which configs run
+        edge = {"error": failure(e)}
+        print(f"edge cases FAILED: {edge}", flush=True)
     if args.edge_only:  # plus the backend's own routing ("auto") at the shape where it picks Mosaic
         routed = []
         for m in ROWS:
@@ -144,21 +133,18 @@ def main() -> None:
             print(f"hopper.matmul auto: {routed[-1]}", flush=True)
         write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
         return
-    mid_m = args.mid_m
-    row_counts = args.rows or (MID_ROWS if mid_m else ROWS)
     for n, k in SHAPES:
-        for m in row_counts:
+        for m in args.rows or ROWS:
             sets = operands(n, k, m)
             t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
-            if mid_m:
-                cands = {"hopper (routed)": lambda x, q: hopper.matmul(x, q, jnp.bfloat16)}
-            else:
-                cands = {"triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16)}
-            for cfg in candidates(m, n, k):
-                cands[f"mosaic {cfg}"] = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
+            cfg = shipped_config(m, n, k)
+            cands = {
+                "triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16),
+                f"mosaic {cfg}": lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(
                     hopper.decode_operand(x), q, jnp.bfloat16, cfg
-                )
+                ),
+            }
             print(f"== N={n} K={k} M={m}: bf16 jnp.dot {t_bf16 * 1e6:.1f} us", flush=True)
             rows.append(dict(n=n, k=k, m=m, variant="bf16_jnp_dot", us=t_bf16 * 1e6))
             for name, fn in cands.items():
@@ -172,8 +158,7 @@ def main() -> None:
                     continue
                 print(f"  {name}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x bf16), rel err {err:.1e}", flush=True)
                 rows.append(dict(n=n, k=k, m=m, variant=name, us=t * 1e6, speedup=t_bf16 / t, rel_err=err))
-            out_name = "mosaic_sweep_mid_m.json" if mid_m else "mosaic_sweep.json"
-            write_json(out_name, dict(environment=env, edge_cases=edge, rows=rows))
+            write_json("mosaic_sweep.json", dict(environment=env, edge_cases=edge, rows=rows))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,6 @@ def test_decode_block_scale_byte_255_is_nan():
         (hopper_mosaic.MosaicConfig(), (16, 4160, 4096), "N=4160 is not a multiple of 128"),
         (hopper_mosaic.MosaicConfig(split_k=4), (16, 4096, 1280), "K=1280 is not a multiple of tile_k*split_k=512"),
         (hopper_mosaic.MosaicConfig(tile_k=192), (16, 4096, 4608), "tile_k=192 must be a multiple of 128"),
-        (hopper_mosaic.MosaicConfig(scales="late"), (16, 4096, 4096), "scales='late': expected 'factors' or 'bytes'"),
     ],
 )
 def test_config_check_names_what_does_not_fit(cfg, shape, message):
@@ -140,11 +139,10 @@ def test_environment_variable_forces_either_kernel(monkeypatch):
         hopper.mosaic_config(16, 4096, 14336)
 
 
-@pytest.mark.parametrize("scales", ["factors", "bytes"])
 @pytest.mark.parametrize("m", [1, 16, 100, 256])
-def test_kernel_lowers_for_an_sm90_gpu(m, scales):
+def test_kernel_lowers_for_an_sm90_gpu(m):
     n, k = 256, 1024
-    cfg = hopper_mosaic.MosaicConfig(split_k=2, stages=hopper_mosaic.stages_for_rows(m, 2, 128), scales=scales)
+    cfg = hopper_mosaic.MosaicConfig(split_k=2, stages=hopper_mosaic.stages_for_rows(m, 2, 128))
 
     def run(x, data, scale):
         return hopper_mosaic.matmul_2d(x, MXArray(data, scale), jnp.bfloat16, cfg)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -52,9 +54,14 @@ def test_summarize_refuses_crossed_scopes():
         mosaic_profile.summarize({"traceEvents": events})
 
 
-@pytest.mark.parametrize("variant", mosaic_profile.PROFILED + mosaic_profile.TIMED + mosaic_stream_probe.WIDE, ids=repr)
+# decode="bf16" lowers only where ptxas speaks PTX ISA >= 9.2 (cvt.rn.bf16x2.e4m3x2); this machine's does not
+PROBE_VARIANTS = mosaic_profile.PROFILED + mosaic_profile.TIMED + mosaic_stream_probe.WIDE
+PROBE_VARIANTS += [v for v in mosaic_stream_probe.DECODE if v.decode == "f32"]
+
+
+@pytest.mark.parametrize("variant", PROBE_VARIANTS, ids=repr)
 def test_probe_variants_lower_for_an_sm90_gpu(variant):
-    """Every variant the profile script and ``mosaic_stream_probe.py --wide`` run lowers on CPU (the GPU runs them).
+    """Every variant the profile script and ``mosaic_stream_probe.py --wide/--decode`` run lowers on CPU.
 
     Without the profiler: its trace is written by a host callback that lowers only for a GPU backend.
     """
@@ -66,3 +73,22 @@ def test_probe_variants_lower_for_an_sm90_gpu(variant):
     )
     fn = jax.jit(lambda w, s, x: mosaic_stream_probe.run(w, s, x, variant, num_sms=132, profile_dir=None))
     assert "mosaic_gpu" in fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_decode_check_reads_each_decoded_element_through_one_hot_rows(monkeypatch):
+    """The probe's bit-for-bit decode check passes a kernel computing the exact product, and catches one flip."""
+
+    def exact_run(w, s, x, v, num_sms):
+        codes = np.asarray(w).astype(np.float64)
+        factors = np.repeat(2.0 ** (np.asarray(s).astype(np.float64) - 127), 32, axis=1)
+        w_bf16 = (codes * factors).astype(ml_dtypes.bfloat16).astype(np.float64)
+        out = np.asarray(x).astype(np.float64) @ w_bf16.T
+        return jnp.asarray(out[None].astype(np.float32)) if not flip else jnp.asarray(out[None] * (1 + 2**-8))
+
+    variant = mosaic_stream_probe.DECODE[0]
+    monkeypatch.setattr(mosaic_stream_probe, "run", exact_run)
+    flip = False
+    result = mosaic_stream_probe.decode_check(variant, num_sms=132)
+    assert result["mismatches"] == 0 and result["elements"] == 16 * 512
+    flip = True
+    assert mosaic_stream_probe.decode_check(variant, num_sms=132)["mismatches"] > 0

@@ -10,11 +10,14 @@ so the result is the emulation backend's function up to float32 summation order.
 
 Nothing runs around the kernel but the activation pass: each compute warpgroup reads
 its rows' scale bytes straight from the untransposed ``[N, K/32]`` array in global
-memory (one step ahead, carried through the pipeline; through TMA and shared memory the
-per-step ``tile_k / 32`` bytes per row are below TMA's 16-byte minimum, and reading one
-column of a shared-memory scale tile did not compile with jax 0.11.2), and writes the
-output ``[M, N]`` in the output dtype from registers (float32 partial sums per K split,
-added by XLA, when ``split_k > 1``).
+memory (through TMA and shared memory the per-step ``tile_k / 32`` bytes per row are
+below TMA's 16-byte minimum, and reading one column of a shared-memory scale tile did not
+compile with jax 0.11.2). It loads them one step ahead and carries the bytes through the
+pipeline; the step that uses them turns them into float32 factors, so the load has a
+whole step to land (turning them into factors at once made every step wait for it:
+5-16% slower on an H200, docs/benchmarks.md). It writes the output ``[M, N]`` in the
+output dtype from registers (float32 partial sums per K split, added by XLA, when
+``split_k > 1``).
 
 Requires jax's Mosaic GPU backend on an SM90 GPU. Measured against the Triton kernel by
 benchmarks/mosaic_sweep.py; docs/backends.md says where each one runs.
@@ -46,19 +49,12 @@ _ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """``num_wgs`` compute warpgroups of 64 weight rows each; ``tile_k`` of K per pipeline step;
-    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA.
-
-    ``scales``: when the next step's scale bytes, loaded one step ahead, become float32
-    factors: ``"factors"`` right after the load (the step waits for it), ``"bytes"`` in the
-    step that uses them (the load has a step to land). Same result; ``"bytes"`` awaits its
-    GPU timing (benchmarks/mosaic_sweep.py, mosaic_profile.py).
-    """
+    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA."""
 
     num_wgs: int = 2
     tile_k: int = 128
     stages: int = 4
     split_k: int = 1
-    scales: str = "factors"
 
     def stage_bytes(self, m: int) -> int:
         """Shared memory of one pipeline stage: the fp8 weight tile and ``m`` (padded) bf16 activation rows."""
@@ -80,8 +76,6 @@ class MosaicConfig:
             return f"tile_k={self.tile_k} must be a multiple of 128 (the weight's swizzle width)"
         if k % (self.tile_k * self.split_k):
             return f"K={k} is not a multiple of tile_k*split_k={self.tile_k * self.split_k}"
-        if self.scales not in ("factors", "bytes"):
-            return f"scales={self.scales!r}: expected 'factors' or 'bytes'"
         return None
 
 
@@ -100,18 +94,10 @@ def decode_with_factor(q: jax.Array, factor: jax.Array) -> jax.Array:
     return (q.astype(jnp.float32) * lax.broadcast_in_dim(factor, q.shape, [0])).astype(jnp.bfloat16)
 
 
-def load_row_scales(s_gmem, rows: pl.Slice, first, blocks: int, scales: str) -> tuple:
+def load_row_scales(s_gmem, rows: pl.Slice, first, blocks: int) -> tuple:
     """Scale columns ``first .. first + blocks - 1`` of ``rows`` of the untransposed ``[N, K/32]`` bytes,
-    one ``[64]`` row vector each: float32 factors, or the bytes themselves for ``scales="bytes"``."""
-    loaded = tuple(
-        plgpu.load(s_gmem.at[rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks)
-    )
-    return loaded if scales == "bytes" else tuple(map(numerics.scale_to_factor, loaded))
-
-
-def as_factors(loaded: tuple, scales: str) -> tuple:
-    """What :func:`load_row_scales` returned, as float32 factors."""
-    return tuple(map(numerics.scale_to_factor, loaded)) if scales == "bytes" else loaded
+    one uint8 ``[64]`` row vector each."""
+    return tuple(plgpu.load(s_gmem.at[rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks))
 
 
 def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
@@ -123,12 +109,12 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
 
     def load_scales(t):
         """Step ``t``'s scales for this warpgroup's rows (:func:`load_row_scales`)."""
-        return load_row_scales(s_gmem, my_rows, i_s * (k_split // BLOCK) + t * blocks, blocks, cfg.scales)
+        return load_row_scales(s_gmem, my_rows, i_s * (k_split // BLOCK) + t * blocks, blocks)
 
     def step(idx, w_smem, x_smem, carry):
-        acc_ref, scales = carry
+        acc_ref, scale_bytes = carry
         upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
-        factors = as_factors(scales, cfg.scales)
+        factors = tuple(map(numerics.scale_to_factor, scale_bytes))
         tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
         for j in range(blocks):
             w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
