@@ -48,8 +48,9 @@ from mosaic_stream_probe import Stream, reference, run  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, rotation_copies, write_json  # noqa: E402
 
 SCOPES = ("step", "scales", "tile", "decode_mma", "mma_wait")
-PROFILED = [Stream(consumer="full", scales="factors"), Stream(consumer="full"), Stream(consumer="full", stages=8)]
-TIMED = [Stream(consumer="full", scales="factors"), Stream(consumer="full"), Stream(consumer="full", auto_barriers=False)]
+AT_LOAD = Stream(consumer="full", scales="factors")  # the step shipped until 2026-11-30
+PROFILED = [AT_LOAD, Stream(consumer="full"), Stream(consumer="full", stages=8)]
+TIMED = [AT_LOAD, Stream(consumer="full"), Stream(consumer="full", auto_barriers=False)]
 
 
 def summarize(trace: dict) -> dict:

@@ -68,7 +68,7 @@ class Stream:
     memory_registers: int = 40  # registers per thread kept by the producer warpgroup
     auto_barriers: bool = True  # False: CompilerParams(unsafe_no_auto_barriers=True)
     # bytes: the next step's scale bytes loaded a step ahead and turned into float32 factors by the step that
-    # uses them (shipped since 2026-11-30); factors: turned into factors at once (shipped before; 5-16% slower)
+    # uses them (shipped since 2026-11-30); factors: turned into factors at once (shipped before; 4-19% slower)
     scales: str = "bytes"
     # f32: each fp8 element to float32, times its row's factor, to bf16 (shipped: hopper_mosaic.decode_with_factor);
     # bf16: fp8 to bf16 directly (cvt.rn.bf16x2.e4m3x2, PTX ISA >= 9.2), times the factor as bf16: the exact

@@ -11,7 +11,8 @@ The first run (H200, 2026-11-30, results/mosaic_wgs_repro_h200.log) finished wit
 compute warpgroups and hung with 4. ``mosaic_registers`` explains that by the register
 hand-over; each case prints what that explanation predicts, including two cases not run
 before: 2 warpgroups with the producer keeping 96 registers (predicted to hang) and 4 with
-launch-aware compute registers (predicted to finish).
+launch-aware compute registers (predicted to finish). The second run
+(results/mosaic_wgs_repro_predicted_h200.log) came out as predicted in all seven cases.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_wgs_repro.py``; prints one line per
 case (Warpgroup lowering semantics, as the backend's kernel): ``ok`` with the result checked
