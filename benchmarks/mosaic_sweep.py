@@ -5,7 +5,7 @@ For the Llama-3-8B layer shapes and a few activation row counts, times (device t
 3x the L2, so no weight is read from L2) from a raw bf16 activation to the bf16
 output: ``jnp.dot`` with a bf16 weight (the baseline), the Triton path, and the
 Mosaic GPU kernel (``hopper_mosaic.matmul_2d`` after the one-pass activation
-quantize+decode) with the split and stages ``hopper.mosaic_config`` picks. Every
+quantize+decode) with the split and stages ``hopper.mosaic_kernel_config`` picks. Every
 candidate is checked against the emulation backend on the same operands; an edge-case
 weight (scale bytes 0, 1, 254, 255) is compared elementwise, also for one activation row
 with K split.
@@ -56,13 +56,6 @@ def operands(n, k, m, copies=None):
 def rel_err(out, ref):
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
-
-
-def shipped_config(m, n, k) -> hopper_mosaic.MosaicConfig:
-    """The split and stages ``hopper.mosaic_config`` gives the Mosaic kernel, whichever kernel ``auto`` picks."""
-    stages = hopper_mosaic.stages_for_rows(m, 2, 128)
-    split_k = hopper_mosaic.split_for_ctas(n, k, 2, 128, min_ctas=hopper.MOSAIC_MIN_CTAS)
-    return hopper_mosaic.MosaicConfig(stages=stages, split_k=split_k)
 
 
 def edge_case_check() -> dict:
@@ -138,7 +131,7 @@ def main() -> None:
             sets = operands(n, k, m)
             t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             ref = emulation.matmul(quantize(sets[0][0]), sets[0][1], jnp.float32)
-            cfg = shipped_config(m, n, k)
+            cfg = hopper.mosaic_kernel_config(m, n, k)
             cands = {
                 "triton": lambda x, q: hopper.matmul_2d(hopper.quantize_activations(x), q, jnp.bfloat16),
                 f"mosaic {cfg}": lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(

@@ -98,6 +98,13 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
     assert hopper.mosaic_config(64, 4160, 4096) is None  # N not a multiple of 128: the Triton kernel
 
 
+def test_kernel_config_is_the_routed_one_also_where_another_kernel_runs(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert hopper.mosaic_config(16, 6144, 4096) is None  # auto: the Triton kernel
+    assert hopper.mosaic_kernel_config(16, 6144, 4096) == hopper_mosaic.MosaicConfig(split_k=4)  # 48 CTAs x 4
+    assert hopper.mosaic_kernel_config(64, 6144, 4096) == hopper.mosaic_config(64, 6144, 4096)
+
+
 def test_matmul_routes_each_row_count_to_its_kernel(monkeypatch):
     """Which kernel ``hopper.matmul`` traces for M rows at (N, K) = (4096, 4096) under ``auto``."""
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)

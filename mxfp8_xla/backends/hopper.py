@@ -94,9 +94,20 @@ benchmarks/mosaic_sweep.py, results/mosaic_sweep_gmem_scales_h100.log).
 MOSAIC_MIN_CTAS = 100
 """K is split until at least this many CTAs stream the weight (132 SMs on an H100/H200).
 
-The best split at every (N, K, M) of ``mosaic_sweep.py --mid-m`` on an H200
+The best split at every (N, K, M) of ``mosaic_sweep.py --mid-m`` (now ``--rows 64,256``) on an H200
 (results/mosaic_sweep_mid_m_h200.log): at (14336, 4096) 112 unsplit CTAs beat 224 split ones.
 """
+
+
+def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
+    """The Mosaic GPU kernel's split (>= :data:`MOSAIC_MIN_CTAS` CTAs) and stages (what fits) for ``[m, k] x [n, k]``,
+    whether or not :func:`mosaic_config` routes the shape to it; it may still fail ``check``."""
+    cfg = hopper_mosaic.MosaicConfig()
+    return dataclasses.replace(
+        cfg,
+        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS),
+        stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages),
+    )
 
 
 def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
@@ -109,12 +120,7 @@ def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     choice = os.environ.get(SMALL_M_KERNEL_ENV, "auto").strip().lower()
     if choice not in ("auto", "triton", "mosaic"):
         raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'triton' or 'mosaic'")
-    cfg = hopper_mosaic.MosaicConfig()
-    cfg = dataclasses.replace(
-        cfg,
-        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS),
-        stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages),
-    )
+    cfg = mosaic_kernel_config(m, n, k)
     if choice == "triton" or cfg.check(m, n, k) is not None:
         return None
     return cfg if choice == "mosaic" or m > 16 or k >= MOSAIC_MIN_K else None
