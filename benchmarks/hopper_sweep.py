@@ -1,7 +1,8 @@
 """Tile sweeps for the Hopper Pallas GEMM (M <= 64), the 64 < M <= 512 and large-M candidates, on one GPU.
 
 Prints, per shape, the device time of each kernel config next to bf16 ``jnp.dot`` and
-writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``.
+writes ``hopper_sweep.json``. Used to pick ``hopper.default_config``. ``--small``: the
+K = 4096 shapes at M = 1 and 16, end to end (``hopper_small_retune.json``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_time, environment, write_json  # noqa: E402
+from timing import device_time, environment, loop_time, rotation_copies, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import hopper, pallas_quantize  # noqa: E402
@@ -171,6 +172,60 @@ def large_m_probe():
     return rows
 
 
+SMALL_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096)]
+
+
+def small_retune():
+    """The Triton kernel's tiles at the K = 4096 shapes, end to end (the backend's activation quantizer,
+    the kernel, the split-K sum), each weight read from HBM (>= 150 MB rotated), loop timer: the whole
+    grid at M = 16, then the default and the M = 16 winner at M = 1.
+
+    ``default_config`` was picked on an H100 at the two large shapes; this asks whether other tiles
+    serve the smaller weights better on the GPU at hand.
+    """
+    rows = []
+    grid = [
+        hopper.KernelConfig(bm=16, bn=bn, bk=bk, split_k=sk, num_warps=4, num_stages=4, tile_dequant=True)
+        for bn in (32, 64, 128)
+        for bk in (128, 256)
+        for sk in (1, 2, 4, 8)
+    ]
+    for n, k in SMALL_SHAPES:
+        copies = rotation_copies(n * k, 4)
+        keys = jax.random.split(jax.random.key(n + k), copies + 1)
+        ws = [jax.random.normal(keys[i], (n, k), jnp.bfloat16) * 0.02 for i in range(copies)]
+        wq = [mx.quantize(w) for w in ws]
+        best = None
+        for m in (16, 1):
+            xs = [jax.random.normal(jax.random.fold_in(keys[-1], i), (m, k), jnp.bfloat16) for i in range(copies)]
+            dot = jax.jit(lambda x, w: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16))
+            bf16 = loop_time(dot, [*zip(xs, ws, strict=True)])
+            print(f"== M={m} N={n} K={k}: bf16 jnp.dot {bf16 * 1e6:.1f} us ({copies} sets)", flush=True)
+            ref = mx.mxfp8_matmul(xs[0], wq[0], out_dtype=jnp.float32, backend="emulation")
+            default = hopper.default_config(m, n, k)
+            others = grid if best is None else [best[1]]
+            configs = [default] + [c for c in others if c != default]
+            for cfg in configs:
+                if cfg.check(m, n, k) or (n // cfg.bn) * cfg.split_k > 1024:
+                    continue
+                label = dict(m=m, n=n, k=k, cfg=str(cfg), default=cfg == default, bf16_us=bf16 * 1e6)
+                fn = jax.jit(lambda x, w, c=cfg: hopper.matmul_2d(hopper.quantize_activations(x), w, jnp.bfloat16, c))
+                try:
+                    err = rel(fn(xs[0], wq[0]).astype(jnp.float32), ref)
+                    t = loop_time(fn, [*zip(xs, wq, strict=True)])
+                except Exception as e:  # report and go on: this is a sweep
+                    print(f"  {cfg}: FAILED {repr(e)[:300]}", flush=True)
+                    rows.append(dict(label, error=repr(e)[:400]))
+                    continue
+                tag = " (default)" if cfg == default else ""
+                print(f"  {t * 1e6:7.1f} us ({bf16 / t:.2f}x) err {err:.1e}  {cfg}{tag}", flush=True)
+                rows.append(dict(label, us=t * 1e6, rel_err=err))
+                if m == 16 and (best is None or t < best[0]):
+                    best = (t, cfg)
+            write_json("hopper_small_retune.json", {"env": environment(), "rows": rows})
+    return rows
+
+
 def mid_m_probe():
     """64 < M <= 512: the shipped decode-then-cuBLAS path against the Pallas GEMM with taller tiles, end to end."""
     rows = []
@@ -202,7 +257,10 @@ def mid_m_probe():
 
 
 if __name__ == "__main__":
-    if "--midm" in sys.argv:
+    if "--small" in sys.argv:
+        print(environment(), flush=True)
+        small_retune()
+    elif "--midm" in sys.argv:
         write_json("hopper_mid_m.json", {"env": environment(), "rows": mid_m_probe()})
     elif "--large" in sys.argv:
         write_json("hopper_large_m.json", {"rows": large_m_probe()})

@@ -51,12 +51,24 @@ def test_kernel_propagates_non_finite_blocks(rng):
     assert np.all(np.isnan(got[1])) and np.all(np.isfinite(got[[0, 2]]))
 
 
-def test_default_config_follows_the_measured_rule():
-    assert hopper.default_config(16, 14336, 4096) == hopper.KernelConfig(
-        bm=16, bn=128, bk=128, split_k=1, num_warps=4, num_stages=4, tile_dequant=True
+@pytest.mark.parametrize(
+    ("n", "k", "split_k"),
+    [(6144, 4096, 4), (4096, 4096, 4), (28672, 4096, 1), (14336, 4096, 2), (1024, 4096, 8), (1024, 256, 2)],
+)
+def test_default_config_up_to_16_rows_splits_to_256_programs(n, k, split_k):
+    # the H200 sweep's winner at the first four shapes; the split stops at 8 and where K runs out
+    for m in (1, 16):
+        assert hopper.default_config(m, n, k) == hopper.KernelConfig(
+            bm=16, bn=64, bk=128, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True
+        )
+
+
+def test_default_config_above_16_rows_keeps_the_h100_rule():
+    assert hopper.default_config(32, 14336, 4096) == hopper.KernelConfig(
+        bm=32, bn=128, bk=128, split_k=1, num_warps=4, num_stages=4, tile_dequant=True
     )
-    assert hopper.default_config(16, 4096, 14336).split_k == 2
     assert hopper.default_config(64, 4096, 14336).bm == 64
+    assert hopper.default_config(64, 4096, 14336).split_k == 2
 
 
 def test_config_check_names_the_problem():

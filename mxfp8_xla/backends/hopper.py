@@ -126,16 +126,31 @@ def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     return cfg if choice == "mosaic" or m > 16 or k >= MOSAIC_MIN_K else None
 
 
-def default_config(m: int, n: int, k: int) -> KernelConfig:
-    """The tile config measured best on an H100 for ``m <= 64`` (benchmarks/hopper_sweep.py).
+SMALL_M_MIN_PROGRAMS = 256
+"""Up to 16 rows the Triton GEMM splits K until at least this many programs stream the weight.
 
-    bn=128 while that still gives ~100 programs along N, else bn=64 and K split
-    until ~100 programs stream the weight; bk=128; whole-tile dequantization.
+On an H200 (``hopper_sweep.py --small``, results/hopper_small_retune_h200.log, end to end) bn=64
+with this split was the fastest of 24 tilings at all four K = 4096 shapes at M = 16, and beat the
+earlier ~100-program rule at M = 1 too: e.g. (6144, 4096) 19.8 against 22.0 us (M = 16) and
+17.7 against 20.7 us (M = 1); (28672, 4096) 58.0 against 62.5 us.
+"""
+
+
+def default_config(m: int, n: int, k: int) -> KernelConfig:
+    """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py); bk=128, whole-tile dequantization.
+
+    Up to 16 rows: bn=64, K split until :data:`SMALL_M_MIN_PROGRAMS` programs (measured on an H200).
+    17 to 64 rows (measured on an H100): bn=128 while that still gives ~100 programs along N,
+    else bn=64 and K split until ~100 programs.
     """
-    bm = 16 if m <= 16 else 32 if m <= 32 else 64
-    bn = 128 if n % 128 == 0 and n // 128 >= 96 else 64
+    if m <= 16:
+        bm, bn, min_programs = 16, 64, SMALL_M_MIN_PROGRAMS
+    else:
+        bm = 32 if m <= 32 else 64
+        bn = 128 if n % 128 == 0 and n // 128 >= 96 else 64
+        min_programs = 100
     split_k = 1
-    while (n // bn) * split_k < 100 and split_k < 8 and k % (128 * split_k * 2) == 0:
+    while (n // bn) * split_k < min_programs and split_k < 8 and k % (128 * split_k * 2) == 0:
         split_k *= 2
     return KernelConfig(bm=bm, bn=bn, bk=128, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
 
