@@ -58,15 +58,20 @@ def rel_err(out, ref):
     return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
 
 
-def edge_case_check() -> dict:
-    """Scale bytes 0, 1, 254 and 255 (NaN) in the weight; the result must match emulation elementwise."""
+def edge_operands() -> tuple[jax.Array, MXArray]:
+    """A bf16 activation ``[8, 1024]`` and a weight ``[128, 1024]`` with scale bytes 0, 1, 254 and 255 (NaN)."""
     n, k, m = 128, 1024, 8
     kw, kx = jax.random.split(jax.random.key(7))
     w = jax.random.normal(kw, (n, k), jnp.float32).astype(jnp.float8_e4m3fn)
     s = np.full((n, k // 32), 127, np.uint8)
     s[0, :], s[1, 3], s[2, 5], s[3, 0] = 0, 1, 254, 255
     x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16) * 1e-3
-    q = MXArray(w, jnp.asarray(s))
+    return x, MXArray(w, jnp.asarray(s))
+
+
+def edge_case_check() -> dict:
+    """Scale bytes 0, 1, 254 and 255 (NaN) in the weight; the result must match emulation elementwise."""
+    x, q = edge_operands()
     xd = hopper.decode_operand(x)
     ref = np.asarray(emulation.matmul(quantize(x), q, jnp.float32))
     out = np.asarray(hopper_mosaic.matmul_2d(xd, q, jnp.float32))

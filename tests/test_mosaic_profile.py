@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import mosaic_fp8_probe  # noqa: E402
 import mosaic_profile  # noqa: E402
 import mosaic_stream_probe  # noqa: E402
+
+from mxfp8_xla import MXArray  # noqa: E402
 
 
 def scope(name, tid, begin, end):
@@ -92,3 +95,14 @@ def test_decode_check_reads_each_decoded_element_through_one_hot_rows(monkeypatc
     assert result["mismatches"] == 0 and result["elements"] == 16 * 512
     flip = True
     assert mosaic_stream_probe.decode_check(variant, num_sms=132)["mismatches"] > 0
+
+
+@pytest.mark.parametrize("variant", mosaic_fp8_probe.VARIANTS, ids=repr)
+def test_fp8_probe_variants_lower_for_an_sm90_gpu(variant):
+    """``mosaic_fp8_probe.py``'s fp8-wgmma kernel lowers on CPU, rows padded to 8 as its ``matmul`` pads them."""
+    n, k, m = 256, 1024, 8
+    mx_struct = lambda rows: MXArray(  # noqa: E731
+        jax.ShapeDtypeStruct((rows, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((rows, k // 32), jnp.uint8)
+    )
+    fn = jax.jit(lambda xq, w: mosaic_fp8_probe.run(xq, w, variant))
+    assert "mosaic_gpu" in fn.trace(mx_struct(m), mx_struct(n)).lower(lowering_platforms=("cuda",)).as_text()
