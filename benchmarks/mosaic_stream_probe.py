@@ -17,8 +17,8 @@ Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_stream_probe.py [--s
 JSON to $OUT/mosaic_stream_probe[_sweep|_resident|_wide|_decode].json. ``--sweep`` times the second set (bytes in
 flight per CTA, layout and K split, both consumers), ``--resident`` the third (the activation
 resident in shared memory, ``consumer="resident"``), ``--wide`` the fourth (4 compute
-warpgroups per CTA, launch-aware registers), ``--decode`` the fifth (the fp8 decode through float32
-or direct to bf16, checked bit for bit first), each at the two M <= 16 target shapes.
+warpgroups per CTA, launch-aware registers), ``--decode`` the fifth (the shipped fp8 decode, checked bit
+for bit first, with 2 and 4 warpgroups), each at the two M <= 16 target shapes.
 Timed with ``timing.loop_time``; the recorded H200 runs of the first two sets
 (results/mosaic_stream_probe*_h200.*) used the queued timer, ``timing.device_time``.
 """
@@ -70,10 +70,6 @@ class Stream:
     # bytes: the next step's scale bytes loaded a step ahead and turned into float32 factors by the step that
     # uses them (shipped since 2026-11-30); factors: turned into factors at once (shipped before; 4-19% slower)
     scales: str = "bytes"
-    # f32: each fp8 element to float32, times its row's factor, to bf16 (shipped: hopper_mosaic.decode_with_factor);
-    # bf16: fp8 to bf16 directly (cvt.rn.bf16x2.e4m3x2, PTX ISA >= 9.2), times the factor as bf16: the exact
-    # product rounded once, the same bf16 as f32's for every input
-    decode: str = "f32"
     # jax: the pipeline's own compute-register count; launch: mosaic_registers.within_launch (4 warpgroups hang
     # with jax's: they ask more registers than the CTA was launched with)
     compute_registers: str = "jax"
@@ -120,12 +116,6 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
             loaded = load_row_scales(s_gmem, my_rows, (i_s * per + t) * blocks, blocks)
             return tuple(map(scale_to_factor, loaded)) if v.scales == "factors" else loaded
 
-        def decode(q, factor):
-            """A ``[64, 32]`` fp8 block times its rows' float32 factors, as exact bf16 (``v.decode``)."""
-            if v.decode == "f32":
-                return decode_with_factor(q, factor)
-            return q.astype(jnp.bfloat16) * lax.broadcast_in_dim(factor.astype(jnp.bfloat16), q.shape, [0])
-
         def w_map(t):
             return (unit(t), 0) if v.layout == "tiled" else (unit(t) // kt, lax.rem(unit(t), kt))
 
@@ -147,7 +137,7 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                     with jax.named_scope("decode_mma"):
                         factors = scales if v.scales == "factors" else tuple(map(scale_to_factor, scales))
                         for j in range(blocks):
-                            w_block = decode(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
+                            w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
                             if x_res is None:
                                 x_block = x_smem[0].at[:, pl.ds(j * BLOCK, BLOCK)]
                             else:
@@ -273,15 +263,13 @@ WIDE = [
     for consumer, scales in (("none", "factors"), ("full", "factors"), ("full", "bytes"), ("resident", "bytes"))
 ] + [Stream(consumer="full", scales=scales) for scales in ("factors", "bytes")]
 
-# Fifth set (``--decode``): the fp8 -> bf16 decode as shipped (through float32) or direct (``decode="bf16"``),
-# with 2 compute warpgroups and with 4 (launch-aware registers). Each variant first decodes a weight holding
-# every finite E4M3 code at scale bytes from 0 (bf16 subnormals) to 246 (near bf16's top), picked out exactly
-# by one-hot activation rows, and is compared bit for bit with NumPy (:func:`decode_check`).
-DECODE = [
-    Stream(consumer="full", wgs=wgs, decode=decode, compute_registers="launch" if wgs == 4 else "jax")
-    for wgs in (2, 4)
-    for decode in ("f32", "bf16")
-]
+# Fifth set (``--decode``): the shipped fp8 -> bf16 decode (through float32) with 2 compute warpgroups and
+# with 4 (launch-aware registers). Each variant first decodes a weight holding every finite E4M3 code at
+# scale bytes from 0 (bf16 subnormals) to 246 (near bf16's top), picked out exactly by one-hot activation
+# rows, and is compared bit for bit with NumPy (:func:`decode_check`). (Until commit 71607b0 it also ran a
+# direct fp8 -> bf16 convert, cvt.rn.bf16x2.e4m3x2; ptxas 13.2 refuses it for sm_90a: a Blackwell
+# instruction, results/mosaic_stream_probe_decode_ptxas132_h200.log.)
+DECODE = [Stream(consumer="full", wgs=wgs, compute_registers="launch" if wgs == 4 else "jax") for wgs in (2, 4)]
 EDGE_BYTES = np.array([0, 1, 2, 3, 9, 10, 100, 127, 150, 200, 246], np.uint8)
 
 
