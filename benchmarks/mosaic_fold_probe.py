@@ -113,7 +113,7 @@ def gemm(w, s, x, v: Variant):
             def _(acc_ref):
                 run_pipeline(acc_ref)
                 out = plgpu.layout_cast(acc_ref[...].astype(jnp.bfloat16), plgpu.Layout.WGMMA_TRANSPOSED)
-                plgpu.transpose_ref(o_gmem.at[:, my_rows], (1, 0))[...] = out
+                o_gmem.at[:, my_rows].transpose((1, 0))[...] = out
 
         specs = [
             plgpu.BlockSpec(

@@ -41,7 +41,14 @@ from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper  # noqa: E402
-from mxfp8_xla.backends.hopper_mosaic import BLOCK, ROWS, load_row_scales, padded_rows, split_for_ctas  # noqa: E402
+from mxfp8_xla.backends.hopper_mosaic import (  # noqa: E402
+    BLOCK,
+    ROWS,
+    load_row_scales,
+    load_whole,
+    padded_rows,
+    split_for_ctas,
+)
 from mxfp8_xla.numerics import scale_to_factor  # noqa: E402
 
 _COL_LAYOUT = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column (activation row)
@@ -58,7 +65,7 @@ class Fp8Mma:
 def load_col_scales(s_t_gmem, first, blocks: int) -> tuple:
     """Scale rows ``first .. first + blocks - 1`` of the transposed activation scales ``[K/32, M]``, one ``[M]`` each
     (a strided column of ``[M, K/32]`` cannot be loaded in the accumulator's column layout)."""
-    return tuple(plgpu.load(s_t_gmem.at[first + j], (), layout=_COL_LAYOUT, optimized=False) for j in range(blocks))
+    return tuple(load_whole(s_t_gmem.at[first + j], _COL_LAYOUT) for j in range(blocks))
 
 
 def run(xq: MXArray, w: MXArray, v: Fp8Mma) -> jax.Array:
@@ -102,7 +109,7 @@ def run(xq: MXArray, w: MXArray, v: Fp8Mma) -> jax.Array:
             zeros = plgpu.layout_cast(jnp.zeros((ROWS, m), jnp.float32), plgpu.Layout.WGMMA)
             acc, _ = run_pipeline((zeros, load_scales(0)))
             out = plgpu.layout_cast(acc, plgpu.Layout.WGMMA_TRANSPOSED)
-            plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
+            o_gmem.at[i_s, :, my_rows].transpose((1, 0))[...] = out
 
         pipeline = plgpu.emit_pipeline_warp_specialized(
             step,

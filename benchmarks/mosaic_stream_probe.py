@@ -160,7 +160,7 @@ def run(w, s, x, v: Stream, num_sms: int, profile_dir: str | None = None):
                     run_pipeline((acc_ref, load_scales(0)))
                     plgpu.wgmma_wait(0)
                     out = plgpu.layout_cast(acc_ref[...], plgpu.Layout.WGMMA_TRANSPOSED)
-                    plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out
+                    o_gmem.at[i_s, :, my_rows].transpose((1, 0))[...] = out
 
             w_spec = plgpu.BlockSpec(
                 (cta_rows, v.tile_k), w_map, transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128))

@@ -161,3 +161,13 @@ def test_kernel_lowers_for_an_sm90_gpu(m):
     )
     text = jax.jit(run).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in text
+
+
+def test_load_whole_passes_an_index_only_where_plgpu_load_requires_one(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hopper_mosaic.plgpu, "load", lambda *args, **kw: calls.append((args, kw)))
+    for wants in (True, False):
+        monkeypatch.setattr(hopper_mosaic, "_LOAD_WANTS_INDEX", wants)
+        hopper_mosaic.load_whole("ref", "layout")
+    kw = dict(layout="layout", optimized=False)
+    assert calls == [(("ref", ()), kw), (("ref",), kw)]

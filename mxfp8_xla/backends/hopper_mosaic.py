@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.experimental.pallas as pl
@@ -94,10 +95,24 @@ def decode_with_factor(q: jax.Array, factor: jax.Array) -> jax.Array:
     return (q.astype(jnp.float32) * lax.broadcast_in_dim(factor, q.shape, [0])).astype(jnp.bfloat16)
 
 
+_LOAD_INDEX = inspect.signature(plgpu.load).parameters.get("idx")
+_LOAD_WANTS_INDEX = _LOAD_INDEX is not None and _LOAD_INDEX.default is inspect.Parameter.empty
+
+
+def load_whole(ref, layout: plgpu.Layout) -> jax.Array:
+    """``plgpu.load`` of a whole, already indexed ``ref`` into registers in ``layout`` (a plain, unvectorized load).
+
+    jax 0.10 wants the index ``()`` beside the ref; jax 0.11 deprecates passing one.
+    """
+    if _LOAD_WANTS_INDEX:
+        return plgpu.load(ref, (), layout=layout, optimized=False)
+    return plgpu.load(ref, layout=layout, optimized=False)
+
+
 def load_row_scales(s_gmem, rows: pl.Slice, first, blocks: int) -> tuple:
     """Scale columns ``first .. first + blocks - 1`` of ``rows`` of the untransposed ``[N, K/32]`` bytes,
     one uint8 ``[64]`` row vector each."""
-    return tuple(plgpu.load(s_gmem.at[rows, first + j], (), layout=_ROW_LAYOUT, optimized=False) for j in range(blocks))
+    return tuple(load_whole(s_gmem.at[rows, first + j], _ROW_LAYOUT) for j in range(blocks))
 
 
 def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
@@ -127,7 +142,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
         def _(acc_ref):
             run_pipeline((acc_ref, load_scales(0)))
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
-            plgpu.transpose_ref(o_gmem.at[i_s, :, my_rows], (1, 0))[...] = out  # out [M, N]: no transpose after
+            o_gmem.at[i_s, :, my_rows].transpose((1, 0))[...] = out  # out [M, N]: no transpose after
 
     pipeline = plgpu.emit_pipeline_warp_specialized(
         step,
