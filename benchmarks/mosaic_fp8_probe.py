@@ -2,15 +2,18 @@
 
 The shipped Mosaic GPU kernel (``hopper_mosaic``) decodes each fp8 weight element to bf16 in
 registers: per element a shared-memory load, an fp8 -> f16 -> f32 conversion, a float32
-multiply and a pack to bf16, about 7 instructions per element in its main loop
-(``mosaic_sass.py``). That issue work, not the TMA stream, caps it at M <= 16.
+multiply and a pack to bf16, about 6.3 instructions per element and thread in its step loop
+(``mosaic_sass.py``). Does that issue work cap it at M <= 16?
 
 Here nothing is decoded. The weight ``[64, 32]`` block and the quantized activation's
 ``[M, 32]`` block go to ``wgmma`` as E4M3 straight from shared memory (K = 32 is one fp8
 wgmma, one MX block), each block into its own float32 accumulator; after one wait per step
 each partial sum is multiplied by ``2**(ew - 127) * 2**(ex - 127)`` (the weight row's and the
-activation column's block scales) and added up in registers. E4M3 products are exact, so
-each block's sum is what float32 would give up to the tensor core's summation order.
+activation column's block scales) and added up in registers.
+
+On an H200 (results/mosaic_fp8_probe_h200.*) it was no faster than the shipped kernel, and
+4.7e-5 to 6.2e-5 from emulation: the E4M3 products are exact, but fp8 wgmma adds them with
+fewer bits than float32. Not shipped.
 
 Times kernel alone (activation pre-quantized) and end to end (raw bf16 activation ->
 ``hopper.quantize_activations`` -> kernel -> split-K sum) against bf16 ``jnp.dot`` and the
