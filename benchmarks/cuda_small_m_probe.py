@@ -1,0 +1,360 @@
+"""Probe: a hand-written Marlin-style CUDA kernel for M <= 16 (``cuda_small_m.cu``) inside ``jax.jit``.
+
+The open question of issue 5 at M <= 16 (docs/benchmarks.md, "fourth session"): the Mosaic GPU
+kernel's warp-specialized pipeline streams the weight at 1.56-1.77x of bf16 with idle consumers and
+0.9-1.25x with real ones. Does a kernel without that pipeline do better: many warps, each loading
+its fp8 weight bytes from global memory straight into ``mma.sync`` registers, the activation as its
+E4M3 values, each 32-block's partial product scaled by both E8M0 factors in float32?
+
+The kernel is compiled here to PTX for compute_89 by the device's ``nvcc`` and launched inside jit
+through jaxlib's PTX launcher (the ``triton_kernel_call_ffi`` custom call that Pallas's Triton
+backend and jax-triton use), so it is timed by ``timing.loop_time`` like every other kernel here,
+against bf16 ``jnp.dot`` and the shipped ``hopper`` backend in the same run.
+
+Parts, for the sweep ``--sweep`` names (each one recorded run, ``SWEEPS``):
+1. kernel alone at (14336, 4096) and (4096, 14336), M = 1 and 16, the activation pre-quantized:
+   a search over warps per CTA, blocks per load round and K split, then other variants at the best
+   cell: ``cvt8`` (activation as fp8 bytes, converted in the kernel), ``bits`` (Marlin's bit moves),
+   ``none``/``tnone``/``tnonep`` (no decode: wrong, the ceiling of any decode), the ``t*`` variants
+   on the weight tiled once by :func:`tile_weight` (``p``: registers double-buffered, ``h``: the
+   L2::256B hint); bf16 ``jnp.dot`` and XLA reading the fp8 weight alone in the same run;
+2. end to end (raw bf16 activation -> one-pass quantize -> kernel -> K-split sum -> bf16) for the
+   five Llama-3-8B shapes, the best cell of a small search per shape, against bf16 ``jnp.dot`` and
+   the shipped ``hopper`` backend;
+3. an edge-case weight (scale bytes 0, 1, 254, 255 and an E4M3 NaN byte) against emulation, elementwise.
+
+Every timed result is checked against the emulation backend.
+
+What an H200 answered (jax 0.11.2, results/cuda_small_m_probe_{rowmajor,tiled,prefetch}_h200.*):
+numerics are the best of any kernel here (1e-7 to 6e-7 from emulation, float32 output), but speed
+is not. Kernel alone, the weight as stored streams at ~2 TB/s (30-37 us; bf16 ``jnp.dot`` 34-37);
+tiled, at up to 2.4 TB/s (24.5 / 30.3 us at (14336, 4096), M = 1 / 16; 1.42x / 1.19x of bf16). The
+no-decode variants time the same, so the decode costs nothing; double-buffered registers were
+slower (fewer warps fit) and the L2 hint changed nothing. XLA reads the same weight in 18-19.5 us.
+End to end the tiled kernel beat the shipped backend only at M = 1 with N >= 14336 (1.20-1.30x
+against 1.06-1.07x of bf16) and lost at M = 16 and at N <= 6144. At scale byte 254 it gives inf
+where emulation gives NaN (emulation's decoded weight overflows float32; here only the scaled block
+sum is formed). Not shipped: docs/benchmarks.md, "A Marlin-style CUDA kernel".
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch]``;
+JSON to $OUT/cuda_small_m_probe_<sweep>.json, the PTX and ptxas's register report beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src.core import ShapedArray
+from jax._src.interpreters import mlir
+from jax._src.lib import gpu_triton
+from jax._src.lib.mlir import ir
+from jax.extend.core import Primitive
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+
+from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper  # noqa: E402
+
+SOURCE = Path(__file__).with_name("cuda_small_m.cu")
+CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load round), as instantiated
+TILED_CONFIGS = CONFIGS + ((4, 16), (8, 16))
+PREFETCH_CONFIGS = ((4, 4), (4, 8), (8, 4))
+DECODES = ("cvt", "cvt8", "bits", "none", "tcvt", "tnone", "tcvth", "tcvtp", "tcvtph", "tnonep")
+
+
+def tile_weight(data: jax.Array) -> jax.Array:
+    """``[N, K]`` fp8 -> the tiled layout of the kernel's ``TILED`` variants (same shape): per 16 rows and 64 k,
+    1 KB ordered (row half, g, t, block of the pair, byte), row ``16r + 8 half + g``, k ``64p + 32 h + 8t + i``."""
+    n, k = data.shape
+    t = data.reshape(n // 16, 2, 8, k // 64, 2, 4, 8).transpose(0, 3, 1, 2, 5, 4, 6)
+    return t.reshape(n, k)
+
+
+def compile_ptx() -> str:
+    """PTX of ``cuda_small_m.cu`` for compute_89 (also logs registers of an sm_90 build)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    ptx = out_dir() / "cuda_small_m.ptx"
+    subprocess.run([nvcc, "-ptx", "-arch=compute_89", "-O3", str(SOURCE), "-o", str(ptx)], check=True)
+    info = subprocess.run(
+        [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", str(SOURCE), "-o", os.devnull],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (out_dir() / "cuda_small_m_ptxas.txt").write_text(info.stderr)
+    return ptx.read_text()
+
+
+_launch = Primitive("mxfp8_cuda_small_m_probe")
+
+
+@_launch.def_abstract_eval
+def _(*avals, name, ptx, grid, warps, out_shape):
+    return ShapedArray(out_shape, jnp.float32)
+
+
+def result_type(ctx, aval):
+    """``mlir.aval_to_ir_type`` (jax 0.11 wants the module context first)."""
+    try:
+        return mlir.aval_to_ir_type(ctx.module_context, aval)
+    except TypeError:
+        return mlir.aval_to_ir_type(aval)
+
+
+def _lowering(ctx, *args, name, ptx, grid, warps, out_shape):
+    try:
+        kernel = gpu_triton.TritonKernel(name, warps, 1, 0, ptx, "", 90)
+    except TypeError:  # older jaxlib: (name, warps, smem, ptx, ttir, cc, cluster x, y, z)
+        kernel = gpu_triton.TritonKernel(name, warps, 0, ptx, "", 90, 1, 1, 1)
+    params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
+    call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
+    layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731
+    return mlir.custom_call(
+        call_target_name="triton_kernel_call_ffi",
+        result_types=[result_type(ctx, ctx.avals_out[0])],
+        operands=list(args),
+        backend_config=dict(
+            name=ir.StringAttr.get(name),
+            opaque=ir.StringAttr.get(zlib.compress(call.to_proto(name, b""))),
+        ),
+        operand_layouts=[layout(a) for a in ctx.avals_in],
+        result_layouts=[layout(ctx.avals_out[0])],
+    ).results
+
+
+mlir.register_lowering(_launch, _lowering, platform="cuda")
+
+
+def kernel_inputs(xq: MXArray, decode: str) -> tuple[jax.Array, jax.Array]:
+    """The activation operand (rows padded to 8 or 16) and its scale bytes, as ``decode`` wants them."""
+    m, k = xq.shape
+    rows = 8 if m <= 8 else 16
+    data = jnp.pad(xq.data, ((0, rows - m), (0, 0)))
+    scale = jnp.pad(xq.scale, ((0, rows - m), (0, 0)), constant_values=127)
+    if decode == "cvt8":
+        return data.view(jnp.uint8), scale
+    x16 = data.astype(jnp.float16)  # E4M3 values are exact in f16
+    if decode == "bits":  # the kernel's bit moves pair bytes 0, 2 and 1, 3 of every 4
+        x16 = x16.reshape(rows, k // 4, 4)[:, :, (0, 2, 1, 3)].reshape(rows, k)
+    return x16, scale
+
+
+def run_kernel(x_op, x_scale, w: MXArray, m: int, decode: str, warps: int, unroll: int, split: int) -> jax.Array:
+    """Float32 partial sums ``[split, m, N]`` of the probe kernel."""
+    n, k = w.shape
+    nt = 1 if x_op.shape[0] == 8 else 2
+    name = f"mxfp8_small_m_{decode}_nt{nt}_kw{warps}_u{unroll}"
+    dims = jnp.array([m, n, k], jnp.int32)
+    return _launch.bind(
+        w.data.view(jnp.uint8),
+        w.scale,
+        x_op,
+        x_scale,
+        dims,
+        name=name,
+        ptx=PTX,
+        grid=(n // 16, split),
+        warps=warps,
+        out_shape=(split, m, n),
+    )
+
+
+def fits(k: int, warps: int, unroll: int, split: int) -> bool:
+    """Whether every warp of every K split gets a whole number of ``unroll``-block rounds."""
+    return (k // 32) % (split * warps * unroll) == 0
+
+
+def end_to_end(x: jax.Array, w: MXArray, cfg: tuple, out_dtype=jnp.bfloat16) -> jax.Array:
+    """Raw ``x [M, K]`` -> one-pass quantize -> kernel ``cfg = (decode, warps, unroll, split)`` -> K-split sum."""
+    decode, warps, unroll, split = cfg
+    m = x.shape[0]
+    x_op, x_scale = kernel_inputs(hopper.quantize_activations(x), decode)
+    return run_kernel(x_op, x_scale, w, m, decode, warps, unroll, split).sum(axis=0).astype(out_dtype)
+
+
+def reference(x: jax.Array, w: MXArray) -> np.ndarray:
+    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
+
+
+def dequant_bf16(w: MXArray) -> jax.Array:
+    return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
+
+
+def for_decode(w: MXArray, decode: str) -> MXArray:
+    """The weight as ``decode`` reads it: tiled for the ``t*`` variants (done once, outside the timed call)."""
+    return MXArray(jax.jit(tile_weight)(w.data), w.scale) if decode.startswith("t") else w
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One recorded run: ``fixed`` (decode, warps, unroll, split) cells timed as they are; ``searched`` decodes over
+    ``configs`` x splits 1, 2, 4; ``then`` decodes at the best searched cell's warps/unroll/split (those with
+    ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs``."""
+
+    fixed: tuple = ()
+    searched: tuple = ("cvt",)
+    configs: tuple = CONFIGS
+    then: tuple = ()
+    ceiling: bool = False
+    e2e_decodes: tuple = ("cvt",)
+    e2e_configs: tuple = CONFIGS
+
+
+SWEEPS = {
+    # results/cuda_small_m_probe_rowmajor_h200.*: the weight as stored, [N, K] row-major
+    "rowmajor": Sweep(then=("cvt8", "bits", "none")),
+    # results/cuda_small_m_probe_tiled_h200.*: the weight tiled once (tile_weight)
+    "tiled": Sweep(
+        fixed=(("cvt", 4, 4, 4), ("cvt", 8, 4, 2)),
+        searched=("tcvt",),
+        configs=TILED_CONFIGS,
+        then=("tnone",),
+        e2e_decodes=("tcvt",),
+        e2e_configs=TILED_CONFIGS,
+    ),
+    # results/cuda_small_m_probe_prefetch_h200.*: the next round's tiles loaded early, the L2::256B hint
+    "prefetch": Sweep(
+        fixed=(("tcvt", 4, 4, 1), ("tcvt", 4, 4, 4), ("tcvt", 8, 4, 2)),
+        searched=("tcvth", "tcvtp", "tcvtph"),
+        configs=PREFETCH_CONFIGS,
+        then=("tnonep",),
+        ceiling=True,
+        e2e_decodes=("tcvt", "tcvtp", "tcvtph"),
+        e2e_configs=((4, 4), (8, 4)),
+    ),
+}
+
+
+def time_cell(cells: dict, label: str, fn, sets: list, ref: np.ndarray) -> float:
+    """Loop time of ``fn`` over ``sets`` (checked against ``ref`` first) into ``cells[label]``; inf if it fails."""
+    try:
+        err = rel_err(np.asarray(jax.jit(fn)(*sets[0])).sum(axis=0), ref)
+        t = loop_time(fn, sets)
+    except Exception as e:  # noqa: BLE001
+        cells[label] = {"error": failure(e)}
+        print(f"  {label}: {failure(e)}")
+        return float("inf")
+    cells[label] = {"us": t * 1e6, "rel_err": err}
+    print(f"  {label}: {t * 1e6:.1f} us, err {err:.1e}")
+    return t
+
+
+def kernel_sweep(results: dict, sweep: Sweep) -> None:
+    """Kernel alone at the two wide shapes, M = 1 and 16, the activation already quantized."""
+    for (n, k), m in itertools.product(SHAPES[:2], (1, 16)):
+        sets = operands(n, k, m)
+        ref = reference(*sets[0])
+        decodes = {d for d in sweep.searched + sweep.then} | {cell[0] for cell in sweep.fixed}
+        prepared = {d: [(*kernel_inputs(quantize(x), d), for_decode(w, d)) for x, w in sets] for d in decodes}
+        cells = {}
+
+        def cell(decode, warps, unroll, split, n=n, k=k, m=m, cells=cells, prepared=prepared, ref=ref):
+            fn = functools.partial(run_kernel, m=m, decode=decode, warps=warps, unroll=unroll, split=split)
+            label = f"({n}, {k}) M={m} {decode} kw{warps} u{unroll} s{split}"
+            return time_cell(cells, label, fn, prepared[decode], ref)
+
+        for fixed in sweep.fixed:
+            cell(*fixed)
+        timed = {
+            (d, w_, u, s): cell(d, w_, u, s)
+            for d, (w_, u), s in itertools.product(sweep.searched, sweep.configs, (1, 2, 4))
+            if fits(k, w_, u, s)
+        }
+        best = min(timed, key=timed.get)
+        for decode in sweep.then:
+            cell(decode, *((4, 4) if sweep.ceiling else best[1:3]), best[3])
+        dot = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets[:3]])
+        read = loop_time(lambda w: jnp.max(w.data.view(jnp.uint8), axis=1), [(w,) for _, w in sets])
+        print(
+            f"  ({n}, {k}) M={m}: jnp.dot bf16 {dot * 1e6:.1f} us, XLA reads the fp8 weight {read * 1e6:.1f} us; "
+            f"best exact kernel {best} {timed[best] * 1e6:.1f} us"
+        )
+        results[f"kernel ({n}, {k}) M={m}"] = {
+            "bf16_dot_us": dot * 1e6,
+            "xla_read_us": read * 1e6,
+            "best": list(best),
+            "cells": cells,
+        }
+
+
+def e2e(results: dict, sweep: Sweep) -> None:
+    """Raw bf16 activation to bf16 output, all five shapes, against bf16 ``jnp.dot`` and the shipped backend."""
+    for (n, k), m in itertools.product(SHAPES, (1, 16)):
+        sets = operands(n, k, m)
+        ref = reference(*sets[0])
+        row = {
+            "bf16 jnp.dot": loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6,
+            "hopper (shipped)": loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6,
+        }
+        searched = {}
+        for decode in sweep.e2e_decodes:
+            dsets = [(x, for_decode(w, decode)) for x, w in sets]
+            for (warps, unroll), split in itertools.product(sweep.e2e_configs, (1, 2, 4)):
+                cfg = (decode, warps, unroll, split)
+                if fits(k, warps, unroll, split):
+                    fn = functools.partial(end_to_end, cfg=cfg)
+                    searched[cfg] = (loop_time(fn, dsets, iters=20, repeats=3), dsets)
+        cfg = min(searched, key=lambda c: searched[c][0])
+        dsets = searched[cfg][1]
+        out = np.asarray(jax.jit(functools.partial(end_to_end, cfg=cfg, out_dtype=jnp.float32))(*dsets[0]))
+        row["cuda probe"] = loop_time(functools.partial(end_to_end, cfg=cfg), dsets) * 1e6
+        row["cuda probe config"] = list(cfg)
+        row["cuda probe rel_err (float32 out)"] = rel_err(out, ref)
+        row["ratio vs bf16"] = row["bf16 jnp.dot"] / row["cuda probe"]
+        row["shipped ratio vs bf16"] = row["bf16 jnp.dot"] / row["hopper (shipped)"]
+        shown = (f"{key} {v:.3g}" if isinstance(v, float) else f"{key} {v}" for key, v in row.items())
+        print(f"({n}, {k}) M={m}: " + ", ".join(shown))
+        results[f"e2e ({n}, {k}) M={m}"] = row
+
+
+def edge_check(results: dict, sweep: Sweep) -> None:
+    """Scale bytes 0, 1, 254, 255 and an E4M3 NaN byte in the weight, against emulation elementwise."""
+    x, w = edge_operands()
+    data = np.asarray(w.data).copy()
+    data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
+    w = MXArray(jnp.asarray(data), w.scale)
+    ref = reference(x, w)
+    for decode in ("cvt", "bits", "tcvt"):
+        fn = jax.jit(functools.partial(end_to_end, cfg=(decode, 4, 4, 2), out_dtype=jnp.float32))
+        out = np.asarray(fn(x, for_decode(w, decode)))
+        differ = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref))).tolist()
+        fin = np.isfinite(ref) & np.isfinite(out)
+        results[f"edge {decode}"] = {
+            "nonfinite_differ_at": differ,
+            "out_there": [float(out[i, j]) for i, j in differ],
+            "emulation_there": [float(ref[i, j]) for i, j in differ],
+            "finite_rel_err": rel_err(out[fin], ref[fin]),
+        }
+        print(f"edge {decode}: {results[f'edge {decode}']}")
+
+
+PTX = ""
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), default="prefetch")
+    args = parser.parse_args()
+    PTX = compile_ptx()
+    results = {"environment": environment(), "sweep": args.sweep}
+    print(results["environment"])
+    for part in (edge_check, kernel_sweep, e2e):
+        try:
+            part(results, SWEEPS[args.sweep])
+        except Exception as e:  # noqa: BLE001
+            results[part.__name__] = {"error": failure(e)}
+            print(f"{part.__name__}: {failure(e)}")
+        write_json(f"cuda_small_m_probe_{args.sweep}.json", results)
