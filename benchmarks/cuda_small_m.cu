@@ -31,12 +31,17 @@
 //   HINT (TILED) weight loads carry the L2::256B prefetch-size hint
 //   INTERLEAVE rounds of U blocks dealt out to the CTA's warps in turn (at any moment the CTA reads one
 //        contiguous stretch of its rows) instead of one contiguous K range per warp
+//   STAGES (TILED) > 0: the weight tiles go through a per-lane shared-memory ring by cp.async, STAGES - 1
+//        rounds ahead (Marlin's pipeline without its ldmatrix), so loads in flight cost no registers
+//   LUT  scale bytes become factors through a 256-entry shared-memory table instead of a compare and select
 //   LOADONLY (TILED) only the weight loads: no scales, activation, decode or MMA, nothing written (the
 //        ceiling of this access pattern)
 // CTAs along gridDim.y split K further. dims = {m, n, k} in device memory.
 //
 // On an H200 (results/cuda_small_m_probe_*_h200.*): 1e-7 to 6e-7 from emulation; the tiled weight
-// stream alone as fast as XLA reads the bytes, the whole kernel 6-12 us slower than that stream.
+// stream alone as fast as XLA reads the bytes, the whole kernel 6-12 us slower than that stream
+// (neither PF, HINT, INTERLEAVE, LUT nor STAGES closed it; each warp's re-read of the activation
+// from L2, rows / 8 times the weight's bytes, is the suspect).
 #include <stdint.h>
 
 #include <type_traits>
@@ -114,13 +119,25 @@ __device__ __forceinline__ void load_tiles(uint4 a[U / 2], uint4 b[U / 2], const
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 __device__ __forceinline__ uint32_t nan_bytes(uint2 v) {
   // Nonzero iff one of the 8 E4M3 bytes is NaN (0x7f or 0xff): 0x7f + 1 is the only byte sum reaching 0x80.
   return (((v.x & 0x7f7f7f7fu) + 0x01010101u) | ((v.y & 0x7f7f7f7fu) + 0x01010101u)) & 0x80808080u;
 }
 
 template <int NT, int KW, int U, int DEC, bool XF16, bool TILED, bool PF = false, bool HINT = false,
-          bool INTERLEAVE = false, bool LOADONLY = false>
+          bool INTERLEAVE = false, bool LOADONLY = false, int STAGES = 0, bool LUT = false>
 __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uint8_t* __restrict__ sw,
                                         const void* __restrict__ x, const uint8_t* __restrict__ sx,
                                         float* __restrict__ out, const int* __restrict__ dims) {
@@ -132,7 +149,9 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   const int cta_blocks = kb / gridDim.y, warp_blocks = cta_blocks / KW;
   const int cta_first = blockIdx.y * cta_blocks, rounds = warp_blocks / U;
   // The first block of round r: the warp's own contiguous K range, or rounds dealt out to the warps in turn.
-  auto start = [&](int r) { return INTERLEAVE ? cta_first + (r * KW + warp) * U : cta_first + warp * warp_blocks + r * U; };
+  auto start = [&](int r) {
+    return INTERLEAVE ? cta_first + (r * KW + warp) * U : cta_first + warp * warp_blocks + r * U;
+  };
   const int row = blockIdx.x * 16 + g;
 
   const uint8_t* w_lo = w + (size_t)row * k + 8 * t;
@@ -147,6 +166,31 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   uint32_t nan = 0;
   uint4 next_a[U / 2], next_b[U / 2];  // PF: the next round's tiles, loaded while this round computes
   uint32_t sink = 0;  // LOADONLY: every weight word, folded so that no load is dead
+  __shared__ float factor_lut[LUT ? 256 : 1];  // LUT: scale byte -> float factor, one shared-memory load
+  if constexpr (LUT) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) factor_lut[i] = scale_factor(i);
+    __syncthreads();
+  }
+  auto factor = [&](uint32_t byte) { return LUT ? factor_lut[byte] : scale_factor(byte); };
+  // STAGES: each lane's tile bytes go through its own slots of a shared-memory ring by cp.async,
+  // STAGES - 1 rounds ahead (a lane reads back only what it copied, so no barrier is needed).
+  __shared__ uint4 ring[STAGES > 0 ? KW : 1][STAGES > 0 ? STAGES : 1][U / 2][2][32];
+  auto issue = [&](int round) {
+    const int slot = STAGES > 0 ? round % STAGES : 0;
+    const uint8_t* base = w_tile + (size_t)start(round) * 16 * kBlock;
+#pragma unroll
+    for (int i = 0; i < U / 2; ++i) {
+      cp_async16(&ring[warp][slot][i][0][lane], base + i * 1024);
+      cp_async16(&ring[warp][slot][i][1][lane], base + i * 1024 + 512);
+    }
+  };
+  if constexpr (STAGES > 0) {
+#pragma unroll
+    for (int round = 0; round < STAGES - 1; ++round) {
+      if (round < rounds) issue(round);
+      cp_async_commit();
+    }
+  }
   if constexpr (PF) load_tiles<U, HINT>(next_a, next_b, w_tile, start(0));
   for (int r = 0; r < rounds; ++r) {
     const int b0 = start(r);
@@ -155,7 +199,15 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
     uint32_t slo[U / 4], shi[U / 4], sxa[NT][U / 4], sxb[NT][U / 4];
     if constexpr (TILED) {
       uint4 a[U / 2], b[U / 2];
-      if constexpr (PF) {
+      if constexpr (STAGES > 0) {
+        if (r + STAGES - 1 < rounds) issue(r + STAGES - 1);
+        cp_async_commit();
+        cp_async_wait<STAGES - 1>();  // round r's copies have landed
+#pragma unroll
+        for (int i = 0; i < U / 2; ++i) {
+          a[i] = ring[warp][r % STAGES][i][0][lane], b[i] = ring[warp][r % STAGES][i][1][lane];
+        }
+      } else if constexpr (PF) {
 #pragma unroll
         for (int i = 0; i < U / 2; ++i) a[i] = next_a[i], b[i] = next_b[i];
         if (r + 1 < rounds) load_tiles<U, HINT>(next_a, next_b, w_tile, start(r + 1));
@@ -188,7 +240,9 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
     for (int j = 0; j < NT; ++j) {
       const char* xr = x_lane + (size_t)(8 * j + g) * k * x_elem;
 #pragma unroll
-      for (int u = 0; u < U; ++u) xv[u][j] = __ldg(reinterpret_cast<const XV*>(xr + (size_t)(b0 + u) * kBlock * x_elem));
+      for (int u = 0; u < U; ++u) {
+        xv[u][j] = __ldg(reinterpret_cast<const XV*>(xr + (size_t)(b0 + u) * kBlock * x_elem));
+      }
 #pragma unroll
       for (int q = 0; q < U / 4; ++q) {
         sxa[j][q] = __ldg(reinterpret_cast<const uint32_t*>(sx + (size_t)(8 * j + 2 * t) * kb + b0 + 4 * q));
@@ -198,7 +252,7 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int q = u / 4, sh = 8 * (u % 4);
-      float f_lo = scale_factor((slo[q] >> sh) & 0xff), f_hi = scale_factor((shi[q] >> sh) & 0xff);
+      float f_lo = factor((slo[q] >> sh) & 0xff), f_hi = factor((shi[q] >> sh) & 0xff);
       if constexpr (DEC == kBits) {
         nan |= nan_bytes(lo[u]) | (nan_bytes(hi[u]) >> 7);  // row g in bits 7, 15, ..; row g + 8 in bits 0, 8, ..
       }
@@ -218,7 +272,7 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
 #pragma unroll
           for (int e = 0; e < 4; ++e) p[e] *= 256.f;
         }
-        const float fa = scale_factor((sxa[j][q] >> sh) & 0xff), fb = scale_factor((sxb[j][q] >> sh) & 0xff);
+        const float fa = factor((sxa[j][q] >> sh) & 0xff), fb = factor((sxb[j][q] >> sh) & 0xff);
         acc[j][0] = fmaf(p[0] * f_lo, fa, acc[j][0]);
         acc[j][1] = fmaf(p[1] * f_lo, fb, acc[j][1]);
         acc[j][2] = fmaf(p[2] * f_hi, fa, acc[j][2]);
@@ -274,12 +328,13 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
 
 }  // namespace
 
-// Instantiations, named mxfp8_small_m_<cvt8|cvt|bits|none|tcvt|tnone|tload>[p][h][i]_nt<NT>_kw<KW>_u<U> (cvt8: fp8
-// activation bytes; t: the weight tiled; p: PF; h: HINT; i: INTERLEAVE; tload: LOADONLY).
-#define SMALL_M(NAME, DEC, XF16, TILED, NT, KW, U, ...)                                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * KW) mxfp8_small_m_##NAME##_nt##NT##_kw##KW##_u##U(         \
-      const uint8_t* w, const uint8_t* sw, const void* x, const uint8_t* sx, const int* dims, float* out) {    \
-    small_m<NT, KW, U, DEC, XF16, TILED, ##__VA_ARGS__>(w, sw, x, sx, out, dims);                                                   \
+// Instantiations, named mxfp8_small_m_<cvt8|cvt|bits|none|tcvt|tnone|tload>[p][h][i][l][a<STAGES>]_nt<NT>_kw<KW>_u<U>
+// (cvt8: fp8 activation bytes; t: the weight tiled; p: PF; h: HINT; i: INTERLEAVE; tload: LOADONLY; l: LUT;
+// a<S>: STAGES = S, with the LUT).
+#define SMALL_M(NAME, DEC, XF16, TILED, NT, KW, U, ...)                                                     \
+  extern "C" __global__ void __launch_bounds__(32 * KW) mxfp8_small_m_##NAME##_nt##NT##_kw##KW##_u##U(      \
+      const uint8_t* w, const uint8_t* sw, const void* x, const uint8_t* sx, const int* dims, float* out) { \
+    small_m<NT, KW, U, DEC, XF16, TILED, ##__VA_ARGS__>(w, sw, x, sx, out, dims);                           \
   }
 
 #define SMALL_M_DECODES(NT, KW, U)       \
@@ -306,7 +361,13 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   SMALL_M_ORDER(NT, 4, 4)                                   \
   SMALL_M_ORDER(NT, 8, 4)                                   \
   SMALL_M_ORDER(NT, 16, 4)                                  \
-  SMALL_M(tcvt, kCvt, true, true, NT, 16, 4)
+  SMALL_M(tcvt, kCvt, true, true, NT, 16, 4)                \
+  SMALL_M(tcvtl, kCvt, true, true, NT, 4, 4, false, false, false, false, 0, true) \
+  SMALL_M(tcvtl, kCvt, true, true, NT, 8, 4, false, false, false, false, 0, true) \
+  SMALL_M(tcvta3, kCvt, true, true, NT, 4, 4, false, false, false, false, 3, true) \
+  SMALL_M(tcvta4, kCvt, true, true, NT, 4, 4, false, false, false, false, 4, true) \
+  SMALL_M(tcvta8, kCvt, true, true, NT, 2, 4, false, false, false, false, 8, true) \
+  SMALL_M(tcvta4, kCvt, true, true, NT, 2, 4, false, false, false, false, 4, true)
 
 #define SMALL_M_ORDER(NT, KW, U)                                                \
   SMALL_M(tcvti, kCvt, true, true, NT, KW, U, false, false, true)              \

@@ -25,22 +25,26 @@ Parts, for the sweep ``--sweep`` names (each one recorded run, ``SWEEPS``):
 
 Every timed result is checked against the emulation backend.
 
-What an H200 answered (jax 0.11.2, results/cuda_small_m_probe_{rowmajor,tiled,prefetch,order}_h200.*):
+What an H200 answered (jax 0.11.2, results/cuda_small_m_probe_{rowmajor,tiled,prefetch,order,async}_h200.*):
 numerics are the best of any kernel here (1e-7 to 6e-7 from emulation, float32 output), speed is
 not yet. Kernel alone, the weight as stored streams at ~2 TB/s (30-37 us; bf16 ``jnp.dot`` 34-37);
-tiled, the best cells took 24.5-31.7 us (1.13-1.42x of bf16; one run's (4096, 14336), M = 16 cell
-39.5). The no-decode variants time the same as the exact decode; double-buffered registers were
-slower (fewer warps fit); the L2 hint and dealing rounds out to the warps in turn changed nothing.
-The tiled weight stream alone (``tload``, best cells) takes 18.5-19.0 us, as long as XLA reading the bytes
-(17.5-18.7 us): the access pattern is not the limit, the 6-12 us the rest of each round adds (scale
-bytes, activation fragments, MMAs, the float32 rescale) is. End to end the tiled kernel beat the
-shipped backend at M = 1 on (14336, 4096) and (28672, 4096) in all three runs (1.11-1.31x of bf16
-against 1.01-1.11x), was within 7% of it at (4096, 14336), M = 1, and mostly lost at M = 16 and at
-N <= 6144. At scale byte 254 it gives inf where emulation gives NaN (emulation's decoded weight
-overflows float32; here only the scaled block sum is formed). Not shipped: docs/benchmarks.md,
-"A Marlin-style CUDA kernel".
+tiled, the best cells took 24.5-32.1 us (1.10-1.42x of bf16; one run's (4096, 14336), M = 16 cell
+39.5). The no-decode variants time the same as the exact decode. None of these changed it:
+double-buffered registers (slower: fewer warps fit), the L2::256B hint, rounds dealt out to the
+warps in turn, scale factors from a shared-memory table (25% fewer instructions per round, no
+faster, slower at M = 16), a cp.async ring 2-7 rounds deep (no faster, slower at M = 16).
+The tiled weight stream alone (``tload``, best cells) takes 18.5-19.0 us, as long as XLA reading the
+bytes (17.5-18.8 us): the access pattern is not the limit. A likely cause of the 6-12 us the rest
+adds, from arithmetic, not measured: every 16 weight rows re-read their K range of the f16
+activation (padded to 8 or 16 rows) from L2, ``rows / 8`` times the weight's bytes (2x at M = 16).
+End to end the tiled kernel beat the shipped backend at M = 1 on (14336, 4096) and (28672, 4096) in
+all three runs (1.11-1.31x of bf16 against 1.01-1.11x), was within 7% of it at (4096, 14336),
+M = 1, and mostly lost at M = 16 and at N <= 6144. At scale byte 254 it gives inf where emulation
+gives NaN (emulation's decoded weight overflows float32; here only the scaled block sum is formed).
+Not shipped: docs/benchmarks.md, "A Marlin-style CUDA kernel".
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch|order]``;
+Run on the device:
+``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch|order|async]``;
 JSON to $OUT/cuda_small_m_probe_<sweep>.json, the PTX and ptxas's register report beside it.
 """
 
@@ -78,21 +82,7 @@ CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load ro
 TILED_CONFIGS = CONFIGS + ((4, 16), (8, 16))
 PREFETCH_CONFIGS = ((4, 4), (4, 8), (8, 4))
 ORDER_CONFIGS = ((4, 4), (8, 4), (16, 4))
-DECODES = (
-    "cvt",
-    "cvt8",
-    "bits",
-    "none",
-    "tcvt",
-    "tnone",
-    "tcvth",
-    "tcvtp",
-    "tcvtph",
-    "tnonep",
-    "tcvti",
-    "tload",
-    "tloadi",
-)
+EDGE_DECODES = ("cvt", "bits", "tcvt", "tcvti", "tcvtl", "tcvta4")  # run by edge_check at warps 4, unroll 4
 
 
 def tile_weight(data: jax.Array) -> jax.Array:
@@ -222,7 +212,7 @@ def for_decode(w: MXArray, decode: str) -> MXArray:
 class Sweep:
     """One recorded run: ``fixed`` (decode, warps, unroll, split) cells timed as they are; ``searched`` decodes over
     ``configs`` x splits 1, 2, 4; ``then`` decodes at the best searched cell's warps/unroll/split (those with
-    ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs``."""
+    ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs`` (none if empty)."""
 
     fixed: tuple = ()
     searched: tuple = ("cvt",)
@@ -231,6 +221,7 @@ class Sweep:
     ceiling: bool = False
     e2e_decodes: tuple = ("cvt",)
     e2e_configs: tuple = CONFIGS
+    decode_configs: tuple = ()  # (decode, configs) pairs that replace ``configs`` for those searched decodes
 
 
 SWEEPS = {
@@ -254,6 +245,18 @@ SWEEPS = {
         ceiling=True,
         e2e_decodes=("tcvt", "tcvtp", "tcvtph"),
         e2e_configs=((4, 4), (8, 4)),
+    ),
+    # results/cuda_small_m_probe_async_h200.*: scale factors from a table, tiles through a cp.async ring; kernel only
+    "async": Sweep(
+        fixed=(("tcvt", 4, 4, 1), ("tcvt", 4, 4, 4), ("tcvt", 8, 4, 2)),
+        searched=("tcvtl", "tcvta3", "tcvta4", "tcvta8"),
+        decode_configs=(
+            ("tcvtl", ((4, 4), (8, 4))),
+            ("tcvta3", ((4, 4),)),
+            ("tcvta4", ((2, 4), (4, 4))),
+            ("tcvta8", ((2, 4),)),
+        ),
+        e2e_decodes=(),
     ),
     # results/cuda_small_m_probe_order_h200.*: the weight stream alone, and rounds dealt out to the warps in turn
     "order": Sweep(
@@ -295,10 +298,13 @@ def kernel_sweep(results: dict, sweep: Sweep) -> None:
             return time_cell(cells, label, fn, prepared[decode], ref)
 
         for fixed in sweep.fixed:
-            cell(*fixed)
+            if fits(k, *fixed[1:]):
+                cell(*fixed)
+        configs = dict(sweep.decode_configs)
         timed = {
             (d, w_, u, s): cell(d, w_, u, s)
-            for d, (w_, u), s in itertools.product(sweep.searched, sweep.configs, (1, 2, 4))
+            for d in sweep.searched
+            for (w_, u), s in itertools.product(configs.get(d, sweep.configs), (1, 2, 4))
             if fits(k, w_, u, s)
         }
         exact = [c for c in timed if "load" not in c[0] and "none" not in c[0]]
@@ -317,10 +323,13 @@ def kernel_sweep(results: dict, sweep: Sweep) -> None:
             "best": list(best),
             "cells": cells,
         }
+        write_json(f"cuda_small_m_probe_{results['sweep']}.json", results)
 
 
 def e2e(results: dict, sweep: Sweep) -> None:
     """Raw bf16 activation to bf16 output, all five shapes, against bf16 ``jnp.dot`` and the shipped backend."""
+    if not sweep.e2e_decodes:
+        return
     for (n, k), m in itertools.product(SHAPES, (1, 16)):
         sets = operands(n, k, m)
         ref = reference(*sets[0])
@@ -356,7 +365,7 @@ def edge_check(results: dict, sweep: Sweep) -> None:
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
     w = MXArray(jnp.asarray(data), w.scale)
     ref = reference(x, w)
-    for decode in ("cvt", "bits", "tcvt", "tcvti"):
+    for decode in EDGE_DECODES:
         fn = jax.jit(functools.partial(end_to_end, cfg=(decode, 4, 4, 2), out_dtype=jnp.float32))
         out = np.asarray(fn(x, for_decode(w, decode)))
         differ = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref))).tolist()
@@ -379,7 +388,7 @@ if __name__ == "__main__":
     PTX = compile_ptx()
     results = {"environment": environment(), "sweep": args.sweep}
     print(results["environment"])
-    for part in (edge_check, kernel_sweep, e2e):
+    for part in (kernel_sweep, edge_check, e2e):
         try:
             part(results, SWEEPS[args.sweep])
         except Exception as e:  # noqa: BLE001

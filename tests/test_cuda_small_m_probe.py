@@ -74,11 +74,13 @@ def test_every_kernel_a_sweep_can_ask_for_is_instantiated():
     names = set(re.findall(r"(mxfp8_small_m_\w+)\(", expanded))
     for sweep in probe.SWEEPS.values():
         wanted = {(d, w, u) for d, w, u, _ in sweep.fixed}
-        wanted |= {(d, w, u) for d in sweep.searched for w, u in sweep.configs}
+        configs = dict(sweep.decode_configs)
+        wanted |= {(d, w, u) for d in sweep.searched for w, u in configs.get(d, sweep.configs)}
         # "then" decodes run at the best searched cell's warps/unroll (or 4/4 for a ceiling)
-        wanted |= {(d, w, u) for d in sweep.then for w, u in (((4, 4),) if sweep.ceiling else sweep.configs)}
+        searched_configs = {c for d in sweep.searched for c in configs.get(d, sweep.configs)}
+        wanted |= {(d, w, u) for d in sweep.then for w, u in (((4, 4),) if sweep.ceiling else searched_configs)}
         wanted |= {(d, w, u) for d in sweep.e2e_decodes for w, u in sweep.e2e_configs}
-        wanted |= {(d, 4, 4) for d in ("cvt", "bits", "tcvt", "tcvti")}  # the edge check
+        wanted |= {(d, 4, 4) for d in probe.EDGE_DECODES}
         missing = [
             f"mxfp8_small_m_{d}_nt{nt}_kw{w}_u{u}"
             for d, w, u in wanted
