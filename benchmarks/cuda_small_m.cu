@@ -34,6 +34,9 @@
 //   STAGES (TILED) > 0: the weight tiles go through a per-lane shared-memory ring by cp.async, STAGES - 1
 //        rounds ahead (Marlin's pipeline without its ldmatrix), so loads in flight cost no registers
 //   LUT  scale bytes become factors through a 256-entry shared-memory table instead of a compare and select
+//   MASKX lanes skip the activation loads of padding rows (rows >= m; 7 of 8 at M = 1)
+//   ROWWARPS (TILED) each warp takes its own 16 rows over the CTA's whole K range, so the CTA's KW
+//        warps read the same activation stretch (served once from L2, then from L1); no reduction
 //   LOADONLY (TILED) only the weight loads: no scales, activation, decode or MMA, nothing written (the
 //        ceiling of this access pattern)
 // CTAs along gridDim.y split K further. dims = {m, n, k} in device memory.
@@ -137,7 +140,8 @@ __device__ __forceinline__ uint32_t nan_bytes(uint2 v) {
 }
 
 template <int NT, int KW, int U, int DEC, bool XF16, bool TILED, bool PF = false, bool HINT = false,
-          bool INTERLEAVE = false, bool LOADONLY = false, int STAGES = 0, bool LUT = false>
+          bool INTERLEAVE = false, bool LOADONLY = false, int STAGES = 0, bool LUT = false, bool MASKX = false,
+          bool ROWWARPS = false>
 __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uint8_t* __restrict__ sw,
                                         const void* __restrict__ x, const uint8_t* __restrict__ sx,
                                         float* __restrict__ out, const int* __restrict__ dims) {
@@ -146,17 +150,20 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int kb = k / kBlock;  // scale columns
-  const int cta_blocks = kb / gridDim.y, warp_blocks = cta_blocks / KW;
+  const int cta_blocks = kb / gridDim.y, warp_blocks = ROWWARPS ? cta_blocks : cta_blocks / KW;
   const int cta_first = blockIdx.y * cta_blocks, rounds = warp_blocks / U;
-  // The first block of round r: the warp's own contiguous K range, or rounds dealt out to the warps in turn.
+  // The first block of round r: the warp's own contiguous K range, the CTA's whole range (ROWWARPS), or rounds
+  // dealt out to the warps in turn.
   auto start = [&](int r) {
+    if (ROWWARPS) return cta_first + r * U;
     return INTERLEAVE ? cta_first + (r * KW + warp) * U : cta_first + warp * warp_blocks + r * U;
   };
-  const int row = blockIdx.x * 16 + g;
+  const int row_tile = ROWWARPS ? blockIdx.x * KW + warp : blockIdx.x;
+  const int row = row_tile * 16 + g;
 
   const uint8_t* w_lo = w + (size_t)row * k + 8 * t;
   const uint8_t* w_hi = w_lo + (size_t)8 * k;
-  const uint8_t* w_tile = w + (size_t)blockIdx.x * 16 * k + 16 * lane;
+  const uint8_t* w_tile = w + (size_t)row_tile * 16 * k + 16 * lane;
   const uint8_t* s_lo = sw + (size_t)row * kb;
   const uint8_t* s_hi = s_lo + (size_t)8 * kb;
   const char* x_lane = static_cast<const char*>(x) + sizeof(XV) * t;
@@ -239,14 +246,17 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const char* xr = x_lane + (size_t)(8 * j + g) * k * x_elem;
+      const bool x_row = !MASKX || 8 * j + g < m, a_col = !MASKX || 8 * j + 2 * t < m;
+      const bool b_col = !MASKX || 8 * j + 2 * t + 1 < m;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        xv[u][j] = __ldg(reinterpret_cast<const XV*>(xr + (size_t)(b0 + u) * kBlock * x_elem));
+        xv[u][j] = x_row ? __ldg(reinterpret_cast<const XV*>(xr + (size_t)(b0 + u) * kBlock * x_elem)) : XV{};
       }
 #pragma unroll
-      for (int q = 0; q < U / 4; ++q) {
-        sxa[j][q] = __ldg(reinterpret_cast<const uint32_t*>(sx + (size_t)(8 * j + 2 * t) * kb + b0 + 4 * q));
-        sxb[j][q] = __ldg(reinterpret_cast<const uint32_t*>(sx + (size_t)(8 * j + 2 * t + 1) * kb + b0 + 4 * q));
+      for (int q = 0; q < U / 4; ++q) {  // padding columns: byte 127, factor 1, times a zero sum
+        const uint8_t* sa = sx + (size_t)(8 * j + 2 * t) * kb + b0 + 4 * q;
+        sxa[j][q] = a_col ? __ldg(reinterpret_cast<const uint32_t*>(sa)) : 0x7f7f7f7fu;
+        sxb[j][q] = b_col ? __ldg(reinterpret_cast<const uint32_t*>(sa + kb)) : 0x7f7f7f7fu;
       }
     }
 #pragma unroll
@@ -295,7 +305,7 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   }
 
   __shared__ float red[KW > 1 ? KW - 1 : 1][NT * 4][32];
-  if constexpr (KW > 1) {
+  if constexpr (KW > 1 && !ROWWARPS) {
     if (warp > 0) {
 #pragma unroll
       for (int j = 0; j < NT; ++j)
@@ -328,9 +338,10 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
 
 }  // namespace
 
-// Instantiations, named mxfp8_small_m_<cvt8|cvt|bits|none|tcvt|tnone|tload>[p][h][i][l][a<STAGES>]_nt<NT>_kw<KW>_u<U>
+// Instantiations, named
+// mxfp8_small_m_<cvt8|cvt|bits|none|tcvt|tnone|tload>[p][h][i][l][a<STAGES>][m][r]_nt<NT>_kw<KW>_u<U>
 // (cvt8: fp8 activation bytes; t: the weight tiled; p: PF; h: HINT; i: INTERLEAVE; tload: LOADONLY; l: LUT;
-// a<S>: STAGES = S, with the LUT).
+// a<S>: STAGES = S, with the LUT; m: MASKX; r: ROWWARPS and MASKX).
 #define SMALL_M(NAME, DEC, XF16, TILED, NT, KW, U, ...)                                                     \
   extern "C" __global__ void __launch_bounds__(32 * KW) mxfp8_small_m_##NAME##_nt##NT##_kw##KW##_u##U(      \
       const uint8_t* w, const uint8_t* sw, const void* x, const uint8_t* sx, const int* dims, float* out) { \
@@ -367,7 +378,14 @@ __device__ __forceinline__ void small_m(const uint8_t* __restrict__ w, const uin
   SMALL_M(tcvta3, kCvt, true, true, NT, 4, 4, false, false, false, false, 3, true) \
   SMALL_M(tcvta4, kCvt, true, true, NT, 4, 4, false, false, false, false, 4, true) \
   SMALL_M(tcvta8, kCvt, true, true, NT, 2, 4, false, false, false, false, 8, true) \
-  SMALL_M(tcvta4, kCvt, true, true, NT, 2, 4, false, false, false, false, 4, true)
+  SMALL_M(tcvta4, kCvt, true, true, NT, 2, 4, false, false, false, false, 4, true) \
+  SMALL_M_XTRAFFIC(NT, 4, 4)                                                          \
+  SMALL_M_XTRAFFIC(NT, 8, 4)                                                          \
+  SMALL_M(tcvtr, kCvt, true, true, NT, 16, 4, false, false, false, false, 0, false, true, true)
+
+#define SMALL_M_XTRAFFIC(NT, KW, U)                                                                \
+  SMALL_M(tcvtm, kCvt, true, true, NT, KW, U, false, false, false, false, 0, false, true, false) \
+  SMALL_M(tcvtr, kCvt, true, true, NT, KW, U, false, false, false, false, 0, false, true, true)
 
 #define SMALL_M_ORDER(NT, KW, U)                                                \
   SMALL_M(tcvti, kCvt, true, true, NT, KW, U, false, false, true)              \

@@ -44,7 +44,7 @@ gives NaN (emulation's decoded weight overflows float32; here only the scaled bl
 Not shipped: docs/benchmarks.md, "A Marlin-style CUDA kernel".
 
 Run on the device:
-``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch|order|async]``;
+``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch|order|async|xtraffic]``;
 JSON to $OUT/cuda_small_m_probe_<sweep>.json, the PTX and ptxas's register report beside it.
 """
 
@@ -82,7 +82,16 @@ CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load ro
 TILED_CONFIGS = CONFIGS + ((4, 16), (8, 16))
 PREFETCH_CONFIGS = ((4, 4), (4, 8), (8, 4))
 ORDER_CONFIGS = ((4, 4), (8, 4), (16, 4))
-EDGE_DECODES = ("cvt", "bits", "tcvt", "tcvti", "tcvtl", "tcvta4")  # run by edge_check at warps 4, unroll 4
+EDGE_DECODES = (
+    "cvt",
+    "bits",
+    "tcvt",
+    "tcvti",
+    "tcvtl",
+    "tcvta4",
+    "tcvtm",
+    "tcvtr",
+)  # run by edge_check at warps 4, unroll 4
 
 
 def tile_weight(data: jax.Array) -> jax.Array:
@@ -176,15 +185,18 @@ def run_kernel(x_op, x_scale, w: MXArray, m: int, decode: str, warps: int, unrol
         dims,
         name=name,
         ptx=PTX,
-        grid=(n // 16, split),
+        grid=(n // (16 * warps if decode in ROW_WARP_DECODES else 16), split),
         warps=warps,
         out_shape=(split, m, n),
     )
 
 
-def fits(k: int, warps: int, unroll: int, split: int) -> bool:
+ROW_WARP_DECODES = ("tcvtr",)  # each warp its own 16 rows over the CTA's whole K range (ROWWARPS)
+
+
+def fits(k: int, warps: int, unroll: int, split: int, decode: str = "") -> bool:
     """Whether every warp of every K split gets a whole number of ``unroll``-block rounds."""
-    return (k // 32) % (split * warps * unroll) == 0
+    return (k // 32) % (split * (1 if decode in ROW_WARP_DECODES else warps) * unroll) == 0
 
 
 def end_to_end(x: jax.Array, w: MXArray, cfg: tuple, out_dtype=jnp.bfloat16) -> jax.Array:
@@ -212,7 +224,8 @@ def for_decode(w: MXArray, decode: str) -> MXArray:
 class Sweep:
     """One recorded run: ``fixed`` (decode, warps, unroll, split) cells timed as they are; ``searched`` decodes over
     ``configs`` x splits 1, 2, 4; ``then`` decodes at the best searched cell's warps/unroll/split (those with
-    ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs`` (none if empty)."""
+    ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs`` (none if empty);
+    every search over ``splits``."""
 
     fixed: tuple = ()
     searched: tuple = ("cvt",)
@@ -222,6 +235,7 @@ class Sweep:
     e2e_decodes: tuple = ("cvt",)
     e2e_configs: tuple = CONFIGS
     decode_configs: tuple = ()  # (decode, configs) pairs that replace ``configs`` for those searched decodes
+    splits: tuple = (1, 2, 4)
 
 
 SWEEPS = {
@@ -257,6 +271,16 @@ SWEEPS = {
             ("tcvta8", ((2, 4),)),
         ),
         e2e_decodes=(),
+    ),
+    # not yet run: padding rows' activation loads skipped (tcvtm), and each warp its own rows over the CTA's K range so
+    # the CTA's warps share one activation stretch (tcvtr); the activation's L2 traffic is the suspect of "async"
+    "xtraffic": Sweep(
+        fixed=(("tcvt", 4, 4, 1), ("tcvt", 4, 4, 4), ("tcvt", 8, 4, 2)),
+        searched=("tcvtm", "tcvtr"),
+        decode_configs=(("tcvtm", ((4, 4), (8, 4))), ("tcvtr", ((4, 4), (8, 4), (16, 4)))),
+        e2e_decodes=("tcvt", "tcvtm", "tcvtr"),
+        e2e_configs=((4, 4), (8, 4)),
+        splits=(1, 2, 4, 8, 16),
     ),
     # results/cuda_small_m_probe_order_h200.*: the weight stream alone, and rounds dealt out to the warps in turn
     "order": Sweep(
@@ -298,14 +322,14 @@ def kernel_sweep(results: dict, sweep: Sweep) -> None:
             return time_cell(cells, label, fn, prepared[decode], ref)
 
         for fixed in sweep.fixed:
-            if fits(k, *fixed[1:]):
+            if fits(k, *fixed[1:], fixed[0]):
                 cell(*fixed)
         configs = dict(sweep.decode_configs)
         timed = {
             (d, w_, u, s): cell(d, w_, u, s)
             for d in sweep.searched
-            for (w_, u), s in itertools.product(configs.get(d, sweep.configs), (1, 2, 4))
-            if fits(k, w_, u, s)
+            for (w_, u), s in itertools.product(configs.get(d, sweep.configs), sweep.splits)
+            if fits(k, w_, u, s, d)
         }
         exact = [c for c in timed if "load" not in c[0] and "none" not in c[0]]
         best = min(exact or timed, key=timed.get)
@@ -340,9 +364,9 @@ def e2e(results: dict, sweep: Sweep) -> None:
         searched = {}
         for decode in sweep.e2e_decodes:
             dsets = [(x, for_decode(w, decode)) for x, w in sets]
-            for (warps, unroll), split in itertools.product(sweep.e2e_configs, (1, 2, 4)):
+            for (warps, unroll), split in itertools.product(sweep.e2e_configs, sweep.splits):
                 cfg = (decode, warps, unroll, split)
-                if fits(k, warps, unroll, split):
+                if fits(k, warps, unroll, split, decode):
                     fn = functools.partial(end_to_end, cfg=cfg)
                     searched[cfg] = (loop_time(fn, dsets, iters=20, repeats=3), dsets)
         cfg = min(searched, key=lambda c: searched[c][0])
@@ -383,7 +407,7 @@ PTX = ""
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", choices=sorted(SWEEPS), default="order")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), default="xtraffic")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment(), "sweep": args.sweep}

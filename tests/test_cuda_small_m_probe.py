@@ -48,19 +48,21 @@ def test_bits_decode_gets_each_group_of_four_in_the_order_0_2_1_3():
     np.testing.assert_array_equal(np.asarray(bits[0, :8]), np.asarray(plain[0, [0, 2, 1, 3, 4, 6, 5, 7]]))
 
 
-def test_end_to_end_traces_to_one_launch_and_a_split_sum():
+@pytest.mark.parametrize("decode, grid", [("tcvt", (16, 2)), ("tcvtr", (4, 2))])  # tcvtr: 4 warps' rows per CTA
+def test_end_to_end_traces_to_one_launch_and_a_split_sum(decode, grid):
     x = jnp.ones((16, 1024), jnp.bfloat16)
     w = MXArray(jnp.ones((256, 1024), jnp.float8_e4m3fn), jnp.full((256, 32), 127, jnp.uint8))
-    jaxpr = jax.make_jaxpr(lambda x, w: probe.end_to_end(x, w, ("tcvt", 4, 4, 2)))(x, w).jaxpr
+    jaxpr = jax.make_jaxpr(lambda x, w: probe.end_to_end(x, w, (decode, 4, 4, 2)))(x, w).jaxpr
     launches = [e for e in jaxpr.eqns if e.primitive is probe._launch]
     assert len(launches) == 1
-    assert launches[0].params["grid"] == (16, 2) and launches[0].params["name"] == "mxfp8_small_m_tcvt_nt2_kw4_u4"
+    assert launches[0].params["grid"] == grid and launches[0].params["name"] == f"mxfp8_small_m_{decode}_nt2_kw4_u4"
     assert jaxpr.outvars[0].aval.shape == (16, 256) and jaxpr.outvars[0].aval.dtype == jnp.bfloat16
 
 
 def test_fits_needs_whole_rounds_per_warp():
     assert probe.fits(4096, 4, 4, 8)  # 128 blocks = 8 splits x 4 warps x 4
     assert not probe.fits(4096, 8, 8, 4)
+    assert probe.fits(4096, 8, 8, 2, "tcvtr")  # its warps do not split K: 2 splits x 8 blocks x 8 rounds
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ preprocessor")
