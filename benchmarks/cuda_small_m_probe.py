@@ -8,8 +8,9 @@ E4M3 values, each 32-block's partial product scaled by both E8M0 factors in floa
 
 The kernel is compiled here to PTX for compute_89 by the device's ``nvcc`` and launched inside jit
 through jaxlib's PTX launcher (the ``triton_kernel_call_ffi`` custom call that Pallas's Triton
-backend and jax-triton use), so it is timed by ``timing.loop_time`` like every other kernel here,
-against bf16 ``jnp.dot`` and the shipped ``hopper`` backend in the same run.
+backend and jax-triton use; a private API, as jaxlib 0.11.2 spells it), so it is timed by
+``timing.loop_time`` like every other kernel here, against bf16 ``jnp.dot`` and the shipped
+``hopper`` backend in the same run.
 
 Parts, for the sweep ``--sweep`` names (each one recorded run, ``SWEEPS``):
 1. kernel alone at (14336, 4096) and (4096, 14336), M = 1 and 16, the activation pre-quantized:
@@ -82,16 +83,8 @@ CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load ro
 TILED_CONFIGS = CONFIGS + ((4, 16), (8, 16))
 PREFETCH_CONFIGS = ((4, 4), (4, 8), (8, 4))
 ORDER_CONFIGS = ((4, 4), (8, 4), (16, 4))
-EDGE_DECODES = (
-    "cvt",
-    "bits",
-    "tcvt",
-    "tcvti",
-    "tcvtl",
-    "tcvta4",
-    "tcvtm",
-    "tcvtr",
-)  # run by edge_check at warps 4, unroll 4
+# run by edge_check at warps 4, unroll 4
+EDGE_DECODES = ("cvt", "bits", "tcvt", "tcvti", "tcvtl", "tcvta4", "tcvtm", "tcvtr")
 
 
 def tile_weight(data: jax.Array) -> jax.Array:
@@ -125,25 +118,15 @@ def _(*avals, name, ptx, grid, warps, out_shape):
     return ShapedArray(out_shape, jnp.float32)
 
 
-def result_type(ctx, aval):
-    """``mlir.aval_to_ir_type`` (jax 0.11 wants the module context first)."""
-    try:
-        return mlir.aval_to_ir_type(ctx.module_context, aval)
-    except TypeError:
-        return mlir.aval_to_ir_type(aval)
-
-
 def _lowering(ctx, *args, name, ptx, grid, warps, out_shape):
-    try:
-        kernel = gpu_triton.TritonKernel(name, warps, 1, 0, ptx, "", 90)
-    except TypeError:  # older jaxlib: (name, warps, smem, ptx, ttir, cc, cluster x, y, z)
-        kernel = gpu_triton.TritonKernel(name, warps, 0, ptx, "", 90, 1, 1, 1)
+    # jaxlib 0.11.2: (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability); static smem only
+    kernel = gpu_triton.TritonKernel(name, warps, 1, 0, ptx, "", 90)
     params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
     call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
     layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731
     return mlir.custom_call(
         call_target_name="triton_kernel_call_ffi",
-        result_types=[result_type(ctx, ctx.avals_out[0])],
+        result_types=[mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])],
         operands=list(args),
         backend_config=dict(
             name=ir.StringAttr.get(name),
@@ -223,7 +206,7 @@ def for_decode(w: MXArray, decode: str) -> MXArray:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """One recorded run: ``fixed`` (decode, warps, unroll, split) cells timed as they are; ``searched`` decodes over
-    ``configs`` x splits 1, 2, 4; ``then`` decodes at the best searched cell's warps/unroll/split (those with
+    ``configs``; ``then`` decodes at the best searched cell's warps/unroll/split (those with
     ``ceiling`` at warps 4, unroll 4); the end-to-end search over ``e2e_decodes`` x ``e2e_configs`` (none if empty);
     every search over ``splits``."""
 
@@ -403,7 +386,7 @@ def edge_check(results: dict, sweep: Sweep) -> None:
         print(f"edge {decode}: {results[f'edge {decode}']}")
 
 
-PTX = ""
+PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, and need no nvcc)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
