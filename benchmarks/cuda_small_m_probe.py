@@ -26,18 +26,22 @@ Parts, for the sweep ``--sweep`` names (each one recorded run, ``SWEEPS``):
 
 Every timed result is checked against the emulation backend.
 
-What an H200 answered (jax 0.11.2, results/cuda_small_m_probe_{rowmajor,tiled,prefetch,order,async}_h200.*):
+What an H200 answered (jax 0.11.2, results/cuda_small_m_probe_*_h200.*):
 numerics are the best of any kernel here (1e-7 to 6e-7 from emulation, float32 output), speed is
 not yet. Kernel alone, the weight as stored streams at ~2 TB/s (30-37 us; bf16 ``jnp.dot`` 34-37);
 tiled, the best cells took 24.5-32.1 us (1.10-1.42x of bf16; one run's (4096, 14336), M = 16 cell
 39.5). The no-decode variants time the same as the exact decode. None of these changed it:
 double-buffered registers (slower: fewer warps fit), the L2::256B hint, rounds dealt out to the
 warps in turn, scale factors from a shared-memory table (25% fewer instructions per round, no
-faster, slower at M = 16), a cp.async ring 2-7 rounds deep (no faster, slower at M = 16).
-The tiled weight stream alone (``tload``, best cells) takes 18.5-19.0 us, as long as XLA reading the
-bytes (17.5-18.8 us): the access pattern is not the limit. A likely cause of the 6-12 us the rest
-adds, from arithmetic, not measured: every 16 weight rows re-read their K range of the f16
-activation (padded to 8 or 16 rows) from L2, ``rows / 8`` times the weight's bytes (2x at M = 16).
+faster, slower at M = 16), a cp.async ring 2-7 rounds deep (no faster, slower at M = 16), and
+(``xtraffic``) cutting the activation's L2 traffic: padding rows skipped (``tcvtm``) or one
+activation stretch shared by a CTA's warps (``tcvtr``): no faster at (14336, 4096), 25.0-27.0 us
+against ``tcvt``'s 28.1 in the same run at (4096, 14336), M = 1 (25.6-27.0 in earlier runs), slower
+or equal at M = 16. The tiled weight stream alone (``tload``, best cells) takes 18.5-19.0 us, as long
+as XLA reading the bytes (17.5-18.8 us): the access pattern is not the limit. Nsight Compute
+(``ncu_small_m.py``) puts the rest on latency: at (14336, 4096), M = 1 the grid fills 0.75 waves,
+~25 warps run per SM, 64% of the cycles between a warp's instructions wait on L1TEX loads, and
+DRAM runs at 57% of peak against 74% for the loads alone.
 End to end the tiled kernel beat the shipped backend at M = 1 on (14336, 4096) and (28672, 4096) in
 all three runs (1.11-1.31x of bf16 against 1.01-1.11x), was within 7% of it at (4096, 14336),
 M = 1, and mostly lost at M = 16 and at N <= 6144. At scale byte 254 it gives inf where emulation
@@ -255,8 +259,8 @@ SWEEPS = {
         ),
         e2e_decodes=(),
     ),
-    # not yet run: padding rows' activation loads skipped (tcvtm), and each warp its own rows over the CTA's K range so
-    # the CTA's warps share one activation stretch (tcvtr); the activation's L2 traffic is the suspect of "async"
+    # results/cuda_small_m_probe_xtraffic_h200.*: padding rows' activation loads skipped (tcvtm), and each warp its own
+    # rows over the CTA's K range so the CTA's warps share one activation stretch (tcvtr); neither closed the gap
     "xtraffic": Sweep(
         fixed=(("tcvt", 4, 4, 1), ("tcvt", 4, 4, 4), ("tcvt", 8, 4, 2)),
         searched=("tcvtm", "tcvtr"),
