@@ -1,0 +1,63 @@
+"""The small-M probes of the sixth session on CPU: the XLA-reduction GEMV's numerics
+(benchmarks/xla_gemv_probe.py) and the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py)."""
+
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ncu_small_m  # noqa: E402
+import xla_gemv_probe as gemv_probe  # noqa: E402
+from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
+
+from mxfp8_xla import quantize  # noqa: E402
+from mxfp8_xla.backends import emulation  # noqa: E402
+
+
+def _gemv(variant):
+    return jax.jit(functools.partial(gemv_probe.gemv, variant=variant, out_dtype=jnp.float32, quantize=quantize))
+
+
+@pytest.mark.parametrize("variant", gemv_probe.VARIANTS)
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_matches_emulation_up_to_the_order_of_float32_sums(variant, m):
+    x, w = operands(96, 512, m, copies=1)[0]
+    want = np.asarray(emulation.matmul(quantize(x), w, jnp.float32))
+    got = np.asarray(_gemv(variant)(x, w))
+    assert got.shape == (m, 96) and rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("variant", gemv_probe.VARIANTS)
+def test_gemv_keeps_emulations_non_finite_outputs(variant):
+    x, w = edge_operands()  # weight scale bytes 0, 1, 254 and 255 (NaN)
+    want = np.asarray(emulation.matmul(quantize(x), w, jnp.float32))
+    got = np.asarray(_gemv(variant)(x, w))
+    assert np.isnan(want).any() and np.isinf(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_gemv_rejects_an_unknown_variant():
+    x, w = operands(32, 128, 1, copies=1)[0]
+    with pytest.raises(ValueError, match="unknown variant 'dot'"):
+        gemv_probe.gemv(x, w, "dot", quantize=quantize)
+
+
+def test_ncu_driver_lists_each_case_in_the_order_it_profiles(monkeypatch):
+    monkeypatch.setattr(ncu_small_m, "CASES", (((64, 256), 1), ((64, 256), 16)))
+    ops = ncu_small_m.ops(cases=1)
+    labels = [label for label, _, _ in ops]
+    assert labels == [
+        "(64, 256) M=1 bf16 jnp.dot",
+        "(64, 256) M=1 hopper",
+        "(64, 256) M=1 probe tload",
+        "(64, 256) M=1 probe tnone",
+        "(64, 256) M=1 probe tcvt",
+    ]
+    x_op, _, w_tiled = ops[-1][2]
+    assert x_op.shape == (8, 256) and x_op.dtype == jnp.float16 and w_tiled.shape == (64, 256)
