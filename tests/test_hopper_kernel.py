@@ -43,6 +43,17 @@ def test_kernel_matches_emulation(cfg, m, prequantized, rng):
     assert rel_err(got, want) < 1e-6  # float32 accumulation in another order
 
 
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=str)
+def test_in_kernel_quantization_is_bit_identical_to_the_separate_pass(cfg, rng):
+    # benchmarks/fold_quantize_probe.py times the raw-activation route against the shipped one on the
+    # premise that only the speed differs; the two must agree bit for bit, not just within tolerance
+    x = (rng.standard_normal((5, 256)) * 4).astype(np.float32)
+    w = mx.quantize((rng.standard_normal((128, 256)) * 0.02).astype(np.float32))
+    raw = np.asarray(hopper.matmul_2d(jnp.asarray(x), w, jnp.float32, cfg, interpret=True))
+    separate = np.asarray(hopper.matmul_2d(mx.quantize(x), w, jnp.float32, cfg, interpret=True))
+    np.testing.assert_array_equal(raw.view(np.uint32), separate.view(np.uint32))
+
+
 def test_kernel_propagates_non_finite_blocks(rng):
     x = rng.standard_normal((3, 128)).astype(np.float32)
     x[1, 7] = np.inf
