@@ -1,5 +1,6 @@
-"""The small-M probes of the sixth session on CPU: the XLA-reduction GEMV's numerics
-(benchmarks/xla_gemv_probe.py) and the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py)."""
+"""The probes of the sixth session on CPU: the XLA-reduction GEMV's numerics (benchmarks/xla_gemv_probe.py),
+the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py), and the fused-decode probe's weight
+decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py)."""
 
 import functools
 import sys
@@ -12,10 +13,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ncu_small_m  # noqa: E402
+import xla_fused_dequant_probe as fused_probe  # noqa: E402
 import xla_gemv_probe as gemv_probe  # noqa: E402
 from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
 
-from mxfp8_xla import quantize  # noqa: E402
+from mxfp8_xla import dequantize, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation  # noqa: E402
 
 
@@ -61,3 +63,35 @@ def test_ncu_driver_lists_each_case_in_the_order_it_profiles(monkeypatch):
     ]
     x_op, _, w_tiled = ops[-1][2]
     assert x_op.shape == (8, 256) and x_op.dtype == jnp.float16 and w_tiled.shape == (64, 256)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("form", fused_probe.FORMS)
+def test_each_weight_decode_form_is_exact(form):
+    _, w = operands(64, 256, 1, copies=1)[0]  # scale bytes 112..123
+    got = np.asarray(jax.jit(functools.partial(fused_probe.weight_bf16, form=form))(w).astype(jnp.float32))
+    np.testing.assert_array_equal(got, np.asarray(dequantize(w, jnp.float32)))
+
+
+@pytest.mark.parametrize("form", fused_probe.FORMS)
+def test_fusion_report_reads_the_recorded_h200_hlo(form):
+    # XLA (jax 0.11.2, H200) wrote the decoded weight as bf16[14336, 128, 32] and fed cuBLAS/Triton that copy
+    hlo = (RESULTS / f"xla_fused_dequant_{form}_hlo_h200.txt").read_text()
+    assert fused_probe.fusion_report(hlo, 14336, 4096) == {"fused": False, "decoded_weight_in_hbm": True}
+
+
+def test_fusion_report_sees_a_dot_that_reads_fp8_itself():
+    hlo = "\n".join(
+        [
+            "%gemm (p0: bf16[16,256], p1: f8e4m3fn[64,256]) -> bf16[16,64] {",
+            "  %c = bf16[64,256]{1,0} convert(%p1)",
+            "  ROOT %d = bf16[16,64]{1,0} dot(%p0, %c)",
+            "}",
+            "ENTRY %main (x: bf16[16,256], w: f8e4m3fn[64,256]) -> bf16[16,64] {",
+            "  ROOT %f = bf16[16,64]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm",
+            "}",
+        ]
+    )
+    assert fused_probe.fusion_report(hlo, 64, 256) == {"fused": True, "decoded_weight_in_hbm": False}

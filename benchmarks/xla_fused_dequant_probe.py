@@ -1,0 +1,132 @@
+"""Probe: does XLA fuse an exact MXFP8 weight decode into its own GEMM (its Triton GEMM fusion)?
+
+``jnp.dot(x, dequantize(w).T)`` wrote the bf16 weight to HBM and read it back on the H100 (issue
+5). XLA's GEMM fusion pulls elementwise producers of a dot's operands into the Triton GEMM it
+emits, and which ones it accepts depends on how they are written. This times three exact ways to
+write the weight's decode to bf16, each feeding ``dot_general`` with the activation quantized and
+decoded by the shipped one-pass Pallas kernel (``hopper.decode_operand``):
+
+  ``library``  ``mxfp8_xla.dequantize(w, bfloat16)``: float32 products with emulation's two factors
+  ``f32_one``  float32 products with one factor (``numerics.scale_to_factor``), then bf16
+  ``bf16_mul`` the E4M3 values converted to bf16 times the factor repeated over its 32 elements, in bf16
+
+(each is exact for scale bytes 1..254: E4M3 values times powers of two fit bf16), and reports for
+each whether the optimized HLO's dot fusion reads the fp8 weight itself (``fused``) or a decoded
+copy. Against bf16 ``jnp.dot`` and the shipped ``hopper`` backend in the same run, loop timer;
+each cell checked against emulation with float32 output.
+
+Usage: ``PYTHONPATH=. python3 benchmarks/xla_fused_dequant_probe.py``; JSON and the HLO of each
+formulation at the first cell to ``$OUT``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import operands, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+
+from mxfp8_xla import MXArray, dequantize, mxfp8_matmul, numerics  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper  # noqa: E402
+
+CELLS = (((14336, 4096), 16), ((14336, 4096), 1), ((14336, 4096), 2048), ((4096, 14336), 16), ((4096, 14336), 2048))
+DN = (((1,), (1,)), ((), ()))
+
+
+def weight_bf16(w: MXArray, form: str) -> jax.Array:
+    """``w`` decoded exactly to bf16 ``[N, K]`` (scale bytes 1..254), written as ``form``."""
+    n, k = w.shape
+    if form == "library":
+        return dequantize(w, jnp.bfloat16)
+    factor = numerics.scale_to_factor(w.scale)  # [N, K/32] float32
+    if form == "f32_one":
+        blocks = w.data.astype(jnp.float32).reshape(n, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
+        return (blocks * factor[..., None]).reshape(n, k).astype(jnp.bfloat16)
+    if form == "bf16_mul":
+        return w.data.astype(jnp.bfloat16) * jnp.repeat(factor.astype(jnp.bfloat16), numerics.BLOCK_SIZE, axis=1)
+    raise ValueError(f"unknown form {form!r}")
+
+
+FORMS = ("library", "f32_one", "bf16_mul")
+
+
+def product(x: jax.Array, w: MXArray, form: str, out_dtype=jnp.bfloat16) -> jax.Array:
+    return jax.lax.dot_general(hopper.decode_operand(x), weight_bf16(w, form), DN, preferred_element_type=out_dtype)
+
+
+def computations(hlo: str) -> list[tuple[bool, str]]:
+    """``(is_entry, text)`` of every computation in an HLO module's text."""
+    out, current = [], None
+    for line in hlo.splitlines():
+        if current is None and re.match(r"^(ENTRY )?%\S+ .*\{$", line):
+            current = [line]
+        elif current is not None:
+            current.append(line)
+            if line == "}":
+                out.append((current[0].startswith("ENTRY"), "\n".join(current)))
+                current = None
+    return out
+
+
+def fusion_report(hlo: str, n: int, k: int) -> dict:
+    """From the optimized HLO: does a non-entry computation hold a dot and an fp8 operand (the decode fused
+    into the GEMM), and does the entry computation materialize a decoded weight (``N * K`` bf16 or float32
+    elements, in any shape: XLA wrote it as ``[N, K/32, 32]`` on the H200)?"""
+    bodies = computations(hlo)
+    entry = "\n".join(text for is_entry, text in bodies if is_entry)
+    return {
+        "fused": any(re.search(r"\bdot\(", t) and "f8e4m3fn[" in t for is_entry, t in bodies if not is_entry),
+        "decoded_weight_in_hbm": any(
+            math.prod(int(d) for d in dims.split(",")) == n * k
+            for dims in re.findall(r"= (?:bf16|f32)\[([\d,]+)\]", entry)
+        ),
+    }
+
+
+def main() -> None:
+    results = {"env": environment(), "cells": []}
+    print(results["env"], flush=True)
+    for (n, k), m in CELLS:
+        sets = operands(n, k, m, copies=None if m < 1024 else 4)
+        x0, w0 = sets[0]
+        ref = np.asarray(emulation.matmul(hopper.quantize_activations(x0), w0, jnp.float32))
+        row = {"n": n, "k": k, "m": m}
+        bf16_sets = [(x, dequantize(w, jnp.bfloat16)) for x, w in sets[:3]]
+        row["bf16_dot_us"] = loop_time(lambda x, wb: jnp.dot(x, wb.T), bf16_sets) * 1e6
+        row["hopper_us"] = loop_time(lambda x, w: mxfp8_matmul(x, w, backend="hopper"), sets) * 1e6
+        for form in FORMS:
+            fn = functools.partial(product, form=form)
+            try:
+                hlo = jax.jit(fn).lower(x0, w0).compile().as_text()
+                if not results["cells"]:
+                    (out_dir() / f"xla_fused_dequant_{form}_hlo.txt").write_text(hlo)
+                err = rel_err(jax.jit(functools.partial(fn, out_dtype=jnp.float32))(x0, w0), ref)
+                row[form] = {"us": loop_time(fn, sets) * 1e6, "rel_err": err, **fusion_report(hlo, n, k)}
+            except Exception as e:  # noqa: BLE001
+                row[form] = {"error": failure(e)}
+        base = row["bf16_dot_us"]
+        text = [f"bf16 {base:.1f} us", f"hopper {row['hopper_us']:.1f} us ({base / row['hopper_us']:.2f}x)"]
+        for form in FORMS:
+            c = row[form]
+            text.append(
+                f"{form} {c['error']}"
+                if "error" in c
+                else f"{form} {c['us']:.1f} us ({base / c['us']:.2f}x, fused {c['fused']}, "
+                f"decoded in HBM {c['decoded_weight_in_hbm']}, err {c['rel_err']:.1e})"
+            )
+        print(f"({n}, {k}) M={m}: " + ", ".join(text), flush=True)
+        results["cells"].append(row)
+        write_json("xla_fused_dequant_probe.json", results)
+
+
+if __name__ == "__main__":
+    main()
