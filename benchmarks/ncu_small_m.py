@@ -6,7 +6,7 @@ around every replayed kernel, and on the H200 failed at the fifth):
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false ncu --clock-control none --profile-from-start off \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \\
-        --section MemoryWorkloadAnalysis --section LaunchStats python3 benchmarks/ncu_small_m.py [--cases N]
+        --section MemoryWorkloadAnalysis --section LaunchStats python3 benchmarks/ncu_small_m.py [--start S] [--cases N]
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched
 to them): at (14336, 4096) M = 1 and 16 and at (4096, 14336) M = 1, bf16 ``jnp.dot``, the shipped
@@ -37,10 +37,10 @@ CASES = (((14336, 4096), 1), ((14336, 4096), 16), ((4096, 14336), 1))
 PROBE_DECODES = ("tload", "tnone", "tcvt")
 
 
-def ops(cases: int) -> list[tuple[str, object, tuple]]:
-    """(label, jitted function, arguments) for every profiled op of the first ``cases`` cases."""
+def ops(cases: int, start: int = 0) -> list[tuple[str, object, tuple]]:
+    """(label, jitted function, arguments) for every profiled op of ``cases`` cases from ``start`` on."""
     out = []
-    for (n, k), m in CASES[:cases]:
+    for (n, k), m in CASES[start : start + cases]:
         x, w = operands(n, k, m, copies=1)[0]
         wb = probe.dequant_bf16(w)
         out.append((f"({n}, {k}) M={m} bf16 jnp.dot", jax.jit(lambda x, wb: jnp.dot(x, wb.T)), (x, wb)))
@@ -54,10 +54,11 @@ def ops(cases: int) -> list[tuple[str, object, tuple]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=len(CASES), help="profile only the first CASES cases")
+    parser.add_argument("--cases", type=int, default=len(CASES), help="profile only this many cases")
+    parser.add_argument("--start", type=int, default=0, help="from this case on (0-based)")
     args = parser.parse_args()
     probe.PTX = probe.compile_ptx()
-    todo = ops(args.cases)
+    todo = ops(args.cases, args.start)
     for _, fn, args in todo:  # compile and warm up outside the range
         jax.block_until_ready(fn(*args))
     print("profiled, in order:", flush=True)
