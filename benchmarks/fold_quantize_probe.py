@@ -2,8 +2,8 @@
 
 For M <= 16 at K = 4096 the shipped ``hopper`` backend runs three kernels: the one-pass Pallas
 quantization of the activation, the Triton GEMM, and the sum over K splits. Under Nsight Compute
-(``ncu_small_m.py``, H200, (14336, 4096), M = 1) the quantization took 3.1 us and the sum 3.2 us
-beside the GEMM's 29.6 us. ``hopper.matmul_2d`` also takes the raw activation and quantizes each
+(``ncu_small_m.py``, H200, (14336, 4096), M = 1) the quantization took 2.9 us and the sum 2.9 us
+beside the GEMM's 30.4 us. ``hopper.matmul_2d`` also takes the raw activation and quantizes each
 ``[bm, bk]`` slice in the kernel (``numerics.quantize_blocks``, the same function, so the
 result is bit-identical); this times that against the shipped route, end to end (raw bf16 in,
 bf16 out), with bf16 ``jnp.dot`` in the same run, and checks the two outputs bit for bit.

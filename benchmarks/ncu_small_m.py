@@ -59,16 +59,16 @@ def main() -> None:
     args = parser.parse_args()
     probe.PTX = probe.compile_ptx()
     todo = ops(args.cases, args.start)
-    for _, fn, args in todo:  # compile and warm up outside the range
-        jax.block_until_ready(fn(*args))
+    for _, fn, operands_ in todo:  # compile and warm up outside the range
+        jax.block_until_ready(fn(*operands_))
     print("profiled, in order:", flush=True)
     for i, (label, _, _) in enumerate(todo):
         print(f"  {i}: {label}", flush=True)
     import cupy  # the device image has it; only the profiler range needs it
 
     cupy.cuda.runtime.profilerStart()
-    for _, fn, args in todo:
-        jax.block_until_ready(fn(*args))
+    for _, fn, operands_ in todo:
+        jax.block_until_ready(fn(*operands_))
     cupy.cuda.runtime.profilerStop()
 
 

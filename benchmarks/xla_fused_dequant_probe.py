@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_sweep import operands, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+from xla_gemv_probe import weight_f32  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, mxfp8_matmul, numerics  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper  # noqa: E402
@@ -44,15 +45,13 @@ DN = (((1,), (1,)), ((), ()))
 
 def weight_bf16(w: MXArray, form: str) -> jax.Array:
     """``w`` decoded exactly to bf16 ``[N, K]`` (scale bytes 1..254), written as ``form``."""
-    n, k = w.shape
     if form == "library":
         return dequantize(w, jnp.bfloat16)
-    factor = numerics.scale_to_factor(w.scale)  # [N, K/32] float32
     if form == "f32_one":
-        blocks = w.data.astype(jnp.float32).reshape(n, k // numerics.BLOCK_SIZE, numerics.BLOCK_SIZE)
-        return (blocks * factor[..., None]).reshape(n, k).astype(jnp.bfloat16)
+        return weight_f32(w, one_factor=True).astype(jnp.bfloat16)
     if form == "bf16_mul":
-        return w.data.astype(jnp.bfloat16) * jnp.repeat(factor.astype(jnp.bfloat16), numerics.BLOCK_SIZE, axis=1)
+        factor = numerics.scale_to_factor(w.scale).astype(jnp.bfloat16)  # [N, K/32], powers of two
+        return w.data.astype(jnp.bfloat16) * jnp.repeat(factor, numerics.BLOCK_SIZE, axis=1)
     raise ValueError(f"unknown form {form!r}")
 
 
