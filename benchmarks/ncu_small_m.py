@@ -6,14 +6,16 @@ around every replayed kernel, and on the H200 failed at the fifth):
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false ncu --clock-control none --profile-from-start off \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \\
-        --section MemoryWorkloadAnalysis --section LaunchStats python3 benchmarks/ncu_small_m.py [--start S] [--cases N]
+        --section MemoryWorkloadAnalysis --section LaunchStats \\
+        python3 benchmarks/ncu_small_m.py [--start S] [--cases N] [--decodes D,..]
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched
 to them): at (14336, 4096) M = 1 and 16 and at (4096, 14336) M = 1, bf16 ``jnp.dot``, the shipped
 ``hopper`` backend end to end, and the probe kernel of ``cuda_small_m.cu`` alone (tiled weight,
 4 warps, 4 blocks a round, no K split) as ``tload`` (weight loads only), ``tnone`` (no decode) and
-``tcvt`` (exact). Everything is compiled and run once before the range, so only the timed
-kernels are profiled.
+``tcvt`` (exact), or the variants ``--decodes`` names (e.g. ``tcvtp``, registers double-buffered,
+and ``tcvta4``, the cp.async ring: the two designs meant to keep loads in flight, not yet profiled).
+Everything is compiled and run once before the range, so only the timed kernels are profiled.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ CASES = (((14336, 4096), 1), ((14336, 4096), 16), ((4096, 14336), 1))
 PROBE_DECODES = ("tload", "tnone", "tcvt")
 
 
-def ops(cases: int, start: int = 0) -> list[tuple[str, object, tuple]]:
-    """(label, jitted function, arguments) for every profiled op of ``cases`` cases from ``start`` on."""
+def ops(cases: int, start: int = 0, decodes: tuple[str, ...] = PROBE_DECODES) -> list[tuple[str, object, tuple]]:
+    """(label, jitted function, arguments) for every profiled op of ``cases`` cases from ``start`` on, the probe
+    kernel as each of ``decodes`` (instantiated at 4 warps and 4 blocks a round)."""
     out = []
     for (n, k), m in CASES[start : start + cases]:
         x, w = operands(n, k, m, copies=1)[0]
         wb = probe.dequant_bf16(w)
         out.append((f"({n}, {k}) M={m} bf16 jnp.dot", jax.jit(lambda x, wb: jnp.dot(x, wb.T)), (x, wb)))
         out.append((f"({n}, {k}) M={m} hopper", jax.jit(lambda x, w: hopper.matmul(x, w, jnp.bfloat16)), (x, w)))
-        for decode in PROBE_DECODES:
+        for decode in decodes:
             x_op, x_scale = probe.kernel_inputs(quantize(x), decode)
             fn = functools.partial(probe.run_kernel, m=m, decode=decode, warps=4, unroll=4, split=1)
             out.append((f"({n}, {k}) M={m} probe {decode}", jax.jit(fn), (x_op, x_scale, probe.for_decode(w, decode))))
@@ -56,9 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=len(CASES), help="profile only this many cases")
     parser.add_argument("--start", type=int, default=0, help="from this case on (0-based)")
+    parser.add_argument(
+        "--decodes", default=",".join(PROBE_DECODES), help="probe kernel variants, e.g. tcvt,tcvtp,tcvta4"
+    )
     args = parser.parse_args()
     probe.PTX = probe.compile_ptx()
-    todo = ops(args.cases, args.start)
+    todo = ops(args.cases, args.start, tuple(args.decodes.split(",")))
     for _, fn, operands_ in todo:  # compile and warm up outside the range
         jax.block_until_ready(fn(*operands_))
     print("profiled, in order:", flush=True)

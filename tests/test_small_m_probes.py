@@ -64,6 +64,8 @@ def test_ncu_driver_lists_each_case_in_the_order_it_profiles(monkeypatch):
     x_op, _, w_tiled = ops[-1][2]
     assert x_op.shape == (8, 256) and x_op.dtype == jnp.float16 and w_tiled.shape == (64, 256)
     assert [label for label, _, _ in ncu_small_m.ops(cases=1, start=1)][0] == "(64, 256) M=16 bf16 jnp.dot"
+    ring = ncu_small_m.ops(cases=1, decodes=("tcvtp", "tcvta4"))
+    assert [label for label, _, _ in ring][2:] == ["(64, 256) M=1 probe tcvtp", "(64, 256) M=1 probe tcvta4"]
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
