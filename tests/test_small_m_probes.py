@@ -1,6 +1,7 @@
 """The probes of the sixth session on CPU: the XLA-reduction GEMV's numerics (benchmarks/xla_gemv_probe.py),
-the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py), and the fused-decode probe's weight
-decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py)."""
+the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py), the fused-decode probe's weight
+decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py), and jax.lax.scaled_dot's numerics
+(benchmarks/xla_scaled_dot_probe.py)."""
 
 import functools
 import sys
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ncu_small_m  # noqa: E402
 import xla_fused_dequant_probe as fused_probe  # noqa: E402
 import xla_gemv_probe as gemv_probe  # noqa: E402
+import xla_scaled_dot_probe as scaled_dot_probe  # noqa: E402
 from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
 
 from mxfp8_xla import dequantize, quantize  # noqa: E402
@@ -94,6 +96,51 @@ def test_fusion_report_sees_a_dot_that_reads_fp8_itself():
             "}",
             "ENTRY %main (x: bf16[16,256], w: f8e4m3fn[64,256]) -> bf16[16,64] {",
             "  ROOT %f = bf16[16,64]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm",
+            "}",
+        ]
+    )
+    assert fused_probe.fusion_report(hlo, 64, 256) == {"fused": True, "decoded_weight_in_hbm": False}
+
+
+def _fake_quantize_bf16(x):
+    return dequantize(quantize(x), jnp.bfloat16)
+
+
+@pytest.mark.parametrize("form", scaled_dot_probe.FORMS)
+@pytest.mark.parametrize("m", [1, 5])
+def test_xla_scaled_dot_matches_emulation(form, m):
+    # jax.lax.scaled_dot is MXFP8 as is (E4M3 values, E8M0 scales per 32 along K); on CPU XLA expands it
+    x, w = operands(96, 512, m, copies=1)[0]
+    want = np.asarray(emulation.matmul(quantize(x), w, jnp.float32))
+    fn = functools.partial(
+        scaled_dot_probe.product, form=form, out_dtype=jnp.float32, quantize=quantize, decode=_fake_quantize_bf16
+    )
+    got = np.asarray(jax.jit(fn)(x, w))
+    assert got.shape == (m, 96) and rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("form", scaled_dot_probe.FORMS)
+def test_xla_scaled_dot_keeps_emulations_non_finite_outputs_on_cpu(form):
+    x, w = edge_operands()
+    want = np.asarray(emulation.matmul(quantize(x), w, jnp.float32))
+    fn = functools.partial(
+        scaled_dot_probe.product, form=form, out_dtype=jnp.float32, quantize=quantize, decode=_fake_quantize_bf16
+    )
+    got = np.asarray(jax.jit(fn)(x, w))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_fusion_report_counts_a_scaled_dot_that_reads_fp8():
+    hlo = "\n".join(
+        [
+            "%gemm (p0: f8e4m3fn[16,256], p1: f8e4m3fn[64,256], p2: f8e8m0fnu[16,8], p3: f8e8m0fnu[64,8])"
+            " -> bf16[16,64] {",
+            "  ROOT %d = bf16[16,64]{1,0} scaled-dot(%p0, %p1, %p2, %p3)",
+            "}",
+            "ENTRY %main (x: f8e4m3fn[16,256], w: f8e4m3fn[64,256], s: f8e8m0fnu[16,8], t: f8e8m0fnu[64,8])"
+            " -> bf16[16,64] {",
+            "  ROOT %f = bf16[16,64]{1,0} fusion(%x, %w, %s, %t), kind=kCustom, calls=%gemm",
             "}",
         ]
     )
