@@ -83,6 +83,7 @@ def test_every_kernel_a_sweep_can_ask_for_is_instantiated():
         wanted |= {(d, w, u) for d in sweep.then for w, u in (((4, 4),) if sweep.ceiling else searched_configs)}
         wanted |= {(d, w, u) for d in sweep.e2e_decodes for w, u in sweep.e2e_configs}
         wanted |= {(d, 4, 4) for d in probe.EDGE_DECODES}
+        wanted |= {(d, 4, 4) for d in ("tload", "tnone", "tcvt", "tcvtp", "tcvta4")}  # ncu_small_m.py's --decodes
         missing = [
             f"mxfp8_small_m_{d}_nt{nt}_kw{w}_u{u}"
             for d, w, u in wanted
