@@ -91,10 +91,11 @@ def fusion_report(hlo: str, n: int, k: int) -> dict:
     }
 
 
-def main() -> None:
-    results = {"env": environment(), "cells": []}
-    print(results["env"], flush=True)
-    for (n, k), m in CELLS:
+def sweep(results: dict, name: str, cells, forms, product) -> None:
+    """Time ``product(x, w, form=...)`` end to end for every form and cell against bf16 ``jnp.dot`` and the shipped
+    backend, with its error against emulation and :func:`fusion_report`; rows go to ``results["cells"]`` and
+    ``$OUT/{name}_probe.json``, each form's HLO at the first cell to ``$OUT/{name}_{form}_hlo.txt``."""
+    for (n, k), m in cells:
         sets = operands(n, k, m, copies=None if m < 1024 else 4)
         x0, w0 = sets[0]
         ref = np.asarray(emulation.matmul(hopper.quantize_activations(x0), w0, jnp.float32))
@@ -102,19 +103,19 @@ def main() -> None:
         bf16_sets = [(x, dequantize(w, jnp.bfloat16)) for x, w in sets[:3]]
         row["bf16_dot_us"] = loop_time(lambda x, wb: jnp.dot(x, wb.T), bf16_sets) * 1e6
         row["hopper_us"] = loop_time(lambda x, w: mxfp8_matmul(x, w, backend="hopper"), sets) * 1e6
-        for form in FORMS:
+        for form in forms:
             fn = functools.partial(product, form=form)
             try:
                 hlo = jax.jit(fn).lower(x0, w0).compile().as_text()
                 if not results["cells"]:
-                    (out_dir() / f"xla_fused_dequant_{form}_hlo.txt").write_text(hlo)
+                    (out_dir() / f"{name}_{form}_hlo.txt").write_text(hlo)
                 err = rel_err(jax.jit(functools.partial(fn, out_dtype=jnp.float32))(x0, w0), ref)
                 row[form] = {"us": loop_time(fn, sets) * 1e6, "rel_err": err, **fusion_report(hlo, n, k)}
             except Exception as e:  # noqa: BLE001
                 row[form] = {"error": failure(e)}
         base = row["bf16_dot_us"]
         text = [f"bf16 {base:.1f} us", f"hopper {row['hopper_us']:.1f} us ({base / row['hopper_us']:.2f}x)"]
-        for form in FORMS:
+        for form in forms:
             c = row[form]
             text.append(
                 f"{form} {c['error']}"
@@ -124,7 +125,13 @@ def main() -> None:
             )
         print(f"({n}, {k}) M={m}: " + ", ".join(text), flush=True)
         results["cells"].append(row)
-        write_json("xla_fused_dequant_probe.json", results)
+        write_json(f"{name}_probe.json", results)
+
+
+def main() -> None:
+    results = {"env": environment(), "cells": []}
+    print(results["env"], flush=True)
+    sweep(results, "xla_fused_dequant", CELLS, FORMS, product)
 
 
 if __name__ == "__main__":

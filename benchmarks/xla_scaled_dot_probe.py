@@ -39,11 +39,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
-from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
-from xla_fused_dequant_probe import fusion_report  # noqa: E402
+from mosaic_sweep import edge_operands, rel_err  # noqa: E402
+from timing import environment, failure  # noqa: E402
+from xla_fused_dequant_probe import sweep  # noqa: E402
 
-from mxfp8_xla import MXArray, dequantize, mxfp8_matmul  # noqa: E402
+from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper  # noqa: E402
 
 FORMS = ("mx_mx", "bf16_mx")
@@ -106,37 +106,7 @@ def main() -> None:
     results = {"env": environment(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "cells": []}
     results["edge"] = edge_check()
     print(results["env"], results["xla_flags"], "\nedge:", results["edge"], flush=True)
-    for (n, k), m in CELLS:
-        sets = operands(n, k, m, copies=None if m < 1024 else 4)
-        x0, w0 = sets[0]
-        ref = np.asarray(emulation.matmul(hopper.quantize_activations(x0), w0, jnp.float32))
-        row = {"n": n, "k": k, "m": m}
-        bf16_sets = [(x, dequantize(w, jnp.bfloat16)) for x, w in sets[:3]]
-        row["bf16_dot_us"] = loop_time(lambda x, wb: jnp.dot(x, wb.T), bf16_sets) * 1e6
-        row["hopper_us"] = loop_time(lambda x, w: mxfp8_matmul(x, w, backend="hopper"), sets) * 1e6
-        for form in FORMS:
-            fn = functools.partial(product, form=form)
-            try:
-                hlo = jax.jit(fn).lower(x0, w0).compile().as_text()
-                if not results["cells"]:
-                    (out_dir() / f"xla_scaled_dot_{form}_hlo.txt").write_text(hlo)
-                err = rel_err(jax.jit(functools.partial(fn, out_dtype=jnp.float32))(x0, w0), ref)
-                row[form] = {"us": loop_time(fn, sets) * 1e6, "rel_err": err, **fusion_report(hlo, n, k)}
-            except Exception as e:  # noqa: BLE001
-                row[form] = {"error": failure(e)}
-        base = row["bf16_dot_us"]
-        text = [f"bf16 {base:.1f} us", f"hopper {row['hopper_us']:.1f} us ({base / row['hopper_us']:.2f}x)"]
-        for form in FORMS:
-            c = row[form]
-            text.append(
-                f"{form} {c['error']}"
-                if "error" in c
-                else f"{form} {c['us']:.1f} us ({base / c['us']:.2f}x, fused {c['fused']}, "
-                f"decoded in HBM {c['decoded_weight_in_hbm']}, err {c['rel_err']:.1e})"
-            )
-        print(f"({n}, {k}) M={m}: " + ", ".join(text), flush=True)
-        results["cells"].append(row)
-        write_json("xla_scaled_dot_probe.json", results)
+    sweep(results, "xla_scaled_dot", CELLS, FORMS, product)
 
 
 if __name__ == "__main__":
