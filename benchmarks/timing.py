@@ -35,8 +35,9 @@ def device_time(fn: Callable, arg_sets: Sequence[tuple], calls: int = 10, repeat
     return statistics.median(samples)
 
 
-def looped(fn: Callable, iters: int) -> Callable:
-    """``jit(sets -> outputs)`` running ``iters`` rounds of ``fn(*args)`` for every ``args`` in ``sets``.
+def looped(fn: Callable, iters: int, compiler_options: dict | None = None) -> Callable:
+    """``jit(sets -> outputs)`` running ``iters`` rounds of ``fn(*args)`` for every ``args`` in ``sets``,
+    compiled with XLA ``compiler_options`` (debug option names, as in ``XLA_FLAGS``) if given.
 
     The operands ride in the loop's carry through an optimization barrier, so XLA cannot
     prove them loop-invariant and hoist the ops out; the outputs are the carry too, so none
@@ -52,16 +53,19 @@ def looped(fn: Callable, iters: int) -> Callable:
         zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
         return jax.lax.fori_loop(0, iters, body, (sets, zeros))[1]
 
-    return jax.jit(rounds)
+    return jax.jit(rounds, compiler_options=compiler_options)
 
 
-def loop_time(fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats: int = 5) -> float:
-    """Median seconds per ``fn(*args)`` over one :func:`looped` call of ``iters`` rounds of every set.
+def loop_time(
+    fn: Callable, arg_sets: Sequence[tuple], iters: int = 50, repeats: int = 5, compiler_options: dict | None = None
+) -> float:
+    """Median seconds per ``fn(*args)`` over one :func:`looped` call of ``iters`` rounds of every set
+    (compiled with ``compiler_options``).
 
     One dispatch covers ``iters * len(arg_sets)`` ops, so host dispatch jitter cannot leave the
     GPU idle between them.
     """
-    run = looped(fn, iters)
+    run = looped(fn, iters, compiler_options)
     jax.block_until_ready(run(arg_sets))  # compile + warm up
     samples = []
     for _ in range(repeats):

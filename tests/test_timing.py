@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax.numpy as jnp
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import timing  # noqa: E402
@@ -46,3 +47,11 @@ def test_looped_returns_the_last_round():
     sets = [(jnp.full((8, 8), 2.0), jnp.eye(8)), (jnp.ones((8, 8)), jnp.full((8, 8), 3.0))]
     out = timing.looped(lambda x, y: x @ y, iters=4)(sets)
     assert float(out[0][0, 0]) == 2.0 and float(out[1][0, 0]) == 24.0
+
+
+def test_looped_compiles_with_the_given_xla_options():
+    sets = [(jnp.ones((4, 4)), jnp.eye(4))]
+    out = timing.looped(lambda x, y: x @ y, iters=2, compiler_options={"xla_gpu_cublas_fallback": False})(sets)
+    assert float(out[0][0, 0]) == 1.0
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        timing.looped(lambda x, y: x @ y, iters=2, compiler_options={"xla_no_such_option": True})(sets)
