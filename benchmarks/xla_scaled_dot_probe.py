@@ -2,52 +2,48 @@
 
 ``jax.lax.scaled_dot`` takes E4M3 operands and E8M0 (``float8_e8m0fnu``) scales per 32 elements of K,
 MXFP8 exactly, and lowers to the ``xla.scaled_dot`` composite. XLA:GPU turns that into its
-``scaled-dot`` op; with ``--xla_gpu_experimental_scaled_dot_with_triton`` (its default differs across
-XLA versions) the op enters XLA's Triton GEMM fusion, whose ``dot_scaled`` decodes the operands inside
-the kernel on GPUs without native MX MMAs, such as Hopper; otherwise XLA expands it into a decode and
-a plain dot, which ``xla_fused_dequant_probe.py`` found writing the decoded weight to HBM. Written
-as plain dots, the decode never fused (that probe); this asks whether the scaled-dot op does.
+``scaled-dot`` op in a Triton GEMM fusion, whose ``dot_scaled`` decodes the operands inside the
+kernel on GPUs without native MX MMAs, such as Hopper (``--xla_gpu_experimental_scaled_dot_with_triton``
+is on by default in jax 0.11.2: setting it changed neither the HLO nor the times). XLA's autotuner
+then times that fusion (num_stages 1, block_m >= 128 only, per XLA's sources) against a "fission"
+candidate: the scaled-dot expanded into a decode to bf16 in HBM plus cuBLAS, and keeps the faster.
 
 Forms (the weight ``[N, K]`` keeps its bytes; its uint8 scales are bitcast to ``float8_e8m0fnu``,
 the same encoding):
   ``mx_mx``   the activation quantized by the shipped one-pass Pallas kernel, both operands scaled
   ``bf16_mx`` the activation quantized and decoded to exact bf16 by the shipped Pallas pass, unscaled
+Variants compile ``mx_mx`` with XLA options (per compilation; the baselines keep the defaults):
+  ``mx_mx_nocublas`` ``--xla_gpu_cublas_fallback=false``: the Triton fusion, whatever the autotuner measured
+  ``mx_mx_configs``  that, and the autotuner choosing among the tilings in ``xla_scaled_dot_configs.txtpb``
+                     (small block_m, pipelined loads) instead of XLA's own
 
 Each cell: loop time end to end (raw bf16 activation in, bf16 out) against bf16 ``jnp.dot`` and the
 shipped ``hopper`` backend in the same run; the float32-output error against emulation; whether the
 optimized HLO's GEMM reads the fp8 weight itself (``fused``) or a decoded copy in HBM. Plus the
 edge weight (scale bytes 0, 1, 254, 255) NaN for NaN against emulation.
 
-Usage (device): ``PYTHONPATH=. python3 benchmarks/xla_scaled_dot_probe.py [--triton]``; ``--triton`` adds
-``--xla_gpu_experimental_scaled_dot_with_triton=true`` to ``XLA_FLAGS`` before JAX starts. JSON and
-the HLO of each form at the first cell to ``$OUT``.
+Usage (device): ``PYTHONPATH=. python3 benchmarks/xla_scaled_dot_probe.py [--variants a,b]``. JSON and
+the HLO of each variant at the first cell to ``$OUT``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
-TRITON_FLAG = "--xla_gpu_experimental_scaled_dot_with_triton=true"
-if __name__ == "__main__" and "--triton" in sys.argv:  # XLA reads its flags once, when the backend starts
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TRITON_FLAG}".strip()
-
-import functools  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import edge_operands, rel_err  # noqa: E402
-from timing import environment, failure  # noqa: E402
-from xla_fused_dequant_probe import sweep  # noqa: E402
+from timing import environment  # noqa: E402
+from xla_fused_dequant_probe import CELLS, NO_CUBLAS, edge_check, pick, sweep  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
-from mxfp8_xla.backends import emulation, hopper  # noqa: E402
+from mxfp8_xla.backends import hopper  # noqa: E402
 
 FORMS = ("mx_mx", "bf16_mx")
-CELLS = tuple(((14336, 4096), m) for m in (16, 1, 256, 2048)) + tuple(((4096, 14336), m) for m in (16, 1, 2048))
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xla_scaled_dot_configs.txtpb")
 DN = (((1,), (1,)), ((), ()))
 
 
@@ -82,31 +78,23 @@ def product(
     )
 
 
-def edge_check() -> dict:
-    """Each form's NaN and infinity positions against emulation on the edge weight, and its finite error."""
-    x, w = edge_operands()
-    ref = np.asarray(emulation.matmul(hopper.quantize_activations(x), w, jnp.float32))
-    report = {}
-    for form in FORMS:
-        try:
-            out = np.asarray(jax.jit(functools.partial(product, form=form, out_dtype=jnp.float32))(x, w))
-        except Exception as e:  # noqa: BLE001
-            report[form] = {"error": failure(e)}
-            continue
-        differ = (np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref))
-        fin = np.isfinite(ref) & np.isfinite(out)
-        report[form] = {
-            "nonfinite_differ_at": np.argwhere(differ).tolist()[:8],
-            "finite_rel_err": rel_err(out[fin], ref[fin]),
-        }
-    return report
+def variants() -> dict:
+    """Label -> (product, XLA compiler options) for :func:`xla_fused_dequant_probe.sweep`."""
+    out = {form: (functools.partial(product, form=form), {}) for form in FORMS}
+    out["mx_mx_nocublas"] = (functools.partial(product, form="mx_mx"), NO_CUBLAS)
+    out["mx_mx_configs"] = (
+        functools.partial(product, form="mx_mx"),
+        NO_CUBLAS | {"xla_gpu_gemm_autotuner_override_file": CONFIGS},
+    )
+    return out
 
 
 def main() -> None:
-    results = {"env": environment(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "cells": []}
-    results["edge"] = edge_check()
-    print(results["env"], results["xla_flags"], "\nedge:", results["edge"], flush=True)
-    sweep(results, "xla_scaled_dot", CELLS, FORMS, product)
+    results = {"env": environment(), "cells": []}
+    chosen = pick(variants(), sys.argv)
+    results["edge"] = edge_check(chosen)
+    print(results["env"], "\nedge:", results["edge"], flush=True)
+    sweep(results, "xla_scaled_dot", CELLS, chosen)
 
 
 if __name__ == "__main__":

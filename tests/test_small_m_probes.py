@@ -1,9 +1,10 @@
 """The probes of the sixth session on CPU: the XLA-reduction GEMV's numerics (benchmarks/xla_gemv_probe.py),
 the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py), the fused-decode probe's weight
 decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py), and jax.lax.scaled_dot's numerics
-(benchmarks/xla_scaled_dot_probe.py)."""
+(benchmarks/xla_scaled_dot_probe.py), with the XLA options each probe variant compiles with."""
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import xla_scaled_dot_probe as scaled_dot_probe  # noqa: E402
 from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
 
 from mxfp8_xla import dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import emulation  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper  # noqa: E402
 
 
 def _gemv(variant):
@@ -145,3 +146,48 @@ def test_fusion_report_counts_a_scaled_dot_that_reads_fp8():
         ]
     )
     assert fused_probe.fusion_report(hlo, 64, 256) == {"fused": True, "decoded_weight_in_hbm": False}
+
+
+@pytest.mark.parametrize(
+    "form, report",
+    [
+        ("mx_mx", {"fused": True, "decoded_weight_in_hbm": False}),  # XLA's Triton scaled-dot fusion reads fp8
+        ("bf16_mx", {"fused": False, "decoded_weight_in_hbm": True}),  # no lhs scale: jax decodes rhs before a dot
+    ],
+)
+def test_fusion_report_reads_the_recorded_h200_scaled_dot_hlo(form, report):
+    # jax 0.11.2 on an H200, (14336, 4096), M = 16
+    hlo = (RESULTS / f"xla_scaled_dot_{form}_hlo_h200.txt").read_text()
+    assert fused_probe.fusion_report(hlo, 14336, 4096) == report
+
+
+@pytest.mark.parametrize(
+    "variants", [fused_probe.VARIANTS, scaled_dot_probe.variants()], ids=["fused_dequant", "scaled_dot"]
+)
+def test_every_probe_variant_compiles_with_its_xla_options_and_keeps_emulations_outputs(variants):
+    # each variant's own compiler options (the subchannel fusion, no cuBLAS fallback, the tiling file) are valid
+    # XLA options; on CPU the GPU-only ones change nothing, so each must be the emulation's function there
+    with hopper.interpret_mode():
+        report = fused_probe.edge_check(variants)
+    assert set(report) == set(variants)
+    for label, entry in report.items():
+        assert "error" not in entry, (label, entry)
+        assert entry["nonfinite_differ_at"] == [] and entry["finite_rel_err"] < 1e-6, (label, entry)
+
+
+def test_pick_keeps_the_named_variants_in_order_and_refuses_unknown_names():
+    picked = fused_probe.pick(fused_probe.VARIANTS, ["probe.py", "--variants", "bf16_mul_sub,library"])
+    assert list(picked) == ["bf16_mul_sub", "library"]
+    assert fused_probe.pick(fused_probe.VARIANTS, ["probe.py"]) is fused_probe.VARIANTS
+    with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
+        fused_probe.pick(fused_probe.VARIANTS, ["probe.py", "--variants", "nope"])
+
+
+def test_the_tiling_file_names_only_triton_gemm_key_fields():
+    fields = {"block_m", "block_n", "block_k", "num_stages", "num_warps", "num_ctas"}  # AutotuneResult.TritonGemmKey
+    lines = [ln for ln in Path(scaled_dot_probe.CONFIGS).read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines
+    for line in lines:
+        body = re.fullmatch(r"config \{ (.*) \}", line).group(1)
+        pairs = dict(re.findall(r"(\w+): (\d+)", body))
+        assert set(pairs) == fields and " ".join(f"{k}: {v}" for k, v in pairs.items()) == body
