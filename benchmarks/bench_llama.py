@@ -41,6 +41,34 @@ def wall(fn, repeats: int = 3) -> float:
     return statistics.median(samples)
 
 
+def block_config(layers: int, tiny: bool = False) -> dict:
+    """``LlamaConfig`` keywords (all but ``quantized`` and ``backend``) for ``layers`` Llama-3-8B blocks, or small
+    dimensions with ``tiny`` (a CPU smoke test)."""
+    base = dict(
+        vocab_size=1024,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        dtype=jnp.bfloat16,
+        param_dtype=jnp.bfloat16,
+    )
+    if tiny:
+        base.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    return base
+
+
+def decode_step(cfg: LlamaConfig, params, batch: int) -> float:
+    """Seconds per generated token at ``batch``: the slope between ``SHORT`` and ``LONG`` new tokens."""
+    prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
+    t_short = wall(lambda: generate(cfg, params, prompt, max_new_tokens=SHORT))
+    t_long = wall(lambda: generate(cfg, params, prompt, max_new_tokens=LONG))
+    return (t_long - t_short) / (LONG - SHORT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
@@ -52,20 +80,7 @@ def main() -> None:
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "rows": []}
-    base = dict(
-        vocab_size=1024,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=args.layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        rope_theta=500000.0,
-        dtype=jnp.bfloat16,
-        param_dtype=jnp.bfloat16,
-    )
-    if args.tiny:
-        base.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    base = block_config(args.layers, args.tiny)
     results = {}
     for quantized in (False, True):
         cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend)
@@ -74,10 +89,7 @@ def main() -> None:
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}
         for batch in batches:
-            prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
-            t_short = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=SHORT))
-            t_long = wall(lambda p=prompt, c=cfg, pr=params: generate(c, pr, p, max_new_tokens=LONG))
-            step = (t_long - t_short) / (LONG - SHORT)
+            step = decode_step(cfg, params, batch)
             row[f"decode_b{batch}_ms_per_step"] = step * 1e3
             row[f"decode_b{batch}_tokens_per_s"] = batch / step
             print(f"{name}: batch {batch:2d} decode {step * 1e3:.3f} ms/step, {batch / step:,.0f} tokens/s", flush=True)

@@ -10,8 +10,10 @@ candidate is checked against the emulation backend on the same operands; an edge
 weight (scale bytes 0, 1, 254, 255) is compared elementwise, also for one activation row
 with K split.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only] [--rows 64,256]``
-(``--rows`` replaces the activation row counts 1 and 16); JSON to $OUT/mosaic_sweep.json.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sweep.py [--edge-only] [--rows 64,256]
+[--splits 1,2,4] [--shapes 0,2]`` (``--rows`` replaces the activation row counts 1 and 16; ``--splits`` adds
+the Mosaic kernel with K split those ways; ``--shapes`` picks from ``SHAPES`` by index); JSON to
+$OUT/mosaic_sweep.json.
 Recorded runs: results/mosaic_sweep_h100.* (the first kernel, scales transposed by XLA) and
 results/mosaic_sweep_gmem_scales_h100.* (scales read in place), queued timer
 (``timing.device_time``); results/mosaic_sweep_mid_m_h200.* (64 and 256 rows against the
@@ -23,6 +25,7 @@ timer, by earlier versions of this script (commits 409a63f and 4715fcb).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -97,6 +100,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edge-only", action="store_true", help="edge cases and the routed kernel at (4096, 14336)")
     ap.add_argument("--rows", type=lambda t: [int(r) for r in t.split(",")], help="activation row counts, e.g. 32,64")
+    ap.add_argument(
+        "--splits",
+        type=lambda t: [int(r) for r in t.split(",")],
+        default=[],
+        help="also time the Mosaic kernel with K split these ways (where its config can run), e.g. 1,2,4",
+    )
+    ap.add_argument("--shapes", type=lambda t: [SHAPES[int(i)] for i in t.split(",")], help="indices into SHAPES")
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
@@ -131,7 +141,7 @@ def main() -> None:
             print(f"hopper.matmul auto: {routed[-1]}", flush=True)
         write_json("mosaic_edge_cases.json", dict(environment=env, edge_cases=edge, auto_routing=routed))
         return
-    for n, k in SHAPES:
+    for n, k in args.shapes or SHAPES:
         for m in args.rows or ROWS:
             sets = operands(n, k, m)
             t_bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
@@ -143,6 +153,12 @@ def main() -> None:
                     hopper.decode_operand(x), q, jnp.bfloat16, cfg
                 ),
             }
+            for split in args.splits:
+                other = dataclasses.replace(cfg, split_k=split)
+                if split != cfg.split_k and other.check(m, n, k) is None:
+                    cands[f"mosaic {other}"] = lambda x, q, cfg=other: hopper_mosaic.matmul_2d(
+                        hopper.decode_operand(x), q, jnp.bfloat16, cfg
+                    )
             print(f"== N={n} K={k} M={m}: bf16 jnp.dot {t_bf16 * 1e6:.1f} us", flush=True)
             rows.append(dict(n=n, k=k, m=m, variant="bf16_jnp_dot", us=t_bf16 * 1e6))
             for name, fn in cands.items():
