@@ -29,6 +29,7 @@ from timing import environment, loop_time, write_json  # noqa: E402
 
 from examples.llama import Llama, LlamaConfig  # noqa: E402
 from mxfp8_xla import dequantize, mxfp8_matmul  # noqa: E402
+from mxfp8_xla.backends import select_backend  # noqa: E402
 
 CEILING = 1 / (1 / 2 + 1 / 64)  # bf16 bytes per element over MXFP8's (1 + 1/32) / 2: 1.94
 
@@ -50,14 +51,16 @@ def projections(cfg: dict) -> dict[str, tuple[int, int]]:
 
 
 def projection_times(shapes: dict[str, tuple[int, int]], m: int, copies: int | None = None) -> dict:
-    """``name -> {"bf16_us", "mxfp8_us"}`` for each projection at ``m`` rows."""
+    """``name -> {"bf16_us", "mxfp8_us", "backend"}`` for each projection at ``m`` rows, MXFP8 through the backend
+    ``"auto"`` picks (as the model's layers do)."""
     out = {}
     for name, (n, k) in shapes.items():
         sets = operands(n, k, m, copies)
         bf16_sets = [(x, dequantize(w, jnp.bfloat16)) for x, w in sets]  # all: 3 small bf16 weights fit in L2
         out[name] = {
             "bf16_us": loop_time(lambda x, wb: jnp.dot(x, wb.T), bf16_sets) * 1e6,
-            "mxfp8_us": loop_time(lambda x, w: mxfp8_matmul(x, w, out_dtype=jnp.bfloat16), sets) * 1e6,
+            "mxfp8_us": loop_time(lambda x, w: mxfp8_matmul(x, w, out_dtype=jnp.bfloat16, backend="auto"), sets) * 1e6,
+            "backend": select_backend("auto", n=n, k=k, out_dtype=jnp.bfloat16),
         }
     return out
 
@@ -109,7 +112,7 @@ def main() -> None:
         write_json("llama_step_budget.json", out)
         print(
             f"batch {batch}: "
-            + ", ".join(f"{k} {g['bf16_us']:.1f}/{g['mxfp8_us']:.1f}" for k, g in gemms.items())
+            + ", ".join(f"{k} {g['bf16_us']:.1f}/{g['mxfp8_us']:.1f} ({g['backend']})" for k, g in gemms.items())
             + " us (bf16/mxfp8)",
             flush=True,
         )
