@@ -5,7 +5,12 @@ a small vocabulary (1024) so that the unquantized embedding and head do not hide
 blocks, KV cache under jit. Decode time per token is the slope between two generation
 lengths (prefill cancels out); prefill is a forward pass over 2048 tokens.
 
-Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32]; JSON to $OUT/bench_llama.json.
+The bf16 baseline runs in both weight layouts by default: ``nn.Dense`` (``kernel [K, N]``, what a Flax model
+usually has) and ``DenseNK`` (``[N, K]``, the checkpoint's and the MXFP8 layers' orientation); on an H200 XLA
+multiplies one row by the first layout's k/v kernels 4x slower (``bf16_layout_probe.py``).
+
+Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill];
+JSON to $OUT/bench_llama.json.
 """
 
 from __future__ import annotations
@@ -75,16 +80,22 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
     ap.add_argument("--tiny", action="store_true", help="small dimensions: a CPU smoke test of the script")
+    ap.add_argument(
+        "--bf16-layouts", default="kn,nk", help="bf16 baselines: kn = nn.Dense [K, N], nk = DenseNK [N, K] (as MXFP8)"
+    )
+    ap.add_argument("--no-prefill", action="store_true", help="decode only")
     args = ap.parse_args()
+    baselines = [f"bf16_{layout}" for layout in args.bf16_layouts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "rows": []}
     base = block_config(args.layers, args.tiny)
     results = {}
-    for quantized in (False, True):
-        cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend)
-        name = "mxfp8" if quantized else "bf16"
+    for name in (*baselines, "mxfp8"):
+        quantized = name == "mxfp8"
+        layout = "kn" if quantized else name.removeprefix("bf16_")
+        cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend, bf16_layout=layout)
         params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}
@@ -93,22 +104,26 @@ def main() -> None:
             row[f"decode_b{batch}_ms_per_step"] = step * 1e3
             row[f"decode_b{batch}_tokens_per_s"] = batch / step
             print(f"{name}: batch {batch:2d} decode {step * 1e3:.3f} ms/step, {batch / step:,.0f} tokens/s", flush=True)
-        ids = jax.random.randint(jax.random.key(7), (1, 2048), 0, cfg.vocab_size)
-        t = wall(lambda c=cfg, pr=params, i=ids: forward(c, pr, i), repeats=5)
-        row["prefill_2048_ms"] = t * 1e3
-        print(f"{name}: prefill 2048 tokens {t * 1e3:.2f} ms; params {nbytes / 2**20:,.0f} MiB", flush=True)
+        if not args.no_prefill:
+            ids = jax.random.randint(jax.random.key(7), (1, 2048), 0, cfg.vocab_size)
+            t = wall(lambda c=cfg, pr=params, i=ids: forward(c, pr, i), repeats=5)
+            row["prefill_2048_ms"] = t * 1e3
+            print(f"{name}: prefill 2048 tokens {t * 1e3:.2f} ms; params {nbytes / 2**20:,.0f} MiB", flush=True)
         results[name] = row
         out["rows"].append(row)
         write_json("bench_llama.json", out)
         del params
-    b, m = results["bf16"], results["mxfp8"]
-    print(f"\n{'':28}{'bf16':>12}{'mxfp8':>12}{'mxfp8/bf16':>12}")
-    for batch in batches:
-        key = f"decode_b{batch}_tokens_per_s"
-        print(f"{'decode tokens/s, batch ' + str(batch):28}{b[key]:12,.0f}{m[key]:12,.0f}{m[key] / b[key]:11.2f}x")
-    key = "prefill_2048_ms"
-    print(f"{'prefill 2048 tokens, ms':28}{b[key]:12.2f}{m[key]:12.2f}{b[key] / m[key]:11.2f}x")
-    print(f"{'parameter MiB':28}{b['param_bytes'] / 2**20:12,.0f}{m['param_bytes'] / 2**20:12,.0f}")
+    m = results["mxfp8"]
+    for base_name in baselines:
+        b = results[base_name]
+        print(f"\n{'':28}{base_name:>12}{'mxfp8':>12}{'ratio':>12}")
+        for batch in batches:
+            key = f"decode_b{batch}_tokens_per_s"
+            print(f"{'decode tokens/s, batch ' + str(batch):28}{b[key]:12,.0f}{m[key]:12,.0f}{m[key] / b[key]:11.2f}x")
+        key = "prefill_2048_ms"
+        if key in m:
+            print(f"{'prefill 2048 tokens, ms':28}{b[key]:12.2f}{m[key]:12.2f}{b[key] / m[key]:11.2f}x")
+        print(f"{'parameter MiB':28}{b['param_bytes'] / 2**20:12,.0f}{m['param_bytes'] / 2**20:12,.0f}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,14 @@ def main(fixture: Path) -> None:
     assert placed["layers_0"]["mlp"]["down_proj"]["kernel"].sharding.spec == P("model", None)
     compare("nn.Dense,  mesh 2x2", forward(cfg_dense, placed, ids, mesh=mesh), forward(cfg_dense, dense, ids))
 
+    # The "nk" bf16 layout: kernel_nk [N, K], split as kernel_q.
+    cfg_nk = dataclasses.replace(cfg_dense, bf16_layout="nk")
+    nk = params_from_hf(load_safetensors(fixture / "unquantized_bf16.safetensors", dtype=jnp.float32), cfg_nk)
+    placed = shard_params(cfg_nk, nk, mesh)
+    assert placed["layers_0"]["self_attn"]["q_proj"]["kernel_nk"].sharding.spec == P("model", None)
+    assert placed["layers_0"]["mlp"]["down_proj"]["kernel_nk"].sharding.spec == P(None, "model")
+    compare("bf16 nk,   mesh 2x2", forward(cfg_nk, placed, ids, mesh=mesh), forward(cfg_nk, nk, ids))
+
     # Bad configurations fail before any XLA work.
     expect_error(
         "heads over 4",

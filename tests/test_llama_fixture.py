@@ -188,9 +188,27 @@ def test_nn_dense_variant_matches_unquantized_reference(model, unquantized, ref)
     assert rel_fro(got, ref["logits_unquantized"]) < 1e-5  # measured 6e-7
 
 
-@pytest.mark.parametrize("quantized", [True, False])
-def test_loaded_params_have_the_init_tree(model, unquantized, quantized):
-    cfg = dataclasses.replace(model[0], quantized=quantized)
+def test_nk_layout_variant_matches_nn_dense_and_the_reference(model, unquantized, ref):
+    kn = dataclasses.replace(model[0], quantized=False)
+    nk = dataclasses.replace(kn, bf16_layout="nk")
+    params = params_from_hf(unquantized, nk)
+    assert params["layers_0"]["self_attn"]["k_proj"]["kernel_nk"].shape == (128, 256)  # [N, K] = W
+    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+    got = jax.jit(lambda p: forward(nk, p, ids))(params)
+    want = forward(kn, params_from_hf(unquantized, kn), ids)
+    assert rel_fro(got, want) < 1e-6  # the same function; the dots may add in another order
+    assert rel_fro(got, ref["logits_unquantized"]) < 1e-5
+
+
+def test_an_unknown_bf16_layout_is_named(model):
+    cfg = dataclasses.replace(model[0], quantized=False, bf16_layout="kN")
+    with pytest.raises(ValueError, match=r"bf16_layout='kN': expected one of \['kn', 'nk'\]"):
+        Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("quantized, layout", [(True, "kn"), (False, "kn"), (False, "nk")])
+def test_loaded_params_have_the_init_tree(model, unquantized, quantized, layout):
+    cfg = dataclasses.replace(model[0], quantized=quantized, bf16_layout=layout)
     shapes = jax.eval_shape(lambda: Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     loaded = params_from_hf(unquantized, cfg)
     assert jax.tree.structure(shapes) == jax.tree.structure(loaded)
@@ -199,6 +217,8 @@ def test_loaded_params_have_the_init_tree(model, unquantized, quantized):
     proj = loaded["layers_1"]["mlp"]["down_proj"]
     if quantized:
         assert proj["kernel_q"].shape == (256, 512) and proj["kernel_scale"].shape == (256, 16)
+    elif layout == "nk":
+        assert proj["kernel_nk"].shape == (256, 512)
     else:
         assert proj["kernel"].shape == (512, 256)
 

@@ -1,10 +1,11 @@
-"""The linear layers the Llama example uses: MXFP8 (quantized) or ``nn.Dense`` (bf16 baseline).
+"""The linear layers the Llama example uses: MXFP8 (quantized) or bf16 (``nn.Dense`` or ``DenseNK``).
 
 Parameter layouts (Hugging Face ``W`` is ``[N, K]``, torch orientation):
 
 * ``MXFP8Dense`` (inference mode): ``kernel_q`` float8_e4m3fn ``[N, K]``, ``kernel_scale``
   uint8 ``[N, K/32]`` (exactly ModelOpt's ``weight``/``weight_scale``), ``bias`` ``[N]``.
-* ``nn.Dense``: ``kernel`` ``[K, N]`` = ``W.T``, ``bias`` ``[N]``.
+* ``nn.Dense`` (``cfg.bf16_layout == "kn"``): ``kernel`` ``[K, N]`` = ``W.T``, ``bias`` ``[N]``.
+* ``DenseNK`` (``cfg.bf16_layout == "nk"``): ``kernel_nk`` ``[N, K]`` = ``W``, ``bias`` ``[N]``.
 
 Under tensor parallelism (``cfg.tp_axis`` set, see ``parallel.py``) the column-parallel
 projections are plain ``dense`` layers over this device's N slice, and the row-parallel ones
@@ -23,8 +24,36 @@ import jax.numpy as jnp
 from mxfp8_xla.flax import MXFP8Dense
 
 
+class DenseNK(nn.Module):
+    """``y = x @ W.T + b`` with the weight kept as ``kernel_nk [N, K]``, as checkpoints store it.
+
+    Computed in ``dtype`` with ``precision``, as ``nn.Dense``; the two differ only in the kernel's layout.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=-1, out_axis=-2)
+        w = self.param("kernel_nk", init, (self.features, x.shape[-1]), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, w)
+        contract = (((x.ndim - 1,), (1,)), ((), ()))
+        y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), contract, precision=self.precision)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype).astype(dtype)
+        return y
+
+
+BF16_LAYOUTS = {"kn": nn.Dense, "nk": DenseNK}
+
+
 def dense(features: int, *, use_bias: bool, cfg: Any, name: str | None, dtype: Any = None) -> nn.Module:
-    """One of the seven projections of a block: MXFP8 when ``cfg.quantized``, else ``nn.Dense``.
+    """One of the seven projections of a block: MXFP8 when ``cfg.quantized``, else a bf16 layer in
+    ``cfg.bf16_layout`` (``nn.Dense`` for ``"kn"``, :class:`DenseNK` for ``"nk"``).
 
     ``dtype`` (default ``cfg.dtype``) is the output dtype and, for ``nn.Dense``, the compute dtype.
     """
@@ -39,7 +68,9 @@ def dense(features: int, *, use_bias: bool, cfg: Any, name: str | None, dtype: A
             mode="inference",
             name=name,
         )
-    return nn.Dense(
+    if cfg.bf16_layout not in BF16_LAYOUTS:
+        raise ValueError(f"LlamaConfig.bf16_layout={cfg.bf16_layout!r}: expected one of {sorted(BF16_LAYOUTS)}")
+    return BF16_LAYOUTS[cfg.bf16_layout](
         features,
         use_bias=use_bias,
         dtype=dtype,

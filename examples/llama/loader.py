@@ -8,7 +8,8 @@ checkpoint, a GGUF converted to HF names, ...) and builds the param tree of
 * ``cfg.quantized``: each projection becomes ``{kernel_q: data [N, K], kernel_scale:
   scale [N, K/32]}``; float weights are quantized here with ``mxfp8_xla.quantize``
   (blocks of 32 along K: the bytes ModelOpt would export).
-* not ``cfg.quantized``: ``{kernel: W.T}`` ([K, N], nn.Dense), ``MXArray`` weights
+* not ``cfg.quantized``: ``{kernel: W.T}`` ([K, N], nn.Dense) or, with ``cfg.bf16_layout == "nk"``,
+  ``{kernel_nk: W}`` ([N, K]); ``MXArray`` weights
   dequantized exactly first.
 * ``model.embed_tokens.weight`` -> ``embed_tokens/embedding``; norms -> ``.../weight``;
   ``lm_head.weight`` -> ``lm_head/kernel`` (= W.T), absent when the head is tied.
@@ -54,7 +55,8 @@ def params_from_hf(tensors: Mapping[str, Any], cfg: LlamaConfig) -> dict[str, An
             p = {"kernel_q": q.data, "kernel_scale": q.scale}
         else:
             wf = dequantize(w, jnp.float32) if isinstance(w, MXArray) else jnp.asarray(w)
-            p = {"kernel": wf.T.astype(cfg.param_dtype)}
+            nk = cfg.bf16_layout == "nk"
+            p = {"kernel_nk": wf.astype(cfg.param_dtype)} if nk else {"kernel": wf.T.astype(cfg.param_dtype)}
         if bias:
             p["bias"] = plain(module + ".bias")
         return p

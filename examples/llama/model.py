@@ -61,6 +61,10 @@ class LlamaConfig:
     param_dtype: Any = jnp.bfloat16  # non-quantized params (norms, embeddings, head, nn.Dense)
     backend: str = "auto"  # mxfp8_matmul backend of the MXFP8 layers
     precision: Any = None  # for the non-MXFP8 dots (attention, head, nn.Dense)
+    # the bf16 projections' weight layout: "kn" = nn.Dense ``kernel [K, N]``; "nk" = ``kernel_nk [N, K]``, the
+    # checkpoint's own orientation (and the MXFP8 layers'): XLA on an H200 multiplies one row by a [4096, 1024]
+    # kernel 4x slower than by a [1024, 4096] one (benchmarks/bf16_layout_probe.py)
+    bf16_layout: str = "kn"
     # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
     # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
     # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.

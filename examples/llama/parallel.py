@@ -15,7 +15,7 @@ Megatron's split, with the MXFP8 rules of :mod:`mxfp8_xla.sharding`:
   over ``"model"``.
 
 For the ``nn.Dense`` baseline (``cfg.quantized=False``) ``kernel [K, N]`` gets the
-transposed specs. Use::
+transposed specs; the ``"nk"`` bf16 layout's ``kernel_nk [N, K]`` splits as ``kernel_q``. Use::
 
     mesh = Mesh(np.array(jax.devices()).reshape(data, model), ("data", "model"))
     params = shard_params(cfg, params, mesh)                   # checks, then places each leaf
@@ -64,7 +64,7 @@ def leaf_spec(path: tuple[str, ...], model_axis: str = MODEL) -> P:
     m = model_axis
     if kind is None:
         return P()
-    if leaf in ("kernel_q", "kernel_scale"):  # [N, K] and [N, K/32]
+    if leaf in ("kernel_q", "kernel_scale", "kernel_nk"):  # [N, K] and [N, K/32]
         return P(m, None) if kind == "column" else P(None, m)
     if leaf == "kernel":  # nn.Dense [K, N]
         return P(None, m) if kind == "column" else P(m, None)
@@ -90,7 +90,8 @@ def check(cfg: LlamaConfig, params: Mapping[str, Any], tp: int, model_axis: str 
         for group, projections in (("self_attn", ATTN), ("mlp", MLP)):
             for proj in projections:
                 p, name = params[f"layers_{i}"][group][proj], f"layers_{i}/{group}/{proj}"
-                shape = p["kernel_q"].shape if "kernel_q" in p else p["kernel"].shape[::-1]  # [N, K]
+                nk = p["kernel_q"] if "kernel_q" in p else p.get("kernel_nk")
+                shape = nk.shape if nk is not None else p["kernel"].shape[::-1]  # [N, K]
                 if proj in COLUMN:
                     sh.check_column_parallel(shape, tp, name)
                 elif "kernel_q" in p:
