@@ -9,7 +9,11 @@ The bf16 baseline runs in both weight layouts by default: ``nn.Dense`` (``kernel
 usually has) and ``DenseNK`` (``[N, K]``, the checkpoint's and the MXFP8 layers' orientation); on an H200 XLA
 multiplies one row by the first layout's k/v kernels 4x slower (``bf16_layout_probe.py``).
 
-Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill];
+``--fuse-projections`` runs every model with q/k/v and gate/up each as one projection
+(``LlamaConfig.fuse_projections``).
+
+Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill]
+[--fuse-projections];
 JSON to $OUT/bench_llama.json.
 """
 
@@ -84,18 +88,27 @@ def main() -> None:
         "--bf16-layouts", default="kn,nk", help="bf16 baselines: kn = nn.Dense [K, N], nk = DenseNK [N, K] (as MXFP8)"
     )
     ap.add_argument("--no-prefill", action="store_true", help="decode only")
+    ap.add_argument(
+        "--fuse-projections", action="store_true", help="every model with qkv_proj and gate_up_proj (one call each)"
+    )
     args = ap.parse_args()
     baselines = [f"bf16_{layout}" for layout in args.bf16_layouts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     env = environment()
     print(env, flush=True)
-    out = {"env": env, "layers": args.layers, "rows": []}
+    out = {"env": env, "layers": args.layers, "fuse_projections": args.fuse_projections, "rows": []}
     base = block_config(args.layers, args.tiny)
     results = {}
     for name in (*baselines, "mxfp8"):
         quantized = name == "mxfp8"
         layout = "kn" if quantized else name.removeprefix("bf16_")
-        cfg = LlamaConfig(**base, quantized=quantized, backend=args.backend, bf16_layout=layout)
+        cfg = LlamaConfig(
+            **base,
+            quantized=quantized,
+            backend=args.backend,
+            bf16_layout=layout,
+            fuse_projections=args.fuse_projections,
+        )
         params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}

@@ -1,15 +1,22 @@
 """Where a Llama decode step's time goes, and what that allows the MXFP8 speedup to be.
 
-One process, one GPU: the decode step of ``bench_llama.py``'s model (Llama-3-8B blocks, bf16 and
-MXFP8, ``backend="auto"``) and, in the same run, each of a block's seven projections alone at the
-step's row count (the batch): bf16 ``jnp.dot`` and ``mxfp8_matmul`` from the raw bf16 activation,
-loop timer, weights rotating through >= 150 MB. Per block it reports the projections' sum, the rest
-of the step (attention, norms, RoPE, the KV cache, the launches between them: the step per block
-minus the bf16 projections), and the step ratio MXFP8 could reach if the rest stayed as it is and
-every projection ran at the weight bytes' ceiling, 1.94x of bf16 (``(rest + gemm) / (rest + gemm /
-1.94)``). The embedding and the 1024-word head are shared by both models and counted in the rest.
+One process, one GPU: the decode step of ``bench_llama.py``'s model (Llama-3-8B blocks; bf16 with its weights
+stored ``[N, K]``, or ``nn.Dense``'s ``[K, N]`` with ``--bf16-layout kn``; MXFP8 with ``backend="auto"``;
+``--fuse-projections``: q/k/v and gate/up as one projection each) and, in the same run, each of a block's
+projections alone at the step's row count (the batch): bf16 ``jnp.dot`` on an ``[N, K]`` weight and
+``mxfp8_matmul`` from the raw bf16 activation, loop timer, weights rotating through >= 150 MB. Per block it
+reports the projections' sum, the rest of the step (attention, norms, RoPE, the KV cache, the launches
+between them: the step per block minus the bf16 projections), and the step ratio MXFP8 could reach if the
+rest stayed as it is and every projection ran at the weight bytes' ceiling, 1.94x of bf16 (``(rest + gemm)
+/ (rest + gemm / 1.94)``). The embedding and the 1024-word head are shared by both models and counted in the
+rest.
 
-Usage (device): ``PYTHONPATH=. python3 benchmarks/llama_step_budget.py [--layers 4] [--batches 1,8]``;
+The first H200 runs (bf16 as ``nn.Dense``, before the two options) found that standalone times do not add up
+to a step (at 8 rows the bf16 projections alone exceeded the bf16 step), so read "rest" and the ceiling as
+rough.
+
+Usage (device): ``PYTHONPATH=. python3 benchmarks/llama_step_budget.py [--layers 4] [--batches 1,8]
+[--bf16-layout nk] [--fuse-projections]``;
 ``--tiny`` runs small dimensions (a CPU smoke test). JSON to ``$OUT/llama_step_budget.json``.
 """
 
@@ -34,11 +41,13 @@ from mxfp8_xla.backends import select_backend  # noqa: E402
 CEILING = 1 / (1 / 2 + 1 / 64)  # bf16 bytes per element over MXFP8's (1 + 1/32) / 2: 1.94
 
 
-def projections(cfg: dict) -> dict[str, tuple[int, int]]:
-    """A block's seven projections as ``name -> (N, K)``."""
+def projections(cfg: dict, fused: bool = False) -> dict[str, tuple[int, int]]:
+    """A block's seven projections as ``name -> (N, K)``, or its four with q/k/v and gate/up ``fused``."""
     h, heads, kv, d, inter = (
         cfg[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
     )
+    if fused:
+        return {"qkv": ((heads + 2 * kv) * d, h), "o": (h, heads * d), "gate_up": (2 * inter, h), "down": (h, inter)}
     return {
         "q": (heads * d, h),
         "k": (kv * d, h),
@@ -89,20 +98,35 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batches", default="1,8", help="comma-separated decode batch sizes")
     ap.add_argument("--tiny", action="store_true", help="small dimensions: a CPU smoke test of the script")
+    ap.add_argument("--bf16-layout", default="nk", choices=("kn", "nk"), help="the bf16 model's weight layout")
+    ap.add_argument("--fuse-projections", action="store_true", help="q/k/v and gate/up as one projection each")
     args = ap.parse_args()
     base = block_config(args.layers, args.tiny)
     batches = [int(b) for b in args.batches.split(",")]
-    out = {"env": environment(), "layers": args.layers, "rows": []}
+    out = {
+        "env": environment(),
+        "layers": args.layers,
+        "bf16_layout": args.bf16_layout,
+        "fuse_projections": args.fuse_projections,
+        "rows": [],
+    }
     print(out["env"], flush=True)
     steps = {}
     for quantized in (False, True):
-        cfg = LlamaConfig(**base, quantized=quantized, backend="auto")
+        cfg = LlamaConfig(
+            **base,
+            quantized=quantized,
+            backend="auto",
+            bf16_layout=args.bf16_layout,
+            fuse_projections=args.fuse_projections,
+        )
         params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         for batch in batches:
             steps[quantized, batch] = decode_step(cfg, params, batch) * 1e6
         del params
     for batch in batches:
-        gemms = projection_times(projections(base), batch, copies=2 if args.tiny else None)
+        shapes = projections(base, args.fuse_projections)
+        gemms = projection_times(shapes, batch, copies=2 if args.tiny else None)
         row = {
             "batch": batch,
             "projections": gemms,

@@ -36,6 +36,7 @@ from examples.llama import (  # noqa: E402
     init_cache,
     params_from_hf,
 )
+from examples.llama.parallel import check  # noqa: E402
 from examples.llama.run import (  # noqa: E402
     TIE_FIRST_POSITION,
     TIE_INDEX,
@@ -260,3 +261,62 @@ def test_llama3_rope_scaling_matches_transformers():
     cfg = LlamaConfig.from_hf(hf)
     want, _ = rope_utils.ROPE_INIT_FUNCTIONS["llama3"](transformers.LlamaConfig(**hf), "cpu")
     np.testing.assert_allclose(np.asarray(rope_inv_freq(cfg)), want.numpy(), rtol=1e-6)
+
+
+def _fused(cfg, **kw):
+    return dataclasses.replace(cfg, fuse_projections=True, **kw)
+
+
+def test_fused_projections_hold_the_checkpoints_bytes_side_by_side(model):
+    cfg, _, ckpt = model
+    params = params_from_hf(ckpt.tensors, _fused(cfg))
+    attn, mlp = params["layers_1"]["self_attn"], params["layers_1"]["mlp"]
+    assert set(attn) == {"qkv_proj", "o_proj"} and set(mlp) == {"gate_up_proj", "down_proj"}
+    for fused, parts, group in (("qkv_proj", "qkv", "self_attn"), ("gate_up_proj", ("gate", "up"), "mlp")):
+        got = params["layers_1"][group][fused]
+        ws = [ckpt.tensors[f"model.layers.1.{group}.{p}_proj.weight"] for p in parts]
+        want_q = np.concatenate([np.asarray(w.data).view(np.uint8) for w in ws])
+        np.testing.assert_array_equal(np.asarray(got["kernel_q"]).view(np.uint8), want_q)
+        np.testing.assert_array_equal(np.asarray(got["kernel_scale"]), np.concatenate([w.scale for w in ws]))
+    assert attn["qkv_proj"]["kernel_q"].shape == ((4 + 2 * 2) * 64, 256)
+    assert mlp["gate_up_proj"]["kernel_scale"].shape == (2 * 512, 256 // 32)
+
+
+def test_fused_projections_compute_the_same_logits(model, unquantized, ref, logits):
+    cfg, _, ckpt = model
+    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+    fused = _fused(cfg)
+    got = jax.jit(lambda p: forward(fused, p, ids))(params_from_hf(ckpt.tensors, fused))
+    assert rel_fro(got, logits) < 1e-6  # the same products; only XLA's summation order may differ
+    for layout in ("kn", "nk"):
+        plain = dataclasses.replace(cfg, quantized=False, bf16_layout=layout)
+        want = forward(plain, params_from_hf(unquantized, plain), ids)
+        fused = _fused(plain)
+        assert rel_fro(forward(fused, params_from_hf(unquantized, fused), ids), want) < 1e-6
+
+
+def test_fused_projections_generate_the_reference_greedy_ids(model, ref):
+    cfg, _, ckpt = model
+    fused = _fused(cfg)
+    greedy = ref["greedy_ids"]
+    prompt = jnp.asarray(ref["input_ids"][:1, :8], jnp.int32)
+    out = generate(fused, params_from_hf(ckpt.tensors, fused), prompt, max_new_tokens=greedy.shape[1] - 8)
+    np.testing.assert_array_equal(np.asarray(out), greedy)
+
+
+@pytest.mark.parametrize("quantized, layout", [(True, "kn"), (False, "kn"), (False, "nk")])
+def test_fused_params_have_the_init_tree(model, unquantized, quantized, layout):
+    cfg = _fused(model[0], quantized=quantized, bf16_layout=layout)
+    shapes = jax.eval_shape(lambda: Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    loaded = params_from_hf(unquantized, cfg)
+    assert jax.tree.structure(shapes) == jax.tree.structure(loaded)
+    for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(loaded), strict=True):
+        assert (s.shape, s.dtype) == (p.shape, p.dtype)
+
+
+def test_fused_projections_refuse_tensor_parallelism(model):
+    cfg = model[0]
+    with pytest.raises(ValueError, match="fuse_projections=True cannot run with tensor parallelism"):
+        _fused(cfg, tp_axis="model")
+    with pytest.raises(ValueError, match="fuse_projections=True is not supported"):
+        check(_fused(cfg), params_from_hf(model[2].tensors, _fused(cfg)), tp=2)

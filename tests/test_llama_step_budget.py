@@ -34,3 +34,12 @@ def test_budget_splits_a_block_into_projections_and_the_rest():
     assert row["rest_bf16_us"] == 50.0 and row["rest_mxfp8_us"] == 40.0
     assert row["step_ratio"] == pytest.approx(1.25) and row["gemm_ratio"] == pytest.approx(1.25)
     assert row["step_ratio_at_ceiling"] == pytest.approx(150.0 / (50.0 + 100.0 / sb.CEILING))
+
+
+def test_fused_projections_are_the_shapes_issue_5_benchmarks():
+    assert sb.projections(block_config(4), fused=True) == {
+        "qkv": (6144, 4096),
+        "o": (4096, 4096),
+        "gate_up": (28672, 4096),
+        "down": (4096, 14336),
+    }

@@ -11,6 +11,8 @@ checkpoint, a GGUF converted to HF names, ...) and builds the param tree of
 * not ``cfg.quantized``: ``{kernel: W.T}`` ([K, N], nn.Dense) or, with ``cfg.bf16_layout == "nk"``,
   ``{kernel_nk: W}`` ([N, K]); ``MXArray`` weights
   dequantized exactly first.
+* ``cfg.fuse_projections``: q/k/v_proj become one ``qkv_proj`` and gate/up_proj one ``gate_up_proj``,
+  their params concatenated along N (:func:`concat_along_n`).
 * ``model.embed_tokens.weight`` -> ``embed_tokens/embedding``; norms -> ``.../weight``;
   ``lm_head.weight`` -> ``lm_head/kernel`` (= W.T), absent when the head is tied.
 """
@@ -30,6 +32,16 @@ from .model import LlamaConfig
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+N_AXIS = {"kernel_q": 0, "kernel_scale": 0, "kernel_nk": 0, "bias": 0, "kernel": 1}  # nn.Dense's kernel is [K, N]
+
+
+def concat_along_n(projections: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """One projection's params from several that read the same input, their outputs side by side (N).
+
+    Exact for MXFP8: each output row keeps its own scales, which run along K.
+    """
+    return {leaf: jnp.concatenate([p[leaf] for p in projections], axis=N_AXIS[leaf]) for leaf in projections[0]}
 
 
 def params_from_hf(tensors: Mapping[str, Any], cfg: LlamaConfig) -> dict[str, Any]:
@@ -61,14 +73,22 @@ def params_from_hf(tensors: Mapping[str, Any], cfg: LlamaConfig) -> dict[str, An
             p["bias"] = plain(module + ".bias")
         return p
 
+    def group(prefix: str, names: tuple[str, ...], bias: bool) -> dict[str, dict[str, jax.Array]]:
+        out = {p: linear(f"{prefix}.{p}", bias) for p in names}
+        if cfg.fuse_projections:
+            for fused, parts in FUSED.items():
+                if parts[0] in out:
+                    out[fused] = concat_along_n([out.pop(p) for p in parts])
+        return out
+
     params: dict[str, Any] = {"embed_tokens": {"embedding": plain("model.embed_tokens.weight")}}
     for i in range(cfg.num_hidden_layers):
         pre = f"model.layers.{i}"
         params[f"layers_{i}"] = {
             "input_layernorm": {"weight": plain(f"{pre}.input_layernorm.weight")},
             "post_attention_layernorm": {"weight": plain(f"{pre}.post_attention_layernorm.weight")},
-            "self_attn": {p: linear(f"{pre}.self_attn.{p}", cfg.attention_bias) for p in ATTN},
-            "mlp": {p: linear(f"{pre}.mlp.{p}", cfg.mlp_bias) for p in MLP},
+            "self_attn": group(f"{pre}.self_attn", ATTN, cfg.attention_bias),
+            "mlp": group(f"{pre}.mlp", MLP, cfg.mlp_bias),
         }
     params["norm"] = {"weight": plain("model.norm.weight")}
     if not cfg.tie_word_embeddings:

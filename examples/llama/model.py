@@ -12,6 +12,7 @@ Parameter tree (Flax names follow the Hugging Face module names)::
     embed_tokens/embedding [V, D]
     layers_{i}/input_layernorm/weight, post_attention_layernorm/weight   [D]
     layers_{i}/self_attn/{q,k,v,o}_proj/...   layers_{i}/mlp/{gate,up,down}_proj/...
+        (with ``fuse_projections``: self_attn/{qkv,o}_proj, mlp/{gate_up,down}_proj)
     norm/weight [D]
     lm_head/kernel [D, V]         (absent when tie_word_embeddings)
 
@@ -65,10 +66,21 @@ class LlamaConfig:
     # checkpoint's own orientation (and the MXFP8 layers'): XLA on an H200 multiplies one row by a [4096, 1024]
     # kernel 4x slower than by a [1024, 4096] one (benchmarks/bf16_layout_probe.py)
     bf16_layout: str = "kn"
+    # one projection for q, k and v (``qkv_proj``, N = (heads + 2 kv heads) * head_dim) and one for gate and up
+    # (``gate_up_proj``, N = 2 * intermediate): the checkpoint's weights concatenated along N by the loader, as
+    # serving engines do. Exact for MXFP8 (its scales run along K). Not with tensor parallelism.
+    fuse_projections: bool = False
     # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
     # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
     # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.
     tp_axis: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fuse_projections and self.tp_axis is not None:
+            raise ValueError(
+                f"LlamaConfig: fuse_projections=True cannot run with tensor parallelism (tp_axis={self.tp_axis!r}): "
+                "a device would need its own heads' rows of qkv_proj; load with fuse_projections=False"
+            )
 
     @property
     def hd(self) -> int:
@@ -171,9 +183,14 @@ class Attention(nn.Module):
         # this device's heads (all of them without tensor parallelism): q/k/v are column-parallel
         h = cfg.local(cfg.num_attention_heads, "num_attention_heads")
         kv = cfg.local(cfg.num_key_value_heads, "num_key_value_heads")
-        q = dense(h * hd, use_bias=bias, cfg=cfg, name="q_proj")(x).reshape(b, t, h, hd)
-        k = dense(kv * hd, use_bias=bias, cfg=cfg, name="k_proj")(x).reshape(b, t, kv, hd)
-        v = dense(kv * hd, use_bias=bias, cfg=cfg, name="v_proj")(x).reshape(b, t, kv, hd)
+        if cfg.fuse_projections:
+            qkv = dense((h + 2 * kv) * hd, use_bias=bias, cfg=cfg, name="qkv_proj")(x)
+            q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
+        else:
+            q = dense(h * hd, use_bias=bias, cfg=cfg, name="q_proj")(x)
+            k = dense(kv * hd, use_bias=bias, cfg=cfg, name="k_proj")(x)
+            v = dense(kv * hd, use_bias=bias, cfg=cfg, name="v_proj")(x)
+        q, k, v = q.reshape(b, t, h, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             ck, cv = cache
@@ -197,8 +214,11 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         inter = cfg.local(cfg.intermediate_size, "intermediate_size")  # gate/up column-parallel, down row-parallel
-        gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
-        up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
+        if cfg.fuse_projections:
+            gate, up = jnp.split(dense(2 * inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_up_proj")(x), 2, axis=-1)
+        else:
+            gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
+            up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
         return row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
 
 

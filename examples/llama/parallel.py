@@ -80,6 +80,11 @@ def param_specs(params: Mapping[str, Any], model_axis: str = MODEL) -> Any:
 
 def check(cfg: LlamaConfig, params: Mapping[str, Any], tp: int, model_axis: str = MODEL) -> None:
     """Raise ``ValueError`` unless ``Llama(cfg)`` with ``params`` splits over ``tp`` devices of ``model_axis``."""
+    if cfg.fuse_projections:
+        raise ValueError(
+            "tensor parallelism: fuse_projections=True is not supported (a device would need its own heads' rows "
+            "of qkv_proj); load the params with fuse_projections=False"
+        )
     h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     if h % tp or kv % tp:
         raise ValueError(
