@@ -51,8 +51,8 @@ def wall(fn, repeats: int = 3) -> float:
 
 
 def block_config(layers: int, tiny: bool = False) -> dict:
-    """``LlamaConfig`` keywords (all but ``quantized`` and ``backend``) for ``layers`` Llama-3-8B blocks, or small
-    dimensions with ``tiny`` (a CPU smoke test)."""
+    """``LlamaConfig`` keywords for the dimensions and dtypes of ``layers`` Llama-3-8B blocks, or small dimensions
+    with ``tiny`` (a CPU smoke test); the caller adds how to run them (``quantized``, ``backend``, ...)."""
     base = dict(
         vocab_size=1024,
         hidden_size=4096,

@@ -52,7 +52,7 @@ BF16_LAYOUTS = {"kn": nn.Dense, "nk": DenseNK}
 
 
 def dense(features: int, *, use_bias: bool, cfg: Any, name: str | None, dtype: Any = None) -> nn.Module:
-    """One of the seven projections of a block: MXFP8 when ``cfg.quantized``, else a bf16 layer in
+    """One of a block's projections: MXFP8 when ``cfg.quantized``, else a bf16 layer in
     ``cfg.bf16_layout`` (``nn.Dense`` for ``"kn"``, :class:`DenseNK` for ``"nk"``).
 
     ``dtype`` (default ``cfg.dtype``) is the output dtype and, for ``nn.Dense``, the compute dtype.

@@ -3,9 +3,10 @@
 RMSNorm, rotary embeddings (default and ``llama3`` scaling), grouped-query attention,
 SwiGLU MLP, tied or untied head, an optional KV cache. Dimension-generic: the same code
 runs the 2-layer test fixture, SmolLM2-135M and Llama-3-8B shapes. ``LlamaConfig.quantized``
-picks MXFP8 projections (``kernel_q``/``kernel_scale`` [N, K]) or ``nn.Dense`` (``kernel``
-[K, N]) for the bf16 baseline; embeddings, norms and ``lm_head`` are never quantized
-(ModelOpt excludes them too).
+picks MXFP8 projections (``kernel_q``/``kernel_scale`` [N, K]) or, for the bf16 baseline,
+``nn.Dense`` (``kernel`` [K, N]) or ``DenseNK`` (``kernel_nk`` [N, K], ``bf16_layout="nk"``);
+``fuse_projections`` runs q/k/v and gate/up as one projection each. Embeddings, norms and
+``lm_head`` are never quantized (ModelOpt excludes them too).
 
 Parameter tree (Flax names follow the Hugging Face module names)::
 
