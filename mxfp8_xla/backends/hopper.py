@@ -26,10 +26,10 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from mxfp8_xla import numerics
 from mxfp8_xla.backends import hopper_mosaic, pallas_quantize
+from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
 from mxfp8_xla.mxarray import MXArray
 

@@ -13,10 +13,15 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from mxfp8_xla import numerics
 from mxfp8_xla.mxarray import MXArray, check_quantizable
+
+try:  # jax 0.11 deprecates its Pallas Triton backend: without it the package still imports, and the
+    # hopper backend is unavailable (``select.backend_problems`` says why)
+    from jax.experimental.pallas import triton as pltriton
+except ImportError:
+    pltriton = None
 
 BLOCK = numerics.BLOCK_SIZE
 

@@ -11,7 +11,9 @@ Rules (checked when a layer is set up or first traced, never inside a kernel):
   float16 output (on SM12x also ``N % 32 == 0``).
 * ``"hopper"``: the Pallas kernels of :mod:`.hopper` (fp8 weight dequantized
   in registers). Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was
-  built and measured on), ``K % 128 == 0`` and ``N % 64 == 0``.
+  built and measured on), ``K % 128 == 0``, ``N % 64 == 0`` and JAX's Pallas
+  Triton backend (deprecated in jax 0.11; where it is gone, the package still
+  imports and this backend reports itself unavailable).
 * ``"auto"``: ``"flashinfer"`` when it can serve, else ``"hopper"`` when it can,
   else ``"emulation"``, with one log line per layer (logger
   ``mxfp8_xla.backends``, level INFO) saying why.
@@ -83,6 +85,8 @@ class Capability:
     flashinfer_error: str | None = None
     """Why ``import flashinfer`` failed. For torch and flashinfer, version and error
     both ``None`` means "not probed yet"."""
+    pallas_triton_error: str | None = None
+    """Why ``jax.experimental.pallas.triton`` (the hopper backend's kernels) does not import; ``None``: it does."""
 
     @property
     def sm(self) -> int | None:
@@ -120,7 +124,22 @@ def _probe_devices() -> Capability:
         vendor = "rocm" if "rocm" in client_platform.lower() else "cuda"
         platform = "gpu"
         cc = _parse_cc(getattr(device, "compute_capability", None))
-    return Capability(platform=platform, device_kind=kind, compute_capability=cc, gpu_vendor=vendor)
+    return Capability(
+        platform=platform,
+        device_kind=kind,
+        compute_capability=cc,
+        gpu_vendor=vendor,
+        pallas_triton_error=_probe_pallas_triton(),
+    )
+
+
+def _probe_pallas_triton() -> str | None:
+    """Why JAX's Pallas Triton backend does not import (deprecated in jax 0.11), or ``None``."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,6 +244,11 @@ def backend_problems(
             problems.append(f"the device is {cap.describe()}; the hopper kernel needs an NVIDIA SM90 GPU")
         elif cap.sm != 90:
             problems.append(f"{cap.device_kind} is SM{cap.sm}; the hopper kernel is built and measured for SM90 only")
+        if cap.pallas_triton_error is not None:
+            problems.append(
+                f"jax {jax.__version__} has no Pallas Triton backend ({cap.pallas_triton_error}); the hopper "
+                "backend's kernels are written in it"
+            )
         if k % HOPPER_K_MULTIPLE:
             problems.append(f"K={k} is not a multiple of {HOPPER_K_MULTIPLE} (the hopper kernel's K tile)")
         if n % HOPPER_N_MULTIPLE:
