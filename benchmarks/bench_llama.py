@@ -137,6 +137,13 @@ def main() -> None:
         if key in m:
             print(f"{'prefill 2048 tokens, ms':28}{b[key]:12.2f}{m[key]:12.2f}{b[key] / m[key]:11.2f}x")
         print(f"{'parameter MiB':28}{b['param_bytes'] / 2**20:12,.0f}{m['param_bytes'] / 2**20:12,.0f}")
+    if len(baselines) > 1:
+        print(f"\n{'against the faster bf16':28}{'layout':>12}{'mxfp8':>12}{'ratio':>12}")
+        for batch in batches:
+            key = f"decode_b{batch}_tokens_per_s"
+            best = max(baselines, key=lambda name: results[name][key])
+            ratio = m[key] / results[best][key]
+            print(f"{'decode tokens/s, batch ' + str(batch):28}{best:>12}{m[key]:12,.0f}{ratio:11.2f}x")
 
 
 if __name__ == "__main__":
