@@ -320,3 +320,18 @@ def test_fused_projections_refuse_tensor_parallelism(model):
         _fused(cfg, tp_axis="model")
     with pytest.raises(ValueError, match="fuse_projections=True is not supported"):
         check(_fused(cfg), params_from_hf(model[2].tensors, _fused(cfg)), tp=2)
+
+
+@pytest.mark.parametrize("quantized, layout", [(True, "kn"), (False, "kn"), (False, "nk")])
+def test_fused_projections_concatenate_the_biases_too(model, unquantized, ref, quantized, layout):
+    cfg = dataclasses.replace(model[0], quantized=quantized, bf16_layout=layout, attention_bias=True, mlp_bias=True)
+    rng = np.random.default_rng(1)
+    tensors = dict(unquantized)
+    for name, w in unquantized.items():
+        if name.endswith("_proj.weight"):
+            tensors[name.removesuffix("weight") + "bias"] = jnp.asarray(rng.standard_normal(w.shape[0]), jnp.float32)
+    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+    want = forward(cfg, params_from_hf(tensors, cfg), ids)
+    fused = _fused(cfg)
+    assert params_from_hf(tensors, fused)["layers_0"]["self_attn"]["qkv_proj"]["bias"].shape == ((4 + 2 * 2) * 64,)
+    assert rel_fro(forward(fused, params_from_hf(tensors, fused), ids), want) < 1e-6
