@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from mxfp8_xla import sharding as sh
 
-from .loader import ATTN, MLP
+from .loader import ATTN, MLP, N_AXIS
 from .model import KVCache, Llama, LlamaConfig
 
 DATA, MODEL = "data", "model"
@@ -64,12 +64,11 @@ def leaf_spec(path: tuple[str, ...], model_axis: str = MODEL) -> P:
     m = model_axis
     if kind is None:
         return P()
-    if leaf in ("kernel_q", "kernel_scale", "kernel_nk"):  # [N, K] and [N, K/32]
-        return P(m, None) if kind == "column" else P(None, m)
-    if leaf == "kernel":  # nn.Dense [K, N]
-        return P(None, m) if kind == "column" else P(m, None)
     if leaf == "bias":  # split with N; a row-parallel bias is added once, after the psum
         return P(m) if kind == "column" else P()
+    if leaf in N_AXIS:  # 2-D: column-parallel splits N, row-parallel splits K (the other axis)
+        split = N_AXIS[leaf] if kind == "column" else 1 - N_AXIS[leaf]
+        return P(*(m if axis == split else None for axis in range(2)))
     raise ValueError(f"tensor parallelism: unknown projection param {'/'.join(path)}")
 
 
