@@ -37,14 +37,13 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import environment  # noqa: E402
-from xla_fused_dequant_probe import CELLS, NO_CUBLAS, edge_check, pick, sweep  # noqa: E402
+from xla_fused_dequant_probe import CELLS, DN, NO_CUBLAS, edge_check, pick, sweep  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
 
 FORMS = ("mx_mx", "bf16_mx")
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xla_scaled_dot_configs.txtpb")
-DN = (((1,), (1,)), ((), ()))
 
 
 def e8m0(scale: jax.Array) -> jax.Array:
