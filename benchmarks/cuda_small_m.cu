@@ -60,7 +60,7 @@ constexpr int kCvt = 0, kBits = 1, kNone = 2;
 
 __device__ __forceinline__ float scale_factor(uint32_t byte) {
   // 2^(byte - 127): byte 0 is the subnormal 2^-127, byte 255 is NaN.
-  uint32_t bits = byte == 0 ? 0x00200000u : (byte == 255 ? 0x7fc00000u : byte << 23);
+  uint32_t bits = byte == 0 ? 0x00400000u : (byte == 255 ? 0x7fc00000u : byte << 23);
   return __uint_as_float(bits);
 }
 
