@@ -118,13 +118,16 @@ _launch = Primitive("mxfp8_cuda_small_m_probe")
 
 
 @_launch.def_abstract_eval
-def _(*avals, name, ptx, grid, warps, out_shape):
-    return ShapedArray(out_shape, jnp.float32)
+def _(*avals, name, ptx, grid, warps, out_shape, out_dtype=np.dtype(np.float32), smem=0):
+    return ShapedArray(out_shape, out_dtype)
 
 
-def _lowering(ctx, *args, name, ptx, grid, warps, out_shape):
-    # jaxlib 0.11.2: (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability); static smem only
-    kernel = gpu_triton.TritonKernel(name, warps, 1, 0, ptx, "", 90)
+def _lowering(ctx, *args, name, ptx, grid, warps, out_shape, out_dtype=np.dtype(np.float32), smem=0):
+    """A PTX kernel launch: ``args`` then the one output, each a pointer; ``smem`` bytes of dynamic shared memory
+    (jaxlib raises the kernel's limit past 48 KB itself)."""
+    del out_shape, out_dtype  # in ctx.avals_out
+    # jaxlib 0.11.2: (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability)
+    kernel = gpu_triton.TritonKernel(name, warps, 1, smem, ptx, "", 90)
     params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
     call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
     layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731

@@ -1,0 +1,309 @@
+"""Probe: one CUDA-core MXFP8 GEMV launch for one activation row (``cuda_gemv.cu``) inside ``jax.jit``.
+
+At one row every MXFP8 call of the shipped backend is three launches (activation pass, GEMM,
+K-split sum), and its GEMMs stream the fp8 weight at about half of what XLA reads
+(docs/benchmarks.md). The Llama decode at batch 1 is made of such calls. This kernel does the whole
+call in one launch: each CTA quantizes the raw bf16 row itself (exactly, into shared memory) while
+its first weight loads are in flight, then its warps stream whole weight rows as stored, with
+enough rows and chunks in flight per warp to cover the latency, and write the output dtype.
+
+Parts:
+1. ``sweep``: the six Llama-3-8B projection shapes (the five of ``mosaic_sweep.SHAPES`` and the k/v
+   projection (1024, 4096)), M = 1, raw bf16 in and bf16 out: every instantiated configuration
+   (warps per CTA, rows per warp, chunks per round, register double-buffering), each checked
+   against emulation, against bf16 ``jnp.dot`` (the weight stored ``[N, K]``), the shipped ``hopper``
+   backend and XLA reading the fp8 weight alone, in the same run; then the best configuration
+   without the per-element weight scaling (``EXACT`` off) and its float32-output error.
+2. ``edges``: weight scale bytes 0, 1, 254, 255 and an E4M3 NaN byte against emulation, row by row,
+   NaN and infinity positions elementwise; and the in-kernel activation quantization:
+   an identity weight returns the decoded activation, which must equal
+   ``dequantize(quantize(x))`` exactly, up to the sign of zero (ties, subnormals, a zero block, the clamped
+   smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
+3. ``--llama``: the Llama example at Llama-3-8B layer dimensions (4 blocks), decode at batch 1,
+   with every one-row MXFP8 call sent to this kernel (the best configuration per shape from part
+   1), against the shipped backend and bf16 weights stored ``[N, K]``, with and without
+   ``fuse_projections``, in the same process.
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama]``;
+JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_small_m_probe import _launch  # noqa: E402
+from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+
+from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
+from mxfp8_xla.backends import BACKENDS, emulation, hopper  # noqa: E402
+
+SOURCE = Path(__file__).with_name("cuda_gemv.cu")
+GEMV_SHAPES = (*SHAPES, (1024, 4096))
+# (warps per CTA, rows per warp, chunks per round, double-buffered), as instantiated in cuda_gemv.cu; rows 4 x chunks
+# 4 double-buffered takes 228-254 registers (ptxas), so it is left out
+CONFIGS = tuple(
+    (wpc, g, ch, pf)
+    for wpc in (4, 8)
+    for g in (1, 2, 4)
+    for ch in (2, 4)
+    for pf in (0, 1)
+    if not (g == 4 and ch == 4 and pf)
+)
+
+
+def compile_ptx() -> str:
+    """PTX of ``cuda_gemv.cu`` for compute_90 (also logs ptxas's registers for sm_90)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    ptx = out_dir() / "cuda_gemv.ptx"
+    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(SOURCE), "-o", str(ptx)], check=True)
+    info = subprocess.run(
+        [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", str(SOURCE), "-o", os.devnull],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (out_dir() / "cuda_gemv_ptxas.txt").write_text(info.stderr)
+    return ptx.read_text()
+
+
+def fits(cfg: tuple, n: int, k: int) -> bool:
+    wpc, g, ch, _ = cfg
+    return n % (wpc * g) == 0 and k % (512 * ch) == 0
+
+
+def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: bool = True, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [1, K]`` (raw bf16) times ``w [N, K]`` -> ``[1, N]`` in ``out_dtype`` (bf16 or float32), one launch."""
+    (m, k), n = x.shape, w.shape[0]
+    if m != 1 or x.dtype != jnp.bfloat16 or not fits(cfg, n, k):
+        raise ValueError(f"gemv: x {x.shape} {x.dtype} @ w {w.shape} does not fit configuration {cfg}")
+    wpc, g, ch, pf = cfg
+    suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
+    return _launch.bind(
+        w.data.view(jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([1, n, k], jnp.int32),
+        name=f"mxfp8_gemv_w{wpc}_g{g}_c{ch}_p{pf}_e{int(exact)}_{suffix}",
+        ptx=PTX,
+        grid=(n // (wpc * g), 1),
+        warps=wpc,
+        out_shape=(1, n),
+        out_dtype=np.dtype(out_dtype),
+        smem=4 * k,
+    )
+
+
+def reference(x: jax.Array, w: MXArray) -> np.ndarray:
+    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
+
+
+def dequant_bf16(w: MXArray) -> jax.Array:
+    return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
+
+
+def sweep(results: dict) -> dict:
+    """Every configuration at every shape; returns the best exact configuration per ``(N, K)``."""
+    best_by_shape = {}
+    heads = ("bf16 dot", "shipped", "gemv", "vs bf16", "shipped", "fp8 read")
+    print(f"{'(N, K)':>14} " + " ".join(f"{h:>9}" for h in heads) + "  best")
+    for n, k in GEMV_SHAPES:
+        sets = operands(n, k, 1)
+        ref = reference(*sets[0])
+        cells = {}
+        for cfg in CONFIGS:
+            if not fits(cfg, n, k):
+                continue
+            label = "w{}_g{}_c{}_p{}".format(*cfg)
+            try:
+                err = rel_err(np.asarray(jax.jit(lambda x, w, c=cfg: gemv(x, w, c))(*sets[0]), np.float32), ref)
+                t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=20, repeats=3)
+                cells[label] = {"cfg": list(cfg), "us": t * 1e6, "rel_err_bf16_out": err}
+            except Exception as e:  # noqa: BLE001
+                cells[label] = {"cfg": list(cfg), "error": failure(e)}
+                print(f"  ({n}, {k}) {label}: {failure(e)}")
+        ok = {lab: c for lab, c in cells.items() if "us" in c and c["rel_err_bf16_out"] < 1e-2}
+        row = {"cells": cells}
+        results[f"({n}, {k})"] = row
+        if not ok:
+            print(f"({n}, {k}): no configuration ran correctly")
+            continue
+        label = min(ok, key=lambda lab: ok[lab]["us"])
+        cfg = tuple(ok[label]["cfg"])
+        best_by_shape[(n, k)] = cfg
+        bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
+        row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), bf16_sets) * 1e6
+        row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+        row["gemv_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
+        row["gemv_inexact_edges_us"] = loop_time(functools.partial(gemv, cfg=cfg, exact=False), sets) * 1e6
+        reads = [(w,) for _, w in sets]
+        row["fp8_read_us"] = loop_time(lambda w: jnp.max(w.data.view(jnp.uint8), axis=1), reads) * 1e6
+        row["best"] = list(cfg)
+        for exact in (True, False):
+            out = jax.jit(functools.partial(gemv, cfg=cfg, exact=exact, out_dtype=jnp.float32))(*sets[0])
+            row[f"rel_err_f32_out_exact{int(exact)}"] = rel_err(np.asarray(out), ref)
+        weight_bytes = n * k * (1 + 1 / 32)
+        row["gemv_tb_per_s"] = weight_bytes / row["gemv_us"] / 1e6
+        print(
+            f"{f'({n}, {k})':>14} {row['bf16_dot_us']:9.1f} {row['shipped_us']:9.1f} {row['gemv_us']:9.1f} "
+            f"{row['bf16_dot_us'] / row['gemv_us']:8.2f}x {row['bf16_dot_us'] / row['shipped_us']:8.2f}x "
+            f"{row['fp8_read_us']:9.1f}  {label} ({row['gemv_tb_per_s']:.2f} TB/s; without per-element scaling "
+            f"{row['gemv_inexact_edges_us']:.1f} us; float32-out error {row['rel_err_f32_out_exact1']:.1e})",
+            flush=True,
+        )
+        write_json("cuda_gemv_probe.json", results)
+    return best_by_shape
+
+
+def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A finite bf16 row of 1024 that exercises the quantization rule, and rows with a non-finite block."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(1024) * 2.0 ** rng.integers(-40, 40, 1024)).astype(np.float32)
+    x[32:64] = 0.0  # amax 0: scale byte 0
+    x[64:96] = rng.standard_normal(32) * 1e-39  # bf16 subnormals
+    x[96:128] = rng.standard_normal(32) * 1e38  # near bf16's largest
+    # amax 448 (e = 0): ties to even at several exponents, a tie at half the smallest E4M3 subnormal
+    ties = [448.0, 1.0625, 1.1875, -2.125, 17.0, 19.0, -0.01953125, 0.0009765625, 0.005859375, 288.0]
+    x[128:160] = 0.0
+    x[128 : 128 + len(ties)] = ties
+    boundary = 448.0 * 2.0**-13  # e = -13 exactly: XLA's log2 puts this amax one scale too high
+    x[160:192] = np.clip(rng.standard_normal(32) * 0.01, -0.05, 0.05)
+    x[160] = boundary
+    x[192:224] = np.clip(rng.standard_normal(32) * 0.01, -0.05, 0.05)
+    x[192] = boundary * (1 + 2.0**-7)  # just above it: e = -12
+    x[224:256] = rng.standard_normal(32) * 1e-38  # e clamps at -127
+    finite = x.astype(jnp.bfloat16)
+    poisoned = []
+    for bad in (np.inf, -np.inf, np.nan):
+        y = finite.copy()
+        y[300] = bad
+        poisoned.append(y)
+    return finite, poisoned
+
+
+def edges(results: dict) -> None:
+    """Weight scale-byte and NaN-byte edges against emulation; the in-kernel activation quantization exactly."""
+    x, w = edge_operands()
+    data = np.asarray(w.data).copy()
+    data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
+    w = MXArray(jnp.asarray(data), w.scale)
+    cfg = (4, 1, 2, 0)
+    for exact in (True, False):
+        differ, errs = [], []
+        for i in range(x.shape[0]):
+            ref = reference(x[i : i + 1], w)
+            one_row = jax.jit(functools.partial(gemv, cfg=cfg, exact=exact, out_dtype=jnp.float32))
+            out = np.asarray(one_row(x[i : i + 1], w))
+            bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
+            differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
+            fin = np.isfinite(ref) & np.isfinite(out)
+            errs.append(rel_err(out[fin], ref[fin]))
+        results[f"edge weight exact{int(exact)}"] = {
+            "nonfinite_differ (row, col, kernel, emulation)": differ,
+            "finite_rel_err": max(errs),
+        }
+        print(f"edge weight, exact={exact}: {results[f'edge weight exact{int(exact)}']}")
+
+    eye = MXArray(jnp.eye(1024, dtype=jnp.float32).astype(jnp.float8_e4m3fn), jnp.full((1024, 32), 127, jnp.uint8))
+    finite, poisoned = activation_vectors()
+    xs = jnp.asarray(finite)[None]
+    want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
+    got = np.asarray(jax.jit(lambda a: gemv(a, eye, cfg, out_dtype=jnp.float32))(xs))
+    mismatch = np.flatnonzero(want != got)  # values: the sum's +0 terms turn a -0 into +0
+    results["edge activation"] = {
+        "identical": bool(mismatch.size == 0),
+        "mismatches (k, kernel, expected)": [[int(j), float(got[0, j]), float(want[0, j])] for j in mismatch[:20]],
+    }
+    for y, name in zip(poisoned, ("+inf", "-inf", "nan"), strict=True):
+        out = np.asarray(jax.jit(lambda a: gemv(a, eye, cfg, out_dtype=jnp.float32))(jnp.asarray(y)[None]))
+        results["edge activation"][f"{name} in one block: outputs NaN"] = int(np.isnan(out).sum())
+    print(f"edge activation: {results['edge activation']}")
+
+
+def gemv_backend(best_by_shape: dict):
+    """The ``hopper`` backend with every one-row raw-bf16 call whose shape has a configuration sent to ``gemv``."""
+    shipped = BACKENDS["hopper"]
+
+    def backend(x, w, out_dtype, *, name=None):
+        *lead, k = x.shape
+        cfg = best_by_shape.get((w.shape[0], k))
+        if math.prod(lead) == 1 and cfg and not isinstance(x, MXArray) and x.dtype == jnp.bfloat16:
+            return gemv(x.reshape(1, k), w, cfg).astype(out_dtype).reshape(*lead, w.shape[0])
+        return shipped(x, w, out_dtype, name=name)
+
+    return backend
+
+
+def llama(results: dict, best_by_shape: dict) -> None:
+    """Decode at batch 1, 4 Llama-3-8B blocks: bf16 [N, K], MXFP8 shipped and MXFP8 with the GEMV, fused or not."""
+    from bench_llama import block_config, decode_step
+
+    from examples.llama import Llama, LlamaConfig
+
+    shipped = BACKENDS["hopper"]
+    rows = {}
+    for fuse in (False, True):
+        for name in ("bf16_nk", "mxfp8", "mxfp8_gemv"):
+            cfg = LlamaConfig(
+                **block_config(4),
+                quantized=name != "bf16_nk",
+                backend="auto",
+                bf16_layout="nk",
+                fuse_projections=fuse,
+            )
+            params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+            BACKENDS["hopper"] = gemv_backend(best_by_shape) if name == "mxfp8_gemv" else shipped
+            try:
+                step = decode_step(cfg, params, 1)
+            finally:
+                BACKENDS["hopper"] = shipped
+            label = f"{name}{' fused' if fuse else ''}"
+            rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step}
+            print(f"llama 4 blocks, batch 1, {label}: {step * 1e3:.3f} ms/step, {1 / step:,.0f} tokens/s", flush=True)
+            del params
+        base = rows[f"bf16_nk{' fused' if fuse else ''}"]["tokens_per_s"]
+        for name in ("mxfp8", "mxfp8_gemv"):
+            label = f"{name}{' fused' if fuse else ''}"
+            rows[label]["vs_bf16_nk"] = rows[label]["tokens_per_s"] / base
+            print(f"  {label}: {rows[label]['vs_bf16_nk']:.2f}x of bf16 [N, K]")
+    results["llama batch 1"] = rows
+
+
+PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, and need no nvcc)
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama", action="store_true", help="also the Llama decode at batch 1 with the GEMV")
+    args = parser.parse_args()
+    PTX = compile_ptx()
+    results = {"environment": environment()}
+    print(results["environment"])
+    best = {}
+    for part in ("sweep", "edges", "llama"):
+        if part == "llama" and not args.llama:
+            continue
+        try:
+            if part == "sweep":
+                best = sweep(results)
+                results["best_by_shape"] = {str(k): list(v) for k, v in best.items()}
+            elif part == "edges":
+                edges(results)
+            else:
+                llama(results, best)
+        except Exception as e:  # noqa: BLE001
+            results[part] = {"error": failure(e)}
+            print(f"{part}: {failure(e)}")
+        write_json("cuda_gemv_probe.json", results)

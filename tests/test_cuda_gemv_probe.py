@@ -1,0 +1,110 @@
+"""benchmarks/cuda_gemv_probe.py on CPU: the launch's jaxpr, its refusals, the routing of the Llama part, the
+activation edge vectors, and that every configuration it asks for is instantiated (the kernel runs on the GPU)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cuda_gemv_probe as probe  # noqa: E402
+
+from mxfp8_xla import MXArray, quantize  # noqa: E402
+from mxfp8_xla.backends import BACKENDS  # noqa: E402
+
+
+def weight(n: int, k: int) -> MXArray:
+    return MXArray(jnp.ones((n, k), jnp.float8_e4m3fn), jnp.full((n, k // 32), 127, jnp.uint8))
+
+
+@pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
+def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix):
+    x = jnp.ones((1, 14336), jnp.bfloat16)
+    fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1), exact=False, out_dtype=out_dtype)  # noqa: E731
+    jaxpr = jax.make_jaxpr(fn)(x, weight(4096, 14336)).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is probe._launch]
+    assert launch.params["name"] == f"mxfp8_gemv_w8_g2_c4_p1_e0_{suffix}"
+    assert launch.params["grid"] == (4096 // 16, 1) and launch.params["warps"] == 8
+    assert launch.params["smem"] == 4 * 14336  # the decoded row in float32
+    assert jaxpr.outvars[0].aval.shape == (1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
+
+
+@pytest.mark.parametrize(
+    "x, n, k",
+    [
+        (jnp.ones((2, 4096), jnp.bfloat16), 1024, 4096),  # two rows
+        (jnp.ones((1, 4096), jnp.float32), 1024, 4096),  # not bf16
+        (jnp.ones((1, 3584), jnp.bfloat16), 1024, 3584),  # K not a whole number of 2048-byte rounds
+        (jnp.ones((1, 4096), jnp.bfloat16), 1020, 4096),  # N not a whole number of CTAs (8 rows)
+    ],
+)
+def test_gemv_refuses_what_the_kernel_cannot_take(x, n, k):
+    with pytest.raises(ValueError, match="does not fit"):
+        probe.gemv(x, weight(n, k), (4, 2, 4, 0))
+
+
+def test_fits_needs_whole_ctas_and_rounds():
+    assert probe.fits((8, 4, 2, 0), 14336, 4096) and probe.fits((4, 2, 4, 1), 4096, 14336)
+    assert not probe.fits((8, 4, 4, 0), 14336, 14336 - 512) and not probe.fits((8, 4, 2, 0), 1000, 4096)
+
+
+def test_every_llama_shape_has_a_configuration():
+    for n, k in probe.GEMV_SHAPES:
+        assert any(probe.fits(cfg, n, k) for cfg in probe.CONFIGS)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ preprocessor")
+def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
+    expanded = subprocess.run(
+        ["g++", "-E", "-P", "-x", "c++", "-D__global__=", "-D__device__=", "-D__forceinline__=", str(probe.SOURCE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = set(re.findall(r"(mxfp8_gemv_\w+)\(", expanded))
+    wanted = {
+        f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_{suffix}"
+        for w, g, c, p in probe.CONFIGS
+        for e in (0, 1)
+        for suffix in ("bf16", "f32")
+    }
+    assert wanted <= names
+
+
+def test_the_gemv_backend_takes_one_raw_row_and_leaves_the_rest_to_the_shipped_backend(monkeypatch):
+    calls = []
+
+    def shipped(x, w, out_dtype, *, name=None):
+        calls.append(x.shape)
+        return jnp.zeros((*x.shape[:-1], w.shape[0]), out_dtype)
+
+    monkeypatch.setitem(BACKENDS, "hopper", shipped)
+    backend = probe.gemv_backend({(1024, 4096): (4, 2, 2, 0)})
+    w = weight(1024, 4096)
+    one = jax.make_jaxpr(lambda x: backend(x, w, jnp.bfloat16))(jnp.ones((1, 1, 4096), jnp.bfloat16))
+    assert [e.primitive for e in one.jaxpr.eqns].count(probe._launch) == 1 and not calls
+    assert one.jaxpr.outvars[0].aval.shape == (1, 1, 1024)
+    backend(jnp.ones((2, 4096), jnp.bfloat16), w, jnp.bfloat16)  # two rows
+    backend(jnp.ones((1, 4096), jnp.bfloat16), weight(2048, 4096), jnp.bfloat16)  # no configuration for the shape
+    backend(quantize(jnp.ones((1, 4096))), w, jnp.bfloat16)  # already quantized
+    assert calls == [(2, 4096), (1, 4096), (1, 4096)]
+
+
+def test_activation_vectors_cover_the_quantization_rules_edges():
+    finite, poisoned = probe.activation_vectors()
+    assert finite.dtype == jnp.bfloat16 and np.isfinite(finite.astype(np.float32)).all()
+    scale = np.asarray(quantize(jnp.asarray(finite)[None]).scale)[0].astype(int)
+    assert scale[1] == 0  # a zero block
+    assert scale[2] == 0 and scale[7] == 0  # subnormals and a tiny block: e clamps at -127
+    assert scale[3] == 127 + 119  # near bf16's largest
+    assert scale[4] == 127 and scale[5] == 127 - 13 and scale[6] == 127 - 12  # amax 448; the power-of-two boundary
+    data = np.asarray(quantize(jnp.asarray(finite)[None]).data.astype(jnp.float32))[0, 128:138]
+    np.testing.assert_array_equal(data, [448, 1, 1.25, -2, 16, 20, -0.01953125, 0, 0.005859375, 288])  # ties to even
+    for y in poisoned:
+        assert (~np.isfinite(y.astype(np.float32))).sum() == 1
