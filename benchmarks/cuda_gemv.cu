@@ -6,7 +6,8 @@
 // quantization launch, no K split, no sum of partials, no weight preparation (w is [N, K] as stored).
 // Every CTA quantizes the row itself, with the exact rule of mxfp8_xla.numerics.quantize_blocks, into
 // shared memory as its decoded float32 values (qx * 2^e is exact in float32), while its first weight
-// loads are in flight. Then each warp streams G weight rows over the whole of K on the CUDA cores (no
+// loads are in flight. Then each warp streams groups of G weight rows over the whole of K (group i,
+// i + (warps in the grid), ...: a grid of fewer CTAs quantizes the row fewer times) on the CUDA cores (no
 // MMA: at one row the tensor cores would idle 7/8 of their columns): lane l takes the 16-byte chunks
 // l, l + 32, ... of each row (a warp's load reads 512 contiguous bytes), CH chunks a round, converts
 // them exactly (cvt.rn.f16x2.e4m3x2, then f16 -> f32), multiplies each with the decoded activation
@@ -20,7 +21,7 @@
 //   EXACT each weight element is multiplied by its block factor before the product (the decoded weight
 //         of emulation, inf where it overflows); otherwise each 16-element partial sum is
 //   OUT   float or bf16 (u16 bits, rounded to nearest even)
-// dims = {m (must be 1), n, k} in device memory; n % (WPC * G) == 0, k % (512 * CH) == 0.
+// dims = {m (must be 1), n, k} in device memory; n % G == 0, k % (512 * CH) == 0; any grid size.
 // Dynamic shared memory: 4 * k bytes.
 
 // No headers, so that NVRTC compiles it as well as nvcc.
@@ -151,30 +152,37 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
   extern __shared__ float4 xs[];
   const int n = dims[1], k = dims[2], kb = k / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = (blockIdx.x * WPC + warp) * G;
   const int rounds = k / (512 * CH);
-  const u8* wr = w + static_cast<u64>(row0) * k + 16 * lane;
-  const u8* sr = sw + static_cast<u64>(row0) * kb + (lane >> 1);
+  // Warp-persistent: warp i of the grid takes row groups i, i + warps, ... (a grid smaller than the
+  // N / (WPC * G) CTAs quantizes the activation fewer times). Step s of a warp is round s % rounds of
+  // its (s / rounds)-th group; the loads of step s + 1 may run into the next group.
+  const int groups = n / G, warps = gridDim.x * WPC, first = blockIdx.x * WPC + warp;
+  const int steps = first < groups ? ((groups - 1 - first) / warps + 1) * rounds : 0;
+  auto row_of = [&](int s) { return (first + (s / rounds) * warps) * G; };
 
   uint4 cur[G][CH], nxt[G][CH];
   u32 cs[G][CH], ns[G][CH];
-  auto load = [&](int r, uint4 (&d)[G][CH], u32 (&s)[G][CH]) {
+  auto load = [&](int s, uint4 (&d)[G][CH], u32 (&sc)[G][CH]) {
+    const u8* wr = w + static_cast<u64>(row_of(s)) * k + 16 * lane;
+    const u8* sr = sw + static_cast<u64>(row_of(s)) * kb + (lane >> 1);
+    const int r = s % rounds;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
 #pragma unroll
       for (int u = 0; u < CH; ++u) {
         const int j = r * CH + u;  // chunk lane + 32 j: bytes 512 j + 16 lane, block 16 j + lane / 2
         d[g][u] = load16(wr + static_cast<u64>(g) * k + 512 * j);
-        s[g][u] = load8(sr + g * kb + 16 * j);
+        sc[g][u] = load8(sr + g * kb + 16 * j);
       }
     }
   };
-  load(0, cur, cs);
+  if (steps > 0) load(0, cur, cs);
   quantize_row(x, xs, k);
 
   float acc[G] = {};
-  for (int r = 0; r < rounds; ++r) {
-    if (PF && r + 1 < rounds) load(r + 1, nxt, ns);
+  for (int s = 0; s < steps; ++s) {
+    if (PF && s + 1 < steps) load(s + 1, nxt, ns);
+    const int r = s % rounds;
 #pragma unroll
     for (int u = 0; u < CH; ++u) {
       const int c = lane + 32 * (r * CH + u);
@@ -184,7 +192,18 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
 #pragma unroll
       for (int g = 0; g < G; ++g) acc[g] += chunk_dot<EXACT>(cur[g][u], xv, scale_factor(cs[g][u]));
     }
-    if (r + 1 < rounds) {
+    if (r == rounds - 1) {
+      const int row0 = row_of(s);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float v = acc[g];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) store(out + row0 + g, v);
+        acc[g] = 0.f;
+      }
+    }
+    if (s + 1 < steps) {
       if (PF) {
 #pragma unroll
         for (int g = 0; g < G; ++g) {
@@ -192,16 +211,9 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
           for (int u = 0; u < CH; ++u) cur[g][u] = nxt[g][u], cs[g][u] = ns[g][u];
         }
       } else {
-        load(r + 1, cur, cs);
+        load(s + 1, cur, cs);
       }
     }
-  }
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    float v = acc[g];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && row0 + g < n) store(out + row0 + g, v);
   }
 }
 
@@ -223,5 +235,7 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
 
 GEMV_PF(4, 1)
 GEMV_PF(8, 1)
+GEMV_PF(16, 1)
 GEMV_PF(4, 0)
 GEMV_PF(8, 0)
+GEMV_PF(16, 0)

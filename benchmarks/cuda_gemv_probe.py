@@ -10,7 +10,8 @@ enough rows and chunks in flight per warp to cover the latency, and write the ou
 Parts:
 1. ``sweep``: the six Llama-3-8B projection shapes (the five of ``mosaic_sweep.SHAPES`` and the k/v
    projection (1024, 4096)), M = 1, raw bf16 in and bf16 out: every instantiated configuration
-   (warps per CTA, rows per warp, chunks per round, register double-buffering), each checked
+   (warps per CTA, rows per warp, chunks per round, register double-buffering, and a grid of one CTA
+   per CTA's rows or of 16 or 32 resident warps per SM that loop over the rows), each checked
    against emulation, against bf16 ``jnp.dot`` (the weight stored ``[N, K]``), the shipped ``hopper``
    backend and XLA reading the fp8 weight alone, in the same run; then the best configuration
    without the per-element weight scaling (``EXACT`` off) and its float32-output error.
@@ -53,16 +54,14 @@ from mxfp8_xla.backends import BACKENDS, emulation, hopper  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cuda_gemv.cu")
 GEMV_SHAPES = (*SHAPES, (1024, 4096))
-# (warps per CTA, rows per warp, chunks per round, double-buffered), as instantiated in cuda_gemv.cu; rows 4 x chunks
-# 4 double-buffered takes 228-254 registers (ptxas), so it is left out
+# (warps per CTA, rows per warp, chunks per round, double-buffered, resident warps per SM or 0 for one CTA per
+# WPC * G rows); cuda_gemv.cu instantiates these and more (ptxas: 48-128 registers, 63 for w8_g1_c4_p0)
 CONFIGS = tuple(
-    (wpc, g, ch, pf)
-    for wpc in (4, 8)
-    for g in (1, 2, 4)
-    for ch in (2, 4)
-    for pf in (0, 1)
-    if not (g == 4 and ch == 4 and pf)
+    (wpc, g, ch, pf, wps)
+    for wpc, g, ch, pf in ((8, 1, 4, 0), (8, 2, 4, 0), (8, 4, 4, 0), (16, 1, 4, 0), (16, 2, 4, 0), (8, 1, 2, 0))
+    for wps in (0, 16, 32)
 )
+SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
 def compile_ptx() -> str:
@@ -80,9 +79,24 @@ def compile_ptx() -> str:
     return ptx.read_text()
 
 
+def kernel_ptx(ptx: str, name: str) -> str:
+    """The module's header and declarations with the one entry ``name``: the driver then JIT-compiles one kernel
+    per configuration, not the whole module each time."""
+    entries = ptx.split(".visible .entry ")
+    (body,) = [e for e in entries[1:] if e.startswith(name + "(")]
+    return entries[0] + ".visible .entry " + body
+
+
 def fits(cfg: tuple, n: int, k: int) -> bool:
-    wpc, g, ch, _ = cfg
-    return n % (wpc * g) == 0 and k % (512 * ch) == 0
+    wpc, g, ch, _, wps = cfg
+    return n % (g if wps else wpc * g) == 0 and k % (512 * ch) == 0
+
+
+def grid(cfg: tuple, n: int) -> int:
+    """CTAs: one per ``WPC * G`` rows, or (persistent) ``wps / WPC`` per SM if that is fewer."""
+    wpc, g, _, _, wps = cfg
+    ctas = -(-n // (wpc * g))
+    return min(ctas, SMS * wps // wpc) if wps else ctas
 
 
 def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: bool = True, out_dtype=jnp.bfloat16) -> jax.Array:
@@ -90,16 +104,17 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: bool = True, out_dtype=jnp
     (m, k), n = x.shape, w.shape[0]
     if m != 1 or x.dtype != jnp.bfloat16 or not fits(cfg, n, k):
         raise ValueError(f"gemv: x {x.shape} {x.dtype} @ w {w.shape} does not fit configuration {cfg}")
-    wpc, g, ch, pf = cfg
+    wpc, g, ch, pf, _ = cfg
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
+    name = f"mxfp8_gemv_w{wpc}_g{g}_c{ch}_p{pf}_e{int(exact)}_{suffix}"
     return _launch.bind(
         w.data.view(jnp.uint8),
         w.scale,
         x,
         jnp.array([1, n, k], jnp.int32),
-        name=f"mxfp8_gemv_w{wpc}_g{g}_c{ch}_p{pf}_e{int(exact)}_{suffix}",
-        ptx=PTX,
-        grid=(n // (wpc * g), 1),
+        name=name,
+        ptx=kernel_ptx(PTX, name) if PTX else "",
+        grid=(grid(cfg, n), 1),
         warps=wpc,
         out_shape=(1, n),
         out_dtype=np.dtype(out_dtype),
@@ -127,7 +142,7 @@ def sweep(results: dict) -> dict:
         for cfg in CONFIGS:
             if not fits(cfg, n, k):
                 continue
-            label = "w{}_g{}_c{}_p{}".format(*cfg)
+            label = "w{}_g{}_c{}_p{}_wps{}".format(*cfg)
             try:
                 err = rel_err(np.asarray(jax.jit(lambda x, w, c=cfg: gemv(x, w, c))(*sets[0]), np.float32), ref)
                 t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=20, repeats=3)
@@ -200,7 +215,7 @@ def edges(results: dict) -> None:
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
     w = MXArray(jnp.asarray(data), w.scale)
-    cfg = (4, 1, 2, 0)
+    cfg = (4, 1, 2, 0, 0)
     for exact in (True, False):
         differ, errs = [], []
         for i in range(x.shape[0]):

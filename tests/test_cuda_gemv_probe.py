@@ -26,7 +26,7 @@ def weight(n: int, k: int) -> MXArray:
 @pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
 def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix):
     x = jnp.ones((1, 14336), jnp.bfloat16)
-    fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1), exact=False, out_dtype=out_dtype)  # noqa: E731
+    fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1, 0), exact=False, out_dtype=out_dtype)  # noqa: E731
     jaxpr = jax.make_jaxpr(fn)(x, weight(4096, 14336)).jaxpr
     (launch,) = [e for e in jaxpr.eqns if e.primitive is probe._launch]
     assert launch.params["name"] == f"mxfp8_gemv_w8_g2_c4_p1_e0_{suffix}"
@@ -46,12 +46,34 @@ def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix
 )
 def test_gemv_refuses_what_the_kernel_cannot_take(x, n, k):
     with pytest.raises(ValueError, match="does not fit"):
-        probe.gemv(x, weight(n, k), (4, 2, 4, 0))
+        probe.gemv(x, weight(n, k), (4, 2, 4, 0, 0))
 
 
-def test_fits_needs_whole_ctas_and_rounds():
-    assert probe.fits((8, 4, 2, 0), 14336, 4096) and probe.fits((4, 2, 4, 1), 4096, 14336)
-    assert not probe.fits((8, 4, 4, 0), 14336, 14336 - 512) and not probe.fits((8, 4, 2, 0), 1000, 4096)
+def test_fits_needs_whole_rounds_and_whole_ctas_unless_the_warps_loop_over_the_rows():
+    assert probe.fits((8, 4, 2, 0, 0), 14336, 4096) and probe.fits((4, 2, 4, 1, 0), 4096, 14336)
+    assert not probe.fits((8, 4, 4, 0, 0), 14336, 14336 - 512) and not probe.fits((8, 4, 2, 0, 0), 1020, 4096)
+    assert probe.fits((8, 4, 2, 0, 32), 1020, 4096)  # persistent warps take any whole number of groups
+
+
+@pytest.mark.parametrize(
+    "cfg, n, ctas",
+    [
+        ((8, 1, 4, 0, 0), 14336, 1792),  # one CTA per 8 rows
+        ((8, 1, 4, 0, 32), 14336, 4 * 132),  # 4 CTAs of 8 warps per SM
+        ((16, 2, 4, 0, 16), 14336, 132),
+        ((8, 4, 4, 0, 32), 1024, 32),  # fewer rows than the persistent grid
+    ],
+)
+def test_grid(cfg, n, ctas):
+    assert probe.grid(cfg, n) == ctas
+
+
+def test_kernel_ptx_keeps_the_header_and_one_entry():
+    ptx = ".version 9.0\n.target sm_90\n.extern .shared .b8 xs[];\n\n"
+    ptx += ".visible .entry a_bf16(\n.param .u64 p)\n{ ret; }\n\n.visible .entry a_bf16_x(\n.param .u64 p)\n{ trap; }\n"
+    one = probe.kernel_ptx(ptx, "a_bf16")
+    assert one.startswith(".version 9.0") and ".extern .shared" in one
+    assert "a_bf16(" in one and "a_bf16_x" not in one and "trap" not in one
 
 
 def test_every_llama_shape_has_a_configuration():
@@ -70,7 +92,7 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
     names = set(re.findall(r"(mxfp8_gemv_\w+)\(", expanded))
     wanted = {
         f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_{suffix}"
-        for w, g, c, p in probe.CONFIGS
+        for w, g, c, p, _ in probe.CONFIGS
         for e in (0, 1)
         for suffix in ("bf16", "f32")
     }
@@ -85,7 +107,7 @@ def test_the_gemv_backend_takes_one_raw_row_and_leaves_the_rest_to_the_shipped_b
         return jnp.zeros((*x.shape[:-1], w.shape[0]), out_dtype)
 
     monkeypatch.setitem(BACKENDS, "hopper", shipped)
-    backend = probe.gemv_backend({(1024, 4096): (4, 2, 2, 0)})
+    backend = probe.gemv_backend({(1024, 4096): (4, 2, 2, 0, 0)})
     w = weight(1024, 4096)
     one = jax.make_jaxpr(lambda x: backend(x, w, jnp.bfloat16))(jnp.ones((1, 1, 4096), jnp.bfloat16))
     assert [e.primitive for e in one.jaxpr.eqns].count(probe._launch) == 1 and not calls
