@@ -25,7 +25,7 @@ Parts:
    1), against the shipped backend and bf16 weights stored ``[N, K]``, with and without
    ``fuse_projections``, in the same process.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama]``;
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama] [--configs RESULTS.json]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
 """
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import shutil
@@ -279,6 +280,7 @@ def llama(results: dict, best_by_shape: dict) -> None:
                 bf16_layout="nk",
                 fuse_projections=fuse,
             )
+            jax.clear_caches()  # the layers' jitted apply and generate would keep the other backend's trace
             params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
             BACKENDS["hopper"] = gemv_backend(best_by_shape) if name == "mxfp8_gemv" else shipped
             try:
@@ -302,14 +304,20 @@ PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, an
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama", action="store_true", help="also the Llama decode at batch 1 with the GEMV")
+    parser.add_argument(
+        "--configs", help="a JSON this probe wrote: take its best configuration per shape and run only the Llama part"
+    )
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
     print(results["environment"])
     best = {}
-    for part in ("sweep", "edges", "llama"):
-        if part == "llama" and not args.llama:
-            continue
+    parts = ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
+    if args.configs:
+        recorded = json.loads(Path(args.configs).read_text())["best_by_shape"]
+        best = {tuple(json.loads(key.replace("(", "[").replace(")", "]"))): tuple(v) for key, v in recorded.items()}
+        results["best_by_shape"], parts = recorded, ("llama",)
+    for part in parts:
         try:
             if part == "sweep":
                 best = sweep(results)
