@@ -249,30 +249,34 @@ def edges(results: dict) -> None:
     print(f"edge activation: {results['edge activation']}")
 
 
-def gemv_backend(best_by_shape: dict):
-    """The ``hopper`` backend with every one-row raw-bf16 call whose shape has a configuration sent to ``gemv``."""
+def gemv_backend(best_by_shape: dict, routed: list | None = None):
+    """The ``hopper`` backend with every one-row raw-bf16 call whose shape has a configuration sent to ``gemv``
+    (each such call's ``(N, K)`` appended to ``routed`` as it is traced)."""
     shipped = BACKENDS["hopper"]
 
     def backend(x, w, out_dtype, *, name=None):
         *lead, k = x.shape
         cfg = best_by_shape.get((w.shape[0], k))
         if math.prod(lead) == 1 and cfg and not isinstance(x, MXArray) and x.dtype == jnp.bfloat16:
+            if routed is not None:
+                routed.append(w.shape)
             return gemv(x.reshape(1, k), w, cfg).astype(out_dtype).reshape(*lead, w.shape[0])
         return shipped(x, w, out_dtype, name=name)
 
     return backend
 
 
-def llama(results: dict, best_by_shape: dict) -> None:
-    """Decode at batch 1, 4 Llama-3-8B blocks: bf16 [N, K], MXFP8 shipped and MXFP8 with the GEMV, fused or not."""
+def llama(results: dict, best_by_shape: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_gemv")) -> None:
+    """Decode at batch 1, 4 Llama-3-8B blocks: bf16 [N, K], MXFP8 shipped and MXFP8 with the GEMV (``models``), fused
+    projections first, then not."""
     from bench_llama import block_config, decode_step
 
     from examples.llama import Llama, LlamaConfig
 
     shipped = BACKENDS["hopper"]
     rows = {}
-    for fuse in (False, True):
-        for name in ("bf16_nk", "mxfp8", "mxfp8_gemv"):
+    for fuse in (True, False):
+        for name in models:
             cfg = LlamaConfig(
                 **block_config(4),
                 quantized=name != "bf16_nk",
@@ -282,21 +286,22 @@ def llama(results: dict, best_by_shape: dict) -> None:
             )
             jax.clear_caches()  # the layers' jitted apply and generate would keep the other backend's trace
             params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-            BACKENDS["hopper"] = gemv_backend(best_by_shape) if name == "mxfp8_gemv" else shipped
+            routed = []
+            BACKENDS["hopper"] = gemv_backend(best_by_shape, routed) if name == "mxfp8_gemv" else shipped
             try:
                 step = decode_step(cfg, params, 1)
             finally:
                 BACKENDS["hopper"] = shipped
             label = f"{name}{' fused' if fuse else ''}"
-            rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step}
-            print(f"llama 4 blocks, batch 1, {label}: {step * 1e3:.3f} ms/step, {1 / step:,.0f} tokens/s", flush=True)
+            rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step, "gemv_calls_traced": len(routed)}
+            print(
+                f"llama 4 blocks, batch 1, {label}: {step * 1e3:.3f} ms/step, {1 / step:,.0f} tokens/s "
+                f"({len(routed)} calls traced to the GEMV: {sorted(set(routed))})",
+                flush=True,
+            )
+            results["llama batch 1"] = rows
+            write_json("cuda_gemv_probe.json", results)
             del params
-        base = rows[f"bf16_nk{' fused' if fuse else ''}"]["tokens_per_s"]
-        for name in ("mxfp8", "mxfp8_gemv"):
-            label = f"{name}{' fused' if fuse else ''}"
-            rows[label]["vs_bf16_nk"] = rows[label]["tokens_per_s"] / base
-            print(f"  {label}: {rows[label]['vs_bf16_nk']:.2f}x of bf16 [N, K]")
-    results["llama batch 1"] = rows
 
 
 PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, and need no nvcc)
@@ -307,6 +312,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--configs", help="a JSON this probe wrote: take its best configuration per shape and run only the Llama part"
     )
+    parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_gemv", help="the Llama part's models")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
@@ -325,7 +331,7 @@ if __name__ == "__main__":
             elif part == "edges":
                 edges(results)
             else:
-                llama(results, best)
+                llama(results, best, tuple(args.models.split(",")))
         except Exception as e:  # noqa: BLE001
             results[part] = {"error": failure(e)}
             print(f"{part}: {failure(e)}")
