@@ -7,8 +7,8 @@ its fp8 weight bytes from global memory straight into ``mma.sync`` registers, th
 E4M3 values, each 32-block's partial product scaled by both E8M0 factors in float32?
 
 The kernel is compiled here to PTX for compute_89 by the device's ``nvcc`` and launched inside jit
-through jaxlib's PTX launcher (the ``triton_kernel_call_ffi`` custom call that Pallas's Triton
-backend and jax-triton use; a private API, as jaxlib 0.11.2 spells it), so it is timed by
+through jaxlib's PTX launcher (``mxfp8_xla.backends.ptx_launch``: the ``triton_kernel_call_ffi`` custom call
+that Pallas's Triton backend and jax-triton use; a private API, as jaxlib 0.11.2 spells it), so it is timed by
 ``timing.loop_time`` like every other kernel here, against bf16 ``jnp.dot`` and the shipped
 ``hopper`` backend in the same run.
 
@@ -63,24 +63,18 @@ import os
 import shutil
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.core import ShapedArray
-from jax._src.interpreters import mlir
-from jax._src.lib import gpu_triton
-from jax._src.lib.mlir import ir
-from jax.extend.core import Primitive
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import emulation, hopper  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper, ptx_launch  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cuda_small_m.cu")
 CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load round), as instantiated
@@ -114,37 +108,6 @@ def compile_ptx() -> str:
     return ptx.read_text()
 
 
-_launch = Primitive("mxfp8_cuda_small_m_probe")
-
-
-@_launch.def_abstract_eval
-def _(*avals, name, ptx, grid, warps, out_shape, out_dtype=np.dtype(np.float32), smem=0):
-    return ShapedArray(out_shape, out_dtype)
-
-
-def _lowering(ctx, *args, name, ptx, grid, warps, out_shape, out_dtype=np.dtype(np.float32), smem=0):
-    """A PTX kernel launch: ``args`` then the one output, each a pointer; ``smem`` bytes of dynamic shared memory
-    (jaxlib raises the kernel's limit past 48 KB itself)."""
-    del out_shape, out_dtype  # in ctx.avals_out
-    # jaxlib 0.11.2: (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability)
-    kernel = gpu_triton.TritonKernel(name, warps, 1, smem, ptx, "", 90)
-    params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
-    call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
-    layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731
-    return mlir.custom_call(
-        call_target_name="triton_kernel_call_ffi",
-        result_types=[mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])],
-        operands=list(args),
-        backend_config=dict(
-            name=ir.StringAttr.get(name),
-            opaque=ir.StringAttr.get(zlib.compress(call.to_proto(name, b""))),
-        ),
-        operand_layouts=[layout(a) for a in ctx.avals_in],
-        result_layouts=[layout(ctx.avals_out[0])],
-    ).results
-
-
-mlir.register_lowering(_launch, _lowering, platform="cuda")
 
 
 def kernel_inputs(xq: MXArray, decode: str) -> tuple[jax.Array, jax.Array]:
@@ -167,7 +130,7 @@ def run_kernel(x_op, x_scale, w: MXArray, m: int, decode: str, warps: int, unrol
     nt = 1 if x_op.shape[0] == 8 else 2
     name = f"mxfp8_small_m_{decode}_nt{nt}_kw{warps}_u{unroll}"
     dims = jnp.array([m, n, k], jnp.int32)
-    return _launch.bind(
+    return ptx_launch.launch(
         w.data.view(jnp.uint8),
         w.scale,
         x_op,
@@ -178,6 +141,7 @@ def run_kernel(x_op, x_scale, w: MXArray, m: int, decode: str, warps: int, unrol
         grid=(n // (16 * warps if decode in ROW_WARP_DECODES else 16), split),
         warps=warps,
         out_shape=(split, m, n),
+        out_dtype=jnp.float32,
     )
 
 

@@ -1,4 +1,7 @@
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,3 +23,15 @@ FIXTURE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+needs_gpp = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ preprocessor")
+
+
+def cuda_kernel_names(source: Path, prefix: str, *defines: str) -> set[str]:
+    """The ``extern "C"`` kernels named ``prefix...`` that a CUDA source defines, read off its preprocessed text."""
+    cuda = ["-D__global__=", "-D__device__=", "-D__forceinline__=", *(f"-D{d}" for d in defines)]
+    expanded = subprocess.run(
+        ["g++", "-E", "-P", "-x", "c++", *cuda, str(source)], capture_output=True, text=True, check=True
+    ).stdout
+    return set(re.findall(rf"({prefix}\w+)\(", expanded))

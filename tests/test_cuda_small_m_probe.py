@@ -1,9 +1,6 @@
 """benchmarks/cuda_small_m_probe.py on CPU: the weight tiling, the activation operand, the launch's
 jaxpr, and that every kernel a sweep asks for is instantiated (the kernels themselves run on the GPU)."""
 
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,11 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cuda_kernel_names, needs_gpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cuda_small_m_probe as probe  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
+from mxfp8_xla.backends import ptx_launch  # noqa: E402
 
 
 def test_tile_weight_puts_each_lanes_bytes_where_the_kernel_loads_them():
@@ -53,7 +52,7 @@ def test_end_to_end_traces_to_one_launch_and_a_split_sum(decode, grid):
     x = jnp.ones((16, 1024), jnp.bfloat16)
     w = MXArray(jnp.ones((256, 1024), jnp.float8_e4m3fn), jnp.full((256, 32), 127, jnp.uint8))
     jaxpr = jax.make_jaxpr(lambda x, w: probe.end_to_end(x, w, (decode, 4, 4, 2)))(x, w).jaxpr
-    launches = [e for e in jaxpr.eqns if e.primitive is probe._launch]
+    launches = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     assert len(launches) == 1
     assert launches[0].params["grid"] == grid and launches[0].params["name"] == f"mxfp8_small_m_{decode}_nt2_kw4_u4"
     assert jaxpr.outvars[0].aval.shape == (16, 256) and jaxpr.outvars[0].aval.dtype == jnp.bfloat16
@@ -65,15 +64,9 @@ def test_fits_needs_whole_rounds_per_warp():
     assert probe.fits(4096, 8, 8, 2, "tcvtr")  # its warps do not split K: 2 splits x 8 blocks x 8 rounds
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ preprocessor")
+@needs_gpp
 def test_every_kernel_a_sweep_can_ask_for_is_instantiated():
-    expanded = subprocess.run(
-        ["g++", "-E", "-P", "-x", "c++", "-D__global__=", "-D__device__=", "-D__forceinline__=", str(probe.SOURCE)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    names = set(re.findall(r"(mxfp8_small_m_\w+)\(", expanded))
+    names = cuda_kernel_names(probe.SOURCE, "mxfp8_small_m_")
     for sweep in probe.SWEEPS.values():
         wanted = {(d, w, u) for d, w, u, _ in sweep.fixed}
         configs = dict(sweep.decode_configs)

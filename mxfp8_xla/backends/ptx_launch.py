@@ -1,0 +1,78 @@
+"""A PTX kernel launched inside ``jax.jit``, on XLA's stream, through jaxlib's PTX launcher.
+
+jaxlib runs Pallas's Triton kernels (and jax-triton's) through one custom call,
+``triton_kernel_call_ffi``, whose payload is a kernel's PTX, name, grid, warps and
+shared memory; the CUDA driver JIT-compiles the PTX once per process. :func:`launch`
+uses the same call for a kernel of our own. It is a private jaxlib API, spelled here as
+jaxlib 0.11.2 has it (the version it ran on), and it needs jaxlib's CUDA plugin.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import numpy as np
+from jax._src.core import ShapedArray
+from jax._src.interpreters import mlir
+from jax._src.lib import gpu_triton
+from jax._src.lib.mlir import ir
+from jax.extend.core import Primitive
+
+_launch = Primitive("mxfp8_ptx_kernel")
+
+
+def launch(
+    *operands: jax.Array,
+    name: str,
+    ptx: str,
+    grid: tuple[int, int],
+    warps: int,
+    out_shape: tuple[int, ...],
+    out_dtype: np.dtype,
+    smem: int = 0,
+) -> jax.Array:
+    """Run kernel ``name`` of ``ptx`` on ``grid`` CTAs of ``warps`` warps with ``smem`` bytes of dynamic shared
+    memory; its parameters are pointers to ``operands`` (row-major) and then to the one output."""
+    return _launch.bind(
+        *operands,
+        name=name,
+        ptx=ptx,
+        grid=tuple(grid),
+        warps=warps,
+        out_shape=tuple(out_shape),
+        out_dtype=np.dtype(out_dtype),
+        smem=smem,
+    )
+
+
+@_launch.def_abstract_eval
+def _abstract_eval(*avals, name, ptx, grid, warps, out_shape, out_dtype, smem):
+    del avals, name, ptx, grid, warps, smem
+    return ShapedArray(out_shape, out_dtype)
+
+
+def _lowering(ctx, *args, name, ptx, grid, warps, out_shape, out_dtype, smem):
+    del out_shape, out_dtype  # in ctx.avals_out
+    if not hasattr(gpu_triton, "TritonKernel"):
+        raise RuntimeError(f"cannot launch the CUDA kernel {name}: jaxlib's CUDA plugin (jax[cuda12]) is not installed")
+    # (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability); above 48 KB of shared memory
+    # jaxlib raises the kernel's dynamic limit itself
+    kernel = gpu_triton.TritonKernel(name, warps, 1, smem, ptx, "", 90)
+    params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
+    call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
+    layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731
+    return mlir.custom_call(
+        call_target_name="triton_kernel_call_ffi",
+        result_types=[mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])],
+        operands=list(args),
+        backend_config=dict(
+            name=ir.StringAttr.get(name),
+            opaque=ir.StringAttr.get(zlib.compress(call.to_proto(name, b""))),
+        ),
+        operand_layouts=[layout(a) for a in ctx.avals_in],
+        result_layouts=[layout(ctx.avals_out[0])],
+    ).results
+
+
+mlir.register_lowering(_launch, _lowering, platform="cuda")
