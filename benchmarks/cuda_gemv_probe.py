@@ -1,59 +1,57 @@
-"""Probe: one CUDA-core MXFP8 GEMV launch for one activation row (``cuda_gemv.cu``) inside ``jax.jit``.
+"""Probe: one CUDA-core MXFP8 GEMV launch for one activation row (``mxfp8_xla/backends/gemv.cu``) inside ``jax.jit``.
 
 At one row every MXFP8 call of the shipped backend is three launches (activation pass, GEMM,
 K-split sum), and its GEMMs stream the fp8 weight at about half of what XLA reads
-(docs/benchmarks.md). The Llama decode at batch 1 is made of such calls. This kernel does the whole
+(docs/benchmarks.md). The Llama decode at batch 1 is made of such calls. This kernel (shipped since the
+eighth session as the hopper backend's one-row path, ``mxfp8_xla.backends.cuda_gemv``) does the whole
 call in one launch: each CTA quantizes the raw bf16 row itself (exactly, into shared memory) while
 its first weight loads are in flight, then its warps stream whole weight rows as stored, with
 enough rows and chunks in flight per warp to cover the latency, and write the output dtype.
 
 Parts:
 1. ``sweep``: the six Llama-3-8B projection shapes (the five of ``mosaic_sweep.SHAPES`` and the k/v
-   projection (1024, 4096)), M = 1, raw bf16 in and bf16 out: every instantiated configuration
+   projection (1024, 4096)), M = 1, raw bf16 in and bf16 out: every configuration in ``CONFIGS``
    (warps per CTA, rows per warp, chunks per round, register double-buffering, and a grid of one CTA
    per CTA's rows or of 16 or 32 resident warps per SM that loop over the rows), each checked
-   against emulation, against bf16 ``jnp.dot`` (the weight stored ``[N, K]``), the shipped ``hopper``
-   backend and XLA reading the fp8 weight alone, in the same run; then the best configuration
-   without the per-element weight scaling (``EXACT`` off) and its float32-output error.
+   against emulation; then in the same run bf16 ``jnp.dot`` (the weight stored ``[N, K]``), the
+   ``hopper`` backend as shipped (one row: this kernel, at ``cuda_gemv.config``'s configuration) and
+   on its Pallas kernels alone (``MXFP8_XLA_HOPPER_SMALL_M=pallas``), the best configuration with and
+   without the per-element weight scaling (``EXACT``), and XLA reading the fp8 weight alone.
 2. ``edges``: weight scale bytes 0, 1, 254, 255 and an E4M3 NaN byte against emulation, row by row,
    NaN and infinity positions elementwise; and the in-kernel activation quantization:
    an identity weight returns the decoded activation, which must equal
    ``dequantize(quantize(x))`` exactly, up to the sign of zero (ties, subnormals, a zero block, the clamped
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
-3. ``--llama``: the Llama example at Llama-3-8B layer dimensions (4 blocks), decode at batch 1,
-   with every one-row MXFP8 call sent to this kernel (the best configuration per shape from part
-   1), against the shipped backend and bf16 weights stored ``[N, K]``, with and without
-   ``fuse_projections``, in the same process.
+3. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
+   decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
+   kernels alone, with and without ``fuse_projections``, in the same process.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama] [--configs RESULTS.json]``;
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_small_m_probe import _launch  # noqa: E402
 from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import BACKENDS, emulation, hopper  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, emulation, hopper, ptx_launch  # noqa: E402
 
-SOURCE = Path(__file__).with_name("cuda_gemv.cu")
+SOURCE = cuda_gemv.SOURCE  # built here with -DMXFP8_GEMV_PROBE: every variant, not only the library's
 GEMV_SHAPES = (*SHAPES, (1024, 4096))
 # (warps per CTA, rows per warp, chunks per round, double-buffered, resident warps per SM or 0 for one CTA per
 # WPC * G rows); cuda_gemv.cu instantiates these and more (ptxas: 48-128 registers, 63 for w8_g1_c4_p0)
@@ -66,26 +64,19 @@ SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / 
 
 
 def compile_ptx() -> str:
-    """PTX of ``cuda_gemv.cu`` for compute_90 (also logs ptxas's registers for sm_90)."""
+    """PTX of every variant in ``gemv.cu`` for compute_90 (also logs ptxas's registers for sm_90)."""
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     ptx = out_dir() / "cuda_gemv.ptx"
-    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(SOURCE), "-o", str(ptx)], check=True)
+    flags = ["-O3", "-DMXFP8_GEMV_PROBE", str(SOURCE)]
+    subprocess.run([nvcc, "-ptx", "-arch=compute_90", *flags, "-o", str(ptx)], check=True)
     info = subprocess.run(
-        [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", str(SOURCE), "-o", os.devnull],
+        [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", *flags, "-o", os.devnull],
         check=True,
         capture_output=True,
         text=True,
     )
     (out_dir() / "cuda_gemv_ptxas.txt").write_text(info.stderr)
     return ptx.read_text()
-
-
-def kernel_ptx(ptx: str, name: str) -> str:
-    """The module's header and declarations with the one entry ``name``: the driver then JIT-compiles one kernel
-    per configuration, not the whole module each time."""
-    entries = ptx.split(".visible .entry ")
-    (body,) = [e for e in entries[1:] if e.startswith(name + "(")]
-    return entries[0] + ".visible .entry " + body
 
 
 def fits(cfg: tuple, n: int, k: int) -> bool:
@@ -108,17 +99,17 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: bool = True, out_dtype=jnp
     wpc, g, ch, pf, _ = cfg
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     name = f"mxfp8_gemv_w{wpc}_g{g}_c{ch}_p{pf}_e{int(exact)}_{suffix}"
-    return _launch.bind(
+    return ptx_launch.launch(
         w.data.view(jnp.uint8),
         w.scale,
         x,
         jnp.array([1, n, k], jnp.int32),
         name=name,
-        ptx=kernel_ptx(PTX, name) if PTX else "",
+        ptx=cuda_gemv.entry_ptx(PTX, name) if PTX else "",
         grid=(grid(cfg, n), 1),
         warps=wpc,
         out_shape=(1, n),
-        out_dtype=np.dtype(out_dtype),
+        out_dtype=out_dtype,
         smem=4 * k,
     )
 
@@ -131,11 +122,10 @@ def dequant_bf16(w: MXArray) -> jax.Array:
     return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
-def sweep(results: dict) -> dict:
-    """Every configuration at every shape; returns the best exact configuration per ``(N, K)``."""
-    best_by_shape = {}
-    heads = ("bf16 dot", "shipped", "gemv", "vs bf16", "shipped", "fp8 read")
-    print(f"{'(N, K)':>14} " + " ".join(f"{h:>9}" for h in heads) + "  best")
+def sweep(results: dict) -> None:
+    """Every configuration at every shape, then the best one against bf16, the library and the Pallas kernels."""
+    heads = ("bf16 dot", "library", "pallas", "best cfg", "library", "pallas", "best cfg", "fp8 read")
+    print(f"{'(N, K)':>14} " + " ".join(f"{h:>9}" for h in heads) + "  (us, then ratios to bf16)")
     for n, k in GEMV_SHAPES:
         sets = operands(n, k, 1)
         ref = reference(*sets[0])
@@ -152,17 +142,21 @@ def sweep(results: dict) -> dict:
                 cells[label] = {"cfg": list(cfg), "error": failure(e)}
                 print(f"  ({n}, {k}) {label}: {failure(e)}")
         ok = {lab: c for lab, c in cells.items() if "us" in c and c["rel_err_bf16_out"] < 1e-2}
-        row = {"cells": cells}
+        row = {"cells": cells, "library_config": str(cuda_gemv.config(n, k))}
         results[f"({n}, {k})"] = row
         if not ok:
             print(f"({n}, {k}): no configuration ran correctly")
             continue
         label = min(ok, key=lambda lab: ok[lab]["us"])
         cfg = tuple(ok[label]["cfg"])
-        best_by_shape[(n, k)] = cfg
-        bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
-        row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), bf16_sets) * 1e6
-        row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+        shipped = lambda x, w: hopper.matmul(x, w, jnp.bfloat16)  # noqa: E731
+        row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
+        with small_m_kernels("auto"):
+            row["library_us"] = loop_time(shipped, sets) * 1e6
+            row["rel_err_library_f32_out"] = rel_err(np.asarray(jax.jit(hopper.matmul, static_argnums=2)(
+                *sets[0], jnp.float32)), ref)  # fmt: skip
+        with small_m_kernels("pallas"):
+            row["pallas_us"] = loop_time(shipped, sets) * 1e6
         row["gemv_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
         row["gemv_inexact_edges_us"] = loop_time(functools.partial(gemv, cfg=cfg, exact=False), sets) * 1e6
         reads = [(w,) for _, w in sets]
@@ -171,17 +165,18 @@ def sweep(results: dict) -> dict:
         for exact in (True, False):
             out = jax.jit(functools.partial(gemv, cfg=cfg, exact=exact, out_dtype=jnp.float32))(*sets[0])
             row[f"rel_err_f32_out_exact{int(exact)}"] = rel_err(np.asarray(out), ref)
-        weight_bytes = n * k * (1 + 1 / 32)
-        row["gemv_tb_per_s"] = weight_bytes / row["gemv_us"] / 1e6
+        row["gemv_tb_per_s"] = n * k * (1 + 1 / 32) / row["gemv_us"] / 1e6
+        times = [row[key] for key in ("bf16_dot_us", "library_us", "pallas_us", "gemv_us")]
         print(
-            f"{f'({n}, {k})':>14} {row['bf16_dot_us']:9.1f} {row['shipped_us']:9.1f} {row['gemv_us']:9.1f} "
-            f"{row['bf16_dot_us'] / row['gemv_us']:8.2f}x {row['bf16_dot_us'] / row['shipped_us']:8.2f}x "
-            f"{row['fp8_read_us']:9.1f}  {label} ({row['gemv_tb_per_s']:.2f} TB/s; without per-element scaling "
-            f"{row['gemv_inexact_edges_us']:.1f} us; float32-out error {row['rel_err_f32_out_exact1']:.1e})",
+            f"{f'({n}, {k})':>14} "
+            + " ".join(f"{t:9.1f}" for t in times)
+            + " ".join(f"{times[0] / t:8.2f}x" for t in times[1:])
+            + f" {row['fp8_read_us']:9.1f}  best {label} ({row['gemv_tb_per_s']:.2f} TB/s; without per-element "
+            f"scaling {row['gemv_inexact_edges_us']:.1f} us); float32-out error: library "
+            f"{row['rel_err_library_f32_out']:.1e}, best {row['rel_err_f32_out_exact1']:.1e}",
             flush=True,
         )
         write_json("cuda_gemv_probe.json", results)
-    return best_by_shape
 
 
 def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -249,31 +244,29 @@ def edges(results: dict) -> None:
     print(f"edge activation: {results['edge activation']}")
 
 
-def gemv_backend(best_by_shape: dict, routed: list | None = None):
-    """The ``hopper`` backend with every one-row raw-bf16 call whose shape has a configuration sent to ``gemv``
-    (each such call's ``(N, K)`` appended to ``routed`` as it is traced)."""
-    shipped = BACKENDS["hopper"]
+@contextlib.contextmanager
+def small_m_kernels(choice: str):
+    """``MXFP8_XLA_HOPPER_SMALL_M=choice`` (read when a call is traced) and fresh jit caches on the way in and out."""
+    before = os.environ.get(hopper.SMALL_M_KERNEL_ENV)
+    os.environ[hopper.SMALL_M_KERNEL_ENV] = choice
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[hopper.SMALL_M_KERNEL_ENV]
+        else:
+            os.environ[hopper.SMALL_M_KERNEL_ENV] = before
+        jax.clear_caches()
 
-    def backend(x, w, out_dtype, *, name=None):
-        *lead, k = x.shape
-        cfg = best_by_shape.get((w.shape[0], k))
-        if math.prod(lead) == 1 and cfg and not isinstance(x, MXArray) and x.dtype == jnp.bfloat16:
-            if routed is not None:
-                routed.append(w.shape)
-            return gemv(x.reshape(1, k), w, cfg).astype(out_dtype).reshape(*lead, w.shape[0])
-        return shipped(x, w, out_dtype, name=name)
 
-    return backend
-
-
-def llama(results: dict, best_by_shape: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_gemv")) -> None:
-    """Decode at batch 1, 4 Llama-3-8B blocks: bf16 [N, K], MXFP8 shipped and MXFP8 with the GEMV (``models``), fused
-    projections first, then not."""
+def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -> None:
+    """Decode at batch 1, 4 Llama-3-8B blocks, fused projections first, then not: bf16 ``[N, K]``, MXFP8 as shipped
+    (one row: this kernel) and MXFP8 on the Pallas kernels alone (``MXFP8_XLA_HOPPER_SMALL_M=pallas``)."""
     from bench_llama import block_config, decode_step
 
     from examples.llama import Llama, LlamaConfig
 
-    shipped = BACKENDS["hopper"]
     rows = {}
     for fuse in (True, False):
         for name in models:
@@ -284,21 +277,12 @@ def llama(results: dict, best_by_shape: dict, models: tuple = ("bf16_nk", "mxfp8
                 bf16_layout="nk",
                 fuse_projections=fuse,
             )
-            jax.clear_caches()  # the layers' jitted apply and generate would keep the other backend's trace
-            params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-            routed = []
-            BACKENDS["hopper"] = gemv_backend(best_by_shape, routed) if name == "mxfp8_gemv" else shipped
-            try:
+            with small_m_kernels("pallas" if name == "mxfp8_pallas" else "auto"):
+                params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
                 step = decode_step(cfg, params, 1)
-            finally:
-                BACKENDS["hopper"] = shipped
             label = f"{name}{' fused' if fuse else ''}"
-            rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step, "gemv_calls_traced": len(routed)}
-            print(
-                f"llama 4 blocks, batch 1, {label}: {step * 1e3:.3f} ms/step, {1 / step:,.0f} tokens/s "
-                f"({len(routed)} calls traced to the GEMV: {sorted(set(routed))})",
-                flush=True,
-            )
+            rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step}
+            print(f"llama 4 blocks, batch 1, {label}: {step * 1e3:.3f} ms/step, {1 / step:,.0f} tokens/s", flush=True)
             results["llama batch 1"] = rows
             write_json("cuda_gemv_probe.json", results)
             del params
@@ -308,30 +292,22 @@ PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, an
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llama", action="store_true", help="also the Llama decode at batch 1 with the GEMV")
-    parser.add_argument(
-        "--configs", help="a JSON this probe wrote: take its best configuration per shape and run only the Llama part"
-    )
-    parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_gemv", help="the Llama part's models")
+    parser.add_argument("--llama", action="store_true", help="also the Llama decode at batch 1")
+    parser.add_argument("--llama-only", action="store_true", help="only the Llama decode at batch 1")
+    parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_pallas", help="the Llama part's models")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
     print(results["environment"])
-    best = {}
-    parts = ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
-    if args.configs:
-        recorded = json.loads(Path(args.configs).read_text())["best_by_shape"]
-        best = {tuple(json.loads(key.replace("(", "[").replace(")", "]"))): tuple(v) for key, v in recorded.items()}
-        results["best_by_shape"], parts = recorded, ("llama",)
+    parts = ("llama",) if args.llama_only else ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
     for part in parts:
         try:
             if part == "sweep":
-                best = sweep(results)
-                results["best_by_shape"] = {str(k): list(v) for k, v in best.items()}
+                sweep(results)
             elif part == "edges":
                 edges(results)
             else:
-                llama(results, best, tuple(args.models.split(",")))
+                llama(results, tuple(args.models.split(",")))
         except Exception as e:  # noqa: BLE001
             results[part] = {"error": failure(e)}
             print(f"{part}: {failure(e)}")

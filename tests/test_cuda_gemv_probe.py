@@ -1,9 +1,6 @@
-"""benchmarks/cuda_gemv_probe.py on CPU: the launch's jaxpr, its refusals, the routing of the Llama part, the
-activation edge vectors, and that every configuration it asks for is instantiated (the kernel runs on the GPU)."""
+"""benchmarks/cuda_gemv_probe.py on CPU: the launch's jaxpr, its refusals, the grid, the activation edge vectors,
+and that every configuration it asks for is instantiated (the kernel runs on the GPU)."""
 
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cuda_kernel_names, needs_gpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cuda_gemv_probe as probe  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
-from mxfp8_xla.backends import BACKENDS  # noqa: E402
+from mxfp8_xla.backends import ptx_launch  # noqa: E402
 
 
 def weight(n: int, k: int) -> MXArray:
@@ -28,7 +26,7 @@ def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix
     x = jnp.ones((1, 14336), jnp.bfloat16)
     fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1, 0), exact=False, out_dtype=out_dtype)  # noqa: E731
     jaxpr = jax.make_jaxpr(fn)(x, weight(4096, 14336)).jaxpr
-    (launch,) = [e for e in jaxpr.eqns if e.primitive is probe._launch]
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     assert launch.params["name"] == f"mxfp8_gemv_w8_g2_c4_p1_e0_{suffix}"
     assert launch.params["grid"] == (4096 // 16, 1) and launch.params["warps"] == 8
     assert launch.params["smem"] == 4 * 14336  # the decoded row in float32
@@ -68,28 +66,14 @@ def test_grid(cfg, n, ctas):
     assert probe.grid(cfg, n) == ctas
 
 
-def test_kernel_ptx_keeps_the_header_and_one_entry():
-    ptx = ".version 9.0\n.target sm_90\n.extern .shared .b8 xs[];\n\n"
-    ptx += ".visible .entry a_bf16(\n.param .u64 p)\n{ ret; }\n\n.visible .entry a_bf16_x(\n.param .u64 p)\n{ trap; }\n"
-    one = probe.kernel_ptx(ptx, "a_bf16")
-    assert one.startswith(".version 9.0") and ".extern .shared" in one
-    assert "a_bf16(" in one and "a_bf16_x" not in one and "trap" not in one
-
-
 def test_every_llama_shape_has_a_configuration():
     for n, k in probe.GEMV_SHAPES:
         assert any(probe.fits(cfg, n, k) for cfg in probe.CONFIGS)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ preprocessor")
+@needs_gpp
 def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
-    expanded = subprocess.run(
-        ["g++", "-E", "-P", "-x", "c++", "-D__global__=", "-D__device__=", "-D__forceinline__=", str(probe.SOURCE)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    names = set(re.findall(r"(mxfp8_gemv_\w+)\(", expanded))
+    names = cuda_kernel_names(probe.SOURCE, "mxfp8_gemv_", "MXFP8_GEMV_PROBE")
     wanted = {
         f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_{suffix}"
         for w, g, c, p, _ in probe.CONFIGS
@@ -97,25 +81,6 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
         for suffix in ("bf16", "f32")
     }
     assert wanted <= names
-
-
-def test_the_gemv_backend_takes_one_raw_row_and_leaves_the_rest_to_the_shipped_backend(monkeypatch):
-    calls = []
-
-    def shipped(x, w, out_dtype, *, name=None):
-        calls.append(x.shape)
-        return jnp.zeros((*x.shape[:-1], w.shape[0]), out_dtype)
-
-    monkeypatch.setitem(BACKENDS, "hopper", shipped)
-    backend = probe.gemv_backend({(1024, 4096): (4, 2, 2, 0, 0)})
-    w = weight(1024, 4096)
-    one = jax.make_jaxpr(lambda x: backend(x, w, jnp.bfloat16))(jnp.ones((1, 1, 4096), jnp.bfloat16))
-    assert [e.primitive for e in one.jaxpr.eqns].count(probe._launch) == 1 and not calls
-    assert one.jaxpr.outvars[0].aval.shape == (1, 1, 1024)
-    backend(jnp.ones((2, 4096), jnp.bfloat16), w, jnp.bfloat16)  # two rows
-    backend(jnp.ones((1, 4096), jnp.bfloat16), weight(2048, 4096), jnp.bfloat16)  # no configuration for the shape
-    backend(quantize(jnp.ones((1, 4096))), w, jnp.bfloat16)  # already quantized
-    assert calls == [(2, 4096), (1, 4096), (1, 4096)]
 
 
 def test_activation_vectors_cover_the_quantization_rules_edges():

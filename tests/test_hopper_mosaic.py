@@ -134,15 +134,18 @@ def test_matmul_routes_each_row_count_to_its_kernel(monkeypatch):
     assert called == ["triton"]
 
 
-def test_environment_variable_forces_either_kernel(monkeypatch):
+def test_environment_variable_picks_the_kernels(monkeypatch):
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "mosaic")
     assert hopper.mosaic_config(16, 14336, 4096) == hopper_mosaic.MosaicConfig()
     assert hopper.mosaic_config(64, 6144, 4096) == hopper_mosaic.MosaicConfig(split_k=4)  # 48 CTAs x 4
     assert hopper.mosaic_config(257, 14336, 4096) is None  # beyond wgmma's 256 columns
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "triton")
     assert hopper.mosaic_config(16, 4096, 14336) is None
+    monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "pallas")  # auto's Pallas routing
+    assert hopper.mosaic_config(16, 4096, 14336) == hopper.mosaic_kernel_config(16, 4096, 14336)
+    assert hopper.mosaic_config(16, 14336, 4096) is None
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, "cuda")
-    with pytest.raises(ValueError, match="MXFP8_XLA_HOPPER_SMALL_M='cuda': expected 'auto', 'triton' or 'mosaic'"):
+    with pytest.raises(ValueError, match="SMALL_M='cuda': expected 'auto', 'pallas', 'triton' or 'mosaic'"):
         hopper.mosaic_config(16, 4096, 14336)
 
 

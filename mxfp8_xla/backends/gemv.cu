@@ -1,4 +1,5 @@
-// Probe kernel (benchmarks/cuda_gemv_probe.py): one MXFP8 GEMV launch for one activation row, SM89+.
+// The hopper backend's kernel for one activation row (mxfp8_xla/backends/cuda_gemv.py): one MXFP8 GEMV
+// launch, SM89+ (measured on SM90 only). gemv.ptx is this file compiled by cuda_gemv.build_ptx.
 //
 //   out[0, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[k],   xd = dequantize(quantize(x))
 //
@@ -13,7 +14,8 @@
 // them exactly (cvt.rn.f16x2.e4m3x2, then f16 -> f32), multiplies each with the decoded activation
 // and accumulates in float32. The G rows share each shared-memory read of the activation.
 //
-// Template parameters:
+// Template parameters (the library instantiates WPC 8, G 1 or 2, CH 2 or 4, PF 0, EXACT 1; built with
+// -DMXFP8_GEMV_PROBE, every variant benchmarks/cuda_gemv_probe.py measured):
 //   WPC   warps per CTA
 //   G     weight rows per warp, streamed together
 //   CH    16-byte chunks per lane, row and round
@@ -219,11 +221,11 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
 
 }  // namespace
 
-#define GEMV(WPC, G, CH, PF, EXACT, OUT, SUFFIX)                                                              \
-  extern "C" __global__ void __launch_bounds__(WPC * 32)                                                    \
-      mxfp8_gemv_w##WPC##_g##G##_c##CH##_p##PF##_e##EXACT##_##SUFFIX(                                      \
-          const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {              \
-    gemv<WPC, G, CH, PF, EXACT, OUT>(w, sw, x, out, dims);                                                  \
+#define GEMV(WPC, G, CH, PF, EXACT, OUT, SUFFIX)                                 \
+  extern "C" __global__ void __launch_bounds__(WPC * 32)                         \
+      mxfp8_gemv_w##WPC##_g##G##_c##CH##_p##PF##_e##EXACT##_##SUFFIX(            \
+          const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {  \
+    gemv<WPC, G, CH, PF, EXACT, OUT>(w, sw, x, out, dims);                       \
   }
 
 #define GEMV_OUTS(WPC, G, CH, PF, EXACT) \
@@ -233,9 +235,16 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
 #define GEMV_G(WPC, PF, EXACT) GEMV_CH(WPC, 1, PF, EXACT) GEMV_CH(WPC, 2, PF, EXACT) GEMV_CH(WPC, 4, PF, EXACT)
 #define GEMV_PF(WPC, EXACT) GEMV_G(WPC, 0, EXACT) GEMV_G(WPC, 1, EXACT)
 
+#ifdef MXFP8_GEMV_PROBE
 GEMV_PF(4, 1)
 GEMV_PF(8, 1)
 GEMV_PF(16, 1)
 GEMV_PF(4, 0)
 GEMV_PF(8, 0)
 GEMV_PF(16, 0)
+#else
+GEMV_OUTS(8, 1, 2, 0, 1)
+GEMV_OUTS(8, 1, 4, 0, 1)
+GEMV_OUTS(8, 2, 2, 0, 1)
+GEMV_OUTS(8, 2, 4, 0, 1)
+#endif

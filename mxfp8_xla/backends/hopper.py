@@ -1,6 +1,8 @@
 """Hopper (SM90) backend: MXFP8 ``x @ w.T`` without a bf16 weight in HBM where it matters.
 
-Hopper has no MX-scaled tensor-core instructions. For ``M <= 64`` rows (decode,
+Hopper has no MX-scaled tensor-core instructions. One raw bfloat16 row (batch-1 decode) takes one
+CUDA kernel launch that quantizes the row itself and streams the weight on the CUDA cores
+(:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
 memory-bound) a Pallas/Triton GEMM reads the fp8 weight and its uint8 scales once
 from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-127)``
 fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mxfp8_xla import numerics
-from mxfp8_xla.backends import hopper_mosaic, pallas_quantize
+from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
 from mxfp8_xla.mxarray import MXArray
@@ -80,8 +82,18 @@ SMALL_M_MAX = 64
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
-"""``auto`` (default): the kernel measured faster for the shape; ``triton``: never Mosaic;
-``mosaic``: wherever it can run."""
+"""``auto`` (default): the kernel measured faster for the shape (one raw bf16 row: :mod:`.cuda_gemv`);
+``pallas``: as ``auto`` but never the one-row kernel (the Pallas kernels alone, for comparisons);
+``triton``: never Mosaic nor the one-row kernel; ``mosaic``: Mosaic wherever it can run, never the one-row kernel."""
+
+
+def small_m_choice() -> str:
+    """``MXFP8_XLA_HOPPER_SMALL_M``, checked."""
+    choice = os.environ.get(SMALL_M_KERNEL_ENV, "auto").strip().lower()
+    if choice not in ("auto", "pallas", "triton", "mosaic"):
+        raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'pallas', 'triton' or 'mosaic'")
+    return choice
+
 
 MOSAIC_MIN_K = 8192
 """``auto`` runs the Mosaic GPU kernel for up to 16 rows only from this K up.
@@ -113,13 +125,11 @@ def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
 def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
     """The Mosaic GPU kernel's config for ``m`` rows, or None where another kernel runs.
 
-    Follows ``MXFP8_XLA_HOPPER_SMALL_M``: ``auto`` runs Mosaic for 17 to 256 rows, and for
+    Follows ``MXFP8_XLA_HOPPER_SMALL_M``: ``auto`` (and ``pallas``) runs Mosaic for 17 to 256 rows, and for
     up to 16 rows from K = :data:`MOSAIC_MIN_K` up (where each measured faster on an H200 /
     H100); ``mosaic`` wherever it can run; ``triton`` never.
     """
-    choice = os.environ.get(SMALL_M_KERNEL_ENV, "auto").strip().lower()
-    if choice not in ("auto", "triton", "mosaic"):
-        raise ValueError(f"{SMALL_M_KERNEL_ENV}={choice!r}: expected 'auto', 'triton' or 'mosaic'")
+    choice = small_m_choice()
     cfg = mosaic_kernel_config(m, n, k)
     if choice == "triton" or cfg.check(m, n, k) is not None:
         return None
@@ -310,16 +320,43 @@ def _k_tile(k: int, widest: int) -> int:
 def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
     """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
 
-    A raw ``x`` is quantized by this backend's own Pallas kernels (bit-identical to
-    ``quantize``). Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
+    A raw ``x`` is quantized by this backend's own kernels (bit-identical to ``quantize``).
+    One raw bfloat16 row goes to :mod:`.cuda_gemv` where it takes the weight's shape.
+    Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
     GPU kernel; else up to ``M <= 64`` rows the Triton GEMM. More rows: the GEMM is
     compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
     kernels (a raw activation quantized and decoded in the same pass) and cuBLAS
     multiplies them with float32 accumulation, writing ``out_dtype`` directly. This
     measured faster than the Pallas GEMM for large M on an H100 (docs/backends.md).
     """
+    require_backend("hopper", n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
+    if not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w):  # no CPU interpreter runs CUDA
+        return _one_row(x, w, jnp.dtype(out_dtype))
+    return _rows(x, w, out_dtype)
+
+
+def _one_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """:func:`cuda_gemv.matmul_row`; under ``vmap`` the mapped rows go to :func:`_rows` as more rows."""
+
+    @jax.custom_batching.custom_vmap
+    def one_row(x, data, scale):
+        return cuda_gemv.matmul_row(x, MXArray(data, scale), out_dtype)
+
+    @one_row.def_vmap
+    def _(axis_size, in_batched, x, data, scale):
+        del axis_size
+        x_mapped, *w_mapped = in_batched
+        if not any(w_mapped):  # x [B, ..., K]: B more rows of one product
+            return _rows(x, MXArray(data, scale), out_dtype), True
+        axes = (0 if x_mapped else None, *(0 if b else None for b in w_mapped))
+        return jax.vmap(lambda x, d, s: _rows(x, MXArray(d, s), out_dtype), in_axes=axes)(x, data, scale), True
+
+    return one_row(x, w.data, w.scale)
+
+
+def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """Every path but the one-row kernel (the rows of ``x`` flattened into M)."""
     *lead, k = x.shape
-    require_backend("hopper", n=w.shape[0], k=k, out_dtype=out_dtype, name=name)
     m = math.prod(lead)
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
     mosaic = None if _INTERPRET[-1] else mosaic_config(m, w.shape[0], k)

@@ -1,0 +1,174 @@
+"""The hopper backend's one-row kernel (mxfp8_xla.backends.cuda_gemv) on CPU: its shape rule, the PTX it ships, the
+launch it traces, and which calls hopper.matmul routes to it (the kernel itself runs on an SM90 GPU:
+benchmarks/cuda_gemv_probe.py checks it against emulation there)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import H100, cuda_kernel_names, needs_gpp
+
+from mxfp8_xla import MXArray, quantize
+from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch
+from mxfp8_xla.backends.select import override_capability
+
+
+def weight(n: int, k: int) -> MXArray:
+    return MXArray(jnp.ones((n, k), jnp.float8_e4m3fn), jnp.full((n, k // 32), 127, jnp.uint8))
+
+
+def launches(fn, *args) -> list:
+    """Every kernel launch ``fn`` traces to, in nested jaxprs too."""
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive is ptx_launch._launch:
+                yield eqn
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                        yield from walk(getattr(sub, "jaxpr", sub))
+
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize(
+    "n, k, rows, chunks",
+    [(14336, 4096, 2, 4), (4096, 14336, 2, 4), (1024, 4096, 1, 4), (4096, 3072, 2, 2), (2048, 1024, 1, 2)],
+)
+def test_config_streams_one_row_a_warp_for_narrow_weights_and_the_widest_round_k_allows(n, k, rows, chunks):
+    assert cuda_gemv.config(n, k) == cuda_gemv.GemvConfig(rows_per_warp=rows, chunks=chunks)
+
+
+@pytest.mark.parametrize("n, k", [(4096, 512), (4096, 4608), (4096, cuda_gemv.MAX_K + 1024), (4097, 4096)])
+def test_config_refuses_what_the_kernel_cannot_take(n, k):
+    assert cuda_gemv.config(n, k) is None
+
+
+def test_grid_keeps_at_most_32_warps_per_sm():
+    cfg = cuda_gemv.config(14336, 4096)
+    assert cfg.grid(14336, 132) == 4 * 132  # 896 CTAs of 16 rows would be needed; 4 of 8 warps per SM loop
+    assert cfg.grid(1024, 132) == 64  # fewer rows than that: one CTA per 16 rows
+
+
+def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_driver_reads_it():
+    ptx = cuda_gemv.PTX.read_text()
+    assert re.search(r"^\.version 8\.1$", ptx, re.M) and re.search(r"^\.target sm_90$", ptx, re.M)
+    entries = set(re.findall(r"\.visible \.entry (\w+)\(", ptx))
+    names = {
+        cuda_gemv.config(n, k).kernel(dtype)
+        for n in (1024, 4096)
+        for k in (1024, 2048)
+        for dtype in (jnp.bfloat16, jnp.float32)
+    }
+    assert names == entries
+
+
+@needs_gpp
+def test_the_shipped_ptx_has_exactly_the_sources_library_instantiations():
+    shipped = set(re.findall(r"\.visible \.entry (\w+)\(", cuda_gemv.PTX.read_text()))
+    assert cuda_kernel_names(cuda_gemv.SOURCE, "mxfp8_gemv_") == shipped
+
+
+def test_the_shipped_ptx_is_the_source_compiled(tmp_path):
+    """Rebuilt from gemv.cu where NVRTC is installed; the entries and their bodies' instructions must match."""
+    pytest.importorskip("cuda.bindings.nvrtc")
+    try:
+        rebuilt = cuda_gemv.build_ptx()
+    except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
+        pytest.skip(f"NVRTC unavailable: {e}")
+    opcodes = lambda ptx: re.findall(r"^\s+(\w[\w.]*)", ptx.split(".visible .entry ", 1)[1], re.M)  # noqa: E731
+    assert opcodes(rebuilt) == opcodes(cuda_gemv.PTX.read_text())
+
+
+def test_entry_ptx_keeps_the_header_and_one_entry():
+    ptx = ".version 8.1\n.target sm_90\n.extern .shared .b8 xs[];\n\n"
+    ptx += ".visible .entry a_bf16(\n.param .u64 p)\n{ ret; }\n\n.visible .entry a_bf16_x(\n.param .u64 p)\n{ trap; }\n"
+    one = cuda_gemv.entry_ptx(ptx, "a_bf16")
+    assert one.startswith(".version 8.1") and ".extern .shared" in one
+    assert "a_bf16(" in one and "a_bf16_x" not in one and "trap" not in one
+    whole = cuda_gemv.PTX.read_text()
+    name = cuda_gemv.config(4096, 4096).kernel(jnp.bfloat16)
+    assert cuda_gemv.entry_ptx(whole, name).count(".visible .entry") == 1
+
+
+@pytest.mark.parametrize(
+    "out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32), (jnp.float16, jnp.float32)]
+)
+def test_matmul_row_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype, kernel_dtype):
+    x = jnp.ones((1, 1, 14336), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_row(x, w, out_dtype))(x, weight(4096, 14336)).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    cfg = cuda_gemv.config(4096, 14336)
+    suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
+    assert launch.params["name"] == cfg.kernel(kernel_dtype) == f"mxfp8_gemv_w8_g2_c4_p0_e1_{suffix}"
+    assert launch.params["grid"] == (min(4096 // 16, 4 * cuda_gemv.DEFAULT_SMS), 1) and launch.params["warps"] == 8
+    assert launch.params["smem"] == 4 * 14336 and launch.params["out_dtype"] == kernel_dtype
+    assert launch.params["ptx"].count(".visible .entry") == 1
+    assert jaxpr.outvars[0].aval.shape == (1, 1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
+
+
+@pytest.mark.parametrize(
+    "x, n, k, why",
+    [
+        (jnp.ones((2, 4096), jnp.bfloat16), 1024, 4096, "two rows"),
+        (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
+        (jnp.ones((1, 4608), jnp.bfloat16), 1024, 4608, "K % 1024"),
+    ],
+)
+def test_matmul_row_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k, why):
+    assert not cuda_gemv.serves(x, weight(n, k)), why
+    with pytest.raises(ValueError, match=r"one-row kernel: cannot take x .* \(it needs one bfloat16 row"):
+        cuda_gemv.matmul_row(x, weight(n, k), jnp.bfloat16)
+
+
+def test_an_mxarray_row_is_not_served():
+    assert not cuda_gemv.serves(quantize(jnp.ones((1, 4096), jnp.bfloat16)), weight(1024, 4096))
+
+
+def hopper_launches(x, w) -> list:
+    with override_capability(H100):
+        return launches(lambda x: hopper.matmul(x, w, jnp.bfloat16), x)
+
+
+@pytest.mark.parametrize("shape", [(1, 4096), (1, 1, 4096), (4096,)])
+def test_hopper_sends_one_raw_bf16_row_to_the_kernel(monkeypatch, shape):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    (launch,) = hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096))
+    assert launch.params["name"].startswith("mxfp8_gemv_")
+
+
+@pytest.mark.parametrize(
+    "x",
+    [jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
+    ids=["two rows", "float32 row", "quantized row"],
+)
+def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, x):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert not hopper_launches(x, weight(14336, 4096))
+
+
+@pytest.mark.parametrize("choice", ["pallas", "triton", "mosaic"])
+def test_the_environment_variable_can_keep_one_row_on_the_pallas_kernels(monkeypatch, choice):
+    monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, choice)
+    assert not hopper_launches(jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096))
+
+
+def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    with hopper.interpret_mode():
+        assert not hopper_launches(jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096))
+
+
+def test_under_vmap_the_mapped_rows_become_more_rows_of_the_pallas_kernels(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    w = weight(14336, 4096)
+    xs = jnp.ones((8, 1, 4096), jnp.bfloat16)
+    with override_capability(H100):
+        per_row = jax.vmap(lambda x: hopper.matmul(x, w, jnp.bfloat16))
+        assert not launches(per_row, xs)
+        assert jax.eval_shape(per_row, xs).shape == (8, 1, 14336)
+        ws = MXArray(jnp.stack([w.data] * 2), jnp.stack([w.scale] * 2))
+        per_weight = jax.vmap(lambda x, d, s: hopper.matmul(x, MXArray(d, s), jnp.bfloat16))
+        assert jax.eval_shape(per_weight, xs[:2], ws.data, ws.scale).shape == (2, 1, 14336)
