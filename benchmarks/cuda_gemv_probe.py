@@ -17,8 +17,9 @@ Parts:
    ``hopper`` backend as shipped (one row: this kernel, at ``cuda_gemv.config``'s configuration) and
    on its Pallas kernels alone (``MXFP8_XLA_HOPPER_SMALL_M=pallas``), the best configuration with and
    without the per-element weight scaling (``EXACT``), and XLA reading the fp8 weight alone.
-2. ``edges``: weight scale bytes 0, 1, 254, 255 and an E4M3 NaN byte against emulation, row by row,
-   NaN and infinity positions elementwise; and the in-kernel activation quantization:
+2. ``edges``, for the probe's build with and without the per-element weight scaling and for the library
+   path (each with the kernels it traced): weight scale bytes 0, 1, 254, 255 and an E4M3 NaN byte against
+   emulation, row by row, NaN and infinity positions elementwise; and the in-kernel activation quantization:
    an identity weight returns the decoded activation, which must equal
    ``dequantize(quantize(x))`` exactly, up to the sign of zero (ties, subnormals, a zero block, the clamped
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
@@ -205,43 +206,54 @@ def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
     return finite, poisoned
 
 
+def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
+    """The ``hopper`` backend as shipped (one raw bf16 row: ``cuda_gemv``); trace it under ``small_m_kernels``."""
+    return hopper.matmul(x, w, out_dtype)
+
+
 def edges(results: dict) -> None:
-    """Weight scale-byte and NaN-byte edges against emulation; the in-kernel activation quantization exactly."""
+    """Weight scale-byte and NaN-byte edges against emulation; the in-kernel activation quantization exactly: for the
+    probe's build (with and without the per-element weight scaling) and for the library path."""
     x, w = edge_operands()
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
     w = MXArray(jnp.asarray(data), w.scale)
-    cfg = (4, 1, 2, 0, 0)
-    for exact in (True, False):
-        differ, errs = [], []
-        for i in range(x.shape[0]):
-            ref = reference(x[i : i + 1], w)
-            one_row = jax.jit(functools.partial(gemv, cfg=cfg, exact=exact, out_dtype=jnp.float32))
-            out = np.asarray(one_row(x[i : i + 1], w))
-            bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
-            differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
-            fin = np.isfinite(ref) & np.isfinite(out)
-            errs.append(rel_err(out[fin], ref[fin]))
-        results[f"edge weight exact{int(exact)}"] = {
-            "nonfinite_differ (row, col, kernel, emulation)": differ,
-            "finite_rel_err": max(errs),
-        }
-        print(f"edge weight, exact={exact}: {results[f'edge weight exact{int(exact)}']}")
-
     eye = MXArray(jnp.eye(1024, dtype=jnp.float32).astype(jnp.float8_e4m3fn), jnp.full((1024, 32), 127, jnp.uint8))
-    finite, poisoned = activation_vectors()
-    xs = jnp.asarray(finite)[None]
-    want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
-    got = np.asarray(jax.jit(lambda a: gemv(a, eye, cfg, out_dtype=jnp.float32))(xs))
-    mismatch = np.flatnonzero(want != got)  # values: the sum's +0 terms turn a -0 into +0
-    results["edge activation"] = {
-        "identical": bool(mismatch.size == 0),
-        "mismatches (k, kernel, expected)": [[int(j), float(got[0, j]), float(want[0, j])] for j in mismatch[:20]],
+    cfg = (4, 1, 2, 0, 0)
+    kernels = {
+        "exact1": functools.partial(gemv, cfg=cfg, exact=True, out_dtype=jnp.float32),
+        "exact0": functools.partial(gemv, cfg=cfg, exact=False, out_dtype=jnp.float32),
+        "library": library,
     }
-    for y, name in zip(poisoned, ("+inf", "-inf", "nan"), strict=True):
-        out = np.asarray(jax.jit(lambda a: gemv(a, eye, cfg, out_dtype=jnp.float32))(jnp.asarray(y)[None]))
-        results["edge activation"][f"{name} in one block: outputs NaN"] = int(np.isnan(out).sum())
-    print(f"edge activation: {results['edge activation']}")
+    finite, poisoned = activation_vectors()
+    for label, fn in kernels.items():
+        with small_m_kernels("auto"):
+            row = {"kernels traced": sorted(set(ptx_launch.traced_launches(fn, x[:1], w) + ptx_launch.traced_launches(
+                fn, jnp.asarray(finite)[None], eye)))}  # fmt: skip
+            differ, errs = [], []
+            for i in range(x.shape[0]):
+                ref = reference(x[i : i + 1], w)
+                out = np.asarray(jax.jit(fn)(x[i : i + 1], w))
+                bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
+                differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
+                fin = np.isfinite(ref) & np.isfinite(out)
+                errs.append(rel_err(out[fin], ref[fin]))
+            row["weight: nonfinite_differ (row, col, kernel, emulation)"] = differ
+            row["weight: finite_rel_err"] = max(errs)
+            xs = jnp.asarray(finite)[None]
+            want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
+            got = np.asarray(jax.jit(fn)(xs, eye))
+            mismatch = np.flatnonzero(want != got)  # values: the sum's +0 terms turn a -0 into +0
+            row["activation: identical"] = bool(mismatch.size == 0)
+            row["activation: mismatches (k, kernel, expected)"] = [
+                [int(j), float(got[0, j]), float(want[0, j])] for j in mismatch[:20]
+            ]
+            for y, name in zip(poisoned, ("+inf", "-inf", "nan"), strict=True):
+                out = np.asarray(jax.jit(fn)(jnp.asarray(y)[None], eye))
+                row[f"activation: {name} in one block, outputs NaN (of 1024)"] = int(np.isnan(out).sum())
+        results[f"edges {label}"] = row
+        print(f"edges {label}: {row}", flush=True)
+        write_json("cuda_gemv_probe.json", results)
 
 
 @contextlib.contextmanager

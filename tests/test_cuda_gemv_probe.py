@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cuda_gemv_probe as probe  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
-from mxfp8_xla.backends import ptx_launch  # noqa: E402
+from mxfp8_xla.backends import emulation, ptx_launch  # noqa: E402
 
 
 def weight(n: int, k: int) -> MXArray:
@@ -95,3 +95,18 @@ def test_activation_vectors_cover_the_quantization_rules_edges():
     np.testing.assert_array_equal(data, [448, 1, 1.25, -2, 16, 20, -0.01953125, 0, 0.005859375, 288])  # ties to even
     for y in poisoned:
         assert (~np.isfinite(y.astype(np.float32))).sum() == 1
+
+
+def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypatch):
+    """The edge part, run on CPU with emulation standing in for both kernels: the harness must report nothing."""
+    emulated = lambda x, w, **_: emulation.matmul(quantize(x), w, jnp.float32)  # noqa: E731
+    monkeypatch.setattr(probe, "gemv", emulated)
+    monkeypatch.setattr(probe, "library", emulated)
+    monkeypatch.setattr(probe, "write_json", lambda *a: None)
+    results = {}
+    probe.edges(results)
+    for label in ("exact1", "exact0", "library"):
+        row = results[f"edges {label}"]
+        assert row["kernels traced"] == [] and row["weight: nonfinite_differ (row, col, kernel, emulation)"] == []
+        assert row["weight: finite_rel_err"] == 0.0 and row["activation: identical"]
+        assert all(row[f"activation: {name} in one block, outputs NaN (of 1024)"] == 1024 for name in ("+inf", "nan"))

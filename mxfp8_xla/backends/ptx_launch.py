@@ -10,6 +10,7 @@ jaxlib 0.11.2 has it (the version it ran on), and it needs jaxlib's CUDA plugin.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -44,6 +45,21 @@ def launch(
         out_dtype=np.dtype(out_dtype),
         smem=smem,
     )
+
+
+def traced_launches(fn: Callable, *args) -> list[str]:
+    """The kernel names of every launch ``fn(*args)`` traces to, nested jaxprs (jit, scan, custom_vmap) included."""
+
+    def walk(jaxpr) -> Iterator[str]:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive is _launch:
+                yield eqn.params["name"]
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                        yield from walk(getattr(sub, "jaxpr", sub))
+
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 @_launch.def_abstract_eval
