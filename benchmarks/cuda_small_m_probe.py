@@ -108,8 +108,6 @@ def compile_ptx() -> str:
     return ptx.read_text()
 
 
-
-
 def kernel_inputs(xq: MXArray, decode: str) -> tuple[jax.Array, jax.Array]:
     """The activation operand (rows padded to 8 or 16) and its scale bytes, as ``decode`` wants them."""
     m, k = xq.shape

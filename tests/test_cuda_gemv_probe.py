@@ -24,13 +24,29 @@ def weight(n: int, k: int) -> MXArray:
 @pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
 def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix):
     x = jnp.ones((1, 14336), jnp.bfloat16)
-    fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1, 0), exact=False, out_dtype=out_dtype)  # noqa: E731
+    fn = lambda x, w: probe.gemv(x, w, (8, 2, 4, 1, 0), exact=0, out_dtype=out_dtype)  # noqa: E731
     jaxpr = jax.make_jaxpr(fn)(x, weight(4096, 14336)).jaxpr
     (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     assert launch.params["name"] == f"mxfp8_gemv_w8_g2_c4_p1_e0_{suffix}"
     assert launch.params["grid"] == (4096 // 16, 1) and launch.params["warps"] == 8
     assert launch.params["smem"] == 4 * 14336  # the decoded row in float32
     assert jaxpr.outvars[0].aval.shape == (1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
+
+
+def test_the_guarded_variant_gets_room_for_the_blocks_exponents():
+    jaxpr = jax.make_jaxpr(lambda x, w: probe.gemv(x, w, (8, 2, 4, 0, 32), exact=2))(
+        jnp.ones((1, 14336), jnp.bfloat16), weight(4096, 14336)
+    ).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == "mxfp8_gemv_w8_g2_c4_p0_e2_bf16" and launch.params["smem"] == 4 * 14336 + 448
+
+
+def test_same_bits_counts_nans_equal_and_tells_signed_zeros_apart():
+    nan_a, nan_b = np.array([np.nan], np.float32), np.array([-np.nan], np.float32)
+    assert probe.same_bits(np.array([1.0, np.nan], np.float32), np.array([1.0, np.nan], np.float32))
+    assert probe.same_bits(nan_a, nan_b)
+    assert not probe.same_bits(np.array([0.0], np.float32), np.array([-0.0], np.float32))
+    assert not probe.same_bits(np.array([1.0], np.float32), np.array([np.nan], np.float32))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +93,7 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
     wanted = {
         f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_{suffix}"
         for w, g, c, p, _ in probe.CONFIGS
-        for e in (0, 1)
+        for e in (0, 1, 2)
         for suffix in ("bf16", "f32")
     }
     assert wanted <= names
@@ -105,7 +121,8 @@ def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypa
     monkeypatch.setattr(probe, "write_json", lambda *a: None)
     results = {}
     probe.edges(results)
-    for label in ("exact1", "exact0", "library"):
+    assert results["edges exact2 bits equal exact1"]
+    for label in ("exact1", "exact0", "exact2", "library"):
         row = results[f"edges {label}"]
         assert row["kernels traced"] == [] and row["weight: nonfinite_differ (row, col, kernel, emulation)"] == []
         assert row["weight: finite_rel_err"] == 0.0 and row["activation: identical"]

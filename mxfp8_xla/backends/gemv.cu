@@ -20,11 +20,12 @@
 //   G     weight rows per warp, streamed together
 //   CH    16-byte chunks per lane, row and round
 //   PF    the next round's chunks are loaded before this round's arithmetic (registers double-buffered)
-//   EXACT each weight element is multiplied by its block factor before the product (the decoded weight
-//         of emulation, inf where it overflows); otherwise each 16-element partial sum is
+//   EXACT 1: each weight element is multiplied by its block factor before the product (the decoded weight
+//         of emulation, inf where it overflows); 0: each 16-element partial sum is instead; 2 (guarded):
+//         the partial sum where that is provably the same float32 arithmetic (below), else as 1
 //   OUT   float or bf16 (u16 bits, rounded to nearest even)
 // dims = {m (must be 1), n, k} in device memory; n % G == 0, k % (512 * CH) == 0; any grid size.
-// Dynamic shared memory: 4 * k bytes.
+// Dynamic shared memory: 4 * k bytes (EXACT == 2: 4 * k + k / 32).
 
 // No headers, so that NVRTC compiles it as well as nvcc.
 typedef unsigned int u32;
@@ -84,9 +85,19 @@ __device__ __forceinline__ u32 load8(const u8* p) {
 // a quarter-warp reading float4 i of chunks c..c+7 hit 8 different 16-byte bank groups.
 __device__ __forceinline__ int xs_index(int c, int i) { return c * 4 + (i ^ ((c >> 1) & 3)); }
 
-// The activation row x [k] (bf16 bits) quantized and decoded into xs. Each thread takes 8 elements a
-// pass; the 4 threads of a 32-block find its amax with two shuffles.
-__device__ void quantize_row(const u16* __restrict__ x, float4* xs, int k) {
+// EXACT == 2 scales a chunk's partial sum only where the block's activation exponent e and weight
+// exponent s - 127 satisfy |e| <= 100 and |s - 127 + e| <= 100. Then every product and partial sum,
+// with or without the weight factor, is zero or a normal float32 (a multiple of 2^(e - 18) at least
+// 2^-118 in magnitude, at most 2^122), so multiplying by the power of two commutes with every rounding:
+// the result is bit for bit that of EXACT == 1.
+constexpr int kGuardLimit = 100;
+constexpr signed char kUnguarded = 127;  // xe of a block outside |e| <= 100, or a NaN block
+
+// The activation row x [k] (bf16 bits) quantized and decoded into xs (and, with EXPONENTS, each block's
+// scale exponent into xe). Each thread takes 8 elements a pass; the 4 threads of a 32-block find its
+// amax with two shuffles.
+template <bool EXPONENTS>
+__device__ void quantize_row(const u16* __restrict__ x, float4* xs, signed char* xe, int k) {
   const int step = 8 * blockDim.x;
   for (int base = 0; base < k; base += step) {
     const int e0 = base + 8 * threadIdx.x;
@@ -108,9 +119,11 @@ __device__ void quantize_row(const u16* __restrict__ x, float4* xs, int k) {
     if (amax >= kInfBits) {  // a NaN or an Inf: scale byte 255, the whole block decodes to NaN
 #pragma unroll
       for (int i = 0; i < 8; ++i) d[i] = __uint_as_float(0x7fc00000u);
+      if (EXPONENTS && (e0 & 31) == 0) xe[e0 >> 5] = kUnguarded;
     } else {
       int e = static_cast<int>(amax >> 23) - 127 - 8 + ((amax & 0x7fffffu) > 0x600000u);
       e = min(max(e, -127), 127);  // finite bf16 blocks have e <= 120, so 2^-e is normal
+      if (EXPONENTS && (e0 & 31) == 0) xe[e0 >> 5] = abs(e) <= kGuardLimit ? e : kUnguarded;
       const float down = pow2(-e), up = pow2(e);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -125,7 +138,7 @@ __device__ void quantize_row(const u16* __restrict__ x, float4* xs, int k) {
   __syncthreads();
 }
 
-template <bool EXACT>
+template <bool EXACT>  // 0 or 1; EXACT == 2 picks one of them per chunk
 __device__ __forceinline__ float chunk_dot(uint4 q, const float4 xv[4], float factor) {
   const u32 words[4] = {q.x, q.y, q.z, q.w};
   float p0 = 0.f, p1 = 0.f;
@@ -147,7 +160,7 @@ __device__ __forceinline__ void store(u16* out, float v) {
   *out = b;
 }
 
-template <int WPC, int G, int CH, bool PF, bool EXACT, typename OUT>
+template <int WPC, int G, int CH, bool PF, int EXACT, typename OUT>
 __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restrict__ sw,
                                      const u16* __restrict__ x, OUT* __restrict__ out,
                                      const int* __restrict__ dims) {
@@ -178,8 +191,9 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
       }
     }
   };
+  signed char* xe = reinterpret_cast<signed char*>(xs + k / 4);  // EXACT == 2: k / 32 more bytes
   if (steps > 0) load(0, cur, cs);
-  quantize_row(x, xs, k);
+  quantize_row<EXACT == 2>(x, xs, xe, k);
 
   float acc[G] = {};
   for (int s = 0; s < steps; ++s) {
@@ -192,7 +206,17 @@ __device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restr
 #pragma unroll
       for (int i = 0; i < 4; ++i) xv[i] = xs[xs_index(c, i)];
 #pragma unroll
-      for (int g = 0; g < G; ++g) acc[g] += chunk_dot<EXACT>(cur[g][u], xv, scale_factor(cs[g][u]));
+      for (int g = 0; g < G; ++g) {
+        if (EXACT == 2) {
+          const int ex = xe[c >> 1];
+          const bool fast = ex != kUnguarded && static_cast<unsigned>(static_cast<int>(cs[g][u]) - 127 + ex +
+                                                                      kGuardLimit) <= 2u * kGuardLimit;
+          acc[g] += fast ? chunk_dot<false>(cur[g][u], xv, scale_factor(cs[g][u]))
+                         : chunk_dot<true>(cur[g][u], xv, scale_factor(cs[g][u]));
+        } else {
+          acc[g] += chunk_dot<EXACT == 1>(cur[g][u], xv, scale_factor(cs[g][u]));
+        }
+      }
     }
     if (r == rounds - 1) {
       const int row0 = row_of(s);
@@ -242,6 +266,9 @@ GEMV_PF(16, 1)
 GEMV_PF(4, 0)
 GEMV_PF(8, 0)
 GEMV_PF(16, 0)
+GEMV_PF(4, 2)
+GEMV_PF(8, 2)
+GEMV_PF(16, 2)
 #else
 GEMV_OUTS(8, 1, 2, 0, 1)
 GEMV_OUTS(8, 1, 4, 0, 1)
