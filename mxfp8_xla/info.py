@@ -10,7 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends.hopper import SMALL_M_KERNEL_ENV
+from mxfp8_xla.backends import cuda_gemv, ptx_launch
+from mxfp8_xla.backends.hopper import SMALL_M_KERNEL_ENV, small_m_choice
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     backend_problems,
@@ -57,6 +58,10 @@ def info() -> dict[str, Any]:
         problems = backend_problems(name, n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, capability=cap)
         backends[name] = {"usable": not problems, "why_not": problems or None}
     auto = select_backend("auto", n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, name="info", capability=cap)
+    try:
+        one_row = cuda_gemv.config(_PROBE_N, _PROBE_K).kernel(jnp.bfloat16) if small_m_choice() == "auto" else None
+    except ValueError as e:  # a bad MXFP8_XLA_HOPPER_SMALL_M: report it, as a trace would raise it
+        one_row = f"none: {e}"
     return {
         "mxfp8_xla": __version__,
         "python": sys.version.split()[0],
@@ -74,6 +79,11 @@ def info() -> dict[str, Any]:
         "backends": backends,
         "auto_choice": {"shape": f"w [{_PROBE_N}, {_PROBE_K}], out bfloat16", "backend": auto},
         "flashinfer_shape_rules": "K % 32 == 0, K >= 128, N >= 128, out bfloat16/float16",
+        "hopper_one_row": {
+            "shape": f"x [1, {_PROBE_K}] bfloat16, w [{_PROBE_N}, {_PROBE_K}]",
+            "kernel": one_row or f"none ({SMALL_M_KERNEL_ENV})",
+            "launcher_missing": ptx_launch.unavailable(),
+        },
         "env": {
             BACKEND_ENV: os.environ.get(BACKEND_ENV),
             COMMAND_BUFFER_ENV: os.environ.get(COMMAND_BUFFER_ENV),

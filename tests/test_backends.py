@@ -23,6 +23,7 @@ from mxfp8_xla.backends import (
     Capability,
     backend_problems,
     override_capability,
+    ptx_launch,
     select_backend,
 )
 from mxfp8_xla.backends import flashinfer as fi_backend
@@ -411,7 +412,7 @@ def test_flashinfer_backend_prepared_weight_and_vmap(fake_flashinfer):
 # ----------------------------------------------------------------------------- info
 
 
-def test_info_reports_devices_versions_and_backends(capsys):
+def test_info_reports_devices_versions_and_backends(capsys, monkeypatch):
     info_mod = importlib.import_module("mxfp8_xla.info")  # mxfp8_xla.info is also the function
 
     with override_capability(H100):
@@ -424,6 +425,13 @@ def test_info_reports_devices_versions_and_backends(capsys):
     assert "SM90" in report["backends"]["flashinfer"]["why_not"][0]
     assert report["backends"]["hopper"] == {"usable": True, "why_not": None}
     assert report["auto_choice"]["backend"] == "hopper"
+    assert report["hopper_one_row"]["kernel"] == "mxfp8_gemv_w8_g2_c4_p0_e1_bf16"
+    assert report["hopper_one_row"]["launcher_missing"] == ptx_launch.unavailable()
     assert info_mod.main() == 0
+    kept = {"pallas": "none (MXFP8_XLA_HOPPER_SMALL_M)", "cuda": "none: MXFP8_XLA_HOPPER_SMALL_M='cuda': expected"}
+    for value, kernel in kept.items():
+        monkeypatch.setenv("MXFP8_XLA_HOPPER_SMALL_M", value)
+        with override_capability(H100):
+            assert info_mod.info()["hopper_one_row"]["kernel"].startswith(kernel)
     out = capsys.readouterr().out
     assert "backends:" in out and "emulation  usable" in out and "jax:" in out

@@ -3,8 +3,9 @@
 jaxlib runs Pallas's Triton kernels (and jax-triton's) through one custom call,
 ``triton_kernel_call_ffi``, whose payload is a kernel's PTX, name, grid, warps and
 shared memory; the CUDA driver JIT-compiles the PTX once per process. :func:`launch`
-uses the same call for a kernel of our own. It is a private jaxlib API, spelled here as
-jaxlib 0.11.2 has it (the version it ran on), and it needs jaxlib's CUDA plugin.
+uses the same call for a kernel of our own. It is a private jaxlib API, called here as
+jax's own Pallas Triton lowering calls it in jax 0.10.2 and 0.11.2 (it ran on 0.11.2),
+and it needs jaxlib's CUDA plugin.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def launch(
     )
 
 
+def unavailable() -> str | None:
+    """Why no kernel can be launched here (``None``: jaxlib's CUDA plugin is installed)."""
+    if hasattr(gpu_triton, "TritonKernel"):
+        return None
+    return "jaxlib's CUDA plugin (jax[cuda12]) is not installed"
+
+
 def traced_launches(fn: Callable, *args) -> list[str]:
     """The kernel names of every launch ``fn(*args)`` traces to, nested jaxprs (jit, scan, custom_vmap) included."""
 
@@ -70,8 +78,8 @@ def _abstract_eval(*avals, name, ptx, grid, warps, out_shape, out_dtype, smem):
 
 def _lowering(ctx, *args, name, ptx, grid, warps, out_shape, out_dtype, smem):
     del out_shape, out_dtype  # in ctx.avals_out
-    if not hasattr(gpu_triton, "TritonKernel"):
-        raise RuntimeError(f"cannot launch the CUDA kernel {name}: jaxlib's CUDA plugin (jax[cuda12]) is not installed")
+    if (why := unavailable()) is not None:
+        raise RuntimeError(f"cannot launch the CUDA kernel {name}: {why}")
     # (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability); above 48 KB of shared memory
     # jaxlib raises the kernel's dynamic limit itself
     kernel = gpu_triton.TritonKernel(name, warps, 1, smem, ptx, "", 90)
