@@ -11,8 +11,9 @@ enough rows and chunks in flight per warp to cover the latency, and write the ou
 Parts:
 1. ``sweep``: the six Llama-3-8B projection shapes (the five of ``mosaic_sweep.SHAPES`` and the k/v
    projection (1024, 4096)), M = 1, raw bf16 in and bf16 out: every configuration in ``CONFIGS``
-   (warps per CTA, rows per warp, chunks per round, register double-buffering, and a grid of one CTA
-   per CTA's rows or of 16 or 32 resident warps per SM that loop over the rows), each checked
+   (warps per CTA, rows per warp, chunks per round, register double-buffering, a grid of one CTA
+   per CTA's rows or of 16, 24 or 32 resident warps per SM that loop over the rows, and for one of them
+   a register cap from ``__launch_bounds__``), each checked
    against emulation; then in the same run bf16 ``jnp.dot`` (the weight stored ``[N, K]``), the
    ``hopper`` backend as shipped (one row: this kernel, at ``cuda_gemv.config``'s configuration) and
    on its Pallas kernels alone (``MXFP8_XLA_HOPPER_SMALL_M=pallas``), the best configuration with, without
@@ -48,6 +49,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,13 +64,25 @@ from mxfp8_xla.backends import cuda_gemv, emulation, hopper, ptx_launch  # noqa:
 
 SOURCE = cuda_gemv.SOURCE  # built here with -DMXFP8_GEMV_PROBE: every variant, not only the library's
 GEMV_SHAPES = (*SHAPES, (1024, 4096))
-# (warps per CTA, rows per warp, chunks per round, double-buffered, resident warps per SM or 0 for one CTA per
-# WPC * G rows); cuda_gemv.cu instantiates these and more (ptxas: 48-128 registers, 63 for w8_g1_c4_p0)
+
+
+class Config(NamedTuple):
+    """A kernel of ``gemv.cu`` (built with ``-DMXFP8_GEMV_PROBE``) and its grid."""
+
+    wpc: int  # warps per CTA
+    g: int  # rows a warp streams together
+    ch: int  # 16-byte chunks per lane, row and round
+    pf: int  # 1: the next round's loads double-buffered in registers
+    wps: int  # resident warps per SM that loop over the row groups, or 0 for one CTA per WPC * G rows
+    minb: int = 0  # > 0: __launch_bounds__ asks for this many CTAs per SM (fewer registers)
+
+
+# ptxas: 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3
 CONFIGS = tuple(
-    (wpc, g, ch, pf, wps)
+    Config(wpc, g, ch, pf, wps)
     for wpc, g, ch, pf in ((8, 1, 4, 0), (8, 2, 4, 0), (8, 4, 4, 0), (16, 1, 4, 0), (16, 2, 4, 0), (8, 1, 2, 0))
     for wps in (0, 16, 32)
-)
+) + (Config(8, 2, 4, 0, 24, 3), Config(8, 2, 4, 0, 32, 3))
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
@@ -89,15 +103,15 @@ def compile_ptx() -> str:
 
 
 def fits(cfg: tuple, n: int, k: int) -> bool:
-    wpc, g, ch, _, wps = cfg
-    return n % (g if wps else wpc * g) == 0 and k % (512 * ch) == 0
+    cfg = Config(*cfg)
+    return n % (cfg.g if cfg.wps else cfg.wpc * cfg.g) == 0 and k % (512 * cfg.ch) == 0
 
 
 def grid(cfg: tuple, n: int) -> int:
     """CTAs: one per ``WPC * G`` rows, or (persistent) ``wps / WPC`` per SM if that is fewer."""
-    wpc, g, _, _, wps = cfg
-    ctas = -(-n // (wpc * g))
-    return min(ctas, SMS * wps // wpc) if wps else ctas
+    cfg = Config(*cfg)
+    ctas = -(-n // (cfg.wpc * cfg.g))
+    return min(ctas, SMS * cfg.wps // cfg.wpc) if cfg.wps else ctas
 
 
 def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfloat16) -> jax.Array:
@@ -109,9 +123,10 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfl
     (m, k), n = x.shape, w.shape[0]
     if m != 1 or x.dtype != jnp.bfloat16 or not fits(cfg, n, k):
         raise ValueError(f"gemv: x {x.shape} {x.dtype} @ w {w.shape} does not fit configuration {cfg}")
-    wpc, g, ch, pf, _ = cfg
+    cfg = Config(*cfg)
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
-    name = f"mxfp8_gemv_w{wpc}_g{g}_c{ch}_p{pf}_e{exact}_{suffix}"
+    bounds = f"_b{cfg.minb}" if cfg.minb else ""
+    name = f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
     return ptx_launch.launch(
         w.data.view(jnp.uint8),
         w.scale,
@@ -120,7 +135,7 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfl
         name=name,
         ptx=cuda_gemv.entry_ptx(PTX, name) if PTX else "",
         grid=(grid(cfg, n), 1),
-        warps=wpc,
+        warps=cfg.wpc,
         out_shape=(1, n),
         out_dtype=out_dtype,
         smem=4 * k + (-(-k // 32 // 16) * 16 if exact == 2 else 0),  # the blocks' exponents
@@ -152,7 +167,7 @@ def sweep(results: dict) -> None:
         for cfg in CONFIGS:
             if not fits(cfg, n, k):
                 continue
-            label = "w{}_g{}_c{}_p{}_wps{}".format(*cfg)
+            label = "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
             try:
                 err = rel_err(np.asarray(jax.jit(lambda x, w, c=cfg: gemv(x, w, c))(*sets[0]), np.float32), ref)
                 t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=20, repeats=3)
@@ -167,7 +182,7 @@ def sweep(results: dict) -> None:
             print(f"({n}, {k}): no configuration ran correctly")
             continue
         label = min(ok, key=lambda lab: ok[lab]["us"])
-        cfg = tuple(ok[label]["cfg"])
+        cfg = Config(*ok[label]["cfg"])
         shipped = lambda x, w: hopper.matmul(x, w, jnp.bfloat16)  # noqa: E731
         row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
         with small_m_kernels("auto"):
@@ -242,7 +257,7 @@ def edges(results: dict) -> None:
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
     w = MXArray(jnp.asarray(data), w.scale)
     eye = MXArray(jnp.eye(1024, dtype=jnp.float32).astype(jnp.float8_e4m3fn), jnp.full((1024, 32), 127, jnp.uint8))
-    cfg = (4, 1, 2, 0, 0)
+    cfg = Config(4, 1, 2, 0, 0)
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),

@@ -33,6 +33,14 @@ def test_gemv_traces_to_one_launch_with_the_rows_shared_memory(out_dtype, suffix
     assert jaxpr.outvars[0].aval.shape == (1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
 
 
+def test_a_register_cap_is_its_own_kernel():
+    jaxpr = jax.make_jaxpr(lambda x, w: probe.gemv(x, w, probe.Config(8, 2, 4, 0, 24, 3)))(
+        jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096)
+    ).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == "mxfp8_gemv_w8_g2_c4_p0_e1_b3_bf16" and launch.params["grid"] == (3 * 132, 1)
+
+
 def test_the_guarded_variant_gets_room_for_the_blocks_exponents():
     jaxpr = jax.make_jaxpr(lambda x, w: probe.gemv(x, w, (8, 2, 4, 0, 32), exact=2))(
         jnp.ones((1, 14336), jnp.bfloat16), weight(4096, 14336)
@@ -92,9 +100,17 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
     names = cuda_kernel_names(probe.SOURCE, "mxfp8_gemv_", "MXFP8_GEMV_PROBE")
     wanted = {
         f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_{suffix}"
-        for w, g, c, p, _ in probe.CONFIGS
+        for w, g, c, p, _, b in probe.CONFIGS
         for e in (0, 1, 2)
         for suffix in ("bf16", "f32")
+        if not b
+    }
+    wanted |= {
+        f"mxfp8_gemv_w{w}_g{g}_c{c}_p{p}_e{e}_b{b}_{suffix}"
+        for w, g, c, p, _, b in probe.CONFIGS
+        for e in (1, 2)
+        for suffix in ("bf16", "f32")
+        if b
     }
     assert wanted <= names
 
