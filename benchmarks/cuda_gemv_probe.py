@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import sys
 from typing import NamedTuple
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -303,17 +304,12 @@ def edges(results: dict) -> None:
 @contextlib.contextmanager
 def small_m_kernels(choice: str):
     """``MXFP8_XLA_HOPPER_SMALL_M=choice`` (read when a call is traced) and fresh jit caches on the way in and out."""
-    before = os.environ.get(hopper.SMALL_M_KERNEL_ENV)
-    os.environ[hopper.SMALL_M_KERNEL_ENV] = choice
-    jax.clear_caches()
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[hopper.SMALL_M_KERNEL_ENV]
-        else:
-            os.environ[hopper.SMALL_M_KERNEL_ENV] = before
+    with mock.patch.dict(os.environ, {hopper.SMALL_M_KERNEL_ENV: choice}):
         jax.clear_caches()
+        try:
+            yield
+        finally:
+            jax.clear_caches()
 
 
 def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -> None:

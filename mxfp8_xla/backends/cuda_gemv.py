@@ -108,12 +108,12 @@ def matmul_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     """
     *lead, k = x.shape
     n = w.shape[0]
-    cfg = config(n, k)
     if not serves(x, w):
         raise ValueError(
             f"hopper backend, one-row kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one bfloat16 row, K % 1024 == 0, K <= {MAX_K})"
         )
+    cfg = config(n, k)
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
     name = cfg.kernel(kernel_dtype)
     out = ptx_launch.launch(
