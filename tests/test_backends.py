@@ -425,7 +425,7 @@ def test_info_reports_devices_versions_and_backends(capsys, monkeypatch):
     assert "SM90" in report["backends"]["flashinfer"]["why_not"][0]
     assert report["backends"]["hopper"] == {"usable": True, "why_not": None}
     assert report["auto_choice"]["backend"] == "hopper"
-    assert report["hopper_one_row"]["kernel"] == "mxfp8_gemv_w8_g2_c4_p0_e1_bf16"
+    assert report["hopper_one_row"]["kernel"] == "mxfp8_gemv_split_c1_r4_bf16"
     assert report["hopper_one_row"]["launcher_missing"] == ptx_launch.unavailable()
     assert info_mod.main() == 0
     kept = {"pallas": "none (MXFP8_XLA_HOPPER_SMALL_M)", "cuda": "none: MXFP8_XLA_HOPPER_SMALL_M='cuda': expected"}

@@ -19,22 +19,22 @@ def weight(n: int, k: int) -> MXArray:
 
 
 @pytest.mark.parametrize(
-    "n, k, rows, chunks",
-    [(14336, 4096, 2, 4), (4096, 14336, 2, 4), (1024, 4096, 1, 4), (4096, 3072, 2, 2), (2048, 1024, 1, 2)],
+    "n, k", [(14336, 4096), (4096, 14336), (1024, 4096), (4096, 1536), (8, 512), (4, cuda_gemv.MAX_K)]
 )
-def test_config_streams_one_row_a_warp_for_narrow_weights_and_the_widest_round_k_allows(n, k, rows, chunks):
-    assert cuda_gemv.config(n, k) == cuda_gemv.GemvConfig(rows_per_warp=rows, chunks=chunks)
+def test_config_gives_every_thread_one_chunk_of_every_row_in_units_of_four_rows(n, k):
+    assert cuda_gemv.config(n, k) == cuda_gemv.GemvConfig(threads=k // 16, rows=4)
 
 
-@pytest.mark.parametrize("n, k", [(4096, 512), (4096, 4608), (4096, cuda_gemv.MAX_K + 1024), (4097, 4096)])
+@pytest.mark.parametrize("n, k", [(4096, 256), (4096, 4864), (4096, cuda_gemv.MAX_K + 512), (4098, 4096)])
 def test_config_refuses_what_the_kernel_cannot_take(n, k):
     assert cuda_gemv.config(n, k) is None
 
 
-def test_grid_keeps_at_most_32_warps_per_sm():
-    cfg = cuda_gemv.config(14336, 4096)
-    assert cfg.grid(14336, 132) == 4 * 132  # 896 CTAs of 16 rows would be needed; 4 of 8 warps per SM loop
-    assert cfg.grid(1024, 132) == 64  # fewer rows than that: one CTA per 16 rows
+def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
+    assert cuda_gemv.config(14336, 4096).grid(14336, 132) == 4 * 132  # 3584 units of 4 rows; 4 CTAs of 256 an SM
+    assert cuda_gemv.config(4096, 14336).grid(4096, 132) == 132  # 896 threads: one CTA an SM
+    assert cuda_gemv.config(1024, 4096).grid(1024, 132) == 256  # fewer units than that: one CTA a unit
+    assert cuda_gemv.config(4096, 512).grid(4096, 132) == 1024  # 32 threads: 32 CTAs an SM would be 4224
 
 
 def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_driver_reads_it():
@@ -87,9 +87,9 @@ def test_matmul_row_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype
     (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     cfg = cuda_gemv.config(4096, 14336)
     suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
-    assert launch.params["name"] == cfg.kernel(kernel_dtype) == f"mxfp8_gemv_w8_g2_c4_p0_e1_{suffix}"
-    assert launch.params["grid"] == (min(4096 // 16, 4 * cuda_gemv.DEFAULT_SMS), 1) and launch.params["warps"] == 8
-    assert launch.params["smem"] == 4 * 14336 and launch.params["out_dtype"] == kernel_dtype
+    assert launch.params["name"] == cfg.kernel(kernel_dtype) == f"mxfp8_gemv_split_c1_r4_{suffix}"
+    assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 14336 // 16 // 32
+    assert launch.params["smem"] == 0 and launch.params["out_dtype"] == kernel_dtype
     assert launch.params["ptx"].count(".visible .entry") == 1
     assert jaxpr.outvars[0].aval.shape == (1, 1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
 
@@ -99,7 +99,8 @@ def test_matmul_row_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype
     [
         (jnp.ones((2, 4096), jnp.bfloat16), 1024, 4096, "two rows"),
         (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
-        (jnp.ones((1, 4608), jnp.bfloat16), 1024, 4608, "K % 1024"),
+        (jnp.ones((1, 4864), jnp.bfloat16), 1024, 4864, "K % 512"),
+        (jnp.ones((1, 4096), jnp.bfloat16), 1022, 4096, "N % 4"),
     ],
 )
 def test_matmul_row_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k, why):
@@ -120,7 +121,7 @@ def hopper_launches(x, w) -> list[str]:
 @pytest.mark.parametrize("shape", [(1, 4096), (1, 1, 4096), (4096,)])
 def test_hopper_sends_one_raw_bf16_row_to_the_kernel(monkeypatch, shape):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_w8_g2_c4_p0_e1_bf16"]
+    assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_split_c1_r4_bf16"]
 
 
 @pytest.mark.parametrize(

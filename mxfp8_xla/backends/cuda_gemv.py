@@ -2,19 +2,19 @@
 
 At one row a linear layer is a stream of its weight, and the Pallas path costs three
 launches (activation quantization, GEMM, K-split sum) around a GEMM that reads the fp8
-weight at about half of what XLA reads. This kernel takes the raw bf16 row: every CTA
-quantizes it exactly (the rule of :func:`mxfp8_xla.numerics.quantize_blocks`) into shared
-memory while its first weight loads are in flight, then its warps stream groups of weight
-rows as stored (``[N, K]``, no preparation), decode each element exactly, multiply it by its
-block factor (so an element that overflows float32 does so as emulation's does) and
-accumulate in float32; the output dtype is written directly.
+weight at about half of what XLA reads. This kernel takes the raw bf16 row. The CTA's K / 16
+threads split K, one 16-element chunk of every row each: each thread quantizes its own chunk
+of the row exactly (the rule of :func:`mxfp8_xla.numerics.quantize_blocks`) into registers
+while its first weight loads are in flight. The CTA then streams units of 4 weight rows as
+stored (``[N, K]``, no preparation), decodes each element exactly, multiplies it by its block
+factor (so an element that overflows float32 does so as emulation's does), accumulates in
+float32, sums over its threads and writes the output dtype directly.
 
-On an H200 (docs/benchmarks.md, "One launch for one row") it measured 1.20-1.43x of bf16
-``jnp.dot`` at five Llama-3-8B shapes against the Pallas path's 0.87-1.14x (0.70x against
-0.51x at the sixth, (1024, 4096)), agreed with emulation to 1.6e-7 (float32 out), and matched
-it on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN byte, an Inf or NaN in the
-activation, ties, subnormals). Those were the source built by ``nvcc`` with each shape's best
-configuration; this module's PTX and :func:`config` had not run on a GPU when it shipped.
+On an H200 (docs/benchmarks.md, "The K split across the CTA") the probe's build of this kernel
+measured 1.46-1.64x of bf16 ``jnp.dot`` at five Llama-3-8B shapes and 1.00x at (1024, 4096),
+streaming the weight at up to 3.4 TB/s, the speed XLA reads it at; it agreed with emulation to
+1.8e-7 (float32 out) and matched it on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN
+byte, an Inf or NaN in the activation, ties, subnormals).
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
@@ -34,9 +34,12 @@ from mxfp8_xla.mxarray import MXArray
 
 SOURCE = Path(__file__).with_name("gemv.cu")
 PTX = Path(__file__).with_name("gemv.ptx")
-MAX_K = 49152
-"""The decoded row (4 bytes an element) must fit the CTA's shared memory (227 KB on SM90) with room for 4 CTAs at
-K <= 14336; past this K one CTA per SM would not fit either, so wider rows take the Pallas path."""
+MAX_K = 16384
+"""One 16-element chunk of every row per thread: K / 16 threads, at most 1024 a CTA."""
+ROWS = 4
+"""Weight rows a CTA's unit of work: N % 4 == 0."""
+THREADS_PER_SM = 1024
+"""What the register file holds at the kernel's 64 registers a thread: the grid keeps at most this many a SM."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
 
@@ -45,31 +48,28 @@ DEFAULT_SMS = 132
 class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
-    rows_per_warp: int  # weight rows a warp streams together (they share each read of the activation)
-    chunks: int  # 16-byte chunks per lane, row and round: K % (512 * chunks) == 0
-    warps: int = 8  # per CTA
-    warps_per_sm: int = 32  # the grid: at most this many resident warps per SM, each looping over row groups
+    threads: int  # K / 16: thread t owns the 16-element chunk t of every row
+    rows: int = ROWS  # a unit of work: these rows, all of K
 
     def kernel(self, out_dtype: jnp.dtype) -> str:
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
-        return f"mxfp8_gemv_w{self.warps}_g{self.rows_per_warp}_c{self.chunks}_p0_e1_{suffix}"
+        return f"mxfp8_gemv_split_c1_r{self.rows}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per ``warps * rows_per_warp`` rows, at most ``warps_per_sm / warps`` per SM."""
-        return min(-(-n // (self.warps * self.rows_per_warp)), sms * self.warps_per_sm // self.warps)
+        """CTAs: one per unit, at most ``THREADS_PER_SM / threads`` (at least one) per SM, each looping over units."""
+        return min(n // self.rows, sms * max(1, THREADS_PER_SM // self.threads))
 
 
 def config(n: int, k: int) -> GemvConfig | None:
-    """The configuration for a weight ``[N, K]``, or ``None`` where the kernel cannot take it.
+    """The configuration for a weight ``[N, K]``, or ``None`` where the kernel cannot take it (K % 512 != 0,
+    K > 16384, N % 4 != 0).
 
-    It measured within 4% of the best of 18 configurations at five of the six Llama-3-8B shapes
-    and 9% at the sixth (``cuda_gemv_probe.py`` on an H200); N <= 2048 streams one row a warp.
+    Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 (units of 2, 4 or 8 rows; 1, 2 or 4
+    CTAs an SM; one or two chunks a thread), this one was within 10% of the best at the six Llama-3-8B shapes.
     """
-    chunks = 4 if k % 2048 == 0 else 2 if k % 1024 == 0 else None
-    rows = 1 if n <= 2048 else 2
-    if chunks is None or k > MAX_K or n % rows:
+    if k % 512 or k > MAX_K or n % ROWS:
         return None
-    return GemvConfig(rows_per_warp=rows, chunks=chunks)
+    return GemvConfig(threads=k // 16)
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
@@ -111,7 +111,7 @@ def matmul_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     if not serves(x, w):
         raise ValueError(
             f"hopper backend, one-row kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one bfloat16 row, K % 1024 == 0, K <= {MAX_K})"
+            f"[{n}, {k}].T (it needs one bfloat16 row, K % 512 == 0, K <= {MAX_K}, N % {ROWS} == 0)"
         )
     cfg = config(n, k)
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
@@ -124,17 +124,17 @@ def matmul_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         name=name,
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
-        warps=cfg.warps,
+        warps=cfg.threads // 32,
         out_shape=(1, n),
         out_dtype=kernel_dtype,
-        smem=4 * k,
+        smem=0,
     )
     return out.astype(out_dtype).reshape(*lead, n)
 
 
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
-    """``source`` compiled to PTX for compute_90 by NVRTC (``pip install cuda-bindings nvidia-cuda-nvrtc-cu12``;
-    ``gemv.ptx`` was built with NVRTC 12.1, whose PTX ISA 8.1 every CUDA 12 driver reads)."""
+    """``source`` (no includes) compiled to PTX for compute_90 by NVRTC (``pip install cuda-bindings
+    nvidia-cuda-nvrtc-cu12``; ``gemv.ptx`` was built with NVRTC 12.1, whose PTX ISA 8.1 every CUDA 12 driver reads)."""
     from cuda.bindings import nvrtc
 
     def check(result):

@@ -4,28 +4,24 @@
 //   out[0, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[k],   xd = dequantize(quantize(x))
 //
 // The raw bf16 activation row comes in and the output row goes out in its own dtype: no separate
-// quantization launch, no K split, no sum of partials, no weight preparation (w is [N, K] as stored).
-// Every CTA quantizes the row itself, with the exact rule of mxfp8_xla.numerics.quantize_blocks, into
-// shared memory as its decoded float32 values (qx * 2^e is exact in float32), while its first weight
-// loads are in flight. Then each warp streams groups of G weight rows over the whole of K (group i,
-// i + (warps in the grid), ...: a grid of fewer CTAs quantizes the row fewer times) on the CUDA cores (no
-// MMA: at one row the tensor cores would idle 7/8 of their columns): lane l takes the 16-byte chunks
-// l, l + 32, ... of each row (a warp's load reads 512 contiguous bytes), CH chunks a round, converts
-// them exactly (cvt.rn.f16x2.e4m3x2, then f16 -> f32), multiplies each with the decoded activation
-// and accumulates in float32. The G rows share each shared-memory read of the activation.
+// quantization launch, no sum of partials across launches, no weight preparation (w is [N, K] as stored).
+// The CTA's T threads split K: thread t owns the 16-element chunks t, t + T, ..., t + (CPT - 1) T of every
+// row (k == 16 * T * CPT exactly), so a warp's load reads 512 contiguous bytes of a row. Each thread
+// quantizes its own chunks of the row once, with the exact rule of mxfp8_xla.numerics.quantize_blocks,
+// into registers as their decoded float32 values (qx * 2^e is exact in float32; the two halves of a
+// 32-block are lanes l and l ^ 1), while its first weight loads are in flight; the main loop reads no
+// shared memory. The CTA then takes units of R rows (units blockIdx.x, + gridDim.x, ...; any grid size):
+// each weight element is decoded exactly (cvt.rn.f16x2.e4m3x2, then f16 -> f32) and multiplied by its
+// block factor before the product (emulation's decoded weight: inf where it overflows), the products
+// are accumulated in float32 on the CUDA cores (no MMA: at one row the tensor cores would idle 7/8 of
+// their columns), each thread's R partial sums are summed over its warp, then over the warps through
+// shared memory, while the loads of the CTA's next unit are in flight (registers double-buffered).
 //
-// Template parameters (the library instantiates WPC 8, G 1 or 2, CH 2 or 4, PF 0, EXACT 1; built with
-// -DMXFP8_GEMV_PROBE, every variant benchmarks/cuda_gemv_probe.py measured):
-//   WPC   warps per CTA
-//   G     weight rows per warp, streamed together
-//   CH    16-byte chunks per lane, row and round
-//   PF    the next round's chunks are loaded before this round's arithmetic (registers double-buffered)
-//   EXACT 1: each weight element is multiplied by its block factor before the product (the decoded weight
-//         of emulation, inf where it overflows); 0: each 16-element partial sum is instead; 2 (guarded):
-//         the partial sum where that is provably the same float32 arithmetic (below), else as 1
-//   OUT   float or bf16 (u16 bits, rounded to nearest even)
-// dims = {m (must be 1), n, k} in device memory; n % G == 0, k % (512 * CH) == 0; any grid size.
-// Dynamic shared memory: 4 * k bytes (EXACT == 2: 4 * k + k / 32).
+// Kernels mxfp8_gemv_split_c{CPT}_r{R}_{bf16,f32}(w, sw, x, dims, out): dims = {m (must be 1), n, k} in
+// device memory; n % R == 0; launched with T = k / (16 * CPT) threads (a multiple of 32, at most the
+// kernel's launch bound), no dynamic shared memory. OUT is float or bf16 (u16 bits, rounded to nearest even).
+// With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
+// file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
 // No headers, so that NVRTC compiles it as well as nvcc.
 typedef unsigned int u32;
@@ -36,6 +32,7 @@ typedef unsigned long long u64;
 namespace {
 
 constexpr u32 kInfBits = 0x7f800000u;
+constexpr int kMaxWarps = 32;
 
 __device__ __forceinline__ float pow2(int e) {
   // Exactly 2^e for e in [-127, 127] (2^-127 is a float32 subnormal).
@@ -81,64 +78,47 @@ __device__ __forceinline__ u32 load8(const u8* p) {
   return v;
 }
 
-// Shared-memory index (in float4) of float4 i of 16-element chunk c, swizzled so that the 8 lanes of
-// a quarter-warp reading float4 i of chunks c..c+7 hit 8 different 16-byte bank groups.
-__device__ __forceinline__ int xs_index(int c, int i) { return c * 4 + (i ^ ((c >> 1) & 3)); }
+// The exact quantization of one 32-block (numerics.quantize_blocks' rule): N of its elements f, whose largest
+// absolute value has the bits amax (the whole block's), quantized and decoded into d. A block holding an Inf
+// or a NaN decodes to NaN everywhere, as scale byte 255 does.
+template <int N>
+__device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, float (&d)[N]) {
+  if (amax >= kInfBits) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) d[i] = __uint_as_float(0x7fc00000u);
+    return;
+  }
+  int e = static_cast<int>(amax >> 23) - 127 - 8 + ((amax & 0x7fffffu) > 0x600000u);
+  e = min(max(e, -127), 127);  // finite bf16 blocks have e <= 120, so 2^-e is normal
+  const float down = pow2(-e), up = pow2(e);
+#pragma unroll
+  for (int i = 0; i < N; i += 2) {
+    const float2 q = f16x2_to_float2(cvt_pair(e4m3x2(f[i] * down, f[i + 1] * down)));
+    d[i] = q.x * up, d[i + 1] = q.y * up;
+  }
+}
 
-// EXACT == 2 scales a chunk's partial sum only where the block's activation exponent e and weight
-// exponent s - 127 satisfy |e| <= 100 and |s - 127 + e| <= 100. Then every product and partial sum,
-// with or without the weight factor, is zero or a normal float32 (a multiple of 2^(e - 18) at least
-// 2^-118 in magnitude, at most 2^122), so multiplying by the power of two commutes with every rounding:
-// the result is bit for bit that of EXACT == 1.
-constexpr int kGuardLimit = 100;
-constexpr signed char kUnguarded = 127;  // xe of a block outside |e| <= 100, or a NaN block
-
-// The activation row x [k] (bf16 bits) quantized and decoded into xs (and, with EXPONENTS, each block's
-// scale exponent into xe). Each thread takes 8 elements a pass; the 4 threads of a 32-block find its
-// amax with two shuffles.
-template <bool EXPONENTS>
-__device__ void quantize_row(const u16* __restrict__ x, float4* xs, signed char* xe, int k) {
-  const int step = 8 * blockDim.x;
-  for (int base = 0; base < k; base += step) {
-    const int e0 = base + 8 * threadIdx.x;
-    const bool active = e0 < k;  // k % 32 == 0: a block's 4 threads are all active or none
-    uint4 v = active ? *reinterpret_cast<const uint4*>(x + e0) : make_uint4(0, 0, 0, 0);
-    const u32 h[4] = {v.x, v.y, v.z, v.w};
-    float f[8];
-    u32 amax = 0;
+// N consecutive bf16 elements (N / 8 16-byte loads) as float32 values; returns their largest absolute value's bits.
+template <int N>
+__device__ __forceinline__ u32 load_bf16(const u16* x, float (&f)[N]) {
+  u32 amax = 0;
+#pragma unroll
+  for (int v = 0; v < N / 8; ++v) {
+    const uint4 q = *reinterpret_cast<const uint4*>(x + 8 * v);
+    const u32 h[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const u32 lo = h[i] << 16, hi = h[i] & 0xffff0000u;
-      f[2 * i] = __uint_as_float(lo), f[2 * i + 1] = __uint_as_float(hi);
+      f[8 * v + 2 * i] = __uint_as_float(lo), f[8 * v + 2 * i + 1] = __uint_as_float(hi);
       amax = max(amax, max(lo & 0x7fffffffu, hi & 0x7fffffffu));
     }
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    if (!active) continue;
-    float d[8];
-    if (amax >= kInfBits) {  // a NaN or an Inf: scale byte 255, the whole block decodes to NaN
-#pragma unroll
-      for (int i = 0; i < 8; ++i) d[i] = __uint_as_float(0x7fc00000u);
-      if (EXPONENTS && (e0 & 31) == 0) xe[e0 >> 5] = kUnguarded;
-    } else {
-      int e = static_cast<int>(amax >> 23) - 127 - 8 + ((amax & 0x7fffffu) > 0x600000u);
-      e = min(max(e, -127), 127);  // finite bf16 blocks have e <= 120, so 2^-e is normal
-      if (EXPONENTS && (e0 & 31) == 0) xe[e0 >> 5] = abs(e) <= kGuardLimit ? e : kUnguarded;
-      const float down = pow2(-e), up = pow2(e);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 q = f16x2_to_float2(cvt_pair(e4m3x2(f[2 * i] * down, f[2 * i + 1] * down)));
-        d[2 * i] = q.x * up, d[2 * i + 1] = q.y * up;
-      }
-    }
-    const int c = e0 >> 4, i0 = (e0 & 15) >> 2;
-    xs[xs_index(c, i0)] = make_float4(d[0], d[1], d[2], d[3]);
-    xs[xs_index(c, i0 + 1)] = make_float4(d[4], d[5], d[6], d[7]);
   }
-  __syncthreads();
+  return amax;
 }
 
-template <bool EXACT>  // 0 or 1; EXACT == 2 picks one of them per chunk
+// A 16-element weight chunk q (E4M3 bytes) dotted with the decoded activation xv, float32. EXACT: each weight
+// element is multiplied by its block factor before its product (emulation's overflow); else the partial sum is.
+template <bool EXACT>
 __device__ __forceinline__ float chunk_dot(uint4 q, const float4 xv[4], float factor) {
   const u32 words[4] = {q.x, q.y, q.z, q.w};
   float p0 = 0.f, p1 = 0.f;
@@ -160,129 +140,106 @@ __device__ __forceinline__ void store(u16* out, float v) {
   *out = b;
 }
 
-template <int WPC, int G, int CH, bool PF, int EXACT, typename OUT>
-__device__ __forceinline__ void gemv(const u8* __restrict__ w, const u8* __restrict__ sw,
-                                     const u16* __restrict__ x, OUT* __restrict__ out,
-                                     const int* __restrict__ dims) {
-  extern __shared__ float4 xs[];
-  const int n = dims[1], k = dims[2], kb = k / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rounds = k / (512 * CH);
-  // Warp-persistent: warp i of the grid takes row groups i, i + warps, ... (a grid smaller than the
-  // N / (WPC * G) CTAs quantizes the activation fewer times). Step s of a warp is round s % rounds of
-  // its (s / rounds)-th group; the loads of step s + 1 may run into the next group.
-  const int groups = n / G, warps = gridDim.x * WPC, first = blockIdx.x * WPC + warp;
-  const int steps = first < groups ? ((groups - 1 - first) / warps + 1) * rounds : 0;
-  auto row_of = [&](int s) { return (first + (s / rounds) * warps) * G; };
+// R per-lane partial sums (R a power of two <= 32) summed over the warp's lanes with R - 1 + 5 - log2(R)
+// shuffles: each step halves the rows a lane holds. Returns the sum of row `row`, held by every lane; the lanes
+// whose low 5 - log2(R) bits are zero hold each row once.
+template <int R>
+__device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row) {
+  constexpr int kSteps = R >= 32 ? 5 : R >= 16 ? 4 : R >= 8 ? 3 : R >= 4 ? 2 : R >= 2 ? 1 : 0;
+  row = 0;
+#pragma unroll
+  for (int step = 0; step < kSteps; ++step) {
+    const int h = R >> (step + 1), o = 16 >> step;
+    const bool up = lane & o;
+#pragma unroll
+    for (int i = 0; i < h; ++i) {
+      const float send = up ? a[i] : a[i + h], keep = up ? a[i + h] : a[i];
+      a[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+    row += up ? h : 0;
+  }
+#pragma unroll
+  for (int o = 16 >> kSteps; o > 0; o >>= 1) a[0] += __shfl_xor_sync(0xffffffffu, a[0], o);
+  return a[0];
+}
 
-  uint4 cur[G][CH], nxt[G][CH];
-  u32 cs[G][CH], ns[G][CH];
-  auto load = [&](int s, uint4 (&d)[G][CH], u32 (&sc)[G][CH]) {
-    const u8* wr = w + static_cast<u64>(row_of(s)) * k + 16 * lane;
-    const u8* sr = sw + static_cast<u64>(row_of(s)) * kb + (lane >> 1);
-    const int r = s % rounds;
+template <int CPT, int R, typename OUT>
+__device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                           const u16* __restrict__ x, OUT* __restrict__ out,
+                                           const int* __restrict__ dims) {
+  __shared__ float partial[2][kMaxWarps][R];
+  const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
+  const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  uint4 cur[R][CPT], nxt[R][CPT];
+  u32 cs[R][CPT], ns[R][CPT];
+  auto load = [&](int unit, uint4 (&d)[R][CPT], u32 (&sc)[R][CPT]) {
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
+    for (int r = 0; r < R; ++r) {
+      const u64 row = static_cast<u64>(unit) * R + r;
 #pragma unroll
-      for (int u = 0; u < CH; ++u) {
-        const int j = r * CH + u;  // chunk lane + 32 j: bytes 512 j + 16 lane, block 16 j + lane / 2
-        d[g][u] = load16(wr + static_cast<u64>(g) * k + 512 * j);
-        sc[g][u] = load8(sr + g * kb + 16 * j);
+      for (int j = 0; j < CPT; ++j) {
+        const int c = j * threads + threadIdx.x;
+        d[r][j] = load16(w + row * k + 16 * c);
+        sc[r][j] = load8(sw + row * kb + (c >> 1));
       }
     }
   };
-  signed char* xe = reinterpret_cast<signed char*>(xs + k / 4);  // EXACT == 2: k / 32 more bytes
-  if (steps > 0) load(0, cur, cs);
-  quantize_row<EXACT == 2>(x, xs, xe, k);
+  int unit = blockIdx.x;
+  if (unit < units) load(unit, cur, cs);
 
-  float acc[G] = {};
-  for (int s = 0; s < steps; ++s) {
-    if (PF && s + 1 < steps) load(s + 1, nxt, ns);
-    const int r = s % rounds;
+  float4 xv[CPT][4];
 #pragma unroll
-    for (int u = 0; u < CH; ++u) {
-      const int c = lane + 32 * (r * CH + u);
-      float4 xv[4];
+  for (int j = 0; j < CPT; ++j) {
+    float f[16], d[16];
+    u32 amax = load_bf16(x + 16 * (j * threads + threadIdx.x), f);
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    quantize_part(f, amax, d);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) xv[i] = xs[xs_index(c, i)];
+    for (int i = 0; i < 4; ++i) xv[j][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
+  }
+
+  for (int i = 0; unit < units; unit += gridDim.x, ++i) {
+    if (unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
+    float acc[R];
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        if (EXACT == 2) {
-          const int ex = xe[c >> 1];
-          const bool fast = ex != kUnguarded && static_cast<unsigned>(static_cast<int>(cs[g][u]) - 127 + ex +
-                                                                      kGuardLimit) <= 2u * kGuardLimit;
-          acc[g] += fast ? chunk_dot<false>(cur[g][u], xv, scale_factor(cs[g][u]))
-                         : chunk_dot<true>(cur[g][u], xv, scale_factor(cs[g][u]));
-        } else {
-          acc[g] += chunk_dot<EXACT == 1>(cur[g][u], xv, scale_factor(cs[g][u]));
-        }
-      }
+    for (int r = 0; r < R; ++r) {
+      acc[r] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) acc[r] += chunk_dot<true>(cur[r][j], xv[j], scale_factor(cs[r][j]));
     }
-    if (r == rounds - 1) {
-      const int row0 = row_of(s);
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float v = acc[g];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) store(out + row0 + g, v);
-        acc[g] = 0.f;
-      }
+    int row;
+    const float v = warp_sum_rows<R>(acc, lane, row);
+    if ((lane & (32 / R - 1)) == 0) partial[i & 1][warp][row] = v;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+    if (threadIdx.x < R) {
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
+      store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
     }
-    if (s + 1 < steps) {
-      if (PF) {
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
-          for (int u = 0; u < CH; ++u) cur[g][u] = nxt[g][u], cs[g][u] = ns[g][u];
-        }
-      } else {
-        load(s + 1, cur, cs);
-      }
+      for (int j = 0; j < CPT; ++j) cur[r][j] = nxt[r][j], cs[r][j] = ns[r][j];
     }
   }
 }
 
 }  // namespace
 
-#define GEMV_KERNEL(WPC, G, CH, PF, EXACT, OUT, NAME, ...)                     \
-  extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                    \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
-    gemv<WPC, G, CH, PF, EXACT, OUT>(w, sw, x, out, dims);                     \
+// At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
+#define SPLIT_KERNEL(CPT, R, MAX_THREADS, OUT, SUFFIX)                                                   \
+  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                              \
+      mxfp8_gemv_split_c##CPT##_r##R##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
+                                                OUT* out) {                                              \
+    gemv_split<CPT, R, OUT>(w, sw, x, out, dims);                                                        \
   }
+#define SPLIT(CPT, R, MAX_THREADS) \
+  SPLIT_KERNEL(CPT, R, MAX_THREADS, u16, bf16) SPLIT_KERNEL(CPT, R, MAX_THREADS, float, f32)
 
-#define GEMV(WPC, G, CH, PF, EXACT, OUT, SUFFIX) \
-  GEMV_KERNEL(WPC, G, CH, PF, EXACT, OUT, mxfp8_gemv_w##WPC##_g##G##_c##CH##_p##PF##_e##EXACT##_##SUFFIX, WPC * 32)
-
-// With at least MINB CTAs per SM, so ptxas keeps the registers under 65536 / (MINB * WPC * 32).
-#define GEMV_MINB(WPC, G, CH, PF, EXACT, MINB, OUT, SUFFIX)                                                  \
-  GEMV_KERNEL(WPC, G, CH, PF, EXACT, OUT, mxfp8_gemv_w##WPC##_g##G##_c##CH##_p##PF##_e##EXACT##_b##MINB##_##SUFFIX, \
-              WPC * 32, MINB)
-
-#define GEMV_OUTS(WPC, G, CH, PF, EXACT) \
-  GEMV(WPC, G, CH, PF, EXACT, u16, bf16) GEMV(WPC, G, CH, PF, EXACT, float, f32)
-
-#define GEMV_CH(WPC, G, PF, EXACT) GEMV_OUTS(WPC, G, 2, PF, EXACT) GEMV_OUTS(WPC, G, 4, PF, EXACT)
-#define GEMV_G(WPC, PF, EXACT) GEMV_CH(WPC, 1, PF, EXACT) GEMV_CH(WPC, 2, PF, EXACT) GEMV_CH(WPC, 4, PF, EXACT)
-#define GEMV_PF(WPC, EXACT) GEMV_G(WPC, 0, EXACT) GEMV_G(WPC, 1, EXACT)
-
+SPLIT(1, 4, 1024)  // the library's: k = 512 ... 16384
 #ifdef MXFP8_GEMV_PROBE
-GEMV_PF(4, 1)
-GEMV_PF(8, 1)
-GEMV_PF(16, 1)
-GEMV_PF(4, 0)
-GEMV_PF(8, 0)
-GEMV_PF(16, 0)
-GEMV_PF(4, 2)
-GEMV_PF(8, 2)
-GEMV_PF(16, 2)
-GEMV_MINB(8, 2, 4, 0, 1, 3, u16, bf16)  // 80 registers instead of 108 (ptxas 12.9), no spills
-GEMV_MINB(8, 2, 4, 0, 1, 3, float, f32)
-GEMV_MINB(8, 2, 4, 0, 2, 3, u16, bf16)
-GEMV_MINB(8, 2, 4, 0, 2, 3, float, f32)
-#else
-GEMV_OUTS(8, 1, 2, 0, 1)
-GEMV_OUTS(8, 1, 4, 0, 1)
-GEMV_OUTS(8, 2, 2, 0, 1)
-GEMV_OUTS(8, 2, 4, 0, 1)
+SPLIT(1, 2, 1024)
+SPLIT(1, 8, 512)
+SPLIT(2, 4, 512)
 #endif
