@@ -88,6 +88,7 @@ class Split(NamedTuple):
     cpt: int  # 16-element chunks of K per thread
     r: int  # rows a unit
     per_sm: int
+    asynchronous: int = 0  # 1: only warp 0 waits for a unit's partial sums (named barriers, 4 buffers)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -103,13 +104,14 @@ CONFIGS = (
     + tuple(Split(8, 1, 8, p) for p in (1, 2))
     + (Split(4, 2, 4, 4), Split(14, 2, 4, 1))
     + tuple(Split(28, 1, r, 1) for r in (2, 4))
+    + (Split(8, 1, 4, 4, 1), Split(8, 1, 8, 2, 1), Split(28, 1, 4, 1, 1))
 )
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return "split_w{}_c{}_r{}_sm{}".format(*cfg)
+        return "split_w{}_c{}_r{}_sm{}".format(*cfg) + ("_async" if cfg.asynchronous else "")
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -154,7 +156,7 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}_{suffix}"
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{'_async' if cfg.asynchronous else ''}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -310,6 +312,7 @@ def edges(results: dict) -> None:
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),
+        "split_async": functools.partial(gemv, cfg=Split(2, 1, 4, 1, 1), out_dtype=jnp.float32),
         "library": library,
     }
     finite, poisoned = activation_vectors()
@@ -390,6 +393,7 @@ if __name__ == "__main__":
     parser.add_argument("--llama-only", action="store_true", help="only the Llama decode at batch 1")
     parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_pallas", help="the Llama part's models")
     parser.add_argument("--library-only", action="store_true", help="the sweep without the probe's configurations")
+    parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
@@ -398,7 +402,8 @@ if __name__ == "__main__":
     for part in parts:
         try:
             if part == "sweep":
-                sweep(results, () if args.library_only else CONFIGS)
+                split_only = tuple(c for c in CONFIGS if isinstance(c, Split))
+                sweep(results, () if args.library_only else split_only if args.split_only else CONFIGS)
             elif part == "edges":
                 edges(results)
             else:
