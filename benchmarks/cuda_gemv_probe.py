@@ -210,12 +210,12 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
     for n, k in GEMV_SHAPES:
         sets = operands(n, k, 1)
         ref = reference(*sets[0])
-        cells, configs = {}, {}
+        cells, by_label = {}, {}
         for cfg in configs:
             if not fits(cfg, n, k):
                 continue
             label = label_of(cfg)
-            configs[label] = cfg
+            by_label[label] = cfg
             try:
                 err = rel_err(np.asarray(jax.jit(lambda x, w, c=cfg: gemv(x, w, c))(*sets[0]), np.float32), ref)
                 t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=20, repeats=3)
@@ -230,7 +230,7 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
         for family in ("row", "split"):
             labels = [lab for lab in ok if lab.startswith("split") == (family == "split")]
             if labels:
-                best[family] = configs[min(labels, key=lambda lab: ok[lab]["us"])]
+                best[family] = by_label[min(labels, key=lambda lab: ok[lab]["us"])]
         shipped = lambda x, w: hopper.matmul(x, w, jnp.bfloat16)  # noqa: E731
         row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
         with small_m_kernels("auto"):
