@@ -142,3 +142,21 @@ def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypa
         assert row["kernels traced"] == [] and row["weight: nonfinite_differ (row, col, kernel, emulation)"] == []
         assert row["weight: finite_rel_err"] == 0.0 and row["activation: identical"]
         assert all(row[f"activation: {name} in one block, outputs NaN (of 1024)"] == 1024 for name in ("+inf", "nan"))
+
+
+def test_sweep_harness_times_the_configurations_it_is_given(monkeypatch):
+    """The sweep, run on CPU with emulation standing in for every kernel and a constant timer: each configuration
+    given gets a cell, and the best of each family is timed again against the baselines."""
+    emulated = lambda x, w, *_, out_dtype=jnp.bfloat16, **__: emulation.matmul(quantize(x), w, out_dtype)  # noqa: E731
+    monkeypatch.setattr(probe, "GEMV_SHAPES", ((1024, 4096),))
+    monkeypatch.setattr(probe, "gemv", emulated)
+    monkeypatch.setattr(probe.hopper, "matmul", lambda x, w, dtype: emulation.matmul(quantize(x), w, dtype))
+    monkeypatch.setattr(probe, "loop_time", lambda *a, **k: 1e-5)
+    monkeypatch.setattr(probe, "write_json", lambda *a: None)
+    splits = tuple(c for c in probe.CONFIGS if isinstance(c, probe.Split) and probe.fits(c, 1024, 4096))
+    results = {}
+    probe.sweep(results, (probe.Config(8, 2, 4, 0, 32), *splits))
+    row = results["(1024, 4096)"]
+    assert set(row["cells"]) == {"w8_g2_c4_p0_wps32_b0", *map(probe.label_of, splits)}
+    assert row["best row"]["label"] == "w8_g2_c4_p0_wps32_b0" and row["best split"]["label"].startswith("split_")
+    assert row["best row"]["exact0_us"] == 10.0 and "exact0_us" not in row["best split"]
