@@ -35,7 +35,8 @@ What an H200 answered (jax 0.11.2; results/cuda_gemv_probe_split_h200.*): the sp
 1.46-1.64x of bf16 at five shapes and 1.00x at (1024, 4096), 2.1-3.4 TB/s, where the row kernel's best gave
 1.15-1.41x and 0.72x; 1.0e-7 to 1.8e-7 from emulation; every edge as emulation's with the per-element scaling
 (the partial-sum scaling gave finite outputs at scale byte 254); a guarded partial-sum scaling (since removed)
-was bit-identical and no faster.
+was bit-identical and no faster; so was a split variant where only warp 0 waits for a unit's partial sums
+(results/cuda_gemv_probe_split_async_h200.*).
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
@@ -88,7 +89,6 @@ class Split(NamedTuple):
     cpt: int  # 16-element chunks of K per thread
     r: int  # rows a unit
     per_sm: int
-    asynchronous: int = 0  # 1: only warp 0 waits for a unit's partial sums (named barriers, 4 buffers)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -104,14 +104,13 @@ CONFIGS = (
     + tuple(Split(8, 1, 8, p) for p in (1, 2))
     + (Split(4, 2, 4, 4), Split(14, 2, 4, 1))
     + tuple(Split(28, 1, r, 1) for r in (2, 4))
-    + (Split(8, 1, 4, 4, 1), Split(8, 1, 8, 2, 1), Split(28, 1, 4, 1, 1))
 )
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return "split_w{}_c{}_r{}_sm{}".format(*cfg) + ("_async" if cfg.asynchronous else "")
+        return "split_w{}_c{}_r{}_sm{}".format(*cfg)
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -156,7 +155,7 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{'_async' if cfg.asynchronous else ''}_{suffix}"
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -312,7 +311,6 @@ def edges(results: dict) -> None:
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),
-        "split_async": functools.partial(gemv, cfg=Split(2, 1, 4, 1, 1), out_dtype=jnp.float32),
         "library": library,
     }
     finite, poisoned = activation_vectors()

@@ -110,7 +110,7 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
         for e in probe.exacts(cfg)
         for dtype in (jnp.bfloat16, jnp.float32)
     }
-    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2", "_async_"))
+    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2"))
     assert wanted <= names
 
 
@@ -136,8 +136,8 @@ def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypa
     monkeypatch.setattr(probe, "write_json", lambda *a: None)
     results = {}
     probe.edges(results)
-    assert set(results) == {"edges exact1", "edges exact0", "edges split_async", "edges library"}
-    for label in ("exact1", "exact0", "split_async", "library"):
+    assert set(results) == {"edges exact1", "edges exact0", "edges library"}
+    for label in ("exact1", "exact0", "library"):
         row = results[f"edges {label}"]
         assert row["kernels traced"] == [] and row["weight: nonfinite_differ (row, col, kernel, emulation)"] == []
         assert row["weight: finite_rel_err"] == 0.0 and row["activation: identical"]

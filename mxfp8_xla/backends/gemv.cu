@@ -163,22 +163,11 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-__device__ __forceinline__ void bar_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
-__device__ __forceinline__ void bar_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
-// ASYNC: only warp 0 waits for a unit's partial sums (named barriers 1 .. 2 * kBuffers); the other warps arrive
-// and go on, up to kBuffers units ahead of it. Else every warp waits at one __syncthreads a unit.
-template <int CPT, int R, bool ASYNC, typename OUT>
+template <int CPT, int R, typename OUT>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            const u16* __restrict__ x, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
-  constexpr int kBuffers = ASYNC ? 4 : 2;
-  __shared__ float partial[kBuffers][kMaxWarps][R];
+  __shared__ float partial[2][kMaxWarps][R];
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
   const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
@@ -221,23 +210,12 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
     }
     int row;
     const float v = warp_sum_rows<R>(acc, lane, row);
-    const int b = i % kBuffers;
-    if (ASYNC && warp != 0 && i >= kBuffers) bar_sync(1 + kBuffers + b, threads);  // warp 0 has read buffer b
-    if ((lane & (32 / R - 1)) == 0) partial[b][warp][row] = v;
-    if (ASYNC && warp != 0) {
-      bar_arrive(1 + b, threads);
-    } else {
-      if (ASYNC) {
-        bar_sync(1 + b, threads);
-      } else {
-        __syncthreads();  // buffer b is written again two units on, after the next barrier
-      }
-      if (threadIdx.x < R) {
-        float sum = 0.f;
-        for (int q = 0; q < warps; ++q) sum += partial[b][q][threadIdx.x];
-        store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
-      }
-      if (ASYNC && unit + kBuffers * gridDim.x < units) bar_arrive(1 + kBuffers + b, threads);  // buffer b is free
+    if ((lane & (32 / R - 1)) == 0) partial[i & 1][warp][row] = v;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+    if (threadIdx.x < R) {
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
+      store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -250,23 +228,18 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, ASYNC, MAX_THREADS, OUT)                                             \
+#define SPLIT_KERNEL(CPT, R, MAX_THREADS, OUT, SUFFIX)                                                   \
   extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                              \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                         \
-    gemv_split<CPT, R, ASYNC, OUT>(w, sw, x, out, dims);                                                 \
+      mxfp8_gemv_split_c##CPT##_r##R##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
+                                                OUT* out) {                                              \
+    gemv_split<CPT, R, OUT>(w, sw, x, out, dims);                                                        \
   }
-#define SPLIT(CPT, R, MAX_THREADS)                                                               \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, false, MAX_THREADS, u16)             \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_f32, CPT, R, false, MAX_THREADS, float)
-#define SPLIT_ASYNC(CPT, R, MAX_THREADS)                                                         \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_async_bf16, CPT, R, true, MAX_THREADS, u16)        \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_async_f32, CPT, R, true, MAX_THREADS, float)
+#define SPLIT(CPT, R, MAX_THREADS) \
+  SPLIT_KERNEL(CPT, R, MAX_THREADS, u16, bf16) SPLIT_KERNEL(CPT, R, MAX_THREADS, float, f32)
 
 SPLIT(1, 4, 1024)  // the library's: k = 512 ... 16384
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
 SPLIT(2, 4, 512)
-SPLIT_ASYNC(1, 4, 1024)
-SPLIT_ASYNC(1, 8, 512)
 #endif
