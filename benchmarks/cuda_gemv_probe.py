@@ -89,7 +89,6 @@ class Split(NamedTuple):
     cpt: int  # 16-element chunks of K per thread
     r: int  # rows a unit
     per_sm: int
-    variant: str = ""  # "_serial": the first form's serial sum over the warps; "_l2": 256-byte L2 prefetch on loads
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -106,15 +105,12 @@ CONFIGS = (
     + (Split(4, 2, 4, 4), Split(14, 2, 4, 1))
     + tuple(Split(28, 1, r, 1) for r in (2, 4))
 )
-VARIANTS = tuple(Split(w, 1, r, p, v) for w, r, p in ((8, 4, 4), (8, 8, 2), (28, 4, 1)) for v in ("", "_serial", "_l2"))
-"""``--variants``: the library's split configuration (8 warps, 4 rows, 4 CTAs an SM at K = 4096; 28 warps at K = 14336)
-and 8-row units, each with the warps' sums added as a tree (the library's), serially, or with 256-byte L2 prefetch."""
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return "split_w{}_c{}_r{}_sm{}{}".format(*cfg)
+        return "split_w{}_c{}_r{}_sm{}".format(*cfg)
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -159,7 +155,7 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{cfg.variant}_{suffix}"
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -205,7 +201,7 @@ def dequant_bf16(w: MXArray) -> jax.Array:
     return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
-def sweep(results: dict, configs: tuple = CONFIGS, cell_iters: int = 20, cell_repeats: int = 3) -> None:
+def sweep(results: dict, configs: tuple = CONFIGS) -> None:
     """Every configuration in ``configs`` at every shape, then the best row-streaming and the best K-split one against
     bf16, the library and the Pallas kernels, in the same stretch."""
     heads = ("bf16 dot", "library", "pallas", "best row", "best split", "library", "pallas", "row", "split", "fp8 read")
@@ -221,7 +217,7 @@ def sweep(results: dict, configs: tuple = CONFIGS, cell_iters: int = 20, cell_re
             by_label[label] = cfg
             try:
                 err = rel_err(np.asarray(jax.jit(lambda x, w, c=cfg: gemv(x, w, c))(*sets[0]), np.float32), ref)
-                t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=cell_iters, repeats=cell_repeats)
+                t = loop_time(lambda x, w, c=cfg: gemv(x, w, c), sets, iters=20, repeats=3)
                 cells[label] = {"cfg": list(cfg), "us": t * 1e6, "rel_err_bf16_out": err}
             except Exception as e:  # noqa: BLE001
                 cells[label] = {"cfg": list(cfg), "error": failure(e)}
@@ -395,7 +391,7 @@ if __name__ == "__main__":
     parser.add_argument("--llama-only", action="store_true", help="only the Llama decode at batch 1")
     parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_pallas", help="the Llama part's models")
     parser.add_argument("--library-only", action="store_true", help="the sweep without the probe's configurations")
-    parser.add_argument("--variants", action="store_true", help="the sweep of VARIANTS only, timed as the library is")
+    parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
@@ -404,10 +400,8 @@ if __name__ == "__main__":
     for part in parts:
         try:
             if part == "sweep":
-                if args.variants:
-                    sweep(results, VARIANTS, cell_iters=50, cell_repeats=5)  # loop_time's defaults, as the library's
-                else:
-                    sweep(results, () if args.library_only else CONFIGS)
+                split_only = tuple(c for c in CONFIGS if isinstance(c, Split))
+                sweep(results, () if args.library_only else split_only if args.split_only else CONFIGS)
             elif part == "edges":
                 edges(results)
             else:

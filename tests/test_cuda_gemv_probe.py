@@ -106,11 +106,11 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
     names = cuda_kernel_names(probe.SOURCE, "mxfp8_gemv_", "MXFP8_GEMV_PROBE")
     wanted = {
         probe.kernel_name(cfg, e, dtype)
-        for cfg in (*probe.CONFIGS, *probe.VARIANTS, probe.Config(4, 1, 2, 0, 0))  # the last: the edge part's
+        for cfg in (*probe.CONFIGS, probe.Config(4, 1, 2, 0, 0))  # the last: the edge part's
         for e in probe.exacts(cfg)
         for dtype in (jnp.bfloat16, jnp.float32)
     }
-    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2", "_serial_", "_l2_"))
+    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2"))
     assert wanted <= names
 
 

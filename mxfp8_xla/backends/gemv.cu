@@ -66,16 +66,9 @@ __device__ __forceinline__ u32 e4m3x2(float lo, float hi) {
   return out;
 }
 
-template <bool L2_PREFETCH = false>
 __device__ __forceinline__ uint4 load16(const u8* p) {
   uint4 v;
-  if (L2_PREFETCH) {  // also fetch the rest of the 256-byte L2 sector group
-    asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-  } else {
-    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  }
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
 
@@ -170,14 +163,11 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-// The probe's variants (the library's kernels have both false): SERIAL_SUM, R threads each add the warps' partial
-// sums one after another (the first form; warp 0 now sums them as a tree, a lane a warp); L2_PREFETCH, the weight
-// loads ask L2 for 256 bytes.
-template <int CPT, int R, bool SERIAL_SUM, bool L2_PREFETCH, typename OUT>
+template <int CPT, int R, typename OUT>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            const u16* __restrict__ x, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
-  __shared__ __align__(16) float partial[2][kMaxWarps][R];
+  __shared__ float partial[2][kMaxWarps][R];
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
   const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
@@ -190,7 +180,7 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 #pragma unroll
       for (int j = 0; j < CPT; ++j) {
         const int c = j * threads + threadIdx.x;
-        d[r][j] = load16<L2_PREFETCH>(w + row * k + 16 * c);
+        d[r][j] = load16(w + row * k + 16 * c);
         sc[r][j] = load8(sw + row * kb + (c >> 1));
       }
     }
@@ -222,16 +212,10 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
     const float v = warp_sum_rows<R>(acc, lane, row);
     if ((lane & (32 / R - 1)) == 0) partial[i & 1][warp][row] = v;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
-    if (SERIAL_SUM && threadIdx.x < R) {
+    if (threadIdx.x < R) {
       float sum = 0.f;
       for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
       store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
-    } else if (!SERIAL_SUM && warp == 0) {  // lane q takes warp q's sums: R loads, then R - 1 + 5 - log2(R) shuffles
-      float a[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) a[r] = lane < warps ? partial[i & 1][lane][r] : 0.f;
-      const float sum = warp_sum_rows<R>(a, lane, row);
-      if ((lane & (32 / R - 1)) == 0) store(out + static_cast<u64>(unit) * R + row, sum);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -244,23 +228,18 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, SERIAL_SUM, L2_PREFETCH, MAX_THREADS, OUT)                      \
-  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                          \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
-    gemv_split<CPT, R, SERIAL_SUM, L2_PREFETCH, OUT>(w, sw, x, out, dims);                           \
+#define SPLIT_KERNEL(CPT, R, MAX_THREADS, OUT, SUFFIX)                                                   \
+  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                              \
+      mxfp8_gemv_split_c##CPT##_r##R##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
+                                                OUT* out) {                                              \
+    gemv_split<CPT, R, OUT>(w, sw, x, out, dims);                                                        \
   }
-#define SPLIT_VARIANT(CPT, R, SERIAL_SUM, L2_PREFETCH, MAX_THREADS, VARIANT)                                     \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##VARIANT##_bf16, CPT, R, SERIAL_SUM, L2_PREFETCH, MAX_THREADS, u16) \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##VARIANT##_f32, CPT, R, SERIAL_SUM, L2_PREFETCH, MAX_THREADS, float)
-#define SPLIT(CPT, R, MAX_THREADS) SPLIT_VARIANT(CPT, R, false, false, MAX_THREADS, )
+#define SPLIT(CPT, R, MAX_THREADS) \
+  SPLIT_KERNEL(CPT, R, MAX_THREADS, u16, bf16) SPLIT_KERNEL(CPT, R, MAX_THREADS, float, f32)
 
 SPLIT(1, 4, 1024)  // the library's: k = 512 ... 16384
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
 SPLIT(2, 4, 512)
-SPLIT_VARIANT(1, 4, true, false, 1024, _serial)
-SPLIT_VARIANT(1, 8, true, false, 512, _serial)
-SPLIT_VARIANT(1, 4, false, true, 1024, _l2)
-SPLIT_VARIANT(1, 8, false, true, 512, _l2)
 #endif
