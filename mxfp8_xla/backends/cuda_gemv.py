@@ -10,11 +10,13 @@ stored (``[N, K]``, no preparation), decodes each element exactly, multiplies it
 factor (so an element that overflows float32 does so as emulation's does), accumulates in
 float32, sums over its threads and writes the output dtype directly.
 
-On an H200 (docs/benchmarks.md, "The K split across the CTA") the probe's build of this kernel
-measured 1.46-1.64x of bf16 ``jnp.dot`` at five Llama-3-8B shapes and 1.00x at (1024, 4096),
-streaming the weight at up to 3.4 TB/s, the speed XLA reads it at; it agreed with emulation to
-1.8e-7 (float32 out) and matched it on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN
-byte, an Inf or NaN in the activation, ties, subnormals).
+On an H200 (docs/benchmarks.md, "The K split across the CTA"; three runs of
+``cuda_gemv_probe.py``) it measured 1.63-1.72x of bf16 ``jnp.dot`` at (14336, 4096) and
+(28672, 4096), 1.52-1.62x at (4096, 14336), 1.44-1.56x at (6144, 4096) and (4096, 4096) and
+0.95-0.96x at (1024, 4096), where the Pallas path ran 0.52-1.13x; it streams the weight at
+2.9-3.6 TB/s at the wide shapes, agreed with emulation to 1.8e-7 (float32 out) and matched it
+on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN byte, an Inf or NaN in the
+activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.46-1.48x of bf16.
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
@@ -64,8 +66,9 @@ def config(n: int, k: int) -> GemvConfig | None:
     """The configuration for a weight ``[N, K]``, or ``None`` where the kernel cannot take it (K % 512 != 0,
     K > 16384, N % 4 != 0).
 
-    Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 (units of 2, 4 or 8 rows; 1, 2 or 4
-    CTAs an SM; one or two chunks a thread), this one was within 10% of the best at the six Llama-3-8B shapes.
+    Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at the six Llama-3-8B shapes (units of
+    2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best in the
+    first sweep and within 3% in the last, whose cells were timed as the library is.
     """
     if k % 512 or k > MAX_K or n % ROWS:
         return None
