@@ -68,7 +68,7 @@ def config(n: int, k: int) -> GemvConfig | None:
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at the six Llama-3-8B shapes (units of
     2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best in the
-    first sweep and within 3% in the last, whose cells were timed as the library is.
+    first sweep and within 4% in the last, whose cells were timed as the library is.
     """
     if k % 512 or k > MAX_K or n % ROWS:
         return None
