@@ -35,8 +35,9 @@ What an H200 answered (jax 0.11.2; results/cuda_gemv_probe_split_h200.*): the sp
 1.46-1.64x of bf16 at five shapes and 1.00x at (1024, 4096), 2.1-3.4 TB/s, where the row kernel's best gave
 1.15-1.41x and 0.72x; 1.0e-7 to 1.8e-7 from emulation; every edge as emulation's with the per-element scaling
 (the partial-sum scaling gave finite outputs at scale byte 254); a guarded partial-sum scaling (since removed)
-was bit-identical and no faster; so was a split variant where only warp 0 waits for a unit's partial sums
-(results/cuda_gemv_probe_split_async_h200.*).
+was bit-identical and no faster; so were a split variant where only warp 0 waits for a unit's partial sums
+(results/cuda_gemv_probe_split_async_h200.*), the warps' sums added as a tree and a 256-byte L2 prefetch on the
+weight loads (results/cuda_gemv_probe_variants_h200.*); all since removed.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
