@@ -90,6 +90,7 @@ class Split(NamedTuple):
     cpt: int  # 16-element chunks of K per thread
     r: int  # rows a unit
     per_sm: int
+    m: int = 1  # activation rows (> 1: the probe's multi-row kernels, k <= 8192)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -111,7 +112,7 @@ SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / 
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return "split_w{}_c{}_r{}_sm{}".format(*cfg)
+        return "split_w{}_c{}_r{}_sm{}".format(*cfg) + (f"_m{cfg.m}" if cfg.m > 1 else "")
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -156,7 +157,7 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}_{suffix}"
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{f'_m{cfg.m}' if cfg.m > 1 else ''}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -169,7 +170,8 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfl
     """
     (m, k), n = x.shape, w.shape[0]
     cfg = cfg if isinstance(cfg, Split) else Config(*cfg)
-    if m != 1 or x.dtype != jnp.bfloat16 or not fits(cfg, n, k) or exact not in exacts(cfg):
+    rows = cfg.m if isinstance(cfg, Split) else 1
+    if m != rows or x.dtype != jnp.bfloat16 or not fits(cfg, n, k) or exact not in exacts(cfg):
         raise ValueError(f"gemv: x {x.shape} {x.dtype} @ w {w.shape} does not fit configuration {cfg}, exact {exact}")
     name = kernel_name(cfg, exact, out_dtype)
     split = isinstance(cfg, Split)
@@ -182,7 +184,7 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfl
         ptx=cuda_gemv.entry_ptx(PTX, name) if PTX else "",
         grid=(grid(cfg, n), 1),
         warps=cfg.wpc,
-        out_shape=(1, n),
+        out_shape=(m, n),
         out_dtype=out_dtype,
         smem=0 if split else 4 * k,
     )
@@ -269,6 +271,37 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
         write_json("cuda_gemv_probe.json", results)
 
 
+ROW_CONFIGS = {2: Split(8, 1, 4, 2, 2), 4: Split(8, 1, 4, 2, 4)}
+"""``--rows``: the multi-row split kernels at K = 4096 (256 threads, 2 CTAs an SM)."""
+
+
+def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
+    """The multi-row split kernels at the K = 4096 shapes against bf16 ``jnp.dot`` and the shipped backend (its Pallas
+    kernels at these row counts), each checked against emulation (float32 out)."""
+    print(f"{'(N, K)':>14} {'M':>3} {'bf16':>8} {'shipped':>8} {'split':>8} {'shipped':>8} {'split':>8}  (us, ratios)")
+    for n, k in GEMV_SHAPES:
+        if k != 4096:
+            continue
+        for m in ms:
+            cfg = ROW_CONFIGS[m]
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            out = np.asarray(jax.jit(functools.partial(gemv, cfg=cfg, out_dtype=jnp.float32))(*sets[0]))
+            row = {"config": label_of(cfg), "rel_err_f32_out": rel_err(out, ref)}
+            row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
+            with small_m_kernels("auto"):
+                row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+            row["split_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
+            results[f"rows ({n}, {k}) M={m}"] = row
+            times = [row[key] for key in ("bf16_dot_us", "shipped_us", "split_us")]
+            print(
+                f"{f'({n}, {k})':>14} {m:3d} " + " ".join(f"{t:8.1f}" for t in times)
+                + " ".join(f"{times[0] / t:8.2f}x" for t in times[1:]) + f"  error {row['rel_err_f32_out']:.1e}",
+                flush=True,
+            )  # fmt: skip
+            write_json("cuda_gemv_probe.json", results)
+
+
 def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
     """A finite bf16 row of 1024 that exercises the quantization rule, and rows with a non-finite block."""
     rng = np.random.default_rng(3)
@@ -295,6 +328,11 @@ def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
     return finite, poisoned
 
 
+def second_of_two_rows(x: jax.Array, w: MXArray) -> jax.Array:
+    """``x [1, K]`` as the second row under a zero row, through the two-row split kernel; its second output row."""
+    return gemv(jnp.concatenate([jnp.zeros_like(x), x]), w, Split(2, 1, 4, 1, 2), out_dtype=jnp.float32)[1:]
+
+
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
     """The ``hopper`` backend as shipped (one raw bf16 row: ``cuda_gemv``); trace it under ``small_m_kernels``."""
     return hopper.matmul(x, w, out_dtype)
@@ -312,6 +350,7 @@ def edges(results: dict) -> None:
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),
+        "split_m2": second_of_two_rows,
         "library": library,
     }
     finite, poisoned = activation_vectors()
@@ -392,17 +431,21 @@ if __name__ == "__main__":
     parser.add_argument("--llama-only", action="store_true", help="only the Llama decode at batch 1")
     parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_pallas", help="the Llama part's models")
     parser.add_argument("--library-only", action="store_true", help="the sweep without the probe's configurations")
+    parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     args = parser.parse_args()
     PTX = compile_ptx()
     results = {"environment": environment()}
     print(results["environment"])
     parts = ("llama",) if args.llama_only else ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
+    parts = ("rows", "edges") if args.rows else parts
     for part in parts:
         try:
             if part == "sweep":
                 split_only = tuple(c for c in CONFIGS if isinstance(c, Split))
                 sweep(results, () if args.library_only else split_only if args.split_only else CONFIGS)
+            elif part == "rows":
+                rows_sweep(results, tuple(int(m) for m in args.rows.split(",")))
             elif part == "edges":
                 edges(results)
             else:

@@ -106,11 +106,17 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
     names = cuda_kernel_names(probe.SOURCE, "mxfp8_gemv_", "MXFP8_GEMV_PROBE")
     wanted = {
         probe.kernel_name(cfg, e, dtype)
-        for cfg in (*probe.CONFIGS, probe.Config(4, 1, 2, 0, 0))  # the last: the edge part's
+        for cfg in (
+            *probe.CONFIGS,
+            *probe.ROW_CONFIGS.values(),
+            probe.Config(4, 1, 2, 0, 0),
+            probe.Split(2, 1, 4, 1, 2),
+        )
+        # the last two: the edge part's
         for e in probe.exacts(cfg)
         for dtype in (jnp.bfloat16, jnp.float32)
     }
-    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2"))
+    assert all(any(part in n for n in wanted) for part in ("_e0_", "_b3_", "split_c2", "_m2_", "_m4_"))
     assert wanted <= names
 
 
@@ -130,17 +136,19 @@ def test_activation_vectors_cover_the_quantization_rules_edges():
 
 def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypatch):
     """The edge part, run on CPU with emulation standing in for both kernels: the harness must report nothing."""
-    emulated = lambda x, w, **_: emulation.matmul(quantize(x), w, jnp.float32)  # noqa: E731
+    emulated = lambda x, w, *_, **__: emulation.matmul(quantize(x), w, jnp.float32)  # noqa: E731
     monkeypatch.setattr(probe, "gemv", emulated)
     monkeypatch.setattr(probe, "library", emulated)
     monkeypatch.setattr(probe, "write_json", lambda *a: None)
     results = {}
     probe.edges(results)
-    assert set(results) == {"edges exact1", "edges exact0", "edges library"}
-    for label in ("exact1", "exact0", "library"):
+    assert set(results) == {"edges exact1", "edges exact0", "edges split_m2", "edges library"}
+    for label in ("exact1", "exact0", "split_m2", "library"):
         row = results[f"edges {label}"]
         assert row["kernels traced"] == [] and row["weight: nonfinite_differ (row, col, kernel, emulation)"] == []
-        assert row["weight: finite_rel_err"] == 0.0 and row["activation: identical"]
+        # split_m2 runs emulation on two rows, whose float32 sums XLA orders differently from one row's
+        assert row["weight: finite_rel_err"] == (0.0 if label != "split_m2" else pytest.approx(0.0, abs=1e-6))
+        assert row["activation: identical"]
         assert all(row[f"activation: {name} in one block, outputs NaN (of 1024)"] == 1024 for name in ("+inf", "nan"))
 
 
@@ -160,3 +168,26 @@ def test_sweep_harness_times_the_configurations_it_is_given(monkeypatch):
     assert set(row["cells"]) == {"w8_g2_c4_p0_wps32_b0", *map(probe.label_of, splits)}
     assert row["best row"]["label"] == "w8_g2_c4_p0_wps32_b0" and row["best split"]["label"].startswith("split_")
     assert row["best row"]["exact0_us"] == 10.0 and "exact0_us" not in row["best split"]
+
+
+def test_a_multi_row_split_kernel_takes_its_rows_and_writes_them_all():
+    cfg = probe.ROW_CONFIGS[4]
+    jaxpr = jax.make_jaxpr(lambda x, w: probe.gemv(x, w, cfg))(jnp.ones((4, 4096), jnp.bfloat16), weight(14336, 4096))
+    (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == "mxfp8_gemv_split_c1_r4_m4_bf16" and launch.params["grid"] == (2 * 132, 1)
+    assert jaxpr.jaxpr.outvars[0].aval.shape == (4, 14336)
+    with pytest.raises(ValueError, match="does not fit"):
+        probe.gemv(jnp.ones((2, 4096), jnp.bfloat16), weight(14336, 4096), cfg)  # 2 rows into the 4-row kernel
+
+
+def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(monkeypatch):
+    emulated = lambda x, w, *_, out_dtype=jnp.bfloat16, **__: emulation.matmul(quantize(x), w, out_dtype)  # noqa: E731
+    monkeypatch.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
+    monkeypatch.setattr(probe, "gemv", emulated)
+    monkeypatch.setattr(probe.hopper, "matmul", lambda x, w, dtype: emulation.matmul(quantize(x), w, dtype))
+    monkeypatch.setattr(probe, "loop_time", lambda *a, **k: 1e-5)
+    monkeypatch.setattr(probe, "write_json", lambda *a: None)
+    results = {}
+    probe.rows_sweep(results, (2, 4))
+    assert set(results) == {"rows (1024, 4096) M=2", "rows (1024, 4096) M=4"}  # K = 4096 only
+    assert all(row["rel_err_f32_out"] == 0.0 and row["split_us"] == 10.0 for row in results.values())

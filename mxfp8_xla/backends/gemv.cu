@@ -132,6 +132,27 @@ __device__ __forceinline__ float chunk_dot(uint4 q, const float4 xv[4], float fa
   return EXACT ? p0 + p1 : (p0 + p1) * factor;
 }
 
+// chunk_dot<true> for M activation rows at once, added into acc: the chunk is decoded and scaled once.
+template <int M>
+__device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], float factor, float (&acc)[M]) {
+  const u32 words[4] = {q.x, q.y, q.z, q.w};
+  float p0[M], p1[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) p0[m] = 0.f, p1[m] = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair(words[i] >> 16));
+    a.x *= factor, a.y *= factor, b.x *= factor, b.y *= factor;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      p0[m] = fmaf(a.x, xv[m][i].x, p0[m]), p1[m] = fmaf(a.y, xv[m][i].y, p1[m]);
+      p0[m] = fmaf(b.x, xv[m][i].z, p0[m]), p1[m] = fmaf(b.y, xv[m][i].w, p1[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] += p0[m] + p1[m];
+}
+
 __device__ __forceinline__ void store(float* out, float v) { *out = v; }
 
 __device__ __forceinline__ void store(u16* out, float v) {
@@ -163,11 +184,13 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-template <int CPT, int R, typename OUT>
+// M activation rows (x [M, k], out [M, n]): each thread keeps all M rows' chunks in registers, and each decoded
+// weight element serves the M rows (the library's kernels have M = 1; M > 1 is a probe of how far that carries).
+template <int CPT, int R, int M, typename OUT>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            const u16* __restrict__ x, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
-  __shared__ float partial[2][kMaxWarps][R];
+  __shared__ float partial[2][kMaxWarps][R * M];
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
   const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
@@ -188,34 +211,39 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   int unit = blockIdx.x;
   if (unit < units) load(unit, cur, cs);
 
-  float4 xv[CPT][4];
+  float4 xv[CPT][M][4];
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
-    float f[16], d[16];
-    u32 amax = load_bf16(x + 16 * (j * threads + threadIdx.x), f);
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    quantize_part(f, amax, d);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) xv[j][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
+    for (int m = 0; m < M; ++m) {
+      float f[16], d[16];
+      u32 amax = load_bf16(x + static_cast<u64>(m) * k + 16 * (j * threads + threadIdx.x), f);
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      quantize_part(f, amax, d);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[j][m][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
+    }
   }
 
   for (int i = 0; unit < units; unit += gridDim.x, ++i) {
     if (unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
-    float acc[R];
+    float acc[R][M];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      acc[r] = 0.f;
 #pragma unroll
-      for (int j = 0; j < CPT; ++j) acc[r] += chunk_dot<true>(cur[r][j], xv[j], scale_factor(cs[r][j]));
+      for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) chunk_dots(cur[r][j], xv[j], scale_factor(cs[r][j]), acc[r]);
     }
-    int row;
-    const float v = warp_sum_rows<R>(acc, lane, row);
-    if ((lane & (32 / R - 1)) == 0) partial[i & 1][warp][row] = v;
+    int row;  // of the R * M sums: weight row row / M, activation row row % M
+    const float v = warp_sum_rows<R * M>(reinterpret_cast<float(&)[R * M]>(acc), lane, row);
+    if ((lane & (32 / (R * M) - 1)) == 0) partial[i & 1][warp][row] = v;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
-    if (threadIdx.x < R) {
+    if (threadIdx.x < R * M) {
       float sum = 0.f;
       for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
-      store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
+      const int r = threadIdx.x / M, m = threadIdx.x % M;
+      store(out + static_cast<u64>(m) * n + static_cast<u64>(unit) * R + r, sum);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -228,18 +256,24 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(CPT, R, MAX_THREADS, OUT, SUFFIX)                                                   \
-  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                              \
-      mxfp8_gemv_split_c##CPT##_r##R##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
-                                                OUT* out) {                                              \
-    gemv_split<CPT, R, OUT>(w, sw, x, out, dims);                                                        \
+#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT)                                    \
+  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                \
+      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {           \
+    gemv_split<CPT, R, M, OUT>(w, sw, x, out, dims);                                       \
   }
-#define SPLIT(CPT, R, MAX_THREADS) \
-  SPLIT_KERNEL(CPT, R, MAX_THREADS, u16, bf16) SPLIT_KERNEL(CPT, R, MAX_THREADS, float, f32)
+#define SPLIT(CPT, R, MAX_THREADS)                                                         \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, 1, MAX_THREADS, u16)           \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_f32, CPT, R, 1, MAX_THREADS, float)
+#define SPLIT_ROWS(CPT, R, M, MAX_THREADS)                                                 \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16)    \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float)
 
 SPLIT(1, 4, 1024)  // the library's: k = 512 ... 16384
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
 SPLIT(2, 4, 512)
+SPLIT_ROWS(1, 4, 2, 512)  // k <= 8192
+SPLIT_ROWS(1, 4, 4, 512)
+SPLIT_ROWS(1, 2, 4, 512)
 #endif
