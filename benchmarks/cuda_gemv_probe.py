@@ -27,7 +27,9 @@ Parts:
    quantization: an identity weight returns the decoded activation, which must equal
    ``dequantize(quantize(x))`` exactly, up to the sign of zero (ties, subnormals, a zero block, the clamped
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
-3. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
+3. ``--rows 2,4`` (instead of the sweep): the split kernel for 2 or 4 activation rows at the K = 4096 shapes
+   against bf16 and the shipped backend, checked against emulation; the edges then include the two-row kernel.
+4. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process.
 
@@ -38,6 +40,8 @@ What an H200 answered (jax 0.11.2; results/cuda_gemv_probe_split_h200.*): the sp
 was bit-identical and no faster; so were a split variant where only warp 0 waits for a unit's partial sums
 (results/cuda_gemv_probe_split_async_h200.*), the warps' sums added as a tree and a 256-byte L2 prefetch on the
 weight loads (results/cuda_gemv_probe_variants_h200.*); all since removed.
+``--rows 2,4`` (results/cuda_gemv_probe_rows_h200.*): the split kernel for two rows 1.22-1.41x of bf16 at the K = 4096
+shapes (the Pallas path 0.71-1.12x), for four 0.70-0.82x.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
