@@ -17,6 +17,26 @@
 
 namespace {
 
+// A chunk's dot product with one row's decoded chunk xv: EXACT as the library's chunk_dots, else the 16-element partial
+// sum is multiplied by the factor instead (faster, but finite where emulation's decoded weight overflows).
+template <bool EXACT>
+__device__ __forceinline__ float chunk_dot(uint4 q, const float4 (&xv)[4], float factor) {
+  if (EXACT) {
+    float acc[1] = {0.f};
+    chunk_dots<1>(q, reinterpret_cast<const float4(&)[1][4]>(xv), factor, acc);
+    return acc[0];
+  }
+  const u32 words[4] = {q.x, q.y, q.z, q.w};
+  float p0 = 0.f, p1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair(words[i] >> 16));
+    p0 = fmaf(a.x, xv[i].x, p0), p1 = fmaf(a.y, xv[i].y, p1);
+    p0 = fmaf(b.x, xv[i].z, p0), p1 = fmaf(b.y, xv[i].w, p1);
+  }
+  return (p0 + p1) * factor;
+}
+
 // Shared-memory index (in float4) of float4 i of 16-element chunk c, swizzled so that the 8 lanes of
 // a quarter-warp reading float4 i of chunks c..c+7 hit 8 different 16-byte bank groups.
 __device__ __forceinline__ int xs_index(int c, int i) { return c * 4 + (i ^ ((c >> 1) & 3)); }

@@ -116,23 +116,9 @@ __device__ __forceinline__ u32 load_bf16(const u16* x, float (&f)[N]) {
   return amax;
 }
 
-// A 16-element weight chunk q (E4M3 bytes) dotted with the decoded activation xv, float32. EXACT: each weight
-// element is multiplied by its block factor before its product (emulation's overflow); else the partial sum is.
-template <bool EXACT>
-__device__ __forceinline__ float chunk_dot(uint4 q, const float4 xv[4], float factor) {
-  const u32 words[4] = {q.x, q.y, q.z, q.w};
-  float p0 = 0.f, p1 = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair(words[i] >> 16));
-    if (EXACT) a.x *= factor, a.y *= factor, b.x *= factor, b.y *= factor;
-    p0 = fmaf(a.x, xv[i].x, p0), p1 = fmaf(a.y, xv[i].y, p1);
-    p0 = fmaf(b.x, xv[i].z, p0), p1 = fmaf(b.y, xv[i].w, p1);
-  }
-  return EXACT ? p0 + p1 : (p0 + p1) * factor;
-}
-
-// chunk_dot<true> for M activation rows at once, added into acc: the chunk is decoded and scaled once.
+// A 16-element weight chunk q (E4M3 bytes) dotted with M activation rows' decoded chunks xv, added into acc in
+// float32. Each weight element is multiplied by its block factor before its products (emulation's decoded weight,
+// inf where it overflows), once for the M rows.
 template <int M>
 __device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], float factor, float (&acc)[M]) {
   const u32 words[4] = {q.x, q.y, q.z, q.w};
