@@ -152,15 +152,21 @@ def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypa
         assert all(row[f"activation: {name} in one block, outputs NaN (of 1024)"] == 1024 for name in ("+inf", "nan"))
 
 
-def test_sweep_harness_times_the_configurations_it_is_given(monkeypatch):
-    """The sweep, run on CPU with emulation standing in for every kernel and a constant timer: each configuration
-    given gets a cell, and the best of each family is timed again against the baselines."""
+@pytest.fixture
+def emulated_timing(monkeypatch):
+    """The probe on CPU: emulation stands in for every kernel, the timer answers 10 us, nothing is written."""
     emulated = lambda x, w, *_, out_dtype=jnp.bfloat16, **__: emulation.matmul(quantize(x), w, out_dtype)  # noqa: E731
-    monkeypatch.setattr(probe, "GEMV_SHAPES", ((1024, 4096),))
     monkeypatch.setattr(probe, "gemv", emulated)
     monkeypatch.setattr(probe.hopper, "matmul", lambda x, w, dtype: emulation.matmul(quantize(x), w, dtype))
     monkeypatch.setattr(probe, "loop_time", lambda *a, **k: 1e-5)
     monkeypatch.setattr(probe, "write_json", lambda *a: None)
+    return monkeypatch
+
+
+def test_sweep_harness_times_the_configurations_it_is_given(emulated_timing):
+    """The sweep, run on CPU with emulation standing in for every kernel and a constant timer: each configuration
+    given gets a cell, and the best of each family is timed again against the baselines."""
+    emulated_timing.setattr(probe, "GEMV_SHAPES", ((1024, 4096),))
     splits = tuple(c for c in probe.CONFIGS if isinstance(c, probe.Split) and probe.fits(c, 1024, 4096))
     results = {}
     probe.sweep(results, (probe.Config(8, 2, 4, 0, 32), *splits))
@@ -180,13 +186,8 @@ def test_a_multi_row_split_kernel_takes_its_rows_and_writes_them_all():
         probe.gemv(jnp.ones((2, 4096), jnp.bfloat16), weight(14336, 4096), cfg)  # 2 rows into the 4-row kernel
 
 
-def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(monkeypatch):
-    emulated = lambda x, w, *_, out_dtype=jnp.bfloat16, **__: emulation.matmul(quantize(x), w, out_dtype)  # noqa: E731
-    monkeypatch.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
-    monkeypatch.setattr(probe, "gemv", emulated)
-    monkeypatch.setattr(probe.hopper, "matmul", lambda x, w, dtype: emulation.matmul(quantize(x), w, dtype))
-    monkeypatch.setattr(probe, "loop_time", lambda *a, **k: 1e-5)
-    monkeypatch.setattr(probe, "write_json", lambda *a: None)
+def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(emulated_timing):
+    emulated_timing.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
     results = {}
     probe.rows_sweep(results, (2, 4))
     assert set(results) == {"rows (1024, 4096) M=2", "rows (1024, 4096) M=4"}  # K = 4096 only
