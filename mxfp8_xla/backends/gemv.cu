@@ -81,6 +81,13 @@ __device__ __forceinline__ u32 load8(const u8* p) {
 // The exact quantization of one 32-block (numerics.quantize_blocks' rule): N of its elements f, whose largest
 // absolute value has the bits amax (the whole block's), quantized and decoded into d. A block holding an Inf
 // or a NaN decodes to NaN everywhere, as scale byte 255 does.
+// The scale exponent e of a finite block whose largest absolute value has the bits amax: ceil(log2(amax / 448))
+// from the float bits, clamped to [-127, 127] (finite bf16 blocks have e <= 120, so 2^-e is normal).
+__device__ __forceinline__ int scale_exponent(u32 amax) {
+  const int e = static_cast<int>(amax >> 23) - 127 - 8 + ((amax & 0x7fffffu) > 0x600000u);
+  return min(max(e, -127), 127);
+}
+
 template <int N>
 __device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, float (&d)[N]) {
   if (amax >= kInfBits) {
@@ -88,8 +95,7 @@ __device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, flo
     for (int i = 0; i < N; ++i) d[i] = __uint_as_float(0x7fc00000u);
     return;
   }
-  int e = static_cast<int>(amax >> 23) - 127 - 8 + ((amax & 0x7fffffu) > 0x600000u);
-  e = min(max(e, -127), 127);  // finite bf16 blocks have e <= 120, so 2^-e is normal
+  const int e = scale_exponent(amax);
   const float down = pow2(-e), up = pow2(e);
 #pragma unroll
   for (int i = 0; i < N; i += 2) {
