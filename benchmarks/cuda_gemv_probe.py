@@ -29,7 +29,10 @@ Parts:
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
 3. ``--rows 2,4`` (instead of the sweep): the split kernel for 2 or 4 activation rows at the K = 4096 shapes
    against bf16 and the shipped backend, checked against emulation; the edges then include the two-row kernel.
-4. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
+4. ``--mma 1,8,16`` (instead of the sweep): the tensor-core kernel of ``cuda_gemv_mma.cu`` (up to 16 raw bf16 rows,
+   exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
+   against emulation, with its weight stream alone (``_loads``, ``_loads16``); then its edges (one row of 8 or 16).
+5. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process.
 
@@ -42,9 +45,13 @@ was bit-identical and no faster; so were a split variant where only warp 0 waits
 weight loads (results/cuda_gemv_probe_variants_h200.*); all since removed.
 ``--rows 2,4`` (results/cuda_gemv_probe_rows_h200.*): the split kernel for two rows 1.22-1.41x of bf16 at the K = 4096
 shapes (the Pallas path 0.71-1.12x), for four 0.70-0.82x.
+``--mma`` (results/cuda_gemv_probe_mma_h200.*, cuda_gemv_probe_mma_second_h200.*): at 8 rows 0.64-0.99x of bf16 and
+1.20x at (28672, 4096), where the Pallas path gave 0.72-1.11x; 0.30-0.67x at 16 rows; 1.4e-7 to 1.2e-6 from
+emulation, E4M3 MMAs as f16 ones, every edge as emulation's; the weight stream alone 1.21-1.39x at (14336, 4096), where
+the one-row kernel's whole product is 1.65-1.67x.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only]``;
-JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register report beside it.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16]``;
+JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register reports beside it.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
 from mxfp8_xla.backends import cuda_gemv, emulation, hopper, ptx_launch  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cuda_gemv_rows.cu")  # the row kernel; includes gemv.cu (-DMXFP8_GEMV_PROBE)
+MMA_SOURCE = Path(__file__).with_name("cuda_gemv_mma.cu")  # the tensor-core kernel for 1-16 rows; includes gemv.cu
 GEMV_SHAPES = (*SHAPES, (1024, 4096))
 
 
@@ -114,6 +122,73 @@ CONFIGS = (
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
 
+class Mma(NamedTuple):
+    """The tensor-core kernel of ``cuda_gemv_mma.cu`` and its grid: W warps split each 16-row tile's K, at most
+    ``per_sm`` CTAs per SM loop over the tiles. ``variant``: "" (f16 MMAs of the decoded bytes), "_f8" (E4M3 MMAs,
+    the tensor cores' own fp8 sums), "_loads" and "_loads16" (the weight stream alone, with the kernel's 8-byte loads
+    or with 16-byte loads; up to 8 rows, no result)."""
+
+    warps: int
+    per_sm: int
+    variant: str = ""
+
+
+MMA_CONFIGS = (Mma(8, 2), Mma(14, 1), Mma(8, 2, "_f8"), Mma(8, 2, "_loads"), Mma(8, 2, "_loads16"))
+MMA_STEP = 8
+"""Blocks a warp takes per step: K / 32 must be whole steps of the CTA's warps."""
+MMA_ROWS = (1, 2, 8, 16)
+
+
+def mma_tiles(m: int) -> int:
+    """The kernel's 8-row activation tiles (the MMA's n = 8 columns) for ``m`` rows."""
+    return 1 if m <= 8 else 2
+
+
+def mma_smem(m: int, k: int, warps: int) -> int:
+    """Dynamic shared memory: the quantized rows (stride k + 32), their factors, each block's largest factor, two
+    buffers of the tile's sums."""
+    nt = mma_tiles(m)
+    return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4
+
+
+SMEM_PER_SM = 228 * 1024  # H100 and H200; a CTA may take 227 KB of it, and each resident CTA reserves 1 KB more
+
+
+def mma_grid(cfg: Mma, m: int, n: int, k: int) -> int:
+    """One CTA per 16-row tile, at most ``per_sm`` per SM and no more than the SM's shared memory holds at once."""
+    return min(n // 16, SMS * min(cfg.per_sm, SMEM_PER_SM // (mma_smem(m, k, cfg.warps) + 1024)))
+
+
+def mma_fits(cfg: Mma, m: int, n: int, k: int) -> bool:
+    return (
+        1 <= m <= (8 if cfg.variant.startswith("_loads") else 16) and n % 16 == 0 and k % 512 == 0
+        and (k // 32) % (MMA_STEP * cfg.warps) == 0
+        and mma_smem(m, k, cfg.warps) <= 227 * 1024
+    )  # fmt: skip
+
+
+def gemv_mma(x: jax.Array, w: MXArray, cfg: Mma, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [M, K]`` (raw bf16, M <= 16) times ``w [N, K]`` -> ``[M, N]`` in ``out_dtype`` on the tensor cores, one
+    launch."""
+    (m, k), n = x.shape, w.shape[0]
+    if x.dtype != jnp.bfloat16 or not mma_fits(cfg, m, n, k):
+        raise ValueError(f"gemv_mma: x {x.shape} {x.dtype} @ w {w.shape} does not fit configuration {cfg}")
+    name = f"mxfp8_gemv_mma_t{mma_tiles(m)}{cfg.variant}_{'bf16' if out_dtype == jnp.bfloat16 else 'f32'}"
+    return ptx_launch.launch(
+        w.data.view(jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([m, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(MMA_PTX, name) if MMA_PTX else "",
+        grid=(mma_grid(cfg, m, n, k), 1),
+        warps=cfg.warps,
+        out_shape=(m, n),
+        out_dtype=out_dtype,
+        smem=mma_smem(m, k, cfg.warps),
+    )
+
+
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
         return "split_w{}_c{}_r{}_sm{}".format(*cfg) + (f"_m{cfg.m}" if cfg.m > 1 else "")
@@ -125,11 +200,12 @@ def exacts(cfg: tuple) -> tuple[int, ...]:
     return (1,) if isinstance(cfg, Split) else (1, 0)
 
 
-def compile_ptx() -> str:
-    """PTX of every variant in ``gemv.cu`` for compute_90 (also logs ptxas's registers for sm_90)."""
+def compile_ptx(source: Path = SOURCE, stem: str = "cuda_gemv") -> str:
+    """PTX of every variant in ``source`` (with ``gemv.cu``'s probe variants) for compute_90; also logs ptxas's
+    registers for sm_90 to ``{stem}_ptxas.txt``."""
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    ptx = out_dir() / "cuda_gemv.ptx"
-    flags = ["-O3", "-DMXFP8_GEMV_PROBE", str(SOURCE)]
+    ptx = out_dir() / f"{stem}.ptx"
+    flags = ["-O3", "-DMXFP8_GEMV_PROBE", str(source)]
     subprocess.run([nvcc, "-ptx", "-arch=compute_90", *flags, "-o", str(ptx)], check=True)
     info = subprocess.run(
         [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", *flags, "-o", os.devnull],
@@ -137,7 +213,7 @@ def compile_ptx() -> str:
         capture_output=True,
         text=True,
     )
-    (out_dir() / "cuda_gemv_ptxas.txt").write_text(info.stderr)
+    (out_dir() / f"{stem}_ptxas.txt").write_text(info.stderr)
     return ptx.read_text()
 
 
@@ -306,6 +382,45 @@ def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
             write_json("cuda_gemv_probe.json", results)
 
 
+def mma_sweep(results: dict, ms: tuple[int, ...] = MMA_ROWS) -> None:
+    """The tensor-core kernel at every shape and row count against bf16 ``jnp.dot`` and the shipped backend, each
+    configuration checked against emulation (float32 out)."""
+    labels = [f"w{c.warps}_sm{c.per_sm}{c.variant}" for c in MMA_CONFIGS]
+    heads = " ".join(f"{h:>12}" for h in labels)
+    print(f"{'(N, K)':>14} {'M':>3} {'bf16':>8} {'shipped':>8} {heads}  (us, ratios)")
+    for n, k in GEMV_SHAPES:
+        for m in ms:
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
+            row = {"bf16_dot_us": loop_time(lambda x, w: jnp.dot(x, w.T), bf16_sets) * 1e6}
+            with small_m_kernels("auto"):
+                row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+            cells = []
+            for cfg, label in zip(MMA_CONFIGS, labels, strict=True):
+                if not mma_fits(cfg, m, n, k):
+                    cells.append(f"{'-':>12}")
+                    continue
+                try:
+                    out = jax.jit(functools.partial(gemv_mma, cfg=cfg, out_dtype=jnp.float32))(*sets[0])
+                    err = rel_err(np.asarray(out), ref)
+                    t = loop_time(functools.partial(gemv_mma, cfg=cfg), sets, iters=20, repeats=3) * 1e6
+                    row[label] = {"us": t, "rel_err_f32_out": err, "tb_per_s": n * k * (1 + 1 / 32) / t / 1e6}
+                    cells.append(f"{t:6.1f} {row['bf16_dot_us'] / t:4.2f}x")
+                except Exception as e:  # noqa: BLE001
+                    row[label] = {"error": failure(e)}
+                    cells.append(f"{'error':>12}")
+                    print(f"  ({n}, {k}) M={m} {label}: {failure(e)}")
+            results[f"mma ({n}, {k}) M={m}"] = row
+            errs = ", ".join(f"{lab} {row[lab]['rel_err_f32_out']:.1e}" for lab in labels if "us" in row.get(lab, {}))
+            print(
+                f"{f'({n}, {k})':>14} {m:3d} {row['bf16_dot_us']:8.1f} {row['shipped_us']:8.1f} " + " ".join(cells)
+                + f"  shipped {row['bf16_dot_us'] / row['shipped_us']:.2f}x; error {errs}",
+                flush=True,
+            )  # fmt: skip
+            write_json("cuda_gemv_probe.json", results)
+
+
 def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
     """A finite bf16 row of 1024 that exercises the quantization rule, and rows with a non-finite block."""
     rng = np.random.default_rng(3)
@@ -337,14 +452,21 @@ def second_of_two_rows(x: jax.Array, w: MXArray) -> jax.Array:
     return gemv(jnp.concatenate([jnp.zeros_like(x), x]), w, Split(2, 1, 4, 1, 2), out_dtype=jnp.float32)[1:]
 
 
+def row_of_many(x: jax.Array, w: MXArray, m: int, variant: str = "") -> jax.Array:
+    """``x [1, K]`` as row ``m - 3`` of ``m`` rows (the others zero), through the tensor-core kernel; that row out."""
+    rows = jnp.zeros((m, x.shape[1]), x.dtype).at[m - 3].set(x[0])
+    return gemv_mma(rows, w, Mma(4, 4, variant), out_dtype=jnp.float32)[m - 3 : m - 2]
+
+
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
     """The ``hopper`` backend as shipped (one raw bf16 row: ``cuda_gemv``); trace it under ``small_m_kernels``."""
     return hopper.matmul(x, w, out_dtype)
 
 
-def edges(results: dict) -> None:
+def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m2", "library")) -> None:
     """Weight scale-byte and NaN-byte edges against emulation; the in-kernel activation quantization exactly: for the
-    probe's build (with and without the per-element weight scaling) and for the library path."""
+    probe's build (with and without the per-element weight scaling), the tensor-core kernel (one row of 8 or of 16)
+    and the library path; ``labels`` picks among them."""
     x, w = edge_operands()
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
@@ -355,8 +477,12 @@ def edges(results: dict) -> None:
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),
         "split_m2": second_of_two_rows,
+        "mma_m8": functools.partial(row_of_many, m=8),
+        "mma_m16": functools.partial(row_of_many, m=16),
+        "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
         "library": library,
     }
+    kernels = {label: kernels[label] for label in labels}
     finite, poisoned = activation_vectors()
     for label, fn in kernels.items():
         with small_m_kernels("auto"):
@@ -428,6 +554,7 @@ def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -
 
 
 PTX = ""  # the compiled kernels, set once by __main__ (CPU tests only trace, and need no nvcc)
+MMA_PTX = ""
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -437,12 +564,14 @@ if __name__ == "__main__":
     parser.add_argument("--library-only", action="store_true", help="the sweep without the probe's configurations")
     parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
+    parser.add_argument("--mma", help="comma-separated row counts (1-16): only the tensor-core kernel, then its edges")
     args = parser.parse_args()
     PTX = compile_ptx()
+    MMA_PTX = compile_ptx(MMA_SOURCE, "cuda_gemv_mma")
     results = {"environment": environment()}
     print(results["environment"])
     parts = ("llama",) if args.llama_only else ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
-    parts = ("rows", "edges") if args.rows else parts
+    parts = ("rows", "edges") if args.rows else ("mma", "mma edges") if args.mma else parts
     for part in parts:
         try:
             if part == "sweep":
@@ -450,6 +579,10 @@ if __name__ == "__main__":
                 sweep(results, () if args.library_only else split_only if args.split_only else CONFIGS)
             elif part == "rows":
                 rows_sweep(results, tuple(int(m) for m in args.rows.split(",")))
+            elif part == "mma":
+                mma_sweep(results, tuple(int(m) for m in args.mma.split(",")))
+            elif part == "mma edges":
+                edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
             elif part == "edges":
                 edges(results)
             else:

@@ -192,3 +192,63 @@ def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(emulated_timing)
     probe.rows_sweep(results, (2, 4))
     assert set(results) == {"rows (1024, 4096) M=2", "rows (1024, 4096) M=4"}  # K = 4096 only
     assert all(row["rel_err_f32_out"] == 0.0 and row["split_us"] == 10.0 for row in results.values())
+
+
+@pytest.mark.parametrize("m, nt", [(1, 1), (8, 1), (9, 2), (16, 2)])
+def test_the_tensor_core_kernel_takes_8_rows_a_tile_and_its_shared_memory_holds_them(m, nt):
+    cfg, name = probe.Mma(8, 2), f"mxfp8_gemv_mma_t{nt}_f32"
+    fn = lambda x, w: probe.gemv_mma(x, w, cfg, out_dtype=jnp.float32)  # noqa: E731
+    jaxpr = jax.make_jaxpr(fn)(jnp.ones((m, 4096), jnp.bfloat16), weight(14336, 4096)).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == name and launch.params["warps"] == 8
+    # 8 NT rows of E4M3 bytes at stride K + 32, their float32 factors, a block's largest, two buffers of 8 warps' sums
+    assert launch.params["smem"] == 8 * nt * 4128 + 4 * 8 * nt * 128 + 4 * 128 + 2 * 8 * 16 * 8 * nt * 4
+    assert launch.params["grid"] == (2 * 132, 1) and jaxpr.outvars[0].aval.shape == (m, 14336)
+
+
+def test_the_tensor_core_grid_keeps_only_the_ctas_shared_memory_holds():
+    assert probe.mma_grid(probe.Mma(14, 1), 8, 4096, 14336) == 132  # 143 KB a CTA: one an SM
+    assert probe.mma_grid(probe.Mma(8, 2), 8, 4096, 14336) == 132
+    assert probe.mma_grid(probe.Mma(8, 2), 8, 1024, 4096) == 64  # one CTA a tile of 16 rows
+    assert not probe.mma_fits(probe.Mma(8, 2), 16, 4096, 14336)  # 16 rows of K = 14336 exceed 227 KB
+
+
+@pytest.mark.parametrize(
+    "x, n, k",
+    [
+        (jnp.ones((17, 4096), jnp.bfloat16), 1024, 4096),  # more than 16 rows
+        (jnp.ones((8, 4096), jnp.float32), 1024, 4096),  # not bf16
+        (jnp.ones((8, 4096), jnp.bfloat16), 1000, 4096),  # N not whole 16-row tiles
+        (jnp.ones((8, 1536), jnp.bfloat16), 1024, 1536),  # 48 blocks: not whole steps of 8 warps' 8 blocks
+    ],
+)
+def test_the_tensor_core_kernel_refuses_what_it_cannot_take(x, n, k):
+    with pytest.raises(ValueError, match="does not fit"):
+        probe.gemv_mma(x, weight(n, k), probe.Mma(8, 2))
+
+
+@needs_gpp
+def test_the_tensor_core_kernels_are_instantiated():
+    names = cuda_kernel_names(probe.MMA_SOURCE, "mxfp8_gemv_mma_")
+    wanted = {f"mxfp8_gemv_mma_t{nt}{v}_{s}" for nt in (1, 2) for v in ("", "_f8") for s in ("bf16", "f32")}
+    wanted |= {f"mxfp8_gemv_mma_t1{v}_{s}" for v in ("_loads", "_loads16") for s in ("bf16", "f32")}
+    assert names == wanted
+
+
+def test_mma_sweep_harness_checks_and_times_each_configuration_that_fits(emulated_timing):
+    emulated_timing.setattr(probe, "gemv_mma", lambda x, w, cfg, out_dtype=jnp.bfloat16: emulation.matmul(
+        quantize(x), w, out_dtype))  # fmt: skip
+    emulated_timing.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
+    emulated_timing.setattr(probe, "MMA_CONFIGS", (*probe.MMA_CONFIGS, probe.Mma(4, 4)))
+    results = {}
+    probe.mma_sweep(results, (1, 16))
+    assert set(results) == {f"mma ({n}, {k}) M={m}" for n, k in ((1024, 4096), (512, 1024)) for m in (1, 16)}
+    labels = ("w8_sm2", "w14_sm1", "w8_sm2_f8", "w8_sm2_loads", "w8_sm2_loads16", "w4_sm4")
+    for key, row in results.items():
+        # K = 4096: 128 blocks, whole steps of 8 blocks for 8 or 4 warps; K = 1024: 32 blocks, for 4 warps only; the
+        # weight-stream variants take up to 8 rows
+        streams = ["w8_sm2_loads", "w8_sm2_loads16"] if key.endswith("M=1") else []
+        fits = ["w8_sm2", "w8_sm2_f8", *streams, "w4_sm4"]
+        fits = fits if "(1024, 4096)" in key else ["w4_sm4"]
+        assert [lab for lab in labels if lab in row] == fits
+        assert all(row[lab]["us"] == 10.0 and row[lab]["rel_err_f32_out"] < 1e-6 for lab in fits)
