@@ -126,14 +126,31 @@ class Mma(NamedTuple):
     """The tensor-core kernel of ``cuda_gemv_mma.cu`` and its grid: W warps split each 16-row tile's K, at most
     ``per_sm`` CTAs per SM loop over the tiles. ``variant``: "" (f16 MMAs of the decoded bytes), "_f8" (E4M3 MMAs,
     the tensor cores' own fp8 sums), "_loads" and "_loads16" (the weight stream alone, with the kernel's 8-byte loads
-    or with 16-byte loads; up to 8 rows, no result)."""
+    or with 16-byte loads; up to 8 rows, no result), "_late" (the first weight loads after the activation pass),
+    "_rowloads" (the weight stream alone, a half-warp load reading 256 contiguous bytes of one row) and "_staged"
+    (those loads passed to the MMA fragments through shared memory). ``balanced``: no more CTAs than give every CTA
+    the same number of tiles."""
 
     warps: int
     per_sm: int
     variant: str = ""
+    balanced: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"w{self.warps}_sm{self.per_sm}{self.variant}{'_bal' if self.balanced else ''}"
 
 
-MMA_CONFIGS = (Mma(8, 2), Mma(14, 1), Mma(8, 2, "_f8"), Mma(8, 2, "_loads"), Mma(8, 2, "_loads16"))
+MMA_CONFIGS = (
+    Mma(8, 2),
+    Mma(14, 1),
+    Mma(8, 2, "_loads"),
+    Mma(8, 2, "_rowloads"),
+    Mma(8, 2, "_staged"),
+    Mma(14, 1, "_staged"),
+)
+STAGE_ROW_BYTES = 288
+"""The staged kernel's shared-memory row: 256 bytes of a weight row (a step's 8 blocks) and 32 of padding."""
 MMA_STEP = 8
 """Blocks a warp takes per step: K / 32 must be whole steps of the CTA's warps."""
 MMA_ROWS = (1, 2, 8, 16)
@@ -144,26 +161,31 @@ def mma_tiles(m: int) -> int:
     return 1 if m <= 8 else 2
 
 
-def mma_smem(m: int, k: int, warps: int) -> int:
+def mma_smem(m: int, k: int, warps: int, staged: bool = False) -> int:
     """Dynamic shared memory: the quantized rows (stride k + 32), their factors, each block's largest factor, two
-    buffers of the tile's sums."""
+    buffers of the tile's sums; ``staged``: and each warp's 16 staging rows."""
     nt = mma_tiles(m)
-    return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4
+    return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4 + staged * warps * 16 * STAGE_ROW_BYTES
 
 
 SMEM_PER_SM = 228 * 1024  # H100 and H200; a CTA may take 227 KB of it, and each resident CTA reserves 1 KB more
 
 
 def mma_grid(cfg: Mma, m: int, n: int, k: int) -> int:
-    """One CTA per 16-row tile, at most ``per_sm`` per SM and no more than the SM's shared memory holds at once."""
-    return min(n // 16, SMS * min(cfg.per_sm, SMEM_PER_SM // (mma_smem(m, k, cfg.warps) + 1024)))
+    """One CTA per 16-row tile, at most ``per_sm`` per SM and no more than the SM's shared memory holds at once;
+    ``balanced``: as few as take the same number of tiles each."""
+    tiles = n // 16
+    ctas = min(
+        tiles, SMS * min(cfg.per_sm, SMEM_PER_SM // (mma_smem(m, k, cfg.warps, cfg.variant == "_staged") + 1024))
+    )
+    return -(-tiles // -(-tiles // ctas)) if cfg.balanced else ctas
 
 
 def mma_fits(cfg: Mma, m: int, n: int, k: int) -> bool:
     return (
-        1 <= m <= (8 if cfg.variant.startswith("_loads") else 16) and n % 16 == 0 and k % 512 == 0
+        1 <= m <= (8 if cfg.variant in ("_loads", "_loads16", "_rowloads") else 16) and n % 16 == 0 and k % 512 == 0
         and (k // 32) % (MMA_STEP * cfg.warps) == 0
-        and mma_smem(m, k, cfg.warps) <= 227 * 1024
+        and mma_smem(m, k, cfg.warps, cfg.variant == "_staged") <= 227 * 1024
     )  # fmt: skip
 
 
@@ -185,7 +207,7 @@ def gemv_mma(x: jax.Array, w: MXArray, cfg: Mma, out_dtype=jnp.bfloat16) -> jax.
         warps=cfg.warps,
         out_shape=(m, n),
         out_dtype=out_dtype,
-        smem=mma_smem(m, k, cfg.warps),
+        smem=mma_smem(m, k, cfg.warps, cfg.variant == "_staged"),
     )
 
 
@@ -385,7 +407,7 @@ def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
 def mma_sweep(results: dict, ms: tuple[int, ...] = MMA_ROWS) -> None:
     """The tensor-core kernel at every shape and row count against bf16 ``jnp.dot`` and the shipped backend, each
     configuration checked against emulation (float32 out)."""
-    labels = [f"w{c.warps}_sm{c.per_sm}{c.variant}" for c in MMA_CONFIGS]
+    labels = [c.label for c in MMA_CONFIGS]
     heads = " ".join(f"{h:>12}" for h in labels)
     print(f"{'(N, K)':>14} {'M':>3} {'bf16':>8} {'shipped':>8} {heads}  (us, ratios)")
     for n, k in GEMV_SHAPES:
@@ -480,6 +502,7 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         "mma_m8": functools.partial(row_of_many, m=8),
         "mma_m16": functools.partial(row_of_many, m=16),
         "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
+        "mma_staged_m8": functools.partial(row_of_many, m=8, variant="_staged"),
         "library": library,
     }
     kernels = {label: kernels[label] for label in labels}
@@ -582,7 +605,7 @@ if __name__ == "__main__":
             elif part == "mma":
                 mma_sweep(results, tuple(int(m) for m in args.mma.split(",")))
             elif part == "mma edges":
-                edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
+                edges(results, ("mma_m8", "mma_staged_m8"))
             elif part == "edges":
                 edges(results)
             else:

@@ -208,6 +208,8 @@ def test_the_tensor_core_kernel_takes_8_rows_a_tile_and_its_shared_memory_holds_
 
 def test_the_tensor_core_grid_keeps_only_the_ctas_shared_memory_holds():
     assert probe.mma_grid(probe.Mma(14, 1), 8, 4096, 14336) == 132  # 143 KB a CTA: one an SM
+    assert probe.mma_grid(probe.Mma(14, 1, balanced=True), 8, 4096, 14336) == 128  # 256 tiles, 2 a CTA
+    assert probe.mma_grid(probe.Mma(8, 2, balanced=True), 8, 14336, 4096) == 224  # 896 tiles, 4 a CTA
     assert probe.mma_grid(probe.Mma(8, 2), 8, 4096, 14336) == 132
     assert probe.mma_grid(probe.Mma(8, 2), 8, 1024, 4096) == 64  # one CTA a tile of 16 rows
     assert not probe.mma_fits(probe.Mma(8, 2), 16, 4096, 14336)  # 16 rows of K = 14336 exceed 227 KB
@@ -232,6 +234,8 @@ def test_the_tensor_core_kernels_are_instantiated():
     names = cuda_kernel_names(probe.MMA_SOURCE, "mxfp8_gemv_mma_")
     wanted = {f"mxfp8_gemv_mma_t{nt}{v}_{s}" for nt in (1, 2) for v in ("", "_f8") for s in ("bf16", "f32")}
     wanted |= {f"mxfp8_gemv_mma_t1{v}_{s}" for v in ("_loads", "_loads16") for s in ("bf16", "f32")}
+    wanted |= {f"mxfp8_gemv_mma_t{nt}{v}_{s}" for nt in (1, 2) for v in ("_late", "_staged") for s in ("bf16", "f32")}
+    wanted |= {f"mxfp8_gemv_mma_t1_rowloads_{s}" for s in ("bf16", "f32")}
     assert names == wanted
 
 
@@ -243,12 +247,14 @@ def test_mma_sweep_harness_checks_and_times_each_configuration_that_fits(emulate
     results = {}
     probe.mma_sweep(results, (1, 16))
     assert set(results) == {f"mma ({n}, {k}) M={m}" for n, k in ((1024, 4096), (512, 1024)) for m in (1, 16)}
-    labels = ("w8_sm2", "w14_sm1", "w8_sm2_f8", "w8_sm2_loads", "w8_sm2_loads16", "w4_sm4")
+    labels = [c.label for c in probe.MMA_CONFIGS]
     for key, row in results.items():
-        # K = 4096: 128 blocks, whole steps of 8 blocks for 8 or 4 warps; K = 1024: 32 blocks, for 4 warps only; the
-        # weight-stream variants take up to 8 rows
-        streams = ["w8_sm2_loads", "w8_sm2_loads16"] if key.endswith("M=1") else []
-        fits = ["w8_sm2", "w8_sm2_f8", *streams, "w4_sm4"]
+        # K = 4096: 128 blocks, whole steps of 8 blocks for 16, 8 or 4 warps; K = 1024: 32 blocks, for 4 warps only;
+        # the weight-stream variant takes up to 8 rows
+        streams = ("_loads", "_rowloads")
+        fits = [
+            c.label for c in probe.MMA_CONFIGS if c.warps != 14 and (c.variant not in streams or key.endswith("M=1"))
+        ]
         fits = fits if "(1024, 4096)" in key else ["w4_sm4"]
         assert [lab for lab in labels if lab in row] == fits
         assert all(row[lab]["us"] == 10.0 and row[lab]["rel_err_f32_out"] < 1e-6 for lab in fits)
