@@ -19,11 +19,13 @@
 // CUDA cores, element by element as gemv.cu's chunk_dots: decoded weight times decoded activation. Each tile's partial
 // sums meet in shared memory (two buffers, one barrier a tile).
 //
-// Kernels mxfp8_gemv_mma_t{NT}{,_f8,_loads,_loads16,_late}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8 NT, n, k} in
+// Kernels mxfp8_gemv_mma_t{NT}{,_f8,_loads,_rowloads}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8 NT, n, k} in
 // device memory; n % 16 == 0, k % 512 == 0, kb % (8 W) == 0 for W warps; dynamic shared memory
-// (cuda_gemv_probe.mma_smem) 8 NT (k + 32) + NT k + k / 8 + 2 W 16 8 NT 4 bytes. _loads and _loads16 (NT = 1) are the
-// weight stream alone, with the kernel's 8-byte loads or 16-byte ones, and no result; _late issues its first weight
-// loads only after the activation pass.
+// (cuda_gemv_probe.mma_smem) 8 NT (k + 32) + NT k + k / 8 + 2 W 16 8 NT 4 bytes. _loads and _rowloads (NT = 1) are
+// the weight stream alone, with the kernel's 8-byte loads or with a half-warp reading 256 contiguous bytes of one row a
+// load, and no result. Measured no faster and removed (results/cuda_gemv_probe_mma_{balanced,staged}_h200.log, code
+// at dfaf00a): 16-byte loads, the first weight loads after the activation pass, whole-row loads staged through shared
+// memory into the fragments.
 
 #include "../mxfp8_xla/backends/gemv.cu"
 
@@ -193,11 +195,6 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   s.factor = reinterpret_cast<float*>(smem + 8 * NT * s.stride);
   s.largest = reinterpret_cast<u32*>(s.factor + kb * 8 * NT);
   s.partial = reinterpret_cast<float*>(s.largest + kb);
-  // ROWS_LOADS (4, 5): a half-warp reads 256 contiguous bytes of one row a load (a step: 16 rows, 2 a load); 5 passes
-  // them to the MMA fragments through the warp's own staging rows (stride 288 bytes: both sides conflict-free)
-  constexpr bool kRowLoads = MODE == 4 || MODE == 5;
-  constexpr int kStage = 288;
-  u8* stage = reinterpret_cast<u8*>(s.partial + 2 * warps * 16 * 8 * NT) + warp * 16 * kStage;
 
   uint2 cur[kSteps][2], nxt[kSteps][2], cs[2], ns[2];
   auto load = [&](int tile, int step, uint2 (&d)[kSteps][2], uint2 (&sc)[2]) {
@@ -205,7 +202,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const u64 row = static_cast<u64>(tile) * 16 + g + 8 * r;
-      if (kRowLoads) {
+      if (MODE == 2) {  // a half-warp reads 256 contiguous bytes of one row a load (a step: 16 rows, 2 a load)
         if (r == 0) {
 #pragma unroll
           for (int i = 0; i < kSteps; ++i) {
@@ -213,12 +210,6 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
             const uint4 v = load16(w + whole * k + 32 * b0 + 16 * (lane & 15));
             d[i][0] = make_uint2(v.x, v.y), d[i][1] = make_uint2(v.z, v.w);
           }
-        }
-      } else if (MODE == 2) {
-#pragma unroll
-        for (int i = 0; i < kSteps; i += 2) {
-          const uint4 v = load16(w + row * k + 32 * (b0 + i) + 16 * t);
-          d[i][r] = make_uint2(v.x, v.y), d[i + 1][r] = make_uint2(v.z, v.w);
         }
       } else {
 #pragma unroll
@@ -228,12 +219,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     }
   };
   int tile = blockIdx.x, step = 0;
-  if (MODE != 3 && tile < tiles) load(tile, 0, cur, cs);
+  if (tile < tiles) load(tile, 0, cur, cs);
   for (int b = threadIdx.x; b < kb; b += blockDim.x) s.largest[b] = 0;
   __syncthreads();
   quantize_rows(x, m, k, s);
   __syncthreads();
-  if (MODE == 3 && tile < tiles) load(tile, 0, cur, cs);  // the activation read before any weight load
 
   float acc[NT][4];
 #pragma unroll
@@ -243,7 +233,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     const int next_tile = last ? tile + gridDim.x : tile, next_step = last ? 0 : step + 1;
     if (next_tile < tiles) load(next_tile, next_step, nxt, ns);
     const int b0 = (step * warps + warp) * kSteps;
-    if (MODE == 1 || MODE == 2 || MODE == 4) {  // the weight stream alone: fold the loaded words into the sums
+    if (MODE) {  // the weight stream alone: fold the loaded words into the sums
       u32 fold = cs[0].x ^ cs[1].y;
 #pragma unroll
       for (int i = 0; i < kSteps; ++i) fold ^= cur[i][0].x ^ cur[i][0].y ^ cur[i][1].x ^ cur[i][1].y;
@@ -260,20 +250,6 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       const bool safe = w_max <= kLargestSafeByte && w_max + a_max <= kLargestSafeSum;
       // weight row g (r = 0) or g + 8 (r = 1): the factor of the step's block i
       auto factor = [&](int r, int i) { return scale_factor(((i < 4 ? cs[r].x : cs[r].y) >> (8 * (i & 3))) & 0xff); };
-      if (MODE == 5) {  // the step's 16 rows into the staging rows, then each lane's fragments out of them
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < kSteps; ++i) {
-          *reinterpret_cast<uint4*>(stage + (2 * i + (lane >> 4)) * kStage + 16 * (lane & 15)) =
-              make_uint4(cur[i][0].x, cur[i][0].y, cur[i][1].x, cur[i][1].y);
-        }
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < kSteps; ++i) {
-          cur[i][0] = *reinterpret_cast<const uint2*>(stage + g * kStage + 32 * i + 8 * t);
-          cur[i][1] = *reinterpret_cast<const uint2*>(stage + (g + 8) * kStage + 32 * i + 8 * t);
-        }
-      }
       if (__all_sync(0xffffffffu, safe)) {
 #pragma unroll
         for (int i = 0; i < kSteps; ++i) {
@@ -324,10 +300,5 @@ MMA_KERNELS(1, false, 0, )
 MMA_KERNELS(2, false, 0, )
 MMA_KERNELS(1, true, 0, _f8)
 MMA_KERNELS(2, true, 0, _f8)
-MMA_KERNELS(1, false, 1, _loads)       // the weight stream alone, 8-byte loads
-MMA_KERNELS(1, false, 2, _loads16)     // the weight stream alone, 16-byte loads
-MMA_KERNELS(1, false, 3, _late)        // the first weight loads after the activation pass
-MMA_KERNELS(2, false, 3, _late)
-MMA_KERNELS(1, false, 4, _rowloads)    // the weight stream alone, 256 contiguous bytes of a row a half-warp load
-MMA_KERNELS(1, false, 5, _staged)      // those loads passed to the fragments through shared memory
-MMA_KERNELS(2, false, 5, _staged)
+MMA_KERNELS(1, false, 1, _loads)       // the weight stream alone, the kernel's 8-byte loads
+MMA_KERNELS(1, false, 2, _rowloads)    // the weight stream alone, 256 contiguous bytes of a row a half-warp load

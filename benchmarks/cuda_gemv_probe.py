@@ -31,7 +31,7 @@ Parts:
    against bf16 and the shipped backend, checked against emulation; the edges then include the two-row kernel.
 4. ``--mma 1,8,16`` (instead of the sweep): the tensor-core kernel of ``cuda_gemv_mma.cu`` (up to 16 raw bf16 rows,
    exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
-   against emulation, with its weight stream alone (``_loads``, ``_loads16``); then its edges (one row of 8 or 16).
+   against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
 5. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process.
@@ -125,32 +125,19 @@ SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / 
 class Mma(NamedTuple):
     """The tensor-core kernel of ``cuda_gemv_mma.cu`` and its grid: W warps split each 16-row tile's K, at most
     ``per_sm`` CTAs per SM loop over the tiles. ``variant``: "" (f16 MMAs of the decoded bytes), "_f8" (E4M3 MMAs,
-    the tensor cores' own fp8 sums), "_loads" and "_loads16" (the weight stream alone, with the kernel's 8-byte loads
-    or with 16-byte loads; up to 8 rows, no result), "_late" (the first weight loads after the activation pass),
-    "_rowloads" (the weight stream alone, a half-warp load reading 256 contiguous bytes of one row) and "_staged"
-    (those loads passed to the MMA fragments through shared memory). ``balanced``: no more CTAs than give every CTA
-    the same number of tiles."""
+    the tensor cores' own fp8 sums), "_loads" and "_rowloads" (the weight stream alone, with the kernel's 8-byte loads
+    or with a half-warp reading 256 contiguous bytes of one row a load; up to 8 rows, no result)."""
 
     warps: int
     per_sm: int
     variant: str = ""
-    balanced: bool = False
 
     @property
     def label(self) -> str:
-        return f"w{self.warps}_sm{self.per_sm}{self.variant}{'_bal' if self.balanced else ''}"
+        return f"w{self.warps}_sm{self.per_sm}{self.variant}"
 
 
-MMA_CONFIGS = (
-    Mma(8, 2),
-    Mma(14, 1),
-    Mma(8, 2, "_loads"),
-    Mma(8, 2, "_rowloads"),
-    Mma(8, 2, "_staged"),
-    Mma(14, 1, "_staged"),
-)
-STAGE_ROW_BYTES = 288
-"""The staged kernel's shared-memory row: 256 bytes of a weight row (a step's 8 blocks) and 32 of padding."""
+MMA_CONFIGS = (Mma(8, 2), Mma(14, 1), Mma(8, 2, "_f8"), Mma(8, 2, "_loads"), Mma(8, 2, "_rowloads"))
 MMA_STEP = 8
 """Blocks a warp takes per step: K / 32 must be whole steps of the CTA's warps."""
 MMA_ROWS = (1, 2, 8, 16)
@@ -161,31 +148,26 @@ def mma_tiles(m: int) -> int:
     return 1 if m <= 8 else 2
 
 
-def mma_smem(m: int, k: int, warps: int, staged: bool = False) -> int:
+def mma_smem(m: int, k: int, warps: int) -> int:
     """Dynamic shared memory: the quantized rows (stride k + 32), their factors, each block's largest factor, two
-    buffers of the tile's sums; ``staged``: and each warp's 16 staging rows."""
+    buffers of the tile's sums."""
     nt = mma_tiles(m)
-    return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4 + staged * warps * 16 * STAGE_ROW_BYTES
+    return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4
 
 
 SMEM_PER_SM = 228 * 1024  # H100 and H200; a CTA may take 227 KB of it, and each resident CTA reserves 1 KB more
 
 
 def mma_grid(cfg: Mma, m: int, n: int, k: int) -> int:
-    """One CTA per 16-row tile, at most ``per_sm`` per SM and no more than the SM's shared memory holds at once;
-    ``balanced``: as few as take the same number of tiles each."""
-    tiles = n // 16
-    ctas = min(
-        tiles, SMS * min(cfg.per_sm, SMEM_PER_SM // (mma_smem(m, k, cfg.warps, cfg.variant == "_staged") + 1024))
-    )
-    return -(-tiles // -(-tiles // ctas)) if cfg.balanced else ctas
+    """One CTA per 16-row tile, at most ``per_sm`` per SM and no more than the SM's shared memory holds at once."""
+    return min(n // 16, SMS * min(cfg.per_sm, SMEM_PER_SM // (mma_smem(m, k, cfg.warps) + 1024)))
 
 
 def mma_fits(cfg: Mma, m: int, n: int, k: int) -> bool:
     return (
-        1 <= m <= (8 if cfg.variant in ("_loads", "_loads16", "_rowloads") else 16) and n % 16 == 0 and k % 512 == 0
+        1 <= m <= (8 if cfg.variant in ("_loads", "_rowloads") else 16) and n % 16 == 0 and k % 512 == 0
         and (k // 32) % (MMA_STEP * cfg.warps) == 0
-        and mma_smem(m, k, cfg.warps, cfg.variant == "_staged") <= 227 * 1024
+        and mma_smem(m, k, cfg.warps) <= 227 * 1024
     )  # fmt: skip
 
 
@@ -207,7 +189,7 @@ def gemv_mma(x: jax.Array, w: MXArray, cfg: Mma, out_dtype=jnp.bfloat16) -> jax.
         warps=cfg.warps,
         out_shape=(m, n),
         out_dtype=out_dtype,
-        smem=mma_smem(m, k, cfg.warps, cfg.variant == "_staged"),
+        smem=mma_smem(m, k, cfg.warps),
     )
 
 
@@ -502,7 +484,6 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         "mma_m8": functools.partial(row_of_many, m=8),
         "mma_m16": functools.partial(row_of_many, m=16),
         "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
-        "mma_staged_m8": functools.partial(row_of_many, m=8, variant="_staged"),
         "library": library,
     }
     kernels = {label: kernels[label] for label in labels}
@@ -605,7 +586,7 @@ if __name__ == "__main__":
             elif part == "mma":
                 mma_sweep(results, tuple(int(m) for m in args.mma.split(",")))
             elif part == "mma edges":
-                edges(results, ("mma_m8", "mma_staged_m8"))
+                edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
             elif part == "edges":
                 edges(results)
             else:
