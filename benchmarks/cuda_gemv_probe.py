@@ -45,8 +45,8 @@ was bit-identical and no faster; so were a split variant where only warp 0 waits
 weight loads (results/cuda_gemv_probe_variants_h200.*); all since removed.
 ``--rows 2,4`` (results/cuda_gemv_probe_rows_h200.*): the split kernel for two rows 1.22-1.41x of bf16 at the K = 4096
 shapes (the Pallas path 0.71-1.12x), for four 0.70-0.82x.
-``--mma`` (results/cuda_gemv_probe_mma_h200.*, cuda_gemv_probe_mma_second_h200.*): at 8 rows 0.64-0.99x of bf16 and
-1.20x at (28672, 4096), where the Pallas path gave 0.72-1.11x; 0.30-0.67x at 16 rows; 1.4e-7 to 1.2e-6 from
+``--mma`` (results/cuda_gemv_probe_mma_h200.*, cuda_gemv_probe_mma_second_h200.*): at 8 rows 0.45-1.01x of bf16 and
+1.17-1.22x at (28672, 4096), where the Pallas path gave 0.67-1.11x; 0.30-0.67x at 16 rows; 1.4e-7 to 1.2e-6 from
 emulation, E4M3 MMAs as f16 ones, every edge as emulation's; the weight stream alone 1.21-1.39x at (14336, 4096), where
 the one-row kernel's whole product is 1.65-1.67x.
 
