@@ -47,8 +47,10 @@ weight loads (results/cuda_gemv_probe_variants_h200.*); all since removed.
 shapes (the Pallas path 0.71-1.12x), for four 0.70-0.82x.
 ``--mma`` (results/cuda_gemv_probe_mma_h200.*, cuda_gemv_probe_mma_second_h200.*): at 8 rows 0.45-1.01x of bf16 and
 1.17-1.22x at (28672, 4096), where the Pallas path gave 0.67-1.11x; 0.30-0.67x at 16 rows; 1.4e-7 to 1.2e-6 from
-emulation, E4M3 MMAs as f16 ones, every edge as emulation's; the weight stream alone 1.21-1.39x at (14336, 4096), where
-the one-row kernel's whole product is 1.65-1.67x.
+emulation, E4M3 MMAs as f16 ones, every edge as emulation's; the weight stream alone 1.19-1.39x at (14336, 4096) (with
+whole-row loads 1.29x), where the one-row kernel's whole product is 1.62-1.67x; a balanced grid, 16 warps, late first
+loads, 16-byte loads and staged whole-row loads (since removed; results/cuda_gemv_probe_mma_{balanced,staged}_h200.*)
+no closer.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register reports beside it.
