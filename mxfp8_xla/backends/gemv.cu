@@ -78,9 +78,6 @@ __device__ __forceinline__ u32 load8(const u8* p) {
   return v;
 }
 
-// The exact quantization of one 32-block (numerics.quantize_blocks' rule): N of its elements f, whose largest
-// absolute value has the bits amax (the whole block's), quantized and decoded into d. A block holding an Inf
-// or a NaN decodes to NaN everywhere, as scale byte 255 does.
 // The scale exponent e of a finite block whose largest absolute value has the bits amax: ceil(log2(amax / 448))
 // from the float bits, clamped to [-127, 127] (finite bf16 blocks have e <= 120, so 2^-e is normal).
 __device__ __forceinline__ int scale_exponent(u32 amax) {
@@ -88,6 +85,9 @@ __device__ __forceinline__ int scale_exponent(u32 amax) {
   return min(max(e, -127), 127);
 }
 
+// The exact quantization of one 32-block (numerics.quantize_blocks' rule): N of its elements f, whose largest
+// absolute value has the bits amax (the whole block's), quantized and decoded into d. A block holding an Inf
+// or a NaN decodes to NaN everywhere, as scale byte 255 does.
 template <int N>
 __device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, float (&d)[N]) {
   if (amax >= kInfBits) {
