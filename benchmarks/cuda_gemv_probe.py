@@ -157,7 +157,8 @@ def mma_smem(m: int, k: int, warps: int) -> int:
     return 8 * nt * (k + 32) + nt * k + k // 8 + 2 * warps * 16 * 8 * nt * 4
 
 
-SMEM_PER_SM = 228 * 1024  # H100 and H200; a CTA may take 227 KB of it, and each resident CTA reserves 1 KB more
+SMEM_PER_SM = 228 * 1024  # H100 and H200; each resident CTA reserves 1 KB more than it asks for
+SMEM_PER_CTA = 227 * 1024
 
 
 def mma_grid(cfg: Mma, m: int, n: int, k: int) -> int:
@@ -169,7 +170,7 @@ def mma_fits(cfg: Mma, m: int, n: int, k: int) -> bool:
     return (
         1 <= m <= (8 if cfg.variant in ("_loads", "_rowloads") else 16) and n % 16 == 0 and k % 512 == 0
         and (k // 32) % (MMA_STEP * cfg.warps) == 0
-        and mma_smem(m, k, cfg.warps) <= 227 * 1024
+        and mma_smem(m, k, cfg.warps) <= SMEM_PER_CTA
     )  # fmt: skip
 
 
@@ -290,6 +291,11 @@ def dequant_bf16(w: MXArray) -> jax.Array:
     return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
+def bf16_dot_us(sets: list) -> float:
+    """The baseline: bf16 ``jnp.dot`` on the sets' weights decoded to bf16 and stored ``[N, K]``, us a call."""
+    return loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
+
+
 def sweep(results: dict, configs: tuple = CONFIGS) -> None:
     """Every configuration in ``configs`` at every shape, then the best row-streaming and the best K-split one against
     bf16, the library and the Pallas kernels, in the same stretch."""
@@ -320,7 +326,7 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
             if labels:
                 best[family] = by_label[min(labels, key=lambda lab: ok[lab]["us"])]
         shipped = lambda x, w: hopper.matmul(x, w, jnp.bfloat16)  # noqa: E731
-        row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
+        row["bf16_dot_us"] = bf16_dot_us(sets)
         with small_m_kernels("auto"):
             row["library_us"] = loop_time(shipped, sets) * 1e6
             row["rel_err_library_f32_out"] = rel_err(np.asarray(jax.jit(hopper.matmul, static_argnums=2)(
@@ -374,7 +380,7 @@ def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
             ref = reference(*sets[0])
             out = np.asarray(jax.jit(functools.partial(gemv, cfg=cfg, out_dtype=jnp.float32))(*sets[0]))
             row = {"config": label_of(cfg), "rel_err_f32_out": rel_err(out, ref)}
-            row["bf16_dot_us"] = loop_time(lambda x, w: jnp.dot(x, w.T), [(x, dequant_bf16(w)) for x, w in sets]) * 1e6
+            row["bf16_dot_us"] = bf16_dot_us(sets)
             with small_m_kernels("auto"):
                 row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
             row["split_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
@@ -398,8 +404,7 @@ def mma_sweep(results: dict, ms: tuple[int, ...] = MMA_ROWS) -> None:
         for m in ms:
             sets = operands(n, k, m)
             ref = reference(*sets[0])
-            bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
-            row = {"bf16_dot_us": loop_time(lambda x, w: jnp.dot(x, w.T), bf16_sets) * 1e6}
+            row = {"bf16_dot_us": bf16_dot_us(sets)}
             with small_m_kernels("auto"):
                 row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
             cells = []
