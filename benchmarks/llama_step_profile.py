@@ -1,0 +1,141 @@
+"""Every kernel of a Llama decode step, bf16 against MXFP8, as CUPTI records them (PyTorch's profiler).
+
+``bench_llama.py`` times the decode step from outside (wall time of whole generations), and
+``llama_step_budget.py`` times each projection alone; neither says what runs inside the step. This
+script runs ``generate`` (``bench_llama.py``'s model: Llama-3-8B blocks, random weights) for ``SHORT``
+and for ``LONG`` new tokens under ``torch.profiler`` (CUDA activity only: CUPTI records every kernel,
+copy and memset on the device, JAX's included) and takes the difference, so prefill cancels and what
+is left is ``LONG - SHORT`` decode steps. Per step it reports the span from the first activity's start
+to the last one's end, the activities' summed time, the idle time between them (span - busy) and the
+number of activities, then each kernel name's count and time per step, largest first. It also writes each
+model's compiled ``generate`` (XLA's optimized HLO, where the command buffers show) to ``$OUT``.
+
+Usage (device): ``PYTHONPATH=. python3 benchmarks/llama_step_profile.py [--layers 4] [--batch 1]
+[--bf16-layout nk] [--fuse-projections]``; JSON to ``$OUT/llama_step_profile.json``. ``--tiny`` runs small
+dimensions (on CPU the profiler records no device activity: a smoke test of the script's plumbing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_llama import LONG, PROMPT, SHORT, block_config  # noqa: E402
+from timing import environment, out_dir, write_json  # noqa: E402
+
+from examples.llama import Llama, LlamaConfig, generate  # noqa: E402
+
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def device_activities(trace: dict) -> list[dict]:
+    """``{"name", "ts", "dur"}`` (microseconds) of every device activity in a Chrome trace from
+    ``torch.profiler``, in start order."""
+    events = [
+        {"name": e["name"], "ts": float(e["ts"]), "dur": float(e.get("dur", 0.0))}
+        for e in trace.get("traceEvents", [])
+        if e.get("ph") == "X" and e.get("cat") in DEVICE_CATEGORIES
+    ]
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def summarize(events: list[dict]) -> dict:
+    """Span, busy time, count and per-name ``[count, time]`` of a run's device activities."""
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for e in events:
+        by_name[e["name"]][0] += 1
+        by_name[e["name"]][1] += e["dur"]
+    span = max(e["ts"] + e["dur"] for e in events) - events[0]["ts"] if events else 0.0
+    return {"span": span, "busy": sum(e["dur"] for e in events), "count": len(events), "by_name": dict(by_name)}
+
+
+def per_step(short: dict, long: dict, steps: int) -> dict:
+    """The decode step from two runs' summaries: ``(long - short) / steps`` for every quantity."""
+    names = set(short["by_name"]) | set(long["by_name"])
+    kernels = {}
+    for name in names:
+        c0, t0 = short["by_name"].get(name, (0, 0.0))
+        c1, t1 = long["by_name"].get(name, (0, 0.0))
+        if c1 != c0 or abs(t1 - t0) > 0:
+            kernels[name] = {"count": (c1 - c0) / steps, "us": (t1 - t0) / steps}
+    span = (long["span"] - short["span"]) / steps
+    busy = (long["busy"] - short["busy"]) / steps
+    return {
+        "span_us": span,
+        "busy_us": busy,
+        "idle_us": span - busy,
+        "activities": (long["count"] - short["count"]) / steps,
+        "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"])),
+    }
+
+
+def profiled_run(fn) -> dict:
+    """``fn()`` once more after two warm runs, under the profiler; the summary of its device activities."""
+    import torch  # the device image's; only CUPTI's records are used
+
+    jax.block_until_ready(fn())
+    jax.block_until_ready(fn())
+    activity = torch.profiler.ProfilerActivity
+    with torch.profiler.profile(activities=[activity.CUDA if torch.cuda.is_available() else activity.CPU]) as prof:
+        jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return summarize(device_activities(json.load(f)))
+
+
+def decode_step_profile(cfg: LlamaConfig, params, prompt: jax.Array) -> dict:
+    """The decode step of ``generate`` from ``prompt``: :func:`per_step` of its ``SHORT``- and ``LONG``-token runs."""
+    runs = [profiled_run(lambda t=t: generate(cfg, params, prompt, max_new_tokens=t)) for t in (SHORT, LONG)]
+    return per_step(*runs, steps=LONG - SHORT)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--bf16-layout", default="nk", choices=("kn", "nk"), help="the bf16 model's weight layout")
+    ap.add_argument("--fuse-projections", action="store_true", help="q/k/v and gate/up as one projection each")
+    ap.add_argument("--top", type=int, default=12, help="kernel names printed per model")
+    ap.add_argument("--tiny", action="store_true", help="small dimensions (a smoke test of the script)")
+    args = ap.parse_args()
+    out = {"env": environment(), **vars(args), "rows": []}
+    print(out["env"], flush=True)
+    base = block_config(args.layers, args.tiny)
+    prompt = jax.random.randint(jax.random.key(args.batch), (args.batch, PROMPT), 0, base["vocab_size"])
+    for quantized in (False, True):
+        name = "mxfp8" if quantized else f"bf16_{args.bf16_layout}"
+        cfg = LlamaConfig(
+            **base,
+            quantized=quantized,
+            backend="auto",
+            bf16_layout=args.bf16_layout,
+            fuse_projections=args.fuse_projections,
+        )
+        params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        step = decode_step_profile(cfg, params, prompt)
+        hlo = generate.lower(cfg, params, prompt, max_new_tokens=SHORT).compile().as_text()
+        (out_dir() / f"llama_step_{name}_b{args.batch}.hlo.txt").write_text(hlo)
+        out["rows"].append({"model": name, **step})
+        write_json("llama_step_profile.json", out)
+        print(
+            f"{name}: per step {step['span_us']:.1f} us span, {step['busy_us']:.1f} us busy, "
+            f"{step['idle_us']:.1f} us idle, {step['activities']:.1f} activities",
+            flush=True,
+        )
+        for kernel, k in list(step["kernels"].items())[: args.top]:
+            print(f"  {k['us']:8.1f} us {k['count']:5.1f}x  {kernel[:110]}", flush=True)
+        del params
+
+
+if __name__ == "__main__":
+    main()
