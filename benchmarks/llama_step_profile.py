@@ -7,8 +7,9 @@ and for ``LONG`` new tokens under ``torch.profiler`` (CUDA activity only: CUPTI 
 copy and memset on the device, JAX's included) and takes the difference, so prefill cancels and what
 is left is ``LONG - SHORT`` decode steps. Per step it reports the span from the first activity's start
 to the last one's end, the activities' summed time, the idle time between them (span - busy) and the
-number of activities, then each kernel name's count and time per step, largest first. It also writes each
-model's compiled ``generate`` (XLA's optimized HLO, where the command buffers show) to ``$OUT``.
+number of activities, then each kernel name's count and time per step, largest first; and, for comparison, the
+step's wall time measured as ``bench_llama.py`` measures it (unprofiled, same process). It also writes each
+model's compiled ``generate`` (XLA's optimized HLO) to ``$OUT``.
 
 Usage (device): ``PYTHONPATH=. python3 benchmarks/llama_step_profile.py [--layers 4] [--batch 1]
 [--bf16-layout nk] [--fuse-projections]``; JSON to ``$OUT/llama_step_profile.json``. ``--tiny`` runs small
@@ -22,13 +23,14 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama import LONG, PROMPT, SHORT, block_config  # noqa: E402
+from bench_llama import LONG, PROMPT, SHORT, block_config, decode_step  # noqa: E402
 from timing import environment, out_dir, write_json  # noqa: E402
 
 from examples.llama import Llama, LlamaConfig, generate  # noqa: E402
@@ -73,24 +75,28 @@ def per_step(short: dict, long: dict, steps: int) -> dict:
         "busy_us": busy,
         "idle_us": span - busy,
         "activities": (long["count"] - short["count"]) / steps,
+        "profiled_wall_us": (long["wall"] - short["wall"]) / steps,
         "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"])),
     }
 
 
 def profiled_run(fn) -> dict:
-    """``fn()`` once more after two warm runs, under the profiler; the summary of its device activities."""
+    """``fn()`` once more after two warm runs, under the profiler: its wall time (us) and the :func:`summarize` of
+    its device activities."""
     import torch  # the device image's; only CUPTI's records are used
 
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
     activity = torch.profiler.ProfilerActivity
     with torch.profiler.profile(activities=[activity.CUDA if torch.cuda.is_available() else activity.CPU]) as prof:
+        start = time.perf_counter()
         jax.block_until_ready(fn())
+        wall = (time.perf_counter() - start) * 1e6
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         with open(path) as f:
-            return summarize(device_activities(json.load(f)))
+            return {"wall": wall, **summarize(device_activities(json.load(f)))}
 
 
 def decode_step_profile(cfg: LlamaConfig, params, prompt: jax.Array) -> dict:
@@ -122,14 +128,15 @@ def main() -> None:
             fuse_projections=args.fuse_projections,
         )
         params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-        step = decode_step_profile(cfg, params, prompt)
+        step = {"wall_us": decode_step(cfg, params, args.batch) * 1e6, **decode_step_profile(cfg, params, prompt)}
         hlo = generate.lower(cfg, params, prompt, max_new_tokens=SHORT).compile().as_text()
         (out_dir() / f"llama_step_{name}_b{args.batch}.hlo.txt").write_text(hlo)
         out["rows"].append({"model": name, **step})
         write_json("llama_step_profile.json", out)
         print(
-            f"{name}: per step {step['span_us']:.1f} us span, {step['busy_us']:.1f} us busy, "
-            f"{step['idle_us']:.1f} us idle, {step['activities']:.1f} activities",
+            f"{name}: per step {step['wall_us']:.1f} us wall unprofiled (as bench_llama.py), "
+            f"{step['profiled_wall_us']:.1f} us wall profiled, {step['span_us']:.1f} us span, "
+            f"{step['busy_us']:.1f} us busy, {step['idle_us']:.1f} us idle, {step['activities']:.1f} activities",
             flush=True,
         )
         for kernel, k in list(step["kernels"].items())[: args.top]:

@@ -38,16 +38,17 @@ def test_summarize_of_no_activity_is_empty():
 
 
 def test_per_step_is_the_difference_of_two_runs_over_the_steps():
-    short = {"span": 100.0, "busy": 60.0, "count": 10, "by_name": {"gemv": [4, 40.0], "prefill": [6, 20.0]}}
+    short = {"wall": 120.0, "span": 100.0, "busy": 60.0, "count": 10, "by_name": {"gemv": [4, 40.0], "pre": [6, 20.0]}}
     long = {
+        "wall": 400.0,
         "span": 300.0,
         "busy": 220.0,
         "count": 30,
-        "by_name": {"gemv": [20, 200.0], "prefill": [6, 20.0], "x": [4, 0.0]},
+        "by_name": {"gemv": [20, 200.0], "pre": [6, 20.0], "x": [4, 0.0]},
     }
     step = sp.per_step(short, long, steps=4)
     assert step["span_us"] == 50.0 and step["busy_us"] == 40.0 and step["idle_us"] == 10.0
-    assert step["activities"] == 5.0
+    assert step["activities"] == 5.0 and step["profiled_wall_us"] == 70.0
     assert step["kernels"] == {"gemv": {"count": 4.0, "us": 40.0}, "x": {"count": 1.0, "us": 0.0}}
     assert list(step["kernels"]) == ["gemv", "x"]
 
