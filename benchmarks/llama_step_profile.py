@@ -7,7 +7,8 @@ and for ``LONG`` new tokens under ``torch.profiler`` (CUDA activity only: CUPTI 
 copy and memset on the device, JAX's included) and takes the difference, so prefill cancels and what
 is left is ``LONG - SHORT`` decode steps. Per step it reports the span from the first activity's start
 to the last one's end, the activities' summed time, the idle time between them (span - busy) and the
-number of activities, then each kernel name's count and time per step, largest first; and, for comparison, the
+number of activities, then each kernel name's count and time per step, largest first, and the idle time per step
+by the activity that ended it (where the GPU waited, and for what); and, for comparison, the
 step's wall time measured as ``bench_llama.py`` measures it (unprofiled, same process). It also writes each
 model's compiled ``generate`` (XLA's optimized HLO) to ``$OUT``.
 
@@ -50,13 +51,23 @@ def device_activities(trace: dict) -> list[dict]:
 
 
 def summarize(events: list[dict]) -> dict:
-    """Span, busy time, count and per-name ``[count, time]`` of a run's device activities."""
+    """Span, busy time, count, per-name ``[count, time]`` of a run's device activities (in start order), and
+    ``idle_before``: per name, the idle time (nothing running) that ended with an activity of that name starting."""
     by_name: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    idle_before: dict[str, float] = defaultdict(float)
+    end = events[0]["ts"] if events else 0.0
     for e in events:
         by_name[e["name"]][0] += 1
         by_name[e["name"]][1] += e["dur"]
-    span = max(e["ts"] + e["dur"] for e in events) - events[0]["ts"] if events else 0.0
-    return {"span": span, "busy": sum(e["dur"] for e in events), "count": len(events), "by_name": dict(by_name)}
+        idle_before[e["name"]] += max(0.0, e["ts"] - end)
+        end = max(end, e["ts"] + e["dur"])
+    return {
+        "span": end - events[0]["ts"] if events else 0.0,
+        "busy": sum(e["dur"] for e in events),
+        "count": len(events),
+        "by_name": dict(by_name),
+        "idle_before": dict(idle_before),
+    }
 
 
 def per_step(short: dict, long: dict, steps: int) -> dict:
@@ -68,6 +79,10 @@ def per_step(short: dict, long: dict, steps: int) -> dict:
         c1, t1 = long["by_name"].get(name, (0, 0.0))
         if c1 != c0 or abs(t1 - t0) > 0:
             kernels[name] = {"count": (c1 - c0) / steps, "us": (t1 - t0) / steps}
+    idle_before = {
+        name: (long["idle_before"].get(name, 0.0) - short["idle_before"].get(name, 0.0)) / steps
+        for name in set(short["idle_before"]) | set(long["idle_before"])
+    }
     span = (long["span"] - short["span"]) / steps
     busy = (long["busy"] - short["busy"]) / steps
     return {
@@ -77,6 +92,7 @@ def per_step(short: dict, long: dict, steps: int) -> dict:
         "activities": (long["count"] - short["count"]) / steps,
         "profiled_wall_us": (long["wall"] - short["wall"]) / steps,
         "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"])),
+        "idle_before": dict(sorted(((k, v) for k, v in idle_before.items() if v), key=lambda kv: -kv[1])),
     }
 
 
@@ -141,6 +157,8 @@ def main() -> None:
         )
         for kernel, k in list(step["kernels"].items())[: args.top]:
             print(f"  {k['us']:8.1f} us {k['count']:5.1f}x  {kernel[:110]}", flush=True)
+        for kernel, idle in list(step["idle_before"].items())[: args.top]:
+            print(f"  {idle:8.1f} us idle before {kernel[:100]}", flush=True)
         del params
 
 
