@@ -16,8 +16,9 @@ On an H200 (docs/benchmarks.md, "The K split across the CTA"; three runs of
 0.95-0.96x at (1024, 4096), where the Pallas path ran 0.52-1.13x; it streams the weight at
 2.9-3.6 TB/s at the wide shapes, agreed with emulation to 1.8e-7 (float32 out) and matched it
 on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN byte, an Inf or NaN in the
-activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.46-1.48x of bf16 in the ninth
-session and 1.37x in two runs of the tenth (not yet explained: docs/benchmarks.md).
+activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.34-1.49x of bf16: its
+kernels take the same device time in every process, but in most the GPU also waits between them
+(docs/benchmarks.md, "The Llama decode's two step times").
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
