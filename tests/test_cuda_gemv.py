@@ -1,6 +1,6 @@
-"""The hopper backend's one-row kernel (mxfp8_xla.backends.cuda_gemv) on CPU: its shape rule, the PTX it ships, the
-launch it traces, and which calls hopper.matmul routes to it (the kernel itself runs on an SM90 GPU:
-benchmarks/cuda_gemv_probe.py checks it against emulation there)."""
+"""The hopper backend's GEMV kernels for one and two rows (mxfp8_xla.backends.cuda_gemv) on CPU: their shape rule,
+the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
+an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
 import re
 
@@ -19,15 +19,28 @@ def weight(n: int, k: int) -> MXArray:
 
 
 @pytest.mark.parametrize(
-    "n, k", [(14336, 4096), (4096, 14336), (1024, 4096), (4096, 1536), (8, 512), (4, cuda_gemv.MAX_K)]
+    "n, k", [(14336, 4096), (4096, 14336), (1024, 4096), (4096, 1536), (8, 512), (4, cuda_gemv.MAX_K[1])]
 )
 def test_config_gives_every_thread_one_chunk_of_every_row_in_units_of_four_rows(n, k):
-    assert cuda_gemv.config(n, k) == cuda_gemv.GemvConfig(threads=k // 16, rows=4)
+    assert cuda_gemv.config(n, k) == cuda_gemv.GemvConfig(threads=k // 16, m=1, rows=4)
 
 
-@pytest.mark.parametrize("n, k", [(4096, 256), (4096, 4864), (4096, cuda_gemv.MAX_K + 512), (4098, 4096)])
+@pytest.mark.parametrize("n, k", [(14336, 4096), (28672, 4096), (1024, 4096), (8, 512), (4, cuda_gemv.MAX_K[2])])
+def test_config_for_two_rows_is_the_same_split_up_to_k_8192(n, k):
+    assert cuda_gemv.config(n, k, 2) == cuda_gemv.GemvConfig(threads=k // 16, m=2, rows=4)
+
+
+@pytest.mark.parametrize("n, k", [(4096, 256), (4096, 4864), (4096, cuda_gemv.MAX_K[1] + 512), (4098, 4096)])
 def test_config_refuses_what_the_kernel_cannot_take(n, k):
     assert cuda_gemv.config(n, k) is None
+
+
+@pytest.mark.parametrize(
+    "n, k, m",
+    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 3), (4096, 4096, 4), (4096, 4096, 0)],
+)
+def test_config_refuses_more_rows_and_a_two_row_k_above_8192(n, k, m):
+    assert cuda_gemv.config(n, k, m) is None
 
 
 def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
@@ -37,14 +50,21 @@ def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
     assert cuda_gemv.config(4096, 512).grid(4096, 132) == 1024  # 32 threads: 32 CTAs an SM would be 4224
 
 
+def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 100 registers a thread
+    assert cuda_gemv.config(14336, 4096, 2).grid(14336, 132) == 2 * 132  # 2 CTAs of 256 an SM, as the probe ran
+    assert cuda_gemv.config(4096, 8192, 2).grid(4096, 132) == 132  # 512 threads: one CTA an SM
+    assert cuda_gemv.config(28672, 512, 2).grid(28672, 132) == 16 * 132  # 32 threads: 16 CTAs an SM
+
+
 def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_driver_reads_it():
     ptx = cuda_gemv.PTX.read_text()
     assert re.search(r"^\.version 8\.1$", ptx, re.M) and re.search(r"^\.target sm_90$", ptx, re.M)
     entries = set(re.findall(r"\.visible \.entry (\w+)\(", ptx))
     names = {
-        cuda_gemv.config(n, k).kernel(dtype)
+        cuda_gemv.config(n, k, m).kernel(dtype)
         for n in (1024, 4096)
         for k in (1024, 2048)
+        for m in (1, 2)
         for dtype in (jnp.bfloat16, jnp.float32)
     }
     assert names == entries
@@ -81,9 +101,9 @@ def test_entry_ptx_keeps_the_header_and_one_entry():
 @pytest.mark.parametrize(
     "out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32), (jnp.float16, jnp.float32)]
 )
-def test_matmul_row_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype, kernel_dtype):
+def test_matmul_rows_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype, kernel_dtype):
     x = jnp.ones((1, 1, 14336), jnp.bfloat16)
-    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_row(x, w, out_dtype))(x, weight(4096, 14336)).jaxpr
+    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, out_dtype))(x, weight(4096, 14336)).jaxpr
     (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     cfg = cuda_gemv.config(4096, 14336)
     suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
@@ -94,19 +114,32 @@ def test_matmul_row_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtype
     assert jaxpr.outvars[0].aval.shape == (1, 1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
 
 
+@pytest.mark.parametrize("shape", [(2, 4096), (2, 1, 4096), (1, 2, 4096)])
+def test_two_rows_are_one_launch_of_the_two_row_kernel(shape):
+    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, jnp.bfloat16))(
+        jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)
+    ).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == "mxfp8_gemv_split_c1_r4_m2_bf16"
+    assert launch.params["grid"] == (2 * cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 16 // 32
+    assert launch.params["out_shape"] == (2, 14336) and launch.params["ptx"].count(".visible .entry") == 1
+    assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336)
+
+
 @pytest.mark.parametrize(
     "x, n, k, why",
     [
-        (jnp.ones((2, 4096), jnp.bfloat16), 1024, 4096, "two rows"),
+        (jnp.ones((3, 4096), jnp.bfloat16), 1024, 4096, "three rows"),
+        (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
         (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
         (jnp.ones((1, 4864), jnp.bfloat16), 1024, 4864, "K % 512"),
         (jnp.ones((1, 4096), jnp.bfloat16), 1022, 4096, "N % 4"),
     ],
 )
-def test_matmul_row_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k, why):
+def test_matmul_rows_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k, why):
     assert not cuda_gemv.serves(x, weight(n, k)), why
-    with pytest.raises(ValueError, match=r"one-row kernel: cannot take x .* \(it needs one bfloat16 row"):
-        cuda_gemv.matmul_row(x, weight(n, k), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"GEMV kernel: cannot take x .* \(it needs one or two bfloat16 rows"):
+        cuda_gemv.matmul_rows(x, weight(n, k), jnp.bfloat16)
 
 
 def test_an_mxarray_row_is_not_served():
@@ -124,10 +157,21 @@ def test_hopper_sends_one_raw_bf16_row_to_the_kernel(monkeypatch, shape):
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_split_c1_r4_bf16"]
 
 
+@pytest.mark.parametrize("shape", [(2, 4096), (1, 2, 4096)])
+def test_hopper_sends_two_raw_bf16_rows_to_the_two_row_kernel(monkeypatch, shape):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_split_c1_r4_m2_bf16"]
+
+
+def test_hopper_keeps_two_rows_at_k_14336_on_its_pallas_kernels(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert not hopper_launches(jnp.ones((2, 14336), jnp.bfloat16), weight(4096, 14336))
+
+
 @pytest.mark.parametrize(
     "x",
-    [jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
-    ids=["two rows", "float32 row", "quantized row"],
+    [jnp.ones((3, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
+    ids=["three rows", "float32 row", "quantized row"],
 )
 def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, x):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)

@@ -1,10 +1,10 @@
-"""The hopper backend at one activation row: one CUDA-core GEMV launch (``gemv.cu``).
+"""The hopper backend at one or two activation rows: one CUDA-core GEMV launch (``gemv.cu``).
 
 At one row a linear layer is a stream of its weight, and the Pallas path costs three
 launches (activation quantization, GEMM, K-split sum) around a GEMM that reads the fp8
-weight at about half of what XLA reads. This kernel takes the raw bf16 row. The CTA's K / 16
+weight at about half of what XLA reads. This kernel takes the raw bf16 rows. The CTA's K / 16
 threads split K, one 16-element chunk of every row each: each thread quantizes its own chunk
-of the row exactly (the rule of :func:`mxfp8_xla.numerics.quantize_blocks`) into registers
+of each activation row exactly (the rule of :func:`mxfp8_xla.numerics.quantize_blocks`) into registers
 while its first weight loads are in flight. The CTA then streams units of 4 weight rows as
 stored (``[N, K]``, no preparation), decodes each element exactly, multiplies it by its block
 factor (so an element that overflows float32 does so as emulation's does), accumulates in
@@ -20,6 +20,12 @@ activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.34-1
 kernels take the same device time in every process, but in most the GPU also waits between them
 (docs/benchmarks.md, "The Llama decode's two step times").
 
+At two rows (each decoded weight element serves both; K <= 8192) the probe's build of the same
+kernel measured 1.22-1.41x of bf16 at the five K = 4096 Llama-3-8B shapes, where the Pallas path
+ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmarks.md,
+"The K split across the CTA", "Two and four rows"); the library's route to it is not yet timed
+on the GPU. At four rows the CUDA cores run out (0.70-0.82x), so more rows stay on the Pallas kernels.
+
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -38,12 +45,13 @@ from mxfp8_xla.mxarray import MXArray
 
 SOURCE = Path(__file__).with_name("gemv.cu")
 PTX = Path(__file__).with_name("gemv.ptx")
-MAX_K = 16384
-"""One 16-element chunk of every row per thread: K / 16 threads, at most 1024 a CTA."""
+MAX_K = {1: 16384, 2: 8192}
+"""The largest K for one and for two activation rows: K / 16 threads a CTA, at most the kernel's launch bound."""
 ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
-THREADS_PER_SM = 1024
-"""What the register file holds at the kernel's 64 registers a thread: the grid keeps at most this many a SM."""
+THREADS_PER_SM = {1: 1024, 2: 512}
+"""What the register file holds at the one-row kernel's 64 registers a thread and the two-row kernel's 100 (ptxas,
+sm_90): the grid keeps at most this many a SM."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
 
@@ -53,39 +61,37 @@ class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
     threads: int  # K / 16: thread t owns the 16-element chunk t of every row
-    rows: int = ROWS  # a unit of work: these rows, all of K
+    m: int = 1  # activation rows
+    rows: int = ROWS  # a unit of work: these weight rows, all of K
 
     def kernel(self, out_dtype: jnp.dtype) -> str:
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
-        return f"mxfp8_gemv_split_c1_r{self.rows}_{suffix}"
+        return f"mxfp8_gemv_split_c1_r{self.rows}{f'_m{self.m}' if self.m > 1 else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per unit, at most ``THREADS_PER_SM / threads`` (at least one) per SM, each looping over units."""
-        return min(n // self.rows, sms * max(1, THREADS_PER_SM // self.threads))
+        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
+        units."""
+        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
 
 
-def config(n: int, k: int) -> GemvConfig | None:
-    """The configuration for a weight ``[N, K]``, or ``None`` where the kernel cannot take it (K % 512 != 0,
-    K > 16384, N % 4 != 0).
+def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
+    """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them
+    (m not 1 or 2, K % 512 != 0, K above :data:`MAX_K`, N % 4 != 0).
 
-    Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at the six Llama-3-8B shapes (units of
-    2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best in the
-    first sweep and within 4% in the last, whose cells were timed as the library is.
+    Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
+    (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
+    in the first sweep and within 4% in the last, whose cells were timed as the library is; the probe's two-row runs
+    used it at K = 4096.
     """
-    if k % 512 or k > MAX_K or n % ROWS:
+    if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
         return None
-    return GemvConfig(threads=k // 16)
+    return GemvConfig(threads=k // 16, m=m)
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
-    """Whether this kernel computes ``x @ w.T``: one raw bf16 row and a weight :func:`config` takes."""
+    """Whether a kernel here computes ``x @ w.T``: one or two raw bf16 rows and a weight :func:`config` takes."""
     *lead, k = x.shape
-    return (
-        not isinstance(x, MXArray)
-        and x.dtype == jnp.bfloat16
-        and all(d == 1 for d in lead)
-        and config(w.shape[0], k) is not None
-    )
+    return not isinstance(x, MXArray) and x.dtype == jnp.bfloat16 and config(w.shape[0], k, math.prod(lead)) is not None
 
 
 @functools.cache
@@ -105,32 +111,33 @@ def entry_ptx(ptx: str, name: str) -> str:
     return head + ".visible .entry " + body
 
 
-def matmul_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """``x [..., K]`` (one bf16 row) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
+def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """``x [..., K]`` (one or two bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
 
     bf16 and float32 are written by the kernel; another dtype is rounded from float32, as
     emulation rounds its float32 product.
     """
     *lead, k = x.shape
-    n = w.shape[0]
+    n, m = w.shape[0], math.prod(lead)
     if not serves(x, w):
         raise ValueError(
-            f"hopper backend, one-row kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one bfloat16 row, K % 512 == 0, K <= {MAX_K}, N % {ROWS} == 0)"
+            f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
+            f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
+            f"<= {MAX_K[2]} for two, N % {ROWS} == 0)"
         )
-    cfg = config(n, k)
+    cfg = config(n, k, m)
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
     name = cfg.kernel(kernel_dtype)
     out = ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
         w.scale,
-        x.reshape(1, k),
-        jnp.array([1, n, k], jnp.int32),
+        x.reshape(m, k),
+        jnp.array([m, n, k], jnp.int32),
         name=name,
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
-        out_shape=(1, n),
+        out_shape=(m, n),
         out_dtype=kernel_dtype,
         smem=0,
     )

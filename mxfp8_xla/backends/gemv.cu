@@ -1,25 +1,26 @@
-// The hopper backend's kernel for one activation row (mxfp8_xla/backends/cuda_gemv.py): one MXFP8 GEMV
+// The hopper backend's kernels for one or two activation rows (mxfp8_xla/backends/cuda_gemv.py): one MXFP8 GEMV
 // launch, SM89+ (measured on SM90 only). gemv.ptx is this file compiled by cuda_gemv.build_ptx.
 //
-//   out[0, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[k],   xd = dequantize(quantize(x))
+//   out[m, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[m,k],   xd = dequantize(quantize(x))
 //
-// The raw bf16 activation row comes in and the output row goes out in its own dtype: no separate
+// The raw bf16 activation rows come in and the output rows go out in their own dtype: no separate
 // quantization launch, no sum of partials across launches, no weight preparation (w is [N, K] as stored).
 // The CTA's T threads split K: thread t owns the 16-element chunks t, t + T, ..., t + (CPT - 1) T of every
 // row (k == 16 * T * CPT exactly), so a warp's load reads 512 contiguous bytes of a row. Each thread
-// quantizes its own chunks of the row once, with the exact rule of mxfp8_xla.numerics.quantize_blocks,
+// quantizes its own chunks of each activation row once, with the exact rule of mxfp8_xla.numerics.quantize_blocks,
 // into registers as their decoded float32 values (qx * 2^e is exact in float32; the two halves of a
 // 32-block are lanes l and l ^ 1), while its first weight loads are in flight; the main loop reads no
-// shared memory. The CTA then takes units of R rows (units blockIdx.x, + gridDim.x, ...; any grid size):
+// shared memory. The CTA then takes units of R weight rows (units blockIdx.x, + gridDim.x, ...; any grid size):
 // each weight element is decoded exactly (cvt.rn.f16x2.e4m3x2, then f16 -> f32) and multiplied by its
 // block factor before the product (emulation's decoded weight: inf where it overflows), the products
 // are accumulated in float32 on the CUDA cores (no MMA: at one row the tensor cores would idle 7/8 of
-// their columns), each thread's R partial sums are summed over its warp, then over the warps through
+// their columns), each thread's R * M partial sums are summed over its warp, then over the warps through
 // shared memory, while the loads of the CTA's next unit are in flight (registers double-buffered).
 //
-// Kernels mxfp8_gemv_split_c{CPT}_r{R}_{bf16,f32}(w, sw, x, dims, out): dims = {m (must be 1), n, k} in
-// device memory; n % R == 0; launched with T = k / (16 * CPT) threads (a multiple of 32, at most the
-// kernel's launch bound), no dynamic shared memory. OUT is float or bf16 (u16 bits, rounded to nearest even).
+// Kernels mxfp8_gemv_split_c{CPT}_r{R}[_m{M}]_{bf16,f32}(w, sw, x, dims, out): x is [M, k] (M = 1 without
+// _m), out [M, n]; dims = {M, n, k} in device memory; n % R == 0; launched with T = k / (16 * CPT) threads (a
+// multiple of 32, at most the kernel's launch bound), no dynamic shared memory. OUT is float or bf16 (u16 bits,
+// rounded to nearest even).
 // With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -177,7 +178,7 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
 }
 
 // M activation rows (x [M, k], out [M, n]): each thread keeps all M rows' chunks in registers, and each decoded
-// weight element serves the M rows (the library's kernels have M = 1; M > 1 is a probe of how far that carries).
+// weight element serves the M rows (the library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers).
 template <int CPT, int R, int M, typename OUT>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            const u16* __restrict__ x, OUT* __restrict__ out,
@@ -260,12 +261,12 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16)    \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float)
 
-SPLIT(1, 4, 1024)  // the library's: k = 512 ... 16384
+SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
+SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
 SPLIT(2, 4, 512)
-SPLIT_ROWS(1, 4, 2, 512)  // k <= 8192
 SPLIT_ROWS(1, 4, 4, 512)
 SPLIT_ROWS(1, 2, 4, 512)
 #endif

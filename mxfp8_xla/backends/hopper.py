@@ -1,8 +1,8 @@
 """Hopper (SM90) backend: MXFP8 ``x @ w.T`` without a bf16 weight in HBM where it matters.
 
-Hopper has no MX-scaled tensor-core instructions. One raw bfloat16 row (batch-1 decode) takes one
-CUDA kernel launch that quantizes the row itself and streams the weight on the CUDA cores
-(:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
+Hopper has no MX-scaled tensor-core instructions. One or two raw bfloat16 rows (decode at batch 1
+or 2) take one CUDA kernel launch that quantizes the rows itself and streams the weight on the CUDA
+cores (:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
 memory-bound) a Pallas/Triton GEMM reads the fp8 weight and its uint8 scales once
 from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-127)``
 fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
@@ -82,9 +82,9 @@ SMALL_M_MAX = 64
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
-"""``auto`` (default): the kernel measured faster for the shape (one raw bf16 row: :mod:`.cuda_gemv`);
-``pallas``: as ``auto`` but never the one-row kernel (the Pallas kernels alone, for comparisons);
-``triton``: never Mosaic nor the one-row kernel; ``mosaic``: Mosaic wherever it can run, never the one-row kernel."""
+"""``auto`` (default): the kernel measured faster for the shape (one or two raw bf16 rows: :mod:`.cuda_gemv`);
+``pallas``: as ``auto`` but never the GEMV kernel (the Pallas kernels alone, for comparisons);
+``triton``: never Mosaic nor the GEMV kernel; ``mosaic``: Mosaic wherever it can run, never the GEMV kernel."""
 
 
 def small_m_choice() -> str:
@@ -321,7 +321,7 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
 
     A raw ``x`` is quantized by this backend's own kernels (bit-identical to ``quantize``).
-    One raw bfloat16 row goes to :mod:`.cuda_gemv` where it takes the weight's shape.
+    One or two raw bfloat16 rows go to :mod:`.cuda_gemv` where it takes the weight's shape.
     Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
     GPU kernel; else up to ``M <= 64`` rows the Triton GEMM. More rows: the GEMM is
     compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
@@ -331,18 +331,18 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     """
     require_backend("hopper", n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
     if not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w):  # no CPU interpreter runs CUDA
-        return _one_row(x, w, jnp.dtype(out_dtype))
+        return _gemv(x, w, jnp.dtype(out_dtype))
     return _rows(x, w, out_dtype)
 
 
-def _one_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """:func:`cuda_gemv.matmul_row`; under ``vmap`` the mapped rows go to :func:`_rows` as more rows."""
+def _gemv(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """:func:`cuda_gemv.matmul_rows`; under ``vmap`` the mapped rows go to :func:`_rows` as more rows."""
 
     @jax.custom_batching.custom_vmap
-    def one_row(x, data, scale):
-        return cuda_gemv.matmul_row(x, MXArray(data, scale), out_dtype)
+    def gemv(x, data, scale):
+        return cuda_gemv.matmul_rows(x, MXArray(data, scale), out_dtype)
 
-    @one_row.def_vmap
+    @gemv.def_vmap
     def _(axis_size, in_batched, x, data, scale):
         del axis_size
         x_mapped, *w_mapped = in_batched
@@ -351,11 +351,11 @@ def _one_row(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         axes = (0 if x_mapped else None, *(0 if b else None for b in w_mapped))
         return jax.vmap(lambda x, d, s: _rows(x, MXArray(d, s), out_dtype), in_axes=axes)(x, data, scale), True
 
-    return one_row(x, w.data, w.scale)
+    return gemv(x, w.data, w.scale)
 
 
 def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """Every path but the one-row kernel (the rows of ``x`` flattened into M)."""
+    """Every path but the GEMV kernel (the rows of ``x`` flattened into M)."""
     *lead, k = x.shape
     m = math.prod(lead)
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
