@@ -21,14 +21,15 @@ Parts:
    (``MXFP8_XLA_HOPPER_SMALL_M=pallas``), the best row and the best split configuration (the row
    kernel also with its partial sums scaled instead of its elements, ``EXACT`` 0), and XLA reading
    the fp8 weight alone. ``--library-only``: without the configurations.
-2. ``edges``, for the row kernel with the per-element weight scaling, without it, and for the library
-   path (each with the kernels it traced): weight scale bytes 0, 1, 254, 255 and an E4M3 NaN byte
-   against emulation, row by row, NaN and infinity positions elementwise; and the in-kernel activation
+2. ``edges``, for the row kernel with the per-element weight scaling, without it, the two-row split kernel, and
+   the library path at one row and at two (each with the kernels it traced): weight scale bytes 0, 1, 254, 255 and
+   an E4M3 NaN byte against emulation, row by row, NaN and infinity positions elementwise; and the in-kernel activation
    quantization: an identity weight returns the decoded activation, which must equal
    ``dequantize(quantize(x))`` exactly, up to the sign of zero (ties, subnormals, a zero block, the clamped
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
 3. ``--rows 2,4`` (instead of the sweep): the split kernel for 2 or 4 activation rows at the K = 4096 shapes
-   against bf16 and the shipped backend, checked against emulation; the edges then include the two-row kernel.
+   against bf16 and the shipped backend (which, since the eleventh session, runs the same two-row kernel at M = 2
+   through its own route), checked against emulation; then the edges.
 4. ``--mma 1,8,16`` (instead of the sweep): the tensor-core kernel of ``cuda_gemv_mma.cu`` (up to 16 raw bf16 rows,
    exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
@@ -65,6 +66,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 from unittest import mock
@@ -458,9 +460,9 @@ def activation_vectors() -> tuple[np.ndarray, list[np.ndarray]]:
     return finite, poisoned
 
 
-def second_of_two_rows(x: jax.Array, w: MXArray) -> jax.Array:
-    """``x [1, K]`` as the second row under a zero row, through the two-row split kernel; its second output row."""
-    return gemv(jnp.concatenate([jnp.zeros_like(x), x]), w, Split(2, 1, 4, 1, 2), out_dtype=jnp.float32)[1:]
+def second_of_two_rows(fn: Callable) -> Callable:
+    """``(x [1, K], w) -> fn`` run on ``x`` as the second row under a zero row, its second output row."""
+    return lambda x, w: fn(jnp.concatenate([jnp.zeros_like(x), x]), w)[1:]
 
 
 def row_of_many(x: jax.Array, w: MXArray, m: int, variant: str = "") -> jax.Array:
@@ -470,14 +472,14 @@ def row_of_many(x: jax.Array, w: MXArray, m: int, variant: str = "") -> jax.Arra
 
 
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
-    """The ``hopper`` backend as shipped (one raw bf16 row: ``cuda_gemv``); trace it under ``small_m_kernels``."""
+    """The ``hopper`` backend as shipped (one or two raw bf16 rows: ``cuda_gemv``); trace under ``small_m_kernels``."""
     return hopper.matmul(x, w, out_dtype)
 
 
-def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m2", "library")) -> None:
+def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m2", "library", "library_m2")) -> None:
     """Weight scale-byte and NaN-byte edges against emulation; the in-kernel activation quantization exactly: for the
     probe's build (with and without the per-element weight scaling), the tensor-core kernel (one row of 8 or of 16)
-    and the library path; ``labels`` picks among them."""
+    and the library path (one row, and the second of two); ``labels`` picks among them."""
     x, w = edge_operands()
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
@@ -487,11 +489,12 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),
         "exact0": functools.partial(gemv, cfg=cfg, exact=0, out_dtype=jnp.float32),
-        "split_m2": second_of_two_rows,
+        "split_m2": second_of_two_rows(functools.partial(gemv, cfg=Split(2, 1, 4, 1, 2), out_dtype=jnp.float32)),
         "mma_m8": functools.partial(row_of_many, m=8),
         "mma_m16": functools.partial(row_of_many, m=16),
         "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
         "library": library,
+        "library_m2": second_of_two_rows(library),
     }
     kernels = {label: kernels[label] for label in labels}
     finite, poisoned = activation_vectors()
