@@ -70,6 +70,18 @@ def block_config(layers: int, tiny: bool = False) -> dict:
     return base
 
 
+def build_model(
+    base: dict, *, quantized: bool, bf16_layout: str, fuse_projections: bool, backend: str = "auto"
+) -> tuple[LlamaConfig, dict]:
+    """``(cfg, params)`` of the blocks ``base`` describes (:func:`block_config`): MXFP8 or bf16 (weights in
+    ``bf16_layout``), random weights from key 0."""
+    cfg = LlamaConfig(
+        **base, quantized=quantized, backend=backend, bf16_layout=bf16_layout, fuse_projections=fuse_projections
+    )
+    params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return cfg, params
+
+
 def decode_step(cfg: LlamaConfig, params, batch: int) -> float:
     """Seconds per generated token at ``batch``: the slope between ``SHORT`` and ``LONG`` new tokens."""
     prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
@@ -101,15 +113,13 @@ def main() -> None:
     results = {}
     for name in (*baselines, "mxfp8"):
         quantized = name == "mxfp8"
-        layout = "kn" if quantized else name.removeprefix("bf16_")
-        cfg = LlamaConfig(
-            **base,
+        cfg, params = build_model(
+            base,
             quantized=quantized,
-            backend=args.backend,
-            bf16_layout=layout,
+            bf16_layout="kn" if quantized else name.removeprefix("bf16_"),
             fuse_projections=args.fuse_projections,
+            backend=args.backend,
         )
-        params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}
         for batch in batches:

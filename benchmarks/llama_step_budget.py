@@ -26,15 +26,13 @@ import argparse
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama import block_config, decode_step  # noqa: E402
+from bench_llama import block_config, build_model, decode_step  # noqa: E402
 from mosaic_sweep import operands  # noqa: E402
 from timing import environment, loop_time, write_json  # noqa: E402
 
-from examples.llama import Llama, LlamaConfig  # noqa: E402
 from mxfp8_xla import dequantize, mxfp8_matmul  # noqa: E402
 from mxfp8_xla.backends import select_backend  # noqa: E402
 
@@ -113,14 +111,9 @@ def main() -> None:
     print(out["env"], flush=True)
     steps = {}
     for quantized in (False, True):
-        cfg = LlamaConfig(
-            **base,
-            quantized=quantized,
-            backend="auto",
-            bf16_layout=args.bf16_layout,
-            fuse_projections=args.fuse_projections,
+        cfg, params = build_model(
+            base, quantized=quantized, bf16_layout=args.bf16_layout, fuse_projections=args.fuse_projections
         )
-        params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         for batch in batches:
             steps[quantized, batch] = decode_step(cfg, params, batch) * 1e6
         del params

@@ -28,13 +28,12 @@ import time
 from collections import defaultdict
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama import LONG, PROMPT, SHORT, block_config, decode_step  # noqa: E402
+from bench_llama import LONG, PROMPT, SHORT, block_config, build_model, decode_step  # noqa: E402
 from timing import environment, out_dir, write_json  # noqa: E402
 
-from examples.llama import Llama, LlamaConfig, generate  # noqa: E402
+from examples.llama import LlamaConfig, generate  # noqa: E402
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -136,14 +135,9 @@ def main() -> None:
     prompt = jax.random.randint(jax.random.key(args.batch), (args.batch, PROMPT), 0, base["vocab_size"])
     for quantized in (False, True):
         name = "mxfp8" if quantized else f"bf16_{args.bf16_layout}"
-        cfg = LlamaConfig(
-            **base,
-            quantized=quantized,
-            backend="auto",
-            bf16_layout=args.bf16_layout,
-            fuse_projections=args.fuse_projections,
+        cfg, params = build_model(
+            base, quantized=quantized, bf16_layout=args.bf16_layout, fuse_projections=args.fuse_projections
         )
-        params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         step = {"wall_us": decode_step(cfg, params, args.batch) * 1e6, **decode_step_profile(cfg, params, prompt)}
         hlo = generate.lower(cfg, params, prompt, max_new_tokens=SHORT).compile().as_text()
         (out_dir() / f"llama_step_{name}_b{args.batch}.hlo.txt").write_text(hlo)
