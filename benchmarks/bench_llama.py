@@ -82,9 +82,14 @@ def build_model(
     return cfg, params
 
 
+def decode_prompt(vocab_size: int, batch: int) -> jax.Array:
+    """The ``[batch, PROMPT]`` random token ids every decode measurement starts from."""
+    return jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, vocab_size)
+
+
 def decode_step(cfg: LlamaConfig, params, batch: int) -> float:
     """Seconds per generated token at ``batch``: the slope between ``SHORT`` and ``LONG`` new tokens."""
-    prompt = jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, cfg.vocab_size)
+    prompt = decode_prompt(cfg.vocab_size, batch)
     t_short = wall(lambda: generate(cfg, params, prompt, max_new_tokens=SHORT))
     t_long = wall(lambda: generate(cfg, params, prompt, max_new_tokens=LONG))
     return (t_long - t_short) / (LONG - SHORT)

@@ -30,7 +30,7 @@ from collections import defaultdict
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_llama import LONG, PROMPT, SHORT, block_config, build_model, decode_step  # noqa: E402
+from bench_llama import LONG, SHORT, block_config, build_model, decode_prompt, decode_step  # noqa: E402
 from timing import environment, out_dir, write_json  # noqa: E402
 
 from examples.llama import LlamaConfig, generate  # noqa: E402
@@ -76,7 +76,7 @@ def per_step(short: dict, long: dict, steps: int) -> dict:
     for name in names:
         c0, t0 = short["by_name"].get(name, (0, 0.0))
         c1, t1 = long["by_name"].get(name, (0, 0.0))
-        if c1 != c0 or abs(t1 - t0) > 0:
+        if (c1, t1) != (c0, t0):
             kernels[name] = {"count": (c1 - c0) / steps, "us": (t1 - t0) / steps}
     idle_before = {
         name: (long["idle_before"].get(name, 0.0) - short["idle_before"].get(name, 0.0)) / steps
@@ -132,7 +132,7 @@ def main() -> None:
     out = {"env": environment(), **vars(args), "rows": []}
     print(out["env"], flush=True)
     base = block_config(args.layers, args.tiny)
-    prompt = jax.random.randint(jax.random.key(args.batch), (args.batch, PROMPT), 0, base["vocab_size"])
+    prompt = decode_prompt(base["vocab_size"], args.batch)
     for quantized in (False, True):
         name = "mxfp8" if quantized else f"bf16_{args.bf16_layout}"
         cfg, params = build_model(
