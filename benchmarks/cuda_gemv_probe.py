@@ -35,7 +35,9 @@ Parts:
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
 5. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
-   kernels alone, with and without ``fuse_projections``, in the same process.
+   kernels alone, with and without ``fuse_projections``, in the same process; ``--models`` picks among
+   ``LLAMA_MODELS``, which also has ``mxfp8_f32out`` (the GEMVs write float32 and XLA rounds: the A/B for the
+   asynchronous V-cache copies of docs/benchmarks.md, "The Llama decode's two step times").
 
 What an H200 answered (jax 0.11.2; results/cuda_gemv_probe_split_h200.*): the split kernel's best configuration
 1.46-1.64x of bf16 at five shapes and 1.00x at (1024, 4096), 2.1-3.4 TB/s, where the row kernel's best gave
@@ -539,25 +541,44 @@ def small_m_kernels(choice: str):
             jax.clear_caches()
 
 
-def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -> None:
-    """Decode at batch 1, 4 Llama-3-8B blocks, fused projections first, then not: bf16 ``[N, K]``, MXFP8 as shipped
-    (one row: this kernel) and MXFP8 on the Pallas kernels alone (``MXFP8_XLA_HOPPER_SMALL_M=pallas``)."""
-    from bench_llama import block_config, decode_step
+@contextlib.contextmanager
+def gemv_f32_out():
+    """The GEMV kernels write float32 and XLA rounds to the requested dtype (a fusable convert after the custom
+    call, where it otherwise feeds consumers such as a KV-cache update directly), with fresh jit caches."""
+    matmul_rows = cuda_gemv.matmul_rows
 
-    from examples.llama import Llama, LlamaConfig
+    def f32_then_round(x, w, out_dtype):
+        return matmul_rows(x, w, jnp.float32).astype(out_dtype)
+
+    with mock.patch.object(cuda_gemv, "matmul_rows", f32_then_round):
+        jax.clear_caches()
+        try:
+            yield
+        finally:
+            jax.clear_caches()
+
+
+LLAMA_MODELS = {
+    "bf16_nk": (False, "auto", contextlib.nullcontext),
+    "mxfp8": (True, "auto", contextlib.nullcontext),
+    "mxfp8_pallas": (True, "pallas", contextlib.nullcontext),
+    "mxfp8_f32out": (True, "auto", gemv_f32_out),
+}
+"""``--models``: name -> (quantized, ``MXFP8_XLA_HOPPER_SMALL_M``, context the decode runs in)."""
+
+
+def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -> None:
+    """Decode at batch 1, 4 Llama-3-8B blocks, fused projections first, then not, for each of ``LLAMA_MODELS``
+    named: bf16 ``[N, K]``, MXFP8 as shipped (one row: this kernel), MXFP8 on the Pallas kernels alone, and MXFP8 with
+    the kernel's float32 output rounded by XLA (``gemv_f32_out``)."""
+    from bench_llama import block_config, build_model, decode_step
 
     rows = {}
     for fuse in (True, False):
         for name in models:
-            cfg = LlamaConfig(
-                **block_config(4),
-                quantized=name != "bf16_nk",
-                backend="auto",
-                bf16_layout="nk",
-                fuse_projections=fuse,
-            )
-            with small_m_kernels("pallas" if name == "mxfp8_pallas" else "auto"):
-                params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+            quantized, choice, context = LLAMA_MODELS[name]
+            with small_m_kernels(choice), context():
+                cfg, params = build_model(block_config(4), quantized=quantized, bf16_layout="nk", fuse_projections=fuse)
                 step = decode_step(cfg, params, 1)
             label = f"{name}{' fused' if fuse else ''}"
             rows[label] = {"ms_per_step": step * 1e3, "tokens_per_s": 1 / step}

@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cuda_kernel_names, needs_gpp
+from conftest import H100, cuda_kernel_names, needs_gpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cuda_gemv_probe as probe  # noqa: E402
 
 from mxfp8_xla import MXArray, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, ptx_launch  # noqa: E402
+from mxfp8_xla.backends.select import override_capability  # noqa: E402
 
 
 def weight(n: int, k: int) -> MXArray:
@@ -254,3 +255,19 @@ def test_mma_sweep_harness_checks_and_times_each_configuration_that_fits(emulate
         fits = fits if "(1024, 4096)" in key else ["w4_sm4"]
         assert [lab for lab in labels if lab in row] == fits
         assert all(row[lab]["us"] == 10.0 and row[lab]["rel_err_f32_out"] < 1e-6 for lab in fits)
+
+
+def test_gemv_f32_out_runs_the_float32_kernel_and_rounds_in_xla(monkeypatch):
+    monkeypatch.delenv(probe.hopper.SMALL_M_KERNEL_ENV, raising=False)
+    x, w = jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096)
+    product = lambda x: probe.hopper.matmul(x, w, jnp.bfloat16)  # noqa: E731
+    with override_capability(H100):
+        assert ptx_launch.traced_launches(product, x) == ["mxfp8_gemv_split_c1_r4_bf16"]
+        with probe.gemv_f32_out():
+            assert ptx_launch.traced_launches(product, x) == ["mxfp8_gemv_split_c1_r4_f32"]
+            assert jax.eval_shape(product, x).dtype == jnp.bfloat16
+        assert ptx_launch.traced_launches(product, x) == ["mxfp8_gemv_split_c1_r4_bf16"]
+
+
+def test_every_llama_model_the_probe_names_is_defined():
+    assert {"bf16_nk", "mxfp8", "mxfp8_pallas", "mxfp8_f32out"} == set(probe.LLAMA_MODELS)
