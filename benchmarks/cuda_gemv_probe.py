@@ -78,11 +78,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
+from mosaic_sweep import SHAPES, dequant_bf16, edge_operands, operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import cuda_gemv, emulation, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cuda_gemv_rows.cu")  # the row kernel; includes gemv.cu (-DMXFP8_GEMV_PROBE)
 MMA_SOURCE = Path(__file__).with_name("cuda_gemv_mma.cu")  # the tensor-core kernel for 1-16 rows; includes gemv.cu
@@ -281,18 +281,10 @@ def gemv(x: jax.Array, w: MXArray, cfg: tuple, exact: int = 1, out_dtype=jnp.bfl
     )
 
 
-def reference(x: jax.Array, w: MXArray) -> np.ndarray:
-    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
-
-
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bit for bit equal, every NaN counted equal to every NaN."""
     nan = np.isnan(a)
     return bool(np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32)))
-
-
-def dequant_bf16(w: MXArray) -> jax.Array:
-    return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
 def bf16_dot_us(sets: list) -> float:

@@ -70,11 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import SHAPES, edge_operands, operands, rel_err  # noqa: E402
+from mosaic_sweep import SHAPES, dequant_bf16, edge_operands, operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
-from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import emulation, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla import MXArray, quantize  # noqa: E402
+from mxfp8_xla.backends import hopper, ptx_launch  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cuda_small_m.cu")
 CONFIGS = ((4, 4), (4, 8), (8, 4), (8, 8))  # (warps per CTA, blocks per load round), as instantiated
@@ -157,14 +157,6 @@ def end_to_end(x: jax.Array, w: MXArray, cfg: tuple, out_dtype=jnp.bfloat16) -> 
     m = x.shape[0]
     x_op, x_scale = kernel_inputs(hopper.quantize_activations(x), decode)
     return run_kernel(x_op, x_scale, w, m, decode, warps, unroll, split).sum(axis=0).astype(out_dtype)
-
-
-def reference(x: jax.Array, w: MXArray) -> np.ndarray:
-    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
-
-
-def dequant_bf16(w: MXArray) -> jax.Array:
-    return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
 def for_decode(w: MXArray, decode: str) -> MXArray:

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import environment, failure, loop_time, rotation_copies, write_json  # noqa: E402
 
-from mxfp8_xla import MXArray, quantize  # noqa: E402
+from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, hopper, hopper_mosaic  # noqa: E402
 
 SHAPES = ((14336, 4096), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096))
@@ -59,6 +59,16 @@ def operands(n, k, m, copies=None):
 def rel_err(out, ref):
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+
+
+def reference(x: jax.Array, w: MXArray) -> np.ndarray:
+    """Emulation's float32 product of a raw activation and a weight: what every probe's kernel must match."""
+    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
+
+
+def dequant_bf16(w: MXArray) -> jax.Array:
+    """The weight decoded to bf16 ``[N, K]``: the bf16 baseline's operand."""
+    return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
 def edge_operands() -> tuple[jax.Array, MXArray]:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cuda_small_m_probe as probe  # noqa: E402
-from mosaic_sweep import operands  # noqa: E402
+from mosaic_sweep import dequant_bf16, operands  # noqa: E402
 
 from mxfp8_xla import quantize  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
@@ -45,7 +45,7 @@ def ops(cases: int, start: int = 0, decodes: tuple[str, ...] = PROBE_DECODES) ->
     out = []
     for (n, k), m in CASES[start : start + cases]:
         x, w = operands(n, k, m, copies=1)[0]
-        wb = probe.dequant_bf16(w)
+        wb = dequant_bf16(w)
         out.append((f"({n}, {k}) M={m} bf16 jnp.dot", jax.jit(lambda x, wb: jnp.dot(x, wb.T)), (x, wb)))
         out.append((f"({n}, {k}) M={m} hopper", jax.jit(lambda x, w: hopper.matmul(x, w, jnp.bfloat16)), (x, w)))
         for decode in decodes:
