@@ -559,14 +559,14 @@ LLAMA_MODELS = {
 """``--models``: name -> (quantized, ``MXFP8_XLA_HOPPER_SMALL_M``, context the decode runs in)."""
 
 
-def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas")) -> None:
-    """Decode at batch 1, 4 Llama-3-8B blocks, fused projections first, then not, for each of ``LLAMA_MODELS``
+def llama(results: dict, models: tuple = ("bf16_nk", "mxfp8", "mxfp8_pallas"), fuses: tuple = (True, False)) -> None:
+    """Decode at batch 1, 4 Llama-3-8B blocks, fused projections, then not (``fuses``), for each of ``LLAMA_MODELS``
     named: bf16 ``[N, K]``, MXFP8 as shipped (one row: this kernel), MXFP8 on the Pallas kernels alone, and MXFP8 with
     the kernel's float32 output rounded by XLA (``gemv_f32_out``)."""
     from bench_llama import block_config, build_model, decode_step
 
     rows = {}
-    for fuse in (True, False):
+    for fuse in fuses:
         for name in models:
             quantized, choice, context = LLAMA_MODELS[name]
             with small_m_kernels(choice), context():
@@ -588,6 +588,7 @@ if __name__ == "__main__":
     parser.add_argument("--llama", action="store_true", help="also the Llama decode at batch 1")
     parser.add_argument("--llama-only", action="store_true", help="only the Llama decode at batch 1")
     parser.add_argument("--models", default="bf16_nk,mxfp8,mxfp8_pallas", help="the Llama part's models")
+    parser.add_argument("--fused-only", action="store_true", help="the Llama part with fused projections only")
     parser.add_argument("--library-only", action="store_true", help="the sweep without the probe's configurations")
     parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
@@ -613,7 +614,7 @@ if __name__ == "__main__":
             elif part == "edges":
                 edges(results)
             else:
-                llama(results, tuple(args.models.split(",")))
+                llama(results, tuple(args.models.split(",")), (True,) if args.fused_only else (True, False))
         except Exception as e:  # noqa: BLE001
             results[part] = {"error": failure(e)}
             print(f"{part}: {failure(e)}")
