@@ -1,59 +1,57 @@
 #!/bin/bash
-# The Llama decode's two step times (docs/benchmarks.md, "The Llama decode's two step times"): experiments on
-# what makes most processes wait ~30 us a step between the MXFP8 step's kernels.
+# The Llama decode's slow mode (docs/benchmarks.md, "The slow mode's cause"): MXFP8 decode steps ~30 us longer when
+# XLA's DynamicSliceCopyFusionAsyncWrapper turns the V-cache update fed by the qkv GEMV into an async copy.
 #
-# Usage (device, repo root): bash benchmarks/llama_slow_mode.sh PART [ROUNDS]; logs to $OUT/slow_mode_PART.log.
-#   ab      XLA's DynamicSliceCopyFusionAsyncWrapper (the V-cache update fed by the qkv GEMV becomes an async
-#           memcpy on a second stream) on and off, alternating, ROUNDS processes each (bench_llama.py, batch 1)
-#   f32out  the GEMVs write float32 and XLA rounds (the update is then no bare copy): cuda_gemv_probe.py
-#   pin     the process pinned to the first or the second half of the CPUs, alternating, ROUNDS each
-#   thunks  XLA's dump of both models (thunk sequences and command buffers) as $OUT/thunks.tar.gz
-#   vlog    command-buffer log lines, counted by message with the numbers masked, per model
+# Usage (device, repo root): [BATCHES=1,8] bash benchmarks/llama_slow_mode.sh PART [ROUNDS]; log to
+# $OUT/slow_mode_PART.log.
+#   ab      generate() as shipped (compiled with mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS, which disables that pass)
+#           and a copy of the tree without the option, alternating, ROUNDS processes each (bench_llama.py at
+#           BATCHES, default 1). (The first A/B, before the option existed, set the same pass off in XLA_FLAGS.)
+#   f32out  the GEMVs write float32 and XLA rounds, so the update is no bare copy (cuda_gemv_probe.py's Llama part;
+#           run before the option existed)
+#   vlog    XLA's command-buffer log lines at batch 1, counted by message with the numbers masked, per model, for
+#           both trees
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 PART=$1
 ROUNDS=${2:-3}
 LOG=$OUT/slow_mode_$PART.log
 NOISE='^W0000\|^I0000\|USDT'
-LLAMA="python3 benchmarks/bench_llama.py --layers 4 --batches 1 --no-prefill --bf16-layouts nk --fuse-projections"
-NO_WRAPPER=--xla_disable_hlo_passes=dynamic-slice-copy-fusion-async-wrapper
-RESULTS='batch  1\|decode tokens'
+LLAMA="python3 benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fuse-projections"
+WITHOUT=/tmp/without_decode_loop_options
+
+copy_without_option() {
+  rm -rf $WITHOUT && cp -r . $WITHOUT
+  sed -i '/compiler_options=DECODE_LOOP_COMPILER_OPTIONS,/d' $WITHOUT/examples/llama/generate.py
+  grep -c DECODE_LOOP_COMPILER_OPTIONS $WITHOUT/examples/llama/generate.py
+}
+
 {
-  echo "# bash benchmarks/llama_slow_mode.sh $PART $ROUNDS ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null))"
+  echo "# BATCHES=${BATCHES:-1} bash benchmarks/llama_slow_mode.sh $PART $ROUNDS" \
+    "($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $(date -u +%F))"
   case $PART in
     ab)
+      copy_without_option
       for r in $(seq "$ROUNDS"); do
-        for flags in "" "$NO_WRAPPER"; do
-          echo "=== round $r XLA_FLAGS=$flags"
-          XLA_FLAGS="$flags" $LLAMA 2>&1 | grep "$RESULTS"
+        for tree in $PWD $WITHOUT; do
+          echo "=== round $r: $tree"
+          (cd $tree && PYTHONPATH=$tree $LLAMA --batches "${BATCHES:-1}" 2>&1 | grep "decode")
         done
       done ;;
     f32out)
-      python3 benchmarks/cuda_gemv_probe.py --llama-only --fused-only --models bf16_nk,mxfp8,mxfp8_f32out,mxfp8 2>&1 |
-        grep -v "$NOISE" ;;
-    pin)
-      half=$(( $(nproc) / 2 ))
-      lscpu | grep -i "numa\|model name"
-      nvidia-smi topo -m
-      for r in $(seq "$ROUNDS"); do
-        for cpus in "0-$((half - 1))" "$half-$(( $(nproc) - 1 ))"; do
-          echo "=== round $r taskset -c $cpus"
-          taskset -c "$cpus" $LLAMA 2>&1 | grep "$RESULTS"
-        done
-      done ;;
-    thunks)
-      rm -rf /tmp/xla_dump
-      XLA_FLAGS=--xla_dump_to=/tmp/xla_dump $LLAMA 2>&1 | grep "$RESULTS"
-      (cd /tmp/xla_dump && ls | grep -i "thunk\|command_buffer" | head -50 &&
-        tar czf "$OUT/thunks.tar.gz" $(ls | grep -i "generate" | grep -i "thunk\|after_optimizations.txt\|buffer-assignment"))
-      ;;
+      PYTHONPATH=$PWD python3 benchmarks/cuda_gemv_probe.py --llama-only --fused-only \
+        --models bf16_nk,mxfp8,mxfp8_f32out,mxfp8 2>&1 | grep -v "$NOISE" ;;
     vlog)
-      TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_MAX_VLOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3,command_buffer_cmd=2 \
-        $LLAMA >/tmp/vlog.txt 2>&1
-      grep "$RESULTS" /tmp/vlog.txt
-      # Count each message per model (bench_llama prints a model's result after running it).
-      awk '/ decode .* ms\/step/ {print "=== up to: " $0; for (m in n) print n[m], m | "sort -rn | head -25"; close("sort -rn | head -25"); delete n; next}
-           /command_buffer/ {sub(/^.*\] /, ""); gsub(/0x[0-9a-f]+/, "PTR"); gsub(/[0-9]+/, "N"); n[$0]++}' /tmp/vlog.txt ;;
+      copy_without_option
+      for tree in $PWD $WITHOUT; do
+        echo "=== $tree"
+        (cd $tree && PYTHONPATH=$tree TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3,command_buffer_cmd=2 \
+          $LLAMA --batches 1 >/tmp/vlog.txt 2>&1)
+        # Each model's messages, counted; bench_llama prints a model's result line after running it.
+        awk '/ decode .* ms\/step/ {print "--- up to: " $0; for (m in n) print n[m], m | "sort -rn | head -20";
+                                   close("sort -rn | head -20"); delete n; next}
+             /command_buffer/ {sub(/^.*\] /, ""); gsub(/0x[0-9a-f]+/, "PTR"); gsub(/[0-9]+/, "N"); n[$0]++}' /tmp/vlog.txt
+      done ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
 } 2>&1 | tee "$LOG"

@@ -1,6 +1,7 @@
 """MXFP8 (OCP microscaling, E4M3 elements, E8M0 scales per 32) linear algebra for JAX."""
 
 from mxfp8_xla.backends import BackendUnavailableError, select_backend
+from mxfp8_xla.compile_options import DECODE_LOOP_COMPILER_OPTIONS
 from mxfp8_xla.info import info
 from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len, unswizzle_scales
 from mxfp8_xla.matmul import mxfp8_matmul
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLOCK_SIZE",
     "BackendUnavailableError",
+    "DECODE_LOOP_COMPILER_OPTIONS",
     "E4M3_MAX",
     "MXArray",
     "dequantize",

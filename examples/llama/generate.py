@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from mxfp8_xla import DECODE_LOOP_COMPILER_OPTIONS
+
 from .model import Llama, LlamaConfig, init_cache
 from .parallel import sharded_apply
 
@@ -42,7 +44,11 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | No
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh"),
+    compiler_options=DECODE_LOOP_COMPILER_OPTIONS,
+)
 def generate(
     cfg: LlamaConfig,
     params: Any,
@@ -63,6 +69,9 @@ def generate(
     is valid up to ``prompt_len + max_new_tokens`` (zeros after). Causal masking keeps the
     ignored tail out of the prefill, and decoding overwrites its cache slots before any
     query can see them. After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
+
+    Compiled with :data:`mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS` (the decode loop writes each step's keys and
+    values into the cache; the option keeps XLA from re-recording its command buffer every step).
     """
     apply = model_apply(cfg, mesh)
     b, t = prompt.shape
