@@ -9,8 +9,6 @@
 #           BATCHES, default 1). (The first A/B, before the option existed, set the same pass off in XLA_FLAGS.)
 #   f32out  the GEMVs write float32 and XLA rounds, so the update is no bare copy (cuda_gemv_probe.py's Llama part;
 #           run before the option existed)
-#   vlog    XLA's command-buffer log lines at batch 1, counted by message with the numbers masked, per model, for
-#           both trees
 set -u
 export PYTHONUNBUFFERED=1
 PART=$1
@@ -23,7 +21,9 @@ WITHOUT=/tmp/without_decode_loop_options
 copy_without_option() {
   rm -rf $WITHOUT && cp -r . $WITHOUT
   sed -i '/compiler_options=DECODE_LOOP_COMPILER_OPTIONS,/d' $WITHOUT/examples/llama/generate.py
-  grep -c DECODE_LOOP_COMPILER_OPTIONS $WITHOUT/examples/llama/generate.py
+  if grep -q "compiler_options=DECODE_LOOP_COMPILER_OPTIONS" $WITHOUT/examples/llama/generate.py; then
+    echo "the copy still compiles generate() with the option"; exit 1
+  fi
 }
 
 {
@@ -41,17 +41,6 @@ copy_without_option() {
     f32out)
       PYTHONPATH=$PWD python3 benchmarks/cuda_gemv_probe.py --llama-only --fused-only \
         --models bf16_nk,mxfp8,mxfp8_f32out,mxfp8 2>&1 | grep -v "$NOISE" ;;
-    vlog)
-      copy_without_option
-      for tree in $PWD $WITHOUT; do
-        echo "=== $tree"
-        (cd $tree && PYTHONPATH=$tree TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3,command_buffer_cmd=2 \
-          $LLAMA --batches 1 >/tmp/vlog.txt 2>&1)
-        # Each model's messages, counted; bench_llama prints a model's result line after running it.
-        awk '/ decode .* ms\/step/ {print "--- up to: " $0; for (m in n) print n[m], m | "sort -rn | head -20";
-                                   close("sort -rn | head -20"); delete n; next}
-             /command_buffer/ {sub(/^.*\] /, ""); gsub(/0x[0-9a-f]+/, "PTR"); gsub(/[0-9]+/, "N"); n[$0]++}' /tmp/vlog.txt
-      done ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
 } 2>&1 | tee "$LOG"
