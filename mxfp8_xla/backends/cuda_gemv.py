@@ -16,15 +16,15 @@ On an H200 (docs/benchmarks.md, "The K split across the CTA"; three runs of
 0.95-0.96x at (1024, 4096), where the Pallas path ran 0.52-1.13x; it streams the weight at
 2.9-3.6 TB/s at the wide shapes, agreed with emulation to 1.8e-7 (float32 out) and matched it
 on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN byte, an Inf or NaN in the
-activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.34-1.49x of bf16: its
-kernels take the same device time in every process, but in most the GPU also waits between them
-(docs/benchmarks.md, "The Llama decode's two step times").
+activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.44-1.47x of bf16 with
+the decode loop compiled with :data:`mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS` (1.33-1.35x without it;
+docs/benchmarks.md, "The slow mode's cause").
 
 At two rows (each decoded weight element serves both; K <= 8192) the probe's build of the same
 kernel measured 1.22-1.41x of bf16 at the five K = 4096 Llama-3-8B shapes, where the Pallas path
 ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmarks.md,
-"The K split across the CTA", "Two and four rows"); the library's route to it is not yet timed
-on the GPU. At four rows the CUDA cores run out (0.70-0.82x), so more rows stay on the Pallas kernels.
+"The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x ("The slow mode's
+cause"). At four rows the CUDA cores run out (0.70-0.82x), so more rows stay on the Pallas kernels.
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
