@@ -109,7 +109,7 @@ def test_matmul_rows_is_one_launch_and_rounds_other_dtypes_from_float32(out_dtyp
     suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
     assert launch.params["name"] == cfg.kernel(kernel_dtype) == f"mxfp8_gemv_split_c1_r4_{suffix}"
     assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 14336 // 16 // 32
-    assert launch.params["smem"] == 0 and launch.params["out_dtype"] == kernel_dtype
+    assert launch.params["smem"] == 0 and launch.params["outputs"] == (((1, 4096), jnp.dtype(kernel_dtype)),)
     assert launch.params["ptx"].count(".visible .entry") == 1
     assert jaxpr.outvars[0].aval.shape == (1, 1, 4096) and jaxpr.outvars[0].aval.dtype == out_dtype
 
@@ -122,7 +122,7 @@ def test_two_rows_are_one_launch_of_the_two_row_kernel(shape):
     (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
     assert launch.params["name"] == "mxfp8_gemv_split_c1_r4_m2_bf16"
     assert launch.params["grid"] == (2 * cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 16 // 32
-    assert launch.params["out_shape"] == (2, 14336) and launch.params["ptx"].count(".visible .entry") == 1
+    assert launch.params["outputs"][0][0] == (2, 14336) and launch.params["ptx"].count(".visible .entry") == 1
     assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336)
 
 

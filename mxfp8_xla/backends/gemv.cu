@@ -179,9 +179,28 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
 
 // M activation rows (x [M, k], out [M, n]): each thread keeps all M rows' chunks in registers, and each decoded
 // weight element serves the M rows (the library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers).
-template <int CPT, int R, int M, typename OUT>
+// Each thread's CPT chunks of M raw bf16 rows x [M, k], quantized exactly and decoded into xv (float32).
+template <int CPT, int M>
+__device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k, float4 (&xv)[CPT][M][4]) {
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float f[16], d[16];
+      u32 amax = load_bf16(x + static_cast<u64>(m) * k + 16 * (j * blockDim.x + threadIdx.x), f);
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      quantize_part(f, amax, d);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[j][m][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
+    }
+  }
+}
+
+// The product of M activation rows with w, their decoded chunks written into xv by activation(xv, k) (every
+// thread calls it once, while its first weight loads are in flight): quantize_chunks for the library's kernels.
+template <int CPT, int R, int M, typename OUT, typename Activation>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
-                                           const u16* __restrict__ x, OUT* __restrict__ out,
+                                           Activation activation, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
   __shared__ float partial[2][kMaxWarps][R * M];
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
@@ -205,18 +224,7 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   if (unit < units) load(unit, cur, cs);
 
   float4 xv[CPT][M][4];
-#pragma unroll
-  for (int j = 0; j < CPT; ++j) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float f[16], d[16];
-      u32 amax = load_bf16(x + static_cast<u64>(m) * k + 16 * (j * threads + threadIdx.x), f);
-      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      quantize_part(f, amax, d);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) xv[j][m][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
-    }
-  }
+  activation(xv, k);
 
   for (int i = 0; unit < units; unit += gridDim.x, ++i) {
     if (unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
@@ -252,7 +260,8 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 #define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT)                                    \
   extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {           \
-    gemv_split<CPT, R, M, OUT>(w, sw, x, out, dims);                                       \
+    gemv_split<CPT, R, M, OUT>(                                                            \
+        w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
 #define SPLIT(CPT, R, MAX_THREADS)                                                         \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, 1, MAX_THREADS, u16)           \

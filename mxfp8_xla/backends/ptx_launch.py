@@ -22,6 +22,7 @@ from jax._src.lib.mlir import ir
 from jax.extend.core import Primitive
 
 _launch = Primitive("mxfp8_ptx_kernel")
+_launch.multiple_results = True
 
 
 def launch(
@@ -33,19 +34,21 @@ def launch(
     out_shape: tuple[int, ...],
     out_dtype: np.dtype,
     smem: int = 0,
-) -> jax.Array:
+    extra_outputs: tuple[tuple[tuple[int, ...], np.dtype], ...] = (),
+) -> jax.Array | tuple[jax.Array, ...]:
     """Run kernel ``name`` of ``ptx`` on ``grid`` CTAs of ``warps`` warps with ``smem`` bytes of dynamic shared
-    memory; its parameters are pointers to ``operands`` (row-major) and then to the one output."""
-    return _launch.bind(
+    memory; its parameters are pointers to ``operands`` (row-major), then to the output ``out_shape``/``out_dtype``
+    and to each ``(shape, dtype)`` of ``extra_outputs``. Returns the output, or all of them if there are extra ones."""
+    outs = _launch.bind(
         *operands,
         name=name,
         ptx=ptx,
         grid=tuple(grid),
         warps=warps,
-        out_shape=tuple(out_shape),
-        out_dtype=np.dtype(out_dtype),
+        outputs=tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in ((out_shape, out_dtype), *extra_outputs)),
         smem=smem,
     )
+    return tuple(outs) if extra_outputs else outs[0]
 
 
 def unavailable() -> str | None:
@@ -71,31 +74,31 @@ def traced_launches(fn: Callable, *args) -> list[str]:
 
 
 @_launch.def_abstract_eval
-def _abstract_eval(*avals, name, ptx, grid, warps, out_shape, out_dtype, smem):
+def _abstract_eval(*avals, name, ptx, grid, warps, outputs, smem):
     del avals, name, ptx, grid, warps, smem
-    return ShapedArray(out_shape, out_dtype)
+    return [ShapedArray(shape, dtype) for shape, dtype in outputs]
 
 
-def _lowering(ctx, *args, name, ptx, grid, warps, out_shape, out_dtype, smem):
-    del out_shape, out_dtype  # in ctx.avals_out
+def _lowering(ctx, *args, name, ptx, grid, warps, outputs, smem):
+    del outputs  # in ctx.avals_out
     if (why := unavailable()) is not None:
         raise RuntimeError(f"cannot launch the CUDA kernel {name}: {why}")
     # (name, num_warps, num_ctas, shared_mem_bytes, ptx, ttir, compute_capability); above 48 KB of shared memory
     # jaxlib raises the kernel's dynamic limit itself
     kernel = gpu_triton.TritonKernel(name, warps, 1, smem, ptx, "", 90)
-    params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + 1)
+    params = [gpu_triton.create_array_parameter(0, 16)] * (len(args) + len(ctx.avals_out))
     call = gpu_triton.TritonKernelCall(kernel, grid[0], grid[1], 1, params)
     layout = lambda a: list(reversed(range(len(a.shape))))  # noqa: E731
     return mlir.custom_call(
         call_target_name="triton_kernel_call_ffi",
-        result_types=[mlir.aval_to_ir_type(ctx.module_context, ctx.avals_out[0])],
+        result_types=[mlir.aval_to_ir_type(ctx.module_context, a) for a in ctx.avals_out],
         operands=list(args),
         backend_config=dict(
             name=ir.StringAttr.get(name),
             opaque=ir.StringAttr.get(zlib.compress(call.to_proto(name, b""))),
         ),
         operand_layouts=[layout(a) for a in ctx.avals_in],
-        result_layouts=[layout(ctx.avals_out[0])],
+        result_layouts=[layout(a) for a in ctx.avals_out],
     ).results
 
 
