@@ -1,0 +1,158 @@
+"""Probe: the one-row GEMV with the residual add and RMSNorm in front (``cuda_gemv_norm.cu``), against XLA's norm.
+
+In the Llama decode at batch 1 (docs/benchmarks.md, "The slow mode's cause") the RMSNorms before the qkv and gate/up
+projections are two XLA launches each (the sum of squares, then the scaling, each recomputing the residual stream),
+about 27 us of a 370 us MXFP8 step. The probe kernel takes the residual ``x``, the block's output ``delta`` and the
+norm weight, writes the new residual ``h = x + delta`` and multiplies ``RMSNorm(h)`` by the weight as the library's
+one-row kernel does, in one launch. This script asks:
+
+1. ``numerics``, at the Llama-3-8B shapes the norms feed, (6144, 4096) and (28672, 4096): ``h`` bit for bit against
+   XLA's; the quantized activation the kernel multiplies (read back through an identity weight, as
+   ``cuda_gemv_probe.py``'s edges do) against ``quantize(RMSNorm(h))`` computed by XLA on the GPU, element by element
+   (they may differ only where the float32 sum of squares, summed in another order, moves a bf16 rounding); the
+   float32 product against emulation's on XLA's normalized row.
+2. ``timing``, same shapes, us a call, each returning the product and ``h``: bf16 (XLA's norm and ``jnp.dot`` on the
+   weight stored ``[N, K]``), MXFP8 unfused (XLA's norm, then the library's GEMV), the fused kernel, the library's
+   GEMV alone on a normalized row (the floor the fused kernel's norm adds to), and bf16 ``jnp.dot`` alone (so that
+   the GEMV's ratio compares with earlier runs').
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py``; JSON to ``$OUT/gemv_norm_probe.json``,
+the PTX and ptxas's register report beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_gemv_probe import compile_ptx  # noqa: E402
+from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, write_json  # noqa: E402
+
+from examples.llama.model import RMSNorm  # noqa: E402
+from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, ptx_launch  # noqa: E402
+
+SOURCE = Path(__file__).with_name("cuda_gemv_norm.cu")
+SHAPES = ((6144, 4096), (28672, 4096))
+EPS = 1e-5  # Llama-3's rms_norm_eps
+SMS = 132  # H100 SXM and H200
+PTX = ""  # set by __main__ (CPU tests only trace)
+
+
+def add_norm_gemv(
+    x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray, out_dtype=jnp.bfloat16
+) -> tuple[jax.Array, jax.Array]:
+    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bf16 row ``x``, ``delta [1, K]`` and ``norm_weight [K]``
+    (bf16), in one launch of the probe kernel; the first in ``out_dtype`` (bf16 or float32), the second bf16."""
+    (m, k), n = x.shape, w.shape[0]
+    cfg = cuda_gemv.config(n, k)
+    if m != 1 or cfg is None or {x.dtype, delta.dtype, norm_weight.dtype} != {jnp.dtype(jnp.bfloat16)}:
+        raise ValueError(f"add_norm_gemv: x {x.shape} {x.dtype}, delta {delta.dtype}, weight {w.shape}: no kernel")
+    name = f"mxfp8_gemv_addnorm_{'bf16' if out_dtype == jnp.bfloat16 else 'f32'}"
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        delta,
+        norm_weight,
+        jnp.full((1,), EPS, jnp.float32),
+        jnp.array([1, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(PTX, name) if PTX else "",
+        grid=(cfg.grid(n, SMS), 1),
+        warps=cfg.threads // 32,
+        out_shape=(1, n),
+        out_dtype=out_dtype,
+        extra_outputs=(((1, k), jnp.bfloat16),),
+    )
+
+
+def rms_norm(h: jax.Array, norm_weight: jax.Array) -> jax.Array:
+    """examples/llama's RMSNorm of ``h`` with ``norm_weight`` (bf16 in, bf16 out)."""
+    return RMSNorm(EPS, jnp.bfloat16, jnp.bfloat16).apply({"params": {"weight": norm_weight}}, h)
+
+
+def unfused(x, delta, norm_weight, w):
+    """XLA's residual add and norm, then the library's GEMV: what the Llama decode runs today."""
+    h = x + delta
+    return cuda_gemv.matmul_rows(rms_norm(h, norm_weight), w, jnp.bfloat16), h
+
+
+def norm_operands(k: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """A ``delta [1, k]`` and a norm weight ``[k]`` (around 1, as trained ones are), bf16."""
+    kd, kn = jax.random.split(jax.random.key(1000 + seed))
+    delta = (jax.random.normal(kd, (1, k), jnp.float32) * 0.5).astype(jnp.bfloat16)
+    norm_weight = (1 + 0.1 * jax.random.normal(kn, (k,), jnp.float32)).astype(jnp.bfloat16)
+    return delta, norm_weight
+
+
+def identity_weight(k: int) -> MXArray:
+    """``[k, k]`` identity, scale 1: its product is the decoded activation the kernel multiplies."""
+    return MXArray(jnp.eye(k, dtype=jnp.float8_e4m3fn), jnp.full((k, k // 32), 127, jnp.uint8))
+
+
+def numerics(results: dict) -> None:
+    for n, k in SHAPES:
+        x, w = operands(n, k, 1, copies=1)[0]
+        delta, norm_weight = norm_operands(k, 0)
+        h_ref = np.asarray(jax.jit(jnp.add)(x, delta))
+        normed = jax.jit(rms_norm)(jnp.asarray(h_ref), norm_weight)
+        row = {}
+        y32, h = jax.jit(lambda *a: add_norm_gemv(*a, out_dtype=jnp.float32))(x, delta, norm_weight, w)
+        h = np.asarray(h)
+        row["h bit for bit"] = bool(np.array_equal(h.view(np.uint16), h_ref.view(np.uint16)))
+        decoded, _ = jax.jit(lambda *a: add_norm_gemv(*a, out_dtype=jnp.float32))(
+            x, delta, norm_weight, identity_weight(k)
+        )
+        want = np.asarray(jax.jit(lambda v: dequantize(quantize(v), jnp.float32))(normed))
+        differ = np.flatnonzero(np.asarray(decoded) != want)
+        row["activation elements differing (of k)"] = int(differ.size)
+        row["activation differences (k, kernel, XLA)"] = [
+            [int(i), float(np.asarray(decoded).ravel()[i]), float(want.ravel()[i])] for i in differ[:8]
+        ]
+        row["rel_err_f32_out_vs_emulation"] = rel_err(np.asarray(y32), reference(normed, w))
+        library = np.asarray(jax.jit(lambda v, w: cuda_gemv.matmul_rows(v, w, jnp.float32))(normed, w))
+        row["outputs equal to the library GEMV's on XLA's normed row (of n)"] = int(np.sum(np.asarray(y32) == library))
+        results[f"numerics ({n}, {k})"] = row
+        print(f"numerics ({n}, {k}): {row}", flush=True)
+
+
+def timing(results: dict) -> None:
+    heads = ("bf16", "unfused", "fused", "GEMV", "bf16 dot")
+    print(f"{'(N, K)':>14} " + " ".join(f"{h:>8}" for h in heads) + "  (us; ratios: to bf16, then GEMV to bf16 dot)")
+    for n, k in SHAPES:
+        sets = [(x, *norm_operands(k, i), w) for i, (x, w) in enumerate(operands(n, k, 1))]
+        bf16_sets = [(x, d, g, dequant_bf16(w)) for x, d, g, w in sets]
+        row = {
+            "bf16": loop_time(lambda x, d, g, wb: (jnp.dot(rms_norm(x + d, g), wb.T), x + d), bf16_sets),
+            "unfused": loop_time(unfused, sets),
+            "fused": loop_time(add_norm_gemv, sets),
+            "gemv alone": loop_time(lambda x, d, g, w: cuda_gemv.matmul_rows(x, w, jnp.bfloat16), sets),
+            "bf16 dot alone": loop_time(lambda x, d, g, wb: jnp.dot(x, wb.T), bf16_sets),
+        }
+        row = {key: t * 1e6 for key, t in row.items()}
+        results[f"timing ({n}, {k})"] = row
+        ratios = "  ".join(f"{row['bf16'] / row[key]:.2f}x" for key in ("unfused", "fused"))
+        ratios += f"  {row['bf16 dot alone'] / row['gemv alone']:.2f}x"
+        cells = " ".join(f"{row[key]:8.1f}" for key in ("bf16", "unfused", "fused", "gemv alone", "bf16 dot alone"))
+        print(f"{str((n, k)):>14} {cells}  {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    results = {"environment": environment()}
+    print(results["environment"])
+    PTX = compile_ptx(SOURCE, "cuda_gemv_norm")
+    for part in (numerics, timing):
+        try:
+            part(results)
+        except Exception as e:  # noqa: BLE001
+            results[part.__name__] = {"error": failure(e)}
+            print(f"{part.__name__}: {failure(e)}")
+        write_json("gemv_norm_probe.json", results)
