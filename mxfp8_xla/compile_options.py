@@ -17,5 +17,6 @@ time is the same);
 ``docs/benchmarks.md``, "The slow mode's cause". Per XLA's source, an asynchronous copy at a loop-dependent offset
 makes the host update its command buffer every step. With the pass off the update stays an ordinary in-place
 ``dynamic_update_slice``: the same numbers, computed in the same kernels but that one. Where the pass does not exist
-(CPU, other XLA versions) the option does nothing.
+(CPU, other XLA versions) the option does nothing. JAX takes compiler options only on the outermost ``jax.jit``
+(a nested one raises ``ValueError``): pass them where the decode loop's program is compiled.
 """

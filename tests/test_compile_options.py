@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,23 @@ def test_exported_and_names_the_pass():
 
 
 def test_llama_generate_is_compiled_with_it():
-    from examples.llama import generate
+    generate_module = importlib.import_module("examples.llama.generate")  # the package re-exports the function
 
-    assert dict(generate._jit_info.compiler_options_kvs) == DECODE_LOOP_COMPILER_OPTIONS  # private: no public getter
+    compiled = generate_module._generate._jit_info.compiler_options_kvs  # private: jax has no public getter
+    assert dict(compiled) == DECODE_LOOP_COMPILER_OPTIONS
+    assert not generate_module._generate_inside_jit._jit_info.compiler_options_kvs
+
+
+def test_llama_generate_also_runs_inside_another_jit():
+    """JAX refuses compiler options on a nested jit: generate() on tracers takes the version without them."""
+    from examples.llama import Llama, LlamaConfig, generate
+
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, backend="emulation",
+    )  # fmt: skip
+    prompt = jnp.array([[1, 2, 3, 4]], jnp.int32)
+    params = jax.jit(Llama(cfg).init)(jax.random.key(0), prompt)["params"]
+    outside = generate(cfg, params, prompt, max_new_tokens=3)
+    inside = jax.jit(lambda p, x: generate(cfg, p, x, max_new_tokens=3))(params, prompt)
+    np.testing.assert_array_equal(np.asarray(inside), np.asarray(outside))

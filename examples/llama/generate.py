@@ -44,11 +44,6 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | No
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh"),
-    compiler_options=DECODE_LOOP_COMPILER_OPTIONS,
-)
 def generate(
     cfg: LlamaConfig,
     params: Any,
@@ -62,7 +57,7 @@ def generate(
     eos_id: int | None = None,
     mesh: Mesh | None = None,
 ) -> jax.Array:
-    """``prompt [B, T]`` -> ``[B, T + max_new_tokens]`` token ids.
+    """``prompt [B, T]`` -> ``[B, T + max_new_tokens]`` token ids, jitted.
 
     ``prompt_len`` (traced, so one compilation serves every length up to ``T``): the
     prompt is ``prompt[:, :prompt_len]`` (the rest of the buffer is ignored) and the result
@@ -70,9 +65,40 @@ def generate(
     ignored tail out of the prefill, and decoding overwrites its cache slots before any
     query can see them. After ``eos_id`` (if given) a sequence keeps emitting ``eos_id``.
 
-    Compiled with :data:`mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS` (the decode loop writes each step's keys and
-    values into the cache; the option keeps XLA from re-recording its command buffer every step).
+    Called on arrays, it is compiled with :data:`mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS` (the decode loop writes
+    each step's keys and values into the cache, and the option keeps XLA's asynchronous copy out of it). JAX takes
+    compiler options only on the outermost ``jax.jit``: called inside another one (on tracers), it is traced into
+    that one, which should then be compiled with those options itself.
     """
+    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, prompt, key, prompt_len)))
+    return (_generate_inside_jit if traced else _generate)(
+        cfg,
+        params,
+        prompt,
+        key,
+        max_new_tokens=max_new_tokens,
+        prompt_len=prompt_len,
+        temperature=temperature,
+        top_k=top_k,
+        eos_id=eos_id,
+        mesh=mesh,
+    )
+
+
+def _generate_steps(
+    cfg: LlamaConfig,
+    params: Any,
+    prompt: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    max_new_tokens: int,
+    prompt_len: jax.Array | int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """:func:`generate`'s computation: the prefill, then a ``lax.scan`` of decode steps."""
     apply = model_apply(cfg, mesh)
     b, t = prompt.shape
     n = jnp.int32(t if prompt_len is None else prompt_len)
@@ -99,6 +125,12 @@ def generate(
     out = jnp.zeros((b, t + max_new_tokens), jnp.int32)
     out = out.at[:, :t].set(jnp.where(jnp.arange(t) < n, prompt.astype(jnp.int32), 0))
     return jax.lax.dynamic_update_slice(out, new, (0, n))
+
+
+_STATIC = ("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh")
+_generate = jax.jit(_generate_steps, static_argnames=_STATIC, compiler_options=DECODE_LOOP_COMPILER_OPTIONS)
+_generate_inside_jit = jax.jit(_generate_steps, static_argnames=_STATIC)
+generate.lower = _generate.lower  # as a jitted function's: the program generate() compiles on arrays
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
