@@ -1,10 +1,10 @@
-"""Probe: the one-row GEMV with the residual add and RMSNorm in front (``cuda_gemv_norm.cu``), against XLA's norm.
+"""Probe: the library's add-and-norm GEMV (``cuda_gemv.add_norm_rows``) against XLA's norm and the one-row GEMV.
 
 In the Llama decode at batch 1 (docs/benchmarks.md, "The slow mode's cause") the RMSNorms before the qkv and gate/up
 projections are two XLA launches each (the sum of squares, then the scaling, each recomputing the residual stream),
-about 27 us of a 370 us MXFP8 step. The probe kernel takes the residual ``x``, the block's output ``delta`` and the
-norm weight, writes the new residual ``h = x + delta`` and multiplies ``RMSNorm(h)`` by the weight as the library's
-one-row kernel does, in one launch. This script asks:
+about 27 us of a 370 us MXFP8 step. The add-and-norm kernel (``gemv.cu``; first built here as a probe, at c964f48)
+takes the residual ``x``, the block's output ``delta`` and the norm weight, writes the new residual
+``h = x + delta`` and multiplies ``RMSNorm(h)`` by the weight as the one-row kernel does, in one launch. Parts:
 
 1. ``numerics``, at the Llama-3-8B shapes the norms feed, (6144, 4096) and (28672, 4096): ``h`` bit for bit against
    XLA's; the quantized activation the kernel multiplies (read back through an identity weight, as
@@ -18,64 +18,37 @@ one-row kernel does, in one launch. This script asks:
    GEMV alone on a normalized row (the floor the fused kernel's norm adds to), and bf16 ``jnp.dot`` alone (so that
    the GEMV's ratio compares with earlier runs').
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py``; JSON to ``$OUT/gemv_norm_probe.json``,
-the PTX and ptxas's register report beside it.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py``; JSON to ``$OUT/gemv_norm_probe.json``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_gemv_probe import compile_ptx  # noqa: E402
 from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from examples.llama.model import RMSNorm  # noqa: E402
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import cuda_gemv, ptx_launch  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv  # noqa: E402
 
-SOURCE = Path(__file__).with_name("cuda_gemv_norm.cu")
 SHAPES = ((6144, 4096), (28672, 4096))
 EPS = 1e-5  # Llama-3's rms_norm_eps
 STRICT = {"xla_allow_excess_precision": False}
 """XLA rounds every bf16 intermediate (by default it may keep float32 between ops, e.g. the norm's bf16 casts)."""
-SMS = 132  # H100 SXM and H200
-PTX = ""  # set by __main__ (CPU tests only trace)
 
 
 def add_norm_gemv(
     x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray, out_dtype=jnp.bfloat16
 ) -> tuple[jax.Array, jax.Array]:
-    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bf16 row ``x``, ``delta [1, K]`` and ``norm_weight [K]``
-    (bf16), in one launch of the probe kernel; the first in ``out_dtype`` (bf16 or float32), the second bf16."""
-    (m, k), n = x.shape, w.shape[0]
-    cfg = cuda_gemv.config(n, k)
-    if m != 1 or cfg is None or {x.dtype, delta.dtype, norm_weight.dtype} != {jnp.dtype(jnp.bfloat16)}:
-        raise ValueError(f"add_norm_gemv: x {x.shape} {x.dtype}, delta {delta.dtype}, weight {w.shape}: no kernel")
-    name = f"mxfp8_gemv_addnorm_{'bf16' if out_dtype == jnp.bfloat16 else 'f32'}"
-    return ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x,
-        delta,
-        norm_weight,
-        jnp.full((1,), EPS, jnp.float32),
-        jnp.array([1, n, k], jnp.int32),
-        name=name,
-        ptx=cuda_gemv.entry_ptx(PTX, name) if PTX else "",
-        grid=(cfg.grid(n, SMS), 1),
-        warps=cfg.threads // 32,
-        out_shape=(1, n),
-        out_dtype=out_dtype,
-        extra_outputs=(((1, k), jnp.bfloat16),),
-    )
+    """``(RMSNorm(x + delta) @ w.T, x + delta)``: the library's add-and-norm kernel, one launch."""
+    return cuda_gemv.add_norm_rows(x, delta, norm_weight, EPS, w, out_dtype)
 
 
 def rms_norm(h: jax.Array, norm_weight: jax.Array) -> jax.Array:
@@ -163,7 +136,6 @@ def timing(results: dict) -> None:
 if __name__ == "__main__":
     results = {"environment": environment()}
     print(results["environment"])
-    PTX = compile_ptx(SOURCE, "cuda_gemv_norm")
     for part in (numerics, timing):
         try:
             part(results)

@@ -1,11 +1,13 @@
-"""``mxfp8_matmul``: the MXFP8 linear-layer product ``x @ w.T``."""
+"""``mxfp8_matmul``: the MXFP8 linear-layer product ``x @ w.T``; ``add_rms_norm_matmul``: the same behind a residual
+add and an RMSNorm."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, select_backend
+from mxfp8_xla import norm
+from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, hopper, select_backend
 from mxfp8_xla.mxarray import MXArray, check_quantizable, quantize
 
 
@@ -43,3 +45,46 @@ def mxfp8_matmul(
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
     return run(x, w, jnp.dtype(out_dtype), name=name)
+
+
+def add_rms_norm_matmul(
+    x: jax.Array,
+    delta: jax.Array,
+    norm_weight: jax.Array,
+    w: MXArray,
+    *,
+    eps: float,
+    out_dtype: jnp.dtype = jnp.bfloat16,
+    backend: str = "emulation",
+    name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``(mxfp8_matmul(rms_norm(h, norm_weight, eps), w), h)`` with ``h = x + delta``: a pre-norm block's
+    residual add, its RMSNorm and the MXFP8 projection after it (:mod:`mxfp8_xla.norm` gives the formula).
+
+    ``x`` and ``delta`` are float arrays ``[..., K]`` of one shape and dtype (``h`` has it), ``norm_weight`` is
+    ``[K]``; ``out_dtype``, ``backend`` and ``name`` as for :func:`mxfp8_matmul`. On the ``hopper`` backend one
+    bfloat16 row (a decode step at batch 1) takes one kernel launch for all of it; elsewhere the sum and the norm
+    are ``jnp`` and the product :func:`mxfp8_matmul`, with the same numbers up to the order of the float32 sum of
+    squares.
+    """
+    check_quantizable(x, "add_rms_norm_matmul: x")
+    if delta.shape != x.shape or delta.dtype != x.dtype:
+        raise ValueError(
+            f"add_rms_norm_matmul: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
+            f"got {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}"
+        )
+    if norm_weight.shape != x.shape[-1:] or not jnp.issubdtype(norm_weight.dtype, jnp.floating):
+        raise ValueError(
+            f"add_rms_norm_matmul: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
+            f"{tuple(norm_weight.shape)} {jnp.dtype(norm_weight.dtype).name}"
+        )
+    if not isinstance(w, MXArray) or w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        got = w.shape if isinstance(w, MXArray) else type(w).__name__
+        raise ValueError(f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (K = x's last axis), got {got}")
+    get_backend(backend)
+    backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+    if backend == "hopper" and hopper.fuses_add_norm(x, delta, norm_weight, w):
+        return hopper.add_norm_gemv(x, delta, norm_weight, eps, w, jnp.dtype(out_dtype))
+    h = norm.add(x, delta)
+    normed = norm.rms_norm(h, norm_weight, eps)
+    return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h

@@ -50,7 +50,7 @@ def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
     assert cuda_gemv.config(4096, 512).grid(4096, 132) == 1024  # 32 threads: 32 CTAs an SM would be 4224
 
 
-def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 100 registers a thread
+def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 95-100 registers a thread
     assert cuda_gemv.config(14336, 4096, 2).grid(14336, 132) == 2 * 132  # 2 CTAs of 256 an SM, as the probe ran
     assert cuda_gemv.config(4096, 8192, 2).grid(4096, 132) == 132  # 512 threads: one CTA an SM
     assert cuda_gemv.config(28672, 512, 2).grid(28672, 132) == 16 * 132  # 32 threads: 16 CTAs an SM
@@ -61,11 +61,12 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
     assert re.search(r"^\.version 8\.1$", ptx, re.M) and re.search(r"^\.target sm_90$", ptx, re.M)
     entries = set(re.findall(r"\.visible \.entry (\w+)\(", ptx))
     names = {
-        cuda_gemv.config(n, k, m).kernel(dtype)
+        cuda_gemv.config(n, k, m).kernel(dtype, add_norm)
         for n in (1024, 4096)
         for k in (1024, 2048)
         for m in (1, 2)
         for dtype in (jnp.bfloat16, jnp.float32)
+        for add_norm in ((False, True) if m == 1 else (False,))
     }
     assert names == entries
 
@@ -201,3 +202,35 @@ def test_under_vmap_the_mapped_rows_become_more_rows_of_the_pallas_kernels(monke
         ws = MXArray(jnp.stack([w.data] * 2), jnp.stack([w.scale] * 2))
         per_weight = jax.vmap(lambda x, d, s: hopper.matmul(x, MXArray(d, s), jnp.bfloat16))
         assert jax.eval_shape(per_weight, xs[:2], ws.data, ws.scale).shape == (2, 1, 14336)
+
+
+@pytest.mark.parametrize("out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)])
+def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, kernel_dtype):
+    x = jnp.ones((1, 1, 4096), jnp.bfloat16)
+    norm_weight = jnp.ones((4096,), jnp.bfloat16)
+    fn = lambda x, d: cuda_gemv.add_norm_rows(x, d, norm_weight, 1e-5, weight(6144, 4096), out_dtype)  # noqa: E731
+    jaxpr = jax.make_jaxpr(fn)(x, x)
+    (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
+    suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
+    assert launch.params["name"] == f"mxfp8_gemv_split_c1_r4_addnorm_{suffix}"
+    assert launch.params["grid"] == (cuda_gemv.config(6144, 4096).grid(6144, cuda_gemv.DEFAULT_SMS), 1)
+    assert launch.params["warps"] == 4096 // 16 // 32 and len(launch.invars) == 7
+    assert launch.params["outputs"] == (((1, 6144), jnp.dtype(kernel_dtype)), ((1, 4096), jnp.dtype(jnp.bfloat16)))
+    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 6144), out_dtype), ((1, 1, 4096), jnp.bfloat16)]
+
+
+@pytest.mark.parametrize(
+    "x, delta, norm_weight",
+    [
+        (jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32)),
+        (jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((4000,), jnp.bfloat16)),
+    ],
+    ids=["two rows", "float32 delta", "float32 norm weight", "K % 512"],
+)
+def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weight):
+    w = weight(64, x.shape[-1])
+    assert not cuda_gemv.serves_add_norm(x, delta, norm_weight, w)
+    with pytest.raises(ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs one bfloat16 row"):
+        cuda_gemv.add_norm_rows(x, delta, norm_weight, 1e-5, w, jnp.bfloat16)

@@ -50,7 +50,7 @@ MAX_K = {1: 16384, 2: 8192}
 ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
 THREADS_PER_SM = {1: 1024, 2: 512}
-"""What the register file holds at the one-row kernel's 64 registers a thread and the two-row kernel's 100 (ptxas,
+"""What the register file holds at the one-row kernel's 64 registers a thread and the two-row kernel's 95-100 (ptxas,
 sm_90): the grid keeps at most this many a SM."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
@@ -64,9 +64,11 @@ class GemvConfig:
     m: int = 1  # activation rows
     rows: int = ROWS  # a unit of work: these weight rows, all of K
 
-    def kernel(self, out_dtype: jnp.dtype) -> str:
+    def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False) -> str:
+        """The kernel's name; ``add_norm``: the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
-        return f"mxfp8_gemv_split_c1_r{self.rows}{f'_m{self.m}' if self.m > 1 else ''}_{suffix}"
+        rows = f"_m{self.m}" if self.m > 1 else ""
+        return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
         """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
@@ -142,6 +144,58 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         smem=0,
     )
     return out.astype(out_dtype).reshape(*lead, n)
+
+
+def serves_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray) -> bool:
+    """Whether the add-and-norm kernel computes :func:`add_norm_rows`: one row, all bf16, a weight the one-row
+    kernel takes."""
+    bf16 = jnp.dtype(jnp.bfloat16)
+    return (
+        serves(x, w)
+        and math.prod(x.shape[:-1]) == 1
+        and delta.shape == x.shape
+        and norm_weight.shape == x.shape[-1:]
+        and delta.dtype == norm_weight.dtype == bf16
+    )
+
+
+def add_norm_rows(
+    x: jax.Array, delta: jax.Array, norm_weight: jax.Array, eps: float, w: MXArray, out_dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array]:
+    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bf16 row, in one launch of the add-and-norm kernel.
+
+    The norm is :func:`mxfp8_xla.norm_matmul.rms_norm` with ``norm_weight [K]`` and ``eps``; the product is in
+    ``out_dtype`` (bf16 and float32 written by the kernel, another dtype rounded from float32), the sum bf16.
+    """
+    *lead, k = x.shape
+    n = w.shape[0]
+    if not serves_add_norm(x, delta, norm_weight, w):
+        raise ValueError(
+            f"hopper backend, add-and-norm GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
+            f"delta {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}, norm_weight {tuple(norm_weight.shape)} "
+            f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 row, delta of its shape, "
+            f"a bfloat16 norm_weight [K], K % 512 == 0, K <= {MAX_K[1]}, N % {ROWS} == 0)"
+        )
+    cfg = config(n, k)
+    kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
+    name = cfg.kernel(kernel_dtype, add_norm=True)
+    out, h = ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x.reshape(1, k),
+        delta.reshape(1, k),
+        norm_weight,
+        jnp.full((1,), eps, jnp.float32),
+        jnp.array([1, n, k], jnp.int32),
+        name=name,
+        ptx=entry_ptx(_ptx(), name),
+        grid=(cfg.grid(n, _sms()), 1),
+        warps=cfg.threads // 32,
+        out_shape=(1, n),
+        out_dtype=kernel_dtype,
+        extra_outputs=(((1, k), jnp.bfloat16),),
+    )
+    return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
 
 
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:

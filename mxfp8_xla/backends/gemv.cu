@@ -21,6 +21,9 @@
 // _m), out [M, n]; dims = {M, n, k} in device memory; n % R == 0; launched with T = k / (16 * CPT) threads (a
 // multiple of 32, at most the kernel's launch bound), no dynamic shared memory. OUT is float or bf16 (u16 bits,
 // rounded to nearest even).
+// Kernels mxfp8_gemv_split_c1_r4_addnorm_{bf16,f32}(w, sw, x, delta, nw, eps, dims, out, h_out) put a residual add
+// and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
+// writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
 // With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -254,6 +257,64 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   }
 }
 
+__device__ __forceinline__ float round_bf16(float v) {
+  u16 b;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(v));
+  return __uint_as_float(static_cast<u32>(b) << 16);
+}
+
+__device__ __forceinline__ float rsqrt_approx(float v) {
+  float r;
+  asm("rsqrt.approx.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// The add-and-norm kernels' activation stage (one row, one chunk a thread): thread t's chunk of
+//   h = bf16(x + delta),  y = bf16(nw * bf16(h * rsqrt(mean(h * h) + eps)))
+// (the Hugging Face Llama RMSNorm, its bf16 roundings as written; the sum of squares summed over the warp by shuffles
+// and over the warps through shared memory in the same order in every thread, so all get the same rsqrt, which is
+// rsqrt.approx.f32, as XLA's without flush-to-zero), quantized exactly and decoded into xv; CTA 0 writes h.
+__device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const u16* __restrict__ delta,
+                                               const u16* __restrict__ nw, float eps, int k,
+                                               u16* __restrict__ h_out, float4 (&xv)[1][1][4]) {
+  __shared__ float warp_squares[kMaxWarps];
+  const int c = threadIdx.x, lane = c & 31, warps = blockDim.x >> 5;
+  float h[16], d[16], g[16];
+  load_bf16(x + 16 * c, h);
+  load_bf16(delta + 16 * c, d);
+  load_bf16(nw + 16 * c, g);
+  float squares = 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) h[i] = round_bf16(h[i] + d[i]), squares += h[i] * h[i];
+  if (blockIdx.x == 0) {
+    u32 packed[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      packed[i] = (__float_as_uint(h[2 * i]) >> 16) | (__float_as_uint(h[2 * i + 1]) & 0xffff0000u);
+    uint4* dst = reinterpret_cast<uint4*>(h_out + 16 * c);
+    dst[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    dst[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
+  if (lane == 0) warp_squares[c >> 5] = squares;
+  __syncthreads();
+  float total = 0.f;
+  for (int q = 0; q < warps; ++q) total += warp_squares[q];
+  const float r = rsqrt_approx(total / static_cast<float>(k) + eps);
+  u32 amax = 0;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    g[i] = round_bf16(g[i] * round_bf16(h[i] * r));
+    amax = max(amax, __float_as_uint(g[i]) & 0x7fffffffu);
+  }
+  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+  float q[16];
+  quantize_part(g, amax, q);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
+}
+
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
@@ -270,7 +331,19 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16)    \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float)
 
+// The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
+#define ADDNORM_KERNEL(NAME, OUT)                                                                        \
+  extern "C" __global__ void __launch_bounds__(1024)                                                     \
+      NAME(const u8* w, const u8* sw, const u16* x, const u16* delta, const u16* nw, const float* eps,   \
+           const int* dims, OUT* out, u16* h_out) {                                                      \
+    gemv_split<1, 4, 1, OUT>(                                                                            \
+        w, sw, [&](float4(&xv)[1][1][4], int k) { add_norm_chunk(x, delta, nw, *eps, k, h_out, xv); }, out, \
+        dims);                                                                                           \
+  }
+
 SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
+ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
+ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)

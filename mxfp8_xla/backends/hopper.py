@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mxfp8_xla import numerics
+from mxfp8_xla import norm, numerics
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
@@ -352,6 +352,35 @@ def _gemv(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         return jax.vmap(lambda x, d, s: _rows(x, MXArray(d, s), out_dtype), in_axes=axes)(x, data, scale), True
 
     return gemv(x, w.data, w.scale)
+
+
+def fuses_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray) -> bool:
+    """Whether :func:`add_norm_gemv` runs the add-and-norm kernel for these operands (one bf16 row)."""
+    return not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves_add_norm(x, delta, norm_weight, w)
+
+
+def add_norm_gemv(
+    x: jax.Array, delta: jax.Array, norm_weight: jax.Array, eps: float, w: MXArray, out_dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`cuda_gemv.add_norm_rows` (where :func:`fuses_add_norm`); under ``vmap`` the sum and the norm in
+    ``jnp`` (:mod:`mxfp8_xla.norm`), then :func:`_rows`."""
+
+    @jax.custom_batching.custom_vmap
+    def fused(x, delta, norm_weight, data, scale):
+        return cuda_gemv.add_norm_rows(x, delta, norm_weight, eps, MXArray(data, scale), out_dtype)
+
+    @fused.def_vmap
+    def _(axis_size, in_batched, *operands):
+        del axis_size
+
+        def unfused(x, delta, norm_weight, data, scale):
+            h = norm.add(x, delta)
+            return _rows(norm.rms_norm(h, norm_weight, eps), MXArray(data, scale), out_dtype), h
+
+        axes = tuple(0 if b else None for b in in_batched)
+        return jax.vmap(unfused, in_axes=axes)(*operands), (True, True)
+
+    return fused(x, delta, norm_weight, w.data, w.scale)
 
 
 def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
