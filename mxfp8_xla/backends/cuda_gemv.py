@@ -26,6 +26,10 @@ ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge case
 "The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x ("The slow mode's
 cause"). At four rows the CUDA cores run out (0.70-0.82x), so more rows stay on the Pallas kernels.
 
+:func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
+``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): its probe build saved 1.0-2.3 us a call against XLA's norm and
+the GEMV on an H200, with the same products (docs/benchmarks.md, "The slow mode's cause").
+
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
 """
