@@ -180,8 +180,6 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-// M activation rows (x [M, k], out [M, n]): each thread keeps all M rows' chunks in registers, and each decoded
-// weight element serves the M rows (the library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers).
 // Each thread's CPT chunks of M raw bf16 rows x [M, k], quantized exactly and decoded into xv (float32).
 template <int CPT, int M>
 __device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k, float4 (&xv)[CPT][M][4]) {
@@ -201,6 +199,8 @@ __device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k
 
 // The product of M activation rows with w, their decoded chunks written into xv by activation(xv, k) (every
 // thread calls it once, while its first weight loads are in flight): quantize_chunks for the library's kernels.
+// Each thread keeps all M rows' chunks in registers, and each decoded weight element serves the M rows (the
+// library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers).
 template <int CPT, int R, int M, typename OUT, typename Activation>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            Activation activation, OUT* __restrict__ out,
