@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mxfp8_xla.backends.select import SELECTABLE
-from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul
 from mxfp8_xla.mxarray import MXArray, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
 from mxfp8_xla.ste import mxfp8_linear_ste
@@ -119,6 +119,29 @@ def forward(
     else:
         w = MXArray(data=kernel_q, scale=kernel_scale)
         y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend, name=name)
-    if bias is not None:
-        y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)).astype(out_dtype)
-    return y
+    return add_bias(y, bias, out_dtype)
+
+
+def add_bias(y: jax.Array, bias: jax.Array | None, out_dtype: jnp.dtype) -> jax.Array:
+    """``y + bias`` over the last axis in ``out_dtype`` (``y`` itself without a bias)."""
+    return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)).astype(out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "out_dtype", "backend", "name"))
+def forward_add_rms_norm(
+    x: jax.Array,
+    delta: jax.Array,
+    norm_weight: jax.Array,
+    *,
+    eps: float,
+    kernel_q: jax.Array,
+    kernel_scale: jax.Array,
+    bias: jax.Array | None,
+    out_dtype: jnp.dtype,
+    backend: str,
+    name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``(rms_norm(x + delta) @ W + bias, x + delta)`` in MXFP8 (:func:`add_rms_norm_matmul`), inference params."""
+    w = MXArray(data=kernel_q, scale=kernel_scale)
+    y, h = add_rms_norm_matmul(x, delta, norm_weight, w, eps=eps, out_dtype=out_dtype, backend=backend, name=name)
+    return add_bias(y, bias, out_dtype), h

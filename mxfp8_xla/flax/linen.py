@@ -46,10 +46,23 @@ class MXFP8Dense(nn.Module):
     mode: _common.Mode = "inference"
     backend: str = "auto"
 
-    @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the layer to ``inputs [..., K]``; returns ``[..., features]``."""
+        return self._apply(inputs, None)
+
+    def with_add_rms_norm(
+        self, x: jax.Array, delta: jax.Array, norm_weight: jax.Array, *, eps: float
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(self(rms_norm(x + delta, norm_weight)), x + delta)``: a pre-norm block's residual add and RMSNorm in
+        front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 row on the
+        ``hopper`` backend). Inference mode only."""
+        return self._apply(x, (delta, norm_weight, eps))
+
+    @nn.compact
+    def _apply(self, inputs: jax.Array, add_norm: tuple[jax.Array, jax.Array, float] | None):
         layer = f"MXFP8Dense at '{'/'.join(self.scope.path) or '<root>'}'"
+        if add_norm is not None and self.mode != "inference":
+            raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
         backend = _common.check_config(layer, self.mode, self.backend, self.dtype, self.param_dtype)
         x = _common.prepare_input(layer, inputs)
         k, n = x.shape[-1], self.features
@@ -81,6 +94,11 @@ class MXFP8Dense(nn.Module):
             self._check_existing(layer, "bias", (n,), _common.SUPPORTED_DTYPES)
             bias = self.param("bias", self.bias_init, (n,), pdt)
         out_dtype = _common.output_dtype(layer, x, self.dtype, pdt)
+        if add_norm is not None:
+            delta, norm_weight, eps = add_norm
+            return _common.forward_add_rms_norm(
+                x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=backend, name=layer
+            )
         return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=backend, name=layer)
 
     def _check_mode_matches_params(self, layer: str) -> None:

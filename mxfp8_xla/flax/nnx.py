@@ -98,7 +98,20 @@ class MXFP8Linear(nnx.Module):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the layer to ``inputs [..., in_features]``; returns ``[..., out_features]``."""
+        return self._apply(inputs, None)
+
+    def with_add_rms_norm(
+        self, x: jax.Array, delta: jax.Array, norm_weight: jax.Array, *, eps: float
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(self(rms_norm(x + delta, norm_weight)), x + delta)``: a pre-norm block's residual add and RMSNorm in
+        front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 row on the
+        ``hopper`` backend). Inference mode only."""
+        return self._apply(x, (delta, norm_weight, eps))
+
+    def _apply(self, inputs: jax.Array, add_norm: tuple[jax.Array, jax.Array, float] | None):
         layer = f"MXFP8Linear({self.in_features}, {self.out_features})"
+        if add_norm is not None and self.mode != "inference":
+            raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
         x = _common.prepare_input(layer, inputs, self.in_features)
         k, n = self.in_features, self.out_features
         if self.mode == "train":
@@ -115,4 +128,10 @@ class MXFP8Linear(nnx.Module):
             bias = self.bias[...]
             _common.check_param(layer, "bias", bias, (n,), _common.SUPPORTED_DTYPES)
         out_dtype = _common.output_dtype(layer, x, self.dtype, self.param_dtype)
+        if add_norm is not None:
+            delta, norm_weight, eps = add_norm
+            return _common.forward_add_rms_norm(
+                x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend,
+                name=layer,
+            )  # fmt: skip
         return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
