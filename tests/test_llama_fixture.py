@@ -304,6 +304,32 @@ def test_fused_projections_generate_the_reference_greedy_ids(model, ref):
     np.testing.assert_array_equal(np.asarray(out), greedy)
 
 
+def test_fused_norms_compute_the_same_logits_and_greedy_ids(model, ref, logits):
+    cfg, _, ckpt = model
+    ids = jnp.asarray(ref["input_ids"], jnp.int32)
+    fused = _fused(cfg, fuse_norms=True)
+    params = params_from_hf(ckpt.tensors, fused)  # the loader's tree serves both
+    got = jax.jit(lambda p: forward(fused, p, ids))(params)
+    assert rel_fro(got, logits) < 1e-6  # float32: the same sums and norms; only summation order may differ
+    greedy = ref["greedy_ids"]
+    out = generate(fused, params, ids[:1, :8], max_new_tokens=greedy.shape[1] - 8)
+    np.testing.assert_array_equal(np.asarray(out), greedy)
+
+
+def test_fused_norms_have_the_init_tree(model):
+    plain, fused = _fused(model[0]), _fused(model[0], fuse_norms=True)
+    init = lambda c: jax.eval_shape(  # noqa: E731
+        lambda: Llama(c).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    )
+    assert jax.tree.structure(init(plain)) == jax.tree.structure(init(fused))
+
+
+@pytest.mark.parametrize("change", [dict(quantized=False), dict(fuse_projections=False)])
+def test_fused_norms_need_mxfp8_fused_projections(model, change):
+    with pytest.raises(ValueError, match="fuse_norms=True needs quantized=True and fuse_projections=True"):
+        dataclasses.replace(_fused(model[0]), fuse_norms=True, **change)
+
+
 @pytest.mark.parametrize("quantized, layout", [(True, "kn"), (False, "kn"), (False, "nk")])
 def test_fused_params_have_the_init_tree(model, unquantized, quantized, layout):
     cfg = _fused(model[0], quantized=quantized, bf16_layout=layout)

@@ -71,12 +71,22 @@ class LlamaConfig:
     # (``gate_up_proj``, N = 2 * intermediate): the checkpoint's weights concatenated along N by the loader, as
     # serving engines do. Exact for MXFP8 (its scales run along K). Not with tensor parallelism.
     fuse_projections: bool = False
+    # each block's residual adds and RMSNorms (but the first block's input norm) inside the MXFP8 projection after
+    # them (``MXFP8Dense.with_add_rms_norm``: one kernel launch at batch 1 on the hopper backend). MXFP8 models with
+    # fuse_projections only. The blocks then pass the residual stream on as (x, delta), added inside the next norm.
+    fuse_norms: bool = False
     # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
     # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
     # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.
     tp_axis: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fuse_norms and not (self.quantized and self.fuse_projections):
+            raise ValueError(
+                f"LlamaConfig: fuse_norms=True needs quantized=True and fuse_projections=True (got quantized="
+                f"{self.quantized}, fuse_projections={self.fuse_projections}): the norms go into qkv_proj and "
+                "gate_up_proj, MXFP8 layers"
+            )
         if self.fuse_projections and self.tp_axis is not None:
             raise ValueError(
                 f"LlamaConfig: fuse_projections=True cannot run with tensor parallelism (tp_axis={self.tp_axis!r}): "
@@ -166,11 +176,31 @@ class RMSNorm(nn.Module):
     param_dtype: Any
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, weight_only: bool = False) -> jax.Array:
+        """The normalized ``x``; with ``weight_only``, the norm's weight (for a projection that applies the norm)."""
         w = self.param("weight", nn.initializers.ones_init(), (x.shape[-1],), self.param_dtype)
+        if weight_only:
+            return w
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (w * y.astype(x.dtype)).astype(self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreNorm:
+    """A projection's input under ``LlamaConfig.fuse_norms``: ``rms_norm(x + delta, weight)``, computed by it."""
+
+    x: jax.Array
+    delta: jax.Array
+    weight: jax.Array
+    eps: float
+
+
+def project(layer: nn.Module, x: jax.Array | PreNorm) -> tuple[jax.Array, jax.Array | None]:
+    """``(layer(x), None)``; for a :class:`PreNorm`, the MXFP8 layer behind its add and norm: ``(y, x + delta)``."""
+    if isinstance(x, PreNorm):
+        return layer.with_add_rms_norm(x.x, x.delta, x.weight, eps=x.eps)
+    return layer(x), None
 
 
 class Attention(nn.Module):
@@ -178,14 +208,16 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache, cache_index):
+        """``x``: the normalized input or a :class:`PreNorm`; returns ``(out, cache, x + delta or None)``."""
         cfg = self.cfg
-        b, t, _ = x.shape
+        b, t, _ = (x.x if isinstance(x, PreNorm) else x).shape
         hd, bias = cfg.hd, cfg.attention_bias
         # this device's heads (all of them without tensor parallelism): q/k/v are column-parallel
         h = cfg.local(cfg.num_attention_heads, "num_attention_heads")
         kv = cfg.local(cfg.num_key_value_heads, "num_key_value_heads")
+        residual = None
         if cfg.fuse_projections:
-            qkv = dense((h + 2 * kv) * hd, use_bias=bias, cfg=cfg, name="qkv_proj")(x)
+            qkv, residual = project(dense((h + 2 * kv) * hd, use_bias=bias, cfg=cfg, name="qkv_proj"), x)
             q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
         else:
             q = dense(h * hd, use_bias=bias, cfg=cfg, name="q_proj")(x)
@@ -205,7 +237,8 @@ class Attention(nn.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=cfg.precision).reshape(b, t, h * hd)
-        return row_dense(cfg.hidden_size, use_bias=bias, cfg=cfg, name="o_proj")(out.astype(cfg.dtype)), cache
+        o = row_dense(cfg.hidden_size, use_bias=bias, cfg=cfg, name="o_proj")(out.astype(cfg.dtype))
+        return o, cache, residual
 
 
 class MLP(nn.Module):
@@ -213,28 +246,43 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """``x``: the normalized input or a :class:`PreNorm`; returns ``(out, x + delta or None)``."""
         cfg = self.cfg
         inter = cfg.local(cfg.intermediate_size, "intermediate_size")  # gate/up column-parallel, down row-parallel
+        residual = None
         if cfg.fuse_projections:
-            gate, up = jnp.split(dense(2 * inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_up_proj")(x), 2, axis=-1)
+            gate_up, residual = project(dense(2 * inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_up_proj"), x)
+            gate, up = jnp.split(gate_up, 2, axis=-1)
         else:
             gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
             up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
-        return row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
+        down = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
+        return down, residual
 
 
 class Block(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache, cache_index):
+    def __call__(self, x, cos, sin, mask, cache, cache_index, delta=None):
+        """``(x + attention + MLP, cache)``; with ``cfg.fuse_norms`` the residual stream is ``x + delta`` (``delta``
+        None in the first block), the adds happen inside the projections, and it returns ``((h, mlp out), cache)``
+        for the next block to add."""
         cfg = self.cfg
         norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        h = RMSNorm(**norm, name="input_layernorm")(x)
-        h, cache = Attention(cfg, name="self_attn")(h, cos, sin, mask, cache, cache_index)
-        x = x + h
-        h = RMSNorm(**norm, name="post_attention_layernorm")(x)
-        return x + MLP(cfg, name="mlp")(h), cache
+        ln_in = RMSNorm(**norm, name="input_layernorm")
+        ln_post = RMSNorm(**norm, name="post_attention_layernorm")
+        if not cfg.fuse_norms:
+            h, cache, _ = Attention(cfg, name="self_attn")(ln_in(x), cos, sin, mask, cache, cache_index)
+            x = x + h
+            h, _ = MLP(cfg, name="mlp")(ln_post(x))
+            return x + h, cache
+        eps = cfg.rms_norm_eps
+        attention_input = ln_in(x) if delta is None else PreNorm(x, delta, ln_in(x, weight_only=True), eps)
+        h, cache, residual = Attention(cfg, name="self_attn")(attention_input, cos, sin, mask, cache, cache_index)
+        x = x if residual is None else residual
+        out, x = MLP(cfg, name="mlp")(PreNorm(x, h, ln_post(x, weight_only=True), eps))
+        return (x, out), cache
 
 
 class Llama(nn.Module):
@@ -261,10 +309,17 @@ class Llama(nn.Module):
         )
         mask = key_pos[:, None, :] <= positions[:, :, None]  # causal; empty cache slots lie in the future
 
-        new_cache = []
+        new_cache, delta = [], None
         for i in range(cfg.num_hidden_layers):
-            x, c = Block(cfg, name=f"layers_{i}")(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            block = Block(cfg, name=f"layers_{i}")
+            layer_cache = None if cache is None else cache[i]
+            if cfg.fuse_norms:
+                (x, delta), c = block(x, cos, sin, mask, layer_cache, cache_index, delta)
+            else:
+                x, c = block(x, cos, sin, mask, layer_cache, cache_index)
             new_cache.append(c)
+        if delta is not None:
+            x = x + delta
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
