@@ -10,7 +10,8 @@ usually has) and ``DenseNK`` (``[N, K]``, the checkpoint's and the MXFP8 layers'
 multiplies one row by the first layout's k/v kernels 4x slower (``bf16_layout_probe.py``).
 
 ``--fuse-projections`` runs every model with q/k/v and gate/up each as one projection
-(``LlamaConfig.fuse_projections``).
+(``LlamaConfig.fuse_projections``); ``--fuse-norms`` (with it) the MXFP8 model's residual adds and RMSNorms inside its
+projections (``LlamaConfig.fuse_norms``).
 
 Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill]
 [--fuse-projections];
@@ -71,12 +72,23 @@ def block_config(layers: int, tiny: bool = False) -> dict:
 
 
 def build_model(
-    base: dict, *, quantized: bool, bf16_layout: str, fuse_projections: bool, backend: str = "auto"
+    base: dict,
+    *,
+    quantized: bool,
+    bf16_layout: str,
+    fuse_projections: bool,
+    backend: str = "auto",
+    fuse_norms: bool = False,
 ) -> tuple[LlamaConfig, dict]:
     """``(cfg, params)`` of the blocks ``base`` describes (:func:`block_config`): MXFP8 or bf16 (weights in
-    ``bf16_layout``), random weights from key 0."""
+    ``bf16_layout``), random weights from key 0; ``fuse_norms`` applies to the MXFP8 model only."""
     cfg = LlamaConfig(
-        **base, quantized=quantized, backend=backend, bf16_layout=bf16_layout, fuse_projections=fuse_projections
+        **base,
+        quantized=quantized,
+        backend=backend,
+        bf16_layout=bf16_layout,
+        fuse_projections=fuse_projections,
+        fuse_norms=fuse_norms and quantized,
     )
     params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     return cfg, params
@@ -108,12 +120,16 @@ def main() -> None:
     ap.add_argument(
         "--fuse-projections", action="store_true", help="every model with qkv_proj and gate_up_proj (one call each)"
     )
+    ap.add_argument(
+        "--fuse-norms", action="store_true", help="the MXFP8 model's norms inside its projections (with the above)"
+    )
     args = ap.parse_args()
     baselines = [f"bf16_{layout}" for layout in args.bf16_layouts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "fuse_projections": args.fuse_projections, "rows": []}
+    out["fuse_norms"] = args.fuse_norms
     base = block_config(args.layers, args.tiny)
     results = {}
     for name in (*baselines, "mxfp8"):
@@ -124,6 +140,7 @@ def main() -> None:
             bf16_layout="kn" if quantized else name.removeprefix("bf16_"),
             fuse_projections=args.fuse_projections,
             backend=args.backend,
+            fuse_norms=args.fuse_norms,
         )
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}

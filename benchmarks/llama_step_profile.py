@@ -13,8 +13,8 @@ step's wall time measured as ``bench_llama.py`` measures it (unprofiled, same pr
 model's compiled ``generate`` (XLA's optimized HLO) to ``$OUT``.
 
 Usage (device): ``PYTHONPATH=. python3 benchmarks/llama_step_profile.py [--layers 4] [--batch 1]
-[--bf16-layout nk] [--fuse-projections]``; JSON to ``$OUT/llama_step_profile.json``. ``--tiny`` runs small
-dimensions (on CPU the profiler records no device activity: a smoke test of the script's plumbing only).
+[--bf16-layout nk] [--fuse-projections [--fuse-norms]]``; JSON to ``$OUT/llama_step_profile.json``. ``--tiny`` runs
+small dimensions (on CPU the profiler records no device activity: a smoke test of the script's plumbing only).
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--bf16-layout", default="nk", choices=("kn", "nk"), help="the bf16 model's weight layout")
     ap.add_argument("--fuse-projections", action="store_true", help="q/k/v and gate/up as one projection each")
+    ap.add_argument("--fuse-norms", action="store_true", help="the MXFP8 model's norms inside its projections")
     ap.add_argument("--top", type=int, default=12, help="kernel names printed per model")
     ap.add_argument("--tiny", action="store_true", help="small dimensions (a smoke test of the script)")
     args = ap.parse_args()
@@ -136,7 +137,11 @@ def main() -> None:
     for quantized in (False, True):
         name = "mxfp8" if quantized else f"bf16_{args.bf16_layout}"
         cfg, params = build_model(
-            base, quantized=quantized, bf16_layout=args.bf16_layout, fuse_projections=args.fuse_projections
+            base,
+            quantized=quantized,
+            bf16_layout=args.bf16_layout,
+            fuse_projections=args.fuse_projections,
+            fuse_norms=args.fuse_norms,
         )
         step = {"wall_us": decode_step(cfg, params, args.batch) * 1e6, **decode_step_profile(cfg, params, prompt)}
         hlo = generate.lower(cfg, params, prompt, max_new_tokens=SHORT).compile().as_text()
