@@ -168,7 +168,7 @@ def add_norm_rows(
 ) -> tuple[jax.Array, jax.Array]:
     """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bf16 row, in one launch of the add-and-norm kernel.
 
-    The norm is :func:`mxfp8_xla.norm_matmul.rms_norm` with ``norm_weight [K]`` and ``eps``; the product is in
+    The norm is :func:`mxfp8_xla.norm.rms_norm` with ``norm_weight [K]`` and ``eps``; the product is in
     ``out_dtype`` (bf16 and float32 written by the kernel, another dtype rounded from float32), the sum bf16.
     """
     *lead, k = x.shape
