@@ -44,7 +44,7 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | No
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def generate(
+def _generate_steps(
     cfg: LlamaConfig,
     params: Any,
     prompt: jax.Array,
@@ -70,35 +70,6 @@ def generate(
     compiler options only on the outermost ``jax.jit``: called inside another one (on tracers), it is traced into
     that one, which should then be compiled with those options itself.
     """
-    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, prompt, key, prompt_len)))
-    return (_generate_inside_jit if traced else _generate)(
-        cfg,
-        params,
-        prompt,
-        key,
-        max_new_tokens=max_new_tokens,
-        prompt_len=prompt_len,
-        temperature=temperature,
-        top_k=top_k,
-        eos_id=eos_id,
-        mesh=mesh,
-    )
-
-
-def _generate_steps(
-    cfg: LlamaConfig,
-    params: Any,
-    prompt: jax.Array,
-    key: jax.Array | None = None,
-    *,
-    max_new_tokens: int,
-    prompt_len: jax.Array | int | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-    mesh: Mesh | None = None,
-) -> jax.Array:
-    """:func:`generate`'s computation: the prefill, then a ``lax.scan`` of decode steps."""
     apply = model_apply(cfg, mesh)
     b, t = prompt.shape
     n = jnp.int32(t if prompt_len is None else prompt_len)
@@ -130,6 +101,15 @@ def _generate_steps(
 _STATIC = ("cfg", "max_new_tokens", "temperature", "top_k", "eos_id", "mesh")
 _generate = jax.jit(_generate_steps, static_argnames=_STATIC, compiler_options=DECODE_LOOP_COMPILER_OPTIONS)
 _generate_inside_jit = jax.jit(_generate_steps, static_argnames=_STATIC)
+
+
+@functools.wraps(_generate_steps)
+def generate(*args: Any, **kwargs: Any) -> jax.Array:
+    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs)))
+    return (_generate_inside_jit if traced else _generate)(*args, **kwargs)
+
+
+generate.__name__ = generate.__qualname__ = "generate"  # wraps() gave it _generate_steps' signature and docstring
 generate.lower = _generate.lower  # as a jitted function's: the program generate() compiles on arrays
 
 
