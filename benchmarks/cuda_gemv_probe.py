@@ -78,7 +78,15 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import SHAPES, dequant_bf16, edge_operands, operands, reference, rel_err  # noqa: E402
+from mosaic_sweep import (  # noqa: E402
+    SHAPES,
+    dequant_bf16,
+    edge_operands,
+    identity_weight,
+    operands,
+    reference,
+    rel_err,
+)
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
@@ -478,7 +486,7 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
     w = MXArray(jnp.asarray(data), w.scale)
-    eye = MXArray(jnp.eye(1024, dtype=jnp.float32).astype(jnp.float8_e4m3fn), jnp.full((1024, 32), 127, jnp.uint8))
+    eye = identity_weight(1024)
     cfg = Config(4, 1, 2, 0, 0)
     kernels = {
         "exact1": functools.partial(gemv, cfg=cfg, exact=1, out_dtype=jnp.float32),

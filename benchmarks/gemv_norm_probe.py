@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
+from mosaic_sweep import dequant_bf16, identity_weight, operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from examples.llama.model import RMSNorm  # noqa: E402
@@ -68,11 +68,6 @@ def norm_operands(k: int, seed: int) -> tuple[jax.Array, jax.Array]:
     delta = (jax.random.normal(kd, (1, k), jnp.float32) * 0.5).astype(jnp.bfloat16)
     norm_weight = (1 + 0.1 * jax.random.normal(kn, (k,), jnp.float32)).astype(jnp.bfloat16)
     return delta, norm_weight
-
-
-def identity_weight(k: int) -> MXArray:
-    """``[k, k]`` identity, scale 1: its product is the decoded activation the kernel multiplies."""
-    return MXArray(jnp.eye(k, dtype=jnp.float8_e4m3fn), jnp.full((k, k // 32), 127, jnp.uint8))
 
 
 def numerics(results: dict) -> None:

@@ -71,6 +71,11 @@ def dequant_bf16(w: MXArray) -> jax.Array:
     return jax.jit(lambda w: dequantize(w, jnp.bfloat16))(w)
 
 
+def identity_weight(k: int) -> MXArray:
+    """``[k, k]`` identity, scale 1: its product with a raw row is the decoded activation a kernel multiplies."""
+    return MXArray(jnp.eye(k, dtype=jnp.float8_e4m3fn), jnp.full((k, k // 32), 127, jnp.uint8))
+
+
 def edge_operands() -> tuple[jax.Array, MXArray]:
     """A bf16 activation ``[8, 1024]`` and a weight ``[128, 1024]`` with scale bytes 0, 1, 254 and 255 (NaN)."""
     n, k, m = 128, 1024, 8

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gemv_norm_probe as probe  # noqa: E402
+import mosaic_sweep  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
 from mxfp8_xla.backends import emulation, ptx_launch  # noqa: E402
@@ -43,5 +44,5 @@ def test_rms_norm_is_the_models_formula():
 
 def test_identity_weight_returns_the_decoded_activation():
     v = jax.random.normal(jax.random.key(1), (1, 512), jnp.float32).astype(jnp.bfloat16)
-    got = emulation.matmul(quantize(v), probe.identity_weight(512), jnp.float32)
+    got = emulation.matmul(quantize(v), mosaic_sweep.identity_weight(512), jnp.float32)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(dequantize(quantize(v), jnp.float32)))
