@@ -14,8 +14,7 @@ multiplies one row by the first layout's k/v kernels 4x slower (``bf16_layout_pr
 projections (``LlamaConfig.fuse_norms``).
 
 Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill]
-[--fuse-projections];
-JSON to $OUT/bench_llama.json.
+[--fuse-projections [--fuse-norms]]; JSON to $OUT/bench_llama.json.
 """
 
 from __future__ import annotations
