@@ -85,7 +85,7 @@ def main(fixture: Path) -> None:
     assert attn["q_proj"]["kernel_scale"].sharding.spec == P("model", None)
     assert attn["o_proj"]["kernel_q"].sharding.spec == P(None, "model")
     assert attn["o_proj"]["kernel_scale"].sharding.spec == P(None, "model")
-    assert placed["lm_head"]["kernel"].sharding.spec == P()
+    assert placed["lm_head"]["kernel_nk"].sharding.spec == P()
     local = attn["o_proj"]["kernel_scale"].addressable_shards[0].data.shape
     assert local == (256, 4), local  # K = 256: 8 scale blocks, 4 per device
     got = forward(cfg, placed, jnp.tile(ids, (2, 1)), mesh=mesh)

@@ -14,7 +14,7 @@ checkpoint, a GGUF converted to HF names, ...) and builds the param tree of
 * ``cfg.fuse_projections``: q/k/v_proj become one ``qkv_proj`` and gate/up_proj one ``gate_up_proj``,
   their params concatenated along N (:func:`concat_along_n`).
 * ``model.embed_tokens.weight`` -> ``embed_tokens/embedding``; norms -> ``.../weight``;
-  ``lm_head.weight`` -> ``lm_head/kernel`` (= W.T), absent when the head is tied.
+  ``lm_head.weight`` -> ``lm_head/kernel_nk`` (= W, [V, D]), absent when the head is tied.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def params_from_hf(tensors: Mapping[str, Any], cfg: LlamaConfig) -> dict[str, An
         }
     params["norm"] = {"weight": plain("model.norm.weight")}
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = {"kernel": plain("lm_head.weight").T}
+        params["lm_head"] = {"kernel_nk": plain("lm_head.weight")}
     unused = sorted(n for n in tensors if n not in used and not n.endswith("rotary_emb.inv_freq"))
     if unused:
         raise ValueError(f"{len(unused)} checkpoint tensors are not used by the Llama example: {unused[:5]}")

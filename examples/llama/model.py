@@ -6,7 +6,9 @@ runs the 2-layer test fixture, SmolLM2-135M and Llama-3-8B shapes. ``LlamaConfig
 picks MXFP8 projections (``kernel_q``/``kernel_scale`` [N, K]) or, for the bf16 baseline,
 ``nn.Dense`` (``kernel`` [K, N]) or ``DenseNK`` (``kernel_nk`` [N, K], ``bf16_layout="nk"``);
 ``fuse_projections`` runs q/k/v and gate/up as one projection each. Embeddings, norms and
-``lm_head`` are never quantized (ModelOpt excludes them too).
+``lm_head`` are never quantized (ModelOpt excludes them too). The head keeps the checkpoint's ``[V, D]`` layout
+(``DenseNK``, as a tied head's embedding): at one row, XLA on an H200 multiplied by a ``[D, V]`` kernel as an
+elementwise product written to memory and then summed, 17 us a decode step for a 4096 x 1024 head.
 
 Parameter tree (Flax names follow the Hugging Face module names)::
 
@@ -15,7 +17,7 @@ Parameter tree (Flax names follow the Hugging Face module names)::
     layers_{i}/self_attn/{q,k,v,o}_proj/...   layers_{i}/mlp/{gate,up,down}_proj/...
         (with ``fuse_projections``: self_attn/{qkv,o}_proj, mlp/{gate_up,down}_proj)
     norm/weight [D]
-    lm_head/kernel [D, V]         (absent when tie_word_embeddings)
+    lm_head/kernel_nk [V, D]      (absent when tie_word_embeddings)
 
 Tensor parallelism (``parallel.py``) runs this same module under ``jax.shard_map`` with
 ``cfg.tp_axis`` set: each device then holds its share of the heads and MLP features, and
@@ -37,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .layers import dense, row_dense
+from .layers import DenseNK, dense, row_dense
 
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer: (keys, values) [B, S, KV, hd]
 
@@ -324,7 +326,7 @@ class Llama(nn.Module):
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.Dense(
+            logits = DenseNK(
                 cfg.vocab_size,
                 use_bias=False,
                 dtype=cfg.dtype,
