@@ -23,12 +23,14 @@ docs/benchmarks.md, "The slow mode's cause").
 At two rows (each decoded weight element serves both; K <= 8192) the probe's build of the same
 kernel measured 1.22-1.41x of bf16 at the five K = 4096 Llama-3-8B shapes, where the Pallas path
 ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmarks.md,
-"The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x ("The slow mode's
-cause"). At four rows the CUDA cores run out (0.70-0.82x), so more rows stay on the Pallas kernels.
+"The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x and 1.19-1.34x in
+two runs ("The slow mode's cause", "RMSNorm inside the decode step"). At four rows the CUDA cores run out
+(0.70-0.82x), so more rows stay on the Pallas kernels.
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
-``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): its probe build saved 1.0-2.3 us a call against XLA's norm and
-the GEMV on an H200, with the same products (docs/benchmarks.md, "The slow mode's cause").
+``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
+GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmarks.md, "RMSNorm
+inside the decode step").
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
@@ -131,22 +133,7 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
             f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
             f"<= {MAX_K[2]} for two, N % {ROWS} == 0)"
         )
-    cfg = config(n, k, m)
-    kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
-    name = cfg.kernel(kernel_dtype)
-    out = ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x.reshape(m, k),
-        jnp.array([m, n, k], jnp.int32),
-        name=name,
-        ptx=entry_ptx(_ptx(), name),
-        grid=(cfg.grid(n, _sms()), 1),
-        warps=cfg.threads // 32,
-        out_shape=(m, n),
-        out_dtype=kernel_dtype,
-        smem=0,
-    )
+    out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)
 
 
@@ -180,26 +167,34 @@ def add_norm_rows(
             f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 row, delta of its shape, "
             f"a bfloat16 norm_weight [K], K % 512 == 0, K <= {MAX_K[1]}, N % {ROWS} == 0)"
         )
-    cfg = config(n, k)
+    eps_array = jnp.full((1,), eps, jnp.float32)
+    activation = (x.reshape(1, k), delta.reshape(1, k), norm_weight, eps_array)
+    out, h = _launch(config(n, k), w, *activation, out_dtype=out_dtype, add_norm=True)
+    return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
+
+
+def _launch(
+    cfg: GemvConfig, w: MXArray, *activation: jax.Array, out_dtype: jnp.dtype, add_norm: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """One launch of ``cfg``'s kernel on ``w`` and the ``activation`` operands (its rows first): the product
+    ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``add_norm`` the
+    residual sum ``[1, K]`` (bf16) as well."""
+    n, k = w.shape
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
-    name = cfg.kernel(kernel_dtype, add_norm=True)
-    out, h = ptx_launch.launch(
+    name = cfg.kernel(kernel_dtype, add_norm=add_norm)
+    return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
         w.scale,
-        x.reshape(1, k),
-        delta.reshape(1, k),
-        norm_weight,
-        jnp.full((1,), eps, jnp.float32),
-        jnp.array([1, n, k], jnp.int32),
+        *activation,
+        jnp.array([cfg.m, n, k], jnp.int32),
         name=name,
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
-        out_shape=(1, n),
+        out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
-        extra_outputs=(((1, k), jnp.bfloat16),),
+        extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),
     )
-    return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
 
 
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
