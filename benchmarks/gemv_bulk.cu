@@ -1,0 +1,130 @@
+// Probe (benchmarks/gemv_bulk_probe.py): the library's K-split GEMV (mxfp8_xla/backends/gemv.cu) with the weight
+// streamed by the copy engine instead of the threads' loads. SM90 (cp.async.bulk, mbarrier expect_tx).
+//
+// The library's kernel keeps one unit (R weight rows) in flight per thread, in registers, so each SM has at most one
+// unit per CTA outstanding, and it streams the fp8 bytes at 2.9-3.6 TB/s where XLA's bf16 GEMV streams bf16 at
+// 4.0-4.3 TB/s (docs/benchmarks.md). Here a unit's R rows are contiguous in w [N, K] (and its scale bytes in
+// sw [N, K/32]), so one thread issues one 1-D bulk copy of R * K bytes (and one of R * K/32) into a ring of S
+// shared-memory stages, S units ahead; the threads read their 16-byte chunks from shared memory after the stage's
+// mbarrier completes. The CTA's barrier after each unit's reduction (the library's, unchanged) is what frees a stage
+// for its refill. Everything else, arithmetic and summation order included, is the library's kernel: the products
+// must be bit for bit the library's.
+//
+// Kernels mxfp8_gemv_bulk_r{R}_s{S}_{bf16,f32}(w, sw, x, dims, out): one raw bf16 row, launched with K / 16 threads
+// and S * R * (K + K / 32) bytes of dynamic shared memory.
+#include "../mxfp8_xla/backends/gemv.cu"
+
+namespace {
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 a;
+  asm("{.reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
+  return a;
+}
+
+__device__ __forceinline__ void bar_init(u32 bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{.reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// One thread: the stage's mbarrier expects `bytes`, then two bulk copies (weight rows, scale rows) complete on it.
+__device__ __forceinline__ void bulk_load(u32 bar, u32 dst, const u8* src, u32 bytes, u32 dst2, const u8* src2,
+                                          u32 bytes2) {
+  asm volatile("{.reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;}" ::"r"(bar),
+               "r"(bytes + bytes2)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst2),
+               "l"(src2), "r"(bytes2), "r"(bar)
+               : "memory");
+}
+
+template <int R, int S, typename OUT>
+__device__ __forceinline__ void gemv_bulk(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                          const u16* __restrict__ x, OUT* __restrict__ out,
+                                          const int* __restrict__ dims) {
+  extern __shared__ __align__(128) u8 ring[];  // S stages: R * k weight bytes, then R * kb scale bytes
+  __shared__ __align__(8) u64 full[S];
+  __shared__ float partial[2][kMaxWarps][R];
+  const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const u32 wbytes = R * k, sbytes = R * kb, stage_bytes = wbytes + sbytes;
+
+  auto issue = [&](int unit, int s) {
+    const u32 dst = smem_addr(ring + s * stage_bytes);
+    bulk_load(smem_addr(&full[s]), dst, w + static_cast<u64>(unit) * wbytes, wbytes, dst + wbytes,
+              sw + static_cast<u64>(unit) * sbytes, sbytes);
+  };
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) bar_init(smem_addr(&full[s]));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      if (blockIdx.x + s * gridDim.x < units) issue(blockIdx.x + s * gridDim.x, s);
+  }
+  __syncthreads();  // the barriers are initialized before anyone waits on them
+
+  float4 xv[1][1][4];
+  quantize_chunks<1, 1>(x, k, xv);
+
+  int s = 0;
+  u32 parity = 0;
+  for (int i = 0, unit = blockIdx.x; unit < units; unit += gridDim.x, ++i) {
+    bar_wait(smem_addr(&full[s]), parity);
+    const u8* stage = ring + s * stage_bytes;
+    float acc[R][1];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint4 q = *reinterpret_cast<const uint4*>(stage + r * k + 16 * threadIdx.x);
+      const u32 sc = stage[wbytes + r * kb + (threadIdx.x >> 1)];
+      acc[r][0] = 0.f;
+      chunk_dots(q, xv[0], scale_factor(sc), acc[r]);
+    }
+    int row;
+    const float v = warp_sum_rows<R>(reinterpret_cast<float(&)[R]>(acc), lane, row);
+    if ((lane & (32 / R - 1)) == 0) partial[i & 1][warp][row] = v;
+    __syncthreads();  // every thread has read stage s, and partial[i & 1] is complete
+    if (threadIdx.x == 0 && unit + S * gridDim.x < units) issue(unit + S * gridDim.x, s);
+    if (threadIdx.x < R) {
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
+      store(out + static_cast<u64>(unit) * R + threadIdx.x, sum);
+    }
+    if (++s == S) s = 0, parity ^= 1;
+  }
+}
+
+}  // namespace
+
+#define BULK(R, S)                                                                                            \
+  extern "C" __global__ void __launch_bounds__(1024)                                                          \
+      mxfp8_gemv_bulk_r##R##_s##S##_bf16(const u8* w, const u8* sw, const u16* x, const int* dims, u16* out) { \
+    gemv_bulk<R, S, u16>(w, sw, x, out, dims);                                                                \
+  }                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(1024)                                                          \
+      mxfp8_gemv_bulk_r##R##_s##S##_f32(const u8* w, const u8* sw, const u16* x, const int* dims, float* out) { \
+    gemv_bulk<R, S, float>(w, sw, x, out, dims);                                                              \
+  }
+
+BULK(4, 2)
+BULK(4, 3)
+BULK(4, 4)
+BULK(4, 6)
+BULK(8, 2)
+BULK(8, 3)
+BULK(8, 4)
+BULK(2, 4)
+BULK(2, 8)

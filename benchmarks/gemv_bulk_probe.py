@@ -1,0 +1,173 @@
+"""Probe: the library's one-row GEMV with its weight streamed by bulk copies into a shared-memory ring.
+
+The library's K-split kernel (``mxfp8_xla/backends/gemv.cu``) streams the fp8 weight at 2.9-3.6 TB/s at the wide
+Llama-3-8B shapes, where XLA's bf16 GEMV at one row streams 4.0-4.3 TB/s (the decode step's profile,
+docs/benchmarks.md). Its loads go to registers, one unit of rows ahead. ``gemv_bulk.cu`` is the same kernel (same
+arithmetic, same summation order) with each unit's rows fetched by one ``cp.async.bulk`` into a ring of S stages, S
+units ahead. For each shape (the six Llama-3-8B projections) and each configuration (rows a unit R, stages S, CTAs
+an SM) that fits the SM's shared memory: us a call, its outputs against the library's bit for bit (bf16 and float32
+out), then bf16 ``jnp.dot`` on the weight stored ``[N, K]`` and the library's GEMV in the same stretch, and the
+weight bytes a second.
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py``; JSON to ``$OUT/gemv_bulk_probe.json``,
+the PTX and ptxas's register report beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_gemv_probe import GEMV_SHAPES, bf16_dot_us  # noqa: E402
+from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+
+from mxfp8_xla import MXArray  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, ptx_launch  # noqa: E402
+
+SOURCE = Path(__file__).with_name("gemv_bulk.cu")
+KERNELS = ((4, 2), (4, 3), (4, 4), (4, 6), (8, 2), (8, 3), (8, 4), (2, 4), (2, 8))
+"""(R, S) instantiated in ``gemv_bulk.cu``."""
+CONFIGS = (
+    *((4, s, p) for s, p in ((2, 4), (3, 4), (3, 3), (4, 3), (4, 2), (6, 2), (2, 1), (3, 1))),
+    *((8, s, p) for s, p in ((2, 3), (3, 2), (4, 1))),
+    *((2, s, p) for s, p in ((4, 4), (8, 3), (8, 2), (4, 1))),
+)
+"""(R, S, CTAs an SM) timed where they fit: at K = 4096 (256 threads a CTA) 2-4 CTAs an SM, at K = 14336 one."""
+SMEM_PER_SM = 220 * 1024  # of the H100/H200's 228 KB, leaving each CTA's static arrays and reserved kilobyte
+SMS = 132
+
+
+class Bulk(NamedTuple):
+    r: int  # weight rows a unit
+    s: int  # ring stages
+    per_sm: int  # CTAs an SM
+
+    @property
+    def label(self) -> str:
+        return f"r{self.r}_s{self.s}_x{self.per_sm}"
+
+    def smem(self, k: int) -> int:
+        return self.s * self.r * (k + k // 32)
+
+    def fits(self, n: int, k: int) -> bool:
+        threads = self.per_sm * k // 16  # resident a SM: at least 16 warps, unless one CTA is more
+        return (
+            n % self.r == 0
+            and self.per_sm * (self.smem(k) + 2048) <= SMEM_PER_SM
+            and threads <= 2048
+            and (threads >= 512 or self.per_sm == 1)
+        )
+
+
+def compile_ptx() -> str:
+    """``gemv_bulk.cu`` to PTX for compute_90 (nvcc), ptxas's registers for sm_90 to ``gemv_bulk_ptxas.txt``."""
+    nvcc = (
+        "nvcc" if subprocess.run(["which", "nvcc"], capture_output=True).returncode == 0 else "/usr/local/cuda/bin/nvcc"
+    )
+    ptx = out_dir() / "gemv_bulk.ptx"
+    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(SOURCE), "-o", str(ptx)], check=True)
+    info = subprocess.run(
+        [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-O3", str(SOURCE), "-o", os.devnull],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (out_dir() / "gemv_bulk_ptxas.txt").write_text(info.stderr)
+    return ptx.read_text()
+
+
+def bulk_gemv(x: jax.Array, w: MXArray, cfg: Bulk, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [1, K]`` (raw bf16) times ``w [N, K]`` -> ``[1, N]``, one launch of the bulk-copy kernel ``cfg``."""
+    n, k = w.shape
+    suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
+    name = f"mxfp8_gemv_bulk_r{cfg.r}_s{cfg.s}_{suffix}"
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([1, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(ptx, name),
+        grid=(min(n // cfg.r, SMS * cfg.per_sm), 1),
+        warps=k // 16 // 32,
+        out_shape=(1, n),
+        out_dtype=out_dtype,
+        smem=cfg.smem(k),
+    )
+
+
+def library(x: jax.Array, w: MXArray, out_dtype=jnp.bfloat16) -> jax.Array:
+    return cuda_gemv.matmul_rows(x, w, out_dtype)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="", help="indices into the shapes (default all)")
+    args = parser.parse_args()
+    shapes = [GEMV_SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else list(GEMV_SHAPES)
+    ptx = compile_ptx()
+    configs = [Bulk(*c) for c in CONFIGS]
+    results = {"env": environment(), "shapes": {}}
+    for n, k in shapes:
+        sets = operands(n, k, 1)
+        ref = reference(*sets[0])
+        lib = {
+            dt: np.asarray(jax.jit(library, static_argnums=2)(*sets[0], dt)).view(np.uint8)
+            for dt in (jnp.bfloat16, jnp.float32)
+        }
+        cells = {}
+        for cfg in configs:
+            if not cfg.fits(n, k):
+                continue
+            try:
+                same = all(
+                    np.array_equal(
+                        np.asarray(jax.jit(lambda x, w, c=cfg, d=dt: bulk_gemv(x, w, c, ptx, d))(*sets[0])).view(
+                            np.uint8
+                        ),
+                        lib[dt],
+                    )
+                    for dt in (jnp.bfloat16, jnp.float32)
+                )
+                us = loop_time(lambda x, w, c=cfg: bulk_gemv(x, w, c, ptx), sets, iters=20, repeats=3) * 1e6
+                cells[cfg.label] = {"cfg": list(cfg), "us": us, "bits_equal_library": same}
+            except Exception as e:  # noqa: BLE001
+                cells[cfg.label] = {"cfg": list(cfg), "error": failure(e)}
+        row = results["shapes"][f"({n}, {k})"] = {"cells": cells}
+        row["bf16_dot_us"] = bf16_dot_us(sets)
+        row["library_us"] = loop_time(library, sets) * 1e6
+        row["rel_err_library_f32_out"] = rel_err(lib[jnp.float32].view(np.float32), ref)
+        timed = {lab: c for lab, c in cells.items() if "us" in c}
+        best = min(timed, key=lambda lab: timed[lab]["us"]) if timed else None
+        nbytes = n * k * (1 + 1 / 32)
+        print(
+            f"({n}, {k}): bf16 {row['bf16_dot_us']:.1f} us, library {row['library_us']:.1f} us "
+            f"({row['bf16_dot_us'] / row['library_us']:.2f}x, {nbytes / row['library_us'] / 1e6:.2f} TB/s)",
+            flush=True,
+        )
+        for lab, c in sorted(cells.items(), key=lambda kv: kv[1].get("us", 1e9)):
+            if "us" in c:
+                print(
+                    f"    {lab:12s} {c['us']:7.1f} us  {row['bf16_dot_us'] / c['us']:.2f}x of bf16  "
+                    f"{row['library_us'] / c['us']:.2f}x of library  {nbytes / c['us'] / 1e6:.2f} TB/s  "
+                    f"bits equal: {c['bits_equal_library']}",
+                    flush=True,
+                )
+            else:
+                print(f"    {lab:12s} {c['error']}", flush=True)
+        row["best"] = best
+        write_json("gemv_bulk_probe.json", results)
+
+
+if __name__ == "__main__":
+    main()
