@@ -9,13 +9,23 @@ an SM) that fits the SM's shared memory: us a call, its outputs against the libr
 out), then bf16 ``jnp.dot`` on the weight stored ``[N, K]`` and the library's GEMV in the same stretch, and the
 weight bytes a second.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py``; JSON to ``$OUT/gemv_bulk_probe.json``,
-the PTX and ptxas's register report beside it.
+``--stream`` (instead): the library's kernel between its floors, at the K = 4096 shapes, us a call in one stretch:
+as shipped; with its registers two units ahead (``deep2``, R = 2 or 4 rows a unit, 2-4 CTAs an SM; bit for bit
+against the library); its weight stream alone (``stream``, the same loads and grid, no arithmetic); and an empty
+kernel on the same launch (``empty``: what a launch costs between the loop's calls).
+
+``--mma8`` (instead): ``gemv_mma8.cu``, up to 8 raw bf16 rows on the tensor cores on the one-row kernel's skeleton, at
+the K = 4096 shapes and 8 (and 1) rows: us a call, its float32 output's error against emulation, its weight stream
+alone (``_loads``), one and two units ahead; bf16 ``jnp.dot`` and the ``hopper`` backend as shipped in the same stretch.
+
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --mma8]``; JSON to
+``$OUT/gemv_bulk_probe.json``, the PTX and ptxas's register report beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -32,9 +42,10 @@ from mosaic_sweep import operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
-from mxfp8_xla.backends import cuda_gemv, ptx_launch  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
 
 SOURCE = Path(__file__).with_name("gemv_bulk.cu")
+MMA8_SOURCE = Path(__file__).with_name("gemv_mma8.cu")
 KERNELS = ((4, 2), (4, 3), (4, 4), (4, 6), (8, 2), (8, 3), (8, 4), (2, 4), (2, 8))
 """(R, S) instantiated in ``gemv_bulk.cu``."""
 CONFIGS = (
@@ -69,20 +80,20 @@ class Bulk(NamedTuple):
         )
 
 
-def compile_ptx() -> str:
-    """``gemv_bulk.cu`` to PTX for compute_90 (nvcc), ptxas's registers for sm_90 to ``gemv_bulk_ptxas.txt``."""
+def compile_ptx(source: Path = SOURCE) -> str:
+    """``source`` to PTX for compute_90 (nvcc), ptxas's registers for sm_90 to ``{stem}_ptxas.txt``."""
     nvcc = (
         "nvcc" if subprocess.run(["which", "nvcc"], capture_output=True).returncode == 0 else "/usr/local/cuda/bin/nvcc"
     )
-    ptx = out_dir() / "gemv_bulk.ptx"
-    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(SOURCE), "-o", str(ptx)], check=True)
+    ptx = out_dir() / f"{source.stem}.ptx"
+    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(source), "-o", str(ptx)], check=True)
     info = subprocess.run(
-        [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-O3", str(SOURCE), "-o", os.devnull],
+        [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-O3", str(source), "-o", os.devnull],
         check=True,
         capture_output=True,
         text=True,
     )
-    (out_dir() / "gemv_bulk_ptxas.txt").write_text(info.stderr)
+    (out_dir() / f"{source.stem}_ptxas.txt").write_text(info.stderr)
     return ptx.read_text()
 
 
@@ -106,6 +117,161 @@ def bulk_gemv(x: jax.Array, w: MXArray, cfg: Bulk, ptx: str, out_dtype=jnp.bfloa
     )
 
 
+def variant(x: jax.Array, w: MXArray, name: str, rows: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16):
+    """One launch of ``gemv_bulk.cu``'s kernel ``name`` on the library's launch (K / 16 threads, a grid of units
+    of ``rows`` rows, at most ``per_sm`` CTAs an SM); the deep2 kernels take ``_bf16``/``_f32``, the floors write
+    ``uint32``."""
+    n, k = w.shape
+    deep = name.startswith("mxfp8_gemv_")
+    if deep:
+        name += "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([1, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(ptx, name),
+        grid=(min(n // rows, SMS * per_sm), 1),
+        warps=k // 16 // 32,
+        out_shape=(1, n) if deep else (k // 16,),
+        out_dtype=out_dtype if deep else jnp.uint32,
+    )
+
+
+STREAM_VARIANTS = (
+    ("mxfp8_gemv_deep2_r2", 2, 4),
+    ("mxfp8_gemv_deep2_r2", 2, 3),
+    ("mxfp8_gemv_deep2_r4", 4, 2),
+    ("mxfp8_gemv_deep2_r4", 4, 3),
+    ("mxfp8_stream_r4", 4, 4),
+    ("mxfp8_empty", 4, 4),
+)
+"""``--stream``: (kernel, rows a unit, CTAs an SM); the floors on the library's grid (4 rows, 4 CTAs an SM)."""
+
+
+def stream(results: dict, ptx: str) -> None:
+    for n, k in [s for s in GEMV_SHAPES if s[1] == 4096]:
+        sets = operands(n, k, 1)
+        lib = {
+            dt: np.asarray(jax.jit(library, static_argnums=2)(*sets[0], dt)).view(np.uint8)
+            for dt in (jnp.bfloat16, jnp.float32)
+        }
+        row = results["stream"][f"({n}, {k})"] = {"bf16_dot_us": bf16_dot_us(sets), "library_us": 0.0, "cells": {}}
+        row["library_us"] = loop_time(library, sets) * 1e6
+        for name, rows, per_sm in STREAM_VARIANTS:
+            label = f"{name.removeprefix('mxfp8_')}_x{per_sm}"
+            fn = functools.partial(variant, name=name, rows=rows, per_sm=per_sm, ptx=ptx)
+            try:
+                cell = {"us": loop_time(fn, sets, iters=20, repeats=3) * 1e6}
+                if name.startswith("mxfp8_gemv_"):
+                    cell["bits_equal_library"] = all(
+                        np.array_equal(
+                            np.asarray(jax.jit(functools.partial(fn, out_dtype=dt))(*sets[0])).view(np.uint8), lib[dt]
+                        )
+                        for dt in (jnp.bfloat16, jnp.float32)
+                    )
+            except Exception as e:  # noqa: BLE001
+                cell = {"error": failure(e)}
+            row["cells"][label] = cell
+        print(
+            f"({n}, {k}): bf16 {row['bf16_dot_us']:.1f} us, library {row['library_us']:.1f} us "
+            f"({row['bf16_dot_us'] / row['library_us']:.2f}x); "
+            + "; ".join(
+                f"{lab} {c['us']:.1f} us"
+                + (f" (bits equal: {c['bits_equal_library']})" if "bits_equal_library" in c else "")
+                if "us" in c
+                else f"{lab}: {c['error']}"
+                for lab, c in row["cells"].items()
+            ),
+            flush=True,
+        )
+        write_json("gemv_bulk_probe.json", results)
+
+
+def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [m <= 8, K]`` (raw bf16) times ``w [N, K]`` -> ``[m, N]``: one launch of ``gemv_mma8.cu``'s ``name``
+    (K / 4 threads, one CTA an SM)."""
+    (m, k), n = x.shape, w.shape[0]
+    name += "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([m, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(ptx, name),
+        grid=(min(n // 8, SMS), 1),
+        warps=k // 128,
+        out_shape=(m, n),
+        out_dtype=out_dtype,
+    )
+
+
+def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [m <= 8, K]`` times ``w [N, K]``: one launch of ``gemv_mma8.cu``'s ring kernel with ``s`` stages,
+    ``warps`` warps a CTA, at most ``per_sm`` CTAs an SM."""
+    (m, k), n = x.shape, w.shape[0]
+    name = f"mxfp8_gemv_ring8_s{s}_{'bf16' if out_dtype == jnp.bfloat16 else 'f32'}"
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([m, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(ptx, name),
+        grid=(min(n // 8, SMS * per_sm), 1),
+        warps=warps,
+        out_shape=(m, n),
+        out_dtype=out_dtype,
+        smem=s * (8 * (k + 16) + 8 * (k // 32)) + 2 * warps * 64 * 4,
+    )
+
+
+MMA8_VARIANTS = (
+    "mxfp8_gemv_mma8_d1",
+    "mxfp8_gemv_mma8_d1_loads",
+    *((s, warps, per_sm) for s, warps, per_sm in ((2, 8, 3), (3, 8, 2), (4, 8, 1), (2, 16, 2), (3, 16, 1))),
+)
+"""``--mma8``: the register-fed kernel and its stream; the ring kernel as (stages, warps, CTAs an SM)."""
+
+
+def mma8_part(results: dict, ptx: str) -> None:
+    for n, k in [s for s in GEMV_SHAPES if s[1] == 4096]:
+        for m in (8,):
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            row = results["mma8"][f"({n}, {k}) m={m}"] = {"bf16_dot_us": bf16_dot_us(sets), "cells": {}}
+            row["hopper_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+            for name in MMA8_VARIANTS:
+                if isinstance(name, tuple):
+                    fn = functools.partial(ring8, s=name[0], warps=name[1], per_sm=name[2], ptx=ptx)
+                    name = "mxfp8_gemv_ring8_s{}_w{}_x{}".format(*name)
+                else:
+                    fn = functools.partial(mma8, name=name, ptx=ptx)
+                try:
+                    cell = {"us": loop_time(fn, sets, iters=20, repeats=3) * 1e6}
+                    if not name.endswith("_loads"):
+                        out = np.asarray(jax.jit(functools.partial(fn, out_dtype=jnp.float32))(*sets[0]))
+                        cell["rel_err_f32_out"] = rel_err(out, ref)
+                except Exception as e:  # noqa: BLE001
+                    cell = {"error": failure(e)}
+                row["cells"][name.removeprefix("mxfp8_gemv_")] = cell
+            print(
+                f"({n}, {k}) m={m}: bf16 {row['bf16_dot_us']:.1f} us, hopper {row['hopper_us']:.1f} us "
+                f"({row['bf16_dot_us'] / row['hopper_us']:.2f}x); "
+                + "; ".join(
+                    f"{lab} {c['us']:.1f} us ({row['bf16_dot_us'] / c['us']:.2f}x"
+                    + (f", error {c['rel_err_f32_out']:.1e})" if "rel_err_f32_out" in c else ")")
+                    if "us" in c
+                    else f"{lab}: {c['error']}"
+                    for lab, c in row["cells"].items()
+                ),
+                flush=True,
+            )
+            write_json("gemv_bulk_probe.json", results)
+
+
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.bfloat16) -> jax.Array:
     return cuda_gemv.matmul_rows(x, w, out_dtype)
 
@@ -113,9 +279,17 @@ def library(x: jax.Array, w: MXArray, out_dtype=jnp.bfloat16) -> jax.Array:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="", help="indices into the shapes (default all)")
+    parser.add_argument("--stream", action="store_true", help="the library's kernel between its floors instead")
+    parser.add_argument("--mma8", action="store_true", help="the 8-row tensor-core kernel instead")
     args = parser.parse_args()
+    if args.mma8:
+        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE))
+        return
     shapes = [GEMV_SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else list(GEMV_SHAPES)
     ptx = compile_ptx()
+    if args.stream:
+        stream({"env": environment(), "stream": {}}, ptx)
+        return
     configs = [Bulk(*c) for c in CONFIGS]
     results = {"env": environment(), "shapes": {}}
     for n, k in shapes:

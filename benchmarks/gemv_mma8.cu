@@ -1,0 +1,293 @@
+// Probe (benchmarks/gemv_bulk_probe.py --mma8): up to 8 raw bf16 activation rows on the tensor cores, on the one-row
+// kernel's skeleton (mxfp8_xla/backends/gemv.cu): one CTA of K / 128 warps an SM, the CTA's warps splitting K, units
+// of 8 weight rows (units blockIdx.x, + gridDim.x, ...), the next units' loads in flight in registers, one barrier a
+// unit. gemv_bulk_probe.py --stream found the one-row kernel as fast as its weight stream alone.
+//
+//   out[m, n] = sum_b 2^(sw[n,b]-127) 2^(sa[m,b]-127) * sum_{k in block b} w[n,k] * qa[m,k]
+//
+// Warp w owns blocks 4w .. 4w + 3 of every unit (K = 128 * warps). Lane (g, t) loads bytes 8t .. 8t + 7 of those
+// blocks of weight row g (one 8-byte load a block: a warp load reads 32 contiguous bytes of each of 8 rows) and the
+// four scale bytes of weight rows 2t and 2t + 1 (one 4-byte load each). Before its loop the lane quantizes the same
+// bytes of activation row g (raw bf16, quantize_blocks' rule; the block's amax over the quad by two shuffles) into
+// registers, with the blocks' factors. A block is one mma.sync.m16n8k32 E4M3 MMA, activation rows as A (rows 8..15
+// zero), the unit's 8 weight rows as B, into a fresh float32 accumulator (the K order inside a block is the loads'
+// order, the same for both operands), its two sums in the lane (activation row g, weight rows 2t and 2t + 1) then
+// scaled by both factors and added to the lane's float32 sums. No warp sums: the lanes' sums meet over the warps in
+// shared memory. Not handled (the probe measures speed): scales where a decoded weight or a product could overflow,
+// which the tenth session's kernel (cuda_gemv_mma.cu) sends to the CUDA cores after a vote.
+//
+// Kernels mxfp8_gemv_mma8_d{DEPTH}{,_loads}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8, n, k}; n % 8 == 0,
+// k % 128 == 0, k <= 4096; K / 4 threads; DEPTH units ahead in registers; _loads: the weight stream alone.
+//
+// Kernels mxfp8_gemv_ring8_s{S}_{bf16,f32}(w, sw, x, dims, out): the same MMAs fed from shared memory. One thread
+// fetches each unit's 8 weight rows (one cp.async.bulk a row, rows k + 16 bytes apart so that the lanes' 8-byte reads
+// of 8 rows hit distinct banks) and their scale rows into a ring of S stages, S units ahead (gemv_bulk.cu's ring);
+// warp w of the CTA's W owns blocks w * kb / W .. of every unit (kb / W a multiple of 4, at most 16). Launched with
+// W warps and S * (8 (k + 16) + 8 kb) + 2 W 64 4 bytes of dynamic shared memory.
+#include "../mxfp8_xla/backends/gemv.cu"
+
+namespace {
+
+constexpr int kBlocksPerWarp = 4;
+
+__device__ __forceinline__ uint2 load_v2(const u8* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ u32 load_u32(const u8* p) {
+  u32 v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+// c += A B: A [16, 32] E4M3 (this lane's row g: a0, a2; rows 8..15 zero), B [32, 8] E4M3 (column g: b0, b1).
+__device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+struct Unit {
+  uint2 q[kBlocksPerWarp];  // weight row g, bytes 8t .. 8t + 7 of each of the warp's blocks
+  u32 s0, s1;               // scale bytes of weight rows 2t and 2t + 1, the warp's blocks
+};
+
+template <int DEPTH, int MODE, typename OUT>
+__device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                          const u16* __restrict__ x, OUT* __restrict__ out,
+                                          const int* __restrict__ dims) {
+  __shared__ float partial[2][kMaxWarps][64];
+  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
+  const int b0 = warp * kBlocksPerWarp;
+
+  auto load = [&](int unit, Unit& d) {
+    if (unit >= units) return;
+    const u64 row = static_cast<u64>(unit) * 8 + g;
+#pragma unroll
+    for (int j = 0; j < kBlocksPerWarp; ++j) d.q[j] = load_v2(w + row * k + 32 * (b0 + j) + 8 * t);
+    d.s0 = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t) * kb + b0);
+    d.s1 = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t + 1) * kb + b0);
+  };
+  Unit a, b, c;
+  int unit = blockIdx.x, i = 0;
+  load(unit, a);
+  if (DEPTH == 2) load(unit + gridDim.x, b);
+
+  // Activation row g's bytes 8t .. 8t + 7 of each of the warp's blocks, quantized; xa[j] = (bytes 0-3, bytes 4-7).
+  uint2 xa[kBlocksPerWarp];
+  float fx[kBlocksPerWarp];
+#pragma unroll
+  for (int j = 0; j < kBlocksPerWarp; ++j) {
+    float f[8];
+    u32 amax = 0;
+    if (g < m) {
+      amax = load_bf16(x + static_cast<u64>(g) * k + 32 * (b0 + j) + 8 * t, f);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = 0.f;
+    }
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    if (amax >= kInfBits) {
+      xa[j] = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx[j] = __uint_as_float(0x7fc00000u);
+    } else {
+      const int e = scale_exponent(amax);
+      const float down = pow2(-e);
+      u32 words[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
+                   static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
+      }
+      xa[j] = make_uint2(words[0], words[1]), fx[j] = g < m ? pow2(e) : 0.f;
+    }
+  }
+
+  auto step = [&](const Unit& cur, Unit& fill) {
+    if (unit >= units) return false;
+    load(unit + DEPTH * gridDim.x, fill);
+    float acc0 = 0.f, acc1 = 0.f;
+    if (MODE == 1) {
+      u32 fold = cur.s0 ^ cur.s1;
+#pragma unroll
+      for (int j = 0; j < kBlocksPerWarp; ++j) fold ^= cur.q[j].x ^ cur.q[j].y;
+      acc0 = static_cast<float>(fold & 1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kBlocksPerWarp; ++j) {
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_rows8(d, xa[j].x, xa[j].y, cur.q[j].x, cur.q[j].y);
+        const float fw0 = scale_factor((cur.s0 >> (8 * j)) & 0xff), fw1 = scale_factor((cur.s1 >> (8 * j)) & 0xff);
+        acc0 = fmaf(d[0] * fw0, fx[j], acc0), acc1 = fmaf(d[1] * fw1, fx[j], acc1);
+      }
+    }
+    partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+    if (threadIdx.x < 8 * m) {
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
+      store(out + static_cast<u64>(threadIdx.x >> 3) * n + static_cast<u64>(unit) * 8 + (threadIdx.x & 7), sum);
+    }
+    unit += gridDim.x, ++i;
+    return true;
+  };
+  if (DEPTH == 1) {
+    while (step(a, b) && step(b, a)) {
+    }
+  } else {
+    while (step(a, c) && step(b, a) && step(c, b)) {
+    }
+  }
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 a;
+  asm("{.reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
+  return a;
+}
+
+__device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{.reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+__device__ __forceinline__ void bulk(u32 dst, const u8* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+constexpr int kRingBlocks = 16;  // the most blocks a warp owns in a unit (its activation bytes stay in registers)
+
+template <int S, typename OUT>
+__device__ __forceinline__ void gemv_ring8(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                           const u16* __restrict__ x, OUT* __restrict__ out,
+                                           const int* __restrict__ dims) {
+  extern __shared__ __align__(128) u8 ring[];
+  __shared__ __align__(8) u64 full[S];
+  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
+  const int bpw = kb / warps, b0 = warp * bpw;
+  const u32 stride = k + 16, wbytes = 8 * stride, stage_bytes = wbytes + 8 * kb;
+  float* partial = reinterpret_cast<float*>(ring + S * stage_bytes);  // [2][warps][64]
+
+  auto issue = [&](int unit, int s) {
+    const u32 bar = smem_addr(&full[s]), dst = smem_addr(ring + s * stage_bytes);
+    asm volatile("{.reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;}" ::"r"(bar),
+                 "r"(8 * k + 8 * kb)
+                 : "memory");
+#pragma unroll
+    for (int r = 0; r < 8; ++r) bulk(dst + r * stride, w + (static_cast<u64>(unit) * 8 + r) * k, k, bar);
+    bulk(dst + wbytes, sw + static_cast<u64>(unit) * 8 * kb, 8 * kb, bar);
+  };
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      if (blockIdx.x + s * gridDim.x < units) issue(blockIdx.x + s * gridDim.x, s);
+  }
+  __syncthreads();
+
+  uint2 xa[kRingBlocks];
+  float fx[kRingBlocks];
+#pragma unroll
+  for (int j = 0; j < kRingBlocks; ++j) {
+    if (j >= bpw) break;
+    float f[8];
+    u32 amax = 0;
+    if (g < m) {
+      amax = load_bf16(x + static_cast<u64>(g) * k + 32 * (b0 + j) + 8 * t, f);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = 0.f;
+    }
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    if (amax >= kInfBits) {
+      xa[j] = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx[j] = __uint_as_float(0x7fc00000u);
+    } else {
+      const int e = scale_exponent(amax);
+      const float down = pow2(-e);
+      u32 words[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
+                   static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
+      }
+      xa[j] = make_uint2(words[0], words[1]), fx[j] = g < m ? pow2(e) : 0.f;
+    }
+  }
+
+  int s = 0;
+  u32 parity = 0;
+  for (int i = 0, unit = blockIdx.x; unit < units; unit += gridDim.x, ++i) {
+    bar_wait(smem_addr(&full[s]), parity);
+    const u8* stage = ring + s * stage_bytes;
+    const u8* q = stage + g * stride + 32 * b0 + 8 * t;
+    const u8* sc = stage + wbytes + b0;
+    float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+    for (int j4 = 0; j4 < kRingBlocks; j4 += 4) {
+      if (j4 >= bpw) break;
+      const u32 s0 = *reinterpret_cast<const u32*>(sc + 2 * t * kb + j4);
+      const u32 s1 = *reinterpret_cast<const u32*>(sc + (2 * t + 1) * kb + j4);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j = j4 + jj;
+        const uint2 wq = *reinterpret_cast<const uint2*>(q + 32 * j);
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_rows8(d, xa[j].x, xa[j].y, wq.x, wq.y);
+        const float fw0 = scale_factor((s0 >> (8 * jj)) & 0xff), fw1 = scale_factor((s1 >> (8 * jj)) & 0xff);
+        acc0 = fmaf(d[0] * fw0, fx[j], acc0), acc1 = fmaf(d[1] * fw1, fx[j], acc1);
+      }
+    }
+    float* part = partial + ((i & 1) * warps + warp) * 64;
+    part[g * 8 + 2 * t] = acc0, part[g * 8 + 2 * t + 1] = acc1;
+    __syncthreads();  // stage s is read, partial[i & 1] complete (written again two units on, after the next barrier)
+    if (threadIdx.x == 0 && unit + S * gridDim.x < units) issue(unit + S * gridDim.x, s);
+    if (threadIdx.x < 8 * m) {
+      float sum = 0.f;
+      for (int qw = 0; qw < warps; ++qw) sum += partial[((i & 1) * warps + qw) * 64 + threadIdx.x];
+      store(out + static_cast<u64>(threadIdx.x >> 3) * n + static_cast<u64>(unit) * 8 + (threadIdx.x & 7), sum);
+    }
+    if (++s == S) s = 0, parity ^= 1;
+  }
+}
+
+}  // namespace
+
+#define RING8_KERNEL(S, OUT, SUFFIX)                                                                          \
+  extern "C" __global__ void __launch_bounds__(512)                                                          \
+      mxfp8_gemv_ring8_s##S##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {    \
+    gemv_ring8<S, OUT>(w, sw, x, out, dims);                                                                 \
+  }
+RING8_KERNEL(2, u16, bf16)
+RING8_KERNEL(2, float, f32)
+RING8_KERNEL(3, u16, bf16)
+RING8_KERNEL(3, float, f32)
+RING8_KERNEL(4, u16, bf16)
+RING8_KERNEL(4, float, f32)
+
+#define MMA8_KERNEL(DEPTH, MODE, NAME, OUT, SUFFIX)                                                             \
+  extern "C" __global__ void __launch_bounds__(1024)                                                          \
+      mxfp8_gemv_mma8_d##DEPTH##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
+    gemv_mma8<DEPTH, MODE, OUT>(w, sw, x, out, dims);                                                         \
+  }
+#define MMA8_KERNELS(DEPTH, MODE, NAME) \
+  MMA8_KERNEL(DEPTH, MODE, NAME, u16, bf16) MMA8_KERNEL(DEPTH, MODE, NAME, float, f32)
+
+MMA8_KERNELS(1, 0, )
+MMA8_KERNELS(2, 0, )
+MMA8_KERNELS(1, 1, _loads)
+MMA8_KERNELS(2, 1, _loads)
