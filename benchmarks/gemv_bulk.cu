@@ -21,6 +21,9 @@
 //   else (each thread folds its words into one it never writes unless they hash to a constant): the weight stream's
 //   floor for this launch;
 // - mxfp8_empty(...): returns at once: the launch's own cost between the timing loop's calls.
+// Measured on an H200 (fourteenth session, docs/benchmarks.md "The one-row kernel's floor"): every bulk kernel bit for
+// bit the library's and slower (best 23.6 against 20.9 us at (14336, 4096)); the library's kernel as fast as
+// mxfp8_stream_r4 (19.7 against 20.7 us), deep2 slower at every shape.
 #include "../mxfp8_xla/backends/gemv.cu"
 
 namespace {

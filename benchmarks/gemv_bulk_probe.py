@@ -18,6 +18,11 @@ kernel on the same launch (``empty``: what a launch costs between the loop's cal
 the K = 4096 shapes and 8 (and 1) rows: us a call, its float32 output's error against emulation, its weight stream
 alone (``_loads``), one and two units ahead; bf16 ``jnp.dot`` and the ``hopper`` backend as shipped in the same stretch.
 
+What an H200 answered (fourteenth session; results/gemv_bulk_probe_h200.*, gemv_stream_probe_h200.*,
+gemv_mma8_probe_h200.*, gemv_ring8_probe_h200.*): every ring configuration bit for bit the library's and slower
+(best 23.6 against 20.9 us at (14336, 4096)); the library's kernel as fast as its loads alone (19.7 against 20.7 us),
+two units ahead slower; the 8-row MMA kernel 0.69-0.82x of bf16 fed from registers, 0.58-1.20x from the ring.
+
 Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --mma8]``; JSON to
 ``$OUT/gemv_bulk_probe.json``, the PTX and ptxas's register report beside it.
 """
