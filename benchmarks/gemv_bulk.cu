@@ -207,6 +207,51 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 extern "C" __global__ void mxfp8_empty(const u8*, const u8*, const u16*, const int*, u32*) {}
 
+// The weight stream alone in other load patterns (gemv_bulk_probe.py --patterns): units of 8 rows, the CTA's warps
+// splitting K as the library's kernel does (warp w: bytes 512 w .. 512 w + 511 of every row), each unit's loads a
+// unit ahead in registers; a warp load reads RPL rows, 32 / RPL lanes a row, LB bytes a lane (RPL = 1, LB = 16: the
+// library's pattern, 512 contiguous bytes of one row; RPL = 8, LB = 8: the MMA kernels' B fragments).
+template <int RPL, int LB>
+__device__ __forceinline__ void stream_pattern(const u8* __restrict__ w, const int* __restrict__ dims, u32* out) {
+  constexpr int kLoads = 4096 / (32 * LB), kLanesPerRow = 32 / RPL, kRowBytes = kLanesPerRow * LB;
+  const int n = dims[1], k = dims[2], units = n / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint4 cur[kLoads], nxt[kLoads];
+  auto load = [&](int unit, uint4(&d)[kLoads]) {
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int per_row = 512 / kRowBytes, row = (j / per_row) * RPL + lane / kLanesPerRow, part = j % per_row;
+      const u8* p = w + (static_cast<u64>(unit) * 8 + row) * k + 512 * warp + part * kRowBytes + (lane % kLanesPerRow) * LB;
+      if (LB == 16) {
+        d[j] = load16(p);
+      } else {
+        uint2 v;
+        asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+        d[j] = make_uint4(v.x, v.y, 0u, 0u);
+      }
+    }
+  };
+  u32 fold = 0;
+  int unit = blockIdx.x;
+  if (unit < units) load(unit, cur);
+  for (; unit < units; unit += gridDim.x) {
+    if (unit + gridDim.x < units) load(unit + gridDim.x, nxt);
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) fold ^= cur[j].x ^ cur[j].y ^ cur[j].z ^ cur[j].w, cur[j] = nxt[j];
+  }
+  if (fold == 0x9e3779b9u) out[threadIdx.x] = fold;
+}
+
+#define PATTERN(RPL, LB)                                                                                        \
+  extern "C" __global__ void __launch_bounds__(512)                                                            \
+      mxfp8_stream_p##RPL##x##LB(const u8* w, const u8*, const u16*, const int* dims, u32* out) {              \
+    stream_pattern<RPL, LB>(w, dims, out);                                                                     \
+  }
+PATTERN(1, 16)
+PATTERN(2, 16)
+PATTERN(4, 16)
+PATTERN(8, 16)
+PATTERN(8, 8)
+
 #define BULK(R, S)                                                                                            \
   extern "C" __global__ void __launch_bounds__(1024)                                                          \
       mxfp8_gemv_bulk_r##R##_s##S##_bf16(const u8* w, const u8* sw, const u16* x, const int* dims, u16* out) { \

@@ -14,6 +14,10 @@ as shipped; with its registers two units ahead (``deep2``, R = 2 or 4 rows a uni
 against the library); its weight stream alone (``stream``, the same loads and grid, no arithmetic); and an empty
 kernel on the same launch (``empty``: what a launch costs between the loop's calls).
 
+``--patterns`` (instead): the weight stream alone (no arithmetic) in five load patterns on the one-row kernel's launch
+(K / 16 threads splitting K, units of 8 rows, 2 or 3 CTAs an SM): a warp load reading 1, 2, 4 or 8 rows with 16-byte
+lane loads, or 8 rows with 8-byte ones (the MMA kernels' B fragments), beside the library's kernel and its own stream.
+
 ``--mma8`` (instead): ``gemv_mma8.cu``, up to 8 raw bf16 rows on the tensor cores on the one-row kernel's skeleton, at
 the K = 4096 shapes and 8 (and 1) rows: us a call, its float32 output's error against emulation, its weight stream
 alone (``_loads``), one and two units ahead; bf16 ``jnp.dot`` and the ``hopper`` backend as shipped in the same stretch.
@@ -153,9 +157,19 @@ STREAM_VARIANTS = (
     ("mxfp8_empty", 4, 4),
 )
 """``--stream``: (kernel, rows a unit, CTAs an SM); the floors on the library's grid (4 rows, 4 CTAs an SM)."""
+PATTERN_VARIANTS = (
+    ("mxfp8_stream_r4", 4, 4),
+    *(
+        (f"mxfp8_stream_p{rpl}x{lb}", 8, per_sm)
+        for rpl, lb in ((1, 16), (2, 16), (4, 16), (8, 16), (8, 8))
+        for per_sm in (2, 3)
+    ),
+)
+"""``--patterns``: the library's stream, then the weight stream alone in five load patterns (rows a warp load reads,
+bytes a lane), units of 8 rows, 2 or 3 CTAs of K / 16 threads an SM."""
 
 
-def stream(results: dict, ptx: str) -> None:
+def stream(results: dict, ptx: str, variants: tuple = STREAM_VARIANTS) -> None:
     for n, k in [s for s in GEMV_SHAPES if s[1] == 4096]:
         sets = operands(n, k, 1)
         lib = {
@@ -164,7 +178,7 @@ def stream(results: dict, ptx: str) -> None:
         }
         row = results["stream"][f"({n}, {k})"] = {"bf16_dot_us": bf16_dot_us(sets), "library_us": 0.0, "cells": {}}
         row["library_us"] = loop_time(library, sets) * 1e6
-        for name, rows, per_sm in STREAM_VARIANTS:
+        for name, rows, per_sm in variants:
             label = f"{name.removeprefix('mxfp8_')}_x{per_sm}"
             fn = functools.partial(variant, name=name, rows=rows, per_sm=per_sm, ptx=ptx)
             try:
@@ -196,8 +210,9 @@ def stream(results: dict, ptx: str) -> None:
 
 def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [m <= 8, K]`` (raw bf16) times ``w [N, K]`` -> ``[m, N]``: one launch of ``gemv_mma8.cu``'s ``name``
-    (K / 4 threads, one CTA an SM)."""
+    (4 blocks a warp, K / 4 threads, one CTA an SM; ``_b8`` kernels 8 blocks a warp, two CTAs an SM)."""
     (m, k), n = x.shape, w.shape[0]
+    blocks, per_sm = (8, 2) if "_b8" in name else (4, 1)
     name += "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
     return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
@@ -206,8 +221,8 @@ def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
         jnp.array([m, n, k], jnp.int32),
         name=name,
         ptx=cuda_gemv.entry_ptx(ptx, name),
-        grid=(min(n // 8, SMS), 1),
-        warps=k // 128,
+        grid=(min(n // 8, SMS * per_sm), 1),
+        warps=k // (32 * blocks),
         out_shape=(m, n),
         out_dtype=out_dtype,
     )
@@ -236,6 +251,8 @@ def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, o
 MMA8_VARIANTS = (
     "mxfp8_gemv_mma8_d1",
     "mxfp8_gemv_mma8_d1_loads",
+    "mxfp8_gemv_mma8_b8_d1",
+    "mxfp8_gemv_mma8_b8_d1_loads",
     *((s, warps, per_sm) for s, warps, per_sm in ((2, 8, 3), (3, 8, 2), (4, 8, 1), (2, 16, 2), (3, 16, 1))),
 )
 """``--mma8``: the register-fed kernel and its stream; the ring kernel as (stages, warps, CTAs an SM)."""
@@ -286,7 +303,11 @@ def main() -> None:
     parser.add_argument("--shapes", default="", help="indices into the shapes (default all)")
     parser.add_argument("--stream", action="store_true", help="the library's kernel between its floors instead")
     parser.add_argument("--mma8", action="store_true", help="the 8-row tensor-core kernel instead")
+    parser.add_argument("--patterns", action="store_true", help="the weight stream in five load patterns instead")
     args = parser.parse_args()
+    if args.patterns:
+        stream({"env": environment(), "stream": {}}, compile_ptx(), PATTERN_VARIANTS)
+        return
     if args.mma8:
         mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE))
         return

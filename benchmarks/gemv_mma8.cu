@@ -5,7 +5,7 @@
 //
 //   out[m, n] = sum_b 2^(sw[n,b]-127) 2^(sa[m,b]-127) * sum_{k in block b} w[n,k] * qa[m,k]
 //
-// Warp w owns blocks 4w .. 4w + 3 of every unit (K = 128 * warps). Lane (g, t) loads bytes 8t .. 8t + 7 of those
+// Warp w owns blocks BPW w .. BPW w + BPW - 1 of every unit (K = 32 BPW warps; BPW 4 or 8). Lane (g, t) loads bytes 8t .. 8t + 7 of those
 // blocks of weight row g (one 8-byte load a block: a warp load reads 32 contiguous bytes of each of 8 rows) and the
 // four scale bytes of weight rows 2t and 2t + 1 (one 4-byte load each). Before its loop the lane quantizes the same
 // bytes of activation row g (raw bf16, quantize_blocks' rule; the block's amax over the quad by two shuffles) into
@@ -16,8 +16,9 @@
 // shared memory. Not handled (the probe measures speed): scales where a decoded weight or a product could overflow,
 // which the tenth session's kernel (cuda_gemv_mma.cu) sends to the CUDA cores after a vote.
 //
-// Kernels mxfp8_gemv_mma8_d{DEPTH}{,_loads}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8, n, k}; n % 8 == 0,
-// k % 128 == 0, k <= 4096; K / 4 threads; DEPTH units ahead in registers; _loads: the weight stream alone.
+// Kernels mxfp8_gemv_mma8[_b8]_d{DEPTH}{,_loads}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8, n, k}; n % 8 == 0,
+// k % (32 BPW) == 0, k / (32 BPW) warps (at most 32, or 16 with _b8: BPW 8); DEPTH units ahead in registers; _loads:
+// the weight stream alone.
 //
 // Kernels mxfp8_gemv_ring8_s{S}_{bf16,f32}(w, sw, x, dims, out): the same MMAs fed from shared memory. One thread
 // fetches each unit's 8 weight rows (one cp.async.bulk a row, rows k + 16 bytes apart so that the lanes' 8-byte reads
@@ -30,8 +31,6 @@
 #include "../mxfp8_xla/backends/gemv.cu"
 
 namespace {
-
-constexpr int kBlocksPerWarp = 4;
 
 __device__ __forceinline__ uint2 load_v2(const u8* p) {
   uint2 v;
@@ -52,38 +51,42 @@ __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0,
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
+template <int BPW>
 struct Unit {
-  uint2 q[kBlocksPerWarp];  // weight row g, bytes 8t .. 8t + 7 of each of the warp's blocks
-  u32 s0, s1;               // scale bytes of weight rows 2t and 2t + 1, the warp's blocks
+  uint2 q[BPW];             // weight row g, bytes 8t .. 8t + 7 of each of the warp's blocks
+  u32 s0[BPW / 4], s1[BPW / 4];  // scale bytes of weight rows 2t and 2t + 1, the warp's blocks
 };
 
-template <int DEPTH, int MODE, typename OUT>
+template <int BPW, int DEPTH, int MODE, typename OUT>
 __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __restrict__ sw,
                                           const u16* __restrict__ x, OUT* __restrict__ out,
                                           const int* __restrict__ dims) {
   __shared__ float partial[2][kMaxWarps][64];
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
-  const int b0 = warp * kBlocksPerWarp;
+  const int b0 = warp * BPW;
 
-  auto load = [&](int unit, Unit& d) {
+  auto load = [&](int unit, Unit<BPW>& d) {
     if (unit >= units) return;
     const u64 row = static_cast<u64>(unit) * 8 + g;
 #pragma unroll
-    for (int j = 0; j < kBlocksPerWarp; ++j) d.q[j] = load_v2(w + row * k + 32 * (b0 + j) + 8 * t);
-    d.s0 = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t) * kb + b0);
-    d.s1 = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t + 1) * kb + b0);
+    for (int j = 0; j < BPW; ++j) d.q[j] = load_v2(w + row * k + 32 * (b0 + j) + 8 * t);
+#pragma unroll
+    for (int j = 0; j < BPW / 4; ++j) {
+      d.s0[j] = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t) * kb + b0 + 4 * j);
+      d.s1[j] = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t + 1) * kb + b0 + 4 * j);
+    }
   };
-  Unit a, b, c;
+  Unit<BPW> a, b, c;
   int unit = blockIdx.x, i = 0;
   load(unit, a);
   if (DEPTH == 2) load(unit + gridDim.x, b);
 
   // Activation row g's bytes 8t .. 8t + 7 of each of the warp's blocks, quantized; xa[j] = (bytes 0-3, bytes 4-7).
-  uint2 xa[kBlocksPerWarp];
-  float fx[kBlocksPerWarp];
+  uint2 xa[BPW];
+  float fx[BPW];
 #pragma unroll
-  for (int j = 0; j < kBlocksPerWarp; ++j) {
+  for (int j = 0; j < BPW; ++j) {
     float f[8];
     u32 amax = 0;
     if (g < m) {
@@ -109,21 +112,22 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
     }
   }
 
-  auto step = [&](const Unit& cur, Unit& fill) {
+  auto step = [&](const Unit<BPW>& cur, Unit<BPW>& fill) {
     if (unit >= units) return false;
     load(unit + DEPTH * gridDim.x, fill);
     float acc0 = 0.f, acc1 = 0.f;
     if (MODE == 1) {
-      u32 fold = cur.s0 ^ cur.s1;
+      u32 fold = cur.s0[0] ^ cur.s1[0];
 #pragma unroll
-      for (int j = 0; j < kBlocksPerWarp; ++j) fold ^= cur.q[j].x ^ cur.q[j].y;
+      for (int j = 0; j < BPW; ++j) fold ^= cur.q[j].x ^ cur.q[j].y;
       acc0 = static_cast<float>(fold & 1);
     } else {
 #pragma unroll
-      for (int j = 0; j < kBlocksPerWarp; ++j) {
+      for (int j = 0; j < BPW; ++j) {
         float d[4] = {0.f, 0.f, 0.f, 0.f};
         mma_rows8(d, xa[j].x, xa[j].y, cur.q[j].x, cur.q[j].y);
-        const float fw0 = scale_factor((cur.s0 >> (8 * j)) & 0xff), fw1 = scale_factor((cur.s1 >> (8 * j)) & 0xff);
+        const u32 s0 = cur.s0[j / 4] >> (8 * (j % 4)), s1 = cur.s1[j / 4] >> (8 * (j % 4));
+        const float fw0 = scale_factor(s0 & 0xff), fw1 = scale_factor(s1 & 0xff);
         acc0 = fmaf(d[0] * fw0, fx[j], acc0), acc1 = fmaf(d[1] * fw1, fx[j], acc1);
       }
     }
@@ -282,15 +286,20 @@ RING8_KERNEL(3, float, f32)
 RING8_KERNEL(4, u16, bf16)
 RING8_KERNEL(4, float, f32)
 
-#define MMA8_KERNEL(DEPTH, MODE, NAME, OUT, SUFFIX)                                                             \
-  extern "C" __global__ void __launch_bounds__(1024)                                                          \
-      mxfp8_gemv_mma8_d##DEPTH##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
-    gemv_mma8<DEPTH, MODE, OUT>(w, sw, x, out, dims);                                                         \
+// BPW 4: 32 warps at K = 4096, one CTA an SM; BPW 8: 16 warps, two CTAs an SM (twice the registers a thread).
+#define MMA8_KERNEL(BPW, BOUND, PREFIX, DEPTH, MODE, NAME, OUT, SUFFIX)                                       \
+  extern "C" __global__ void __launch_bounds__(BOUND)                                                         \
+      mxfp8_gemv_mma8##PREFIX##_d##DEPTH##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
+                                                          OUT* out) {                                          \
+    gemv_mma8<BPW, DEPTH, MODE, OUT>(w, sw, x, out, dims);                                                    \
   }
-#define MMA8_KERNELS(DEPTH, MODE, NAME) \
-  MMA8_KERNEL(DEPTH, MODE, NAME, u16, bf16) MMA8_KERNEL(DEPTH, MODE, NAME, float, f32)
+#define MMA8_KERNELS(BPW, BOUND, PREFIX, DEPTH, MODE, NAME)            \
+  MMA8_KERNEL(BPW, BOUND, PREFIX, DEPTH, MODE, NAME, u16, bf16) \
+  MMA8_KERNEL(BPW, BOUND, PREFIX, DEPTH, MODE, NAME, float, f32)
 
-MMA8_KERNELS(1, 0, )
-MMA8_KERNELS(2, 0, )
-MMA8_KERNELS(1, 1, _loads)
-MMA8_KERNELS(2, 1, _loads)
+MMA8_KERNELS(4, 1024, , 1, 0, )
+MMA8_KERNELS(4, 1024, , 2, 0, )
+MMA8_KERNELS(4, 1024, , 1, 1, _loads)
+MMA8_KERNELS(4, 1024, , 2, 1, _loads)
+MMA8_KERNELS(8, 512, _b8, 1, 0, )
+MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)

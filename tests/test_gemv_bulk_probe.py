@@ -80,13 +80,16 @@ def test_the_stream_variants_take_the_librarys_launch(name, rows, per_sm, kernel
     assert params["grid"] == (min(14336 // rows, 132 * per_sm), 1) and params["warps"] == 8
 
 
-def test_the_8_row_kernels_launch_one_cta_an_sm():
+def test_the_8_row_kernels_launch_one_or_two_ctas_an_sm():
     x, w = jnp.ones((8, 4096), jnp.bfloat16), weight(14336, 4096)
     params, shape = launch_of(
         lambda x, w: probe.mma8(x, w, "mxfp8_gemv_mma8_d1", fake_ptx("mxfp8_gemv_mma8_d1_bf16")), x, w
     )
     assert params["name"] == "mxfp8_gemv_mma8_d1_bf16" and params["warps"] == 32 and params["grid"] == (132, 1)
     assert shape == (8, 14336)
+    b8 = fake_ptx("mxfp8_gemv_mma8_b8_d1_bf16")
+    params, _ = launch_of(lambda x, w: probe.mma8(x, w, "mxfp8_gemv_mma8_b8_d1", b8), x, w)
+    assert params["warps"] == 16 and params["grid"] == (2 * 132, 1)
     ring = fake_ptx("mxfp8_gemv_ring8_s3_f32")
     params, shape = launch_of(lambda x, w: probe.ring8(x, w, 3, 16, 1, ring, jnp.float32), x, w)
     assert params["name"] == "mxfp8_gemv_ring8_s3_f32" and params["warps"] == 16 and params["grid"] == (132, 1)
@@ -98,7 +101,8 @@ def test_every_kernel_the_probe_names_is_instantiated():
     assert bulk_names() | {"mxfp8_gemv_deep2_r2_bf16", "mxfp8_gemv_deep2_r4_f32"} <= cuda_kernel_names(
         probe.SOURCE, "mxfp8_gemv_"
     )
-    assert {"mxfp8_stream_r4", "mxfp8_empty"} <= cuda_kernel_names(probe.SOURCE, "mxfp8_")
+    streams = {name for name, _, _ in probe.PATTERN_VARIANTS} | {"mxfp8_empty"}
+    assert streams <= cuda_kernel_names(probe.SOURCE, "mxfp8_")
     mma8 = cuda_kernel_names(probe.MMA8_SOURCE, "mxfp8_gemv_")
     for variant in probe.MMA8_VARIANTS:
         stem = f"mxfp8_gemv_ring8_s{variant[0]}" if isinstance(variant, tuple) else variant
