@@ -13,9 +13,8 @@
 // zero), the unit's 8 weight rows as B, into a fresh float32 accumulator (the K order inside a block is the loads'
 // order, the same for both operands), its two sums in the lane (activation row g, weight rows 2t and 2t + 1) then
 // scaled by both factors and added to the lane's float32 sums. No warp sums: the lanes' sums meet over the warps in
-// shared memory, every thread adding a share of one output's (store_unit). Not handled (the probe measures speed):
-// scales where a decoded weight or a product could overflow, which the tenth session's kernel (cuda_gemv_mma.cu)
-// sends to the CUDA cores after a vote.
+// shared memory. Not handled (the probe measures speed): scales where a decoded weight or a product could overflow,
+// which the tenth session's kernel (cuda_gemv_mma.cu) sends to the CUDA cores after a vote.
 //
 // Kernels mxfp8_gemv_mma8[_b8]_d{DEPTH}{,_loads}_{bf16,f32}(w, sw, x, dims, out): dims = {m <= 8, n, k}; n % 8 == 0,
 // k % (32 BPW) == 0, k / (32 BPW) warps (at most 32, or 16 with _b8: BPW 8); DEPTH units ahead in registers; _loads:
@@ -50,18 +49,6 @@ __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0,
   asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-
-// A unit's 64 sums (activation row o / 8, weight row o % 8) over the warps' partials part[warps][64], by every thread:
-// blockDim / 64 consecutive threads share output o, each adds every (blockDim / 64)-th warp's partial, then shuffles.
-// Stores it where m rows want it.
-template <typename OUT>
-__device__ __forceinline__ void store_unit(const float* part, int warps, int m, int n, int unit, OUT* out) {
-  const int tpo = blockDim.x >> 6, o = threadIdx.x / tpo, p = threadIdx.x % tpo;
-  float v = 0.f;
-  for (int q = p; q < warps; q += tpo) v += part[q * 64 + o];
-  for (int off = tpo >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if (p == 0 && (o >> 3) < m) store(out + static_cast<u64>(o >> 3) * n + static_cast<u64>(unit) * 8 + (o & 7), v);
 }
 
 template <int BPW>
@@ -146,7 +133,11 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
     }
     partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
-    store_unit(&partial[i & 1][0][0], warps, m, n, unit, out);
+    if (threadIdx.x < 8 * m) {
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
+      store(out + static_cast<u64>(threadIdx.x >> 3) * n + static_cast<u64>(unit) * 8 + (threadIdx.x & 7), sum);
+    }
     unit += gridDim.x, ++i;
     return true;
   };
@@ -272,7 +263,11 @@ __device__ __forceinline__ void gemv_ring8(const u8* __restrict__ w, const u8* _
     part[g * 8 + 2 * t] = acc0, part[g * 8 + 2 * t + 1] = acc1;
     __syncthreads();  // stage s is read, partial[i & 1] complete (written again two units on, after the next barrier)
     if (threadIdx.x == 0 && unit + S * gridDim.x < units) issue(unit + S * gridDim.x, s);
-    store_unit(partial + (i & 1) * warps * 64, warps, m, n, unit, out);
+    if (threadIdx.x < 8 * m) {
+      float sum = 0.f;
+      for (int qw = 0; qw < warps; ++qw) sum += partial[((i & 1) * warps + qw) * 64 + threadIdx.x];
+      store(out + static_cast<u64>(threadIdx.x >> 3) * n + static_cast<u64>(unit) * 8 + (threadIdx.x & 7), sum);
+    }
     if (++s == S) s = 0, parity ^= 1;
   }
 }
