@@ -11,7 +11,7 @@ Variants (each skipped with its reason where it cannot run on the device):
   scaled_dot    jax.nn.scaled_dot_general with the mxfp8 config (the JAX-native peer)
   fp8_tensor    per-tensor FP8 jnp.dot (e4m3 x e4m3 -> bf16): the FP8 tensor-core reference
 
-Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] [--ms 1,16] ;
+Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] [--ms 1,16] [--iters 10];
 JSON to $OUT/bench_gemm.json.
 """
 
@@ -67,6 +67,12 @@ def main() -> None:
     ap.add_argument("--skip", default="emulation", help="comma-separated variants to skip")
     ap.add_argument("--shapes", help="comma-separated NxK weight shapes (default: all of SHAPES)")
     ap.add_argument("--ms", help="comma-separated row counts M (default: MS, or fewer with --quick)")
+    ap.add_argument(
+        "--iters",
+        type=int,
+        default=10,
+        help="loop rounds a timing (the loop's own dispatch is shared by iters * 8 calls)",
+    )
     args = ap.parse_args()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     ms = [int(m) for m in args.ms.split(",")] if args.ms else [1, 16, 256, 2048] if args.quick else MS
@@ -90,7 +96,7 @@ def main() -> None:
             ref = np.asarray(mx.mxfp8_matmul(xs[0], wqs[0], out_dtype=jnp.float32, backend="emulation"), np.float64)
             for name, fn in fns.items():
                 try:
-                    t = loop_time(fn, sets, iters=10)
+                    t = loop_time(fn, sets, iters=args.iters)
                     got = np.asarray(jax.jit(fn)(*sets[0]), np.float64)
                     err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
                 except Exception as e:  # a variant that cannot run here is reported, not fatal
