@@ -11,7 +11,7 @@ Variants (each skipped with its reason where it cannot run on the device):
   scaled_dot    jax.nn.scaled_dot_general with the mxfp8 config (the JAX-native peer)
   fp8_tensor    per-tensor FP8 jnp.dot (e4m3 x e4m3 -> bf16): the FP8 tensor-core reference
 
-Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] [--ms 1,16] [--iters 10];
+Usage: python benchmarks/bench_gemm.py [--quick] [--skip a,b] [--shapes 28672x4096,...] [--ms 1,16] [--iters 50];
 JSON to $OUT/bench_gemm.json.
 """
 
