@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument(
         "--iters",
         type=int,
-        default=10,
+        default=50,
         help="loop rounds a timing (the loop's own dispatch is shared by iters * 8 calls)",
     )
     args = ap.parse_args()
