@@ -26,42 +26,9 @@
 // mxfp8_stream_r4 (19.7 against 20.7 us), deep2 slower at every shape.
 #include "../mxfp8_xla/backends/gemv.cu"
 
+#include "bulk_ring.cuh"
+
 namespace {
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 a;
-  asm("{.reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
-  return a;
-}
-
-__device__ __forceinline__ void bar_init(u32 bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
-  u32 done;
-  do {
-    asm volatile(
-        "{.reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;}"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
-// One thread: the stage's mbarrier expects `bytes`, then two bulk copies (weight rows, scale rows) complete on it.
-__device__ __forceinline__ void bulk_load(u32 bar, u32 dst, const u8* src, u32 bytes, u32 dst2, const u8* src2,
-                                          u32 bytes2) {
-  asm volatile("{.reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;}" ::"r"(bar),
-               "r"(bytes + bytes2)
-               : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst2),
-               "l"(src2), "r"(bytes2), "r"(bar)
-               : "memory");
-}
 
 template <int R, int S, typename OUT>
 __device__ __forceinline__ void gemv_bulk(const u8* __restrict__ w, const u8* __restrict__ sw,
@@ -74,15 +41,14 @@ __device__ __forceinline__ void gemv_bulk(const u8* __restrict__ w, const u8* __
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const u32 wbytes = R * k, sbytes = R * kb, stage_bytes = wbytes + sbytes;
 
-  auto issue = [&](int unit, int s) {
-    const u32 dst = smem_addr(ring + s * stage_bytes);
-    bulk_load(smem_addr(&full[s]), dst, w + static_cast<u64>(unit) * wbytes, wbytes, dst + wbytes,
-              sw + static_cast<u64>(unit) * sbytes, sbytes);
+  auto issue = [&](int unit, int s) {  // the unit's weight rows, then its scale rows
+    const u32 bar = smem_addr(&full[s]), dst = smem_addr(ring + s * stage_bytes);
+    expect_bytes(bar, stage_bytes);
+    bulk(dst, w + static_cast<u64>(unit) * wbytes, wbytes, bar);
+    bulk(dst + wbytes, sw + static_cast<u64>(unit) * sbytes, sbytes, bar);
   };
   if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < S; ++s) bar_init(smem_addr(&full[s]));
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    bars_init(full, S);
 #pragma unroll
     for (int s = 0; s < S; ++s)
       if (blockIdx.x + s * gridDim.x < units) issue(blockIdx.x + s * gridDim.x, s);

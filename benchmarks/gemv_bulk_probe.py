@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -46,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cuda_gemv_probe  # noqa: E402
 from cuda_gemv_probe import GEMV_SHAPES, bf16_dot_us  # noqa: E402
 from mosaic_sweep import operands, reference, rel_err  # noqa: E402
-from timing import environment, failure, loop_time, out_dir, write_json  # noqa: E402
+from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
@@ -91,39 +91,39 @@ class Bulk(NamedTuple):
 
 def compile_ptx(source: Path = SOURCE) -> str:
     """``source`` to PTX for compute_90 (nvcc), ptxas's registers for sm_90 to ``{stem}_ptxas.txt``."""
-    nvcc = (
-        "nvcc" if subprocess.run(["which", "nvcc"], capture_output=True).returncode == 0 else "/usr/local/cuda/bin/nvcc"
+    return cuda_gemv_probe.compile_ptx(source, stem=source.stem)
+
+
+def launch(x: jax.Array, w: MXArray, name: str, ptx: str, ctas: int, warps: int, out, smem: int = 0) -> jax.Array:
+    """One launch of kernel ``name`` of ``ptx`` on ``x [m, K]`` (raw bf16) and ``w [N, K]`` with the library's
+    parameters (weight bytes, scales, x, dims {m, N, K}, out), ``ctas`` CTAs of ``warps`` warps; ``out`` is the output's
+    ``(shape, dtype)``."""
+    (m, k), n = x.shape, w.shape[0]
+    return ptx_launch.launch(
+        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
+        w.scale,
+        x,
+        jnp.array([m, n, k], jnp.int32),
+        name=name,
+        ptx=cuda_gemv.entry_ptx(ptx, name),
+        grid=(ctas, 1),
+        warps=warps,
+        out_shape=out[0],
+        out_dtype=out[1],
+        smem=smem,
     )
-    ptx = out_dir() / f"{source.stem}.ptx"
-    subprocess.run([nvcc, "-ptx", "-arch=compute_90", "-O3", str(source), "-o", str(ptx)], check=True)
-    info = subprocess.run(
-        [nvcc, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-O3", str(source), "-o", os.devnull],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    (out_dir() / f"{source.stem}_ptxas.txt").write_text(info.stderr)
-    return ptx.read_text()
+
+
+def suffix(out_dtype) -> str:
+    return "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
 
 
 def bulk_gemv(x: jax.Array, w: MXArray, cfg: Bulk, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [1, K]`` (raw bf16) times ``w [N, K]`` -> ``[1, N]``, one launch of the bulk-copy kernel ``cfg``."""
     n, k = w.shape
-    suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
-    name = f"mxfp8_gemv_bulk_r{cfg.r}_s{cfg.s}_{suffix}"
-    return ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x,
-        jnp.array([1, n, k], jnp.int32),
-        name=name,
-        ptx=cuda_gemv.entry_ptx(ptx, name),
-        grid=(min(n // cfg.r, SMS * cfg.per_sm), 1),
-        warps=k // 16 // 32,
-        out_shape=(1, n),
-        out_dtype=out_dtype,
-        smem=cfg.smem(k),
-    )
+    name = f"mxfp8_gemv_bulk_r{cfg.r}_s{cfg.s}{suffix(out_dtype)}"
+    ctas = min(n // cfg.r, SMS * cfg.per_sm)
+    return launch(x, w, name, ptx, ctas, k // 16 // 32, ((1, n), out_dtype), smem=cfg.smem(k))
 
 
 def variant(x: jax.Array, w: MXArray, name: str, rows: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16):
@@ -132,20 +132,8 @@ def variant(x: jax.Array, w: MXArray, name: str, rows: int, per_sm: int, ptx: st
     ``uint32``."""
     n, k = w.shape
     deep = name.startswith("mxfp8_gemv_")
-    if deep:
-        name += "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
-    return ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x,
-        jnp.array([1, n, k], jnp.int32),
-        name=name,
-        ptx=cuda_gemv.entry_ptx(ptx, name),
-        grid=(min(n // rows, SMS * per_sm), 1),
-        warps=k // 16 // 32,
-        out_shape=(1, n) if deep else (k // 16,),
-        out_dtype=out_dtype if deep else jnp.uint32,
-    )
+    out = ((1, n), out_dtype) if deep else ((k // 16,), jnp.uint32)
+    return launch(x, w, name + suffix(out_dtype) if deep else name, ptx, min(n // rows, SMS * per_sm), k // 512, out)
 
 
 STREAM_VARIANTS = (
@@ -213,18 +201,8 @@ def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     (4 blocks a warp, K / 4 threads, one CTA an SM; ``_b8`` kernels 8 blocks a warp, two CTAs an SM)."""
     (m, k), n = x.shape, w.shape[0]
     blocks, per_sm = (8, 2) if "_b8" in name else (4, 1)
-    name += "_bf16" if out_dtype == jnp.bfloat16 else "_f32"
-    return ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x,
-        jnp.array([m, n, k], jnp.int32),
-        name=name,
-        ptx=cuda_gemv.entry_ptx(ptx, name),
-        grid=(min(n // 8, SMS * per_sm), 1),
-        warps=k // (32 * blocks),
-        out_shape=(m, n),
-        out_dtype=out_dtype,
+    return launch(
+        x, w, name + suffix(out_dtype), ptx, min(n // 8, SMS * per_sm), k // (32 * blocks), ((m, n), out_dtype)
     )
 
 
@@ -232,20 +210,9 @@ def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, o
     """``x [m <= 8, K]`` times ``w [N, K]``: one launch of ``gemv_mma8.cu``'s ring kernel with ``s`` stages,
     ``warps`` warps a CTA, at most ``per_sm`` CTAs an SM."""
     (m, k), n = x.shape, w.shape[0]
-    name = f"mxfp8_gemv_ring8_s{s}_{'bf16' if out_dtype == jnp.bfloat16 else 'f32'}"
-    return ptx_launch.launch(
-        jax.lax.bitcast_convert_type(w.data, jnp.uint8),
-        w.scale,
-        x,
-        jnp.array([m, n, k], jnp.int32),
-        name=name,
-        ptx=cuda_gemv.entry_ptx(ptx, name),
-        grid=(min(n // 8, SMS * per_sm), 1),
-        warps=warps,
-        out_shape=(m, n),
-        out_dtype=out_dtype,
-        smem=s * (8 * (k + 16) + 8 * (k // 32)) + 2 * warps * 64 * 4,
-    )
+    smem = s * (8 * (k + 16) + 8 * (k // 32)) + 2 * warps * 64 * 4
+    name = f"mxfp8_gemv_ring8_s{s}{suffix(out_dtype)}"
+    return launch(x, w, name, ptx, min(n // 8, SMS * per_sm), warps, ((m, n), out_dtype), smem=smem)
 
 
 MMA8_VARIANTS = (

@@ -29,6 +29,7 @@
 // emulation; mma8 0.69-0.82x of bf16 at 8 rows (its _loads 25.9-33.0 us at (14336, 4096)), ring8 1.10x and 1.20x at
 // (14336, 4096) and (28672, 4096), 0.58-0.88x at the smaller K = 4096 shapes.
 #include "../mxfp8_xla/backends/gemv.cu"
+#include "bulk_ring.cuh"
 
 namespace {
 
@@ -49,6 +50,36 @@ __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0,
   asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+// The A fragment of block b: activation row g's bytes 8t .. 8t + 7 of it (raw bf16 rows x [m, k], rows m.. zero),
+// quantized with quantize_blocks' rule (the block's amax over the quad by two shuffles), as (bytes 0-3, bytes 4-7), and
+// the block's factor (NaN for a block holding an Inf or a NaN, whose bytes are E4M3 NaNs; 0 for a zero row).
+__device__ __forceinline__ void quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int t,
+                                                  uint2& xa, float& fx) {
+  float f[8];
+  u32 amax = 0;
+  if (g < m) {
+    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + 8 * t, f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = 0.f;
+  }
+  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+  if (amax >= kInfBits) {
+    xa = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx = __uint_as_float(0x7fc00000u);
+    return;
+  }
+  const int e = scale_exponent(amax);
+  const float down = pow2(-e);
+  u32 words[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
+               static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
+  }
+  xa = make_uint2(words[0], words[1]), fx = g < m ? pow2(e) : 0.f;
 }
 
 template <int BPW>
@@ -82,35 +113,10 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
   load(unit, a);
   if (DEPTH == 2) load(unit + gridDim.x, b);
 
-  // Activation row g's bytes 8t .. 8t + 7 of each of the warp's blocks, quantized; xa[j] = (bytes 0-3, bytes 4-7).
   uint2 xa[BPW];
   float fx[BPW];
 #pragma unroll
-  for (int j = 0; j < BPW; ++j) {
-    float f[8];
-    u32 amax = 0;
-    if (g < m) {
-      amax = load_bf16(x + static_cast<u64>(g) * k + 32 * (b0 + j) + 8 * t, f);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) f[e] = 0.f;
-    }
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    if (amax >= kInfBits) {
-      xa[j] = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx[j] = __uint_as_float(0x7fc00000u);
-    } else {
-      const int e = scale_exponent(amax);
-      const float down = pow2(-e);
-      u32 words[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
-                   static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
-      }
-      xa[j] = make_uint2(words[0], words[1]), fx[j] = g < m ? pow2(e) : 0.f;
-    }
-  }
+  for (int j = 0; j < BPW; ++j) quantize_fragment(x, m, k, b0 + j, g, t, xa[j], fx[j]);
 
   auto step = [&](const Unit<BPW>& cur, Unit<BPW>& fill) {
     if (unit >= units) return false;
@@ -150,29 +156,6 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
   }
 }
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 a;
-  asm("{.reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
-  return a;
-}
-
-__device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
-  u32 done;
-  do {
-    asm volatile(
-        "{.reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;}"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
-__device__ __forceinline__ void bulk(u32 dst, const u8* src, u32 bytes, u32 bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
-}
-
 constexpr int kRingBlocks = 16;  // the most blocks a warp owns in a unit (its activation bytes stay in registers)
 
 template <int S, typename OUT>
@@ -189,17 +172,13 @@ __device__ __forceinline__ void gemv_ring8(const u8* __restrict__ w, const u8* _
 
   auto issue = [&](int unit, int s) {
     const u32 bar = smem_addr(&full[s]), dst = smem_addr(ring + s * stage_bytes);
-    asm volatile("{.reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;}" ::"r"(bar),
-                 "r"(8 * k + 8 * kb)
-                 : "memory");
+    expect_bytes(bar, 8 * k + 8 * kb);
 #pragma unroll
     for (int r = 0; r < 8; ++r) bulk(dst + r * stride, w + (static_cast<u64>(unit) * 8 + r) * k, k, bar);
     bulk(dst + wbytes, sw + static_cast<u64>(unit) * 8 * kb, 8 * kb, bar);
   };
   if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < S; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    bars_init(full, S);
 #pragma unroll
     for (int s = 0; s < S; ++s)
       if (blockIdx.x + s * gridDim.x < units) issue(blockIdx.x + s * gridDim.x, s);
@@ -211,29 +190,7 @@ __device__ __forceinline__ void gemv_ring8(const u8* __restrict__ w, const u8* _
 #pragma unroll
   for (int j = 0; j < kRingBlocks; ++j) {
     if (j >= bpw) break;
-    float f[8];
-    u32 amax = 0;
-    if (g < m) {
-      amax = load_bf16(x + static_cast<u64>(g) * k + 32 * (b0 + j) + 8 * t, f);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) f[e] = 0.f;
-    }
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    if (amax >= kInfBits) {
-      xa[j] = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx[j] = __uint_as_float(0x7fc00000u);
-    } else {
-      const int e = scale_exponent(amax);
-      const float down = pow2(-e);
-      u32 words[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
-                   static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
-      }
-      xa[j] = make_uint2(words[0], words[1]), fx[j] = g < m ? pow2(e) : 0.f;
-    }
+    quantize_fragment(x, m, k, b0 + j, g, t, xa[j], fx[j]);
   }
 
   int s = 0;
