@@ -18,16 +18,20 @@ kernel on the same launch (``empty``: what a launch costs between the loop's cal
 (K / 16 threads splitting K, units of 8 rows, 2 or 3 CTAs an SM): a warp load reading 1, 2, 4 or 8 rows with 16-byte
 lane loads, or 8 rows with 8-byte ones (the MMA kernels' B fragments), beside the library's kernel and its own stream.
 
-``--mma8`` (instead): ``gemv_mma8.cu``, up to 8 raw bf16 rows on the tensor cores on the one-row kernel's skeleton, at
-the K = 4096 shapes and 8 (and 1) rows: us a call, its float32 output's error against emulation, its weight stream
-alone (``_loads``), one and two units ahead; bf16 ``jnp.dot`` and the ``hopper`` backend as shipped in the same stretch.
+``--mma8`` (instead): ``gemv_mma8.cu``, up to 8 raw bf16 rows on E4M3 tensor cores, at the K = 4096 shapes and 8 rows:
+fed from registers on the one-row kernel's skeleton (4 blocks a warp and one CTA an SM, or ``_b8``: 8 blocks a warp and
+two CTAs an SM; each with its weight stream alone, ``_loads``), or fed by a bulk-copy ring (``ring8``, five stage /
+warp / CTA configurations): us a call and the float32 output's error against emulation, with bf16 ``jnp.dot`` and the
+``hopper`` backend as shipped in the same stretch.
 
 What an H200 answered (fourteenth session; results/gemv_bulk_probe_h200.*, gemv_stream_probe_h200.*,
-gemv_mma8_probe_h200.*, gemv_ring8_probe_h200.*): every ring configuration bit for bit the library's and slower
-(best 23.6 against 20.9 us at (14336, 4096)); the library's kernel as fast as its loads alone (19.7 against 20.7 us),
-two units ahead slower; the 8-row MMA kernel 0.69-0.82x of bf16 fed from registers, 0.58-1.20x from the ring.
+gemv_patterns_probe_h200.*, gemv_mma8_probe_h200.*, gemv_ring8_probe_h200.*, gemv_mma8_b8_probe_h200.*): every ring
+configuration bit for bit the library's and slower (best 23.6 against 20.9 us at (14336, 4096)); the library's kernel
+as fast as its loads alone (19.7 against 20.7 us), two units ahead slower; the MMA fragments' 8-byte loads of 8 rows
+the slowest of the five patterns (25.0 against 18.4-21.7 us at (14336, 4096)); the 8-row MMA kernel 0.69-0.87x of bf16
+fed from registers, 0.58-1.20x from the ring.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --mma8]``; JSON to
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --patterns | --mma8]``; JSON to
 ``$OUT/gemv_bulk_probe.json``, the PTX and ptxas's register report beside it.
 """
 
