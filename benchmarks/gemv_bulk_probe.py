@@ -28,7 +28,7 @@ What an H200 answered (fourteenth session; results/gemv_bulk_probe_h200.*, gemv_
 gemv_patterns_probe_h200.*, gemv_mma8_probe_h200.*, gemv_ring8_probe_h200.*, gemv_mma8_b8_probe_h200.*): every ring
 configuration bit for bit the library's and slower (best 23.6 against 20.9 us at (14336, 4096)); the library's kernel
 as fast as its loads alone (19.7 against 20.7 us), two units ahead slower; the MMA fragments' 8-byte loads of 8 rows
-the slowest of the five patterns (25.0 against 18.4-21.7 us at (14336, 4096)); the 8-row MMA kernel 0.69-0.87x of bf16
+the slowest of the five patterns (25.0 against 18.4-21.7 us at (14336, 4096)); the 8-row MMA kernel 0.60-0.87x of bf16
 fed from registers, 0.58-1.20x from the ring.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --patterns | --mma8]``; JSON to

@@ -26,7 +26,7 @@
 // warp w of the CTA's W owns blocks w * kb / W .. of every unit (kb / W a multiple of 4, at most 16). Launched with
 // W warps and S * (8 (k + 16) + 8 kb) + 2 W 64 4 bytes of dynamic shared memory.
 // Measured on an H200 (fourteenth session, docs/benchmarks.md "The one-row kernel's floor"): 1.6e-7 to 1.2e-6 from
-// emulation; mma8 0.69-0.87x of bf16 at 8 rows (its _loads 24.6-35.4 us at (14336, 4096)), ring8 1.10x and 1.20x at
+// emulation; mma8 0.60-0.87x of bf16 at 8 rows (its _loads 24.6-35.4 us at (14336, 4096)), ring8 1.10x and 1.20x at
 // (14336, 4096) and (28672, 4096), 0.58-0.88x at the smaller K = 4096 shapes.
 #include "../mxfp8_xla/backends/gemv.cu"
 #include "bulk_ring.cuh"
