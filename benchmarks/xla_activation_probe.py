@@ -10,6 +10,10 @@ and ``hopper.decode_operand`` (on a raw activation) replaced by XLA's ``quantize
 alternating ``--rounds`` times in one process, bf16 ``[N, K]`` alongside; and checks that both variants generate the
 same tokens.
 
+What an H200 answered (fourteenth session, results/xla_activation_probe_h200.*): the same tokens, no Pallas activation
+kernel left in the lowered decode, and a slower step: 0.539-0.548 against 0.517-0.520 ms at batch 8, 0.568-0.574
+against 0.546-0.548 at batch 16.
+
 Run on the device: ``PYTHONPATH=. python3 benchmarks/xla_activation_probe.py [--batches 8] [--rounds 2]``; JSON to
 ``$OUT/xla_activation_probe.json``.
 """
