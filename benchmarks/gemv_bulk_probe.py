@@ -210,6 +210,14 @@ def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     )
 
 
+def wide16(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
+    """``x [m <= 8, K]`` (raw bf16) times ``w [N, K]`` -> ``[m, N]``: one launch of ``gemv_mma8.cu``'s ``name``
+    (``mxfp8_gemv_wide16_b{BPW}``: units of 16 weight rows, BPW blocks a warp, K / (32 BPW) warps, one CTA an SM)."""
+    (m, k), n = x.shape, w.shape[0]
+    blocks = int(name.removeprefix("mxfp8_gemv_wide16_b").split("_")[0])
+    return launch(x, w, name + suffix(out_dtype), ptx, min(n // 16, SMS), k // (32 * blocks), ((m, n), out_dtype))
+
+
 def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [m <= 8, K]`` times ``w [N, K]``: one launch of ``gemv_mma8.cu``'s ring kernel with ``s`` stages,
     ``warps`` warps a CTA, at most ``per_sm`` CTAs an SM."""
@@ -227,21 +235,23 @@ MMA8_VARIANTS = (
     *((s, warps, per_sm) for s, warps, per_sm in ((2, 8, 3), (3, 8, 2), (4, 8, 1), (2, 16, 2), (3, 16, 1))),
 )
 """``--mma8``: the register-fed kernel and its stream; the ring kernel as (stages, warps, CTAs an SM)."""
+WIDE16_VARIANTS = tuple(f"mxfp8_gemv_wide16_b{b}{mode}" for b in (4, 8) for mode in ("", "_loads"))
+"""``--wide16``: units of 16 weight rows as the MMA's A operand, 4 or 8 blocks a warp, each with its stream alone."""
 
 
-def mma8_part(results: dict, ptx: str) -> None:
+def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tuple = (8,)) -> None:
     for n, k in [s for s in GEMV_SHAPES if s[1] == 4096]:
-        for m in (8,):
+        for m in rows:
             sets = operands(n, k, m)
             ref = reference(*sets[0])
             row = results["mma8"][f"({n}, {k}) m={m}"] = {"bf16_dot_us": bf16_dot_us(sets), "cells": {}}
             row["hopper_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
-            for name in MMA8_VARIANTS:
+            for name in variants:
                 if isinstance(name, tuple):
                     fn = functools.partial(ring8, s=name[0], warps=name[1], per_sm=name[2], ptx=ptx)
                     name = "mxfp8_gemv_ring8_s{}_w{}_x{}".format(*name)
                 else:
-                    fn = functools.partial(mma8, name=name, ptx=ptx)
+                    fn = functools.partial(wide16 if "wide16" in name else mma8, name=name, ptx=ptx)
                 try:
                     cell = {"us": loop_time(fn, sets, iters=20, repeats=3) * 1e6}
                     if not name.endswith("_loads"):
@@ -275,7 +285,13 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="the library's kernel between its floors instead")
     parser.add_argument("--mma8", action="store_true", help="the 8-row tensor-core kernel instead")
     parser.add_argument("--patterns", action="store_true", help="the weight stream in five load patterns instead")
+    parser.add_argument("--wide16", action="store_true", help="the 16-row-unit tensor-core kernel instead")
+    parser.add_argument("--rows", default="8", help="--wide16: activation rows, comma-separated (at most 8)")
     args = parser.parse_args()
+    if args.wide16:
+        rows = tuple(int(r) for r in args.rows.split(","))
+        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), WIDE16_VARIANTS, rows)
+        return
     if args.patterns:
         stream({"env": environment(), "stream": {}}, compile_ptx(), PATTERN_VARIANTS)
         return

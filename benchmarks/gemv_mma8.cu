@@ -52,15 +52,15 @@ __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0,
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// The A fragment of block b: activation row g's bytes 8t .. 8t + 7 of it (raw bf16 rows x [m, k], rows m.. zero),
+// The A fragment of block b: activation row g's bytes 8t .. 8t + 7 of it (or off .. off + 7) (raw bf16 rows x [m, k], rows m.. zero),
 // quantized with quantize_blocks' rule (the block's amax over the quad by two shuffles), as (bytes 0-3, bytes 4-7), and
 // the block's factor (NaN for a block holding an Inf or a NaN, whose bytes are E4M3 NaNs; 0 for a zero row).
 __device__ __forceinline__ void quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int t,
-                                                  uint2& xa, float& fx) {
+                                                  uint2& xa, float& fx, int off = -1) {
   float f[8];
   u32 amax = 0;
   if (g < m) {
-    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + 8 * t, f);
+    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + (off < 0 ? 8 * t : off), f);
   } else {
 #pragma unroll
     for (int e = 0; e < 8; ++e) f[e] = 0.f;
@@ -153,6 +153,109 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
   } else {
     while (step(a, c) && step(b, a) && step(c, b)) {
     }
+  }
+}
+
+// c = A B: A [16, 32] E4M3 = a unit's 16 weight rows (this lane: row g's bytes wg, row g + 8's bytes wg8), B [32, 8]
+// E4M3 = the activation rows (column g: xb), into a fresh float32 accumulator.
+__device__ __forceinline__ void mma_weight16(float (&c)[4], uint2 wg, uint2 wg8, uint2 xb) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(wg.x), "r"(wg8.x), "r"(wg.y), "r"(wg8.y), "r"(xb.x), "r"(xb.y), "f"(0.f));
+}
+
+template <int BPW>
+struct Wide {
+  uint4 q[BPW];              // q[2p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
+  u32 s[2][(BPW + 3) / 4];   // scale bytes of weight rows g and g + 8, the warp's blocks
+};
+
+// Units of 16 weight rows as the MMA's A operand, each lane loading 16 bytes: a quad reads 64 contiguous bytes
+// (two blocks) of its row, a warp load 8 rows x 64 bytes. Lanes t and t ^ 2 then swap 8 bytes so that each lane
+// holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3 (any order of K inside a block
+// is the same sum, so the activation's B fragment is quantized in the same order).
+template <int BPW, int MODE, typename OUT>
+__device__ __forceinline__ void gemv_wide16(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                            const u16* __restrict__ x, OUT* __restrict__ out,
+                                            const int* __restrict__ dims) {
+  __shared__ float partial[2][kMaxWarps][128];
+  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 16;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
+  const int b0 = warp * BPW, off = (t & 1) * 16 + (t >> 1) * 8;
+  const bool low = t < 2;
+
+  auto load = [&](int unit, Wide<BPW>& d) {
+    if (unit >= units) return;
+    const u64 row = static_cast<u64>(unit) * 16 + g;
+    const u8* p = w + row * k + 32 * b0 + 16 * t;
+#pragma unroll
+    for (int j = 0; j < BPW / 2; ++j) d.q[2 * j] = load16(p + 64 * j), d.q[2 * j + 1] = load16(p + 8 * k + 64 * j);
+#pragma unroll
+    for (int j = 0; j < (BPW + 3) / 4; ++j) {
+      d.s[0][j] = load_u32(sw + row * kb + b0 + 4 * j);
+      d.s[1][j] = load_u32(sw + (row + 8) * kb + b0 + 4 * j);
+    }
+  };
+  Wide<BPW> a, b;
+  int unit = blockIdx.x, i = 0;
+  load(unit, a);
+
+  uint2 xb[BPW];
+  float fx0[BPW], fx1[BPW];  // the blocks' factors of activation rows 2t and 2t + 1
+#pragma unroll
+  for (int j = 0; j < BPW; ++j) {
+    float fx;
+    quantize_fragment(x, m, k, b0 + j, g, t, xb[j], fx, off);
+    fx0[j] = __shfl_sync(0xffffffffu, fx, 8 * t), fx1[j] = __shfl_sync(0xffffffffu, fx, 8 * t + 4);
+  }
+
+  auto step = [&](const Wide<BPW>& cur, Wide<BPW>& fill) {
+    if (unit >= units) return false;
+    load(unit + gridDim.x, fill);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (MODE == 1) {
+      u32 fold = cur.s[0][0] ^ cur.s[1][0];
+#pragma unroll
+      for (int j = 0; j < BPW; ++j) fold ^= cur.q[j].x ^ cur.q[j].y ^ cur.q[j].z ^ cur.q[j].w;
+      acc[0] = static_cast<float>(fold & 1);
+    } else {
+#pragma unroll
+      for (int p = 0; p < BPW / 2; ++p) {
+        uint2 blk[2][2];  // [block 2p + h][row g + 8r]
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint4 v = cur.q[2 * p + r];
+          const u32 r0 = __shfl_xor_sync(0xffffffffu, low ? v.z : v.x, 2);
+          const u32 r1 = __shfl_xor_sync(0xffffffffu, low ? v.w : v.y, 2);
+          blk[0][r] = low ? make_uint2(v.x, v.y) : make_uint2(r0, r1);
+          blk[1][r] = low ? make_uint2(r0, r1) : make_uint2(v.z, v.w);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int j = 2 * p + h;
+          float d[4];
+          mma_weight16(d, blk[h][0], blk[h][1], xb[j]);
+          const float fw0 = scale_factor((cur.s[0][j / 4] >> (8 * (j % 4))) & 0xff);
+          const float fw8 = scale_factor((cur.s[1][j / 4] >> (8 * (j % 4))) & 0xff);
+          acc[0] = fmaf(d[0] * fw0, fx0[j], acc[0]), acc[1] = fmaf(d[1] * fw0, fx1[j], acc[1]);
+          acc[2] = fmaf(d[2] * fw8, fx0[j], acc[2]), acc[3] = fmaf(d[3] * fw8, fx1[j], acc[3]);
+        }
+      }
+    }
+    float* part = partial[i & 1][warp];  // [weight row][activation row]
+    part[g * 8 + 2 * t] = acc[0], part[g * 8 + 2 * t + 1] = acc[1];
+    part[(g + 8) * 8 + 2 * t] = acc[2], part[(g + 8) * 8 + 2 * t + 1] = acc[3];
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+    if (threadIdx.x < 16 * m) {
+      const int row = threadIdx.x >> 4, col = threadIdx.x & 15;
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
+      store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * 16 + col, sum);
+    }
+    unit += gridDim.x, ++i;
+    return true;
+  };
+  while (step(a, b) && step(b, a)) {
   }
 }
 
@@ -260,3 +363,19 @@ MMA8_KERNELS(4, 1024, , 1, 1, _loads)
 MMA8_KERNELS(4, 1024, , 2, 1, _loads)
 MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
+
+
+// Units of 16 weight rows, 16-byte lane loads (gemv_wide16): BPW 4 is 32 warps at K = 4096, BPW 8 is 16.
+#define WIDE16_KERNEL(BPW, BOUND, MODE, NAME, OUT, SUFFIX)                                                        \
+  extern "C" __global__ void __launch_bounds__(BOUND)                                                            \
+      mxfp8_gemv_wide16_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
+    gemv_wide16<BPW, MODE, OUT>(w, sw, x, out, dims);                                                            \
+  }
+#define WIDE16_KERNELS(BPW, BOUND, MODE, NAME)        \
+  WIDE16_KERNEL(BPW, BOUND, MODE, NAME, u16, bf16) \
+  WIDE16_KERNEL(BPW, BOUND, MODE, NAME, float, f32)
+
+WIDE16_KERNELS(4, 1024, 0, )
+WIDE16_KERNELS(4, 1024, 1, _loads)
+WIDE16_KERNELS(8, 512, 0, )
+WIDE16_KERNELS(8, 512, 1, _loads)
