@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -210,12 +211,15 @@ def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     )
 
 
-def wide16(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
+def wide(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [m <= 8, K]`` (raw bf16) times ``w [N, K]`` -> ``[m, N]``: one launch of ``gemv_mma8.cu``'s ``name``
-    (``mxfp8_gemv_wide16_b{BPW}``: units of 16 weight rows, BPW blocks a warp, K / (32 BPW) warps, one CTA an SM)."""
+    (``mxfp8_gemv_wide{ROWS}[_free]_b{BPW}``: units of ROWS weight rows, BPW blocks a warp, K / (32 BPW) warps, one
+    CTA an SM)."""
     (m, k), n = x.shape, w.shape[0]
-    blocks = int(name.removeprefix("mxfp8_gemv_wide16_b").split("_")[0])
-    return launch(x, w, name + suffix(out_dtype), ptx, min(n // 16, SMS), k // (32 * blocks), ((m, n), out_dtype))
+    rows, _, blocks = re.match(r"mxfp8_gemv_wide(\d+)(_free)?_b(\d+)", name).groups()
+    return launch(
+        x, w, name + suffix(out_dtype), ptx, min(n // int(rows), SMS), k // (32 * int(blocks)), ((m, n), out_dtype)
+    )
 
 
 def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
@@ -235,8 +239,13 @@ MMA8_VARIANTS = (
     *((s, warps, per_sm) for s, warps, per_sm in ((2, 8, 3), (3, 8, 2), (4, 8, 1), (2, 16, 2), (3, 16, 1))),
 )
 """``--mma8``: the register-fed kernel and its stream; the ring kernel as (stages, warps, CTAs an SM)."""
-WIDE16_VARIANTS = tuple(f"mxfp8_gemv_wide16_b{b}{mode}" for b in (4, 8) for mode in ("", "_loads"))
-"""``--wide16``: units of 16 weight rows as the MMA's A operand, 4 or 8 blocks a warp, each with its stream alone."""
+WIDE_VARIANTS = tuple(
+    f"mxfp8_gemv_{kernel}{mode}"
+    for kernel in ("wide16_b8", "wide8_b4", "wide16_free_b8", "wide8_free_b4")
+    for mode in ("", "_loads")
+)
+"""``--wide``: units of 16 or 8 weight rows as the MMA's A operand, the warps' sums meeting after a CTA barrier or
+(``_free``) by shared-memory atomics, each with its stream alone (``_loads``)."""
 
 
 def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tuple = (8,)) -> None:
@@ -251,7 +260,7 @@ def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tu
                     fn = functools.partial(ring8, s=name[0], warps=name[1], per_sm=name[2], ptx=ptx)
                     name = "mxfp8_gemv_ring8_s{}_w{}_x{}".format(*name)
                 else:
-                    fn = functools.partial(wide16 if "wide16" in name else mma8, name=name, ptx=ptx)
+                    fn = functools.partial(wide if "_wide" in name else mma8, name=name, ptx=ptx)
                 try:
                     cell = {"us": loop_time(fn, sets, iters=20, repeats=3) * 1e6}
                     if not name.endswith("_loads"):
@@ -285,12 +294,12 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="the library's kernel between its floors instead")
     parser.add_argument("--mma8", action="store_true", help="the 8-row tensor-core kernel instead")
     parser.add_argument("--patterns", action="store_true", help="the weight stream in five load patterns instead")
-    parser.add_argument("--wide16", action="store_true", help="the 16-row-unit tensor-core kernel instead")
-    parser.add_argument("--rows", default="8", help="--wide16: activation rows, comma-separated (at most 8)")
+    parser.add_argument("--wide", action="store_true", help="the wide-load tensor-core kernels instead")
+    parser.add_argument("--rows", default="8", help="--wide: activation rows, comma-separated (at most 8)")
     args = parser.parse_args()
-    if args.wide16:
+    if args.wide:
         rows = tuple(int(r) for r in args.rows.split(","))
-        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), WIDE16_VARIANTS, rows)
+        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), WIDE_VARIANTS, rows)
         return
     if args.patterns:
         stream({"env": environment(), "stream": {}}, compile_ptx(), PATTERN_VARIANTS)

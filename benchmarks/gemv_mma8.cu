@@ -164,67 +164,89 @@ __device__ __forceinline__ void mma_weight16(float (&c)[4], uint2 wg, uint2 wg8,
       : "r"(wg.x), "r"(wg8.x), "r"(wg.y), "r"(wg8.y), "r"(xb.x), "r"(xb.y), "f"(0.f));
 }
 
-template <int BPW>
+template <int BPW, int ROWS>
 struct Wide {
-  uint4 q[BPW];              // q[2p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
-  u32 s[2][(BPW + 3) / 4];   // scale bytes of weight rows g and g + 8, the warp's blocks
+  uint4 q[BPW / 2 * ROWS / 8];  // q[(ROWS / 8) p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
+  u32 s[ROWS / 8][(BPW + 3) / 4];  // scale bytes of weight rows g (and g + 8), the warp's blocks
 };
 
-// Units of 16 weight rows as the MMA's A operand, each lane loading 16 bytes: a quad reads 64 contiguous bytes
-// (two blocks) of its row, a warp load 8 rows x 64 bytes. Lanes t and t ^ 2 then swap 8 bytes so that each lane
-// holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3 (any order of K inside a block
-// is the same sum, so the activation's B fragment is quantized in the same order).
-template <int BPW, int MODE, typename OUT>
-__device__ __forceinline__ void gemv_wide16(const u8* __restrict__ w, const u8* __restrict__ sw,
-                                            const u16* __restrict__ x, OUT* __restrict__ out,
-                                            const int* __restrict__ dims) {
-  __shared__ float partial[2][kMaxWarps][128];
-  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 16;
+constexpr int kSlots = 4;  // FREE: units a warp may run ahead of the CTA's slowest
+
+// Units of ROWS (8 or 16) weight rows as the MMA's A operand (rows 8..15 zero at 8), each lane loading 16 bytes: a
+// quad reads 64 contiguous bytes (two blocks) of its row, a warp load 8 rows x 64 bytes. Lanes t and t ^ 2 then swap
+// 8 bytes so that each lane holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3 (any
+// order of K inside a block is the same sum, so the activation's B fragment is quantized in the same order).
+// The warps' sums of a unit meet in shared memory: FREE = 0 after a CTA barrier a unit (double-buffered); FREE = 1
+// by shared-memory float atomics into a ring of kSlots slots, the unit's last warp writing it out, so that no warp
+// waits for the others unless it is kSlots units ahead.
+template <int BPW, int ROWS, int MODE, int FREE, typename OUT>
+__device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                          const u16* __restrict__ x, OUT* __restrict__ out,
+                                          const int* __restrict__ dims) {
+  constexpr int R8 = ROWS / 8;
+  __shared__ float partial[FREE ? kSlots : 2][FREE ? 1 : kMaxWarps][128];
+  __shared__ int arrived[kSlots], drained[kSlots];
+  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / ROWS;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
   const int b0 = warp * BPW, off = (t & 1) * 16 + (t >> 1) * 8;
   const bool low = t < 2;
 
-  auto load = [&](int unit, Wide<BPW>& d) {
+  auto load = [&](int unit, Wide<BPW, ROWS>& d) {
     if (unit >= units) return;
-    const u64 row = static_cast<u64>(unit) * 16 + g;
+    const u64 row = static_cast<u64>(unit) * ROWS + g;
     const u8* p = w + row * k + 32 * b0 + 16 * t;
 #pragma unroll
-    for (int j = 0; j < BPW / 2; ++j) d.q[2 * j] = load16(p + 64 * j), d.q[2 * j + 1] = load16(p + 8 * k + 64 * j);
+    for (int j = 0; j < BPW / 2; ++j) {
+#pragma unroll
+      for (int r = 0; r < R8; ++r) d.q[R8 * j + r] = load16(p + 8 * r * k + 64 * j);
+    }
 #pragma unroll
     for (int j = 0; j < (BPW + 3) / 4; ++j) {
-      d.s[0][j] = load_u32(sw + row * kb + b0 + 4 * j);
-      d.s[1][j] = load_u32(sw + (row + 8) * kb + b0 + 4 * j);
+#pragma unroll
+      for (int r = 0; r < R8; ++r) d.s[r][j] = load_u32(sw + (row + 8 * r) * kb + b0 + 4 * j);
     }
   };
-  Wide<BPW> a, b;
+  Wide<BPW, ROWS> a, b;
   int unit = blockIdx.x, i = 0;
   load(unit, a);
+  if (FREE) {
+    for (int e = threadIdx.x; e < kSlots * 128; e += blockDim.x) partial[e / 128][0][e % 128] = 0.f;
+    if (threadIdx.x < kSlots) arrived[threadIdx.x] = 0, drained[threadIdx.x] = 0;
+    __syncthreads();
+  }
 
   uint2 xb[BPW];
-  float fx0[BPW], fx1[BPW];  // the blocks' factors of activation rows 2t and 2t + 1
+  u32 ex0[(BPW + 3) / 4] = {}, ex1[(BPW + 3) / 4] = {};  // the blocks' biased exponents of activation rows 2t, 2t + 1
 #pragma unroll
   for (int j = 0; j < BPW; ++j) {
     float fx;
     quantize_fragment(x, m, k, b0 + j, g, t, xb[j], fx, off);
-    fx0[j] = __shfl_sync(0xffffffffu, fx, 8 * t), fx1[j] = __shfl_sync(0xffffffffu, fx, 8 * t + 4);
+    const u32 e = fx == 0.f ? 127u : __float_as_uint(fx) >> 23;  // a zero row's products are zero
+    ex0[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t) << (8 * (j % 4));
+    ex1[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t + 4) << (8 * (j % 4));
   }
+  // 2^(sw - 127) 2^(e - 127) as float bits: normal for the probe's data (byte 255, subnormal and overflowing products
+  // are not handled).
+  auto factor = [](u32 sw, u32 ex, int j) {
+    return __uint_as_float((((sw >> (8 * (j % 4))) & 0xff) + ((ex >> (8 * (j % 4))) & 0xff) - 127) << 23);
+  };
 
-  auto step = [&](const Wide<BPW>& cur, Wide<BPW>& fill) {
+  auto step = [&](const Wide<BPW, ROWS>& cur, Wide<BPW, ROWS>& fill) {
     if (unit >= units) return false;
     load(unit + gridDim.x, fill);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (MODE == 1) {
-      u32 fold = cur.s[0][0] ^ cur.s[1][0];
+      u32 fold = cur.s[0][0];
 #pragma unroll
-      for (int j = 0; j < BPW; ++j) fold ^= cur.q[j].x ^ cur.q[j].y ^ cur.q[j].z ^ cur.q[j].w;
+      for (int j = 0; j < BPW / 2 * R8; ++j) fold ^= cur.q[j].x ^ cur.q[j].y ^ cur.q[j].z ^ cur.q[j].w;
       acc[0] = static_cast<float>(fold & 1);
     } else {
 #pragma unroll
       for (int p = 0; p < BPW / 2; ++p) {
-        uint2 blk[2][2];  // [block 2p + h][row g + 8r]
+        uint2 blk[2][2] = {};  // [block 2p + h][row g + 8r]
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const uint4 v = cur.q[2 * p + r];
+        for (int r = 0; r < R8; ++r) {
+          const uint4 v = cur.q[R8 * p + r];
           const u32 r0 = __shfl_xor_sync(0xffffffffu, low ? v.z : v.x, 2);
           const u32 r1 = __shfl_xor_sync(0xffffffffu, low ? v.w : v.y, 2);
           blk[0][r] = low ? make_uint2(v.x, v.y) : make_uint2(r0, r1);
@@ -235,22 +257,59 @@ __device__ __forceinline__ void gemv_wide16(const u8* __restrict__ w, const u8* 
           const int j = 2 * p + h;
           float d[4];
           mma_weight16(d, blk[h][0], blk[h][1], xb[j]);
-          const float fw0 = scale_factor((cur.s[0][j / 4] >> (8 * (j % 4))) & 0xff);
-          const float fw8 = scale_factor((cur.s[1][j / 4] >> (8 * (j % 4))) & 0xff);
-          acc[0] = fmaf(d[0] * fw0, fx0[j], acc[0]), acc[1] = fmaf(d[1] * fw0, fx1[j], acc[1]);
-          acc[2] = fmaf(d[2] * fw8, fx0[j], acc[2]), acc[3] = fmaf(d[3] * fw8, fx1[j], acc[3]);
+          acc[0] = fmaf(d[0], factor(cur.s[0][j / 4], ex0[j / 4], j), acc[0]);
+          acc[1] = fmaf(d[1], factor(cur.s[0][j / 4], ex1[j / 4], j), acc[1]);
+          if (R8 == 2) {
+            acc[2] = fmaf(d[2], factor(cur.s[1][j / 4], ex0[j / 4], j), acc[2]);
+            acc[3] = fmaf(d[3], factor(cur.s[1][j / 4], ex1[j / 4], j), acc[3]);
+          }
         }
       }
     }
-    float* part = partial[i & 1][warp];  // [weight row][activation row]
-    part[g * 8 + 2 * t] = acc[0], part[g * 8 + 2 * t + 1] = acc[1];
-    part[(g + 8) * 8 + 2 * t] = acc[2], part[(g + 8) * 8 + 2 * t + 1] = acc[3];
-    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
-    if (threadIdx.x < 16 * m) {
-      const int row = threadIdx.x >> 4, col = threadIdx.x & 15;
-      float sum = 0.f;
-      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
-      store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * 16 + col, sum);
+    if (FREE) {
+      const int slot = i % kSlots;
+      if (lane == 0) {
+        while (*static_cast<volatile int*>(&drained[slot]) != i / kSlots) {
+        }
+        __threadfence_block();
+      }
+      __syncwarp();
+      float* part = partial[slot][0];  // [weight row][activation row]
+      atomicAdd(part + g * 8 + 2 * t, acc[0]), atomicAdd(part + g * 8 + 2 * t + 1, acc[1]);
+      if (R8 == 2) atomicAdd(part + (g + 8) * 8 + 2 * t, acc[2]), atomicAdd(part + (g + 8) * 8 + 2 * t + 1, acc[3]);
+      __syncwarp();
+      int last = 0;
+      if (lane == 0) {
+        __threadfence_block();
+        last = atomicAdd(&arrived[slot], 1) == warps - 1;
+        __threadfence_block();
+      }
+      if (__shfl_sync(0xffffffffu, last, 0)) {
+#pragma unroll
+        for (int e = lane; e < 128; e += 32) {
+          const int col = e >> 3, row = e & 7;
+          const float sum = *static_cast<volatile float*>(part + e);
+          if (row < m && col < ROWS) store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * ROWS + col, sum);
+          part[e] = 0.f;
+        }
+        __syncwarp();
+        if (lane == 0) {
+          arrived[slot] = 0;
+          __threadfence_block();
+          *static_cast<volatile int*>(&drained[slot]) = i / kSlots + 1;
+        }
+      }
+    } else {
+      float* part = partial[i & 1][warp];  // [weight row][activation row]
+      part[g * 8 + 2 * t] = acc[0], part[g * 8 + 2 * t + 1] = acc[1];
+      if (R8 == 2) part[(g + 8) * 8 + 2 * t] = acc[2], part[(g + 8) * 8 + 2 * t + 1] = acc[3];
+      __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+      if (threadIdx.x < ROWS * m) {
+        const int row = threadIdx.x / ROWS, col = threadIdx.x % ROWS;
+        float sum = 0.f;
+        for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
+        store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * ROWS + col, sum);
+      }
     }
     unit += gridDim.x, ++i;
     return true;
@@ -365,17 +424,22 @@ MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
 
 
-// Units of 16 weight rows, 16-byte lane loads (gemv_wide16): BPW 4 is 32 warps at K = 4096, BPW 8 is 16.
-#define WIDE16_KERNEL(BPW, BOUND, MODE, NAME, OUT, SUFFIX)                                                        \
-  extern "C" __global__ void __launch_bounds__(BOUND)                                                            \
-      mxfp8_gemv_wide16_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
-    gemv_wide16<BPW, MODE, OUT>(w, sw, x, out, dims);                                                            \
+// gemv_wide: mxfp8_gemv_wide{ROWS}[_free]_b{BPW}[_loads]: BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
+// one CTA an SM, 128 registers; BPW 4 64 registers).
+#define WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, MODE, NAME, OUT, SUFFIX)                                     \
+  extern "C" __global__ void __launch_bounds__(BOUND, PER_SM)                                                      \
+      mxfp8_gemv_wide##ROWS##F##_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
+                                                         OUT* out) {                                              \
+    gemv_wide<BPW, ROWS, MODE, FREE, OUT>(w, sw, x, out, dims);                                                   \
   }
-#define WIDE16_KERNELS(BPW, BOUND, MODE, NAME)        \
-  WIDE16_KERNEL(BPW, BOUND, MODE, NAME, u16, bf16) \
-  WIDE16_KERNEL(BPW, BOUND, MODE, NAME, float, f32)
+#define WIDE_KERNELS(BPW, ROWS, BOUND, PER_SM, FREE, F)                           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 0, , u16, bf16)                 \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 0, , float, f32)                \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 1, _loads, u16, bf16)           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 1, _loads, float, f32)
 
-WIDE16_KERNELS(4, 1024, 0, )
-WIDE16_KERNELS(4, 1024, 1, _loads)
-WIDE16_KERNELS(8, 512, 0, )
-WIDE16_KERNELS(8, 512, 1, _loads)
+WIDE_KERNELS(4, 16, 1024, 1, 0, )
+WIDE_KERNELS(8, 16, 512, 1, 0, )
+WIDE_KERNELS(8, 16, 512, 1, 1, _free)
+WIDE_KERNELS(4, 8, 1024, 1, 0, )
+WIDE_KERNELS(4, 8, 1024, 1, 1, _free)

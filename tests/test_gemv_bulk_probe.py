@@ -96,6 +96,18 @@ def test_the_8_row_kernels_launch_one_or_two_ctas_an_sm():
     assert params["smem"] == 3 * (8 * (4096 + 16) + 8 * 128) + 2 * 16 * 64 * 4 and shape == (8, 14336)
 
 
+@pytest.mark.parametrize(
+    "name, grid, warps",
+    [("mxfp8_gemv_wide16_b8", 132, 16), ("mxfp8_gemv_wide8_free_b4_loads", 132, 32), ("mxfp8_gemv_wide16_b8", 64, 16)],
+)
+def test_the_wide_kernels_take_a_unit_of_their_rows_a_cta(name, grid, warps):
+    n = 14336 if grid == 132 else 1024
+    x, w = jnp.ones((8, 4096), jnp.bfloat16), weight(n, 4096)
+    params, shape = launch_of(lambda x, w: probe.wide(x, w, name, fake_ptx(f"{name}_f32"), jnp.float32), x, w)
+    assert params["name"] == f"{name}_f32" and params["warps"] == warps and params["grid"] == (grid, 1)
+    assert shape == (8, n)
+
+
 @needs_gpp
 def test_every_kernel_the_probe_names_is_instantiated():
     assert bulk_names() | {"mxfp8_gemv_deep2_r2_bf16", "mxfp8_gemv_deep2_r4_f32"} <= cuda_kernel_names(
@@ -104,7 +116,7 @@ def test_every_kernel_the_probe_names_is_instantiated():
     streams = {name for name, _, _ in probe.PATTERN_VARIANTS} | {"mxfp8_empty"}
     assert streams <= cuda_kernel_names(probe.SOURCE, "mxfp8_")
     mma8 = cuda_kernel_names(probe.MMA8_SOURCE, "mxfp8_gemv_")
-    for variant in probe.MMA8_VARIANTS:
+    for variant in probe.MMA8_VARIANTS + probe.WIDE_VARIANTS:
         stem = f"mxfp8_gemv_ring8_s{variant[0]}" if isinstance(variant, tuple) else variant
         assert {f"{stem}_bf16", f"{stem}_f32"} <= mma8
 
