@@ -216,7 +216,7 @@ def wide(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     (``mxfp8_gemv_wide{ROWS}[_free]_b{BPW}``: units of ROWS weight rows, BPW blocks a warp, K / (32 BPW) warps, one
     CTA an SM)."""
     (m, k), n = x.shape, w.shape[0]
-    rows, _, blocks = re.match(r"mxfp8_gemv_wide(\d+)(_free)?_b(\d+)", name).groups()
+    rows, blocks = re.match(r"mxfp8_gemv_wide(\d+)\D*_b(\d+)", name).groups()
     return launch(
         x, w, name + suffix(out_dtype), ptx, min(n // int(rows), SMS), k // (32 * int(blocks)), ((m, n), out_dtype)
     )
@@ -241,11 +241,21 @@ MMA8_VARIANTS = (
 """``--mma8``: the register-fed kernel and its stream; the ring kernel as (stages, warps, CTAs an SM)."""
 WIDE_VARIANTS = tuple(
     f"mxfp8_gemv_{kernel}{mode}"
-    for kernel in ("wide16_b8", "wide8_b4", "wide16_free_b8", "wide8_free_b4")
+    for kernel in (
+        "wide16_b8",
+        "wide8_b4",
+        "wide16_free_b8",
+        "wide8_free_b4",
+        "wide8h_b4",
+        "wide8h_b8",
+        "wide8h_d2_b8",
+        "wide16h_b8",
+    )
     for mode in ("", "_loads")
 )
 """``--wide``: units of 16 or 8 weight rows as the MMA's A operand, the warps' sums meeting after a CTA barrier or
-(``_free``) by shared-memory atomics, each with its stream alone (``_loads``)."""
+(``_free``) by shared-memory atomics, the E4M3 MMA or (``h``) f16 MMAs on operands converted by the kernel, one or
+(``_d2``) two units ahead, each with its stream alone (``_loads``); ``--only`` picks some."""
 
 
 def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tuple = (8,)) -> None:
@@ -296,10 +306,13 @@ def main() -> None:
     parser.add_argument("--patterns", action="store_true", help="the weight stream in five load patterns instead")
     parser.add_argument("--wide", action="store_true", help="the wide-load tensor-core kernels instead")
     parser.add_argument("--rows", default="8", help="--wide: activation rows, comma-separated (at most 8)")
+    parser.add_argument("--only", default="", help="--wide: the kernels (comma-separated, without mxfp8_gemv_)")
     args = parser.parse_args()
     if args.wide:
         rows = tuple(int(r) for r in args.rows.split(","))
-        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), WIDE_VARIANTS, rows)
+        only = {f"mxfp8_gemv_{v}" for v in args.only.split(",")} if args.only else set(WIDE_VARIANTS)
+        variants = tuple(v for v in WIDE_VARIANTS if v in only)
+        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), variants, rows)
         return
     if args.patterns:
         stream({"env": environment(), "stream": {}}, compile_ptx(), PATTERN_VARIANTS)

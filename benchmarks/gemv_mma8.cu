@@ -164,6 +164,14 @@ __device__ __forceinline__ void mma_weight16(float (&c)[4], uint2 wg, uint2 wg8,
       : "r"(wg.x), "r"(wg8.x), "r"(wg.y), "r"(wg8.y), "r"(xb.x), "r"(xb.y), "f"(0.f));
 }
 
+// c += A B in f16 MMAs: A [16, 16] (this lane: row g's f16 pairs a0, a2, row g + 8's a1, a3), B [16, 8] (column g: b0,
+// b1), float32 accumulation.
+__device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 template <int BPW, int ROWS>
 struct Wide {
   uint4 q[BPW / 2 * ROWS / 8];  // q[(ROWS / 8) p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
@@ -176,10 +184,13 @@ constexpr int kSlots = 4;  // FREE: units a warp may run ahead of the CTA's slow
 // quad reads 64 contiguous bytes (two blocks) of its row, a warp load 8 rows x 64 bytes. Lanes t and t ^ 2 then swap
 // 8 bytes so that each lane holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3 (any
 // order of K inside a block is the same sum, so the activation's B fragment is quantized in the same order).
+// F16 = 0: one E4M3 m16n8k32 MMA a block (which ptxas turns, on sm_90, into conversions of both operands and two f16
+// MMAs); F16 = 1: the same two f16 MMAs written out, the activation's B fragments converted to f16 once. DEPTH units
+// ahead in registers (1 or 2).
 // The warps' sums of a unit meet in shared memory: FREE = 0 after a CTA barrier a unit (double-buffered); FREE = 1
 // by shared-memory float atomics into a ring of kSlots slots, the unit's last warp writing it out, so that no warp
 // waits for the others unless it is kSlots units ahead.
-template <int BPW, int ROWS, int MODE, int FREE, typename OUT>
+template <int BPW, int ROWS, int MODE, int FREE, int F16, int DEPTH, typename OUT>
 __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __restrict__ sw,
                                           const u16* __restrict__ x, OUT* __restrict__ out,
                                           const int* __restrict__ dims) {
@@ -206,9 +217,10 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
       for (int r = 0; r < R8; ++r) d.s[r][j] = load_u32(sw + (row + 8 * r) * kb + b0 + 4 * j);
     }
   };
-  Wide<BPW, ROWS> a, b;
+  Wide<BPW, ROWS> a, b, c;
   int unit = blockIdx.x, i = 0;
   load(unit, a);
+  if (DEPTH == 2) load(unit + gridDim.x, b);
   if (FREE) {
     for (int e = threadIdx.x; e < kSlots * 128; e += blockDim.x) partial[e / 128][0][e % 128] = 0.f;
     if (threadIdx.x < kSlots) arrived[threadIdx.x] = 0, drained[threadIdx.x] = 0;
@@ -225,6 +237,12 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
     ex0[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t) << (8 * (j % 4));
     ex1[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t + 4) << (8 * (j % 4));
   }
+  uint4 xh[F16 ? BPW : 1];  // F16: xb as f16 pairs
+  if (F16) {
+#pragma unroll
+    for (int j = 0; j < BPW; ++j)
+      xh[j] = make_uint4(cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
+  }
   // 2^(sw - 127) 2^(e - 127) as float bits: normal for the probe's data (byte 255, subnormal and overflowing products
   // are not handled).
   auto factor = [](u32 sw, u32 ex, int j) {
@@ -233,7 +251,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
 
   auto step = [&](const Wide<BPW, ROWS>& cur, Wide<BPW, ROWS>& fill) {
     if (unit >= units) return false;
-    load(unit + gridDim.x, fill);
+    load(unit + DEPTH * gridDim.x, fill);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (MODE == 1) {
       u32 fold = cur.s[0][0];
@@ -255,8 +273,17 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int j = 2 * p + h;
-          float d[4];
-          mma_weight16(d, blk[h][0], blk[h][1], xb[j]);
+          float d[4] = {0.f, 0.f, 0.f, 0.f};
+          if (F16) {
+            const uint2 wg = blk[h][0], w8 = blk[h][R8 - 1];
+            const bool two = R8 == 2;
+            mma_f16(d, cvt_pair(wg.x), two ? cvt_pair(w8.x) : 0u, cvt_pair(wg.x >> 16), two ? cvt_pair(w8.x >> 16) : 0u,
+                    xh[j].x, xh[j].y);
+            mma_f16(d, cvt_pair(wg.y), two ? cvt_pair(w8.y) : 0u, cvt_pair(wg.y >> 16), two ? cvt_pair(w8.y >> 16) : 0u,
+                    xh[j].z, xh[j].w);
+          } else {
+            mma_weight16(d, blk[h][0], blk[h][1], xb[j]);
+          }
           acc[0] = fmaf(d[0], factor(cur.s[0][j / 4], ex0[j / 4], j), acc[0]);
           acc[1] = fmaf(d[1], factor(cur.s[0][j / 4], ex1[j / 4], j), acc[1]);
           if (R8 == 2) {
@@ -314,7 +341,12 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
     unit += gridDim.x, ++i;
     return true;
   };
-  while (step(a, b) && step(b, a)) {
+  if (DEPTH == 1) {
+    while (step(a, b) && step(b, a)) {
+    }
+  } else {
+    while (step(a, c) && step(b, a) && step(c, b)) {
+    }
   }
 }
 
@@ -424,22 +456,27 @@ MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
 
 
-// gemv_wide: mxfp8_gemv_wide{ROWS}[_free]_b{BPW}[_loads]: BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
+// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|h_d2]_b{BPW}[_loads] (h: F16, d2: DEPTH 2): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
 // one CTA an SM, 128 registers; BPW 4 64 registers).
-#define WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, MODE, NAME, OUT, SUFFIX)                                     \
-  extern "C" __global__ void __launch_bounds__(BOUND, PER_SM)                                                      \
+#define WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, MODE, NAME, OUT, SUFFIX)                               \
+  extern "C" __global__ void __launch_bounds__(BOUND)                                                              \
       mxfp8_gemv_wide##ROWS##F##_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
                                                          OUT* out) {                                              \
-    gemv_wide<BPW, ROWS, MODE, FREE, OUT>(w, sw, x, out, dims);                                                   \
+    gemv_wide<BPW, ROWS, MODE, FREE, F16, DEPTH, OUT>(w, sw, x, out, dims);                                       \
   }
-#define WIDE_KERNELS(BPW, ROWS, BOUND, PER_SM, FREE, F)                           \
-  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 0, , u16, bf16)                 \
-  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 0, , float, f32)                \
-  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 1, _loads, u16, bf16)           \
-  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F, 1, _loads, float, f32)
+#define WIDE_KERNELS(BPW, ROWS, BOUND, FREE, F16, DEPTH, F)                           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 0, , u16, bf16)                 \
+  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 0, , float, f32)                \
+  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 1, _loads, u16, bf16)           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 1, _loads, float, f32)
 
-WIDE_KERNELS(4, 16, 1024, 1, 0, )
-WIDE_KERNELS(8, 16, 512, 1, 0, )
-WIDE_KERNELS(8, 16, 512, 1, 1, _free)
-WIDE_KERNELS(4, 8, 1024, 1, 0, )
-WIDE_KERNELS(4, 8, 1024, 1, 1, _free)
+WIDE_KERNELS(4, 16, 1024, 0, 0, 1, )
+WIDE_KERNELS(8, 16, 512, 0, 0, 1, )
+WIDE_KERNELS(8, 16, 512, 1, 0, 1, _free)
+WIDE_KERNELS(4, 8, 1024, 0, 0, 1, )
+WIDE_KERNELS(4, 8, 1024, 1, 0, 1, _free)
+WIDE_KERNELS(8, 16, 512, 0, 1, 1, h)
+WIDE_KERNELS(4, 8, 1024, 0, 1, 1, h)
+WIDE_KERNELS(4, 16, 1024, 0, 1, 1, h)
+WIDE_KERNELS(8, 8, 512, 0, 1, 1, h)
+WIDE_KERNELS(8, 8, 512, 0, 1, 2, h_d2)
