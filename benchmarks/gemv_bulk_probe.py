@@ -216,7 +216,7 @@ def wide(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     (``mxfp8_gemv_wide{ROWS}[_free]_b{BPW}``: units of ROWS weight rows, BPW blocks a warp, K / (32 BPW) warps, one
     CTA an SM)."""
     (m, k), n = x.shape, w.shape[0]
-    rows, blocks = re.match(r"mxfp8_gemv_wide(\d+)\D*_b(\d+)", name).groups()
+    rows, blocks = re.match(r"mxfp8_gemv_wide(\d+).*?_b(\d+)", name).groups()
     return launch(
         x, w, name + suffix(out_dtype), ptx, min(n // int(rows), SMS), k // (32 * int(blocks)), ((m, n), out_dtype)
     )
@@ -250,6 +250,8 @@ WIDE_VARIANTS = tuple(
         "wide8h_b8",
         "wide8h_d2_b8",
         "wide16h_b8",
+        "wide8_d2_b4",
+        "wide8h_d2_b4",
     )
     for mode in ("", "_loads")
 )

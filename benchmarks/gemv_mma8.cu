@@ -456,7 +456,7 @@ MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
 
 
-// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|h_d2]_b{BPW}[_loads] (h: F16, d2: DEPTH 2): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
+// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|_d2|h_d2]_b{BPW}[_loads] (h: F16, d2: DEPTH 2): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
 // one CTA an SM, 128 registers; BPW 4 64 registers).
 #define WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, MODE, NAME, OUT, SUFFIX)                               \
   extern "C" __global__ void __launch_bounds__(BOUND)                                                              \
@@ -480,3 +480,5 @@ WIDE_KERNELS(4, 8, 1024, 0, 1, 1, h)
 WIDE_KERNELS(4, 16, 1024, 0, 1, 1, h)
 WIDE_KERNELS(8, 8, 512, 0, 1, 1, h)
 WIDE_KERNELS(8, 8, 512, 0, 1, 2, h_d2)
+WIDE_KERNELS(4, 8, 1024, 0, 1, 2, h_d2)
+WIDE_KERNELS(4, 8, 1024, 0, 0, 2, _d2)
