@@ -213,12 +213,13 @@ def mma8(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
 
 def wide(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [m <= 8, K]`` (raw bf16) times ``w [N, K]`` -> ``[m, N]``: one launch of ``gemv_mma8.cu``'s ``name``
-    (``mxfp8_gemv_wide{ROWS}[_free]_b{BPW}``: units of ROWS weight rows, BPW blocks a warp, K / (32 BPW) warps, one
-    CTA an SM)."""
+    (``mxfp8_gemv_wide{ROWS}..._b{BPW}``: units of ROWS weight rows, BPW blocks a warp, K / (32 BPW) warps, one CTA an
+    SM, or two / four for ``_x2`` / ``_x4``)."""
     (m, k), n = x.shape, w.shape[0]
-    rows, blocks = re.match(r"mxfp8_gemv_wide(\d+).*?_b(\d+)", name).groups()
+    rows, blocks = (int(v) for v in re.match(r"mxfp8_gemv_wide(\d+).*?_b(\d+)", name).groups())
+    per_sm = int(re.search(r"_x(\d)_", name).group(1)) if "_x" in name else 1
     return launch(
-        x, w, name + suffix(out_dtype), ptx, min(n // int(rows), SMS), k // (32 * int(blocks)), ((m, n), out_dtype)
+        x, w, name + suffix(out_dtype), ptx, min(n // rows, SMS * per_sm), k // (32 * blocks), ((m, n), out_dtype)
     )
 
 
@@ -252,12 +253,13 @@ WIDE_VARIANTS = tuple(
         "wide16h_b8",
         "wide8_d2_b4",
         "wide8h_d2_b4",
+        "wide8_x2_b8",
     )
     for mode in ("", "_loads")
 )
 """``--wide``: units of 16 or 8 weight rows as the MMA's A operand, the warps' sums meeting after a CTA barrier or
 (``_free``) by shared-memory atomics, the E4M3 MMA or (``h``) f16 MMAs on operands converted by the kernel, one or
-(``_d2``) two units ahead, each with its stream alone (``_loads``); ``--only`` picks some."""
+(``_d2``) two units ahead, two CTAs an SM (``_x2``), each with its stream alone (``_loads``); ``--only`` picks some."""
 
 
 def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tuple = (8,)) -> None:

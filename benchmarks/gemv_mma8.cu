@@ -187,15 +187,17 @@ constexpr int kSlots = 4;  // FREE: units a warp may run ahead of the CTA's slow
 // F16 = 0: one E4M3 m16n8k32 MMA a block (which ptxas turns, on sm_90, into conversions of both operands and two f16
 // MMAs); F16 = 1: the same two f16 MMAs written out, the activation's B fragments converted to f16 once. DEPTH units
 // ahead in registers (1 or 2).
+// PER_SM CTAs an SM (launch bound); with more than one, the activation's fragments wait in shared memory.
 // The warps' sums of a unit meet in shared memory: FREE = 0 after a CTA barrier a unit (double-buffered); FREE = 1
 // by shared-memory float atomics into a ring of kSlots slots, the unit's last warp writing it out, so that no warp
 // waits for the others unless it is kSlots units ahead.
-template <int BPW, int ROWS, int MODE, int FREE, int F16, int DEPTH, typename OUT>
+template <int BPW, int ROWS, int MODE, int FREE, int F16, int DEPTH, int PER_SM, typename OUT>
 __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __restrict__ sw,
                                           const u16* __restrict__ x, OUT* __restrict__ out,
                                           const int* __restrict__ dims) {
-  constexpr int R8 = ROWS / 8;
-  __shared__ float partial[FREE ? kSlots : 2][FREE ? 1 : kMaxWarps][128];
+  constexpr int R8 = ROWS / 8, E = ROWS * 8, MAXW = kMaxWarps / PER_SM, XS = PER_SM > 1;
+  __shared__ float partial[FREE ? kSlots : 2][FREE ? 1 : MAXW][E];
+  __shared__ uint2 xs[XS ? MAXW * BPW * 32 : 1];  // XS: the activation's B fragments, [block][lane]
   __shared__ int arrived[kSlots], drained[kSlots];
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / ROWS;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
@@ -222,7 +224,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
   load(unit, a);
   if (DEPTH == 2) load(unit + gridDim.x, b);
   if (FREE) {
-    for (int e = threadIdx.x; e < kSlots * 128; e += blockDim.x) partial[e / 128][0][e % 128] = 0.f;
+    for (int e = threadIdx.x; e < kSlots * E; e += blockDim.x) partial[e / E][0][e % E] = 0.f;
     if (threadIdx.x < kSlots) arrived[threadIdx.x] = 0, drained[threadIdx.x] = 0;
     __syncthreads();
   }
@@ -236,6 +238,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
     const u32 e = fx == 0.f ? 127u : __float_as_uint(fx) >> 23;  // a zero row's products are zero
     ex0[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t) << (8 * (j % 4));
     ex1[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t + 4) << (8 * (j % 4));
+    if (XS) xs[(b0 + j) * 32 + lane] = xb[j];
   }
   uint4 xh[F16 ? BPW : 1];  // F16: xb as f16 pairs
   if (F16) {
@@ -282,7 +285,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
             mma_f16(d, cvt_pair(wg.y), two ? cvt_pair(w8.y) : 0u, cvt_pair(wg.y >> 16), two ? cvt_pair(w8.y >> 16) : 0u,
                     xh[j].z, xh[j].w);
           } else {
-            mma_weight16(d, blk[h][0], blk[h][1], xb[j]);
+            mma_weight16(d, blk[h][0], blk[h][1], XS ? xs[(b0 + j) * 32 + lane] : xb[j]);
           }
           acc[0] = fmaf(d[0], factor(cur.s[0][j / 4], ex0[j / 4], j), acc[0]);
           acc[1] = fmaf(d[1], factor(cur.s[0][j / 4], ex1[j / 4], j), acc[1]);
@@ -313,7 +316,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
       }
       if (__shfl_sync(0xffffffffu, last, 0)) {
 #pragma unroll
-        for (int e = lane; e < 128; e += 32) {
+        for (int e = lane; e < E; e += 32) {
           const int col = e >> 3, row = e & 7;
           const float sum = *static_cast<volatile float*>(part + e);
           if (row < m && col < ROWS) store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * ROWS + col, sum);
@@ -456,29 +459,31 @@ MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
 
 
-// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|_d2|h_d2]_b{BPW}[_loads] (h: F16, d2: DEPTH 2): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
+// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|_d2|h_d2|_x2|_x4]_b{BPW}[_loads] (h: F16, d2: DEPTH 2, x2/x4: PER_SM): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
 // one CTA an SM, 128 registers; BPW 4 64 registers).
-#define WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, MODE, NAME, OUT, SUFFIX)                               \
-  extern "C" __global__ void __launch_bounds__(BOUND)                                                              \
+#define WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, MODE, NAME, OUT, SUFFIX)                       \
+  extern "C" __global__ void __launch_bounds__(BOUND, PER_SM)                                                      \
       mxfp8_gemv_wide##ROWS##F##_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
                                                          OUT* out) {                                              \
-    gemv_wide<BPW, ROWS, MODE, FREE, F16, DEPTH, OUT>(w, sw, x, out, dims);                                       \
+    gemv_wide<BPW, ROWS, MODE, FREE, F16, DEPTH, PER_SM, OUT>(w, sw, x, out, dims);                               \
   }
-#define WIDE_KERNELS(BPW, ROWS, BOUND, FREE, F16, DEPTH, F)                           \
-  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 0, , u16, bf16)                 \
-  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 0, , float, f32)                \
-  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 1, _loads, u16, bf16)           \
-  WIDE_KERNEL(BPW, ROWS, BOUND, FREE, F16, DEPTH, F, 1, _loads, float, f32)
+#define WIDE_KERNELS(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F)                           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, 0, , u16, bf16)                 \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, 0, , float, f32)                \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, 1, _loads, u16, bf16)           \
+  WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, 1, _loads, float, f32)
 
-WIDE_KERNELS(4, 16, 1024, 0, 0, 1, )
-WIDE_KERNELS(8, 16, 512, 0, 0, 1, )
-WIDE_KERNELS(8, 16, 512, 1, 0, 1, _free)
-WIDE_KERNELS(4, 8, 1024, 0, 0, 1, )
-WIDE_KERNELS(4, 8, 1024, 1, 0, 1, _free)
-WIDE_KERNELS(8, 16, 512, 0, 1, 1, h)
-WIDE_KERNELS(4, 8, 1024, 0, 1, 1, h)
-WIDE_KERNELS(4, 16, 1024, 0, 1, 1, h)
-WIDE_KERNELS(8, 8, 512, 0, 1, 1, h)
-WIDE_KERNELS(8, 8, 512, 0, 1, 2, h_d2)
-WIDE_KERNELS(4, 8, 1024, 0, 1, 2, h_d2)
-WIDE_KERNELS(4, 8, 1024, 0, 0, 2, _d2)
+WIDE_KERNELS(4, 16, 1024, 1, 0, 0, 1, )
+WIDE_KERNELS(8, 16, 512, 1, 0, 0, 1, )
+WIDE_KERNELS(8, 16, 512, 1, 1, 0, 1, _free)
+WIDE_KERNELS(4, 8, 1024, 1, 0, 0, 1, )
+WIDE_KERNELS(4, 8, 1024, 1, 1, 0, 1, _free)
+WIDE_KERNELS(8, 16, 512, 1, 0, 1, 1, h)
+WIDE_KERNELS(4, 8, 1024, 1, 0, 1, 1, h)
+WIDE_KERNELS(4, 16, 1024, 1, 0, 1, 1, h)
+WIDE_KERNELS(8, 8, 512, 1, 0, 1, 1, h)
+WIDE_KERNELS(8, 8, 512, 1, 0, 1, 2, h_d2)
+WIDE_KERNELS(4, 8, 1024, 1, 0, 1, 2, h_d2)
+WIDE_KERNELS(4, 8, 1024, 1, 0, 0, 2, _d2)
+WIDE_KERNELS(8, 8, 512, 2, 0, 0, 1, _x2)
+WIDE_KERNELS(16, 8, 256, 4, 0, 0, 1, _x4)

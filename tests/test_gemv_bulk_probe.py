@@ -98,10 +98,15 @@ def test_the_8_row_kernels_launch_one_or_two_ctas_an_sm():
 
 @pytest.mark.parametrize(
     "name, grid, warps",
-    [("mxfp8_gemv_wide16_b8", 132, 16), ("mxfp8_gemv_wide8_free_b4_loads", 132, 32), ("mxfp8_gemv_wide16_b8", 64, 16)],
+    [
+        ("mxfp8_gemv_wide16_b8", 132, 16),
+        ("mxfp8_gemv_wide8_free_b4_loads", 132, 32),
+        ("mxfp8_gemv_wide16_b8", 64, 16),
+        ("mxfp8_gemv_wide8_x2_b8", 264, 16),
+    ],
 )
 def test_the_wide_kernels_take_a_unit_of_their_rows_a_cta(name, grid, warps):
-    n = 14336 if grid == 132 else 1024
+    n = 1024 if grid == 64 else 14336
     x, w = jnp.ones((8, 4096), jnp.bfloat16), weight(n, 4096)
     params, shape = launch_of(lambda x, w: probe.wide(x, w, name, fake_ptx(f"{name}_f32"), jnp.float32), x, w)
     assert params["name"] == f"{name}_f32" and params["warps"] == warps and params["grid"] == (grid, 1)
