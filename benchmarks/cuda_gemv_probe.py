@@ -33,7 +33,11 @@ Parts:
 4. ``--mma 1,8,16`` (instead of the sweep): the tensor-core kernel of ``cuda_gemv_mma.cu`` (up to 16 raw bf16 rows,
    exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
-5. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
+5. ``--route 3,4,8`` (instead of the sweep): the library's route for 3-8 rows (the tensor-core GEMV kernel of
+   ``gemv.cu`` where ``cuda_gemv.config`` takes the shape) against its Pallas kernels alone and bf16 at the K = 4096
+   shapes, checked against emulation, with the launches it traced; then the edges through it (one row of 8, the weight
+   tiled to ``cuda_gemv.MMA_MIN_N`` rows) and through the one-row kernel.
+6. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process; ``--models`` picks among
    ``LLAMA_MODELS``, which also has ``mxfp8_f32out`` (the GEMVs write float32 and XLA rounds: the A/B for the
@@ -55,7 +59,8 @@ whole-row loads 1.29x), where the one-row kernel's whole product is 1.62-1.67x; 
 loads, 16-byte loads and staged whole-row loads (since removed; results/cuda_gemv_probe_mma_{balanced,staged}_h200.*)
 no closer.
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16]``;
+Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16 |
+--route 3,4,8]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register reports beside it.
 """
 
@@ -398,6 +403,36 @@ def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
             write_json("cuda_gemv_probe.json", results)
 
 
+def route_sweep(results: dict, ms: tuple[int, ...]) -> None:
+    """The shipped backend (``auto``: the tensor-core GEMV kernel where ``cuda_gemv.config`` takes the shape) against
+    its Pallas kernels alone (``pallas``) and bf16 ``jnp.dot`` at the K = 4096 shapes, checked against emulation
+    (float32 out)."""
+    print(f"{'(N, K)':>14} {'M':>3} {'bf16':>8} {'auto':>8} {'pallas':>8} {'auto':>8} {'pallas':>8}  (us, ratios)")
+    for n, k in GEMV_SHAPES:
+        if k != 4096:
+            continue
+        for m in ms:
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            row = {"bf16_dot_us": bf16_dot_us(sets)}
+            for choice in ("auto", "pallas"):
+                with small_m_kernels(choice):
+                    row[f"{choice}_kernels"] = ptx_launch.traced_launches(library, *sets[0])
+                    out = np.asarray(jax.jit(library)(*sets[0]))
+                    row[f"{choice}_rel_err_f32_out"] = rel_err(out, ref)
+                    row[f"{choice}_us"] = loop_time(lambda x, w: library(x, w, jnp.bfloat16), sets) * 1e6
+            results[f"route ({n}, {k}) M={m}"] = row
+            times = [row[key] for key in ("bf16_dot_us", "auto_us", "pallas_us")]
+            print(
+                f"{f'({n}, {k})':>14} {m:3d} " + " ".join(f"{t:8.1f}" for t in times)
+                + " ".join(f"{times[0] / t:8.2f}x" for t in times[1:])
+                + f"  error {row['auto_rel_err_f32_out']:.1e} / {row['pallas_rel_err_f32_out']:.1e};"
+                f" auto launches {row['auto_kernels']}",
+                flush=True,
+            )  # fmt: skip
+            write_json("cuda_gemv_probe.json", results)
+
+
 def mma_sweep(results: dict, ms: tuple[int, ...] = MMA_ROWS) -> None:
     """The tensor-core kernel at every shape and row count against bf16 ``jnp.dot`` and the shipped backend, each
     configuration checked against emulation (float32 out)."""
@@ -473,8 +508,21 @@ def row_of_many(x: jax.Array, w: MXArray, m: int, variant: str = "") -> jax.Arra
     return gemv_mma(rows, w, Mma(4, 4, variant), out_dtype=jnp.float32)[m - 3 : m - 2]
 
 
+def row_of_eight_wide(fn: Callable) -> Callable:
+    """``(x [1, K], w [N, K]) -> fn`` run on ``x`` as row 5 of 8 (the others zero) and ``w`` tiled along N to at least
+    ``cuda_gemv.MMA_MIN_N`` rows (where the library's tensor-core kernel takes it): row 5's first N outputs."""
+
+    def run(x, w):
+        n = w.shape[0]
+        reps = -(-cuda_gemv.MMA_MIN_N // n)
+        wide = MXArray(jnp.tile(w.data, (reps, 1)), jnp.tile(w.scale, (reps, 1)))
+        return fn(jnp.zeros((8, x.shape[1]), x.dtype).at[5].set(x[0]), wide)[5:6, :n]
+
+    return run
+
+
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
-    """The ``hopper`` backend as shipped (one or two raw bf16 rows: ``cuda_gemv``); trace under ``small_m_kernels``."""
+    """The ``hopper`` backend as shipped (1-8 raw bf16 rows: ``cuda_gemv``); trace under ``small_m_kernels``."""
     return hopper.matmul(x, w, out_dtype)
 
 
@@ -497,6 +545,7 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
         "library": library,
         "library_m2": second_of_two_rows(library),
+        "library_m8": row_of_eight_wide(library),
     }
     kernels = {label: kernels[label] for label in labels}
     finite, poisoned = activation_vectors()
@@ -601,6 +650,7 @@ if __name__ == "__main__":
     parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     parser.add_argument("--mma", help="comma-separated row counts (1-16): only the tensor-core kernel, then its edges")
+    parser.add_argument("--route", help="comma-separated row counts (3-8): the library's route, then its edges")
     args = parser.parse_args()
     PTX = compile_ptx()
     MMA_PTX = compile_ptx(MMA_SOURCE, "cuda_gemv_mma")
@@ -608,6 +658,7 @@ if __name__ == "__main__":
     print(results["environment"])
     parts = ("llama",) if args.llama_only else ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
     parts = ("rows", "edges") if args.rows else ("mma", "mma edges") if args.mma else parts
+    parts = ("route", "route edges") if args.route else parts
     for part in parts:
         try:
             if part == "sweep":
@@ -617,6 +668,10 @@ if __name__ == "__main__":
                 rows_sweep(results, tuple(int(m) for m in args.rows.split(",")))
             elif part == "mma":
                 mma_sweep(results, tuple(int(m) for m in args.mma.split(",")))
+            elif part == "route":
+                route_sweep(results, tuple(int(m) for m in args.route.split(",")))
+            elif part == "route edges":
+                edges(results, ("library_m8", "library"))
             elif part == "mma edges":
                 edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
             elif part == "edges":

@@ -39,12 +39,6 @@ __device__ __forceinline__ uint2 load_v2(const u8* p) {
   return v;
 }
 
-__device__ __forceinline__ u32 load_u32(const u8* p) {
-  u32 v;
-  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
-  return v;
-}
-
 // c += A B: A [16, 32] E4M3 (this lane's row g: a0, a2; rows 8..15 zero), B [32, 8] E4M3 (column g: b0, b1).
 __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
   asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -52,34 +46,13 @@ __device__ __forceinline__ void mma_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0,
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// The A fragment of block b: activation row g's bytes 8t .. 8t + 7 of it (or off .. off + 7) (raw bf16 rows x [m, k], rows m.. zero),
-// quantized with quantize_blocks' rule (the block's amax over the quad by two shuffles), as (bytes 0-3, bytes 4-7), and
-// the block's factor (NaN for a block holding an Inf or a NaN, whose bytes are E4M3 NaNs; 0 for a zero row).
-__device__ __forceinline__ void quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int t,
-                                                  uint2& xa, float& fx, int off = -1) {
-  float f[8];
-  u32 amax = 0;
-  if (g < m) {
-    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + (off < 0 ? 8 * t : off), f);
-  } else {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) f[e] = 0.f;
-  }
-  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-  if (amax >= kInfBits) {
-    xa = make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu), fx = __uint_as_float(0x7fc00000u);
-    return;
-  }
-  const int e = scale_exponent(amax);
-  const float down = pow2(-e);
-  u32 words[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
-               static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
-  }
-  xa = make_uint2(words[0], words[1]), fx = g < m ? pow2(e) : 0.f;
+// The A fragment of block b: activation row g's bytes 8t .. 8t + 7 of it (gemv.cu's quantize_fragment) and the
+// block's factor (NaN for a block holding an Inf or a NaN, whose bytes are E4M3 NaNs; 0 for a zero row).
+__device__ __forceinline__ void quantize_fragment_factor(const u16* __restrict__ x, int m, int k, int b, int g, int t,
+                                                         uint2& xa, float& fx) {
+  u32 biased;
+  xa = quantize_fragment(x, m, k, b, g, 8 * t, biased);
+  fx = biased == 255 ? __uint_as_float(0x7fc00000u) : g < m ? pow2(static_cast<int>(biased) - 127) : 0.f;
 }
 
 template <int BPW>
@@ -104,8 +77,8 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
     for (int j = 0; j < BPW; ++j) d.q[j] = load_v2(w + row * k + 32 * (b0 + j) + 8 * t);
 #pragma unroll
     for (int j = 0; j < BPW / 4; ++j) {
-      d.s0[j] = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t) * kb + b0 + 4 * j);
-      d.s1[j] = load_u32(sw + (static_cast<u64>(unit) * 8 + 2 * t + 1) * kb + b0 + 4 * j);
+      d.s0[j] = load32(sw + (static_cast<u64>(unit) * 8 + 2 * t) * kb + b0 + 4 * j);
+      d.s1[j] = load32(sw + (static_cast<u64>(unit) * 8 + 2 * t + 1) * kb + b0 + 4 * j);
     }
   };
   Unit<BPW> a, b, c;
@@ -116,7 +89,7 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
   uint2 xa[BPW];
   float fx[BPW];
 #pragma unroll
-  for (int j = 0; j < BPW; ++j) quantize_fragment(x, m, k, b0 + j, g, t, xa[j], fx[j]);
+  for (int j = 0; j < BPW; ++j) quantize_fragment_factor(x, m, k, b0 + j, g, t, xa[j], fx[j]);
 
   auto step = [&](const Unit<BPW>& cur, Unit<BPW>& fill) {
     if (unit >= units) return false;
@@ -216,7 +189,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
 #pragma unroll
     for (int j = 0; j < (BPW + 3) / 4; ++j) {
 #pragma unroll
-      for (int r = 0; r < R8; ++r) d.s[r][j] = load_u32(sw + (row + 8 * r) * kb + b0 + 4 * j);
+      for (int r = 0; r < R8; ++r) d.s[r][j] = load32(sw + (row + 8 * r) * kb + b0 + 4 * j);
     }
   };
   Wide<BPW, ROWS> a, b, c;
@@ -233,9 +206,8 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
   u32 ex0[(BPW + 3) / 4] = {}, ex1[(BPW + 3) / 4] = {};  // the blocks' biased exponents of activation rows 2t, 2t + 1
 #pragma unroll
   for (int j = 0; j < BPW; ++j) {
-    float fx;
-    quantize_fragment(x, m, k, b0 + j, g, t, xb[j], fx, off);
-    const u32 e = fx == 0.f ? 127u : __float_as_uint(fx) >> 23;  // a zero row's products are zero
+    u32 e;
+    xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, e);
     ex0[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t) << (8 * (j % 4));
     ex1[j / 4] |= __shfl_sync(0xffffffffu, e, 8 * t + 4) << (8 * (j % 4));
     if (XS) xs[(b0 + j) * 32 + lane] = xb[j];
@@ -246,11 +218,8 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
     for (int j = 0; j < BPW; ++j)
       xh[j] = make_uint4(cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
   }
-  // 2^(sw - 127) 2^(e - 127) as float bits: normal for the probe's data (byte 255, subnormal and overflowing products
-  // are not handled).
-  auto factor = [](u32 sw, u32 ex, int j) {
-    return __uint_as_float((((sw >> (8 * (j % 4))) & 0xff) + ((ex >> (8 * (j % 4))) & 0xff) - 127) << 23);
-  };
+  // gemv.cu's block_factor: exact for the probe's data (byte 255, subnormal and overflowing products not handled).
+  auto factor = [](u32 sw, u32 ex, int j) { return block_factor(sw, ex, j % 4); };
 
   auto step = [&](const Wide<BPW, ROWS>& cur, Wide<BPW, ROWS>& fill) {
     if (unit >= units) return false;
@@ -387,7 +356,7 @@ __device__ __forceinline__ void gemv_ring8(const u8* __restrict__ w, const u8* _
 #pragma unroll
   for (int j = 0; j < kRingBlocks; ++j) {
     if (j >= bpw) break;
-    quantize_fragment(x, m, k, b0 + j, g, t, xa[j], fx[j]);
+    quantize_fragment_factor(x, m, k, b0 + j, g, t, xa[j], fx[j]);
   }
 
   int s = 0;

@@ -1,4 +1,4 @@
-"""The hopper backend's GEMV kernels for one and two rows (mxfp8_xla.backends.cuda_gemv) on CPU: their shape rule,
+"""The hopper backend's GEMV kernels for one to eight rows (mxfp8_xla.backends.cuda_gemv) on CPU: their shape rule,
 the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
@@ -37,10 +37,32 @@ def test_config_refuses_what_the_kernel_cannot_take(n, k):
 
 @pytest.mark.parametrize(
     "n, k, m",
-    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 3), (4096, 4096, 4), (4096, 4096, 0)],
+    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 0), (14336, 4096, 9), (14336, 4096, 16)],
 )
 def test_config_refuses_more_rows_and_a_two_row_k_above_8192(n, k, m):
     assert cuda_gemv.config(n, k, m) is None
+
+
+@pytest.mark.parametrize("m", cuda_gemv.MMA_ROWS)
+@pytest.mark.parametrize("n, k", [(14336, 4096), (28672, 4096), (14336, 128), (cuda_gemv.MMA_MIN_N, 2048)])
+def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_blocks_a_warp(n, k, m):
+    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8)
+    assert cuda_gemv.config(n, k, m).kernel(jnp.float32) == "mxfp8_gemv_mma_r8_f32"
+
+
+@pytest.mark.parametrize(
+    "n, k, why",
+    [
+        (6144, 4096, "N below MMA_MIN_N, where it did not beat the Pallas path"),
+        (4096, 4096, "N below MMA_MIN_N"),
+        (4096, 14336, "K above 4096"),
+        (14336, 8192, "K above 4096"),
+        (14336, 4160, "K % 128"),
+        (14340, 4096, "N % 8"),
+    ],
+)
+def test_config_refuses_three_to_eight_rows_where_the_tensor_core_kernel_does_not_run(n, k, why):
+    assert all(cuda_gemv.config(n, k, m) is None for m in cuda_gemv.MMA_ROWS), why
 
 
 def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
@@ -48,6 +70,12 @@ def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
     assert cuda_gemv.config(4096, 14336).grid(4096, 132) == 132  # 896 threads: one CTA an SM
     assert cuda_gemv.config(1024, 4096).grid(1024, 132) == 256  # fewer units than that: one CTA a unit
     assert cuda_gemv.config(4096, 512).grid(4096, 132) == 1024  # 32 threads: 32 CTAs an SM would be 4224
+
+
+def test_the_tensor_core_grid_keeps_at_most_1024_threads_per_sm():  # 64 registers a thread
+    assert cuda_gemv.config(14336, 4096, 8).grid(14336, 132) == 132  # 1024 threads: one CTA an SM
+    assert cuda_gemv.config(28672, 2048, 4).grid(28672, 132) == 2 * 132
+    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 14336 // 8  # 32 threads: fewer units than 32 an SM
 
 
 def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 95-100 registers a thread
@@ -67,6 +95,11 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
         for m in (1, 2)
         for dtype in (jnp.bfloat16, jnp.float32)
         for add_norm in ((False, True) if m == 1 else (False,))
+    }
+    names |= {
+        cuda_gemv.config(14336, 4096, m).kernel(dtype)
+        for m in cuda_gemv.MMA_ROWS
+        for dtype in (jnp.bfloat16, jnp.float32)
     }
     assert names == entries
 
@@ -127,10 +160,24 @@ def test_two_rows_are_one_launch_of_the_two_row_kernel(shape):
     assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336)
 
 
+@pytest.mark.parametrize("shape, m", [((8, 4096), 8), ((3, 1, 4096), 3), ((1, 5, 4096), 5)])
+def test_three_to_eight_rows_are_one_launch_of_the_tensor_core_kernel(shape, m):
+    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, jnp.float16))(
+        jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)
+    ).jaxpr
+    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+    assert launch.params["name"] == "mxfp8_gemv_mma_r8_f32" and launch.params["smem"] == 0
+    assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 4 // 32
+    assert launch.params["outputs"] == (((m, 14336), jnp.dtype(jnp.float32)),)
+    assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336) and jaxpr.outvars[0].aval.dtype == jnp.float16
+
+
 @pytest.mark.parametrize(
     "x, n, k, why",
     [
-        (jnp.ones((3, 4096), jnp.bfloat16), 1024, 4096, "three rows"),
+        (jnp.ones((3, 4096), jnp.bfloat16), 1024, 4096, "three rows of a narrow weight"),
+        (jnp.ones((9, 4096), jnp.bfloat16), 14336, 4096, "nine rows"),
+        (jnp.ones((8, 14336), jnp.bfloat16), 4096, 14336, "eight rows at K 14336"),
         (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
         (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
         (jnp.ones((1, 4864), jnp.bfloat16), 1024, 4864, "K % 512"),
@@ -169,10 +216,22 @@ def test_hopper_keeps_two_rows_at_k_14336_on_its_pallas_kernels(monkeypatch):
     assert not hopper_launches(jnp.ones((2, 14336), jnp.bfloat16), weight(4096, 14336))
 
 
+@pytest.mark.parametrize("shape", [(3, 4096), (8, 4096), (2, 4, 4096)])
+def test_hopper_sends_three_to_eight_raw_bf16_rows_of_a_wide_weight_to_the_tensor_core_kernel(monkeypatch, shape):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_bf16"]
+
+
+@pytest.mark.parametrize("n, k", [(6144, 4096), (4096, 14336)])
+def test_hopper_keeps_eight_rows_of_other_weights_on_its_pallas_kernels(monkeypatch, n, k):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert not hopper_launches(jnp.ones((8, k), jnp.bfloat16), weight(n, k))
+
+
 @pytest.mark.parametrize(
     "x",
-    [jnp.ones((3, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
-    ids=["three rows", "float32 row", "quantized row"],
+    [jnp.ones((9, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
+    ids=["nine rows", "float32 row", "quantized row"],
 )
 def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, x):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)

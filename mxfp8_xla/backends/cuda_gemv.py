@@ -57,7 +57,16 @@ ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
 THREADS_PER_SM = {1: 1024, 2: 512}
 """What the register file holds at the one-row kernel's 64 registers a thread and the two-row kernel's 95-100 (ptxas,
-sm_90): the grid keeps at most this many a SM."""
+sm_90): the grid keeps at most this many a SM. The tensor-core kernel (64 registers) keeps 1024."""
+MMA_ROWS = range(3, 9)
+"""Activation rows the tensor-core kernel takes."""
+MMA_MAX_K = 4096
+"""The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
+MMA_UNIT = 8
+"""Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
+MMA_MIN_N = 14336
+"""The tensor-core kernel serves N >= this: on an H200 it beat the Pallas path at 8 rows of (14336, 4096) and
+(28672, 4096) in all five runs and lost about as often as it won at (6144, 4096) and (4096, 4096)."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
 
@@ -66,38 +75,51 @@ DEFAULT_SMS = 132
 class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
-    threads: int  # K / 16: thread t owns the 16-element chunk t of every row
+    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row), or K / 4 for the tensor cores
     m: int = 1  # activation rows
     rows: int = ROWS  # a unit of work: these weight rows, all of K
+
+    @property
+    def tensor_cores(self) -> bool:
+        return self.m in MMA_ROWS
 
     def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False) -> str:
         """The kernel's name; ``add_norm``: the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
+        if self.tensor_cores:
+            return f"mxfp8_gemv_mma_r{self.rows}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
+        """CTAs: one per unit, at most ``THREADS_PER_SM / threads`` (at least one) per SM, each looping over
         units."""
-        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
+        per_sm = 1024 if self.tensor_cores else THREADS_PER_SM[self.m]
+        return min(n // self.rows, sms * max(1, per_sm // self.threads))
 
 
 def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
-    """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them
-    (m not 1 or 2, K % 512 != 0, K above :data:`MAX_K`, N % 4 != 0).
+    """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them.
+
+    One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to eight rows: the
+    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, N % 8 == 0, N >= :data:`MMA_MIN_N`).
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
     (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
     in the first sweep and within 4% in the last, whose cells were timed as the library is; the probe's two-row runs
     used it at K = 4096.
     """
+    if m in MMA_ROWS:
+        if k % 128 or k > MMA_MAX_K or n % MMA_UNIT or n < MMA_MIN_N:
+            return None
+        return GemvConfig(threads=k // 4, m=m, rows=MMA_UNIT)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
         return None
     return GemvConfig(threads=k // 16, m=m)
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
-    """Whether a kernel here computes ``x @ w.T``: one or two raw bf16 rows and a weight :func:`config` takes."""
+    """Whether a kernel here computes ``x @ w.T``: one to eight raw bf16 rows and a weight :func:`config` takes."""
     *lead, k = x.shape
     return not isinstance(x, MXArray) and x.dtype == jnp.bfloat16 and config(w.shape[0], k, math.prod(lead)) is not None
 
@@ -120,7 +142,7 @@ def entry_ptx(ptx: str, name: str) -> str:
 
 
 def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """``x [..., K]`` (one or two bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
+    """``x [..., K]`` (one to eight bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
 
     bf16 and float32 are written by the kernel; another dtype is rounded from float32, as
     emulation rounds its float32 product.
@@ -131,7 +153,8 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
-            f"<= {MAX_K[2]} for two, N % {ROWS} == 0)"
+            f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} bfloat16 rows, "
+            f"K % 128 == 0, K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, N >= {MMA_MIN_N})"
         )
     out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)

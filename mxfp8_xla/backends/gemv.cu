@@ -76,6 +76,12 @@ __device__ __forceinline__ uint4 load16(const u8* p) {
   return v;
 }
 
+__device__ __forceinline__ u32 load32(const u8* p) {
+  u32 v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ u32 load8(const u8* p) {
   u16 v;
   asm volatile("ld.global.nc.u8 %0, [%1];" : "=h"(v) : "l"(p));
@@ -315,6 +321,183 @@ __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const 
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
 
+// ---- Three to eight rows on the tensor cores ----
+
+// c += A B, one m16n8k16 f16 MMA with float32 accumulation: A [16, 16] (this lane: row g's f16 pairs a0, a2; rows
+// 8..15 zero), B [16, 8] (column g: b0, b1).
+__device__ __forceinline__ void mma_f16_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+// Bytes off .. off + 7 of 32-block b of activation row g (raw bf16 x [m, k]; rows m.. are zero) quantized with
+// quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
+// bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3
+// NaNs), 127 for a zero block or row (its bytes zero).
+__device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int off,
+                                                   u32& biased) {
+  float f[8];
+  u32 amax = 0;
+  if (g < m) {
+    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + off, f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = 0.f;
+  }
+  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+  if (amax >= kInfBits) {
+    biased = 255;
+    return make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu);
+  }
+  const int e = scale_exponent(amax);
+  biased = amax == 0 ? 127u : static_cast<u32>(e + 127);
+  const float down = pow2(-e);
+  u32 words[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    words[h] = static_cast<u32>(e4m3x2(f[4 * h] * down, f[4 * h + 1] * down)) |
+               static_cast<u32>(e4m3x2(f[4 * h + 2] * down, f[4 * h + 3] * down)) << 16;
+  }
+  return make_uint2(words[0], words[1]);
+}
+
+// 2^(s - 127) 2^(e - 127) for byte j of the weight's scale word sw and of the activation's biased exponents ex, as float
+// bits: exact where 128 <= s + e <= 381.
+__device__ __forceinline__ float block_factor(u32 sw, u32 ex, int j) {
+  return __uint_as_float((((sw >> (8 * j)) & 0xff) + ((ex >> (8 * j)) & 0xff) - 127) << 23);
+}
+
+// Emulation's products for one activation row c over NB blocks from block b: each weight element decoded and
+// multiplied by its block factor, each activation block quantized and decoded, their products accumulated in
+// float32 (the one-row kernel's arithmetic): the tensor-core kernel's path for the scales it cannot take exactly.
+// Not inlined: the tensor-core kernel's registers are saved around the call only on this rare path.
+template <int NB>
+__device__ __noinline__ float exact_blocks(const u8* __restrict__ wrow, u32 scales, const u16* __restrict__ xrow,
+                                           int b) {
+  float acc = 0.f;
+#pragma unroll 1
+  for (int j = 0; j < NB; ++j) {
+    float f[8];
+    u32 amax = 0;
+#pragma unroll 1
+    for (int q = 0; q < 4; ++q) amax = max(amax, load_bf16(xrow + 32 * (b + j) + 8 * q, f));
+    const float factor = scale_factor((scales >> (8 * j)) & 0xff);
+#pragma unroll 1
+    for (int q = 0; q < 4; ++q) {
+      float d[8];
+      load_bf16(xrow + 32 * (b + j) + 8 * q, f);
+      quantize_part(f, amax, d);
+      const uint2 v = *reinterpret_cast<const uint2*>(wrow + 32 * (b + j) + 8 * q);
+      const u32 words[2] = {v.x, v.y};
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float2 lo = f16x2_to_float2(cvt_pair(words[i])), hi = f16x2_to_float2(cvt_pair(words[i] >> 16));
+        acc = fmaf(lo.x * factor, d[4 * i], acc), acc = fmaf(lo.y * factor, d[4 * i + 1], acc);
+        acc = fmaf(hi.x * factor, d[4 * i + 2], acc), acc = fmaf(hi.y * factor, d[4 * i + 3], acc);
+      }
+    }
+  }
+  return acc;
+}
+
+// 3 <= m <= 8 raw bf16 rows x [m, k] times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
+// splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, + gridDim.x, ...; the
+// next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
+// (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g (a quad reads 64
+// contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and t ^ 2 swap 8 of them, so that each lane
+// holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
+// the same sum, and the activation's B fragments are quantized in that order, once, into registers. A block is two
+// MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g, activation
+// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated. Where a factor, a decoded weight or a product
+// could leave float32's normal range, or a scale byte is 255 or an activation block non-finite (a vote-free per-lane
+// test on the unit's four scale bytes), the lane's two sums take emulation's element-by-element arithmetic instead.
+// The warps' sums meet in shared memory.
+template <typename OUT>
+__device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                         const u16* __restrict__ x, OUT* __restrict__ out,
+                                         const int* __restrict__ dims) {
+  constexpr int kBlocks = 4;  // a warp's blocks of each row
+  __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
+  const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
+  const int b0 = warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
+  const bool low = t < 2;
+
+  struct Unit {
+    uint4 q[2];  // weight row g, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
+    u32 s;       // weight row g's scale bytes of the warp's blocks
+  };
+  auto load = [&](int unit, Unit& d) {
+    if (unit >= units) return;
+    const u64 row = static_cast<u64>(unit) * 8 + g;
+    const u8* p = w + row * k + 32 * b0 + 16 * t;
+    d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(sw + row * kb + b0);
+  };
+  Unit a, b;
+  int unit = blockIdx.x, i = 0;
+  load(unit, a);
+
+  // The activation's B fragments (f16 pairs), the biased exponents of activation rows 2t and 2t + 1 (byte j: block
+  // b0 + j), and the weight scale bytes s for which all of the lane's factors are exact: lo <= s < lo + width.
+  uint4 xh[kBlocks];
+  u32 ex0 = 0, ex1 = 0;
+  int lo = 0, hi = 246;
+#pragma unroll
+  for (int j = 0; j < kBlocks; ++j) {
+    u32 biased;
+    const uint2 xa = quantize_fragment(x, m, k, b0 + j, g, off, biased);
+    xh[j] = make_uint4(cvt_pair(xa.x), cvt_pair(xa.x >> 16), cvt_pair(xa.y), cvt_pair(xa.y >> 16));
+    const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
+    ex0 |= static_cast<u32>(e0) << (8 * j), ex1 |= static_cast<u32>(e1) << (8 * j);
+    lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
+    if (max(e0, e1) == 255) hi = -1;
+  }
+  const u32 width = hi >= lo ? static_cast<u32>(hi - lo + 1) : 0u;
+
+  auto step = [&](const Unit& cur, Unit& fill) {
+    if (unit >= units) return false;
+    load(unit + gridDim.x, fill);
+    float acc0 = 0.f, acc1 = 0.f;
+    bool exact = true;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const uint4 v = cur.q[p];
+      const u32 r0 = __shfl_xor_sync(0xffffffffu, low ? v.z : v.x, 2);
+      const u32 r1 = __shfl_xor_sync(0xffffffffu, low ? v.w : v.y, 2);
+      const uint2 blk[2] = {low ? make_uint2(v.x, v.y) : make_uint2(r0, r1),
+                            low ? make_uint2(r0, r1) : make_uint2(v.z, v.w)};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int j = 2 * p + h;
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), xh[j].x, xh[j].y);
+        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), xh[j].z, xh[j].w);
+        exact = exact && ((cur.s >> (8 * j)) & 0xff) - lo < width;
+        acc0 = fmaf(d[0], block_factor(cur.s, ex0, j), acc0), acc1 = fmaf(d[1], block_factor(cur.s, ex1, j), acc1);
+      }
+    }
+    if (!exact) {
+      const u8* wrow = w + (static_cast<u64>(unit) * 8 + g) * k;
+      acc0 = 2 * t < m ? exact_blocks<kBlocks>(wrow, cur.s, x + static_cast<u64>(2 * t) * k, b0) : 0.f;
+      acc1 = 2 * t + 1 < m ? exact_blocks<kBlocks>(wrow, cur.s, x + static_cast<u64>(2 * t + 1) * k, b0) : 0.f;
+    }
+    partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
+    if (threadIdx.x < 8 * m) {
+      const int row = threadIdx.x >> 3, col = threadIdx.x & 7;
+      float sum = 0.f;
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
+      store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * 8 + col, sum);
+    }
+    unit += gridDim.x, ++i;
+    return true;
+  };
+  while (step(a, b) && step(b, a)) {
+  }
+}
+
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
@@ -345,6 +528,15 @@ SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
+
+// Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 threads.
+#define MMA_KERNEL(NAME, OUT)                                                                        \
+  extern "C" __global__ void __launch_bounds__(1024)                                                 \
+      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
+    gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
+  }
+MMA_KERNEL(mxfp8_gemv_mma_r8_bf16, u16)
+MMA_KERNEL(mxfp8_gemv_mma_r8_f32, float)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
