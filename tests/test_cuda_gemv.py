@@ -59,6 +59,7 @@ def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_b
         (14336, 8192, "K above 4096"),
         (14336, 4160, "K % 128"),
         (14340, 4096, "N % 8"),
+        (cuda_gemv.MMA_MAX_N + 8, 4096, "N above the units a CTA marks"),
     ],
 )
 def test_config_refuses_three_to_eight_rows_where_the_tensor_core_kernel_does_not_run(n, k, why):

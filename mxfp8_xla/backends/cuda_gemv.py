@@ -64,6 +64,9 @@ MMA_MAX_K = 4096
 """The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
 """Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
+MMA_MAX_N = 1 << 18
+"""The tensor-core kernel's largest N: it marks the units that need its exact path in a 2048-bit mask a CTA, so a CTA
+takes at most 2048 units of 8 rows (at 16 or more CTAs)."""
 MMA_MIN_N = 14336
 """The tensor-core kernel serves N >= this: on an H200 it beat the Pallas path at 8 rows of (14336, 4096) and
 (28672, 4096) in all five runs and lost about as often as it won at (6144, 4096) and (4096, 4096)."""
@@ -102,7 +105,7 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them.
 
     One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to eight rows: the
-    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, N % 8 == 0, N >= :data:`MMA_MIN_N`).
+    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, N % 8 == 0, :data:`MMA_MIN_N` <= N <= :data:`MMA_MAX_N`).
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
     (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
@@ -110,7 +113,7 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     used it at K = 4096.
     """
     if m in MMA_ROWS:
-        if k % 128 or k > MMA_MAX_K or n % MMA_UNIT or n < MMA_MIN_N:
+        if k % 128 or k > MMA_MAX_K or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
             return None
         return GemvConfig(threads=k // 4, m=m, rows=MMA_UNIT)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
@@ -154,7 +157,7 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
             f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} bfloat16 rows, "
-            f"K % 128 == 0, K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, N >= {MMA_MIN_N})"
+            f"K % 128 == 0, K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
     out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)

@@ -37,6 +37,7 @@ namespace {
 
 constexpr u32 kInfBits = 0x7f800000u;
 constexpr int kMaxWarps = 32;
+constexpr int kMaxMarkedUnits = 2048;  // the tensor-core kernel's units a CTA: N <= 2048 * 8 * CTAs
 
 __device__ __forceinline__ float pow2(int e) {
   // Exactly 2^e for e in [-127, 127] (2^-127 is a float32 subnormal).
@@ -369,35 +370,23 @@ __device__ __forceinline__ float block_factor(u32 sw, u32 ex, int j) {
   return __uint_as_float((((sw >> (8 * j)) & 0xff) + ((ex >> (8 * j)) & 0xff) - 127) << 23);
 }
 
-// Emulation's products for one activation row c over NB blocks from block b: each weight element decoded and
-// multiplied by its block factor, each activation block quantized and decoded, their products accumulated in
+// Emulation's products over 32-block b of one weight row and one raw bf16 activation row: each weight element decoded
+// and multiplied by its block factor, the activation block quantized and decoded, their products accumulated in
 // float32 (the one-row kernel's arithmetic): the tensor-core kernel's path for the scales it cannot take exactly.
-// Not inlined: the tensor-core kernel's registers are saved around the call only on this rare path.
-template <int NB>
-__device__ __noinline__ float exact_blocks(const u8* __restrict__ wrow, u32 scales, const u16* __restrict__ xrow,
-                                           int b) {
+__device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 scale, const u16* __restrict__ xrow,
+                                             int b) {
+  const u32* xs = reinterpret_cast<const u32*>(xrow + 32 * b);
+  const u16* ws = reinterpret_cast<const u16*>(wrow + 32 * b);
+  u32 amax = 0;
+  for (int i = 0; i < 16; ++i) amax = max(amax, max((xs[i] << 16) & 0x7fffffffu, xs[i] & 0x7fff0000u));
+  const float factor = scale_factor(scale);
   float acc = 0.f;
-#pragma unroll 1
-  for (int j = 0; j < NB; ++j) {
-    float f[8];
-    u32 amax = 0;
-#pragma unroll 1
-    for (int q = 0; q < 4; ++q) amax = max(amax, load_bf16(xrow + 32 * (b + j) + 8 * q, f));
-    const float factor = scale_factor((scales >> (8 * j)) & 0xff);
-#pragma unroll 1
-    for (int q = 0; q < 4; ++q) {
-      float d[8];
-      load_bf16(xrow + 32 * (b + j) + 8 * q, f);
-      quantize_part(f, amax, d);
-      const uint2 v = *reinterpret_cast<const uint2*>(wrow + 32 * (b + j) + 8 * q);
-      const u32 words[2] = {v.x, v.y};
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const float2 lo = f16x2_to_float2(cvt_pair(words[i])), hi = f16x2_to_float2(cvt_pair(words[i] >> 16));
-        acc = fmaf(lo.x * factor, d[4 * i], acc), acc = fmaf(lo.y * factor, d[4 * i + 1], acc);
-        acc = fmaf(hi.x * factor, d[4 * i + 2], acc), acc = fmaf(hi.y * factor, d[4 * i + 3], acc);
-      }
-    }
+  for (int i = 0; i < 16; ++i) {
+    const float f[2] = {__uint_as_float(xs[i] << 16), __uint_as_float(xs[i] & 0xffff0000u)};
+    float d[2];
+    quantize_part(f, amax, d);
+    const float2 wd = f16x2_to_float2(cvt_pair(ws[i]));
+    acc = fmaf(wd.x * factor, d[0], acc), acc = fmaf(wd.y * factor, d[1], acc);
   }
   return acc;
 }
@@ -410,16 +399,18 @@ __device__ __noinline__ float exact_blocks(const u8* __restrict__ wrow, u32 scal
 // holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
 // the same sum, and the activation's B fragments are quantized in that order, once, into registers. A block is two
 // MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g, activation
-// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated. Where a factor, a decoded weight or a product
-// could leave float32's normal range, or a scale byte is 255 or an activation block non-finite (a vote-free per-lane
-// test on the unit's four scale bytes), the lane's two sums take emulation's element-by-element arithmetic instead.
-// The warps' sums meet in shared memory.
+// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared memory. Where a
+// factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or an activation
+// block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the activation), the
+// unit is marked, and once the CTA's units are done its marked units' outputs are computed again with emulation's
+// element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first ones.
 template <typename OUT>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const u16* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
   constexpr int kBlocks = 4;  // a warp's blocks of each row
   __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
+  __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
   const int b0 = warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
@@ -438,17 +429,19 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   Unit a, b;
   int unit = blockIdx.x, i = 0;
   load(unit, a);
+  for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
+  __syncthreads();
 
-  // The activation's B fragments (f16 pairs), the biased exponents of activation rows 2t and 2t + 1 (byte j: block
-  // b0 + j), and the weight scale bytes s for which all of the lane's factors are exact: lo <= s < lo + width.
-  uint4 xh[kBlocks];
+  // The activation's B fragments (E4M3 bytes, converted to f16 pairs at each use: 64 registers hold no more), the
+  // biased exponents of activation rows 2t and 2t + 1 (byte j: block b0 + j), and the weight scale bytes s for which
+  // all of the lane's factors are exact: lo <= s < lo + width.
+  uint2 xb[kBlocks];
   u32 ex0 = 0, ex1 = 0;
   int lo = 0, hi = 246;
 #pragma unroll
   for (int j = 0; j < kBlocks; ++j) {
     u32 biased;
-    const uint2 xa = quantize_fragment(x, m, k, b0 + j, g, off, biased);
-    xh[j] = make_uint4(cvt_pair(xa.x), cvt_pair(xa.x >> 16), cvt_pair(xa.y), cvt_pair(xa.y >> 16));
+    xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, biased);
     const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
     ex0 |= static_cast<u32>(e0) << (8 * j), ex1 |= static_cast<u32>(e1) << (8 * j);
     lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
@@ -472,16 +465,15 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       for (int h = 0; h < 2; ++h) {
         const int j = 2 * p + h;
         float d[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), xh[j].x, xh[j].y);
-        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), xh[j].z, xh[j].w);
+        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16));
+        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
         exact = exact && ((cur.s >> (8 * j)) & 0xff) - lo < width;
         acc0 = fmaf(d[0], block_factor(cur.s, ex0, j), acc0), acc1 = fmaf(d[1], block_factor(cur.s, ex1, j), acc1);
       }
     }
     if (!exact) {
-      const u8* wrow = w + (static_cast<u64>(unit) * 8 + g) * k;
-      acc0 = 2 * t < m ? exact_blocks<kBlocks>(wrow, cur.s, x + static_cast<u64>(2 * t) * k, b0) : 0.f;
-      acc1 = 2 * t + 1 < m ? exact_blocks<kBlocks>(wrow, cur.s, x + static_cast<u64>(2 * t + 1) * k, b0) : 0.f;
+      if (i >= kMaxMarkedUnits) __trap();  // cuda_gemv.config keeps N small enough
+      atomicOr(&marked[i >> 5], 1u << (i & 31));
     }
     partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
@@ -495,6 +487,20 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     return true;
   };
   while (step(a, b) && step(b, a)) {
+  }
+  __syncthreads();
+  i = 0;
+  for (unit = blockIdx.x; unit < units; unit += gridDim.x, ++i) {
+    if (!(marked[i >> 5] >> (i & 31) & 1)) continue;
+    for (int o = warp; o < 8 * m; o += warps) {  // output o: weight row o % 8 of the unit, activation row o / 8
+      const u64 row = static_cast<u64>(unit) * 8 + (o & 7);
+      float sum = 0.f;
+      for (int blk = lane; blk < kb; blk += 32)
+        sum += exact_block(w + row * k, sw[row * kb + blk], x + static_cast<u64>(o >> 3) * k, blk);
+#pragma unroll
+      for (int q = 16; q > 0; q >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, q);
+      if (lane == 0) store(out + static_cast<u64>(o >> 3) * n + row, sum);
+    }
   }
 }
 
@@ -530,13 +536,13 @@ ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 
 // Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 threads.
-#define MMA_KERNEL(NAME, OUT)                                                                        \
+#define MMA_ROWS_KERNEL(NAME, OUT)                                                                   \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
     gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
   }
-MMA_KERNEL(mxfp8_gemv_mma_r8_bf16, u16)
-MMA_KERNEL(mxfp8_gemv_mma_r8_f32, float)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
