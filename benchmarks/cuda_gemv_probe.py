@@ -59,6 +59,10 @@ whole-row loads 1.29x), where the one-row kernel's whole product is 1.62-1.67x; 
 loads, 16-byte loads and staged whole-row loads (since removed; results/cuda_gemv_probe_mma_{balanced,staged}_h200.*)
 no closer.
 
+``--route 3,4,8`` (results/cuda_gemv_probe_route_h200.*, fifteenth session): the library's tensor-core kernel 1.18-1.22x
+of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096), where the Pallas path ran 1.03-1.11x; 3.2e-7 to 1.3e-6 from
+emulation; every edge as emulation's.
+
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16 |
 --route 3,4,8]``;
 JSON to $OUT/cuda_gemv_probe.json, the PTX and ptxas's register reports beside it.

@@ -28,6 +28,12 @@
 // Measured on an H200 (fourteenth session, docs/benchmarks.md "The one-row kernel's floor"): 1.6e-7 to 1.2e-6 from
 // emulation; mma8 0.60-0.87x of bf16 at 8 rows (its _loads 24.6-35.4 us at (14336, 4096)), ring8 1.10x and 1.20x at
 // (14336, 4096) and (28672, 4096), 0.58-0.88x at the smaller K = 4096 shapes.
+//
+// Kernels mxfp8_gemv_wide{ROWS}..._b{BPW}[_loads]_{bf16,f32} (gemv_bulk_probe.py --wide; gemv_wide below): the weight as
+// the MMA's A operand, 16-byte lane loads and one 8-byte swap between lanes t and t ^ 2. Measured on an H200 (fifteenth
+// session, docs/benchmarks.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16 at 8 rows of
+// (14336, 4096) and (28672, 4096), five runs, where the Pallas path ran 1.00-1.11x; the other variants slower. The
+// library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with exact scales.
 #include "../mxfp8_xla/backends/gemv.cu"
 #include "bulk_ring.cuh"
 
@@ -428,8 +434,8 @@ MMA8_KERNELS(8, 512, _b8, 1, 0, )
 MMA8_KERNELS(8, 512, _b8, 1, 1, _loads)
 
 
-// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|_d2|h_d2|_x2|_x4]_b{BPW}[_loads] (h: F16, d2: DEPTH 2, x2/x4: PER_SM): BPW 4 is 32 warps at K = 4096, BPW 8 is 16 (at 16 rows
-// one CTA an SM, 128 registers; BPW 4 64 registers).
+// gemv_wide: mxfp8_gemv_wide{ROWS}[_free|h|_d2|h_d2|_x2]_b{BPW}[_loads] (_free: FREE; h: F16; _d2: DEPTH 2; _x2:
+// PER_SM 2). BPW 4 is 32 warps at K = 4096 (64 registers), BPW 8 is 16 (128 registers, or 64 at two CTAs an SM).
 #define WIDE_KERNEL(BPW, ROWS, BOUND, PER_SM, FREE, F16, DEPTH, F, MODE, NAME, OUT, SUFFIX)                       \
   extern "C" __global__ void __launch_bounds__(BOUND, PER_SM)                                                      \
       mxfp8_gemv_wide##ROWS##F##_b##BPW##NAME##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, \
@@ -455,4 +461,3 @@ WIDE_KERNELS(8, 8, 512, 1, 0, 1, 2, h_d2)
 WIDE_KERNELS(4, 8, 1024, 1, 0, 1, 2, h_d2)
 WIDE_KERNELS(4, 8, 1024, 1, 0, 0, 2, _d2)
 WIDE_KERNELS(8, 8, 512, 2, 0, 0, 1, _x2)
-WIDE_KERNELS(16, 8, 256, 4, 0, 0, 1, _x4)

@@ -195,6 +195,25 @@ def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(emulated_timing)
     assert all(row["rel_err_f32_out"] == 0.0 and row["split_us"] == 10.0 for row in results.values())
 
 
+def test_route_sweep_harness_checks_and_times_both_routes_at_every_k_4096_shape(emulated_timing):
+    emulated_timing.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
+    results = {}
+    probe.route_sweep(results, (3, 8))
+    assert set(results) == {"route (1024, 4096) M=3", "route (1024, 4096) M=8"}  # K = 4096 only
+    for row in results.values():
+        assert row["auto_us"] == row["pallas_us"] == 10.0 and row["auto_rel_err_f32_out"] == 0.0
+        assert row["auto_kernels"] == row["pallas_kernels"] == []  # emulation stands in for the backend
+
+
+def test_the_edge_rows_reach_the_tensor_core_kernel_through_the_library(monkeypatch):
+    monkeypatch.delenv(probe.hopper.SMALL_M_KERNEL_ENV, raising=False)
+    x, w = jnp.ones((1, 1024), jnp.bfloat16), weight(128, 1024)
+    run = probe.row_of_eight_wide(probe.library)
+    with override_capability(H100):
+        assert ptx_launch.traced_launches(run, x, w) == ["mxfp8_gemv_mma_r8_f32"]
+        assert jax.eval_shape(run, x, w).shape == (1, 128)
+
+
 @pytest.mark.parametrize("m, nt", [(1, 1), (8, 1), (9, 2), (16, 2)])
 def test_the_tensor_core_kernel_takes_8_rows_a_tile_and_its_shared_memory_holds_them(m, nt):
     cfg, name = probe.Mma(8, 2), f"mxfp8_gemv_mma_t{nt}_f32"

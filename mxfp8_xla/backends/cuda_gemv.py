@@ -1,4 +1,5 @@
-"""The hopper backend at one or two activation rows: one CUDA-core GEMV launch (``gemv.cu``).
+"""The hopper backend at one to eight activation rows: one GEMV launch (``gemv.cu``), on the CUDA cores for one or
+two rows and on the tensor cores for three to eight.
 
 At one row a linear layer is a stream of its weight, and the Pallas path costs three
 launches (activation quantization, GEMM, K-split sum) around a GEMM that reads the fp8
@@ -25,7 +26,18 @@ kernel measured 1.22-1.41x of bf16 at the five K = 4096 Llama-3-8B shapes, where
 ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmarks.md,
 "The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x and 1.19-1.34x in
 two runs ("The slow mode's cause", "RMSNorm inside the decode step"). At four rows the CUDA cores run out
-(0.70-0.82x), so more rows stay on the Pallas kernels.
+(0.70-0.82x).
+
+Three to eight rows (``mxfp8_gemv_mma_r8``, since the fifteenth session) keep the split of K across the CTA (K / 4
+threads, four 32-blocks a warp) and run the products on the tensor cores: units of 8 weight rows as an f16 MMA's A
+operand, the activation rows, quantized once into registers, as its B operand; 16-byte weight loads, one 8-byte swap
+between lane pairs so that each quad holds one block, and each block's float32 sums scaled by both factors. Units
+whose scales that scaling cannot take exactly (see ``gemv_mma``) are computed again with emulation's arithmetic. On an
+H200 the route ran 1.18-1.22x of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096) at 3, 4 and 8 rows, where the
+Pallas path ran 1.03-1.04x and 1.07-1.11x; 3.2e-7 to 1.3e-6 from emulation (float32 out) and equal to it on every edge
+case; a 4-block Llama-3-8B decode at batch 8 ran 1.11x of bf16 (0.483 and 0.489 ms a step, two processes) where the
+Pallas path ran 1.05x (0.515) (docs/benchmarks.md, "Eight rows on the tensor cores"). Its probe builds lost to the
+Pallas path as often as they won at (6144, 4096) and (4096, 4096), so it serves N >= :data:`MMA_MIN_N` only.
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
 ``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the

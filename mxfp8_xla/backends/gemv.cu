@@ -1,4 +1,4 @@
-// The hopper backend's kernels for one or two activation rows (mxfp8_xla/backends/cuda_gemv.py): one MXFP8 GEMV
+// The hopper backend's kernels for one to eight activation rows (mxfp8_xla/backends/cuda_gemv.py): one MXFP8 GEMV
 // launch, SM89+ (measured on SM90 only). gemv.ptx is this file compiled by cuda_gemv.build_ptx.
 //
 //   out[m, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[m,k],   xd = dequantize(quantize(x))
@@ -24,6 +24,8 @@
 // Kernels mxfp8_gemv_split_c1_r4_addnorm_{bf16,f32}(w, sw, x, delta, nw, eps, dims, out, h_out) put a residual add
 // and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
+// Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
+// below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads.
 // With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 

@@ -2,7 +2,8 @@
 
 Hopper has no MX-scaled tensor-core instructions. One or two raw bfloat16 rows (decode at batch 1
 or 2) take one CUDA kernel launch that quantizes the rows itself and streams the weight on the CUDA
-cores (:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
+cores; three to eight rows of a wide weight (N >= 14336, K <= 4096) one launch of a tensor-core GEMV kernel built
+the same way (:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
 memory-bound) a Pallas/Triton GEMM reads the fp8 weight and its uint8 scales once
 from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-127)``
 fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
@@ -82,7 +83,7 @@ SMALL_M_MAX = 64
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
-"""``auto`` (default): the kernel measured faster for the shape (one or two raw bf16 rows: :mod:`.cuda_gemv`);
+"""``auto`` (default): the kernel measured faster for the shape (one to eight raw bf16 rows: :mod:`.cuda_gemv`);
 ``pallas``: as ``auto`` but never the GEMV kernel (the Pallas kernels alone, for comparisons);
 ``triton``: never Mosaic nor the GEMV kernel; ``mosaic``: Mosaic wherever it can run, never the GEMV kernel."""
 
@@ -321,7 +322,7 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
 
     A raw ``x`` is quantized by this backend's own kernels (bit-identical to ``quantize``).
-    One or two raw bfloat16 rows go to :mod:`.cuda_gemv` where it takes the weight's shape.
+    One to eight raw bfloat16 rows go to :mod:`.cuda_gemv` where it takes the weight's shape.
     Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
     GPU kernel; else up to ``M <= 64`` rows the Triton GEMM. More rows: the GEMM is
     compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
