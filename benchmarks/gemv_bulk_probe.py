@@ -229,13 +229,6 @@ def wide(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) 
     )
 
 
-def mmav(x: jax.Array, w: MXArray, name: str, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
-    """``x [3..8, K]`` times ``w [N, K]``: one launch of a variant of the library's 3-8-row kernel (``gemv.cu``'s
-    ``gemv_mma``, instantiated in ``gemv_mma8.cu`` as ``mxfp8_gemv_mmav_x{XH}_t{TREE}``) on the library's launch."""
-    (m, k), n = x.shape, w.shape[0]
-    return launch(x, w, name + suffix(out_dtype), ptx, min(n // 8, SMS), k // 128, ((m, n), out_dtype))
-
-
 def ring8(x: jax.Array, w: MXArray, s: int, warps: int, per_sm: int, ptx: str, out_dtype=jnp.bfloat16) -> jax.Array:
     """``x [m <= 8, K]`` times ``w [N, K]``: one launch of ``gemv_mma8.cu``'s ring kernel with ``s`` stages,
     ``warps`` warps a CTA, at most ``per_sm`` CTAs an SM."""
@@ -273,9 +266,6 @@ WIDE_VARIANTS = tuple(
 """``--wide``: units of 16 or 8 weight rows as the MMA's A operand, the warps' sums meeting after a CTA barrier or
 (``_free``) by shared-memory atomics, the E4M3 MMA or (``h``) f16 MMAs on operands converted by the kernel, one or
 (``_d2``) two units ahead, two CTAs an SM (``_x2``), each with its stream alone (``_loads``); ``--only`` picks some."""
-MMAV_VARIANTS = tuple(f"mxfp8_gemv_mmav_x{xh}_t{tree}" for xh in (0, 1) for tree in (0, 1))
-"""``--mmav``: the library's 3-8-row kernel (``x0_t0``), with its activation fragments as f16 pairs in registers
-(``x1``), with its warps' sums added by every warp (``t1``)."""
 
 
 def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tuple = (8,)) -> None:
@@ -290,8 +280,7 @@ def mma8_part(results: dict, ptx: str, variants: tuple = MMA8_VARIANTS, rows: tu
                     fn = functools.partial(ring8, s=name[0], warps=name[1], per_sm=name[2], ptx=ptx)
                     name = "mxfp8_gemv_ring8_s{}_w{}_x{}".format(*name)
                 else:
-                    kernel = wide if "_wide" in name else mmav if "_mmav" in name else mma8
-                    fn = functools.partial(kernel, name=name, ptx=ptx)
+                    fn = functools.partial(wide if "_wide" in name else mma8, name=name, ptx=ptx)
                 try:
                     cell = {"us": loop_time(fn, sets, iters=20, repeats=3) * 1e6}
                     if not name.endswith("_loads"):
@@ -328,11 +317,7 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true", help="the wide-load tensor-core kernels instead")
     parser.add_argument("--rows", default="8", help="--wide: activation rows, comma-separated (at most 8)")
     parser.add_argument("--only", default="", help="--wide: the kernels (comma-separated, without mxfp8_gemv_)")
-    parser.add_argument("--mmav", action="store_true", help="the library's 3-8-row kernel and two variants instead")
     args = parser.parse_args()
-    if args.mmav:
-        mma8_part({"env": environment(), "mma8": {}}, compile_ptx(MMA8_SOURCE), MMAV_VARIANTS, (8,))
-        return
     if args.wide:
         rows = tuple(int(r) for r in args.rows.split(","))
         only = {f"mxfp8_gemv_{v}" for v in args.only.split(",")} if args.only else set(WIDE_VARIANTS)

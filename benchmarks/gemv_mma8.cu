@@ -461,16 +461,3 @@ WIDE_KERNELS(8, 8, 512, 1, 0, 1, 2, h_d2)
 WIDE_KERNELS(4, 8, 1024, 1, 0, 1, 2, h_d2)
 WIDE_KERNELS(4, 8, 1024, 1, 0, 0, 2, _d2)
 WIDE_KERNELS(8, 8, 512, 2, 0, 0, 1, _x2)
-
-// The library's 3-8-row kernel (gemv.cu's gemv_mma) and its probe variants: mxfp8_gemv_mmav_x{XH}_t{TREE}_{bf16,f32},
-// launched as the library launches it (K / 4 threads, one CTA an SM).
-#define MMAV_KERNEL(XH, TREE, OUT, SUFFIX)                                                                         \
-  extern "C" __global__ void __launch_bounds__(1024)                                                              \
-      mxfp8_gemv_mmav_x##XH##_t##TREE##_##SUFFIX(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) { \
-    gemv_mma<OUT, XH, TREE>(w, sw, x, out, dims);                                                                 \
-  }
-#define MMAV_KERNELS(XH, TREE) MMAV_KERNEL(XH, TREE, u16, bf16) MMAV_KERNEL(XH, TREE, float, f32)
-MMAV_KERNELS(0, 0)
-MMAV_KERNELS(1, 0)
-MMAV_KERNELS(0, 1)
-MMAV_KERNELS(1, 1)

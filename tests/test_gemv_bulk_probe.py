@@ -16,7 +16,7 @@ import gemv_bulk_probe as probe  # noqa: E402
 import xla_activation_probe as activation_probe  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.backends import hopper, ptx_launch  # noqa: E402
 
 
 def weight(n: int, k: int) -> MXArray:
@@ -113,15 +113,6 @@ def test_the_wide_kernels_take_a_unit_of_their_rows_a_cta(name, grid, warps):
     assert shape == (8, n)
 
 
-def test_the_library_kernels_variants_take_its_launch():
-    x, w = jnp.ones((8, 4096), jnp.bfloat16), weight(14336, 4096)
-    name = "mxfp8_gemv_mmav_x1_t1"
-    params, shape = launch_of(lambda x, w: probe.mmav(x, w, name, fake_ptx(f"{name}_bf16")), x, w)
-    library = cuda_gemv.config(14336, 4096, 8)
-    assert params["name"] == f"{name}_bf16" and params["warps"] == library.threads // 32 == 32
-    assert params["grid"] == (library.grid(14336, 132), 1) and shape == (8, 14336)
-
-
 @needs_gpp
 def test_every_kernel_the_probe_names_is_instantiated():
     assert bulk_names() | {"mxfp8_gemv_deep2_r2_bf16", "mxfp8_gemv_deep2_r4_f32"} <= cuda_kernel_names(
@@ -130,7 +121,7 @@ def test_every_kernel_the_probe_names_is_instantiated():
     streams = {name for name, _, _ in probe.PATTERN_VARIANTS} | {"mxfp8_empty"}
     assert streams <= cuda_kernel_names(probe.SOURCE, "mxfp8_")
     mma8 = cuda_kernel_names(probe.MMA8_SOURCE, "mxfp8_gemv_")
-    for variant in probe.MMA8_VARIANTS + probe.WIDE_VARIANTS + probe.MMAV_VARIANTS:
+    for variant in probe.MMA8_VARIANTS + probe.WIDE_VARIANTS:
         stem = f"mxfp8_gemv_ring8_s{variant[0]}" if isinstance(variant, tuple) else variant
         assert {f"{stem}_bf16", f"{stem}_f32"} <= mma8
 

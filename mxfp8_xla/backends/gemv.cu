@@ -406,15 +406,12 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the activation), the
 // unit is marked, and once the CTA's units are done its marked units' outputs are computed again with emulation's
 // element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first ones.
-// Probe variants (benchmarks/gemv_mma8.cu): XH keeps the activation's fragments as f16 pairs in registers; TREE sums
-// the warps' partial sums with every warp (a warp an output, by shuffles) instead of 8 m threads in turn.
-template <typename OUT, bool XH = false, bool TREE = false>
+template <typename OUT>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const u16* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
-  constexpr int kBlocks = 4;                     // a warp's blocks of each row
-  constexpr int kStride = TREE ? 65 : 64;        // TREE: a lane a warp's row, without bank conflicts
-  __shared__ float partial[2][kMaxWarps][kStride];  // [weight row][activation row]
+  constexpr int kBlocks = 4;  // a warp's blocks of each row
+  __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
   __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
@@ -441,14 +438,12 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   // biased exponents of activation rows 2t and 2t + 1 (byte j: block b0 + j), and the weight scale bytes s for which
   // all of the lane's factors are exact: lo <= s < lo + width.
   uint2 xb[kBlocks];
-  uint4 xh[XH ? kBlocks : 1];
   u32 ex0 = 0, ex1 = 0;
   int lo = 0, hi = 246;
 #pragma unroll
   for (int j = 0; j < kBlocks; ++j) {
     u32 biased;
     xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, biased);
-    if (XH) xh[j] = make_uint4(cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
     const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
     ex0 |= static_cast<u32>(e0) << (8 * j), ex1 |= static_cast<u32>(e1) << (8 * j);
     lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
@@ -472,13 +467,8 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       for (int h = 0; h < 2; ++h) {
         const int j = 2 * p + h;
         float d[4] = {0.f, 0.f, 0.f, 0.f};
-        if (XH) {
-          mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), xh[j].x, xh[j].y);
-          mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), xh[j].z, xh[j].w);
-        } else {
-          mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16));
-          mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
-        }
+        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16));
+        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
         exact = exact && ((cur.s >> (8 * j)) & 0xff) - lo < width;
         acc0 = fmaf(d[0], block_factor(cur.s, ex0, j), acc0), acc1 = fmaf(d[1], block_factor(cur.s, ex1, j), acc1);
       }
@@ -489,14 +479,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     }
     partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
-    if (TREE) {
-      for (int o = warp; o < 64; o += warps) {  // o = weight row * 8 + activation row
-        float sum = lane < warps ? partial[i & 1][lane][o] : 0.f;
-#pragma unroll
-        for (int q = 16; q > 0; q >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, q);
-        if (lane == 0 && (o & 7) < m) store(out + static_cast<u64>(o & 7) * n + static_cast<u64>(unit) * 8 + (o >> 3), sum);
-      }
-    } else if (threadIdx.x < 8 * m) {
+    if (threadIdx.x < 8 * m) {
       const int row = threadIdx.x >> 3, col = threadIdx.x & 7;
       float sum = 0.f;
       for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
