@@ -251,16 +251,33 @@ def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):
         assert not hopper_launches(jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096))
 
 
-def test_under_vmap_the_mapped_rows_become_more_rows_of_the_pallas_kernels(monkeypatch):
+@pytest.mark.parametrize(
+    "n, rows, launches",
+    [
+        (14336, 8, ["mxfp8_gemv_mma_r8_bf16"]),
+        (14336, 9, []),
+        (6144, 8, []),
+        (6144, 2, ["mxfp8_gemv_split_c1_r4_m2_bf16"]),
+    ],
+)
+def test_under_vmap_the_mapped_rows_become_more_rows_of_one_product(monkeypatch, n, rows, launches):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    w = weight(n, 4096)
+    xs = jnp.ones((rows, 1, 4096), jnp.bfloat16)
+    with override_capability(H100):
+        per_row = jax.vmap(lambda x: hopper.matmul(x, w, jnp.bfloat16))
+        assert ptx_launch.traced_launches(per_row, xs) == launches  # one launch, or the Pallas kernels
+        assert jax.eval_shape(per_row, xs).shape == (rows, 1, n)
+
+
+def test_under_vmap_over_the_weight_each_product_takes_the_pallas_kernels(monkeypatch):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     w = weight(14336, 4096)
     xs = jnp.ones((8, 1, 4096), jnp.bfloat16)
     with override_capability(H100):
-        per_row = jax.vmap(lambda x: hopper.matmul(x, w, jnp.bfloat16))
-        assert not ptx_launch.traced_launches(per_row, xs)
-        assert jax.eval_shape(per_row, xs).shape == (8, 1, 14336)
         ws = MXArray(jnp.stack([w.data] * 2), jnp.stack([w.scale] * 2))
         per_weight = jax.vmap(lambda x, d, s: hopper.matmul(x, MXArray(d, s), jnp.bfloat16))
+        assert not ptx_launch.traced_launches(per_weight, xs[:2], ws.data, ws.scale)
         assert jax.eval_shape(per_weight, xs[:2], ws.data, ws.scale).shape == (2, 1, 14336)
 
 

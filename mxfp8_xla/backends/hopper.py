@@ -331,13 +331,19 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     measured faster than the Pallas GEMM for large M on an H100 (docs/backends.md).
     """
     require_backend("hopper", n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
+    return _product(x, w, out_dtype)
+
+
+def _product(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
+    """:func:`matmul` after its checks: the GEMV kernels where they take ``x``, else :func:`_rows`."""
     if not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w):  # no CPU interpreter runs CUDA
         return _gemv(x, w, jnp.dtype(out_dtype))
     return _rows(x, w, out_dtype)
 
 
 def _gemv(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """:func:`cuda_gemv.matmul_rows`; under ``vmap`` the mapped rows go to :func:`_rows` as more rows."""
+    """:func:`cuda_gemv.matmul_rows`; under ``vmap`` the mapped rows become more rows of one product (a GEMV kernel
+    where one takes them all, else :func:`_rows`)."""
 
     @jax.custom_batching.custom_vmap
     def gemv(x, data, scale):
@@ -348,7 +354,7 @@ def _gemv(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         del axis_size
         x_mapped, *w_mapped = in_batched
         if not any(w_mapped):  # x [B, ..., K]: B more rows of one product
-            return _rows(x, MXArray(data, scale), out_dtype), True
+            return _product(x, MXArray(data, scale), out_dtype), True
         axes = (0 if x_mapped else None, *(0 if b else None for b in w_mapped))
         return jax.vmap(lambda x, d, s: _rows(x, MXArray(d, s), out_dtype), in_axes=axes)(x, data, scale), True
 
