@@ -34,8 +34,8 @@ Parts:
    exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
 5. ``--route 3,4,8`` (instead of the sweep): the library's route for 3-8 rows (the tensor-core GEMV kernel of
-   ``gemv.cu`` where ``cuda_gemv.config`` takes the shape) against its Pallas kernels alone and bf16 at the K = 4096
-   shapes, checked against emulation, with the launches it traced; then the edges through it (one row of 8, the weight
+   ``gemv.cu`` where ``cuda_gemv.config`` takes the shape; ``--min-n`` moves its smallest N) against its Pallas kernels
+   alone and bf16 at the K = 4096 shapes, checked against emulation, with the launches it traced; then the edges through it (one row of 8, the weight
    tiled to ``cuda_gemv.MMA_MIN_N`` rows) and through the one-row kernel.
 6. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
@@ -655,7 +655,10 @@ if __name__ == "__main__":
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     parser.add_argument("--mma", help="comma-separated row counts (1-16): only the tensor-core kernel, then its edges")
     parser.add_argument("--route", help="comma-separated row counts (3-8): the library's route, then its edges")
+    parser.add_argument("--min-n", type=int, help="--route: cuda_gemv.MMA_MIN_N for this run (default the library's)")
     args = parser.parse_args()
+    if args.min_n is not None:
+        cuda_gemv.MMA_MIN_N = args.min_n  # read by cuda_gemv.config at trace time
     PTX = compile_ptx()
     MMA_PTX = compile_ptx(MMA_SOURCE, "cuda_gemv_mma")
     results = {"environment": environment()}
