@@ -35,8 +35,8 @@ Parts:
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
 5. ``--route 3,4,8`` (instead of the sweep): the library's route for 3-8 rows (the tensor-core GEMV kernel of
    ``gemv.cu`` where ``cuda_gemv.config`` takes the shape; ``--min-n`` moves its smallest N) against its Pallas kernels
-   alone and bf16 at the K = 4096 shapes, checked against emulation, with the launches it traced; then the edges through it (one row of 8, the weight
-   tiled to ``cuda_gemv.MMA_MIN_N`` rows) and through the one-row kernel.
+   alone and bf16 at the K = 4096 shapes, checked against emulation, with the launches it traced; then the edges
+   through it (one row of 8, the weight tiled to ``cuda_gemv.MMA_MIN_N`` rows) and through the one-row kernel.
 6. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process; ``--models`` picks among
