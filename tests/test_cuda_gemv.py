@@ -53,8 +53,7 @@ def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_b
 @pytest.mark.parametrize(
     "n, k, why",
     [
-        (6144, 4096, "N below MMA_MIN_N, where it did not beat the Pallas path"),
-        (4096, 4096, "N below MMA_MIN_N"),
+        (512, 4096, "N below MMA_MIN_N, the smallest measured"),
         (4096, 14336, "K above 4096"),
         (14336, 8192, "K above 4096"),
         (14336, 4160, "K % 128"),
@@ -176,7 +175,7 @@ def test_three_to_eight_rows_are_one_launch_of_the_tensor_core_kernel(shape, m):
 @pytest.mark.parametrize(
     "x, n, k, why",
     [
-        (jnp.ones((3, 4096), jnp.bfloat16), 1024, 4096, "three rows of a narrow weight"),
+        (jnp.ones((3, 4096), jnp.bfloat16), 512, 4096, "three rows of a narrow weight"),
         (jnp.ones((9, 4096), jnp.bfloat16), 14336, 4096, "nine rows"),
         (jnp.ones((8, 14336), jnp.bfloat16), 4096, 14336, "eight rows at K 14336"),
         (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
@@ -223,7 +222,7 @@ def test_hopper_sends_three_to_eight_raw_bf16_rows_of_a_wide_weight_to_the_tenso
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_bf16"]
 
 
-@pytest.mark.parametrize("n, k", [(6144, 4096), (4096, 14336)])
+@pytest.mark.parametrize("n, k", [(512, 4096), (4096, 14336)])
 def test_hopper_keeps_eight_rows_of_other_weights_on_its_pallas_kernels(monkeypatch, n, k):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert not hopper_launches(jnp.ones((8, k), jnp.bfloat16), weight(n, k))
@@ -256,7 +255,8 @@ def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):
     [
         (14336, 8, ["mxfp8_gemv_mma_r8_bf16"]),
         (14336, 9, []),
-        (6144, 8, []),
+        (6144, 8, ["mxfp8_gemv_mma_r8_bf16"]),
+        (512, 8, []),
         (6144, 2, ["mxfp8_gemv_split_c1_r4_m2_bf16"]),
     ],
 )

@@ -35,9 +35,10 @@ between lane pairs so that each quad holds one block, and each block's float32 s
 whose scales that scaling cannot take exactly (see ``gemv_mma``) are computed again with emulation's arithmetic. On an
 H200 the route ran 1.18-1.22x of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096) at 3, 4 and 8 rows, where the
 Pallas path ran 1.03-1.04x and 1.07-1.11x; 3.2e-7 to 1.3e-6 from emulation (float32 out) and equal to it on every edge
-case; a 4-block Llama-3-8B decode at batch 8 ran 1.11x of bf16 (0.483 and 0.489 ms a step, two processes) where the
-Pallas path ran 1.05x (0.515) (docs/benchmarks.md, "Eight rows on the tensor cores"). Its probe builds lost to the
-Pallas path as often as they won at (6144, 4096) and (4096, 4096), so it serves N >= :data:`MMA_MIN_N` only.
+case; with the route at N >= 14336 only, a 4-block Llama-3-8B decode at batch 8 ran 1.11x of bf16 (0.483 and 0.489
+ms a step, two processes) where the Pallas path ran 1.05x (0.515) (docs/benchmarks.md, "Eight rows on the tensor
+cores"). With the route opened to every K = 4096 shape (one run, 8 rows) it ran 1.09x at (6144, 4096), 1.01x at
+(4096, 4096) and 0.78x at (1024, 4096), where the Pallas path ran 0.93x, 0.92x and 0.74x.
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
 ``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
@@ -79,9 +80,10 @@ MMA_UNIT = 8
 MMA_MAX_N = 1 << 18
 """The tensor-core kernel's largest N: it marks the units that need its exact path in a 2048-bit mask a CTA, so a CTA
 takes at most 2048 units of 8 rows (at 16 or more CTAs)."""
-MMA_MIN_N = 14336
-"""The tensor-core kernel serves N >= this: on an H200 it beat the Pallas path at 8 rows of (14336, 4096) and
-(28672, 4096) in all five runs and lost about as often as it won at (6144, 4096) and (4096, 4096)."""
+MMA_MIN_N = 1024
+"""The tensor-core kernel serves N >= this, the smallest N measured: on an H200 the library's build beat the Pallas
+path at 8 rows of all five K = 4096 Llama-3-8B shapes, (1024, 4096) included (docs/benchmarks.md, "Eight rows on the
+tensor cores")."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
 
