@@ -217,7 +217,7 @@ def test_hopper_keeps_two_rows_at_k_14336_on_its_pallas_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(3, 4096), (8, 4096), (2, 4, 4096)])
-def test_hopper_sends_three_to_eight_raw_bf16_rows_of_a_wide_weight_to_the_tensor_core_kernel(monkeypatch, shape):
+def test_hopper_sends_three_to_eight_raw_bf16_rows_to_the_tensor_core_kernel(monkeypatch, shape):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_bf16"]
 

@@ -2,8 +2,8 @@
 
 Hopper has no MX-scaled tensor-core instructions. One or two raw bfloat16 rows (decode at batch 1
 or 2) take one CUDA kernel launch that quantizes the rows itself and streams the weight on the CUDA
-cores; three to eight rows of a wide weight (N >= 14336, K <= 4096) one launch of a tensor-core GEMV kernel built
-the same way (:mod:`.cuda_gemv`, where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
+cores; three to eight rows (K <= 4096) one launch of a tensor-core GEMV kernel built the same way (:mod:`.cuda_gemv`,
+where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
 memory-bound) a Pallas/Triton GEMM reads the fp8 weight and its uint8 scales once
 from HBM, decodes ``[bn, bk]`` tiles to exact bf16 in registers (``fp8 * 2**(s-127)``
 fits bf16 exactly), and runs one bf16 MMA with float32 accumulation per step; the
