@@ -61,6 +61,18 @@ __device__ __forceinline__ void quantize_fragment_factor(const u16* __restrict__
   fx = biased == 255 ? __uint_as_float(0x7fc00000u) : g < m ? pow2(static_cast<int>(biased) - 127) : 0.f;
 }
 
+// The units' loop with DEPTH units ahead in registers: step(cur, fill) takes unit cur and starts loading into fill.
+template <int DEPTH, typename Step, typename U>
+__device__ __forceinline__ void run_units(Step& step, U& a, U& b, U& c) {
+  if (DEPTH == 1) {
+    while (step(a, b) && step(b, a)) {
+    }
+  } else {
+    while (step(a, c) && step(b, a) && step(c, b)) {
+    }
+  }
+}
+
 template <int BPW>
 struct Unit {
   uint2 q[BPW];             // weight row g, bytes 8t .. 8t + 7 of each of the warp's blocks
@@ -126,13 +138,7 @@ __device__ __forceinline__ void gemv_mma8(const u8* __restrict__ w, const u8* __
     unit += gridDim.x, ++i;
     return true;
   };
-  if (DEPTH == 1) {
-    while (step(a, b) && step(b, a)) {
-    }
-  } else {
-    while (step(a, c) && step(b, a) && step(c, b)) {
-    }
-  }
+  run_units<DEPTH>(step, a, b, c);
 }
 
 // c = A B: A [16, 32] E4M3 = a unit's 16 weight rows (this lane: row g's bytes wg, row g + 8's bytes wg8), B [32, 8]
@@ -319,13 +325,7 @@ __device__ __forceinline__ void gemv_wide(const u8* __restrict__ w, const u8* __
     unit += gridDim.x, ++i;
     return true;
   };
-  if (DEPTH == 1) {
-    while (step(a, b) && step(b, a)) {
-    }
-  } else {
-    while (step(a, c) && step(b, a) && step(c, b)) {
-    }
-  }
+  run_units<DEPTH>(step, a, b, c);
 }
 
 constexpr int kRingBlocks = 16;  // the most blocks a warp owns in a unit (its activation bytes stay in registers)
