@@ -3,9 +3,10 @@
 Variants (each skipped with its reason where it cannot run on the device):
   bf16          jnp.dot(x_bf16, w_bf16.T), the baseline
   hopper        mxfp8_xla's "hopper" backend, end to end from the raw bf16 activation: one
-                CUDA-core GEMV launch at 1 or 2 rows, the Pallas/Triton or Mosaic GPU kernel
-                that decodes the fp8 weight in registers up to 256 rows (after its activation
-                pass), exact bf16 operands into cuBLAS beyond (docs/backends.md)
+                CUDA-core GEMV launch at 1 or 2 rows, a tensor-core GEMV launch at 3-8 rows
+                (K <= 4096), the Pallas/Triton or Mosaic GPU kernel that decodes the fp8 weight
+                in registers up to 256 rows (after its activation pass), exact bf16 operands
+                into cuBLAS beyond (docs/backends.md)
   xla_dequant   XLA: activation fake-quantized, weight dequantized to bf16 in HBM, jnp.dot
   emulation     mxfp8_xla's reference backend (float32, Precision.HIGHEST)
   scaled_dot    jax.nn.scaled_dot_general with the mxfp8 config (the JAX-native peer)
