@@ -33,7 +33,7 @@
 // the MMA's A operand, 16-byte lane loads and one 8-byte swap between lanes t and t ^ 2. Measured on an H200 (fifteenth
 // session, docs/benchmarks.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16 at 8 rows of
 // (14336, 4096) and (28672, 4096), five runs, where the Pallas path ran 1.00-1.11x; the other variants slower. The
-// library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with exact scales.
+// library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with the activation's bytes converted at each use and exact scales.
 #include "../mxfp8_xla/backends/gemv.cu"
 #include "bulk_ring.cuh"
 
