@@ -29,11 +29,12 @@
 // emulation; mma8 0.60-0.87x of bf16 at 8 rows (its _loads 24.6-35.4 us at (14336, 4096)), ring8 1.10x and 1.20x at
 // (14336, 4096) and (28672, 4096), 0.58-0.88x at the smaller K = 4096 shapes.
 //
-// Kernels mxfp8_gemv_wide{ROWS}..._b{BPW}[_loads]_{bf16,f32} (gemv_bulk_probe.py --wide; gemv_wide below): the weight as
-// the MMA's A operand, 16-byte lane loads and one 8-byte swap between lanes t and t ^ 2. Measured on an H200 (fifteenth
-// session, docs/benchmarks.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16 at 8 rows of
-// (14336, 4096) and (28672, 4096), five runs, where the Pallas path ran 1.00-1.11x; the other variants slower. The
-// library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with the activation's bytes converted at each use and exact scales.
+// Kernels mxfp8_gemv_wide{ROWS}..._b{BPW}[_loads]_{bf16,f32} (gemv_bulk_probe.py --wide; gemv_wide below): the
+// weight as the MMA's A operand, 16-byte lane loads and one 8-byte swap between lanes t and t ^ 2. Measured on an H200
+// (fifteenth session, docs/benchmarks.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16
+// at 8 rows of (14336, 4096) and (28672, 4096), five runs, where the Pallas path ran 1.00-1.11x; the other variants
+// slower. The library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with the activation's bytes converted at each use
+// and exact scales.
 #include "../mxfp8_xla/backends/gemv.cu"
 #include "bulk_ring.cuh"
 
@@ -159,7 +160,7 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u
 
 template <int BPW, int ROWS>
 struct Wide {
-  uint4 q[BPW / 2 * ROWS / 8];  // q[(ROWS / 8) p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
+  uint4 q[BPW / 2 * ROWS / 8];  // q[(ROWS / 8) p + r]: weight row g + 8r, bytes 64p + 16t .. + 15 of blocks 2p, 2p + 1
   u32 s[ROWS / 8][(BPW + 3) / 4];  // scale bytes of weight rows g (and g + 8), the warp's blocks
 };
 

@@ -366,8 +366,8 @@ __device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, in
   return make_uint2(words[0], words[1]);
 }
 
-// 2^(s - 127) 2^(e - 127) for byte j of the weight's scale word sw and of the activation's biased exponents ex, as float
-// bits: exact where 128 <= s + e <= 381.
+// 2^(s - 127) 2^(e - 127) for byte j of the weight's scale word sw and of the activation's biased exponents ex, as
+// float bits: exact where 128 <= s + e <= 381.
 __device__ __forceinline__ float block_factor(u32 sw, u32 ex, int j) {
   return __uint_as_float((((sw >> (8 * j)) & 0xff) + ((ex >> (8 * j)) & 0xff) - 127) << 23);
 }
@@ -401,11 +401,12 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
 // the same sum, and the activation's B fragments are quantized in that order, once, into registers. A block is two
 // MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g, activation
-// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared memory. Where a
-// factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or an activation
-// block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the activation), the
-// unit is marked, and once the CTA's units are done its marked units' outputs are computed again with emulation's
-// element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first ones.
+// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared memory.
+// Where a factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or an
+// activation block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the
+// activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again
+// with emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first
+// ones.
 template <typename OUT>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const u16* __restrict__ x, OUT* __restrict__ out,
