@@ -68,11 +68,11 @@ MAX_K = {1: 16384, 2: 8192}
 """The largest K for one and for two activation rows: K / 16 threads a CTA, at most the kernel's launch bound."""
 ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
-THREADS_PER_SM = {1: 1024, 2: 512}
-"""What the register file holds at the one-row kernel's 64 registers a thread and the two-row kernel's 95-100 (ptxas,
-sm_90): the grid keeps at most this many a SM. The tensor-core kernel (64 registers) keeps 1024."""
 MMA_ROWS = range(3, 9)
 """Activation rows the tensor-core kernel takes."""
+THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
+"""What the register file holds at the one-row and tensor-core kernels' 64 registers a thread and the two-row kernel's
+95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
 MMA_MAX_K = 4096
 """The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
@@ -109,10 +109,9 @@ class GemvConfig:
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per unit, at most ``THREADS_PER_SM / threads`` (at least one) per SM, each looping over
+        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
         units."""
-        per_sm = 1024 if self.tensor_cores else THREADS_PER_SM[self.m]
-        return min(n // self.rows, sms * max(1, per_sm // self.threads))
+        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
 
 
 def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
