@@ -512,15 +512,16 @@ def row_of_many(x: jax.Array, w: MXArray, m: int, variant: str = "") -> jax.Arra
     return gemv_mma(rows, w, Mma(4, 4, variant), out_dtype=jnp.float32)[m - 3 : m - 2]
 
 
-def row_of_eight_wide(fn: Callable) -> Callable:
-    """``(x [1, K], w [N, K]) -> fn`` run on ``x`` as row 5 of 8 (the others zero) and ``w`` tiled along N to at least
-    ``cuda_gemv.MMA_MIN_N`` rows (where the library's tensor-core kernel takes it): row 5's first N outputs."""
+def row_of_many_wide(fn: Callable, m: int) -> Callable:
+    """``(x [1, K], w [N, K]) -> fn`` run on ``x`` as row ``m - 3`` of ``m`` (the others zero) and ``w`` tiled along N
+    to at least ``cuda_gemv.MMA_MIN_N`` rows (where the library's tensor-core kernels take it): that row's first N
+    outputs."""
 
     def run(x, w):
         n = w.shape[0]
         reps = -(-cuda_gemv.MMA_MIN_N // n)
         wide = MXArray(jnp.tile(w.data, (reps, 1)), jnp.tile(w.scale, (reps, 1)))
-        return fn(jnp.zeros((8, x.shape[1]), x.dtype).at[5].set(x[0]), wide)[5:6, :n]
+        return fn(jnp.zeros((m, x.shape[1]), x.dtype).at[m - 3].set(x[0]), wide)[m - 3 : m - 2, :n]
 
     return run
 
@@ -549,7 +550,8 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         "mma_f8_m8": functools.partial(row_of_many, m=8, variant="_f8"),
         "library": library,
         "library_m2": second_of_two_rows(library),
-        "library_m8": row_of_eight_wide(library),
+        "library_m8": row_of_many_wide(library, 8),
+        "library_m16": row_of_many_wide(library, 16),
     }
     kernels = {label: kernels[label] for label in labels}
     finite, poisoned = activation_vectors()
@@ -654,14 +656,17 @@ if __name__ == "__main__":
     parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     parser.add_argument("--mma", help="comma-separated row counts (1-16): only the tensor-core kernel, then its edges")
-    parser.add_argument("--route", help="comma-separated row counts (3-8): the library's route, then its edges")
+    parser.add_argument("--route", help="comma-separated row counts (3-16): the library's route, then its edges")
+    parser.add_argument("--ptx", help="--route: the library's kernels from this build of gemv.cu (an A/B)")
     parser.add_argument("--min-n", type=int, help="--route: cuda_gemv.MMA_MIN_N for this run (default the library's)")
     args = parser.parse_args()
     if args.min_n is not None:
         cuda_gemv.MMA_MIN_N = args.min_n  # read by cuda_gemv.config at trace time
+    if args.ptx:
+        cuda_gemv.PTX = Path(args.ptx)  # read once by cuda_gemv._ptx, at the first launch traced
     PTX = compile_ptx()
     MMA_PTX = compile_ptx(MMA_SOURCE, "cuda_gemv_mma")
-    results = {"environment": environment()}
+    results = {"environment": environment() | ({"gemv_ptx": args.ptx} if args.ptx else {})}
     print(results["environment"])
     parts = ("llama",) if args.llama_only else ("sweep", "edges", "llama") if args.llama else ("sweep", "edges")
     parts = ("rows", "edges") if args.rows else ("mma", "mma edges") if args.mma else parts
@@ -678,7 +683,7 @@ if __name__ == "__main__":
             elif part == "route":
                 route_sweep(results, tuple(int(m) for m in args.route.split(",")))
             elif part == "route edges":
-                edges(results, ("library_m8", "library"))
+                edges(results, ("library_m8", "library_m16", "library"))
             elif part == "mma edges":
                 edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
             elif part == "edges":
