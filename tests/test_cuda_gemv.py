@@ -49,18 +49,17 @@ MMA_SHAPES = [(14336, 4096), (28672, 4096), (14336, 128), (cuda_gemv.MMA_MIN_N, 
 @pytest.mark.parametrize("m", range(3, 9))
 @pytest.mark.parametrize("n, k", MMA_SHAPES)
 def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_blocks_a_warp(n, k, m):
-    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8)
+    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8, blocks=4)
     assert cuda_gemv.config(n, k, m).kernel(jnp.float32) == "mxfp8_gemv_mma_r8_f32"
+    assert cuda_gemv.config(n, k, m).smem == 0
 
 
 @pytest.mark.parametrize("m", range(9, 17))
 @pytest.mark.parametrize("n, k", MMA_SHAPES)
-def test_config_for_nine_to_sixteen_rows_is_the_sixteen_row_kernel_k_split_eight_blocks_a_warp(n, k, m):
-    if k // 8 < 32:  # K = 128: fewer than a warp of threads
-        assert cuda_gemv.config(n, k, m) is None
-        return
-    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 8, m=m, rows=8)
+def test_config_for_nine_to_sixteen_rows_is_the_sixteen_row_kernel_with_its_operands_in_shared_memory(n, k, m):
+    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8, blocks=4)
     assert cuda_gemv.config(n, k, m).kernel(jnp.bfloat16) == "mxfp8_gemv_mma_r8_m16_bf16"
+    assert cuda_gemv.config(n, k, m).smem == 16 * k * 2  # 16 rows of f16
 
 
 @pytest.mark.parametrize(
@@ -88,12 +87,14 @@ def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
 def test_the_tensor_core_grid_keeps_at_most_1024_threads_per_sm():  # 64 registers a thread
     assert cuda_gemv.config(14336, 4096, 8).grid(14336, 132) == 132  # 1024 threads: one CTA an SM
     assert cuda_gemv.config(28672, 2048, 4).grid(28672, 132) == 2 * 132
-    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 14336 // 8  # 32 threads: fewer units than 32 an SM
+    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 13 * 132  # 32 threads, but 17 KB shared: 13 an SM
+    assert cuda_gemv.config(1024, 128, 3).grid(1024, 132) == 1024 // 8  # fewer units than that: one CTA a unit
 
 
-def test_the_sixteen_row_grid_keeps_at_most_512_threads_per_sm():  # 128 registers a thread
-    assert cuda_gemv.config(14336, 4096, 16).grid(14336, 132) == 132  # 512 threads: one CTA an SM
-    assert cuda_gemv.config(28672, 2048, 9).grid(28672, 132) == 2 * 132
+def test_the_sixteen_row_grid_keeps_what_an_sms_threads_and_shared_memory_hold():
+    assert cuda_gemv.config(14336, 4096, 16).grid(14336, 132) == 132  # 1024 threads, 161 KB: one CTA an SM
+    assert cuda_gemv.config(28672, 2048, 9).grid(28672, 132) == 2 * 132  # 512 threads, 97 KB
+    assert cuda_gemv.config(28672, 1024, 9).grid(28672, 132) == 3 * 132  # 256 threads, but 65 KB: three an SM
 
 
 def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 95-100 registers a thread
@@ -196,8 +197,8 @@ def test_nine_to_sixteen_rows_are_one_launch_of_the_sixteen_row_kernel(shape, m)
         jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)
     ).jaxpr
     (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
-    assert launch.params["name"] == "mxfp8_gemv_mma_r8_m16_bf16" and launch.params["smem"] == 0
-    assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 8 // 32
+    assert launch.params["name"] == "mxfp8_gemv_mma_r8_m16_bf16" and launch.params["smem"] == 16 * 4096 * 2
+    assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 4 // 32
     assert launch.params["outputs"] == (((m, 14336), jnp.dtype(jnp.bfloat16)),)
     assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336)
 

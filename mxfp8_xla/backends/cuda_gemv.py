@@ -70,12 +70,17 @@ ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
 MMA_ROWS = range(3, 17)
 """Activation rows the tensor-core kernels take: 3-8 (one 8-row half of the MMA's 16 rows) and 9-16 (both halves)."""
-THREADS_PER_SM = {1: 1024, 2: 512, **{m: 1024 if m <= 8 else 512 for m in MMA_ROWS}}
-"""What the register file holds at the one-row and 3-8-row kernels' 64 registers a thread, the two-row kernel's 95-100
-and the 9-16-row kernel's 128 (ptxas, sm_90): the grid keeps at most this many a SM."""
+MMA_BLOCKS = dict.fromkeys(MMA_ROWS, 4)
+"""A warp's 32-blocks of K in the tensor-core kernels: K / blocks threads a CTA."""
+THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
+"""What the register file holds at the one-row and tensor-core kernels' 58-64 registers a thread and the two-row
+kernel's 95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
+SMEM_PER_SM = 228 * 1024
+"""Shared memory an SM of an H100 or H200, 1 KB of it reserved a CTA."""
+MMA_STATIC_SMEM = {8: 16640, 16: 33024}
+"""The tensor-core kernels' static shared memory, 3-8 and 9-16 rows (ptxas, sm_90)."""
 MMA_MAX_K = 4096
-"""The tensor-core kernels' largest K: K / 4 threads a CTA for 3-8 rows (four 32-blocks a warp) and K / 8 for 9-16
-(eight), at most their launch bounds (1024 and 512)."""
+"""The tensor-core kernels' largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
 """Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
 MMA_MAX_N = 1 << 18
@@ -93,9 +98,15 @@ DEFAULT_SMS = 132
 class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
-    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row); the tensor cores: K / 4 or K / 8
+    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row); the tensor cores: K / blocks
     m: int = 1  # activation rows
     rows: int = ROWS  # a unit of work: these weight rows, all of K
+    blocks: int = 0  # the tensor cores: a warp's 32-blocks of K
+
+    @property
+    def smem(self) -> int:
+        """Dynamic shared memory: at 9-16 rows the activation's f16 MMA operands, 16 rows x K x 2 bytes."""
+        return 32 * self.threads * self.blocks if self.m > 8 else 0
 
     @property
     def tensor_cores(self) -> bool:
@@ -105,14 +116,18 @@ class GemvConfig:
         """The kernel's name; ``add_norm``: the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         if self.tensor_cores:
-            return f"mxfp8_gemv_mma_r{self.rows}{'_m16' if self.m > 8 else ''}_{suffix}"
+            wide = f"_m16{'_b8' if self.blocks == 8 else ''}" if self.m > 8 else ""
+            return f"mxfp8_gemv_mma_r{self.rows}{wide}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
-        units."""
-        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
+        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` per SM and as many as its shared memory holds
+        (at least one), each looping over units."""
+        per_sm = THREADS_PER_SM[self.m] // self.threads
+        if self.tensor_cores:
+            per_sm = min(per_sm, SMEM_PER_SM // (self.smem + MMA_STATIC_SMEM[16 if self.m > 8 else 8] + 1024))
+        return min(n // self.rows, sms * max(1, per_sm))
 
 
 def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
@@ -128,10 +143,10 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     used it at K = 4096.
     """
     if m in MMA_ROWS:
-        blocks = 4 if m <= 8 else 8  # a warp's 32-blocks of K
+        blocks = MMA_BLOCKS[m]
         if k % (32 * blocks) or k > MMA_MAX_K or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
             return None
-        return GemvConfig(threads=k // blocks, m=m, rows=MMA_UNIT)
+        return GemvConfig(threads=k // blocks, m=m, rows=MMA_UNIT, blocks=blocks)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
         return None
     return GemvConfig(threads=k // 16, m=m)
@@ -234,6 +249,7 @@ def _launch(
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
+        smem=cfg.smem,
         out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
         extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),

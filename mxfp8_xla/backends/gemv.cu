@@ -59,13 +59,6 @@ __device__ __forceinline__ u32 cvt_pair(u32 pair) {
   return out;
 }
 
-__device__ __forceinline__ u32 cvt_pair_at_use(u32 pair) {
-  // cvt_pair where it stands: the compiler would hoist a loop's invariant conversions into twice the registers.
-  u32 out;
-  asm volatile("{.reg .b16 lo;\n cvt.u16.u32 lo, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;}" : "=r"(out) : "r"(pair));
-  return out;
-}
-
 __device__ __forceinline__ float2 f16x2_to_float2(u32 h) {
   float2 f;
   asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;}"
@@ -416,11 +409,11 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // two weight rows' scale bytes against a range set by its activation rows), the unit is marked, and once the CTA's
 // units are done its marked units' outputs are computed again with emulation's element-by-element arithmetic (a warp
 // an output, its lanes splitting K) and written over the first ones.
-template <typename OUT, int HALVES>
+template <typename OUT, int HALVES, int BLOCKS>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const u16* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
-  constexpr int kBlocks = 4 * HALVES;  // a warp's blocks of each row
+  constexpr int kBlocks = BLOCKS;     // a warp's blocks of each row
   constexpr int kWords = kBlocks / 4;   // its scale words
   __shared__ float2 partial[2][kMaxWarps][32 * HALVES];  // [activation row][weight row pair]
   __shared__ u32 marked[kMaxMarkedUnits / 32];            // bit i: the CTA's unit i needs the exact path
@@ -448,9 +441,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
   __syncthreads();
 
-  // The activation's A fragments (E4M3 bytes of rows g + 8h, converted to f16 pairs at each use: the register file
-  // holds no more), their biased exponents (byte j of word v: block b0 + 4v + j), and the weight scale bytes s for
-  // which all of the lane's factors are exact: lo <= s < lo + width.
+  // The activation's A fragments (E4M3 bytes of rows g + 8h), their biased exponents (byte j of word v: block
+  // b0 + 4v + j), and the weight scale bytes s for which all of the lane's factors are exact: lo <= s < lo + width.
+  // One half stays in registers (the compiler keeps its f16 pairs there); with two, the f16 pairs go to shared memory,
+  // where the lane reads its own back at each MMA: converting them at each use costs more than the whole stream.
+  extern __shared__ uint4 fragments[];  // [warp][block][MMA][lane]: the A operand's four f16 pairs
   uint2 xa[HALVES][kBlocks];
   u32 ex[HALVES][kWords] = {};
   int lo = 0, hi = 246;
@@ -465,6 +460,25 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     }
   }
   const u32 width = hi >= lo ? static_cast<u32>(hi - lo + 1) : 0u;
+  // The A operand of the MMA over bytes 4c .. 4c + 3 of the lane's fragments of block j.
+  auto operand = [&](int j, int c) {
+    if (HALVES == 1) {
+      const u32 q = c ? xa[0][j].y : xa[0][j].x;
+      return make_uint4(cvt_pair(q), 0u, cvt_pair(q >> 16), 0u);
+    }
+    return fragments[((warp * kBlocks + j) * 2 + c) * 32 + lane];
+  };
+  if (HALVES == 2) {
+#pragma unroll
+    for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const u32 q0 = c ? xa[0][j].y : xa[0][j].x, q1 = c ? xa[HALVES - 1][j].y : xa[HALVES - 1][j].x;
+        fragments[((warp * kBlocks + j) * 2 + c) * 32 + lane] =
+            make_uint4(cvt_pair(q0), cvt_pair(q1), cvt_pair(q0 >> 16), cvt_pair(q1 >> 16));
+      }
+    }
+  }
 
   auto step = [&](const Unit& cur, Unit& fill) {
     if (unit >= units) return false;
@@ -487,12 +501,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       for (int hb = 0; hb < 2; ++hb) {
         const int j = 2 * p + hb, word = j / 4, byte = j % 4;
         float d[4] = {0.f, 0.f, 0.f, 0.f};
-        const uint2 x0 = xa[0][j], x1 = HALVES == 2 ? xa[HALVES - 1][j] : make_uint2(0u, 0u);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {  // the first MMA takes bytes 0-3 of each fragment (x), the second bytes 4-7 (y)
-          const u32 xq0 = c ? x0.y : x0.x, xq1 = c ? x1.y : x1.x, wq = c ? blk[hb].y : blk[hb].x;
-          mma_f16(d, cvt_pair_at_use(xq0), HALVES == 2 ? cvt_pair_at_use(xq1) : 0u, cvt_pair_at_use(xq0 >> 16),
-                  HALVES == 2 ? cvt_pair_at_use(xq1 >> 16) : 0u, cvt_pair(wq), cvt_pair(wq >> 16));
+          const uint4 xq = operand(j, c);
+          const u32 wq = c ? blk[hb].y : blk[hb].x;
+          mma_f16(d, xq.x, xq.y, xq.z, xq.w, cvt_pair(wq), cvt_pair(wq >> 16));
         }
         exact = exact && ((s0[word] >> (8 * byte)) & 0xff) - lo < width &&
                 ((s1[word] >> (8 * byte)) & 0xff) - lo < width;
@@ -570,15 +583,17 @@ ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 
 // Three to sixteen rows on the tensor cores: k = 128 ... 4096, launched with k / 4 (3-8 rows) or k / 8 threads (9-16).
-#define MMA_ROWS_KERNEL(NAME, OUT, HALVES)                                                           \
-  extern "C" __global__ void __launch_bounds__(1024 / HALVES)                                        \
+#define MMA_ROWS_KERNEL(NAME, OUT, HALVES, BLOCKS)                                                   \
+  extern "C" __global__ void __launch_bounds__(4096 / BLOCKS)                                        \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
-    gemv_mma<OUT, HALVES>(w, sw, x, out, dims);                                                      \
+    gemv_mma<OUT, HALVES, BLOCKS>(w, sw, x, out, dims);                                              \
   }
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, 1)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float, 1)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_bf16, u16, 2)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_f32, float, 2)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, 1, 4)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float, 1, 4)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_bf16, u16, 2, 4)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_f32, float, 2, 4)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_b8_bf16, u16, 2, 8)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_b8_f32, float, 2, 8)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
