@@ -551,7 +551,6 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         "library": library,
         "library_m2": second_of_two_rows(library),
         "library_m8": row_of_many_wide(library, 8),
-        "library_m16": row_of_many_wide(library, 16),
     }
     kernels = {label: kernels[label] for label in labels}
     finite, poisoned = activation_vectors()
@@ -656,16 +655,12 @@ if __name__ == "__main__":
     parser.add_argument("--rows", help="comma-separated row counts (2, 4): only the multi-row kernels, then the edges")
     parser.add_argument("--split-only", action="store_true", help="the sweep with the split configurations only")
     parser.add_argument("--mma", help="comma-separated row counts (1-16): only the tensor-core kernel, then its edges")
-    parser.add_argument("--route", help="comma-separated row counts (3-16): the library's route, then its edges")
+    parser.add_argument("--route", help="comma-separated row counts (3-8): the library's route, then its edges")
     parser.add_argument("--ptx", help="--route: the library's kernels from this build of gemv.cu (an A/B)")
-    parser.add_argument("--m16-blocks", type=int, choices=(4, 8), help="--route: a warp's 32-blocks at 9-16 rows")
     parser.add_argument("--min-n", type=int, help="--route: cuda_gemv.MMA_MIN_N for this run (default the library's)")
     args = parser.parse_args()
     if args.min_n is not None:
         cuda_gemv.MMA_MIN_N = args.min_n  # read by cuda_gemv.config at trace time
-    if args.m16_blocks:  # the 9-16-row kernel's instantiation with this many blocks a warp (512 threads at 8)
-        cuda_gemv.MMA_BLOCKS.update(dict.fromkeys(range(9, 17), args.m16_blocks))
-        cuda_gemv.THREADS_PER_SM.update(dict.fromkeys(range(9, 17), 4096 // args.m16_blocks))
     if args.ptx:
         cuda_gemv.PTX = Path(args.ptx)  # read once by cuda_gemv._ptx, at the first launch traced
     PTX = compile_ptx()
@@ -687,7 +682,7 @@ if __name__ == "__main__":
             elif part == "route":
                 route_sweep(results, tuple(int(m) for m in args.route.split(",")))
             elif part == "route edges":
-                edges(results, ("library_m8", "library_m16", "library"))
+                edges(results, ("library_m8", "library"))
             elif part == "mma edges":
                 edges(results, ("mma_m8", "mma_m16", "mma_f8_m8"))
             elif part == "edges":

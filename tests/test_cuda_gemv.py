@@ -1,4 +1,4 @@
-"""The hopper backend's GEMV kernels for one to sixteen rows (mxfp8_xla.backends.cuda_gemv) on CPU: their shape rule,
+"""The hopper backend's GEMV kernels for one to eight rows (mxfp8_xla.backends.cuda_gemv) on CPU: their shape rule,
 the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
@@ -37,29 +37,17 @@ def test_config_refuses_what_the_kernel_cannot_take(n, k):
 
 @pytest.mark.parametrize(
     "n, k, m",
-    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 0), (14336, 4096, 17), (14336, 4096, 32)],
+    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 0), (14336, 4096, 9), (14336, 4096, 16)],
 )
 def test_config_refuses_more_rows_and_a_two_row_k_above_8192(n, k, m):
     assert cuda_gemv.config(n, k, m) is None
 
 
-MMA_SHAPES = [(14336, 4096), (28672, 4096), (14336, 128), (cuda_gemv.MMA_MIN_N, 2048)]
-
-
-@pytest.mark.parametrize("m", range(3, 9))
-@pytest.mark.parametrize("n, k", MMA_SHAPES)
+@pytest.mark.parametrize("m", cuda_gemv.MMA_ROWS)
+@pytest.mark.parametrize("n, k", [(14336, 4096), (28672, 4096), (14336, 128), (cuda_gemv.MMA_MIN_N, 2048)])
 def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_blocks_a_warp(n, k, m):
-    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8, blocks=4)
+    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8)
     assert cuda_gemv.config(n, k, m).kernel(jnp.float32) == "mxfp8_gemv_mma_r8_f32"
-    assert cuda_gemv.config(n, k, m).smem == 0
-
-
-@pytest.mark.parametrize("m", range(9, 17))
-@pytest.mark.parametrize("n, k", MMA_SHAPES)
-def test_config_for_nine_to_sixteen_rows_is_the_sixteen_row_kernel_with_its_operands_in_shared_memory(n, k, m):
-    assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8, blocks=4)
-    assert cuda_gemv.config(n, k, m).kernel(jnp.bfloat16) == "mxfp8_gemv_mma_r8_m16_bf16"
-    assert cuda_gemv.config(n, k, m).smem == 16 * k * 2  # 16 rows of f16
 
 
 @pytest.mark.parametrize(
@@ -87,14 +75,7 @@ def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
 def test_the_tensor_core_grid_keeps_at_most_1024_threads_per_sm():  # 64 registers a thread
     assert cuda_gemv.config(14336, 4096, 8).grid(14336, 132) == 132  # 1024 threads: one CTA an SM
     assert cuda_gemv.config(28672, 2048, 4).grid(28672, 132) == 2 * 132
-    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 13 * 132  # 32 threads, but 17 KB shared: 13 an SM
-    assert cuda_gemv.config(1024, 128, 3).grid(1024, 132) == 1024 // 8  # fewer units than that: one CTA a unit
-
-
-def test_the_sixteen_row_grid_keeps_what_an_sms_threads_and_shared_memory_hold():
-    assert cuda_gemv.config(14336, 4096, 16).grid(14336, 132) == 132  # 1024 threads, 161 KB: one CTA an SM
-    assert cuda_gemv.config(28672, 2048, 9).grid(28672, 132) == 2 * 132  # 512 threads, 97 KB
-    assert cuda_gemv.config(28672, 1024, 9).grid(28672, 132) == 3 * 132  # 256 threads, but 65 KB: three an SM
+    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 14336 // 8  # 32 threads: fewer units than 32 an SM
 
 
 def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 95-100 registers a thread
@@ -191,23 +172,11 @@ def test_three_to_eight_rows_are_one_launch_of_the_tensor_core_kernel(shape, m):
     assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336) and jaxpr.outvars[0].aval.dtype == jnp.float16
 
 
-@pytest.mark.parametrize("shape, m", [((16, 4096), 16), ((9, 1, 4096), 9), ((3, 4, 4096), 12)])
-def test_nine_to_sixteen_rows_are_one_launch_of_the_sixteen_row_kernel(shape, m):
-    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, jnp.bfloat16))(
-        jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)
-    ).jaxpr
-    (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
-    assert launch.params["name"] == "mxfp8_gemv_mma_r8_m16_bf16" and launch.params["smem"] == 16 * 4096 * 2
-    assert launch.params["grid"] == (cuda_gemv.DEFAULT_SMS, 1) and launch.params["warps"] == 4096 // 4 // 32
-    assert launch.params["outputs"] == (((m, 14336), jnp.dtype(jnp.bfloat16)),)
-    assert jaxpr.outvars[0].aval.shape == (*shape[:-1], 14336)
-
-
 @pytest.mark.parametrize(
     "x, n, k, why",
     [
         (jnp.ones((3, 4096), jnp.bfloat16), 512, 4096, "three rows of a narrow weight"),
-        (jnp.ones((17, 4096), jnp.bfloat16), 14336, 4096, "seventeen rows"),
+        (jnp.ones((9, 4096), jnp.bfloat16), 14336, 4096, "nine rows"),
         (jnp.ones((8, 14336), jnp.bfloat16), 4096, 14336, "eight rows at K 14336"),
         (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
         (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
@@ -253,23 +222,16 @@ def test_hopper_sends_three_to_eight_raw_bf16_rows_to_the_tensor_core_kernel(mon
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_bf16"]
 
 
-@pytest.mark.parametrize("shape", [(9, 4096), (16, 4096), (2, 6, 4096)])
-def test_hopper_sends_nine_to_sixteen_raw_bf16_rows_to_the_sixteen_row_kernel(monkeypatch, shape):
-    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_m16_bf16"]
-
-
-@pytest.mark.parametrize("rows", [8, 16])
 @pytest.mark.parametrize("n, k", [(512, 4096), (4096, 14336)])
-def test_hopper_keeps_eight_or_sixteen_rows_of_other_weights_on_its_pallas_kernels(monkeypatch, n, k, rows):
+def test_hopper_keeps_eight_rows_of_other_weights_on_its_pallas_kernels(monkeypatch, n, k):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    assert not hopper_launches(jnp.ones((rows, k), jnp.bfloat16), weight(n, k))
+    assert not hopper_launches(jnp.ones((8, k), jnp.bfloat16), weight(n, k))
 
 
 @pytest.mark.parametrize(
     "x",
-    [jnp.ones((17, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
-    ids=["seventeen rows", "float32 row", "quantized row"],
+    [jnp.ones((9, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
+    ids=["nine rows", "float32 row", "quantized row"],
 )
 def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, x):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
@@ -292,8 +254,7 @@ def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):
     "n, rows, launches",
     [
         (14336, 8, ["mxfp8_gemv_mma_r8_bf16"]),
-        (14336, 16, ["mxfp8_gemv_mma_r8_m16_bf16"]),
-        (14336, 17, []),
+        (14336, 9, []),
         (6144, 8, ["mxfp8_gemv_mma_r8_bf16"]),
         (512, 8, []),
         (6144, 2, ["mxfp8_gemv_split_c1_r4_m2_bf16"]),

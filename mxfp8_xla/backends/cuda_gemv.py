@@ -68,19 +68,13 @@ MAX_K = {1: 16384, 2: 8192}
 """The largest K for one and for two activation rows: K / 16 threads a CTA, at most the kernel's launch bound."""
 ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
-MMA_ROWS = range(3, 17)
-"""Activation rows the tensor-core kernels take: 3-8 (one 8-row half of the MMA's 16 rows) and 9-16 (both halves)."""
-MMA_BLOCKS = dict.fromkeys(MMA_ROWS, 4)
-"""A warp's 32-blocks of K in the tensor-core kernels: K / blocks threads a CTA."""
+MMA_ROWS = range(3, 9)
+"""Activation rows the tensor-core kernel takes."""
 THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
-"""What the register file holds at the one-row and tensor-core kernels' 58-64 registers a thread and the two-row
-kernel's 95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
-SMEM_PER_SM = 228 * 1024
-"""Shared memory an SM of an H100 or H200, 1 KB of it reserved a CTA."""
-MMA_STATIC_SMEM = {8: 16640, 16: 33024}
-"""The tensor-core kernels' static shared memory, 3-8 and 9-16 rows (ptxas, sm_90)."""
+"""What the register file holds at the one-row and tensor-core kernels' 64 registers a thread and the two-row kernel's
+95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
 MMA_MAX_K = 4096
-"""The tensor-core kernels' largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
+"""The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
 """Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
 MMA_MAX_N = 1 << 18
@@ -98,15 +92,9 @@ DEFAULT_SMS = 132
 class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
-    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row); the tensor cores: K / blocks
+    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row), or K / 4 for the tensor cores
     m: int = 1  # activation rows
     rows: int = ROWS  # a unit of work: these weight rows, all of K
-    blocks: int = 0  # the tensor cores: a warp's 32-blocks of K
-
-    @property
-    def smem(self) -> int:
-        """Dynamic shared memory: at 9-16 rows the activation's f16 MMA operands, 16 rows x K x 2 bytes."""
-        return 32 * self.threads * self.blocks if self.m > 8 else 0
 
     @property
     def tensor_cores(self) -> bool:
@@ -116,26 +104,21 @@ class GemvConfig:
         """The kernel's name; ``add_norm``: the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         if self.tensor_cores:
-            wide = f"_m16{'_b8' if self.blocks == 8 else ''}" if self.m > 8 else ""
-            return f"mxfp8_gemv_mma_r{self.rows}{wide}_{suffix}"
+            return f"mxfp8_gemv_mma_r{self.rows}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
-        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` per SM and as many as its shared memory holds
-        (at least one), each looping over units."""
-        per_sm = THREADS_PER_SM[self.m] // self.threads
-        if self.tensor_cores:
-            per_sm = min(per_sm, SMEM_PER_SM // (self.smem + MMA_STATIC_SMEM[16 if self.m > 8 else 8] + 1024))
-        return min(n // self.rows, sms * max(1, per_sm))
+        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
+        units."""
+        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
 
 
 def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them.
 
-    One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to sixteen rows:
-    the tensor-core kernels (K % 128 == 0 for 3-8 rows and K % 256 == 0 for 9-16, K <= :data:`MMA_MAX_K`, N % 8 == 0,
-    :data:`MMA_MIN_N` <= N <= :data:`MMA_MAX_N`).
+    One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to eight rows: the
+    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, N % 8 == 0, :data:`MMA_MIN_N` <= N <= :data:`MMA_MAX_N`).
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
     (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
@@ -143,17 +126,16 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     used it at K = 4096.
     """
     if m in MMA_ROWS:
-        blocks = MMA_BLOCKS[m]
-        if k % (32 * blocks) or k > MMA_MAX_K or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
+        if k % 128 or k > MMA_MAX_K or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
             return None
-        return GemvConfig(threads=k // blocks, m=m, rows=MMA_UNIT, blocks=blocks)
+        return GemvConfig(threads=k // 4, m=m, rows=MMA_UNIT)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
         return None
     return GemvConfig(threads=k // 16, m=m)
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
-    """Whether a kernel here computes ``x @ w.T``: one to sixteen raw bf16 rows and a weight :func:`config` takes."""
+    """Whether a kernel here computes ``x @ w.T``: one to eight raw bf16 rows and a weight :func:`config` takes."""
     *lead, k = x.shape
     return not isinstance(x, MXArray) and x.dtype == jnp.bfloat16 and config(w.shape[0], k, math.prod(lead)) is not None
 
@@ -176,7 +158,7 @@ def entry_ptx(ptx: str, name: str) -> str:
 
 
 def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """``x [..., K]`` (one to sixteen bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
+    """``x [..., K]`` (one to eight bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
 
     bf16 and float32 are written by the kernel; another dtype is rounded from float32, as
     emulation rounds its float32 product.
@@ -188,8 +170,7 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
             f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} bfloat16 rows, "
-            f"K % 128 == 0 (K % 256 == 0 above 8 rows), K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, "
-            f"{MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"K % 128 == 0, K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
     out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)
@@ -249,7 +230,6 @@ def _launch(
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
-        smem=cfg.smem,
         out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
         extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),

@@ -25,8 +25,7 @@
 // and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
-// below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads. mxfp8_gemv_mma_r8_m16_{bf16,f32}: the same
-// for 9 <= M <= 16, launched with k / 8 threads.
+// below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads.
 // With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -325,27 +324,26 @@ __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const 
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
 
-// ---- Three to sixteen rows on the tensor cores ----
+// ---- Three to eight rows on the tensor cores ----
 
-// c += A B, one m16n8k16 f16 MMA with float32 accumulation: A [16, 16] (lane (g, t): rows g and g + 8 at k = 2t, 2t + 1
-// in a0 and a1, at k = 2t + 8, 2t + 9 in a2 and a3), B [16, 8] (column g: k = 2t, 2t + 1 in b0, 2t + 8, 2t + 9 in b1);
-// c: rows g (c[0], c[1]) and g + 8 (c[2], c[3]), columns 2t and 2t + 1.
-__device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+// c += A B, one m16n8k16 f16 MMA with float32 accumulation: A [16, 16] (this lane: row g's f16 pairs a0, a2; rows
+// 8..15 zero), B [16, 8] (column g: b0, b1).
+__device__ __forceinline__ void mma_f16_rows8(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// Bytes off .. off + 7 of 32-block b of activation row r (raw bf16 x [m, k]; rows m.. are zero) quantized with
+// Bytes off .. off + 7 of 32-block b of activation row g (raw bf16 x [m, k]; rows m.. are zero) quantized with
 // quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
 // bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3
 // NaNs), 127 for a zero block or row (its bytes zero).
-__device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int r, int off,
+__device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int off,
                                                    u32& biased) {
   float f[8];
   u32 amax = 0;
-  if (r < m) {
-    amax = load_bf16(x + static_cast<u64>(r) * k + 32 * b + off, f);
+  if (g < m) {
+    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + off, f);
   } else {
 #pragma unroll
     for (int e = 0; e < 8; ++e) f[e] = 0.f;
@@ -395,45 +393,41 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
   return acc;
 }
 
-// 3 <= m <= 8 H raw bf16 rows x [m, k] (H = HALVES, 1 or 2) times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the
-// CTA's k / 128 warps splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x,
-// + gridDim.x, ...; the next unit's loads in flight in registers, one barrier a unit). The activation rows are the A
-// operand of f16 MMAs (with H = 1 its rows 8..15 zero), the unit's 8 weight rows the B operand. Lane (g, t) loads 16
-// bytes of weight row g (a quad reads 64 contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and
-// t ^ 2 swap 8 of them, so that each lane holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for
-// t = 0..3: any order of K inside a block is the same sum, and the activation's fragments (rows g and g + 8) are
-// quantized in that order, once, into registers. A block is two MMAs into a fresh float32 accumulator (E4M3 -> f16 is
-// exact), whose sums in the lane (activation rows g and g + 8, weight rows 2t and 2t + 1) are scaled by both blocks'
-// factors and accumulated; the warps' sums meet in shared memory. Where a factor, a decoded weight or a product could
-// leave float32's normal range, or a scale byte is 255 or an activation block is non-finite (a per-lane test of its
-// two weight rows' scale bytes against a range set by its activation rows), the unit is marked, and once the CTA's
-// units are done its marked units' outputs are computed again with emulation's element-by-element arithmetic (a warp
-// an output, its lanes splitting K) and written over the first ones.
-template <typename OUT, int HALVES, int BLOCKS>
+// 3 <= m <= 8 raw bf16 rows x [m, k] times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
+// splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, + gridDim.x, ...; the
+// next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
+// (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g (a quad reads 64
+// contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and t ^ 2 swap 8 of them, so that each lane
+// holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
+// the same sum, and the activation's B fragments are quantized in that order, once, into registers. A block is two
+// MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g, activation
+// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared memory.
+// Where a factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or an
+// activation block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the
+// activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again
+// with emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first
+// ones.
+template <typename OUT>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const u16* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
-  constexpr int kBlocks = BLOCKS;     // a warp's blocks of each row
-  constexpr int kWords = kBlocks / 4;   // its scale words
-  __shared__ float2 partial[2][kMaxWarps][32 * HALVES];  // [activation row][weight row pair]
-  __shared__ u32 marked[kMaxMarkedUnits / 32];            // bit i: the CTA's unit i needs the exact path
+  constexpr int kBlocks = 4;  // a warp's blocks of each row
+  __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
+  __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
   const int b0 = warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
   const bool low = t < 2;
 
   struct Unit {
-    uint4 q[kBlocks / 2];  // weight row g, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
-    u32 s[kWords];         // weight row g's scale bytes of the warp's blocks (byte j of word v: block 4v + j)
+    uint4 q[2];  // weight row g, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
+    u32 s;       // weight row g's scale bytes of the warp's blocks
   };
   auto load = [&](int unit, Unit& d) {
     if (unit >= units) return;
     const u64 row = static_cast<u64>(unit) * 8 + g;
     const u8* p = w + row * k + 32 * b0 + 16 * t;
-#pragma unroll
-    for (int q = 0; q < kBlocks / 2; ++q) d.q[q] = load16(p + 64 * q);
-#pragma unroll
-    for (int v = 0; v < kWords; ++v) d.s[v] = load32(sw + row * kb + b0 + 4 * v);
+    d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(sw + row * kb + b0);
   };
   Unit a, b;
   int unit = blockIdx.x, i = 0;
@@ -441,93 +435,55 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
   __syncthreads();
 
-  // The activation's A fragments (E4M3 bytes of rows g + 8h), their biased exponents (byte j of word v: block
-  // b0 + 4v + j), and the weight scale bytes s for which all of the lane's factors are exact: lo <= s < lo + width.
-  // One half stays in registers (the compiler keeps its f16 pairs there); with two, the f16 pairs go to shared memory,
-  // where the lane reads its own back at each MMA: converting them at each use costs more than the whole stream.
-  extern __shared__ uint4 fragments[];  // [warp][block][MMA][lane]: the A operand's four f16 pairs
-  uint2 xa[HALVES][kBlocks];
-  u32 ex[HALVES][kWords] = {};
+  // The activation's B fragments (E4M3 bytes, converted to f16 pairs at each use: 64 registers hold no more), the
+  // biased exponents of activation rows 2t and 2t + 1 (byte j: block b0 + j), and the weight scale bytes s for which
+  // all of the lane's factors are exact: lo <= s < lo + width.
+  uint2 xb[kBlocks];
+  u32 ex0 = 0, ex1 = 0;
   int lo = 0, hi = 246;
 #pragma unroll
-  for (int h = 0; h < HALVES; ++h) {
-#pragma unroll
-    for (int j = 0; j < kBlocks; ++j) {
-      u32 e;
-      xa[h][j] = quantize_fragment(x, m, k, b0 + j, g + 8 * h, off, e);
-      ex[h][j / 4] |= e << (8 * (j % 4));
-      lo = max(lo, 128 - static_cast<int>(e)), hi = min(hi, e == 255 ? -1 : 359 - static_cast<int>(e));
-    }
+  for (int j = 0; j < kBlocks; ++j) {
+    u32 biased;
+    xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, biased);
+    const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
+    ex0 |= static_cast<u32>(e0) << (8 * j), ex1 |= static_cast<u32>(e1) << (8 * j);
+    lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
+    if (max(e0, e1) == 255) hi = -1;
   }
   const u32 width = hi >= lo ? static_cast<u32>(hi - lo + 1) : 0u;
-  // The A operand of the MMA over bytes 4c .. 4c + 3 of the lane's fragments of block j.
-  auto operand = [&](int j, int c) {
-    if (HALVES == 1) {
-      const u32 q = c ? xa[0][j].y : xa[0][j].x;
-      return make_uint4(cvt_pair(q), 0u, cvt_pair(q >> 16), 0u);
-    }
-    return fragments[((warp * kBlocks + j) * 2 + c) * 32 + lane];
-  };
-  if (HALVES == 2) {
-#pragma unroll
-    for (int j = 0; j < kBlocks; ++j) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const u32 q0 = c ? xa[0][j].y : xa[0][j].x, q1 = c ? xa[HALVES - 1][j].y : xa[HALVES - 1][j].x;
-        fragments[((warp * kBlocks + j) * 2 + c) * 32 + lane] =
-            make_uint4(cvt_pair(q0), cvt_pair(q1), cvt_pair(q0 >> 16), cvt_pair(q1 >> 16));
-      }
-    }
-  }
 
   auto step = [&](const Unit& cur, Unit& fill) {
     if (unit >= units) return false;
     load(unit + gridDim.x, fill);
-    // The scale bytes of weight rows 2t and 2t + 1, the lane's two output columns.
-    u32 s0[kWords], s1[kWords];
-#pragma unroll
-    for (int v = 0; v < kWords; ++v)
-      s0[v] = __shfl_sync(0xffffffffu, cur.s[v], 8 * t), s1[v] = __shfl_sync(0xffffffffu, cur.s[v], 8 * t + 4);
-    float acc[HALVES][2] = {};
+    float acc0 = 0.f, acc1 = 0.f;
     bool exact = true;
 #pragma unroll
-    for (int p = 0; p < kBlocks / 2; ++p) {
+    for (int p = 0; p < 2; ++p) {
       const uint4 v = cur.q[p];
       const u32 r0 = __shfl_xor_sync(0xffffffffu, low ? v.z : v.x, 2);
       const u32 r1 = __shfl_xor_sync(0xffffffffu, low ? v.w : v.y, 2);
       const uint2 blk[2] = {low ? make_uint2(v.x, v.y) : make_uint2(r0, r1),
                             low ? make_uint2(r0, r1) : make_uint2(v.z, v.w)};
 #pragma unroll
-      for (int hb = 0; hb < 2; ++hb) {
-        const int j = 2 * p + hb, word = j / 4, byte = j % 4;
+      for (int h = 0; h < 2; ++h) {
+        const int j = 2 * p + h;
         float d[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {  // the first MMA takes bytes 0-3 of each fragment (x), the second bytes 4-7 (y)
-          const uint4 xq = operand(j, c);
-          const u32 wq = c ? blk[hb].y : blk[hb].x;
-          mma_f16(d, xq.x, xq.y, xq.z, xq.w, cvt_pair(wq), cvt_pair(wq >> 16));
-        }
-        exact = exact && ((s0[word] >> (8 * byte)) & 0xff) - lo < width &&
-                ((s1[word] >> (8 * byte)) & 0xff) - lo < width;
-#pragma unroll
-        for (int h = 0; h < HALVES; ++h) {
-          acc[h][0] = fmaf(d[2 * h], block_factor(s0[word], ex[h][word], byte), acc[h][0]);
-          acc[h][1] = fmaf(d[2 * h + 1], block_factor(s1[word], ex[h][word], byte), acc[h][1]);
-        }
+        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16));
+        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
+        exact = exact && ((cur.s >> (8 * j)) & 0xff) - lo < width;
+        acc0 = fmaf(d[0], block_factor(cur.s, ex0, j), acc0), acc1 = fmaf(d[1], block_factor(cur.s, ex1, j), acc1);
       }
     }
     if (!exact) {
       if (i >= kMaxMarkedUnits) __trap();  // cuda_gemv.config keeps N small enough
       atomicOr(&marked[i >> 5], 1u << (i & 31));
     }
-#pragma unroll
-    for (int h = 0; h < HALVES; ++h) partial[i & 1][warp][(g + 8 * h) * 4 + t] = make_float2(acc[h][0], acc[h][1]);
+    partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
     __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
     if (threadIdx.x < 8 * m) {
       const int row = threadIdx.x >> 3, col = threadIdx.x & 7;
-      const float* sums = reinterpret_cast<const float*>(partial[i & 1][0]) + row * 8 + col;
       float sum = 0.f;
-      for (int q = 0; q < warps; ++q) sum += sums[q * 64 * HALVES];
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
       store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * 8 + col, sum);
     }
     unit += gridDim.x, ++i;
@@ -582,18 +538,14 @@ ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 
-// Three to sixteen rows on the tensor cores: k = 128 ... 4096, launched with k / 4 (3-8 rows) or k / 8 threads (9-16).
-#define MMA_ROWS_KERNEL(NAME, OUT, HALVES, BLOCKS)                                                   \
-  extern "C" __global__ void __launch_bounds__(4096 / BLOCKS)                                        \
+// Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 threads.
+#define MMA_ROWS_KERNEL(NAME, OUT)                                                                   \
+  extern "C" __global__ void __launch_bounds__(1024)                                                 \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
-    gemv_mma<OUT, HALVES, BLOCKS>(w, sw, x, out, dims);                                              \
+    gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
   }
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, 1, 4)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float, 1, 4)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_bf16, u16, 2, 4)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_f32, float, 2, 4)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_b8_bf16, u16, 2, 8)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_m16_b8_f32, float, 2, 8)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
