@@ -5,6 +5,7 @@
 set -e
 ptx=${1:-mxfp8_xla/backends/gemv.ptx}
 cubin=$(mktemp --suffix=.cubin)
+trap 'rm -f "$cubin"' EXIT
 ptxas -arch=sm_90 -v "$ptx" -o "$cubin" 2>&1 | grep -A1 "mma" | grep -v "^--"
 for fn in $(cuobjdump -sass "$cubin" | sed -n 's/.*Function : \(mxfp8_gemv_mma\w*f32\).*/\1/p'); do
   sass=$(cuobjdump -sass -fun "$fn" "$cubin")

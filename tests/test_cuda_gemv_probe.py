@@ -205,13 +205,13 @@ def test_route_sweep_harness_checks_and_times_both_routes_at_every_k_4096_shape(
         assert row["auto_kernels"] == row["pallas_kernels"] == []  # emulation stands in for the backend
 
 
-@pytest.mark.parametrize("m, kernel", [(8, "mxfp8_gemv_mma_r8_f32"), (3, "mxfp8_gemv_mma_r8_f32")])
-def test_the_edge_rows_reach_the_tensor_core_kernel_through_the_library(monkeypatch, m, kernel):
+@pytest.mark.parametrize("m", [3, 8])
+def test_the_edge_rows_reach_the_tensor_core_kernel_through_the_library(monkeypatch, m):
     monkeypatch.delenv(probe.hopper.SMALL_M_KERNEL_ENV, raising=False)
     x, w = jnp.ones((1, 1024), jnp.bfloat16), weight(128, 1024)
     run = probe.row_of_many_wide(probe.library, m)
     with override_capability(H100):
-        assert ptx_launch.traced_launches(run, x, w) == [kernel]
+        assert ptx_launch.traced_launches(run, x, w) == ["mxfp8_gemv_mma_r8_f32"]
         assert jax.eval_shape(run, x, w).shape == (1, 128)
 
 
