@@ -77,11 +77,6 @@ MMA_MAX_K = 4096
 """The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
 """Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
-MMA_DEPTH = 4
-"""Units of 8 weight rows each warp of the tensor-core kernel has in flight, in its ring of shared memory
-(``MXFP8_GEMV_MMA_DEPTH`` in ``gemv.cu``)."""
-MMA_SLOT_BYTES = 32 * (16 + 16 + 4)
-"""A warp's share of one unit in its ring: each lane's 32 weight bytes and 4 scale bytes."""
 MMA_MAX_N = 1 << 18
 """The tensor-core kernel's largest N: it marks the units that need its exact path in a 2048-bit mask a CTA, so a CTA
 takes at most 2048 units of 8 rows (at 16 or more CTAs)."""
@@ -112,11 +107,6 @@ class GemvConfig:
             return f"mxfp8_gemv_mma_r{self.rows}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
-
-    @property
-    def smem(self) -> int:
-        """Bytes of dynamic shared memory: the tensor-core kernel's rings and its warps' sums of two units."""
-        return (self.threads // 32) * (MMA_DEPTH * MMA_SLOT_BYTES + 2 * 64 * 4) if self.tensor_cores else 0
 
     def grid(self, n: int, sms: int) -> int:
         """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
@@ -240,7 +230,6 @@ def _launch(
         ptx=entry_ptx(_ptx(), name),
         grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
-        smem=cfg.smem,
         out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
         extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),

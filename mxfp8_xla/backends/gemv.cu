@@ -40,11 +40,6 @@ namespace {
 constexpr u32 kInfBits = 0x7f800000u;
 constexpr int kMaxWarps = 32;
 constexpr int kMaxMarkedUnits = 2048;  // the tensor-core kernel's units a CTA: N <= 2048 * 8 * CTAs
-#ifndef MXFP8_GEMV_MMA_DEPTH
-#define MXFP8_GEMV_MMA_DEPTH 4
-#endif
-constexpr int kMmaDepth = MXFP8_GEMV_MMA_DEPTH;  // the tensor-core kernel's units in flight a warp (>= 2)
-constexpr int kMmaSlot = 1152;                   // bytes of one unit a warp: 32 lanes' 16 + 16 + 4
 
 __device__ __forceinline__ float pow2(int e) {
   // Exactly 2^e for e in [-127, 127] (2^-127 is a float32 subnormal).
@@ -88,25 +83,6 @@ __device__ __forceinline__ u32 load32(const u8* p) {
   u32 v;
   asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
-}
-
-__device__ __forceinline__ u32 shared_address(const void* p) {
-  u32 a;
-  asm("{.reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
-  return a;
-}
-
-// Asynchronous copies global -> shared memory (cp.async, SM80+), committed and waited for in groups.
-__device__ __forceinline__ void copy16(u32 dst, const u8* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void copy4(u32 dst, const u8* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int PENDING>
-__device__ __forceinline__ void wait_copies() {  // all but the last PENDING groups have landed
-  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
 
 __device__ __forceinline__ u32 load8(const u8* p) {
@@ -436,40 +412,26 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
                                          const u16* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
   constexpr int kBlocks = 4;  // a warp's blocks of each row
-  __shared__ u32 marked[kMaxMarkedUnits / 32];  // bit i: the CTA's unit i needs the exact path
-  extern __shared__ uint4 dynamic[];            // the warps' rings, then partial
+  __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
+  __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
   const int b0 = warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
   const bool low = t < 2;
-  // partial[2][warps][64]: the warps' sums [weight row][activation row], two units apart
-  float* partial = reinterpret_cast<float*>(dynamic + warps * kMmaDepth * kMmaSlot / 16);
 
   struct Unit {
     uint4 q[2];  // weight row g, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
     u32 s;       // weight row g's scale bytes of the warp's blocks
   };
-  // The warp's ring of kMmaDepth slots: slot i holds what each lane copied of one unit (q[0], q[1] for the 32 lanes,
-  // then their s) and reads back itself, so a lane waits for its own copies only.
-  const u32 ring = shared_address(dynamic) + static_cast<u32>(warp * kMmaDepth * kMmaSlot);
-  auto issue = [&](int unit, int i) {
-    if (unit < units) {
-      const u64 row = static_cast<u64>(unit) * 8 + g;
-      const u8* p = w + row * k + 32 * b0 + 16 * t;
-      const u32 slot = ring + static_cast<u32>((i % kMmaDepth) * kMmaSlot);
-      copy16(slot + 16 * lane, p), copy16(slot + 512 + 16 * lane, p + 64), copy4(slot + 1024 + 4 * lane, sw + row * kb + b0);
-    }
-    commit_copies();  // also when empty: group i is always unit i's
+  auto load = [&](int unit, Unit& d) {
+    if (unit >= units) return;
+    const u64 row = static_cast<u64>(unit) * 8 + g;
+    const u8* p = w + row * k + 32 * b0 + 16 * t;
+    d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(sw + row * kb + b0);
   };
-  auto fetch = [&](int i) {
-    const uint4* slot = dynamic + (warp * kMmaDepth + i % kMmaDepth) * (kMmaSlot / 16);
-    Unit d;
-    d.q[0] = slot[lane], d.q[1] = slot[32 + lane], d.s = reinterpret_cast<const u32*>(slot + 64)[lane];
-    return d;
-  };
+  Unit a, b;
   int unit = blockIdx.x, i = 0;
-#pragma unroll
-  for (int j = 0; j < kMmaDepth - 1; ++j) issue(unit + j * gridDim.x, j);
+  load(unit, a);
   for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
   __syncthreads();
 
@@ -490,10 +452,9 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   }
   const u32 width = hi >= lo ? static_cast<u32>(hi - lo + 1) : 0u;
 
-  for (; unit < units; unit += gridDim.x, ++i) {
-    wait_copies<kMmaDepth - 2>();
-    const Unit cur = fetch(i);
-    issue(unit + (kMmaDepth - 1) * gridDim.x, i + kMmaDepth - 1);
+  auto step = [&](const Unit& cur, Unit& fill) {
+    if (unit >= units) return false;
+    load(unit + gridDim.x, fill);
     float acc0 = 0.f, acc1 = 0.f;
     bool exact = true;
 #pragma unroll
@@ -517,17 +478,19 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       if (i >= kMaxMarkedUnits) __trap();  // cuda_gemv.config keeps N small enough
       atomicOr(&marked[i >> 5], 1u << (i & 31));
     }
-    float* sums = partial + (i & 1) * warps * 64;
-    sums[warp * 64 + g * 8 + 2 * t] = acc0, sums[warp * 64 + g * 8 + 2 * t + 1] = acc1;
-    __syncthreads();  // sums is written again two units on, after the next barrier
+    partial[i & 1][warp][g * 8 + 2 * t] = acc0, partial[i & 1][warp][g * 8 + 2 * t + 1] = acc1;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
     if (threadIdx.x < 8 * m) {
       const int row = threadIdx.x >> 3, col = threadIdx.x & 7;
       float sum = 0.f;
-      for (int q = 0; q < warps; ++q) sum += sums[q * 64 + col * 8 + row];
+      for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][col * 8 + row];
       store(out + static_cast<u64>(row) * n + static_cast<u64>(unit) * 8 + col, sum);
     }
+    unit += gridDim.x, ++i;
+    return true;
+  };
+  while (step(a, b) && step(b, a)) {
   }
-  wait_copies<0>();
   __syncthreads();
   i = 0;
   for (unit = blockIdx.x; unit < units; unit += gridDim.x, ++i) {
