@@ -37,6 +37,9 @@ Parts:
    ``gemv.cu`` where ``cuda_gemv.config`` takes the shape; ``--min-n`` moves its smallest N) against its Pallas kernels
    alone and bf16 at the K = 4096 shapes, checked against emulation, with the launches it traced; then the edges
    through it (one row of 8, the weight tiled to ``cuda_gemv.MMA_MIN_N`` rows) and through the one-row kernel.
+   ``--ptx`` runs another build of ``gemv.cu`` (``gemv_variant_ptx.py``) through the same route; ``--mma-smem N`` makes
+   the tensor-core launches ask for N bytes of dynamic shared memory they do not use (``route_ab.sh`` runs several
+   such option sets in one device call).
 6. ``--llama`` (or ``--llama-only``): the Llama example at Llama-3-8B layer dimensions (4 blocks),
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process; ``--models`` picks among
@@ -62,6 +65,9 @@ no closer.
 ``--route 3,4,8`` (results/cuda_gemv_probe_route_h200.*, fifteenth session): the library's tensor-core kernel 1.18-1.22x
 of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096), where the Pallas path ran 1.03-1.11x; 3.2e-7 to 1.3e-6 from
 emulation; every edge as emulation's.
+
+``--route 8 --mma-smem 163840`` (results/gemv_ring_ab_h200.log, seventeenth session): asking for 160 KB of shared memory
+the kernel does not use slowed the tensor-core kernel from 29.7 to 34.2 us at (14336, 4096), same call.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16 |
 --route 3,4,8]``;
@@ -526,6 +532,17 @@ def row_of_many_wide(fn: Callable, m: int) -> Callable:
     return run
 
 
+def asking_mma_smem(nbytes: int) -> contextlib.AbstractContextManager:
+    """A patch under which the library's tensor-core GEMV launches ask for ``nbytes`` of dynamic shared memory, which
+    the kernel does not use: the A/B of the L1 / shared-memory split (``--mma-smem``; other launches unchanged)."""
+    launch = ptx_launch.launch
+
+    def asking(*operands, name: str, smem: int = 0, **kwargs):
+        return launch(*operands, name=name, smem=nbytes if name.startswith("mxfp8_gemv_mma_r") else smem, **kwargs)
+
+    return mock.patch.object(ptx_launch, "launch", asking)
+
+
 def library(x: jax.Array, w: MXArray, out_dtype=jnp.float32) -> jax.Array:
     """The ``hopper`` backend as shipped (1-8 raw bf16 rows: ``cuda_gemv``); trace under ``small_m_kernels``."""
     return hopper.matmul(x, w, out_dtype)
@@ -658,9 +675,12 @@ if __name__ == "__main__":
     parser.add_argument("--route", help="comma-separated row counts (3-8): the library's route, then its edges")
     parser.add_argument("--ptx", help="--route: the library's kernels from this build of gemv.cu (an A/B)")
     parser.add_argument("--min-n", type=int, help="--route: cuda_gemv.MMA_MIN_N for this run (default the library's)")
+    parser.add_argument("--mma-smem", type=int, help="--route: shared memory the tensor-core launches ask for")
     args = parser.parse_args()
     if args.min_n is not None:
         cuda_gemv.MMA_MIN_N = args.min_n  # read by cuda_gemv.config at trace time
+    if args.mma_smem is not None:
+        asking_mma_smem(args.mma_smem).start()
     if args.ptx:
         cuda_gemv.PTX = Path(args.ptx)  # read once by cuda_gemv._ptx, at the first launch traced
     PTX = compile_ptx()

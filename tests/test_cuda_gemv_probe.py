@@ -215,6 +215,23 @@ def test_the_edge_rows_reach_the_tensor_core_kernel_through_the_library(monkeypa
         assert jax.eval_shape(run, x, w).shape == (1, 128)
 
 
+def test_mma_smem_asks_the_tensor_core_launches_only_for_shared_memory(monkeypatch):
+    monkeypatch.delenv(probe.hopper.SMALL_M_KERNEL_ENV, raising=False)
+    asked, launch = [], ptx_launch.launch
+
+    def recording(*operands, name: str, smem: int = 0, **kwargs):
+        asked.append((name, smem))
+        return launch(*operands, name=name, smem=smem, **kwargs)
+
+    monkeypatch.setattr(ptx_launch, "launch", recording)
+    trace = lambda m: jax.make_jaxpr(probe.library)(jnp.ones((m, 4096), jnp.bfloat16), weight(14336, 4096))  # noqa: E731
+    with override_capability(H100):
+        with probe.asking_mma_smem(163840):
+            trace(8), trace(1)
+        trace(3)
+    assert asked == [("mxfp8_gemv_mma_r8_f32", 163840), ("mxfp8_gemv_split_c1_r4_f32", 0), ("mxfp8_gemv_mma_r8_f32", 0)]
+
+
 @pytest.mark.parametrize("m, nt", [(1, 1), (8, 1), (9, 2), (16, 2)])
 def test_the_tensor_core_kernel_takes_8_rows_a_tile_and_its_shared_memory_holds_them(m, nt):
     cfg, name = probe.Mma(8, 2), f"mxfp8_gemv_mma_t{nt}_f32"

@@ -1,0 +1,51 @@
+"""Build a variant of the library's ``gemv.cu`` for an A/B on the device (``cuda_gemv_probe.py --route --ptx``).
+
+Each substitution ``OLD=>NEW`` replaces the one occurrence of OLD in the source (it must occur exactly once); the
+result is compiled as ``gemv.ptx`` is (:func:`mxfp8_xla.backends.cuda_gemv.build_ptx`, NVRTC), written to OUT, and, with
+``--ptxas PATH``, its tensor-core kernels' registers and spills are printed.
+
+    python benchmarks/gemv_variant_ptx.py ab/noalloc.ptx \\
+        "ld.global.nc.v4.u32=>ld.global.nc.L1::no_allocate.v4.u32" --ptxas /path/to/ptxas
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from mxfp8_xla.backends import cuda_gemv
+
+
+def variant_source(source: str, substitutions: list[str]) -> str:
+    """``source`` with each ``OLD=>NEW`` applied; OLD must occur exactly once."""
+    for spec in substitutions:
+        old, sep, new = spec.partition("=>")
+        if not sep:
+            raise ValueError(f"substitution {spec!r}: expected OLD=>NEW")
+        if source.count(old) != 1:
+            raise ValueError(f"substitution {spec!r}: OLD occurs {source.count(old)} times in gemv.cu, expected once")
+        source = source.replace(old, new)
+    return source
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="where to write the PTX")
+    parser.add_argument("substitutions", nargs="*", help="OLD=>NEW, applied in order")
+    parser.add_argument("--ptxas", help="a ptxas for sm_90: print the tensor-core kernels' registers and spills")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "gemv.cu"
+        source.write_text(variant_source(cuda_gemv.SOURCE.read_text(), args.substitutions))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(cuda_gemv.build_ptx(source))
+    print(f"wrote {args.out}")
+    if args.ptxas:
+        report = subprocess.run(
+            [args.ptxas, "-arch=sm_90", "-v", str(args.out), "-o", "/dev/null"], capture_output=True, text=True
+        ).stderr
+        for m in re.finditer(r"entry function '(mxfp8_gemv_mma\w*)'.*?\n.*?\n(.*?)\n(.*?)\n", report):
+            print(m.group(1), m.group(2).strip(), "|", m.group(3).strip())

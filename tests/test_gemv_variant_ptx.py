@@ -1,0 +1,30 @@
+"""benchmarks/gemv_variant_ptx.py on CPU: the source substitutions (the build itself needs NVRTC)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from gemv_variant_ptx import variant_source  # noqa: E402
+
+from mxfp8_xla.backends import cuda_gemv  # noqa: E402
+
+
+def test_each_substitution_replaces_its_one_occurrence_in_order():
+    assert variant_source("a b c", ["b=>x y", "y=>z"]) == "a x z c"
+
+
+def test_the_library_source_has_the_weight_load_the_measured_variants_replaced_once():
+    source = cuda_gemv.SOURCE.read_text()
+    out = variant_source(source, ["ld.global.nc.v4.u32=>ld.global.nc.L1::no_allocate.v4.u32"])
+    assert out.count("ld.global.nc.L1::no_allocate.v4.u32") == 1 and len(out) == len(source) + len(".L1::no_allocate")
+
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [("b", "expected OLD=>NEW"), ("q=>r", "occurs 0 times"), ("a=>r", "occurs 2 times")],
+)
+def test_a_substitution_must_name_exactly_one_occurrence(spec, why):
+    with pytest.raises(ValueError, match=why):
+        variant_source("a b a", [spec])
