@@ -29,7 +29,8 @@ Parts:
    smallest scale, values near bf16's largest), and a block holding an Inf or a NaN must make every output NaN.
 3. ``--rows 2,4`` (instead of the sweep): the split kernel for 2 or 4 activation rows at the K = 4096 shapes
    against bf16 and the shipped backend (which, since the eleventh session, runs the same two-row kernel at M = 2
-   through its own route), checked against emulation; then the edges.
+   through its own route), checked against emulation; two rows also in units of 8 weight rows (``ROW_CONFIGS``);
+   then the edges.
 4. ``--mma 1,8,16`` (instead of the sweep): the tensor-core kernel of ``cuda_gemv_mma.cu`` (up to 16 raw bf16 rows,
    exact block-scaled f16 or E4M3 MMAs, ``MMA_CONFIGS``) at every shape against bf16 and the shipped backend, checked
    against emulation, with its weight stream alone (``_loads``, ``_rowloads``); then its edges (one row of 8 or 16).
@@ -382,8 +383,10 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
         write_json("cuda_gemv_probe.json", results)
 
 
-ROW_CONFIGS = {2: Split(8, 1, 4, 2, 2), 4: Split(8, 1, 4, 2, 4)}
-"""``--rows``: the multi-row split kernels at K = 4096 (256 threads, 2 CTAs an SM)."""
+ROW_CONFIGS = {2: (Split(8, 1, 4, 2, 2), Split(8, 1, 8, 2, 2)), 4: (Split(8, 1, 4, 2, 4),)}
+"""``--rows``: the multi-row split kernels at K = 4096 (256 threads, 2 CTAs an SM). Two rows also in units of 8 rows
+(128 registers, no spills with ptxas 12.9): 128 bytes of weight loads in flight a thread, twice the library's two-row
+kernel's (units of 4 at 95 registers), as many an SM as the one-row kernel's 64 (1024 threads of 64 bytes)."""
 
 
 def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
@@ -394,23 +397,24 @@ def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
         if k != 4096:
             continue
         for m in ms:
-            cfg = ROW_CONFIGS[m]
             sets = operands(n, k, m)
             ref = reference(*sets[0])
-            out = np.asarray(jax.jit(functools.partial(gemv, cfg=cfg, out_dtype=jnp.float32))(*sets[0]))
-            row = {"config": label_of(cfg), "rel_err_f32_out": rel_err(out, ref)}
-            row["bf16_dot_us"] = bf16_dot_us(sets)
-            with small_m_kernels("auto"):
-                row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
-            row["split_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
-            results[f"rows ({n}, {k}) M={m}"] = row
-            times = [row[key] for key in ("bf16_dot_us", "shipped_us", "split_us")]
-            print(
-                f"{f'({n}, {k})':>14} {m:3d} " + " ".join(f"{t:8.1f}" for t in times)
-                + " ".join(f"{times[0] / t:8.2f}x" for t in times[1:]) + f"  error {row['rel_err_f32_out']:.1e}",
-                flush=True,
-            )  # fmt: skip
-            write_json("cuda_gemv_probe.json", results)
+            for cfg in ROW_CONFIGS[m]:
+                out = np.asarray(jax.jit(functools.partial(gemv, cfg=cfg, out_dtype=jnp.float32))(*sets[0]))
+                row = {"config": label_of(cfg), "rel_err_f32_out": rel_err(out, ref)}
+                row["bf16_dot_us"] = bf16_dot_us(sets)
+                with small_m_kernels("auto"):
+                    row["shipped_us"] = loop_time(lambda x, w: hopper.matmul(x, w, jnp.bfloat16), sets) * 1e6
+                row["split_us"] = loop_time(functools.partial(gemv, cfg=cfg), sets) * 1e6
+                results[f"rows ({n}, {k}) M={m} {row['config']}"] = row
+                times = [row[key] for key in ("bf16_dot_us", "shipped_us", "split_us")]
+                print(
+                    f"{f'({n}, {k})':>14} {m:3d} " + " ".join(f"{t:8.1f}" for t in times)
+                    + " ".join(f"{times[0] / t:8.2f}x" for t in times[1:])
+                    + f"  error {row['rel_err_f32_out']:.1e}  {row['config']}",
+                    flush=True,
+                )  # fmt: skip
+                write_json("cuda_gemv_probe.json", results)
 
 
 def route_sweep(results: dict, ms: tuple[int, ...]) -> None:

@@ -109,7 +109,7 @@ def test_every_configuration_is_instantiated_both_ways_and_in_both_dtypes():
         probe.kernel_name(cfg, e, dtype)
         for cfg in (
             *probe.CONFIGS,
-            *probe.ROW_CONFIGS.values(),
+            *(cfg for cfgs in probe.ROW_CONFIGS.values() for cfg in cfgs),
             probe.Config(4, 1, 2, 0, 0),
             probe.Split(2, 1, 4, 1, 2),
         )
@@ -178,7 +178,7 @@ def test_sweep_harness_times_the_configurations_it_is_given(emulated_timing):
 
 
 def test_a_multi_row_split_kernel_takes_its_rows_and_writes_them_all():
-    cfg = probe.ROW_CONFIGS[4]
+    (cfg,) = probe.ROW_CONFIGS[4]
     jaxpr = jax.make_jaxpr(lambda x, w: probe.gemv(x, w, cfg))(jnp.ones((4, 4096), jnp.bfloat16), weight(14336, 4096))
     (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
     assert launch.params["name"] == "mxfp8_gemv_split_c1_r4_m4_bf16" and launch.params["grid"] == (2 * 132, 1)
@@ -191,7 +191,8 @@ def test_rows_sweep_harness_checks_and_times_every_k_4096_shape(emulated_timing)
     emulated_timing.setattr(probe, "GEMV_SHAPES", ((1024, 4096), (512, 1024)))
     results = {}
     probe.rows_sweep(results, (2, 4))
-    assert set(results) == {"rows (1024, 4096) M=2", "rows (1024, 4096) M=4"}  # K = 4096 only
+    labels = {m: [probe.label_of(cfg) for cfg in probe.ROW_CONFIGS[m]] for m in (2, 4)}
+    assert len(labels[2]) == 2 and set(results) == {f"rows (1024, 4096) M={m} {c}" for m in (2, 4) for c in labels[m]}
     assert all(row["rel_err_f32_out"] == 0.0 and row["split_us"] == 10.0 for row in results.values())
 
 

@@ -552,4 +552,5 @@ SPLIT(1, 8, 512)
 SPLIT(2, 4, 512)
 SPLIT_ROWS(1, 4, 4, 512)
 SPLIT_ROWS(1, 2, 4, 512)
+SPLIT_ROWS(1, 8, 2, 512)   // two rows, 128 registers: twice the library's bytes in flight an SM
 #endif
