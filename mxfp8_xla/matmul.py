@@ -23,7 +23,7 @@ def mxfp8_matmul(
 
     ``x`` is a float32/bfloat16/float16 array, quantized here with blocks of 32
     along K, or an ``MXArray``. Returns ``[..., N]`` in ``out_dtype``.
-    ``backend``: ``"emulation"``, ``"torch"``, ``"flashinfer"`` or ``"auto"``
+    ``backend``: ``"emulation"``, ``"torch"``, ``"flashinfer"``, ``"hopper"`` or ``"auto"``
     (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
     """
     if not isinstance(w, MXArray):

@@ -10,8 +10,9 @@ name=None) -> [..., N]``; those in ``TAKES_RAW_ACTIVATIONS`` also take a raw ``x
   (:mod:`.torch_ref`).
 * ``"flashinfer"``: FlashInfer ``mm_mxfp8`` on Blackwell through the bridge
   (:mod:`.flashinfer`).
-* ``"hopper"``: Pallas kernels (Triton, Mosaic GPU) for SM90 that dequantize the fp8 weight in
-  registers (:mod:`.hopper`).
+* ``"hopper"``: SM90 kernels that never write a bf16 weight to HBM where it matters: one-launch CUDA
+  GEMV kernels for one to eight raw rows (:mod:`.cuda_gemv`), Pallas kernels (Triton, Mosaic GPU) that
+  decode the fp8 weight in registers up to 256 rows, exact bf16 operands into cuBLAS above (:mod:`.hopper`).
 * ``"auto"``: picks per layer with :func:`.select.select_backend` (FlashInfer
   where it can serve, else the hopper kernel, else emulation; honours
   ``MXFP8_XLA_BACKEND``).
