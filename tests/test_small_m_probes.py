@@ -1,7 +1,7 @@
 """The probes of the sixth session on CPU: the XLA-reduction GEMV's numerics (benchmarks/xla_gemv_probe.py),
-the Nsight Compute driver's list of ops (benchmarks/ncu_small_m.py), the fused-decode probe's weight
-decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py), and jax.lax.scaled_dot's numerics
-(benchmarks/xla_scaled_dot_probe.py), with the XLA options each probe variant compiles with."""
+the Nsight Compute drivers' lists of ops (benchmarks/ncu_small_m.py; the seventeenth session's ncu_gemv.py), the
+fused-decode probe's weight decodes and HLO reading (benchmarks/xla_fused_dequant_probe.py), and jax.lax.scaled_dot's
+numerics (benchmarks/xla_scaled_dot_probe.py), with the XLA options each probe variant compiles with."""
 
 import functools
 import re
@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import H100
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ncu_gemv  # noqa: E402
 import ncu_small_m  # noqa: E402
 import xla_fused_dequant_probe as fused_probe  # noqa: E402
 import xla_gemv_probe as gemv_probe  # noqa: E402
@@ -21,7 +23,8 @@ import xla_scaled_dot_probe as scaled_dot_probe  # noqa: E402
 from mosaic_sweep import edge_operands, operands, rel_err  # noqa: E402
 
 from mxfp8_xla import dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import emulation, hopper  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.backends.select import override_capability  # noqa: E402
 
 
 def _gemv(variant):
@@ -69,6 +72,33 @@ def test_ncu_driver_lists_each_case_in_the_order_it_profiles(monkeypatch):
     assert [label for label, _, _ in ncu_small_m.ops(cases=1, start=1)][0] == "(64, 256) M=16 bf16 jnp.dot"
     ring = ncu_small_m.ops(cases=1, decodes=("tcvtp", "tcvta4"))
     assert [label for label, _, _ in ring][2:] == ["(64, 256) M=1 probe tcvtp", "(64, 256) M=1 probe tcvta4"]
+
+
+def test_ncu_gemv_driver_profiles_each_gemv_kernel_after_its_bf16_baseline(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    ops = ncu_gemv.ops(wide=(1024, 4096), deep=(1024, 8192))
+    two_row = [ncu_gemv.probe.label_of(cfg) for cfg in ncu_gemv.probe.ROW_CONFIGS[2]]
+    assert [label for label, _, _ in ops] == [
+        "(1024, 4096) M=1 bf16 jnp.dot",
+        "(1024, 4096) M=1 library",
+        "(1024, 4096) M=2 bf16 jnp.dot",
+        "(1024, 4096) M=2 library",
+        *(f"(1024, 4096) M=2 probe {label}" for label in two_row),
+        "(1024, 4096) M=8 bf16 jnp.dot",
+        "(1024, 4096) M=8 library",
+        "(1024, 8192) M=1 bf16 jnp.dot",
+        "(1024, 8192) M=1 library",
+    ]
+    with override_capability(H100):
+        launches = [ptx_launch.traced_launches(fn, *args) for label, fn, args in ops if "bf16" not in label]
+    assert launches == [
+        ["mxfp8_gemv_split_c1_r4_bf16"],
+        ["mxfp8_gemv_split_c1_r4_m2_bf16"],
+        ["mxfp8_gemv_split_c1_r4_m2_bf16"],
+        ["mxfp8_gemv_split_c1_r8_m2_bf16"],
+        ["mxfp8_gemv_mma_r8_bf16"],
+        ["mxfp8_gemv_split_c1_r4_bf16"],
+    ]
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
