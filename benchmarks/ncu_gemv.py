@@ -26,6 +26,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cuda_gemv_probe as probe  # noqa: E402
 from mosaic_sweep import dequant_bf16, operands  # noqa: E402
+from ncu_small_m import profile_once  # noqa: E402
 
 from mxfp8_xla.backends import hopper  # noqa: E402
 
@@ -52,18 +53,7 @@ def ops(wide: tuple[int, int] = WIDE, deep: tuple[int, int] = DEEP) -> list[tupl
 
 def main() -> None:
     probe.PTX = probe.compile_ptx()
-    todo = ops()
-    for _, fn, args in todo:  # compile and warm up outside the range
-        jax.block_until_ready(fn(*args))
-    print("profiled, in order:", flush=True)
-    for i, (label, _, _) in enumerate(todo):
-        print(f"  {i}: {label}", flush=True)
-    import cupy  # the device image has it; only the profiler range needs it
-
-    cupy.cuda.runtime.profilerStart()
-    for _, fn, args in todo:
-        jax.block_until_ready(fn(*args))
-    cupy.cuda.runtime.profilerStop()
+    profile_once(ops())
 
 
 if __name__ == "__main__":

@@ -64,7 +64,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     probe.PTX = probe.compile_ptx()
-    todo = ops(args.cases, args.start, tuple(args.decodes.split(",")))
+    profile_once(ops(args.cases, args.start, tuple(args.decodes.split(","))))
+
+
+def profile_once(todo: list[tuple[str, object, tuple]]) -> None:
+    """Run each ``(label, fn, args)`` once to compile and warm it up, print the labels in order, then run each once
+    more inside the profiler range (``cudaProfilerStart/Stop``, through CuPy)."""
     for _, fn, operands_ in todo:  # compile and warm up outside the range
         jax.block_until_ready(fn(*operands_))
     print("profiled, in order:", flush=True)
