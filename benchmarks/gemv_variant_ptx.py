@@ -2,10 +2,12 @@
 
 Each substitution ``OLD=>NEW`` replaces the one occurrence of OLD in the source (it must occur exactly once); the
 result is compiled as ``gemv.ptx`` is (:func:`mxfp8_xla.backends.cuda_gemv.build_ptx`, NVRTC), written to OUT, and, with
-``--ptxas PATH``, its tensor-core kernels' registers and spills are printed.
+``--ptxas PATH``, its tensor-core kernels' registers and spills are printed. ``--source`` takes another file (e.g. an
+earlier commit's, ``git show 5dd9587:mxfp8_xla/backends/gemv.cu``), ``-D`` adds preprocessor definitions.
 
     python benchmarks/gemv_variant_ptx.py ab/noalloc.ptx \\
         "ld.global.nc.v4.u32=>ld.global.nc.L1::no_allocate.v4.u32" --ptxas /path/to/ptxas
+    python benchmarks/gemv_variant_ptx.py ab/ring_d2.ptx --source ring.cu -D MXFP8_GEMV_MMA_DEPTH=2
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def variant_source(source: str, substitutions: list[str]) -> str:
         if not sep:
             raise ValueError(f"substitution {spec!r}: expected OLD=>NEW")
         if source.count(old) != 1:
-            raise ValueError(f"substitution {spec!r}: OLD occurs {source.count(old)} times in gemv.cu, expected once")
+            raise ValueError(f"substitution {spec!r}: OLD occurs {source.count(old)} times, expected once")
         source = source.replace(old, new)
     return source
 
@@ -36,12 +38,14 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path, help="where to write the PTX")
     parser.add_argument("substitutions", nargs="*", help="OLD=>NEW, applied in order")
     parser.add_argument("--ptxas", help="a ptxas for sm_90: print the tensor-core kernels' registers and spills")
+    parser.add_argument("--source", type=Path, default=cuda_gemv.SOURCE, help="the source to vary (default gemv.cu)")
+    parser.add_argument("-D", dest="defines", action="append", default=[], help="NAME=VALUE, a preprocessor definition")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "gemv.cu"
-        source.write_text(variant_source(cuda_gemv.SOURCE.read_text(), args.substitutions))
+        source.write_text(variant_source(args.source.read_text(), args.substitutions))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(cuda_gemv.build_ptx(source))
+        args.out.write_text(cuda_gemv.build_ptx(source, tuple(args.defines)))
     print(f"wrote {args.out}")
     if args.ptxas:
         report = subprocess.run(
