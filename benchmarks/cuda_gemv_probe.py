@@ -133,6 +133,7 @@ class Split(NamedTuple):
     r: int  # rows a unit
     per_sm: int
     m: int = 1  # activation rows (> 1: the probe's multi-row kernels, k <= 8192)
+    ahead: int = 1  # units whose loads are in flight (2: three register buffers, multi-row kernels only)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -226,7 +227,11 @@ def gemv_mma(x: jax.Array, w: MXArray, cfg: Mma, out_dtype=jnp.bfloat16) -> jax.
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return "split_w{}_c{}_r{}_sm{}".format(*cfg) + (f"_m{cfg.m}" if cfg.m > 1 else "")
+        return (
+            "split_w{}_c{}_r{}_sm{}".format(*cfg)
+            + (f"_m{cfg.m}" if cfg.m > 1 else "")
+            + (f"_a{cfg.ahead}" if cfg.ahead > 1 else "")
+        )
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -272,7 +277,8 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{f'_m{cfg.m}' if cfg.m > 1 else ''}_{suffix}"
+        rows, ahead = f"_m{cfg.m}" if cfg.m > 1 else "", f"_a{cfg.ahead}" if cfg.ahead > 1 else ""
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{rows}{ahead}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -383,10 +389,15 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
         write_json("cuda_gemv_probe.json", results)
 
 
-ROW_CONFIGS = {2: (Split(8, 1, 4, 2, 2), Split(8, 1, 8, 2, 2)), 4: (Split(8, 1, 4, 2, 4),)}
+ROW_CONFIGS = {
+    2: (Split(8, 1, 4, 2, 2), Split(8, 1, 8, 2, 2), Split(8, 1, 4, 2, 2, ahead=2)),
+    4: (Split(8, 1, 4, 2, 4),),
+}
 """``--rows``: the multi-row split kernels at K = 4096 (256 threads, 2 CTAs an SM). Two rows also in units of 8 rows
 (128 registers, no spills with ptxas 12.9): 128 bytes of weight loads in flight a thread, 64 KB an SM, twice the
-library's two-row kernel's (units of 4 rows, 95 registers), as much as the one-row kernel's (1024 x 64 B)."""
+library's two-row kernel's (units of 4 rows, 95 registers), as much as the one-row kernel's (1024 x 64 B); and in units
+of 4 rows two units ahead (128 registers, no spills): ptxas issues a unit's loads after the products of the unit before
+(benchmarks/sass_order.py), so one unit ahead leaves a warp no loads in flight while it multiplies, two ahead do."""
 
 
 def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:

@@ -8,9 +8,10 @@ waiting on the CTA's other warps). Run on the device with ``benchmarks/ncu_gemv.
 goes straight to a file, since a pipe cut by the time limit loses it).
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
-``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernel in units of 4
-and of 8 weight rows (``cuda_gemv_probe.ROW_CONFIGS``, the same nvcc build), and at (4096, 14336) one row, bf16 and the
-library (896 threads, one CTA an SM). Everything is compiled and run once before the range.
+``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
+(``cuda_gemv_probe.ROW_CONFIGS``, one nvcc build: units of 4 and of 8 weight rows, and units of 4 two units ahead), and
+at (4096, 14336) one row, bf16 and the library (896 threads, one CTA an SM). Everything is compiled and run once before
+the range.
 """
 
 from __future__ import annotations

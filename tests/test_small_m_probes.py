@@ -96,6 +96,7 @@ def test_ncu_gemv_driver_profiles_each_gemv_kernel_after_its_bf16_baseline(monke
         ["mxfp8_gemv_split_c1_r4_m2_bf16"],
         ["mxfp8_gemv_split_c1_r4_m2_bf16"],
         ["mxfp8_gemv_split_c1_r8_m2_bf16"],
+        ["mxfp8_gemv_split_c1_r4_m2_a2_bf16"],
         ["mxfp8_gemv_mma_r8_bf16"],
         ["mxfp8_gemv_split_c1_r4_bf16"],
     ]

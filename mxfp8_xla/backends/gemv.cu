@@ -26,7 +26,7 @@
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads.
-// With -DMXFP8_GEMV_PROBE, more (CPT, R) for benchmarks/cuda_gemv_probe.py, which also includes this
+// With -DMXFP8_GEMV_PROBE, more (CPT, R, M, units ahead) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
 // No headers, so that NVRTC compiles it as well as nvcc.
@@ -209,8 +209,9 @@ __device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k
 // The product of M activation rows with w, their decoded chunks written into xv by activation(xv, k) (every
 // thread calls it once, while its first weight loads are in flight): quantize_chunks for the library's kernels.
 // Each thread keeps all M rows' chunks in registers, and each decoded weight element serves the M rows (the
-// library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers).
-template <int CPT, int R, int M, typename OUT, typename Activation>
+// library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers). AHEAD units' loads are in flight
+// (registers: the library's kernels 1, ptxas issuing them after the current unit's products; the probe's 2).
+template <int CPT, int R, int M, typename OUT, int AHEAD = 1, typename Activation>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            Activation activation, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
@@ -218,8 +219,9 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
   const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  uint4 cur[R][CPT], nxt[R][CPT];
-  u32 cs[R][CPT], ns[R][CPT];
+  static_assert(AHEAD == 1 || AHEAD == 2, "one or two units ahead");
+  uint4 cur[R][CPT], nxt[R][CPT], far[R][CPT];  // far: the unit after nxt (AHEAD == 2)
+  u32 cs[R][CPT], ns[R][CPT], fs[R][CPT];
   auto load = [&](int unit, uint4 (&d)[R][CPT], u32 (&sc)[R][CPT]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -234,12 +236,14 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   };
   int unit = blockIdx.x;
   if (unit < units) load(unit, cur, cs);
+  if (AHEAD == 2 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
 
   float4 xv[CPT][M][4];
   activation(xv, k);
 
   for (int i = 0; unit < units; unit += gridDim.x, ++i) {
-    if (unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
+    if (AHEAD == 1 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
+    if (AHEAD == 2 && unit + 2 * gridDim.x < units) load(unit + 2 * gridDim.x, far, fs);
     float acc[R][M];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -261,7 +265,10 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int j = 0; j < CPT; ++j) cur[r][j] = nxt[r][j], cs[r][j] = ns[r][j];
+      for (int j = 0; j < CPT; ++j) {
+        cur[r][j] = nxt[r][j], cs[r][j] = ns[r][j];
+        if (AHEAD == 2) nxt[r][j] = far[r][j], ns[r][j] = fs[r][j];
+      }
     }
   }
 }
@@ -510,18 +517,21 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT)                                    \
+#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT, AHEAD)                             \
   extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {           \
-    gemv_split<CPT, R, M, OUT>(                                                            \
+    gemv_split<CPT, R, M, OUT, AHEAD>(                                                     \
         w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
 #define SPLIT(CPT, R, MAX_THREADS)                                                         \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, 1, MAX_THREADS, u16)           \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_f32, CPT, R, 1, MAX_THREADS, float)
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, 1, MAX_THREADS, u16, 1)        \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_f32, CPT, R, 1, MAX_THREADS, float, 1)
 #define SPLIT_ROWS(CPT, R, M, MAX_THREADS)                                                 \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16)    \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float)
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16, 1) \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float, 1)
+#define SPLIT_ROWS_AHEAD2(CPT, R, M, MAX_THREADS)                                                   \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_bf16, CPT, R, M, MAX_THREADS, u16, 2)     \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_f32, CPT, R, M, MAX_THREADS, float, 2)
 
 // The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
 #define ADDNORM_KERNEL(NAME, OUT)                                                                        \
@@ -553,4 +563,5 @@ SPLIT(2, 4, 512)
 SPLIT_ROWS(1, 4, 4, 512)
 SPLIT_ROWS(1, 2, 4, 512)
 SPLIT_ROWS(1, 8, 2, 512)   // two rows, 128 registers: twice the library's bytes in flight an SM
+SPLIT_ROWS_AHEAD2(1, 4, 2, 512)  // two rows, two units ahead: 128 registers, no spills (ptxas 12.9)
 #endif
