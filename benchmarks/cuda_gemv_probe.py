@@ -149,6 +149,7 @@ CONFIGS = (
     + tuple(Split(8, 1, 8, p) for p in (1, 2))
     + (Split(4, 2, 4, 4), Split(14, 2, 4, 1))
     + tuple(Split(28, 1, r, 1) for r in (2, 4))
+    + (Split(8, 1, 2, 4, ahead=2), Split(28, 1, 2, 1, ahead=2))  # two units ahead (benchmarks/sass_order.py)
 )
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 

@@ -529,6 +529,9 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 #define SPLIT_ROWS(CPT, R, M, MAX_THREADS)                                                 \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16, 1) \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float, 1)
+#define SPLIT_AHEAD2(CPT, R, MAX_THREADS)                                                           \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_a2_bf16, CPT, R, 1, MAX_THREADS, u16, 2)              \
+  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_a2_f32, CPT, R, 1, MAX_THREADS, float, 2)
 #define SPLIT_ROWS_AHEAD2(CPT, R, M, MAX_THREADS)                                                   \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_bf16, CPT, R, M, MAX_THREADS, u16, 2)     \
   SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_f32, CPT, R, M, MAX_THREADS, float, 2)
@@ -564,4 +567,5 @@ SPLIT_ROWS(1, 4, 4, 512)
 SPLIT_ROWS(1, 2, 4, 512)
 SPLIT_ROWS(1, 8, 2, 512)   // two rows, 128 registers: twice the library's bytes in flight an SM
 SPLIT_ROWS_AHEAD2(1, 4, 2, 512)  // two rows, two units ahead: 128 registers, no spills (ptxas 12.9)
+SPLIT_AHEAD2(1, 2, 1024)   // one row in units of 2, two ahead: 64 registers, no spills (units of 4 spill 148 bytes)
 #endif
