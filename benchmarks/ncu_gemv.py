@@ -10,8 +10,8 @@ goes straight to a file, since a pipe cut by the time limit loses it).
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
 (``cuda_gemv_probe.ROW_CONFIGS``, one nvcc build: units of 4 and of 8 weight rows, and units of 4 two units ahead), and
-at (4096, 14336) one row, bf16 and the library (896 threads, one CTA an SM). Everything is compiled and run once before
-the range.
+at (4096, 14336) one row, bf16 and the library (896 threads, one CTA an SM); at one row, also the probe's one-row kernel
+two units ahead where one of its configurations fits the shape. Everything is compiled and run once before the range.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ def ops(wide: tuple[int, int] = WIDE, deep: tuple[int, int] = DEEP) -> list[tupl
             x, w = operands(n, k, m, copies=1)[0]
             out.append((f"({n}, {k}) M={m} bf16 jnp.dot", bf16_dot, (x, dequant_bf16(w))))
             out.append((f"({n}, {k}) M={m} library", library, (x, w)))
-            if m == 2:
-                for cfg in probe.ROW_CONFIGS[2]:
-                    fn = jax.jit(functools.partial(probe.gemv, cfg=cfg))
-                    out.append((f"({n}, {k}) M={m} probe {probe.label_of(cfg)}", fn, (x, w)))
+            ahead = [c for c in probe.CONFIGS if isinstance(c, probe.Split) and c.ahead == 2 and probe.fits(c, n, k)]
+            probes = ahead if m == 1 else probe.ROW_CONFIGS[2] if m == 2 else ()  # ahead: one row, two units ahead
+            for cfg in probes:
+                fn = jax.jit(functools.partial(probe.gemv, cfg=cfg))
+                out.append((f"({n}, {k}) M={m} probe {probe.label_of(cfg)}", fn, (x, w)))
     return out
 
 
