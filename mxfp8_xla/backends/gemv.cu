@@ -523,18 +523,15 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     gemv_split<CPT, R, M, OUT, AHEAD>(                                                     \
         w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
-#define SPLIT(CPT, R, MAX_THREADS)                                                         \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_bf16, CPT, R, 1, MAX_THREADS, u16, 1)        \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_f32, CPT, R, 1, MAX_THREADS, float, 1)
-#define SPLIT_ROWS(CPT, R, M, MAX_THREADS)                                                 \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_bf16, CPT, R, M, MAX_THREADS, u16, 1) \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_f32, CPT, R, M, MAX_THREADS, float, 1)
-#define SPLIT_AHEAD2(CPT, R, MAX_THREADS)                                                           \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_a2_bf16, CPT, R, 1, MAX_THREADS, u16, 2)              \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_a2_f32, CPT, R, 1, MAX_THREADS, float, 2)
-#define SPLIT_ROWS_AHEAD2(CPT, R, M, MAX_THREADS)                                                   \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_bf16, CPT, R, M, MAX_THREADS, u16, 2)     \
-  SPLIT_KERNEL(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2_f32, CPT, R, M, MAX_THREADS, float, 2)
+#define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS, AHEAD)                                     \
+  SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, u16, AHEAD)                             \
+  SPLIT_KERNEL(NAME##_f32, CPT, R, M, MAX_THREADS, float, AHEAD)
+#define SPLIT(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R, CPT, R, 1, MAX_THREADS, 1)
+#define SPLIT_ROWS(CPT, R, M, MAX_THREADS) \
+  SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS, 1)
+#define SPLIT_AHEAD2(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_a2, CPT, R, 1, MAX_THREADS, 2)
+#define SPLIT_ROWS_AHEAD2(CPT, R, M, MAX_THREADS) \
+  SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2, CPT, R, M, MAX_THREADS, 2)
 
 // The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
 #define ADDNORM_KERNEL(NAME, OUT)                                                                        \
