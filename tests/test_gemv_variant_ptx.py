@@ -1,5 +1,7 @@
-"""benchmarks/gemv_variant_ptx.py on CPU: the source substitutions (the build itself needs NVRTC)."""
+"""benchmarks/gemv_variant_ptx.py on CPU: the source substitutions, and that every kept variant (benchmarks/variants/)
+still applies to gemv.cu (the build itself needs NVRTC)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,3 +30,14 @@ def test_the_library_source_has_the_weight_load_the_measured_variants_replaced_o
 def test_a_substitution_must_name_exactly_one_occurrence(spec, why):
     with pytest.raises(ValueError, match=why):
         variant_source("a b a", [spec])
+
+
+def test_pairs_substitute_as_the_command_lines_do():
+    assert variant_source("a\nb c", [("a\nb", "x"), "c=>y"]) == "x y"
+
+
+@pytest.mark.parametrize("variant", sorted((Path(__file__).parent.parent / "benchmarks" / "variants").glob("*.json")))
+def test_every_kept_variant_still_applies_to_the_library_source(variant):
+    listed = json.loads(variant.read_text())
+    out = variant_source(cuda_gemv.SOURCE.read_text(), [tuple(pair) for pair in listed["substitutions"]])
+    assert listed["about"] and out != cuda_gemv.SOURCE.read_text()
