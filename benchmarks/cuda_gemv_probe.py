@@ -133,7 +133,7 @@ class Split(NamedTuple):
     r: int  # rows a unit
     per_sm: int
     m: int = 1  # activation rows (> 1: the probe's multi-row kernels, k <= 8192)
-    ahead: int = 1  # units whose loads are in flight (2: three register buffers, multi-row kernels only)
+    ahead: int = 1  # units whose loads are in flight (2: three register buffers; the probe instantiates a few)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
