@@ -3,14 +3,15 @@
 Each substitution ``OLD=>NEW`` replaces the one occurrence of OLD in the source (it must occur exactly once); the
 result is compiled as ``gemv.ptx`` is (:func:`mxfp8_xla.backends.cuda_gemv.build_ptx`, NVRTC), written to OUT, and, with
 ``--ptxas PATH``, its tensor-core kernels' registers and spills are printed. ``--source`` takes another file (e.g. an
-earlier commit's, ``git show 5dd9587:mxfp8_xla/backends/gemv.cu``), ``-D`` adds preprocessor definitions, ``--variant``
-applies the substitutions of a ``benchmarks/variants/*.json`` file (``{"about": ..., "substitutions": [[OLD, NEW],
-...]}``) before the command line's.
+earlier commit's, ``git show 5dd9587:mxfp8_xla/backends/gemv.cu``), ``-D`` adds preprocessor definitions, each
+``--variant`` (repeatable, applied in order) applies the substitutions of a ``benchmarks/variants/*.json`` file
+(``{"about": ..., "substitutions": [[OLD, NEW], ...]}``) before the command line's.
 
     python benchmarks/gemv_variant_ptx.py ab/noalloc.ptx \\
         "ld.global.nc.v4.u32=>ld.global.nc.L1::no_allocate.v4.u32" --ptxas /path/to/ptxas
     python benchmarks/gemv_variant_ptx.py ab/ring_d2.ptx --source ring.cu -D MXFP8_GEMV_MMA_DEPTH=2
-    python benchmarks/gemv_variant_ptx.py ab/mma_ahead2.ptx --variant benchmarks/variants/mma_ahead2_act_smem.json
+    python benchmarks/gemv_variant_ptx.py ab/mma_ahead2.ptx --variant benchmarks/variants/mma_act_smem.json \\
+        --variant benchmarks/variants/mma_ahead2.json
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ if __name__ == "__main__":
     parser.add_argument("--ptxas", help="a ptxas for sm_90: print the tensor-core kernels' registers and spills")
     parser.add_argument("--source", type=Path, default=cuda_gemv.SOURCE, help="the source to vary (default gemv.cu)")
     parser.add_argument("-D", dest="defines", action="append", default=[], help="NAME=VALUE, a preprocessor definition")
-    parser.add_argument("--variant", type=Path, help="a benchmarks/variants/*.json file of substitutions")
+    parser.add_argument(
+        "--variant", type=Path, action="append", default=[], help="a benchmarks/variants/*.json file (repeatable)"
+    )
     args = parser.parse_args()
-    listed = json.loads(args.variant.read_text())["substitutions"] if args.variant else []
+    listed = [pair for variant in args.variant for pair in json.loads(variant.read_text())["substitutions"]]
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "gemv.cu"
         source.write_text(variant_source(args.source.read_text(), [*map(tuple, listed), *args.substitutions]))
