@@ -5,7 +5,10 @@ tensor-core GEMV's stream": the kernels' speeds line up with the weight bytes ea
 one-row kernel and 32 KB for the two-row and tensor-core ones, but not every variant fits that reading). The profile
 gives each kernel's DRAM throughput, achieved warps, and why warps stall (long scoreboard: waiting on a load; barrier:
 waiting on the CTA's other warps). Run on the device with ``benchmarks/ncu_gemv.sh`` (the ncu command line; the report
-goes straight to a file, since a pipe cut by the time limit loses it).
+goes straight to a file, since a pipe cut by the time limit loses it). ``--table REPORT`` prints a report's kernels,
+one line each (``table``). The eighteenth session's answer (results/ncu_gemv_table_h200.txt): our kernels issue an
+instruction on 59-76% of scheduler cycles where cuBLAS issues on 6-22%; the one-row kernel, at 0.76, is close to
+issue-bound, and the variants two units ahead issue as often and stream slower.
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
@@ -16,10 +19,13 @@ two units ahead where one of its configurations fits the shape. Everything is co
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +59,50 @@ def ops(wide: tuple[int, int] = WIDE, deep: tuple[int, int] = DEEP) -> list[tupl
     return out
 
 
+# (column, the report's metric name, its unit): the throughput and the issue rate, how many warps could issue, the
+# caches. "Memory Throughput" is in the report twice, as a % of peak and in bytes/s: the unit tells them apart.
+METRICS = (
+    ("us", "Duration", "us"),
+    ("DRAM %", "DRAM Throughput", "%"),
+    ("memory", "Memory Throughput", "[GT]byte/s"),
+    ("issued/sched", "Issued Warp Per Scheduler", ""),
+    ("eligible/sched", "Eligible Warps Per Scheduler", "warp"),
+    ("cycles/issue", "Warp Cycles Per Issued Instruction", "cycle"),
+    ("warps/SM", "Achieved Active Warps Per SM", "warp"),
+    ("L1 hit %", "L1/TEX Hit Rate", "%"),
+    ("smem KB", "Shared Memory Configuration Size", "Kbyte"),
+    ("regs", "Registers Per Thread", "register/thread"),
+)
+
+
+def table(report: str) -> list[dict[str, str]]:
+    """One row per kernel of an ``ncu`` text report (the sections ncu_gemv.sh asks for), in the order they ran: the
+    kernel's name, its launch, and each of ``METRICS`` ("" where the report lacks it; bytes/s with their unit)."""
+    rows = []
+    for head, body in re.findall(
+        r"^  (\S+ \([^\n]*?\)x\([^\n]*?\)), Context[^\n]*\n(.*?)(?=^  \S+ \([^\n]*?\)x\(|\Z)", report, re.M | re.S
+    ):
+        name, launch = head.split(" ", 1)
+        row = {"kernel": name, "launch": launch}
+        for column, metric, unit in METRICS:
+            found = re.search(rf"^ +{re.escape(metric)} +({unit}) *([\d.,]+)$", body, re.M)
+            value = found.group(2).replace(",", "") if found else ""
+            row[column] = f"{value} {found.group(1)[0]}B/s" if found and "byte/s" in unit else value
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, help="print the table of this ncu report (ncu_gemv.txt) and stop")
+    args = parser.parse_args()
+    if args.table:
+        rows = table(args.table.read_text())
+        columns = ["kernel", "launch", *(c for c, _, _ in METRICS)]
+        print(" | ".join(columns))
+        for row in rows:
+            print(" | ".join(row[c] for c in columns))
+        return
     probe.PTX = probe.compile_ptx()
     profile_once(ops())
 

@@ -9,4 +9,4 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. ncu --clock-control none --prof
   python3 -X faulthandler benchmarks/ncu_gemv.py >"$OUT/ncu_gemv_driver.log" 2>&1
 echo "ncu exit $?"
 grep -E "^  [0-9]+:" "$OUT/ncu_gemv_driver.log"
-grep -E -i "Context [0-9]|Duration|DRAM Throughput|Achieved Active Warps|stalled" "$OUT/ncu_gemv.txt" | head -200
+python3 benchmarks/ncu_gemv.py --table "$OUT/ncu_gemv.txt"

@@ -224,3 +224,52 @@ def test_the_tiling_file_names_only_triton_gemm_key_fields():
         body = re.fullmatch(r"config \{ (.*) \}", line).group(1)
         pairs = dict(re.findall(r"(\w+): (\d+)", body))
         assert set(pairs) == fields and " ".join(f"{k}: {v}" for k, v in pairs.items()) == body
+
+
+# An excerpt of a real report (results/ncu_gemv_h200.txt, eighteenth session): the driver's numbered list first, one
+# kernel's sections cut to the lines the table reads, then a second kernel that lacks most metrics.
+NCU_REPORT = """\
+  0: (14336, 4096) M=1 bf16 jnp.dot
+  1: (14336, 4096) M=1 library
+  mxfp8_gemv_mma_r8_bf16 (132, 1, 1)x(1024, 1, 1), Context 1, Stream 14, Device 0, CC 9.0
+    Section: GPU Speed Of Light Throughput
+    Memory Throughput                 %        48.06
+    DRAM Throughput                   %        48.06
+    Duration                         us        27.30
+    Section: Memory Workload Analysis
+    Memory Throughput                          Tbyte/s         2.31
+    L1/TEX Hit Rate                                  %        15.98
+    Issued Warp Per Scheduler                        0.59
+    Eligible Warps Per Scheduler        warp         2.48
+    Warp Cycles Per Issued Instruction             cycle        13.60
+    Registers Per Thread             register/thread              64
+    Shared Memory Configuration Size           Kbyte           32.77
+    Achieved Active Warps Per SM           warp        33.13
+  loop_reduce_fusion (32, 1, 1)x(128, 1, 1), Context 1, Stream 14, Device 0, CC 9.0
+    Duration                         us         2.82
+    Memory Throughput                          Gbyte/s        47.91
+    Elapsed Cycles                cycle       49,758
+"""
+
+
+def test_ncu_gemv_table_reads_each_kernels_metrics_in_the_order_they_ran():
+    rows = ncu_gemv.table(NCU_REPORT)
+    assert [(r["kernel"], r["launch"]) for r in rows] == [
+        ("mxfp8_gemv_mma_r8_bf16", "(132, 1, 1)x(1024, 1, 1)"),
+        ("loop_reduce_fusion", "(32, 1, 1)x(128, 1, 1)"),
+    ]
+    assert rows[0] == {
+        "kernel": "mxfp8_gemv_mma_r8_bf16",
+        "launch": "(132, 1, 1)x(1024, 1, 1)",
+        "us": "27.30",
+        "DRAM %": "48.06",
+        "memory": "2.31 TB/s",  # the bytes/s line, not the % one above it
+        "issued/sched": "0.59",
+        "eligible/sched": "2.48",
+        "cycles/issue": "13.60",
+        "warps/SM": "33.13",
+        "L1 hit %": "15.98",
+        "smem KB": "32.77",
+        "regs": "64",
+    }
+    assert rows[1]["us"] == "2.82" and rows[1]["memory"] == "47.91 GB/s" and rows[1]["regs"] == ""
