@@ -68,7 +68,16 @@ of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096), where the Pallas path 
 emulation; every edge as emulation's.
 
 ``--route 8 --mma-smem 163840`` (results/gemv_ring_ab_h200.log, seventeenth session): asking for 160 KB of shared memory
-the kernel does not use slowed the tensor-core kernel from 29.7 to 34.2 us at (14336, 4096), same call.
+the kernel does not use slowed the tensor-core kernel from 29.7 to 34.2 us at (14336, 4096), same call. The eighteenth
+session (results/gemv_mma_smem_ab_h200.log) placed the cost: asking for 14 or 32 KB (static and dynamic together at
+most 48 KB) cost nothing (30.3 and 29.4 us against 29.2), asking for 49153 bytes cost as much as 160 KB (34.6 against
+30.1). Above 48 KB of dynamic shared memory jaxlib's launcher opts the kernel in and sets
+``CU_FUNC_CACHE_PREFER_SHARED``, which takes the SM's L1 down to its smallest. Static plus dynamic above 48 KB with the
+dynamic part at most 48 KB fails to launch (CUDA_ERROR_INVALID_VALUE).
+
+Two units ahead (``--rows 2``, ``--split-only``, ``route_ab.sh`` with ``variants/mma_ahead2.json``; eighteenth session,
+results/cuda_gemv_probe_ahead2_h200.*, gemv_mma_smem_ab_h200.log): slower than one ahead in every kernel, at every
+shape.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16 |
 --route 3,4,8]``;
