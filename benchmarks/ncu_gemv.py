@@ -3,12 +3,13 @@
 The question it answers: what bounds the weight stream of each kernel (docs/benchmarks.md, "Shared memory and the
 tensor-core GEMV's stream": the kernels' speeds line up with the weight bytes each SM keeps in flight, 64 KB for the
 one-row kernel and 32 KB for the two-row and tensor-core ones, but not every variant fits that reading). The profile
-gives each kernel's DRAM throughput, achieved warps, and why warps stall (long scoreboard: waiting on a load; barrier:
-waiting on the CTA's other warps). Run on the device with ``benchmarks/ncu_gemv.sh`` (the ncu command line; the report
-goes straight to a file, since a pipe cut by the time limit loses it). ``--table REPORT`` prints a report's kernels,
-one line each (``table``). The eighteenth session's answer (results/ncu_gemv_table_h200.txt): our kernels issue an
-instruction on 59-76% of scheduler cycles where XLA's bf16 GEMM issues on 6-22%; the one-row kernel, at 0.76, is
-close to issue-bound, and the variants two units ahead issue as often and stream slower.
+gives each kernel's DRAM throughput, its schedulers' issue rate, its eligible and achieved warps, and its shared-memory
+carveout (the stall reasons by cause would need ncu's source counters, not collected). Run on the device with
+``benchmarks/ncu_gemv.sh`` (the ncu command line; the report goes straight to a file, since a pipe cut by the time limit
+loses it). ``--table REPORT`` prints a report's kernels, one line each (``table``). The eighteenth session's answer
+(results/ncu_gemv_table_h200.txt): our kernels issue an instruction on 59-76% of scheduler cycles where XLA's bf16 GEMM
+issues on 6-22%; the one-row kernel, at 0.76, is close to issue-bound, and the variants two units ahead issue as often
+and stream slower.
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels

@@ -3,10 +3,11 @@
 # (the order of the profiled kernels) to $OUT/ncu_gemv_driver.log. Only python is profiled, not the nvcc it runs; a
 # segfault prints Python's stack (the first run, eighteenth session, died with nothing but "Segmentation fault").
 set -u
-XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. ncu --clock-control none --profile-from-start off --target-processes application-only \
+XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. ncu --clock-control none --profile-from-start off \
+  --target-processes application-only \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
   --section MemoryWorkloadAnalysis --section LaunchStats --log-file "$OUT/ncu_gemv.txt" \
   python3 -X faulthandler benchmarks/ncu_gemv.py >"$OUT/ncu_gemv_driver.log" 2>&1
 echo "ncu exit $?"
 grep -E "^  [0-9]+:" "$OUT/ncu_gemv_driver.log"
-python3 benchmarks/ncu_gemv.py --table "$OUT/ncu_gemv.txt"
+PYTHONPATH=. python3 benchmarks/ncu_gemv.py --table "$OUT/ncu_gemv.txt"
