@@ -4,12 +4,12 @@ The question it answers: what bounds the weight stream of each kernel (docs/benc
 tensor-core GEMV's stream": the kernels' speeds line up with the weight bytes each SM keeps in flight, 64 KB for the
 one-row kernel and 32 KB for the two-row and tensor-core ones, but not every variant fits that reading). The profile
 gives each kernel's DRAM throughput, its schedulers' issue rate, its eligible and achieved warps, and its shared-memory
-carveout (the stall reasons by cause would need ncu's source counters, not collected). Run on the device with
-``benchmarks/ncu_gemv.sh`` (the ncu command line; the report goes straight to a file, since a pipe cut by the time limit
-loses it). ``--table REPORT`` prints a report's kernels, one line each (``table``). The eighteenth session's answer
-(results/ncu_gemv_table_h200.txt): our kernels issue an instruction on 59-76% of scheduler cycles where XLA's bf16 GEMM
-issues on 6-22%; the one-row kernel, at 0.76, is close to issue-bound, and the variants two units ahead issue as often
-and stream slower.
+carveout, and why its warps stall, by cause (``STALLS``; asked for since the eighteenth session's run, not in its
+report). Run on the device with ``benchmarks/ncu_gemv.sh`` (the ncu command line; the report goes straight to a file,
+since a pipe cut by the time limit loses it). ``--table REPORT`` prints a report's kernels, one line each (``table``).
+The eighteenth session's answer (results/ncu_gemv_table_h200.txt): our kernels issue an instruction on 59-76% of
+scheduler cycles where XLA's bf16 GEMM issues on 6-22%; the one-row kernel, at 0.76, is close to issue-bound, and the
+variants two units ahead issue as often and stream slower.
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
@@ -76,9 +76,32 @@ METRICS = (
 )
 
 
-def table(report: str) -> list[dict[str, str]]:
-    """One row per kernel of an ``ncu`` text report (the sections ncu_gemv.sh asks for), in the order they ran: the
-    kernel's name, its launch, and each of ``METRICS`` ("" where the report lacks it; bytes/s with their unit)."""
+# Why warps wait, by cause: cycles stalled for each instruction issued (ncu's Warp State chart), asked for by
+# ncu_gemv.sh through --metrics (`--stall-metrics` prints the list), summed by the table's "stalls" column.
+STALLS = (
+    "barrier",
+    "long_scoreboard",
+    "short_scoreboard",
+    "wait",
+    "math_pipe_throttle",
+    "mio_throttle",
+    "lg_throttle",
+    "not_selected",
+    "selected",
+    "dispatch_stall",
+    "no_instruction",
+    "branch_resolving",
+)
+
+
+def stall_metric(reason: str) -> str:
+    return f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio"
+
+
+def table(report: str, top: int = 3) -> list[dict[str, str]]:
+    """One row per kernel of an ``ncu`` text report (the sections and metrics ncu_gemv.sh asks for), in the order
+    they ran: the kernel's name, its launch, each of ``METRICS`` ("" where the report lacks it; bytes/s with their
+    unit), and under "stalls" its ``top`` stall causes, cycles an issued instruction, largest first."""
     rows = []
     for head, body in re.findall(
         r"^  (\S+ \([^\n]*?\)x\([^\n]*?\)), Context[^\n]*\n(.*?)(?=^  \S+ \([^\n]*?\)x\(|\Z)", report, re.M | re.S
@@ -89,6 +112,12 @@ def table(report: str) -> list[dict[str, str]]:
             found = re.search(rf"^ +{re.escape(metric)} +({unit}) *([\d.,]+)$", body, re.M)
             value = found.group(2).replace(",", "") if found else ""
             row[column] = f"{value} {found.group(1)[0]}B/s" if found and "byte/s" in unit else value
+        stalls = []
+        for reason in STALLS:
+            found = re.search(rf"^ +{re.escape(stall_metric(reason))} +(?:\S+ +)?([\d.,]+)$", body, re.M)
+            if found:
+                stalls.append((float(found.group(1).replace(",", "")), reason))
+        row["stalls"] = ", ".join(f"{reason} {cycles:.2f}" for cycles, reason in sorted(stalls, reverse=True)[:top])
         rows.append(row)
     return rows
 
@@ -96,10 +125,14 @@ def table(report: str) -> list[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, help="print the table of this ncu report (ncu_gemv.txt) and stop")
+    parser.add_argument("--stall-metrics", action="store_true", help="print the stall metrics for ncu --metrics")
     args = parser.parse_args()
+    if args.stall_metrics:
+        print(",".join(map(stall_metric, STALLS)))
+        return
     if args.table:
         rows = table(args.table.read_text())
-        columns = ["kernel", "launch", *(c for c, _, _ in METRICS)]
+        columns = ["kernel", "launch", *(c for c, _, _ in METRICS), "stalls"]
         print(" | ".join(columns))
         for row in rows:
             print(" | ".join(row[c] for c in columns))

@@ -227,7 +227,8 @@ def test_the_tiling_file_names_only_triton_gemm_key_fields():
 
 
 # An excerpt of a real report (results/ncu_gemv_h200.txt, eighteenth session): the driver's numbered list first, one
-# kernel's sections cut to the lines the table reads, then a second kernel that lacks most metrics.
+# kernel's sections cut to the lines the table reads, then a second kernel that lacks most metrics. The stall metrics
+# (made-up values) are in the format of ncu's other metric lines; that run did not ask for them.
 NCU_REPORT = """\
   0: (14336, 4096) M=1 bf16 jnp.dot
   1: (14336, 4096) M=1 library
@@ -245,6 +246,11 @@ NCU_REPORT = """\
     Registers Per Thread             register/thread              64
     Shared Memory Configuration Size           Kbyte           32.77
     Achieved Active Warps Per SM           warp        33.13
+    Section: Command line profiler metrics
+    smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio                           2.61
+    smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio                   1.05
+    smsp__average_warps_issue_stalled_wait_per_issue_active.ratio                              3.40
+    smsp__average_warps_issue_stalled_selected_per_issue_active.ratio                          1.00
   loop_reduce_fusion (32, 1, 1)x(128, 1, 1), Context 1, Stream 14, Device 0, CC 9.0
     Duration                         us         2.82
     Memory Throughput                          Gbyte/s        47.91
@@ -271,5 +277,15 @@ def test_ncu_gemv_table_reads_each_kernels_metrics_in_the_order_they_ran():
         "L1 hit %": "15.98",
         "smem KB": "32.77",
         "regs": "64",
+        "stalls": "wait 3.40, barrier 2.61, long_scoreboard 1.05",  # the top three, largest first
     }
-    assert rows[1]["us"] == "2.82" and rows[1]["memory"] == "47.91 GB/s" and rows[1]["regs"] == ""
+    assert rows[1]["us"] == "2.82" and rows[1]["memory"] == "47.91 GB/s" and rows[1]["regs"] == rows[1]["stalls"] == ""
+
+
+def test_ncu_gemv_asks_for_each_stall_metric_the_table_reads():
+    metrics = [ncu_gemv.stall_metric(reason) for reason in ncu_gemv.STALLS]
+    assert len(set(metrics)) == len(ncu_gemv.STALLS) == 12
+    assert all(
+        m.startswith("smsp__average_warps_issue_stalled_") and m.endswith("_per_issue_active.ratio") for m in metrics
+    )
+    assert "--stall-metrics" in (Path(ncu_gemv.__file__).parent / "ncu_gemv.sh").read_text()
