@@ -8,8 +8,8 @@ carveout, and why its warps stall, by cause (``STALLS``; asked for since the eig
 report). Run on the device with ``benchmarks/ncu_gemv.sh`` (the ncu command line; the report goes straight to a file,
 since a pipe cut by the time limit loses it). ``--table REPORT`` prints a report's kernels, one line each (``table``).
 The eighteenth session's answer (results/ncu_gemv_table_h200.txt): our kernels issue an instruction on 59-76% of
-scheduler cycles where XLA's bf16 GEMM issues on 6-22%; the one-row kernel, at 0.76, is close to issue-bound, and the
-variants two units ahead issue as often and stream slower.
+scheduler cycles where XLA's bf16 GEMM issues on 6-22%; the one-row kernel, at 0.76, leaves a scheduler idle one cycle
+in four, and the variants two units ahead issue as often and stream slower.
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
