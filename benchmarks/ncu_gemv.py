@@ -76,8 +76,9 @@ METRICS = (
 )
 
 
-# Why warps wait, by cause: cycles stalled for each instruction issued (ncu's Warp State chart), asked for by
-# ncu_gemv.sh through --metrics (`--stall-metrics` prints the list), summed by the table's "stalls" column.
+# Why warps wait, by cause: cycles stalled for each instruction issued (ncu's Warp State chart, less "selected", the
+# cycle a warp issues), asked for by ncu_gemv.sh through --metrics (`--stall-metrics` prints the list); the table's
+# "stalls" column shows the largest three.
 STALLS = (
     "barrier",
     "long_scoreboard",
@@ -87,7 +88,6 @@ STALLS = (
     "mio_throttle",
     "lg_throttle",
     "not_selected",
-    "selected",
     "dispatch_stall",
     "no_instruction",
     "branch_resolving",
