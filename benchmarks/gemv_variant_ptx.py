@@ -38,6 +38,11 @@ def variant_source(source: str, substitutions: list[str | tuple[str, str]]) -> s
     return source
 
 
+def variant_substitutions(*variants: Path) -> list[tuple[str, str]]:
+    """The ``(OLD, NEW)`` pairs of ``benchmarks/variants/*.json`` files, in order."""
+    return [tuple(pair) for variant in variants for pair in json.loads(variant.read_text())["substitutions"]]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="where to write the PTX")
@@ -49,10 +54,11 @@ if __name__ == "__main__":
         "--variant", type=Path, action="append", default=[], help="a benchmarks/variants/*.json file (repeatable)"
     )
     args = parser.parse_args()
-    listed = [pair for variant in args.variant for pair in json.loads(variant.read_text())["substitutions"]]
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "gemv.cu"
-        source.write_text(variant_source(args.source.read_text(), [*map(tuple, listed), *args.substitutions]))
+        source.write_text(
+            variant_source(args.source.read_text(), [*variant_substitutions(*args.variant), *args.substitutions])
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(cuda_gemv.build_ptx(source, tuple(args.defines)))
     print(f"wrote {args.out}")

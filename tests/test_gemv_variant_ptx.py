@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from gemv_variant_ptx import variant_source  # noqa: E402
+from gemv_variant_ptx import variant_source, variant_substitutions  # noqa: E402
 
 from mxfp8_xla.backends import cuda_gemv  # noqa: E402
 
@@ -38,18 +38,13 @@ def test_pairs_substitute_as_the_command_lines_do():
 
 @pytest.mark.parametrize("variant", sorted((Path(__file__).parent.parent / "benchmarks" / "variants").glob("*.json")))
 def test_every_kept_variant_still_applies_to_the_library_source(variant):
-    listed = json.loads(variant.read_text())
-    out = variant_source(cuda_gemv.SOURCE.read_text(), [tuple(pair) for pair in listed["substitutions"]])
-    assert listed["about"] and out != cuda_gemv.SOURCE.read_text()
+    out = variant_source(cuda_gemv.SOURCE.read_text(), variant_substitutions(variant))
+    assert json.loads(variant.read_text())["about"] and out != cuda_gemv.SOURCE.read_text()
 
 
 def test_the_two_units_ahead_variant_applies_after_its_shared_memory_control():
     folder = Path(__file__).parent.parent / "benchmarks" / "variants"
-    pairs = [
-        tuple(p)
-        for f in ("mma_act_smem", "mma_ahead2")
-        for p in json.loads((folder / f"{f}.json").read_text())["substitutions"]
-    ]
+    pairs = variant_substitutions(folder / "mma_act_smem.json", folder / "mma_ahead2.json")
     out = variant_source(cuda_gemv.SOURCE.read_text(), pairs)
     assert "extern __shared__ uint2 act[];" in out and "Unit a, b, c;" in out and "__syncthreads_or(!exact)" in out
     assert "marked[" not in out  # every use of the shared-memory marks went with them
