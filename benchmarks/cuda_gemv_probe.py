@@ -407,7 +407,8 @@ ROW_CONFIGS = {
 (128 registers, no spills with ptxas 12.9): 128 bytes of weight loads in flight a thread, 64 KB an SM, twice the
 library's two-row kernel's (units of 4 rows, 95 registers), as much as the one-row kernel's (1024 x 64 B); and in units
 of 4 rows two units ahead (128 registers, no spills): ptxas issues a unit's loads after the products of the unit before
-(benchmarks/sass_order.py), so one unit ahead leaves a warp no loads in flight while it multiplies, two ahead do."""
+(benchmarks/sass_order.py), so one unit ahead leaves a warp no loads in flight while it multiplies, two ahead do.
+Both ran slower than the library's (eighteenth session, results/cuda_gemv_probe_ahead2_h200.*)."""
 
 
 def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:
