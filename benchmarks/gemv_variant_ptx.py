@@ -5,7 +5,9 @@ result is compiled as ``gemv.ptx`` is (:func:`mxfp8_xla.backends.cuda_gemv.build
 ``--ptxas PATH``, its tensor-core kernels' registers and spills are printed. ``--source`` takes another file (e.g. an
 earlier commit's, ``git show 5dd9587:mxfp8_xla/backends/gemv.cu``), ``-D`` adds preprocessor definitions, each
 ``--variant`` (repeatable, applied in order) applies the substitutions of a ``benchmarks/variants/*.json`` file
-(``{"about": ..., "substitutions": [[OLD, NEW], ...]}``) before the command line's.
+(``{"about": ..., "base": COMMIT, "substitutions": [[OLD, NEW], ...]}``) before the command line's. A variant's
+``base`` names the commit whose ``gemv.cu`` it was written against and measured on; without ``--source`` that
+commit's file is the one varied (``git show``), so a variant stays the experiment it was after the library moves on.
 
     python benchmarks/gemv_variant_ptx.py ab/noalloc.ptx \\
         "ld.global.nc.v4.u32=>ld.global.nc.L1::no_allocate.v4.u32" --ptxas /path/to/ptxas
@@ -43,12 +45,27 @@ def variant_substitutions(*variants: Path) -> list[tuple[str, str]]:
     return [tuple(pair) for variant in variants for pair in json.loads(variant.read_text())["substitutions"]]
 
 
+def variant_base_source(*variants: Path) -> str:
+    """The ``gemv.cu`` the variants apply to: their ``base`` commit's (one for all of them; ``git show``), or the
+    library's own where none names one."""
+    bases = {json.loads(variant.read_text()).get("base") for variant in variants} - {None}
+    if len(bases) > 1:
+        raise ValueError(f"variants {[str(v) for v in variants]} name different base commits {sorted(bases)}")
+    if not bases:
+        return cuda_gemv.SOURCE.read_text()
+    path = cuda_gemv.SOURCE.relative_to(Path(__file__).resolve().parent.parent).as_posix()
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        ["git", "show", f"{bases.pop()}:{path}"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="where to write the PTX")
     parser.add_argument("substitutions", nargs="*", help="OLD=>NEW, applied in order")
     parser.add_argument("--ptxas", help="a ptxas for sm_90: print the tensor-core kernels' registers and spills")
-    parser.add_argument("--source", type=Path, default=cuda_gemv.SOURCE, help="the source to vary (default gemv.cu)")
+    parser.add_argument("--source", type=Path, help="the source to vary (default: the variants' base, else gemv.cu)")
     parser.add_argument("-D", dest="defines", action="append", default=[], help="NAME=VALUE, a preprocessor definition")
     parser.add_argument(
         "--variant", type=Path, action="append", default=[], help="a benchmarks/variants/*.json file (repeatable)"
@@ -57,7 +74,10 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "gemv.cu"
         source.write_text(
-            variant_source(args.source.read_text(), [*variant_substitutions(*args.variant), *args.substitutions])
+            variant_source(
+                args.source.read_text() if args.source else variant_base_source(*args.variant),
+                [*variant_substitutions(*args.variant), *args.substitutions],
+            )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(cuda_gemv.build_ptx(source, tuple(args.defines)))
