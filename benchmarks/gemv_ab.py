@@ -1,0 +1,104 @@
+"""Builds of ``gemv.cu`` against each other in one process: the library's route (``hopper.matmul``) with each build's
+PTX, and bf16 ``jnp.dot``, timed in interleaved rounds.
+
+``route_ab.sh`` runs one process per build, each timing bf16, the route, its Pallas path and the edge cases at five
+shapes (80-110 s a build at 8 rows); cells move by up to 8 us between processes. Here every build is traced and
+compiled first (``cuda_gemv._ptx`` patched to return its PTX while it is traced), then the rounds time bf16 and every
+build in turn, so that a drift of the machine lands on all of them alike; the table gives each build's median over
+the rounds, its ratio to bf16's median, and its error against emulation (float32 out). A build whose arithmetic was
+removed on purpose (``variants/*.json``) has a meaningless error.
+
+    PYTHONPATH=. python3 benchmarks/gemv_ab.py --rows 8 shipped=mxfp8_xla/backends/gemv.ptx no_act_cvt=ab_ptx/a.ptx
+
+Writes ``$OUT/gemv_ab_m{rows}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
+from timing import environment, loop_time, write_json  # noqa: E402
+
+from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
+
+
+def parse_build(spec: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` -> (label, path of a PTX build of gemv.cu)."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"build {spec!r}: expected LABEL=PATH")
+    return label, Path(path)
+
+
+def route_with(ptx: str, out_dtype: jnp.dtype = jnp.bfloat16):
+    """The library's route for raw rows with ``ptx`` as its GEMV kernels' module."""
+
+    def traced(x, w):
+        with mock.patch.object(cuda_gemv, "_ptx", lambda: ptx):
+            return hopper.matmul(x, w, out_dtype)
+
+    return traced
+
+
+def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int) -> dict:
+    """bf16 and every build at one shape: median us over ``rounds`` interleaved rounds, ratio, error, kernels."""
+    sets = operands(n, k, m)
+    ref = reference(*sets[0])
+    bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
+    fns = {"bf16": (lambda x, wb: jnp.dot(x, wb.T), bf16_sets)}
+    row = {}
+    for label, path in builds:
+        jax.clear_caches()  # hopper's own jitted pieces must be traced again with this build
+        fn = route_with(path.read_text())
+        row[label] = {
+            "kernels": ptx_launch.traced_launches(fn, *sets[0]),
+            "rel_err_f32_out": rel_err(jax.jit(route_with(path.read_text(), jnp.float32))(*sets[0]), ref),
+        }
+        fns[label] = (fn, sets)
+    runs = {label: [] for label in fns}
+    for _ in range(rounds):
+        for label, (fn, args) in fns.items():
+            runs[label].append(loop_time(fn, args) * 1e6)
+    bf16_us = statistics.median(runs["bf16"])
+    out = {"bf16_us": bf16_us, "bf16_rounds_us": runs["bf16"]}
+    for label, _ in builds:
+        us = statistics.median(runs[label])
+        out[label] = {**row[label], "us": us, "rounds_us": runs[label], "ratio": bf16_us / us}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("builds", nargs="+", type=parse_build, help="LABEL=PATH of a PTX build of gemv.cu")
+    parser.add_argument("--rows", type=int, default=8, help="activation rows")
+    parser.add_argument("--shapes", default="14336x4096,28672x4096", help="comma-separated NxK")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    args = parser.parse_args()
+    results = {"environment": environment(), "rows": args.rows, "builds": {lbl: str(p) for lbl, p in args.builds}}
+    print(results["environment"])
+    labels = [label for label, _ in args.builds]
+    print(f"{'(N, K)':>14} {'bf16':>7} " + " ".join(f"{lbl:>16}" for lbl in labels) + "  (us median, ratio to bf16)")
+    for spec in args.shapes.split(","):
+        n, k = (int(v) for v in spec.split("x"))
+        row = shape_ab(n, k, args.rows, args.builds, args.rounds)
+        results[f"({n}, {k}) M={args.rows}"] = row
+        cells = " ".join(f"{row[lbl]['us']:7.1f} {row[lbl]['ratio']:5.2f}x  " for lbl in labels)
+        print(f"{f'({n}, {k})':>14} {row['bf16_us']:7.1f} {cells}", flush=True)
+        for lbl in labels:
+            print(f"    {lbl}: rounds {[round(t, 1) for t in row[lbl]['rounds_us']]}, error "
+                  f"{row[lbl]['rel_err_f32_out']:.1e}, kernels {row[lbl]['kernels']}", flush=True)  # fmt: skip
+        write_json(f"gemv_ab_m{args.rows}.json", results)
+
+
+if __name__ == "__main__":
+    main()
