@@ -54,7 +54,16 @@ __device__ __forceinline__ float scale_factor(u32 byte) {
 __device__ __forceinline__ u32 cvt_pair(u32 pair) {
   // Bytes 0 and 1 of pair (E4M3) -> f16x2, byte 0 in the low half. Exact; NaN stays NaN.
   u32 out;
-  asm("{.reg .b16 lo;\n cvt.u16.u32 lo, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;}" : "=r"(out) : "r"(pair));
+  asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;}" : "=r"(out) : "r"(pair));
+  return out;
+}
+
+__device__ __forceinline__ u32 cvt_pair_hi(u32 word) {
+  // Bytes 2 and 3 of word, as cvt_pair converts bytes 0 and 1: ptxas reads the register's high half in the
+  // conversion itself (F2FP ... R.H1), where cvt_pair(word >> 16) costs a shift on the ALU pipe, the pipe that bounds
+  // the tensor-core kernel (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe").
+  u32 out;
+  asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;}" : "=r"(out) : "r"(word));
   return out;
 }
 
@@ -146,7 +155,7 @@ __device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], fl
   for (int m = 0; m < M; ++m) p0[m] = 0.f, p1[m] = 0.f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair(words[i] >> 16));
+    float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair_hi(words[i]));
     a.x *= factor, a.y *= factor, b.x *= factor, b.y *= factor;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -373,10 +382,20 @@ __device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, in
   return make_uint2(words[0], words[1]);
 }
 
-// 2^(s - 127) 2^(e - 127) for byte j of the weight's scale word sw and of the activation's biased exponents ex, as
-// float bits: exact where 128 <= s + e <= 381.
-__device__ __forceinline__ float block_factor(u32 sw, u32 ex, int j) {
-  return __uint_as_float((((sw >> (8 * j)) & 0xff) + ((ex >> (8 * j)) & 0xff) - 127) << 23);
+// base + a * b (a * b < 2^32) in one wide integer multiply-add, on the FMA pipe.
+__device__ __forceinline__ const u8* at(const u8* base, u32 a, u32 b) {
+  const u8* p;
+  asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(p) : "r"(a), "r"(b), "l"(base));
+  return p;
+}
+
+// 2^(s - 127) 2^(e - 127) for byte j of the weight's scale word sw, with base = (e - 127) << 23 (mod 2^32) from the
+// activation's biased exponent e, as float bits: exact where 128 <= s + e <= 381. One integer multiply-add, which
+// runs on the FMA pipe, not on the ALU pipe that bounds the tensor-core kernel.
+__device__ __forceinline__ float block_factor(u32 sw, u32 base, int j) {
+  u32 bits;
+  asm("mad.lo.u32 %0, %1, 8388608, %2;" : "=r"(bits) : "r"((sw >> (8 * j)) & 0xff), "r"(base));
+  return __uint_as_float(bits);
 }
 
 // Emulation's products over 32-block b of one weight row and one raw bf16 activation row: each weight element decoded
@@ -430,11 +449,13 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     uint4 q[2];  // weight row g, bytes 64p + 16t .. + 15 of the warp's blocks 2p, 2p + 1
     u32 s;       // weight row g's scale bytes of the warp's blocks
   };
+  const u8* const wl = w + 32 * b0 + 16 * t;  // the lane's first weight bytes in row 0
+  const u8* const sl = sw + b0;               // and its scale bytes
   auto load = [&](int unit, Unit& d) {
     if (unit >= units) return;
-    const u64 row = static_cast<u64>(unit) * 8 + g;
-    const u8* p = w + row * k + 32 * b0 + 16 * t;
-    d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(sw + row * kb + b0);
+    const u32 row = static_cast<u32>(unit) * 8 + g;  // row * k < 2^32: n <= cuda_gemv.MMA_MAX_N, k <= 4096
+    const u8* p = at(wl, row, k);
+    d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(at(sl, row, kb));
   };
   Unit a, b;
   int unit = blockIdx.x, i = 0;
@@ -442,18 +463,18 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
   __syncthreads();
 
-  // The activation's B fragments (E4M3 bytes, converted to f16 pairs at each use: 64 registers hold no more), the
-  // biased exponents of activation rows 2t and 2t + 1 (byte j: block b0 + j), and the weight scale bytes s for which
-  // all of the lane's factors are exact: lo <= s < lo + width.
+  // The activation's B fragments (E4M3 bytes; ptxas keeps their f16 pairs in registers, out of the loop), each block's
+  // base (e - 127) << 23 for the biased exponents e of activation rows 2t and 2t + 1 (j: block b0 + j), and the weight
+  // scale bytes s for which all of the lane's factors are exact: lo <= s < lo + width.
   uint2 xb[kBlocks];
-  u32 ex0 = 0, ex1 = 0;
+  u32 base0[kBlocks], base1[kBlocks];
   int lo = 0, hi = 246;
 #pragma unroll
   for (int j = 0; j < kBlocks; ++j) {
     u32 biased;
     xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, biased);
     const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
-    ex0 |= static_cast<u32>(e0) << (8 * j), ex1 |= static_cast<u32>(e1) << (8 * j);
+    base0[j] = static_cast<u32>(e0 - 127) << 23, base1[j] = static_cast<u32>(e1 - 127) << 23;
     lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
     if (max(e0, e1) == 255) hi = -1;
   }
@@ -475,10 +496,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       for (int h = 0; h < 2; ++h) {
         const int j = 2 * p + h;
         float d[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair(blk[h].x >> 16), cvt_pair(xb[j].x), cvt_pair(xb[j].x >> 16));
-        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair(blk[h].y >> 16), cvt_pair(xb[j].y), cvt_pair(xb[j].y >> 16));
+        mma_f16_rows8(d, cvt_pair(blk[h].x), cvt_pair_hi(blk[h].x), cvt_pair(xb[j].x), cvt_pair_hi(xb[j].x));
+        mma_f16_rows8(d, cvt_pair(blk[h].y), cvt_pair_hi(blk[h].y), cvt_pair(xb[j].y), cvt_pair_hi(xb[j].y));
         exact = exact && ((cur.s >> (8 * j)) & 0xff) - lo < width;
-        acc0 = fmaf(d[0], block_factor(cur.s, ex0, j), acc0), acc1 = fmaf(d[1], block_factor(cur.s, ex1, j), acc1);
+        acc0 = fmaf(d[0], block_factor(cur.s, base0[j], j), acc0);
+        acc1 = fmaf(d[1], block_factor(cur.s, base1[j], j), acc1);
       }
     }
     if (!exact) {
