@@ -77,8 +77,8 @@ METRICS = (
 
 
 # Why warps wait, by cause: cycles stalled for each instruction issued (ncu's Warp State chart, less "selected", the
-# cycle a warp issues), asked for by ncu_gemv.sh through --metrics (`--stall-metrics` prints the list); the table's
-# "stalls" column shows the largest three.
+# cycle a warp issues), asked for by ncu_gemv.sh through --metrics (`--ncu-metrics` prints the list, PIPES' with it);
+# the table's "stalls" column shows the largest three.
 STALLS = (
     "barrier",
     "long_scoreboard",
@@ -98,10 +98,26 @@ def stall_metric(reason: str) -> str:
     return f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio"
 
 
+# How busy each execution pipe keeps its SMs, % of peak (ncu's Compute Workload Analysis, by pipe): the nineteenth
+# session found the tensor-core kernel bound by its ALU pipe (conversions, shifts, selects, compares), not by its
+# tensor pipe (results/ncu_gemv_mma_pipes_h200.txt). The table shows them as "<pipe> %" columns.
+PIPES = ("alu", "fma", "fmaheavy", "lsu", "tensor")
+
+
+def pipe_metric(pipe: str) -> str:
+    return f"sm__inst_executed_pipe_{pipe}.avg.pct_of_peak_sustained_active"
+
+
+def ncu_metrics() -> str:
+    """The ``ncu --metrics`` list the table reads beyond ncu's sections: the stall causes and the pipes."""
+    return ",".join([*map(stall_metric, STALLS), *map(pipe_metric, PIPES)])
+
+
 def table(report: str, top: int = 3) -> list[dict[str, str]]:
     """One row per kernel of an ``ncu`` text report (the sections and metrics ncu_gemv.sh asks for), in the order
     they ran: the kernel's name, its launch, each of ``METRICS`` ("" where the report lacks it; bytes/s with their
-    unit), and under "stalls" its ``top`` stall causes, cycles an issued instruction, largest first."""
+    unit), each pipe's busy % (``PIPES``), and under "stalls" its ``top`` stall causes, cycles an issued instruction,
+    largest first."""
     rows = []
     for head, body in re.findall(
         r"^  (\S+ \([^\n]*?\)x\([^\n]*?\)), Context[^\n]*\n(.*?)(?=^  \S+ \([^\n]*?\)x\(|\Z)", report, re.M | re.S
@@ -112,6 +128,9 @@ def table(report: str, top: int = 3) -> list[dict[str, str]]:
             found = re.search(rf"^ +{re.escape(metric)} +({unit}) *([\d.,]+)$", body, re.M)
             value = found.group(2).replace(",", "") if found else ""
             row[column] = f"{value} {found.group(1)[0]}B/s" if found and "byte/s" in unit else value
+        for pipe in PIPES:
+            found = re.search(rf"^ +{re.escape(pipe_metric(pipe))} +(?:\S+ +)?([\d.,]+)$", body, re.M)
+            row[f"{pipe} %"] = found.group(1) if found else ""
         stalls = []
         for reason in STALLS:
             found = re.search(rf"^ +{re.escape(stall_metric(reason))} +(?:\S+ +)?([\d.,]+)$", body, re.M)
@@ -125,14 +144,14 @@ def table(report: str, top: int = 3) -> list[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, help="print the table of this ncu report (ncu_gemv.txt) and stop")
-    parser.add_argument("--stall-metrics", action="store_true", help="print the stall metrics for ncu --metrics")
+    parser.add_argument("--ncu-metrics", action="store_true", help="print the stall and pipe metrics for ncu --metrics")
     args = parser.parse_args()
-    if args.stall_metrics:
-        print(",".join(map(stall_metric, STALLS)))
+    if args.ncu_metrics:
+        print(ncu_metrics())
         return
     if args.table:
         rows = table(args.table.read_text())
-        columns = ["kernel", "launch", *(c for c, _, _ in METRICS), "stalls"]
+        columns = ["kernel", "launch", *(c for c, _, _ in METRICS), *(f"{pipe} %" for pipe in PIPES), "stalls"]
         print(" | ".join(columns))
         for row in rows:
             print(" | ".join(row[c] for c in columns))

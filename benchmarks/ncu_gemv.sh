@@ -6,8 +6,8 @@ set -u
 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=. ncu --clock-control none --profile-from-start off \
   --target-processes application-only \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-  --section MemoryWorkloadAnalysis --section LaunchStats --log-file "$OUT/ncu_gemv.txt" \
-  --metrics "$(PYTHONPATH=. python3 benchmarks/ncu_gemv.py --stall-metrics)" \
+  --section MemoryWorkloadAnalysis --section LaunchStats --section ComputeWorkloadAnalysis \
+  --log-file "$OUT/ncu_gemv.txt" --metrics "$(PYTHONPATH=. python3 benchmarks/ncu_gemv.py --ncu-metrics)" \
   python3 -X faulthandler benchmarks/ncu_gemv.py >"$OUT/ncu_gemv_driver.log" 2>&1
 echo "ncu exit $?"
 grep -E "^  [0-9]+:" "$OUT/ncu_gemv_driver.log"

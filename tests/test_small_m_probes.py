@@ -229,7 +229,7 @@ def test_the_tiling_file_names_only_triton_gemm_key_fields():
 # An excerpt of a real report (results/ncu_gemv_h200.txt, eighteenth session): the driver's numbered list first, one
 # kernel's sections cut to the lines the table reads, then a second kernel that lacks most metrics. The stall metrics
 # (made-up values) are in the format of ncu's other metric lines; that run did not ask for them. "selected" is not a
-# stall and not read.
+# stall and not read. The two pipe lines are from results/ncu_gemv_mma_pipes_h200.txt (nineteenth session).
 NCU_REPORT = """\
   0: (14336, 4096) M=1 bf16 jnp.dot
   1: (14336, 4096) M=1 library
@@ -252,6 +252,8 @@ NCU_REPORT = """\
     smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio                   1.05
     smsp__average_warps_issue_stalled_wait_per_issue_active.ratio                              3.40
     smsp__average_warps_issue_stalled_selected_per_issue_active.ratio                          1.00
+    sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active                          %        61.52
+    sm__inst_executed_pipe_tensor.avg.pct_of_peak_sustained_active                       %         3.91
   loop_reduce_fusion (32, 1, 1)x(128, 1, 1), Context 1, Stream 14, Device 0, CC 9.0
     Duration                         us         2.82
     Memory Throughput                          Gbyte/s        47.91
@@ -278,15 +280,23 @@ def test_ncu_gemv_table_reads_each_kernels_metrics_in_the_order_they_ran():
         "L1 hit %": "15.98",
         "smem KB": "32.77",
         "regs": "64",
+        "alu %": "61.52",
+        "fma %": "",
+        "fmaheavy %": "",
+        "lsu %": "",
+        "tensor %": "3.91",
         "stalls": "wait 3.40, barrier 2.61, long_scoreboard 1.05",  # the top three, largest first
     }
     assert rows[1]["us"] == "2.82" and rows[1]["memory"] == "47.91 GB/s" and rows[1]["regs"] == rows[1]["stalls"] == ""
+    assert rows[1]["alu %"] == ""
 
 
-def test_ncu_gemv_asks_for_each_stall_metric_the_table_reads():
+def test_ncu_gemv_asks_for_each_stall_and_pipe_metric_the_table_reads():
     metrics = [ncu_gemv.stall_metric(reason) for reason in ncu_gemv.STALLS]
     assert len(set(metrics)) == len(ncu_gemv.STALLS) == 11 and "selected" not in ncu_gemv.STALLS
     assert all(
         m.startswith("smsp__average_warps_issue_stalled_") and m.endswith("_per_issue_active.ratio") for m in metrics
     )
-    assert "--stall-metrics" in (Path(ncu_gemv.__file__).parent / "ncu_gemv.sh").read_text()
+    pipes = [ncu_gemv.pipe_metric(pipe) for pipe in ncu_gemv.PIPES]
+    assert ncu_gemv.ncu_metrics().split(",") == metrics + pipes
+    assert "--ncu-metrics" in (Path(ncu_gemv.__file__).parent / "ncu_gemv.sh").read_text()
