@@ -56,8 +56,7 @@ __device__ __forceinline__ void gemv_bulk(const u8* __restrict__ w, const u8* __
   __syncthreads();  // the barriers are initialized before anyone waits on them
 
   float4 xv[1][1][4];
-  u32 biased[1][1];  // unused here
-  quantize_chunks<1, 1>(x, k, xv, biased);
+  quantize_chunks<1, 1>(x, k, xv);
 
   int s = 0;
   u32 parity = 0;
@@ -109,8 +108,7 @@ __device__ __forceinline__ void gemv_deep2(const u8* __restrict__ w, const u8* _
   load(unit, a, sa);
   load(unit + gridDim.x, b, sb);
   float4 xv[1][1][4];
-  u32 biased[1][1];  // unused here
-  quantize_chunks<1, 1>(x, k, xv, biased);
+  quantize_chunks<1, 1>(x, k, xv);
   auto step = [&](const uint4(&cur)[R], const u32(&cs)[R], uint4(&fill)[R], u32(&fs)[R]) {
     if (unit >= units) return false;
     load(unit + 2 * gridDim.x, fill, fs);

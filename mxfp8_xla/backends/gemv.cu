@@ -107,22 +107,15 @@ __device__ __forceinline__ int scale_exponent(u32 amax) {
   return min(max(e, -127), 127);
 }
 
-// The biased exponent the kernels build a block's factors from: its scale exponent + 127, 255 for a block holding an
-// Inf or a NaN, 127 for a zero block (any factor multiplies its zeros exactly).
-__device__ __forceinline__ u32 biased_exponent(u32 amax) {
-  return amax >= kInfBits ? 255u : amax == 0 ? 127u : static_cast<u32>(scale_exponent(amax) + 127);
-}
-
 // The exact quantization of one 32-block (numerics.quantize_blocks' rule): N of its elements f, whose largest
-// absolute value has the bits amax (the whole block's), quantized and decoded into d (each value times its 2^e);
-// returns the block's biased_exponent. A block holding an Inf or a NaN decodes to NaN everywhere, as scale byte 255
-// does.
+// absolute value has the bits amax (the whole block's), quantized and decoded into d. A block holding an Inf
+// or a NaN decodes to NaN everywhere, as scale byte 255 does.
 template <int N>
-__device__ __forceinline__ u32 quantize_part(const float (&f)[N], u32 amax, float (&d)[N]) {
+__device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, float (&d)[N]) {
   if (amax >= kInfBits) {
 #pragma unroll
     for (int i = 0; i < N; ++i) d[i] = __uint_as_float(0x7fc00000u);
-    return 255u;
+    return;
   }
   const int e = scale_exponent(amax);
   const float down = pow2(-e), up = pow2(e);
@@ -131,7 +124,6 @@ __device__ __forceinline__ u32 quantize_part(const float (&f)[N], u32 amax, floa
     const float2 q = f16x2_to_float2(cvt_pair(e4m3x2(f[i] * down, f[i + 1] * down)));
     d[i] = q.x * up, d[i + 1] = q.y * up;
   }
-  return biased_exponent(amax);
 }
 
 // N consecutive bf16 elements (N / 8 16-byte loads) as float32 values; returns their largest absolute value's bits.
@@ -153,11 +145,9 @@ __device__ __forceinline__ u32 load_bf16(const u16* x, float (&f)[N]) {
 }
 
 // A 16-element weight chunk q (E4M3 bytes) dotted with M activation rows' decoded chunks xv, added into acc in
-// float32. kEach: each weight element is multiplied by its block factor before its products (emulation's decoded
-// weight, inf where it overflows), once for the M rows. Else each row's sum is multiplied by the factor once: the
-// same float32 values bit for bit where no product, sum or factor leaves float32's normal range (multiplying by a
-// power of two then commutes with every rounding; gemv_split tests for it), 16 multiplies fewer a chunk.
-template <int M, bool kEach = true>
+// float32. Each weight element is multiplied by its block factor before its products (emulation's decoded weight,
+// inf where it overflows), once for the M rows.
+template <int M>
 __device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], float factor, float (&acc)[M]) {
   const u32 words[4] = {q.x, q.y, q.z, q.w};
   float p0[M], p1[M];
@@ -166,7 +156,7 @@ __device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], fl
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     float2 a = f16x2_to_float2(cvt_pair(words[i])), b = f16x2_to_float2(cvt_pair_hi(words[i]));
-    if (kEach) a.x *= factor, a.y *= factor, b.x *= factor, b.y *= factor;
+    a.x *= factor, a.y *= factor, b.x *= factor, b.y *= factor;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       p0[m] = fmaf(a.x, xv[m][i].x, p0[m]), p1[m] = fmaf(a.y, xv[m][i].y, p1[m]);
@@ -174,7 +164,7 @@ __device__ __forceinline__ void chunk_dots(uint4 q, const float4 (&xv)[M][4], fl
     }
   }
 #pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = kEach ? acc[m] + (p0[m] + p1[m]) : fmaf(p0[m] + p1[m], factor, acc[m]);
+  for (int m = 0; m < M; ++m) acc[m] += p0[m] + p1[m];
 }
 
 __device__ __forceinline__ void store(float* out, float v) { *out = v; }
@@ -208,11 +198,9 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-// Each thread's CPT chunks of M raw bf16 rows x [M, k], quantized exactly and decoded into xv (float32), their blocks'
-// biased exponents into biased.
+// Each thread's CPT chunks of M raw bf16 rows x [M, k], quantized exactly and decoded into xv (float32).
 template <int CPT, int M>
-__device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k, float4 (&xv)[CPT][M][4],
-                                                u32 (&biased)[CPT][M]) {
+__device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k, float4 (&xv)[CPT][M][4]) {
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
 #pragma unroll
@@ -220,20 +208,15 @@ __device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k
       float f[16], d[16];
       u32 amax = load_bf16(x + static_cast<u64>(m) * k + 16 * (j * blockDim.x + threadIdx.x), f);
       amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      biased[j][m] = quantize_part(f, amax, d);
+      quantize_part(f, amax, d);
 #pragma unroll
       for (int i = 0; i < 4; ++i) xv[j][m][i] = make_float4(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
     }
   }
 }
 
-// The product of M activation rows with w, their decoded chunks written into xv and their blocks' biased exponents
-// into biased by activation(xv, biased, k) (every thread calls it once, while its first weight loads are in flight):
-// quantize_chunks for the library's kernels. Each row's chunk sum is multiplied by its block factor once
-// (chunk_dots<M, false>); a unit with a scale byte outside the range where that equals emulation's per-element
-// scaling for some thread's activation blocks (lo, width below: the MMA kernel's range, and activation exponents
-// <= 232 so that the unscaled products stay finite) is computed again, by the whole CTA at once, with each weight
-// element scaled (chunk_dots<M, true>).
+// The product of M activation rows with w, their decoded chunks written into xv by activation(xv, k) (every
+// thread calls it once, while its first weight loads are in flight): quantize_chunks for the library's kernels.
 // Each thread keeps all M rows' chunks in registers, and each decoded weight element serves the M rows (the
 // library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers). AHEAD units' loads are in flight
 // (registers: the library's kernels 1, ptxas issuing them after the current unit's products; the probe's 2).
@@ -265,55 +248,23 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   if (AHEAD == 2 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
 
   float4 xv[CPT][M][4];
-  u32 biased[CPT][M];
-  activation(xv, biased, k);
-  // Several rows: each row's chunk sum scaled once (chunk_dots<M, false>) where the scale byte passes the range test;
-  // one row keeps each weight element scaled (its stream bounds that kernel, and the test's registers spill at 64).
-  constexpr bool kSums = M > 1;
-  int lo = 1, hi = 246;  // scale bytes s with lo <= s < lo + width: every factor normal, no product or sum leaves range
-#pragma unroll
-  for (int j = 0; j < CPT; ++j) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const int e = static_cast<int>(biased[j][m]);
-      lo = max(lo, 128 - e), hi = min(hi, e > 232 ? -1 : 359 - e);
-    }
-  }
-  const u32 width = hi >= lo ? static_cast<u32>(hi - lo + 1) : 0u;
+  activation(xv, k);
 
   for (int i = 0; unit < units; unit += gridDim.x, ++i) {
     if (AHEAD == 1 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
     if (AHEAD == 2 && unit + 2 * gridDim.x < units) load(unit + 2 * gridDim.x, far, fs);
-    bool fast = true;
-    auto products = [&](bool each) {  // the unit's R * M sums, summed over the warp, into partial[i & 1]
-      float acc[R][M];
+    float acc[R][M];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+      for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
 #pragma unroll
-        for (int j = 0; j < CPT; ++j) {
-          if (each) {
-            chunk_dots(cur[r][j], xv[j], scale_factor(cs[r][j]), acc[r]);
-          } else {
-            fast = fast && cs[r][j] - lo < width;
-            chunk_dots<M, false>(cur[r][j], xv[j], __uint_as_float(cs[r][j] << 23), acc[r]);
-          }
-        }
-      }
-      int row;  // of the R * M sums: weight row row / M, activation row row % M
-      const float v = warp_sum_rows<R * M>(reinterpret_cast<float(&)[R * M]>(acc), lane, row);
-      if ((lane & (32 / (R * M) - 1)) == 0) partial[i & 1][warp][row] = v;
-    };
-    products(!kSums);
-    // partial[i & 1] is written again two units on, after the next barrier
-    if (!kSums) {
-      __syncthreads();
-    } else if (__syncthreads_or(!fast)) {  // a unit the range test refused somewhere: again, each element scaled
-      load(unit, cur, cs);                 // (keeping the unit in registers past the barrier would spill them)
-      products(true);
-      __syncthreads();
+      for (int j = 0; j < CPT; ++j) chunk_dots(cur[r][j], xv[j], scale_factor(cs[r][j]), acc[r]);
     }
+    int row;  // of the R * M sums: weight row row / M, activation row row % M
+    const float v = warp_sum_rows<R * M>(reinterpret_cast<float(&)[R * M]>(acc), lane, row);
+    if ((lane & (32 / (R * M) - 1)) == 0) partial[i & 1][warp][row] = v;
+    __syncthreads();  // partial[i & 1] is written again two units on, after the next barrier
     if (threadIdx.x < R * M) {
       float sum = 0.f;
       for (int q = 0; q < warps; ++q) sum += partial[i & 1][q][threadIdx.x];
@@ -350,8 +301,7 @@ __device__ __forceinline__ float rsqrt_approx(float v) {
 // rsqrt.approx.f32, as XLA's without flush-to-zero), quantized exactly and decoded into xv; CTA 0 writes h.
 __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const u16* __restrict__ delta,
                                                const u16* __restrict__ nw, float eps, int k,
-                                               u16* __restrict__ h_out, float4 (&xv)[1][1][4],
-                                               u32 (&biased)[1][1]) {
+                                               u16* __restrict__ h_out, float4 (&xv)[1][1][4]) {
   __shared__ float warp_squares[kMaxWarps];
   const int c = threadIdx.x, lane = c & 31, warps = blockDim.x >> 5;
   float h[16], d[16], g[16];
@@ -385,7 +335,7 @@ __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const 
   }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
   float q[16];
-  biased[0][0] = quantize_part(g, amax, q);
+  quantize_part(g, amax, q);
 #pragma unroll
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
@@ -416,9 +366,12 @@ __device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, in
   }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-  biased = biased_exponent(amax);
-  if (amax >= kInfBits) return make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu);
+  if (amax >= kInfBits) {
+    biased = 255;
+    return make_uint2(0x7f7f7f7fu, 0x7f7f7f7fu);
+  }
   const int e = scale_exponent(amax);
+  biased = amax == 0 ? 127u : static_cast<u32>(e + 127);
   const float down = pow2(-e);
   u32 words[2];
 #pragma unroll
@@ -586,13 +539,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT, AHEAD)                                        \
-  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                           \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                      \
-    gemv_split<CPT, R, M, OUT, AHEAD>(                                                                \
-        w, sw,                                                                                        \
-        [&](float4(&xv)[CPT][M][4], u32(&biased)[CPT][M], int k) { quantize_chunks(x, k, xv, biased); }, \
-        out, dims);                                                                                   \
+#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT, AHEAD)                             \
+  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                \
+      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {           \
+    gemv_split<CPT, R, M, OUT, AHEAD>(                                                     \
+        w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
 #define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS, AHEAD)                                     \
   SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, u16, AHEAD)                             \
@@ -610,11 +561,8 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       NAME(const u8* w, const u8* sw, const u16* x, const u16* delta, const u16* nw, const float* eps,   \
            const int* dims, OUT* out, u16* h_out) {                                                      \
     gemv_split<1, 4, 1, OUT>(                                                                            \
-        w, sw,                                                                                           \
-        [&](float4(&xv)[1][1][4], u32(&biased)[1][1], int k) {                                           \
-          add_norm_chunk(x, delta, nw, *eps, k, h_out, xv, biased);                                      \
-        },                                                                                               \
-        out, dims);                                                                                      \
+        w, sw, [&](float4(&xv)[1][1][4], int k) { add_norm_chunk(x, delta, nw, *eps, k, h_out, xv); }, out, \
+        dims);                                                                                           \
   }
 
 SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
