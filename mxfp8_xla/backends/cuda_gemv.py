@@ -38,7 +38,11 @@ Pallas path ran 1.03-1.04x and 1.07-1.11x; 3.2e-7 to 1.3e-6 from emulation (floa
 case; with the route at N >= 14336 only, a 4-block Llama-3-8B decode at batch 8 ran 1.11x of bf16 (0.483 and 0.489
 ms a step, two processes) where the Pallas path ran 1.05x (0.515) (docs/benchmarks.md, "Eight rows on the tensor
 cores"). With the route opened to every K = 4096 shape (one run, 8 rows) it ran 1.09x at (6144, 4096), 1.01x at
-(4096, 4096) and 0.78x at (1024, 4096), where the Pallas path ran 0.93x, 0.92x and 0.74x.
+(4096, 4096) and 0.78x at (1024, 4096), where the Pallas path ran 0.93x, 0.92x and 0.74x. Its arithmetic was bound by
+the SM's ALU pipe; with fewer instructions there (nineteenth session: ``cvt_pair_hi``, factors and addresses as integer
+multiply-adds) 8 rows ran 1.24-1.32x at (14336, 4096) and (28672, 4096) in three runs (two of them of a build with the
+load addresses as before), equal to emulation on every edge case, and the batch-8 decode 1.16-1.17x
+(docs/benchmarks.md, "The tensor-core GEMV's ALU pipe").
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
 ``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
