@@ -51,8 +51,9 @@ def route_with(ptx: str, out_dtype: jnp.dtype = jnp.bfloat16):
 
 
 def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int) -> dict:
-    """bf16 and every build at one shape: median us over ``rounds`` interleaved rounds, ratio, error, kernels."""
-    sets = operands(n, k, m)
+    """bf16 and every build at one shape: median us over ``rounds`` interleaved rounds, ratio, error, kernels
+    (``rounds`` 0: the errors and kernels only, on one operand set)."""
+    sets = operands(n, k, m, copies=None if rounds else 1)
     ref = reference(*sets[0])
     bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
     fns = {"bf16": (lambda x, wb: jnp.dot(x, wb.T), bf16_sets)}
@@ -65,6 +66,8 @@ def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int
             "rel_err_f32_out": rel_err(jax.jit(route_with(path.read_text(), jnp.float32))(*sets[0]), ref),
         }
         fns[label] = (fn, sets)
+    if not rounds:
+        return row
     runs = {label: [] for label in fns}
     for _ in range(rounds):
         for label, (fn, args) in fns.items():
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("builds", nargs="+", type=parse_build, help="LABEL=PATH of a PTX build of gemv.cu")
     parser.add_argument("--rows", type=int, default=8, help="activation rows")
     parser.add_argument("--shapes", default="14336x4096,28672x4096", help="comma-separated NxK")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (0: errors only)")
     args = parser.parse_args()
     results = {"environment": environment(), "rows": args.rows, "builds": {lbl: str(p) for lbl, p in args.builds}}
     print(results["environment"])
@@ -92,6 +95,11 @@ def main() -> None:
         n, k = (int(v) for v in spec.split("x"))
         row = shape_ab(n, k, args.rows, args.builds, args.rounds)
         results[f"({n}, {k}) M={args.rows}"] = row
+        if not args.rounds:
+            errors = ", ".join(f"{lbl}: error {row[lbl]['rel_err_f32_out']:.1e}" for lbl in labels)
+            print(f"{f'({n}, {k})':>14} {errors}; kernels {row[labels[0]]['kernels']}", flush=True)
+            write_json(f"gemv_ab_m{args.rows}.json", results)
+            continue
         cells = " ".join(f"{row[lbl]['us']:7.1f} {row[lbl]['ratio']:5.2f}x  " for lbl in labels)
         print(f"{f'({n}, {k})':>14} {row['bf16_us']:7.1f} {cells}", flush=True)
         for lbl in labels:
