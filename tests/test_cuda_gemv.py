@@ -44,7 +44,7 @@ def test_config_refuses_more_rows_and_a_two_row_k_above_8192(n, k, m):
 
 
 @pytest.mark.parametrize("m", cuda_gemv.MMA_ROWS)
-@pytest.mark.parametrize("n, k", [(14336, 4096), (28672, 4096), (14336, 128), (cuda_gemv.MMA_MIN_N, 2048)])
+@pytest.mark.parametrize("n, k", [(14336, 4096), (28672, 4096), (14336, 256), (cuda_gemv.MMA_MIN_N, 2048)])
 def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_blocks_a_warp(n, k, m):
     assert cuda_gemv.config(n, k, m) == cuda_gemv.GemvConfig(threads=k // 4, m=m, rows=8)
     assert cuda_gemv.config(n, k, m).kernel(jnp.float32) == "mxfp8_gemv_mma_r8_f32"
@@ -63,6 +63,13 @@ def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_b
 )
 def test_config_refuses_three_to_eight_rows_where_the_tensor_core_kernel_does_not_run(n, k, why):
     assert all(cuda_gemv.config(n, k, m) is None for m in cuda_gemv.MMA_ROWS), why
+
+
+def test_at_k_128_the_tensor_core_kernel_takes_only_the_rows_its_32_threads_can_sum():
+    # A unit's 8 x m outputs are summed one a thread; at K = 128 (32 threads) five to eight rows left rows 4-7
+    # unwritten on an H200 (results/gemv_pair_ab_h200.log), so those go to the Pallas path.
+    assert [m for m in cuda_gemv.MMA_ROWS if cuda_gemv.config(14336, 128, m) is not None] == [3, 4]
+    assert all(cuda_gemv.config(14336, 256, m) is not None for m in cuda_gemv.MMA_ROWS)
 
 
 def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():

@@ -122,7 +122,10 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     """The configuration for ``m`` activation rows times a weight ``[N, K]``, or ``None`` where no kernel takes them.
 
     One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to eight rows: the
-    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, N % 8 == 0, :data:`MMA_MIN_N` <= N <= :data:`MMA_MAX_N`).
+    tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, K / 4 >= 8 x rows, N % 8 == 0, :data:`MMA_MIN_N` <= N <=
+    :data:`MMA_MAX_N`): its K / 4 threads sum a unit's 8 x rows outputs one a thread, so at K = 128 it takes at most
+    four rows (five to eight rows there once returned rows 4-7 unwritten; docs/benchmarks.md, "The tensor-core GEMV's
+    ALU pipe").
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
     (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
@@ -130,7 +133,7 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     used it at K = 4096.
     """
     if m in MMA_ROWS:
-        if k % 128 or k > MMA_MAX_K or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
+        if k % 128 or k > MMA_MAX_K or k // 4 < MMA_UNIT * m or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
             return None
         return GemvConfig(threads=k // 4, m=m, rows=MMA_UNIT)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
@@ -174,7 +177,7 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
             f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} bfloat16 rows, "
-            f"K % 128 == 0, K <= {MMA_MAX_K}, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
     out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)

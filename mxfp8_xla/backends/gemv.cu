@@ -25,7 +25,8 @@
 // and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
-// below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads.
+// below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
+// summed one a thread).
 // With -DMXFP8_GEMV_PROBE, more (CPT, R, M, units ahead) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -570,7 +571,7 @@ ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 
-// Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 threads.
+// Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 >= 8 m threads.
 #define MMA_ROWS_KERNEL(NAME, OUT)                                                                   \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
       NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
