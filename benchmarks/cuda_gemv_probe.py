@@ -75,9 +75,9 @@ most 48 KB) cost nothing (30.3 and 29.4 us against 29.2), asking for 49153 bytes
 ``CU_FUNC_CACHE_PREFER_SHARED``, which takes the SM's L1 down to its smallest. Static plus dynamic above 48 KB with the
 dynamic part at most 48 KB fails to launch (CUDA_ERROR_INVALID_VALUE).
 
-Two units ahead (``--rows 2``, ``--split-only``, ``route_ab.sh`` with ``variants/mma_ahead2.json``; eighteenth session,
-results/cuda_gemv_probe_ahead2_h200.*, gemv_mma_smem_ab_h200.log): slower than one ahead in every kernel, at every
-shape.
+Two units ahead (``--rows 2`` and ``--split-only`` as of dae2a31, ``route_ab.sh`` with ``variants/mma_ahead2.json``;
+eighteenth session, results/cuda_gemv_probe_ahead2_h200.*, gemv_mma_smem_ab_h200.log): slower than one ahead in every
+kernel, at every shape; the split kernels' builds two ahead were removed in the nineteenth session.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/cuda_gemv_probe.py [--llama | --llama-only | --mma 1,8,16 |
 --route 3,4,8]``;
@@ -142,7 +142,6 @@ class Split(NamedTuple):
     r: int  # rows a unit
     per_sm: int
     m: int = 1  # activation rows (> 1: the probe's multi-row kernels, k <= 8192)
-    ahead: int = 1  # units whose loads are in flight (2: three register buffers; the probe instantiates a few)
 
 
 # ptxas (12.9, sm_90): 48-128 registers; 108 for w8_g2_c4_p0, 80 with minb 3. Split kernels: 60 for c1_r2, 64 for
@@ -158,7 +157,6 @@ CONFIGS = (
     + tuple(Split(8, 1, 8, p) for p in (1, 2))
     + (Split(4, 2, 4, 4), Split(14, 2, 4, 1))
     + tuple(Split(28, 1, r, 1) for r in (2, 4))
-    + (Split(8, 1, 2, 4, ahead=2), Split(28, 1, 2, 1, ahead=2))  # two units ahead (benchmarks/sass_order.py)
 )
 SMS = 132  # H100 SXM and H200; the grid of a persistent configuration is wps / WPC CTAs per SM
 
@@ -237,11 +235,7 @@ def gemv_mma(x: jax.Array, w: MXArray, cfg: Mma, out_dtype=jnp.bfloat16) -> jax.
 
 def label_of(cfg: tuple) -> str:
     if isinstance(cfg, Split):
-        return (
-            "split_w{}_c{}_r{}_sm{}".format(*cfg)
-            + (f"_m{cfg.m}" if cfg.m > 1 else "")
-            + (f"_a{cfg.ahead}" if cfg.ahead > 1 else "")
-        )
+        return "split_w{}_c{}_r{}_sm{}".format(*cfg) + (f"_m{cfg.m}" if cfg.m > 1 else "")
     return "w{}_g{}_c{}_p{}_wps{}_b{}".format(*cfg)
 
 
@@ -287,8 +281,8 @@ def grid(cfg: tuple, n: int) -> int:
 def kernel_name(cfg: tuple, exact: int, out_dtype) -> str:
     suffix = "bf16" if out_dtype == jnp.bfloat16 else "f32"
     if isinstance(cfg, Split):
-        rows, ahead = f"_m{cfg.m}" if cfg.m > 1 else "", f"_a{cfg.ahead}" if cfg.ahead > 1 else ""
-        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{rows}{ahead}_{suffix}"
+        rows = f"_m{cfg.m}" if cfg.m > 1 else ""
+        return f"mxfp8_gemv_split_c{cfg.cpt}_r{cfg.r}{rows}_{suffix}"
     cfg = Config(*cfg)
     bounds = f"_b{cfg.minb}" if cfg.minb else ""
     return f"mxfp8_gemv_w{cfg.wpc}_g{cfg.g}_c{cfg.ch}_p{cfg.pf}_e{exact}{bounds}_{suffix}"
@@ -400,15 +394,15 @@ def sweep(results: dict, configs: tuple = CONFIGS) -> None:
 
 
 ROW_CONFIGS = {
-    2: (Split(8, 1, 4, 2, 2), Split(8, 1, 8, 2, 2), Split(8, 1, 4, 2, 2, ahead=2)),
+    2: (Split(8, 1, 4, 2, 2), Split(8, 1, 8, 2, 2)),
     4: (Split(8, 1, 4, 2, 4),),
 }
 """``--rows``: the multi-row split kernels at K = 4096 (256 threads, 2 CTAs an SM). Two rows also in units of 8 rows
 (128 registers, no spills with ptxas 12.9): 128 bytes of weight loads in flight a thread, 64 KB an SM, twice the
-library's two-row kernel's (units of 4 rows, 95 registers), as much as the one-row kernel's (1024 x 64 B); and in units
-of 4 rows two units ahead (128 registers, no spills): ptxas issues a unit's loads after the products of the unit before
-(benchmarks/sass_order.py), so one unit ahead leaves a warp no loads in flight while it multiplies, two ahead do.
-Both ran slower than the library's (eighteenth session, results/cuda_gemv_probe_ahead2_h200.*)."""
+library's two-row kernel's (units of 4 rows, 95 registers), as much as the one-row kernel's (1024 x 64 B). It ran slower
+than the library's (eighteenth session, results/cuda_gemv_probe_ahead2_h200.*), as did units of 4 rows two units ahead
+and the one-row kernel two units ahead (three register buffers; their builds were removed in the nineteenth session and
+are in dae2a31's gemv.cu and cuda_gemv_probe.py)."""
 
 
 def rows_sweep(results: dict, ms: tuple[int, ...]) -> None:

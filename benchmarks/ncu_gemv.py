@@ -9,13 +9,16 @@ report). Run on the device with ``benchmarks/ncu_gemv.sh`` (the ncu command line
 since a pipe cut by the time limit loses it). ``--table REPORT`` prints a report's kernels, one line each (``table``).
 The eighteenth session's answer (results/ncu_gemv_table_h200.txt): our kernels issue an instruction on 59-76% of
 scheduler cycles where XLA's bf16 GEMM issues on 6-22%; the one-row kernel, at 0.76, leaves a scheduler idle one cycle
-in four, and the variants two units ahead issue as often and stream slower.
+in four, and the variants two units ahead issue as often and stream slower. The nineteenth's
+(results/ncu_gemv_stalls_table_h200.txt, ncu_gemv_mma_pipes_h200.txt): the tensor-core kernel's warps waited on a
+math pipe, its ALU pipe, the busiest; after fewer ALU instructions there, on its barrier
+(results/ncu_gemv_alu_table_h200.txt).
 
 Profiled, in this order (printed before the range starts, so the report's kernels can be matched to them): bf16
 ``jnp.dot`` and the library's route (``hopper.matmul``) at 1, 2 and 8 rows, the probe's two-row kernels
-(``cuda_gemv_probe.ROW_CONFIGS``, one nvcc build: units of 4 and of 8 weight rows, and units of 4 two units ahead), and
-at (4096, 14336) one row, bf16 and the library (896 threads, one CTA an SM); at one row, also the probe's one-row kernel
-two units ahead where one of its configurations fits the shape. Everything is compiled and run once before the range.
+(``cuda_gemv_probe.ROW_CONFIGS``, one nvcc build: units of 4 and of 8 weight rows), and at (4096, 14336) one row, bf16
+and the library (896 threads, one CTA an SM). Everything is compiled and run once before the range (the builds two
+units ahead that the eighteenth and nineteenth sessions profiled are in dae2a31's probe).
 """
 
 from __future__ import annotations
@@ -52,9 +55,7 @@ def ops(wide: tuple[int, int] = WIDE, deep: tuple[int, int] = DEEP) -> list[tupl
             x, w = operands(n, k, m, copies=1)[0]
             out.append((f"({n}, {k}) M={m} bf16 jnp.dot", bf16_dot, (x, dequant_bf16(w))))
             out.append((f"({n}, {k}) M={m} library", library, (x, w)))
-            ahead = [c for c in probe.CONFIGS if isinstance(c, probe.Split) and c.ahead == 2 and probe.fits(c, n, k)]
-            probes = ahead if m == 1 else probe.ROW_CONFIGS[2] if m == 2 else ()  # ahead: one row, two units ahead
-            for cfg in probes:
+            for cfg in probe.ROW_CONFIGS[2] if m == 2 else ():
                 fn = jax.jit(functools.partial(probe.gemv, cfg=cfg))
                 out.append((f"({n}, {k}) M={m} probe {probe.label_of(cfg)}", fn, (x, w)))
     return out

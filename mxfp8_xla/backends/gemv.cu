@@ -27,7 +27,7 @@
 // Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
 // summed one a thread).
-// With -DMXFP8_GEMV_PROBE, more (CPT, R, M, units ahead) for benchmarks/cuda_gemv_probe.py, which also includes this
+// With -DMXFP8_GEMV_PROBE, more (CPT, R, M) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
 // No headers, so that NVRTC compiles it as well as nvcc.
@@ -219,9 +219,10 @@ __device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k
 // The product of M activation rows with w, their decoded chunks written into xv by activation(xv, k) (every
 // thread calls it once, while its first weight loads are in flight): quantize_chunks for the library's kernels.
 // Each thread keeps all M rows' chunks in registers, and each decoded weight element serves the M rows (the
-// library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers). AHEAD units' loads are in flight
-// (registers: the library's kernels 1, ptxas issuing them after the current unit's products; the probe's 2).
-template <int CPT, int R, int M, typename OUT, int AHEAD = 1, typename Activation>
+// library's kernels have M = 1 and 2; the probe's M = 4 runs out of registers). One unit's loads are in flight, in
+// registers (ptxas issues them after the current unit's products); two units ahead, in three register buffers, was
+// slower for every kernel (eighteenth session; the code is in dae2a31's gemv.cu).
+template <int CPT, int R, int M, typename OUT, typename Activation>
 __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* __restrict__ sw,
                                            Activation activation, OUT* __restrict__ out,
                                            const int* __restrict__ dims) {
@@ -229,9 +230,8 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   const int n = dims[1], k = dims[2], kb = k / 32, units = n / R;
   const int threads = blockDim.x, warps = threads >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  static_assert(AHEAD == 1 || AHEAD == 2, "one or two units ahead");
-  uint4 cur[R][CPT], nxt[R][CPT], far[R][CPT];  // far: the unit after nxt (AHEAD == 2)
-  u32 cs[R][CPT], ns[R][CPT], fs[R][CPT];
+  uint4 cur[R][CPT], nxt[R][CPT];
+  u32 cs[R][CPT], ns[R][CPT];
   auto load = [&](int unit, uint4 (&d)[R][CPT], u32 (&sc)[R][CPT]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -246,14 +246,12 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
   };
   int unit = blockIdx.x;
   if (unit < units) load(unit, cur, cs);
-  if (AHEAD == 2 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
 
   float4 xv[CPT][M][4];
   activation(xv, k);
 
   for (int i = 0; unit < units; unit += gridDim.x, ++i) {
-    if (AHEAD == 1 && unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
-    if (AHEAD == 2 && unit + 2 * gridDim.x < units) load(unit + 2 * gridDim.x, far, fs);
+    if (unit + gridDim.x < units) load(unit + gridDim.x, nxt, ns);
     float acc[R][M];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -275,10 +273,7 @@ __device__ __forceinline__ void gemv_split(const u8* __restrict__ w, const u8* _
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int j = 0; j < CPT; ++j) {
-        cur[r][j] = nxt[r][j], cs[r][j] = ns[r][j];
-        if (AHEAD == 2) nxt[r][j] = far[r][j], ns[r][j] = fs[r][j];
-      }
+      for (int j = 0; j < CPT; ++j) cur[r][j] = nxt[r][j], cs[r][j] = ns[r][j];
     }
   }
 }
@@ -540,21 +535,17 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 }  // namespace
 
 // At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT, AHEAD)                             \
-  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {           \
-    gemv_split<CPT, R, M, OUT, AHEAD>(                                                     \
+#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT)                                           \
+  extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                       \
+      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                  \
+    gemv_split<CPT, R, M, OUT>(                                                                   \
         w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
-#define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS, AHEAD)                                     \
-  SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, u16, AHEAD)                             \
-  SPLIT_KERNEL(NAME##_f32, CPT, R, M, MAX_THREADS, float, AHEAD)
-#define SPLIT(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R, CPT, R, 1, MAX_THREADS, 1)
-#define SPLIT_ROWS(CPT, R, M, MAX_THREADS) \
-  SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS, 1)
-#define SPLIT_AHEAD2(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_a2, CPT, R, 1, MAX_THREADS, 2)
-#define SPLIT_ROWS_AHEAD2(CPT, R, M, MAX_THREADS) \
-  SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M##_a2, CPT, R, M, MAX_THREADS, 2)
+#define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS)                                 \
+  SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, u16)                         \
+  SPLIT_KERNEL(NAME##_f32, CPT, R, M, MAX_THREADS, float)
+#define SPLIT(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R, CPT, R, 1, MAX_THREADS)
+#define SPLIT_ROWS(CPT, R, M, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS)
 
 // The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
 #define ADDNORM_KERNEL(NAME, OUT)                                                                        \
@@ -586,6 +577,4 @@ SPLIT(2, 4, 512)
 SPLIT_ROWS(1, 4, 4, 512)
 SPLIT_ROWS(1, 2, 4, 512)
 SPLIT_ROWS(1, 8, 2, 512)   // two rows, 128 registers: twice the library's bytes in flight an SM
-SPLIT_ROWS_AHEAD2(1, 4, 2, 512)  // two rows, two units ahead: 128 registers, no spills (ptxas 12.9)
-SPLIT_AHEAD2(1, 2, 1024)   // one row in units of 2, two ahead: 64 registers, no spills (units of 4 spill 148 bytes)
 #endif
