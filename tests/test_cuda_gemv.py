@@ -65,6 +65,13 @@ def test_config_refuses_three_to_eight_rows_where_the_tensor_core_kernel_does_no
     assert all(cuda_gemv.config(n, k, m) is None for m in cuda_gemv.MMA_ROWS), why
 
 
+@pytest.mark.parametrize("k", range(128, cuda_gemv.MMA_MAX_K + 1, 128))
+def test_every_tensor_core_config_has_a_thread_for_each_of_a_units_outputs(k):
+    for m in cuda_gemv.MMA_ROWS:
+        cfg = cuda_gemv.config(14336, k, m)
+        assert cfg is None or cfg.threads >= cuda_gemv.MMA_UNIT * m, (k, m)
+
+
 def test_at_k_128_the_tensor_core_kernel_takes_only_the_rows_its_32_threads_can_sum():
     # A unit's 8 x m outputs are summed one a thread; at K = 128 (32 threads) five to eight rows left rows 4-7
     # unwritten on an H200 (results/gemv_pair_ab_h200.log), so those go to the Pallas path.
