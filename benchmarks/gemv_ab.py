@@ -55,9 +55,7 @@ def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int
     (``rounds`` 0: the errors and kernels only, on one operand set)."""
     sets = operands(n, k, m, copies=None if rounds else 1)
     ref = reference(*sets[0])
-    bf16_sets = [(x, dequant_bf16(w)) for x, w in sets]
-    fns = {"bf16": (lambda x, wb: jnp.dot(x, wb.T), bf16_sets)}
-    row = {}
+    row, fns = {}, {}
     for label, path in builds:
         jax.clear_caches()  # hopper's own jitted pieces must be traced again with this build
         fn = route_with(path.read_text())
@@ -68,6 +66,7 @@ def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int
         fns[label] = (fn, sets)
     if not rounds:
         return row
+    fns = {"bf16": (lambda x, wb: jnp.dot(x, wb.T), [(x, dequant_bf16(w)) for x, w in sets]), **fns}
     runs = {label: [] for label in fns}
     for _ in range(rounds):
         for label, (fn, args) in fns.items():
