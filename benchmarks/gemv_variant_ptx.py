@@ -53,8 +53,8 @@ def variant_base_source(*variants: Path) -> str:
         raise ValueError(f"variants {[str(v) for v in variants]} name different base commits {sorted(bases)}")
     if not bases:
         return cuda_gemv.SOURCE.read_text()
-    path = cuda_gemv.SOURCE.relative_to(Path(__file__).resolve().parent.parent).as_posix()
     root = Path(__file__).resolve().parent.parent
+    path = cuda_gemv.SOURCE.relative_to(root).as_posix()
     return subprocess.run(
         ["git", "show", f"{bases.pop()}:{path}"], cwd=root, capture_output=True, text=True, check=True
     ).stdout
