@@ -155,7 +155,10 @@ def test_edges_harness_finds_no_difference_between_emulation_and_itself(monkeypa
 
 @pytest.fixture
 def emulated_timing(monkeypatch):
-    """The probe on CPU: emulation stands in for every kernel, the timer answers 10 us, nothing is written."""
+    """The probe on CPU: emulation stands in for every kernel, the timer answers 10 us, nothing is written, and each
+    shape gets two operand sets (the device's rotate through 150 MB of weights, which only the timer needs)."""
+    operands = probe.operands
+    monkeypatch.setattr(probe, "operands", lambda n, k, m: operands(n, k, m, copies=2))
     emulated = lambda x, w, *_, out_dtype=jnp.bfloat16, **__: emulation.matmul(quantize(x), w, out_dtype)  # noqa: E731
     monkeypatch.setattr(probe, "gemv", emulated)
     monkeypatch.setattr(probe.hopper, "matmul", lambda x, w, dtype: emulation.matmul(quantize(x), w, dtype))
