@@ -1,0 +1,75 @@
+"""Every route of the ``hopper`` backend against emulation over a grid of shapes, on the device: a correctness net.
+
+CPU CI cannot run the GPU kernels, and the timing scripts check their errors at the Llama shapes only. The
+nineteenth session found the tensor-core GEMV returning rows 4-7 unwritten at K = 128 with 5-8 rows, a shape no run
+had used (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe"). This multiplies raw bf16 rows by a weight at every
+(M, N, K) of ``CASES`` through ``hopper.matmul`` (``"auto"``'s routing, float32 out), and prints each case's kernels
+and its max-abs relative error against emulation; a case above ``TOLERANCE`` (the routes agree with emulation to about
+1e-6, a wrong row to about 1) is a failure, and the script exits 1 if there is one.
+
+    PYTHONPATH=. python3 benchmarks/route_check.py
+
+Writes ``$OUT/route_check.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from timing import environment, failure, write_json  # noqa: E402
+
+from mxfp8_xla.backends import hopper, ptx_launch  # noqa: E402
+
+ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 64, 65, 256, 2048)
+"""Each route's edges: the GEMV kernels (1, 2, 3-8), the Pallas kernels (9-16, up to 64), Mosaic (17-256), cuBLAS."""
+DEPTHS = (128, 256, 512, 4096, 8192, 16384)
+"""K: the smallest the kernels take, their K-split limits (4096 for the tensor-core GEMV, 8192 for two rows, 16384
+for one), and Llama-3-8B's."""
+WIDTHS = (1024, 2048)
+CASES = tuple(itertools.product(ROWS, WIDTHS, DEPTHS))
+"""(M, N, K)."""
+TOLERANCE = 1e-4
+
+
+def check(
+    cases: tuple[tuple[int, int, int], ...] = CASES,
+    product: Callable = lambda x, w: hopper.matmul(x, w, jnp.float32),
+) -> dict[str, dict]:
+    """Each case's kernels traced, error and verdict, keyed ``"M=.. N=.. K=.."``; a case that raises fails with the
+    exception's type and first line."""
+    results = {}
+    for m, n, k in cases:
+        x, w = operands(n, k, m, copies=1)[0]
+        try:
+            error = rel_err(jax.jit(product)(x, w), reference(x, w))
+            row = {"kernels": ptx_launch.traced_launches(product, x, w), "rel_err_f32_out": error}
+        except Exception as e:  # noqa: BLE001
+            row = {"kernels": [], "rel_err_f32_out": float("nan"), "error": failure(e)}
+        results[f"M={m} N={n} K={k}"] = {**row, "ok": bool(row["rel_err_f32_out"] <= TOLERANCE)}  # NaN fails
+    return results
+
+
+def main() -> int:
+    results = {"environment": environment()}
+    print(results["environment"], flush=True)
+    for m, n, k in CASES:
+        ((key, row),) = check(((m, n, k),)).items()
+        results[key] = row
+        print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
+              + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
+        write_json("route_check.json", results)
+    failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
+    print(f"{len(CASES) - len(failed)} of {len(CASES)} cases within {TOLERANCE}; failed: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

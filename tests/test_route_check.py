@@ -1,0 +1,43 @@
+"""benchmarks/route_check.py on CPU: the grid of shapes it checks, and that it flags a product that leaves rows
+unwritten (the GPU kernels themselves run on the device)."""
+
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import route_check  # noqa: E402
+
+from mxfp8_xla import quantize  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, emulation, hopper  # noqa: E402
+
+
+def test_the_grid_crosses_every_routes_row_and_k_limits():
+    gemv = {1, 2, cuda_gemv.MMA_ROWS.start, cuda_gemv.MMA_ROWS.stop - 1}  # the GEMV kernels' first and last rows
+    pallas_mosaic_cublas = {cuda_gemv.MMA_ROWS.stop, 16, 17, hopper.SMALL_M_MAX, hopper.SMALL_M_MAX + 1, 256, 2048}
+    assert gemv | pallas_mosaic_cublas <= set(route_check.ROWS)
+    assert {128, cuda_gemv.MMA_MAX_K, cuda_gemv.MAX_K[2], cuda_gemv.MAX_K[1]} <= set(route_check.DEPTHS)
+    assert all(k % 128 == 0 and n % 1024 == 0 for _, n, k in route_check.CASES)
+
+
+def test_a_product_equal_to_emulation_passes_and_one_with_rows_left_unwritten_fails():
+    def exact(x, w):
+        return emulation.matmul(quantize(x), w, jnp.float32)
+
+    def rows_4_to_7_unwritten(x, w):
+        return exact(x, w).at[4:8].set(0.0)
+
+    cases = ((3, 1024, 128), (8, 1024, 128))
+    assert all(row["ok"] and row["kernels"] == [] for row in route_check.check(cases, exact).values())
+    results = route_check.check(cases, rows_4_to_7_unwritten)
+    assert results["M=3 N=1024 K=128"]["ok"] and not results["M=8 N=1024 K=128"]["ok"]
+    assert results["M=8 N=1024 K=128"]["rel_err_f32_out"] > 0.5
+
+
+def test_a_case_that_raises_fails_with_its_exception():
+    def refuses(x, w):
+        raise ValueError("no kernel takes this shape")
+
+    (row,) = route_check.check(((5, 1024, 128),), refuses).values()
+    assert not row["ok"] and row["error"].startswith("ValueError: no kernel takes this shape")
