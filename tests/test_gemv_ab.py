@@ -5,7 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
 import pytest
 from conftest import H100
 
@@ -13,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gemv_ab  # noqa: E402
 from mosaic_sweep import operands  # noqa: E402
 
-from mxfp8_xla.backends import cuda_gemv, hopper  # noqa: E402
+from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
 from mxfp8_xla.backends.select import override_capability  # noqa: E402
 
 
@@ -27,25 +26,14 @@ def test_a_build_without_a_label_or_a_path_is_refused(spec):
         gemv_ab.parse_build(spec)
 
 
-def _launch_ptx(jaxpr) -> list[str]:
-    """The ``ptx`` parameter of every kernel launch in ``jaxpr``, nested jaxprs included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if "ptx" in eqn.params:
-            found.append(eqn.params["ptx"])
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
-                    found += _launch_ptx(getattr(sub, "jaxpr", sub))
-    return found
-
-
 def test_the_route_traces_with_the_builds_ptx_and_leaves_the_librarys_alone(monkeypatch):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     x, w = operands(1024, 4096, 8, copies=1)[0]
     build = "// a variant build\n.visible .entry mxfp8_gemv_mma_r8_bf16(\n)\n"
     with override_capability(H100):
-        ptx = _launch_ptx(jax.make_jaxpr(gemv_ab.route_with(build))(x, w).jaxpr)
-        library = _launch_ptx(jax.make_jaxpr(gemv_ab.route_with(cuda_gemv.PTX.read_text()))(x, w).jaxpr)
+        ptx = [p["ptx"] for p in ptx_launch.traced_launch_params(gemv_ab.route_with(build), x, w)]
+        library = [
+            p["ptx"] for p in ptx_launch.traced_launch_params(gemv_ab.route_with(cuda_gemv.PTX.read_text()), x, w)
+        ]
     assert len(ptx) == 1 and ptx[0].startswith("// a variant build") and "mxfp8_gemv_mma_r8_bf16(" in ptx[0]
     assert len(library) == 1 and library[0] != ptx[0] and cuda_gemv._ptx() == cuda_gemv.PTX.read_text()

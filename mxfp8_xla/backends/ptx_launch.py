@@ -62,19 +62,25 @@ def unavailable() -> str | None:
     return "jaxlib's CUDA plugin (jax[cuda12]) is not installed"
 
 
-def traced_launches(fn: Callable, *args) -> list[str]:
-    """The kernel names of every launch ``fn(*args)`` traces to, nested jaxprs (jit, scan, custom_vmap) included."""
+def traced_launch_params(fn: Callable, *args) -> list[dict]:
+    """The parameters (``name``, ``ptx``, ``grid``, ...) of every launch ``fn(*args)`` traces to, nested jaxprs (jit,
+    scan, custom_vmap) included."""
 
-    def walk(jaxpr) -> Iterator[str]:
+    def walk(jaxpr) -> Iterator[dict]:
         for eqn in jaxpr.eqns:
             if eqn.primitive is _launch:
-                yield eqn.params["name"]
+                yield dict(eqn.params)
             for param in eqn.params.values():
                 for sub in param if isinstance(param, (tuple, list)) else (param,):
                     if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
                         yield from walk(getattr(sub, "jaxpr", sub))
 
     return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def traced_launches(fn: Callable, *args) -> list[str]:
+    """The kernel names of every launch ``fn(*args)`` traces to (:func:`traced_launch_params`)."""
+    return [params["name"] for params in traced_launch_params(fn, *args)]
 
 
 @_launch.def_abstract_eval
