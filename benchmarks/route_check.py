@@ -7,13 +7,14 @@ had used (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe"). This multiplie
 and its max-abs relative error against emulation; a case above ``TOLERANCE`` (the routes agree with emulation to about
 1e-6, a wrong row to about 1) is a failure, and the script exits 1 if there is one.
 
-    PYTHONPATH=. python3 benchmarks/route_check.py
+    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048]
 
 Writes ``$OUT/route_check.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import sys
@@ -57,17 +58,31 @@ def check(
     return results
 
 
+def selected(rows: str | None) -> tuple[tuple[int, int, int], ...]:
+    """The cases of ``CASES`` whose M is in ``rows`` (``"64,65"``; ``None``: all); an M outside ``ROWS`` is an error."""
+    if rows is None:
+        return CASES
+    wanted = {int(m) for m in rows.split(",")}
+    if not wanted <= set(ROWS):
+        raise ValueError(f"--rows {rows}: {sorted(wanted - set(ROWS))} outside ROWS {ROWS}")
+    return tuple(case for case in CASES if case[0] in wanted)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", help="comma-separated M of ROWS to check (default: all of them)")
+    args = parser.parse_args()
+    cases = selected(args.rows)
     results = {"environment": environment()}
     print(results["environment"], flush=True)
-    for m, n, k in CASES:
+    for m, n, k in cases:
         ((key, row),) = check(((m, n, k),)).items()
         results[key] = row
         print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
         write_json("route_check.json", results)
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
-    print(f"{len(CASES) - len(failed)} of {len(CASES)} cases within {TOLERANCE}; failed: {failed or 'none'}")
+    print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
     return 1 if failed else 0
 
 

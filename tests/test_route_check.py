@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import jax.numpy as jnp
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import route_check  # noqa: E402
@@ -41,3 +42,12 @@ def test_a_case_that_raises_fails_with_its_exception():
 
     (row,) = route_check.check(((5, 1024, 128),), refuses).values()
     assert not row["ok"] and row["error"].startswith("ValueError: no kernel takes this shape")
+
+
+def test_rows_select_the_cases_of_those_m():
+    assert route_check.selected(None) == route_check.CASES
+    cases = route_check.selected("65,2048")
+    assert {m for m, _, _ in cases} == {65, 2048}
+    assert len(cases) == 2 * len(route_check.WIDTHS) * len(route_check.DEPTHS)
+    with pytest.raises(ValueError, match=r"\[7\] outside ROWS"):
+        route_check.selected("7")
