@@ -10,6 +10,9 @@ removed on purpose (``variants/*.json``) has a meaningless error.
 
     PYTHONPATH=. python3 benchmarks/gemv_ab.py --rows 8 shipped=mxfp8_xla/backends/gemv.ptx no_act_cvt=ab_ptx/a.ptx
 
+``--repacked LABEL,...`` hands those builds the weight as :func:`repack_units` lays it out (a probe of a load-time
+layout, ``variants/mma_repacked.json``); the error is still against emulation's product with the stored weight.
+
 Writes ``$OUT/gemv_ab_m{rows}.json``.
 """
 
@@ -30,6 +33,7 @@ from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E40
 from timing import environment, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.mxarray import MXArray  # noqa: E402
 
 
 def parse_build(spec: str) -> tuple[str, Path]:
@@ -38,6 +42,16 @@ def parse_build(spec: str) -> tuple[str, Path]:
     if not sep or not label or not path:
         raise argparse.ArgumentTypeError(f"build {spec!r}: expected LABEL=PATH")
     return label, Path(path)
+
+
+def repack_units(w: MXArray) -> MXArray:
+    """``w`` with each unit of 8 rows laid out as ``variants/mma_repacked.json``'s kernel reads it: the unit's rows are
+    ``8 K`` contiguous bytes in 64-byte pieces of K, each piece's 8 rows in a row (a warp load's 512 bytes), and the
+    unit's scale bytes likewise in 4-byte pieces (a warp's 32). The same bytes, so the same ``[N, K]`` shape."""
+    n, k = w.shape
+    data = w.data.reshape(n // 8, 8, k // 64, 64).transpose(0, 2, 1, 3).reshape(n, k)
+    scale = w.scale.reshape(n // 8, 8, k // 128, 4).transpose(0, 2, 1, 3).reshape(n, k // 32)
+    return MXArray(data, scale)
 
 
 def route_with(ptx: str, out_dtype: jnp.dtype = jnp.bfloat16):
@@ -50,20 +64,24 @@ def route_with(ptx: str, out_dtype: jnp.dtype = jnp.bfloat16):
     return traced
 
 
-def shape_ab(n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int) -> dict:
+def shape_ab(
+    n: int, k: int, m: int, builds: list[tuple[str, Path]], rounds: int, repacked: frozenset[str] = frozenset()
+) -> dict:
     """bf16 and every build at one shape: median us over ``rounds`` interleaved rounds, ratio, error, kernels
-    (``rounds`` 0: the errors and kernels only, on one operand set)."""
+    (``rounds`` 0: the errors and kernels only, on one operand set); the builds in ``repacked`` get
+    :func:`repack_units`' weights."""
     sets = operands(n, k, m, copies=None if rounds else 1)
     ref = reference(*sets[0])
     row, fns = {}, {}
     for label, path in builds:
         jax.clear_caches()  # hopper's own jitted pieces must be traced again with this build
         fn = route_with(path.read_text())
+        args = [(x, repack_units(w)) for x, w in sets] if label in repacked else sets
         row[label] = {
-            "kernels": ptx_launch.traced_launches(fn, *sets[0]),
-            "rel_err_f32_out": rel_err(jax.jit(route_with(path.read_text(), jnp.float32))(*sets[0]), ref),
+            "kernels": ptx_launch.traced_launches(fn, *args[0]),
+            "rel_err_f32_out": rel_err(jax.jit(route_with(path.read_text(), jnp.float32))(*args[0]), ref),
         }
-        fns[label] = (fn, sets)
+        fns[label] = (fn, args)
     if not rounds:
         return row
     fns = {"bf16": (lambda x, wb: jnp.dot(x, wb.T), [(x, dequant_bf16(w)) for x, w in sets]), **fns}
@@ -85,14 +103,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8, help="activation rows")
     parser.add_argument("--shapes", default="14336x4096,28672x4096", help="comma-separated NxK")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (0: errors only)")
+    parser.add_argument("--repacked", default="", help="comma-separated labels of builds fed repack_units' weights")
     args = parser.parse_args()
+    repacked = frozenset(filter(None, args.repacked.split(",")))
+    if not repacked <= {label for label, _ in args.builds}:
+        parser.error(f"--repacked {args.repacked}: not among the builds' labels")
     results = {"environment": environment(), "rows": args.rows, "builds": {lbl: str(p) for lbl, p in args.builds}}
+    results["repacked"] = sorted(repacked)
     print(results["environment"])
     labels = [label for label, _ in args.builds]
     print(f"{'(N, K)':>14} {'bf16':>7} " + " ".join(f"{lbl:>16}" for lbl in labels) + "  (us median, ratio to bf16)")
     for spec in args.shapes.split(","):
         n, k = (int(v) for v in spec.split("x"))
-        row = shape_ab(n, k, args.rows, args.builds, args.rounds)
+        row = shape_ab(n, k, args.rows, args.builds, args.rounds, repacked)
         results[f"({n}, {k}) M={args.rows}"] = row
         if not args.rounds:
             errors = ", ".join(f"{lbl}: error {row[lbl]['rel_err_f32_out']:.1e}" for lbl in labels)

@@ -2,9 +2,14 @@
 timing itself needs the GPU)."""
 
 import argparse
+import functools
+import itertools
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import H100
 
@@ -14,6 +19,7 @@ from mosaic_sweep import operands  # noqa: E402
 
 from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
 from mxfp8_xla.backends.select import override_capability  # noqa: E402
+from mxfp8_xla.mxarray import MXArray  # noqa: E402
 
 
 def test_a_build_is_a_label_and_a_path():
@@ -37,3 +43,23 @@ def test_the_route_traces_with_the_builds_ptx_and_leaves_the_librarys_alone(monk
         ]
     assert len(ptx) == 1 and ptx[0].startswith("// a variant build") and "mxfp8_gemv_mma_r8_bf16(" in ptx[0]
     assert len(library) == 1 and library[0] != ptx[0] and cuda_gemv._ptx() == cuda_gemv.PTX.read_text()
+
+
+def test_repacked_units_put_each_lanes_bytes_where_the_repacked_kernel_loads_them():
+    """variants/mma_repacked.json: lane (g, t) of warp q loads 16 bytes at unit * 8 K + 1024 q + 512 p + 64 g + 16 t
+    (p = 0, 1) and 4 scale bytes at unit * 8 K / 32 + 32 q + 4 g; the stored kernel reads the same bytes at row
+    unit * 8 + g, columns 128 q + 64 p + 16 t and scale bytes 4 q .. 4 q + 3."""
+    n, k = 16, 512
+    kd, ks = jax.random.split(jax.random.key(0))  # random bytes: a misplaced 16 or 4 bytes would differ
+    data = jax.lax.bitcast_convert_type(jax.random.bits(kd, (n, k), jnp.uint8), jnp.float8_e4m3fn)
+    w = MXArray(data, jax.random.bits(ks, (n, k // 32), jnp.uint8))
+    packed = gemv_ab.repack_units(w)
+    as_bytes = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.uint8)
+    flat, scales = np.asarray(as_bytes(packed.data)).reshape(-1), np.asarray(packed.scale).reshape(-1)
+    stored, stored_scales = np.asarray(as_bytes(w.data)), np.asarray(w.scale)
+    for unit, q, g, t, p in itertools.product(range(n // 8), range(k // 128), range(8), range(4), range(2)):
+        at = unit * 8 * k + 1024 * q + 512 * p + 64 * g + 16 * t
+        col = 128 * q + 64 * p + 16 * t
+        np.testing.assert_array_equal(flat[at : at + 16], stored[unit * 8 + g, col : col + 16])
+        s_at = unit * 8 * (k // 32) + 32 * q + 4 * g
+        np.testing.assert_array_equal(scales[s_at : s_at + 4], stored_scales[unit * 8 + g, 4 * q : 4 * q + 4])
