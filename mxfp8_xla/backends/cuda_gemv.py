@@ -40,7 +40,7 @@ ms a step, two processes) where the Pallas path ran 1.05x (0.515) (docs/benchmar
 cores"). With the route opened to every K = 4096 shape (one run, 8 rows) it ran 1.09x at (6144, 4096), 1.01x at
 (4096, 4096) and 0.78x at (1024, 4096), where the Pallas path ran 0.93x, 0.92x and 0.74x. Its arithmetic was bound by
 the SM's ALU pipe; with fewer instructions there (nineteenth session: ``cvt_pair_hi``, factors and addresses as integer
-multiply-adds) 8 rows ran 1.22-1.35x at (14336, 4096) and (28672, 4096) in nine runs (two of them of a build with the
+multiply-adds) 8 rows ran 1.19-1.35x at (14336, 4096) and (28672, 4096) in ten runs (two of them of a build with the
 load addresses as before), equal to emulation on every edge case, and the batch-8 decode 1.16-1.17x
 (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe" and "What is left in the tensor-core GEMV").
 
