@@ -75,11 +75,12 @@ def shape_ab(
     row, fns = {}, {}
     for label, path in builds:
         jax.clear_caches()  # hopper's own jitted pieces must be traced again with this build
-        fn = route_with(path.read_text())
+        ptx = path.read_text()
+        fn = route_with(ptx)
         args = [(x, repack_units(w)) for x, w in sets] if label in repacked else sets
         row[label] = {
             "kernels": ptx_launch.traced_launches(fn, *args[0]),
-            "rel_err_f32_out": rel_err(jax.jit(route_with(path.read_text(), jnp.float32))(*args[0]), ref),
+            "rel_err_f32_out": rel_err(jax.jit(route_with(ptx, jnp.float32))(*args[0]), ref),
         }
         fns[label] = (fn, args)
     if not rounds:

@@ -114,6 +114,12 @@ def ncu_metrics() -> str:
     return ",".join([*map(stall_metric, STALLS), *map(pipe_metric, PIPES)])
 
 
+def metric_value(body: str, metric: str) -> str:
+    """The value of a ``--metrics`` line of one kernel's report (``metric [unit] value``), "" where it is absent."""
+    found = re.search(rf"^ +{re.escape(metric)} +(?:\S+ +)?([\d.,]+)$", body, re.M)
+    return found.group(1) if found else ""
+
+
 def table(report: str, top: int = 3) -> list[dict[str, str]]:
     """One row per kernel of an ``ncu`` text report (the sections and metrics ncu_gemv.sh asks for), in the order
     they ran: the kernel's name, its launch, each of ``METRICS`` ("" where the report lacks it; bytes/s with their
@@ -130,13 +136,11 @@ def table(report: str, top: int = 3) -> list[dict[str, str]]:
             value = found.group(2).replace(",", "") if found else ""
             row[column] = f"{value} {found.group(1)[0]}B/s" if found and "byte/s" in unit else value
         for pipe in PIPES:
-            found = re.search(rf"^ +{re.escape(pipe_metric(pipe))} +(?:\S+ +)?([\d.,]+)$", body, re.M)
-            row[f"{pipe} %"] = found.group(1) if found else ""
+            row[f"{pipe} %"] = metric_value(body, pipe_metric(pipe))
         stalls = []
         for reason in STALLS:
-            found = re.search(rf"^ +{re.escape(stall_metric(reason))} +(?:\S+ +)?([\d.,]+)$", body, re.M)
-            if found:
-                stalls.append((float(found.group(1).replace(",", "")), reason))
+            if value := metric_value(body, stall_metric(reason)):
+                stalls.append((float(value.replace(",", "")), reason))
         row["stalls"] = ", ".join(f"{reason} {cycles:.2f}" for cycles, reason in sorted(stalls, reverse=True)[:top])
         rows.append(row)
     return rows
