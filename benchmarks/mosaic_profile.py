@@ -85,6 +85,15 @@ def summarize(trace: dict) -> dict:
     } | {"warpgroups": len(by_tid)}
 
 
+def cells(summary: dict) -> str:
+    """One line of :func:`summarize`'s medians and 10th-90th percentiles, scope by scope."""
+    return "  ".join(
+        f"{s} {summary[s]['median']:.0f} [{summary[s]['p10']:.0f}, {summary[s]['p90']:.0f}]"
+        for s in (*SCOPES, "gap", "period")
+        if s in summary
+    )
+
+
 def profile(fn, args, keep_as: str | None) -> dict:
     """Runs ``fn`` (compiled with a profile directory) twice; the summary of the second run's trace."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,12 +128,7 @@ def main() -> None:
                 print(f"  {v}: FAILED {failure(e)}", flush=True)
                 rows.append(dict(label, error=failure(e)))
                 continue
-            cells = "  ".join(
-                f"{s} {summary[s]['median']:.0f} [{summary[s]['p10']:.0f}, {summary[s]['p90']:.0f}]"
-                for s in (*SCOPES, "gap", "period")
-                if s in summary
-            )
-            print(f"  {v}: {summary['warpgroups']} warpgroups; {cells}", flush=True)
+            print(f"  {v}: {summary['warpgroups']} warpgroups; {cells(summary)}", flush=True)
             rows.append(dict(label, profile=summary))
         ref = np.asarray(reference(*sets[0]))
         for v in TIMED:
