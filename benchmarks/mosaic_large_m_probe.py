@@ -16,7 +16,8 @@ into the GEMM. It times, at M = 2048 by default and each Llama-3-8B shape, in on
 - ``large T=.. st=.. lag=..``: this probe's kernel (:func:`large_m_matmul`), the shipped
   small-M kernel's step (``hopper_mosaic``: ``[64, 32]`` blocks decoded with their E8M0
   factor in registers, fed to ``wgmma`` as the A operand) tiled over M, ``T`` activation rows
-  per CTA, kernel alone on the exact bf16 activation; ``act`` times that activation's own pass
+  per CTA, kernel alone on the exact bf16 activation (with ``--with-act``, ``+act``: from the raw
+  rows, that pass inside the timed call); ``act`` times that activation's own pass
   (``hopper.decode_operand``: quantize and decode in one Pallas kernel), which precedes it.
 
 Every MXFP8 candidate is checked against the emulation backend on the first operand set. With
@@ -27,15 +28,15 @@ Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_large_m_probe.py [--
 $OUT/mosaic_large_m_probe.json. ``--set`` picks one of :data:`CONFIG_SETS`, one per device call of
 the first runs.
 
-What those runs found (H200, results/mosaic_large_m_probe_{first,isolate,persistent,scales}_h200.*;
-docs/benchmarks.md, "A weight-decoding GEMM for large M"): at M = 2048 jax's bf16 kernel runs
-0.94-1.01x of cuBLAS, so a Mosaic GPU GEMM can run at cuBLAS's speed here. This kernel reached
-0.87-0.89x of bf16 alone at best (persistent, scale bytes through shared memory, a bf16 multiply),
-and 0.92-0.96x with the scale factor left out (a wrong result, the decode's floor). The
-activation's own pass (16-47 us) comes on top, so even that floor only ties the routed backend
-(0.82-0.89x in the same runs), and the best real variant loses to it at every shape. The backend's
-large-M route is unchanged. ``lag=1`` gave wrong results at 256 activation rows per CTA (right ones
-at 128); not investigated, since it was no faster where it was right.
+What those runs found (H200, results/mosaic_large_m_probe_*_h200.*; docs/benchmarks.md, "A
+weight-decoding GEMM for large M"): at M = 2048 jax's bf16 kernel ran 0.94-1.03x of cuBLAS, so a
+Mosaic GPU GEMM can run at cuBLAS's speed here. This kernel reached 0.87-0.89x of bf16 alone at best
+(persistent, scale bytes through shared memory, a bf16 multiply), and 0.92-0.96x with the scale
+factor left out (a wrong result, the decode's floor). With the activation's own pass in the timed call
+(``--with-act``) the best exact variant ran 0.81-0.86x against the routed backend's 0.82-0.89x, behind
+it at every shape; the floor 0.86-0.92x. The backend's large-M route is unchanged. ``lag=1`` gave
+wrong results at 256 activation rows per CTA (right ones at 128); not investigated, since it was no
+faster where it was right.
 """
 
 from __future__ import annotations
@@ -322,6 +323,11 @@ CONFIG_SETS = {
         dataclasses.replace(PERSISTENT, weight="bf16mul", scales="smem"),
         dataclasses.replace(PERSISTENT, weight="convert"),
     ),
+    # call 5 (with --with-act): the best exact kernel and the factor-free floor, end to end
+    "end_to_end": (
+        dataclasses.replace(PERSISTENT, weight="bf16mul", scales="smem"),
+        dataclasses.replace(PERSISTENT, weight="convert"),
+    ),
 }
 PROFILED = (FIRST, LargeConfig(weight="convert"), LargeConfig(weight="bf16"))
 
@@ -396,6 +402,9 @@ def main() -> None:
     ap.add_argument("--skip", type=lambda t: t.split(","), default=[], help="name prefixes to leave out")
     ap.add_argument("--set", choices=sorted(CONFIG_SETS), default="scales", help="which configs to time")
     ap.add_argument("--profile-rows", type=int, default=0, help="M of the profiled runs at (14336, 4096); 0: none")
+    ap.add_argument(
+        "--with-act", action="store_true", help="time each kernel with the activation pass before it, from the raw rows"
+    )
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
@@ -416,9 +425,11 @@ def main() -> None:
             }
             for cfg in CONFIG_SETS[args.set]:
                 if cfg.check(m, n, k) is None:
-                    feed = [(x, dequant_bf16(q) if cfg.weight == "bf16" else q.data, q.scale) for x, q in exact]
-                    cands[cfg.label()] = (
-                        lambda x, d, s, cfg=cfg: large_m_matmul(x, d, s, jnp.bfloat16, cfg),
+                    source = sets if args.with_act else exact
+                    feed = [(x, dequant_bf16(q) if cfg.weight == "bf16" else q.data, q.scale) for x, q in source]
+                    act = hopper.decode_operand if args.with_act else (lambda x: x)
+                    cands[cfg.label() + (" +act" if args.with_act else "")] = (
+                        lambda x, d, s, cfg=cfg, act=act: large_m_matmul(act(x), d, s, jnp.bfloat16, cfg),
                         feed,
                     )
             for name, (fn, feed) in cands.items():
