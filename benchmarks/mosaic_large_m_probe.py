@@ -63,7 +63,6 @@ from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
 
 BLOCK = numerics.BLOCK_SIZE
 ROWS = hopper_mosaic.ROWS  # weight rows per compute warpgroup (wgmma's M)
-_ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +73,8 @@ class LargeConfig:
 
     ``weight`` isolates the decode: ``"fp8"`` is the real kernel; ``"convert"`` turns the fp8 tile to
     bf16 without its scale factor (wrong result: the factor's cost); ``"bf16"`` reads a weight already
-    decoded to bf16 and hands wgmma both operands from shared memory (the pipeline with no decode);
+    decoded to bf16 and hands wgmma both operands from shared memory (the pipeline with no decode; the scale
+    bytes are still loaded);
     ``"bf16mul"`` converts the codes to bf16 first and multiplies by a bf16 factor (one packed
     multiply per two elements instead of one float32 multiply per element; the same exact result).
 
@@ -146,7 +146,8 @@ def _tile(w_gmem, s_gmem, x_gmem, o_gmem, i_m, i_n, *, cfg: LargeConfig, k: int,
                 upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))
                 if s_smem:
                     scale_bytes = tuple(
-                        hopper_mosaic.load_whole(s_smem[0].at[j, wg_rows], _ROW_LAYOUT) for j in range(blocks)
+                        hopper_mosaic.load_whole(s_smem[0].at[j, wg_rows], hopper_mosaic._ROW_LAYOUT)
+                        for j in range(blocks)
                     )
                 factors = tuple(map(numerics.scale_to_factor, scale_bytes))
             if cfg.weight != "bf16":
@@ -273,12 +274,13 @@ def large_m_matmul(
     reason = cfg.check(m, n, k)
     if reason:
         raise ValueError(f"large-M Mosaic kernel: cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
-    tiles = (m // cfg.tokens) * (n // (ROWS * cfg.num_wgs))
+    tile_grid = (m // cfg.tokens, n // (ROWS * cfg.num_wgs))
     if cfg.persistent:
         num_sms = num_sms or jax.devices()[0].core_count
-        grid, tiles_per_cta = dict(grid=(num_sms,), grid_names=("sm",)), -(-tiles // num_sms)
+        grid = dict(grid=(num_sms,), grid_names=("sm",))
+        tiles_per_cta = -(-tile_grid[0] * tile_grid[1] // num_sms)
     else:
-        grid, tiles_per_cta = dict(grid=(m // cfg.tokens, n // (ROWS * cfg.num_wgs)), grid_names=("m", "n")), 1
+        grid, tiles_per_cta = dict(grid=tile_grid, grid_names=("m", "n")), 1
     ranges = 5 * (k // cfg.tile_k) * tiles_per_cta + 8  # the step's five scopes per step and tile, with room
     profiling = dict(profile_space=ranges, profile_dir=profile_dir) if profile_dir else {}
     if cfg.scales == "smem":
