@@ -34,9 +34,10 @@ Mosaic GPU GEMM can run at cuBLAS's speed here. This kernel reached 0.87-0.89x o
 (persistent, scale bytes through shared memory, a bf16 multiply), and 0.92-0.96x with the scale
 factor left out (a wrong result, the decode's floor). With the activation's own pass in the timed call
 (``--with-act``) the best exact variant ran 0.81-0.86x against the routed backend's 0.82-0.89x, behind
-it at every shape; the floor 0.86-0.92x. The backend's large-M route is unchanged. ``lag=1`` gave
-wrong results at 256 activation rows per CTA (right ones at 128); not investigated, since it was no
-faster where it was right.
+it at every shape; the floor 0.86-0.92x. The backend's large-M route is unchanged. ``lag=1`` was no
+faster where it was right, and ``--lag-check`` found it wrong only with the weight in registers at
+256 activation rows per CTA (right at 128 and 192 rows, and at 256 with the weight from shared
+memory): the in-flight MMA's register operand looks overwritten by the next step (docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -397,6 +398,40 @@ def profile_steps(n: int, k: int, m: int) -> list[dict]:
     return rows
 
 
+LAG_CHECKED = (
+    FIRST,
+    LargeConfig(lag=1),
+    LargeConfig(lag=1, weight="bf16"),
+    LargeConfig(tile_k=64, stages=4, lag=1),
+    LargeConfig(tile_k=64, stages=4, lag=1, weight="bf16"),
+    LargeConfig(tokens=192, lag=1),
+    LargeConfig(tokens=128, stages=4, lag=1),
+    LargeConfig(tokens=128, stages=3, lag=1, weight="bf16"),
+)
+
+
+def lag_check(n: int = 1024, k: int = 1024, m: int = 768) -> list[dict]:
+    """Which ``lag=1`` configs compute the right product (max-abs relative error against emulation, no timing):
+    wgmma N of 128, 192 and 256, the weight from registers (``fp8``) or from shared memory (``bf16``)."""
+    (x, q), *_ = operands(n, k, m, copies=1)
+    ref = reference(x, q)
+    x = jax.jit(hopper.decode_operand)(x)
+    rows = []
+    for cfg in LAG_CHECKED:
+        d = dequant_bf16(q) if cfg.weight == "bf16" else q.data
+        try:
+            err = rel_err(
+                jax.jit(lambda a, w, sc, cfg=cfg: large_m_matmul(a, w, sc, jnp.float32, cfg))(x, d, q.scale), ref
+            )
+        except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+            rows.append(dict(n=n, k=k, m=m, variant=cfg.label(), error=failure(e)))
+            print(f"  lag check {cfg.label()}: FAILED {rows[-1]['error']}", flush=True)
+            continue
+        rows.append(dict(n=n, k=k, m=m, variant=cfg.label(), rel_err=err))
+        print(f"  lag check {cfg.label()} at ({n}, {k}), M={m}: rel err {err:.1e}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=lambda t: [int(r) for r in t.split(",")], default=[2048])
@@ -407,9 +442,13 @@ def main() -> None:
     ap.add_argument(
         "--with-act", action="store_true", help="time each kernel with the activation pass before it, from the raw rows"
     )
+    ap.add_argument("--lag-check", action="store_true", help="only which lag=1 configs are right (lag_check)")
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
+    if args.lag_check:
+        write_json("mosaic_large_m_probe.json", dict(environment=env, rows=lag_check()))
+        return
     rows = profile_steps(14336, 4096, args.profile_rows) if args.profile_rows else []
     write_json("mosaic_large_m_probe.json", dict(environment=env, rows=rows))
     for n, k in args.shapes or SHAPES:

@@ -45,10 +45,12 @@ def test_labels_name_what_differs_from_the_first_kernel():
 
 
 @pytest.mark.parametrize(
-    "cfg", sorted({c for cs in probe.CONFIG_SETS.values() for c in cs} | set(probe.PROFILED), key=repr), ids=repr
+    "cfg",
+    sorted({c for cs in probe.CONFIG_SETS.values() for c in cs} | {*probe.PROFILED, *probe.LAG_CHECKED}, key=repr),
+    ids=repr,
 )
 def test_every_config_lowers_for_an_sm90_gpu(cfg):
-    m, n, k = 512, 256, 512
+    m, n, k = 768, 256, 512  # 768 rows tile by 128, 192 and 256
     w_dtype = jnp.bfloat16 if cfg.weight == "bf16" else jnp.float8_e4m3fn
 
     def run(x, data, scale):
