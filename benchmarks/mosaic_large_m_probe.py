@@ -61,6 +61,7 @@ from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
+from mxfp8_xla.mxarray import MXArray  # noqa: E402
 
 BLOCK = numerics.BLOCK_SIZE
 ROWS = hopper_mosaic.ROWS  # weight rows per compute warpgroup (wgmma's M)
@@ -349,6 +350,12 @@ def jax_tiles(module):
     )
 
 
+def weight_operand(cfg: LargeConfig, q: MXArray) -> jax.Array:
+    """What :func:`large_m_matmul` takes as ``data`` for ``cfg``: the decoded bf16 weight for ``weight="bf16"``,
+    else the E4M3 codes."""
+    return dequant_bf16(q) if cfg.weight == "bf16" else q.data
+
+
 def jax_kernels() -> dict:
     """jax's own Hopper Mosaic GPU matmuls, where this jax has them: ``name -> (fn, args)``, ``args(x, q, w_bf16)``
     giving ``fn``'s operands (transposed outside the timed call)."""
@@ -379,7 +386,7 @@ def profile_steps(n: int, k: int, m: int) -> list[dict]:
     x = jax.jit(hopper.decode_operand)(x)
     rows = []
     for cfg in PROFILED:
-        d = dequant_bf16(q) if cfg.weight == "bf16" else q.data
+        d = weight_operand(cfg, q)
 
         def compiled(profile_dir, cfg=cfg):
             return jax.jit(lambda a, w, sc: large_m_matmul(a, w, sc, jnp.bfloat16, cfg, profile_dir))
@@ -418,7 +425,7 @@ def lag_check(n: int = 1024, k: int = 1024, m: int = 768) -> list[dict]:
     x = jax.jit(hopper.decode_operand)(x)
     rows = []
     for cfg in LAG_CHECKED:
-        d = dequant_bf16(q) if cfg.weight == "bf16" else q.data
+        d = weight_operand(cfg, q)
         try:
             err = rel_err(
                 jax.jit(lambda a, w, sc, cfg=cfg: large_m_matmul(a, w, sc, jnp.float32, cfg))(x, d, q.scale), ref
@@ -450,6 +457,7 @@ def main() -> None:
         write_json("mosaic_large_m_probe.json", dict(environment=env, rows=lag_check()))
         return
     rows = profile_steps(14336, 4096, args.profile_rows) if args.profile_rows else []
+    jax_matmuls = jax_kernels()
     write_json("mosaic_large_m_probe.json", dict(environment=env, rows=rows))
     for n, k in args.shapes or SHAPES:
         for m in args.rows:
@@ -467,7 +475,7 @@ def main() -> None:
             for cfg in CONFIG_SETS[args.set]:
                 if cfg.check(m, n, k) is None:
                     source = sets if args.with_act else exact
-                    feed = [(x, dequant_bf16(q) if cfg.weight == "bf16" else q.data, q.scale) for x, q in source]
+                    feed = [(x, weight_operand(cfg, q), q.scale) for x, q in source]
                     act = hopper.decode_operand if args.with_act else (lambda x: x)
                     cands[cfg.label() + (" +act" if args.with_act else "")] = (
                         lambda x, d, s, cfg=cfg, act=act: large_m_matmul(act(x), d, s, jnp.bfloat16, cfg),
@@ -485,7 +493,7 @@ def main() -> None:
                     continue
                 rows.append(dict(n=n, k=k, m=m, variant=name, us=t * 1e6, speedup=t_bf16 / t, rel_err=err))
                 print(f"  {name}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x bf16), rel err {err:.1e}", flush=True)
-            for name, (fn, make) in jax_kernels().items():
+            for name, (fn, make) in jax_matmuls.items():
                 if any(name.startswith(s) for s in args.skip):
                     continue
                 try:
