@@ -1,5 +1,5 @@
 // Probe (benchmarks/cuda_gemv_probe.py --mma): one MXFP8 GEMV launch for 1 to 16 activation rows on the tensor cores,
-// the design that docs/benchmarks.md proposed for 2-16 rows. Helpers from the library's one-row kernel
+// the design that docs/benchmark_log.md proposed for 2-16 rows. Helpers from the library's one-row kernel
 // (mxfp8_xla/backends/gemv.cu). Exact and measured slower than the shipped path at all but one shape (tenth session,
 // "Tensor cores for 1-16 rows"); not routed by the library.
 //

@@ -1,7 +1,7 @@
 """Probe: one CUDA-core MXFP8 GEMV launch for one activation row inside ``jax.jit``, in two forms.
 
 At one row every MXFP8 call of the Pallas path is three launches (activation pass, GEMM, K-split sum),
-and its GEMMs stream the fp8 weight at about half of what XLA reads (docs/benchmarks.md). One launch
+and its GEMMs stream the fp8 weight at about half of what XLA reads (docs/benchmark_log.md). One launch
 does the whole call: the raw bf16 row in, the output dtype out, the row quantized exactly inside the
 kernel while the first weight loads are in flight, the weight streamed as stored.
 - The row kernel (``cuda_gemv_rows.cu``, the eighth session's library kernel): every CTA quantizes the
@@ -45,7 +45,7 @@ Parts:
    decode at batch 1: bf16 weights stored ``[N, K]``, MXFP8 as shipped, and MXFP8 on the Pallas
    kernels alone, with and without ``fuse_projections``, in the same process; ``--models`` picks among
    ``LLAMA_MODELS``, which also has ``mxfp8_f32out`` (the GEMVs write float32 and XLA rounds: the A/B for the
-   asynchronous V-cache copies of docs/benchmarks.md, "The Llama decode's two step times").
+   asynchronous V-cache copies of docs/benchmark_log.md, "The Llama decode's two step times").
 
 What an H200 answered (jax 0.11.2; results/cuda_gemv_probe_split_h200.*): the split kernel's best configuration
 1.46-1.64x of bf16 at five shapes and 1.00x at (1024, 4096), 2.1-3.4 TB/s, where the row kernel's best gave

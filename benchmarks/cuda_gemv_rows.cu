@@ -3,7 +3,7 @@
 // shared memory (decoded float32), then each warp streams groups of G weight rows over the whole of K (group i,
 // i + (warps in the grid), ...): lane l takes the 16-byte chunks l, l + 32, ... of each row, CH chunks a round,
 // and the G rows share each shared-memory read of the activation. On an H200 it streamed the weight at
-// 1.7-3.0 TB/s, the K-split kernel at 2.1-3.4 (docs/benchmarks.md).
+// 1.7-3.0 TB/s, the K-split kernel at 2.1-3.4 (docs/benchmark_log.md).
 //
 // Template parameters:
 //   WPC   warps per CTA

@@ -1,6 +1,6 @@
 """Probe: a hand-written Marlin-style CUDA kernel for M <= 16 (``cuda_small_m.cu``) inside ``jax.jit``.
 
-The open question of issue 5 at M <= 16 (docs/benchmarks.md, "fourth session"): the Mosaic GPU
+The open question of issue 5 at M <= 16 (docs/benchmark_log.md, "fourth session"): the Mosaic GPU
 kernel's warp-specialized pipeline streams the weight at 1.56-1.77x of bf16 with idle consumers and
 0.9-1.25x with real ones. Does a kernel without that pipeline do better: many warps, each loading
 its fp8 weight bytes from global memory straight into ``mma.sync`` registers, the activation as its
@@ -46,7 +46,7 @@ End to end the tiled kernel beat the shipped backend at M = 1 on (14336, 4096) a
 all three runs (1.11-1.31x of bf16 against 1.01-1.11x), was within 7% of it at (4096, 14336),
 M = 1, and mostly lost at M = 16 and at N <= 6144. At scale byte 254 it gives inf where emulation
 gives NaN (emulation's decoded weight overflows float32; here only the scaled block sum is formed).
-Not shipped: docs/benchmarks.md, "A Marlin-style CUDA kernel".
+Not shipped: docs/benchmark_log.md, "A Marlin-style CUDA kernel".
 
 Run on the device:
 ``PYTHONPATH=. python3 benchmarks/cuda_small_m_probe.py [--sweep rowmajor|tiled|prefetch|order|async|xtraffic]``;

@@ -3,7 +3,7 @@
 The library ships PTX (``gemv.ptx``); on the device the driver's own compiler turns each launched entry into SASS, and
 that SASS is what runs. The ptxas read on the CPU (``sass_order.py``, 12.9) is another compiler: in the nineteenth
 session a change outside the tensor-core kernel's loop left ptxas 12.9's loop as it was (147 against 148 instructions)
-and still cost the kernel 5 us on the device (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe"). This links each
+and still cost the kernel 5 us on the device (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe"). This links each
 named entry alone (``cuda_gemv.entry_ptx``, the module the library launches) through the CUDA driver API
 (``cuLinkCreate``/``cuLinkAddData``/``cuLinkComplete``, default JIT options, as a module load uses them) and writes
 ``$OUT/{ptx stem}_{kernel}.cubin`` and the JIT's log (registers, spills) to ``$OUT/driver_cubin.log``; read them on the

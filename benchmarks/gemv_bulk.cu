@@ -3,7 +3,7 @@
 //
 // The library's kernel keeps one unit (R weight rows) in flight per thread, in registers, so each SM has at most one
 // unit per CTA outstanding, and it streams the fp8 bytes at 2.9-3.6 TB/s where XLA's bf16 GEMV streams bf16 at
-// 4.0-4.3 TB/s (docs/benchmarks.md). Here a unit's R rows are contiguous in w [N, K] (and its scale bytes in
+// 4.0-4.3 TB/s (docs/benchmark_log.md). Here a unit's R rows are contiguous in w [N, K] (and its scale bytes in
 // sw [N, K/32]), so one thread issues one 1-D bulk copy of R * K bytes (and one of R * K/32) into a ring of S
 // shared-memory stages, S units ahead; the threads read their 16-byte chunks from shared memory after the stage's
 // mbarrier completes. The CTA's barrier after each unit's reduction (the library's, unchanged) is what frees a stage
@@ -21,7 +21,7 @@
 //   else (each thread folds its words into one it never writes unless they hash to a constant): the weight stream's
 //   floor for this launch;
 // - mxfp8_empty(...): returns at once: the launch's own cost between the timing loop's calls.
-// Measured on an H200 (fourteenth session, docs/benchmarks.md "The one-row kernel's floor"): every bulk kernel bit for
+// Measured on an H200 (fourteenth session, docs/benchmark_log.md "The one-row kernel's floor"): every bulk kernel bit for
 // bit the library's and slower (best 23.6 against 20.9 us at (14336, 4096)); the library's kernel as fast as
 // mxfp8_stream_r4 (19.7 against 20.7 us), deep2 slower at every shape.
 #include "../mxfp8_xla/backends/gemv.cu"

@@ -2,7 +2,7 @@
 
 The library's K-split kernel (``mxfp8_xla/backends/gemv.cu``) streams the fp8 weight at 2.9-3.6 TB/s at the wide
 Llama-3-8B shapes, where XLA's bf16 GEMV at one row streams 4.0-4.3 TB/s (the decode step's profile,
-docs/benchmarks.md). Its loads go to registers, one unit of rows ahead. ``gemv_bulk.cu`` is the same kernel (same
+docs/benchmark_log.md). Its loads go to registers, one unit of rows ahead. ``gemv_bulk.cu`` is the same kernel (same
 arithmetic, same summation order) with each unit's rows fetched by one ``cp.async.bulk`` into a ring of S stages, S
 units ahead. For each shape (the six Llama-3-8B projections) and each configuration (rows a unit R, stages S, CTAs
 an SM) that fits the SM's shared memory: us a call, its outputs against the library's bit for bit (bf16 and float32
@@ -34,7 +34,7 @@ fed from registers, 0.58-1.20x from the ring.
 ``--wide`` (instead; ``--wide16`` in its first call): ``gemv_mma8.cu``'s wide kernels, the weight as the MMA's A operand
 with 16-byte loads (fifteenth session; results/gemv_wide*_probe_h200.*): ``wide8_b4`` 1.07-1.32x and 1.25-1.41x of bf16
 at 8 rows of (14336, 4096) and (28672, 4096) in five runs, where the Pallas path ran 1.00-1.11x, 0.79-1.06x and
-0.83-1.03x at (6144, 4096) and (4096, 4096); every other variant slower (docs/benchmarks.md, "Eight rows on the tensor
+0.83-1.03x at (6144, 4096) and (4096, 4096); every other variant slower (docs/benchmark_log.md, "Eight rows on the tensor
 cores"). The library's 3-8-row kernel comes from it.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --patterns | --mma8 | --wide]``;

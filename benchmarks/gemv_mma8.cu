@@ -25,13 +25,13 @@
 // of 8 rows hit distinct banks) and their scale rows into a ring of S stages, S units ahead (gemv_bulk.cu's ring);
 // warp w of the CTA's W owns blocks w * kb / W .. of every unit (kb / W a multiple of 4, at most 16). Launched with
 // W warps and S * (8 (k + 16) + 8 kb) + 2 W 64 4 bytes of dynamic shared memory.
-// Measured on an H200 (fourteenth session, docs/benchmarks.md "The one-row kernel's floor"): 1.6e-7 to 1.2e-6 from
+// Measured on an H200 (fourteenth session, docs/benchmark_log.md "The one-row kernel's floor"): 1.6e-7 to 1.2e-6 from
 // emulation; mma8 0.60-0.87x of bf16 at 8 rows (its _loads 24.6-35.4 us at (14336, 4096)), ring8 1.10x and 1.20x at
 // (14336, 4096) and (28672, 4096), 0.58-0.88x at the smaller K = 4096 shapes.
 //
 // Kernels mxfp8_gemv_wide{ROWS}..._b{BPW}[_loads]_{bf16,f32} (gemv_bulk_probe.py --wide; gemv_wide below): the
 // weight as the MMA's A operand, 16-byte lane loads and one 8-byte swap between lanes t and t ^ 2. Measured on an H200
-// (fifteenth session, docs/benchmarks.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16
+// (fifteenth session, docs/benchmark_log.md "Eight rows on the tensor cores"): wide8_b4 1.07-1.32x and 1.25-1.41x of bf16
 // at 8 rows of (14336, 4096) and (28672, 4096), five runs, where the Pallas path ran 1.00-1.11x; the other variants
 // slower. The library's kernel (gemv.cu's gemv_mma) is wide8h_b4 with the activation's bytes converted at each use
 // and exact scales.

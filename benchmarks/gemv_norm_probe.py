@@ -1,6 +1,6 @@
 """Probe: the library's add-and-norm GEMV (``cuda_gemv.add_norm_rows``) against XLA's norm and the one-row GEMV.
 
-In the Llama decode at batch 1 (docs/benchmarks.md, "The slow mode's cause") the RMSNorms before the qkv and gate/up
+In the Llama decode at batch 1 (docs/benchmark_log.md, "The slow mode's cause") the RMSNorms before the qkv and gate/up
 projections are two XLA launches each (the sum of squares, then the scaling, each recomputing the residual stream),
 about 27 us of a 370 us MXFP8 step. The add-and-norm kernel (``gemv.cu``; first built here as a probe, at c964f48)
 takes the residual ``x``, the block's output ``delta`` and the norm weight, writes the new residual

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The Llama decode with and without LlamaConfig.fuse_norms (RMSNorm inside the MXFP8 projections), alternating
-# processes so drift hits both alike (docs/benchmarks.md, "RMSNorm inside the decode step").
+# processes so drift hits both alike (docs/benchmark_log.md, "RMSNorm inside the decode step").
 #
 # Usage (device, repo root): [BATCHES=1,8] bash benchmarks/llama_fuse_norms.sh [ROUNDS]; log to
 # $OUT/llama_fuse_norms.log.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The Llama decode's slow mode (docs/benchmarks.md, "The slow mode's cause"): MXFP8 decode steps ~30 us longer when
+# The Llama decode's slow mode (docs/benchmark_log.md, "The slow mode's cause"): MXFP8 decode steps ~30 us longer when
 # XLA's DynamicSliceCopyFusionAsyncWrapper turns the V-cache update fed by the qkv GEMV into an async copy.
 #
 # Usage (device, repo root): [BATCHES=1,8] bash benchmarks/llama_slow_mode.sh PART [ROUNDS]; log to

@@ -1,7 +1,7 @@
 """Probe: a warp-specialized Mosaic GPU (Pallas ``plgpu``) MXFP8 weight-only GEMM for small M on Hopper.
 
 The Triton kernels of the ``hopper`` backend stream the fp8 weight at 1.6-1.75 TB/s
-(docs/benchmarks.md, "Where the small-M time goes"). This probe writes the design
+(docs/benchmark_log.md, "Where the small-M time goes"). This probe writes the design
 those kernels cannot express: a TMA producer warpgroup feeds compute warpgroups that
 decode E4M3 weight tiles in registers, scale each 32-wide block by its E8M0 factor,
 and hand the bf16 tile to ``wgmma`` as the register (A) operand. The GEMM is computed

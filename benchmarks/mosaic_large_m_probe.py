@@ -28,7 +28,7 @@ Run on the device: ``PYTHONPATH=. python3 benchmarks/mosaic_large_m_probe.py [--
 $OUT/mosaic_large_m_probe.json. ``--set`` picks one of :data:`CONFIG_SETS`, one per device call of
 the first runs.
 
-What those runs found (H200, results/mosaic_large_m_probe_*_h200.*; docs/benchmarks.md, "A
+What those runs found (H200, results/mosaic_large_m_probe_*_h200.*; docs/benchmark_log.md, "A
 weight-decoding GEMM for large M"): at M = 2048 jax's bf16 kernel ran 0.94-1.03x of cuBLAS, so a
 Mosaic GPU GEMM can run at cuBLAS's speed here. This kernel reached 0.87-0.89x of bf16 alone at best
 (persistent, scale bytes through shared memory, a bf16 multiply), and 0.92-0.96x with the scale

@@ -1,7 +1,7 @@
 """Probe: where a compute warpgroup's pipeline step spends its time, by Mosaic GPU's in-kernel profiler.
 
 On the H200 the small-M Mosaic kernel takes ~1.2 us per pipeline step while its TMA stream
-alone needs ~0.75 (docs/benchmarks.md, "What caps the Mosaic kernel"). This runs the stream
+alone needs ~0.75 (docs/benchmark_log.md, "What caps the Mosaic kernel"). This runs the stream
 probe's kernel (``mosaic_stream_probe.run``, M = 16) with ``CompilerParams(profile_space=...)``:
 every warpgroup records the SM clock (cycles) on entry to and exit from the step's named
 scopes: ``step`` (the whole body) and, inside it, ``scales`` (issuing the next step's scale

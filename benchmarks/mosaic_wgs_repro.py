@@ -1,7 +1,7 @@
 """Minimal check: when does ``plgpu.emit_pipeline_warp_specialized`` finish, and is it the registers?
 
 The stream probe's kernel hung on the H200 with 4 compute warpgroups, even with the compute
-warpgroups idle (docs/benchmarks.md, "What caps the Mosaic kernel"). This kernel has nothing
+warpgroups idle (docs/benchmark_log.md, "What caps the Mosaic kernel"). This kernel has nothing
 of ours in it: one CTA streams ``steps`` tiles of ``[64 * wgs, 128]`` bytes through the
 warp-specialized pipeline, and each compute warpgroup adds its 64 rows of every tile into a
 float32 accumulator and writes it out. Each case runs in its own process under a time limit,

@@ -1,6 +1,6 @@
 """Driver for Nsight Compute: the GEMV kernels of ``gemv.cu`` at (14336, 4096), each run once inside a profiler range.
 
-The question it answers: what bounds the weight stream of each kernel (docs/benchmarks.md, "Shared memory and the
+The question it answers: what bounds the weight stream of each kernel (docs/benchmark_log.md, "Shared memory and the
 tensor-core GEMV's stream": the kernels' speeds line up with the weight bytes each SM keeps in flight, 64 KB for the
 one-row kernel and 32 KB for the two-row and tensor-core ones, but not every variant fits that reading). The profile
 gives each kernel's DRAM throughput, its schedulers' issue rate, its eligible and achieved warps, and its shared-memory

@@ -2,7 +2,7 @@
 
 CPU CI cannot run the GPU kernels, and the timing scripts check their errors at the Llama shapes only. The
 nineteenth session found the tensor-core GEMV returning rows 4-7 unwritten at K = 128 with 5-8 rows, a shape no run
-had used (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe"). This multiplies raw bf16 rows by a weight at every
+had used (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe"). This multiplies raw bf16 rows by a weight at every
 (M, N, K) of ``CASES`` through ``hopper.matmul`` (``"auto"``'s routing, float32 out), and prints each case's kernels
 and its max-abs relative error against emulation; a case above ``TOLERANCE`` (the routes agree with emulation to about
 1e-6, a wrong row to about 1) is a failure, and the script exits 1 if there is one.

@@ -1,7 +1,7 @@
 """The order of a GEMV kernel's SASS: where ptxas put the weight loads against the products, barriers and shuffles.
 
 The source of ``gemv.cu``'s split kernels issues the next unit's loads before the current unit's products; whether
-the machine code does is ptxas's choice (docs/benchmarks.md, "Shared memory and the tensor-core GEMV's stream"). This
+the machine code does is ptxas's choice (docs/benchmark_log.md, "Shared memory and the tensor-core GEMV's stream"). This
 prints, for each kernel named, its instructions of interest in order, runs of one kind counted (``LDG.E.128.CONSTANT
 x4``: four 16-byte weight loads in a row). It needs no GPU: ptxas (pip ``nvidia-cuda-nvcc-cu12``) builds the cubin,
 nvdisasm (pip ``nvidia-cuda-nvdisasm``; 13.5 reads ptxas 12.9's sm_90 cubins) disassembles it. The device's driver
@@ -10,7 +10,7 @@ driver's own compile, ``driver_cubin.py`` on the device) and it is disassembled 
 
 ``--step`` prints instead the opcode counts of the tensor-core kernel's loop step (from the branch before its first
 MMA to the barrier after it) and how many of them run on the SM's ALU pipe (``ALU_OPCODES``): the nineteenth session
-found that pipe bounding the kernel (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe").
+found that pipe bounding the kernel (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe").
 
     python benchmarks/sass_order.py mxfp8_xla/backends/gemv.ptx mxfp8_gemv_split_c1_r4_bf16 \\
         --ptxas /path/to/ptxas --nvdisasm /path/to/nvdisasm

@@ -1,7 +1,7 @@
 """Probe: the large-M route with its weight decode overlapped with its GEMM on a second CUDA stream.
 
 For M > 256 the ``hopper`` backend decodes the weight to exact bf16 in one Pallas pass, then runs cuBLAS; the decode
-(3 bytes of traffic a weight element) is what keeps it under bf16 (docs/benchmarks.md, "Where the large-M time
+(3 bytes of traffic a weight element) is what keeps it under bf16 (docs/benchmark_log.md, "Where the large-M time
 goes"). The GEMM is compute-bound and the decode memory-bound, so they could share the GPU: here the weight is
 decoded in ``C`` chunks along N, chunk ``j + 1``'s decode annotated to run on ``gpu_stream:1`` (``compute_on``, XLA's
 stream annotation) while chunk ``j``'s GEMM runs, and the chunks' outputs concatenated (``seq``: the same chunks on

@@ -11,7 +11,7 @@ stored (``[N, K]``, no preparation), decodes each element exactly, multiplies it
 factor (so an element that overflows float32 does so as emulation's does), accumulates in
 float32, sums over its threads and writes the output dtype directly.
 
-On an H200 (docs/benchmarks.md, "The K split across the CTA"; three runs of
+On an H200 (docs/benchmark_log.md, "The K split across the CTA"; three runs of
 ``cuda_gemv_probe.py``) it measured 1.63-1.72x of bf16 ``jnp.dot`` at (14336, 4096) and
 (28672, 4096), 1.52-1.62x at (4096, 14336), 1.44-1.56x at (6144, 4096) and (4096, 4096) and
 0.95-0.96x at (1024, 4096), where the Pallas path ran 0.52-1.13x; it streams the weight at
@@ -19,11 +19,11 @@ On an H200 (docs/benchmarks.md, "The K split across the CTA"; three runs of
 on every edge case (scale bytes 0, 1, 254, 255, an E4M3 NaN byte, an Inf or NaN in the
 activation, ties, subnormals). A 4-block Llama-3-8B decode at batch 1 ran 1.44-1.47x of bf16 with
 the decode loop compiled with :data:`mxfp8_xla.DECODE_LOOP_COMPILER_OPTIONS` (1.33-1.35x without it;
-docs/benchmarks.md, "The slow mode's cause").
+docs/benchmark_log.md, "The slow mode's cause").
 
 At two rows (each decoded weight element serves both; K <= 8192) the probe's build of the same
 kernel measured 1.22-1.41x of bf16 at the five K = 4096 Llama-3-8B shapes, where the Pallas path
-ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmarks.md,
+ran 0.71-1.12x, 1.5e-7 to 3.2e-7 from emulation and equal to it on the edge cases (benchmark_log.md,
 "The K split across the CTA", "Two and four rows"); the library's route ran 1.22-1.42x and 1.19-1.34x in
 two runs ("The slow mode's cause", "RMSNorm inside the decode step"). At four rows the CUDA cores run out
 (0.70-0.82x).
@@ -36,17 +36,17 @@ whose scales that scaling cannot take exactly (see ``gemv_mma``) are computed ag
 H200 the route ran 1.18-1.22x of bf16 at (14336, 4096) and 1.21-1.24x at (28672, 4096) at 3, 4 and 8 rows, where the
 Pallas path ran 1.03-1.04x and 1.07-1.11x; 3.2e-7 to 1.3e-6 from emulation (float32 out) and equal to it on every edge
 case; with the route at N >= 14336 only, a 4-block Llama-3-8B decode at batch 8 ran 1.11x of bf16 (0.483 and 0.489
-ms a step, two processes) where the Pallas path ran 1.05x (0.515) (docs/benchmarks.md, "Eight rows on the tensor
+ms a step, two processes) where the Pallas path ran 1.05x (0.515) (docs/benchmark_log.md, "Eight rows on the tensor
 cores"). With the route opened to every K = 4096 shape (one run, 8 rows) it ran 1.09x at (6144, 4096), 1.01x at
 (4096, 4096) and 0.78x at (1024, 4096), where the Pallas path ran 0.93x, 0.92x and 0.74x. Its arithmetic was bound by
 the SM's ALU pipe; with fewer instructions there (nineteenth session: ``cvt_pair_hi``, factors and addresses as integer
 multiply-adds) 8 rows ran 1.19-1.35x at (14336, 4096) and (28672, 4096) in ten runs (two of them of a build with the
 load addresses as before), equal to emulation on every edge case, and the batch-8 decode 1.16-1.17x
-(docs/benchmarks.md, "The tensor-core GEMV's ALU pipe" and "What is left in the tensor-core GEMV").
+(docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe" and "What is left in the tensor-core GEMV").
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
 ``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
-GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmarks.md, "RMSNorm
+GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm
 inside the decode step").
 
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
@@ -86,7 +86,7 @@ MMA_MAX_N = 1 << 18
 takes at most 2048 units of 8 rows (at 16 or more CTAs)."""
 MMA_MIN_N = 1024
 """The tensor-core kernel serves N >= this, the smallest N measured: on an H200 the library's build beat the Pallas
-path at 8 rows of all five K = 4096 Llama-3-8B shapes, (1024, 4096) included (docs/benchmarks.md, "Eight rows on the
+path at 8 rows of all five K = 4096 Llama-3-8B shapes, (1024, 4096) included (docs/benchmark_log.md, "Eight rows on the
 tensor cores")."""
 DEFAULT_SMS = 132
 """H100 SXM and H200; used where the device does not report its SM count."""
@@ -124,7 +124,7 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     One or two rows: the CUDA-core kernel (K % 512 == 0, K up to :data:`MAX_K`, N % 4 == 0). Three to eight rows: the
     tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, K / 4 >= 8 x rows, N % 8 == 0, :data:`MMA_MIN_N` <= N <=
     :data:`MMA_MAX_N`): its K / 4 threads sum a unit's 8 x rows outputs one a thread, so at K = 128 it takes at most
-    four rows (five to eight rows there once returned rows 4-7 unwritten; docs/benchmarks.md, "The tensor-core GEMV's
+    four rows (five to eight rows there once returned rows 4-7 unwritten; docs/benchmark_log.md, "The tensor-core GEMV's
     ALU pipe").
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes

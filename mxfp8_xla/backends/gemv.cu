@@ -62,7 +62,7 @@ __device__ __forceinline__ u32 cvt_pair(u32 pair) {
 __device__ __forceinline__ u32 cvt_pair_hi(u32 word) {
   // Bytes 2 and 3 of word, as cvt_pair converts bytes 0 and 1: ptxas reads the register's high half in the
   // conversion itself (F2FP ... R.H1), where cvt_pair(word >> 16) costs a shift on the ALU pipe, the pipe that bounds
-  // the tensor-core kernel (docs/benchmarks.md, "The tensor-core GEMV's ALU pipe").
+  // the tensor-core kernel (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe").
   u32 out;
   asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;}" : "=r"(out) : "r"(word));
   return out;

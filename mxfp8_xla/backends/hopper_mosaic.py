@@ -15,7 +15,7 @@ below TMA's 16-byte minimum, and reading one column of a shared-memory scale til
 compile with jax 0.11.2). It loads them one step ahead and carries the bytes through the
 pipeline; the step that uses them turns them into float32 factors, so the load has a
 whole step to land (turning them into factors at once made every step wait for it; the
-change took 4-16% off the time at M <= 16 on an H200, docs/benchmarks.md). It writes the
+change took 4-16% off the time at M <= 16 on an H200, docs/benchmark_log.md). It writes the
 output ``[M, N]`` in the output dtype from registers (float32 partial sums per K split,
 added by XLA, when ``split_k > 1``).
 

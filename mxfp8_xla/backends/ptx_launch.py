@@ -41,7 +41,7 @@ def launch(
     and to each ``(shape, dtype)`` of ``extra_outputs``. Returns the output, or all of them if there are extra ones.
 
     jaxlib's launcher opts a kernel in to more than 48 KB only when ``smem`` alone exceeds 48 KB, and then also sets
-    ``CU_FUNC_CACHE_PREFER_SHARED`` (the least L1; 15-20% slower for the tensor-core GEMV, docs/benchmarks.md,
+    ``CU_FUNC_CACHE_PREFER_SHARED`` (the least L1; 15-20% slower for the tensor-core GEMV, docs/benchmark_log.md,
     eighteenth session). Static plus dynamic shared memory above 48 KB with ``smem`` at most 48 KB fails to launch."""
     outs = _launch.bind(
         *operands,
