@@ -34,8 +34,8 @@ fed from registers, 0.58-1.20x from the ring.
 ``--wide`` (instead; ``--wide16`` in its first call): ``gemv_mma8.cu``'s wide kernels, the weight as the MMA's A operand
 with 16-byte loads (fifteenth session; results/gemv_wide*_probe_h200.*): ``wide8_b4`` 1.07-1.32x and 1.25-1.41x of bf16
 at 8 rows of (14336, 4096) and (28672, 4096) in five runs, where the Pallas path ran 1.00-1.11x, 0.79-1.06x and
-0.83-1.03x at (6144, 4096) and (4096, 4096); every other variant slower (docs/benchmark_log.md, "Eight rows on the tensor
-cores"). The library's 3-8-row kernel comes from it.
+0.83-1.03x at (6144, 4096) and (4096, 4096); every other variant slower (docs/benchmark_log.md,
+"Eight rows on the tensor cores"). The library's 3-8-row kernel comes from it.
 
 Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_bulk_probe.py [--stream | --patterns | --mma8 | --wide]``;
 JSON to ``$OUT/gemv_bulk_probe.json``, the PTX and ptxas's register report beside it.

@@ -1,9 +1,9 @@
 """Probe: the activation pass of 3-16 rows as XLA ops (``mxfp8_xla.quantize``) instead of the Pallas kernel.
 
 At batch 8 the Llama decode step runs 16 activation launches (``mxfp8_quantize`` before each Triton GEMM,
-``mxfp8_fake_quantize`` before each Mosaic one), about 25 us of a 525 us step (docs/benchmark_log.md, "RMSNorm inside the
-decode step"), each behind an XLA kernel that produced its input (an RMSNorm, the SwiGLU, the attention output). Written
-as XLA ops, the quantization is bit-identical (it is the library's reference) and XLA may fuse it into those
+``mxfp8_fake_quantize`` before each Mosaic one), about 25 us of a 525 us step (docs/benchmark_log.md, "RMSNorm inside
+the decode step"), each behind an XLA kernel that produced its input (an RMSNorm, the SwiGLU, the attention output).
+Written as XLA ops, the quantization is bit-identical (it is the library's reference) and XLA may fuse it into those
 producers, saving launches. This times the decode of ``bench_llama.py`` (4 blocks at Llama-3-8B dimensions,
 ``--fuse-projections --fuse-norms``) at each batch, with the backend as shipped and with ``hopper.quantize_activations``
 and ``hopper.decode_operand`` (on a raw activation) replaced by XLA's ``quantize`` / ``dequantize(quantize(x))``,
