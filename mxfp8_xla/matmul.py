@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
 from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, hopper, select_backend
-from mxfp8_xla.mxarray import MXArray, check_quantizable, quantize
+from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 
 def mxfp8_matmul(
     x: jax.Array | MXArray,
     w: MXArray,
     *,
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str | None = None,
 ) -> jax.Array:
@@ -27,7 +28,9 @@ def mxfp8_matmul(
     (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
     """
     if not isinstance(w, MXArray):
-        raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K], got {type(w).__name__}")
+        got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
+        raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one), got {got}")
+    out_dtype = check_float_dtype("mxfp8_matmul: out_dtype", out_dtype)
     if w.ndim != 2:
         raise ValueError(f"mxfp8_matmul: w must be 2-D [N, K], got shape {w.shape}")
     if not isinstance(x, MXArray):
@@ -44,7 +47,7 @@ def mxfp8_matmul(
     run = get_backend(backend)
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
-    return run(x, w, jnp.dtype(out_dtype), name=name)
+    return run(x, w, out_dtype, name=name)
 
 
 def add_rms_norm_matmul(
@@ -54,7 +57,7 @@ def add_rms_norm_matmul(
     w: MXArray,
     *,
     eps: float,
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -68,6 +71,7 @@ def add_rms_norm_matmul(
     squares.
     """
     check_quantizable(x, "add_rms_norm_matmul: x")
+    out_dtype = check_float_dtype("add_rms_norm_matmul: out_dtype", out_dtype)
     if delta.shape != x.shape or delta.dtype != x.dtype:
         raise ValueError(
             f"add_rms_norm_matmul: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
@@ -84,7 +88,7 @@ def add_rms_norm_matmul(
     get_backend(backend)
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     if backend == "hopper" and hopper.fuses_add_norm(x, delta, norm_weight, w):
-        return hopper.add_norm_gemv(x, delta, norm_weight, eps, w, jnp.dtype(out_dtype))
+        return hopper.add_norm_gemv(x, delta, norm_weight, eps, w, out_dtype)
     h = norm.add(x, delta)
     normed = norm.rms_norm(h, norm_weight, eps)
     return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h

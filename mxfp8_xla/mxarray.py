@@ -12,7 +12,8 @@ import numpy as np
 
 from mxfp8_xla import numerics
 
-QUANTIZABLE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+FLOAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+"""The dtypes MXFP8 quantizes from and decodes or multiplies into."""
 
 
 @jax.tree_util.register_dataclass
@@ -75,15 +76,22 @@ def check_mxarray_leaves(data: Any, scale: Any, name: str = "MXArray") -> None:
         )
 
 
+def check_float_dtype(what: str, dtype: Any) -> jnp.dtype:
+    """``jnp.dtype(dtype)`` if it is one of :data:`FLOAT_DTYPES`, else ``TypeError`` naming ``what``.
+
+    An output dtype is checked too: an integer one would turn a NaN or an infinity into a finite number.
+    """
+    d = jnp.dtype(dtype)
+    if d not in FLOAT_DTYPES:
+        hint = " (float64 is not supported: use float32)" if d == jnp.float64 else ""
+        raise TypeError(f"{what} is {d}; expected one of float32, bfloat16, float16{hint}")
+    return d
+
+
 def check_quantizable(x: Any, name: str = "x", axis: int = -1) -> None:
     """Raise unless ``x`` is a float32/bfloat16/float16 array whose ``axis`` is a multiple of 32."""
-    dtype = jnp.dtype(getattr(x, "dtype", type(x)))
     shape = tuple(jnp.shape(x))
-    if dtype not in QUANTIZABLE_DTYPES:
-        hint = " (float64 is not supported: cast to float32 first)" if dtype == jnp.float64 else ""
-        raise TypeError(
-            f"{name} with shape {shape} has dtype {dtype}; expected one of float32, bfloat16, float16{hint}"
-        )
+    check_float_dtype(f"the dtype of {name} with shape {shape}", getattr(x, "dtype", type(x)))
     if not shape or shape[axis] % numerics.BLOCK_SIZE:
         raise ValueError(
             f"{name} has shape {shape}: the blocked axis {axis} must be a multiple of "
@@ -116,7 +124,7 @@ def dequantize(a: MXArray, dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """Decode ``a`` to ``dtype``: exact in float32 (up to XLA:CPU's flush of results < 2**-126)."""
     if not isinstance(a, MXArray):
         raise TypeError(f"dequantize expects an MXArray, got {type(a).__name__}")
-    return _dequantize(a, jnp.dtype(dtype))
+    return _dequantize(a, check_float_dtype("dequantize: dtype", dtype))
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
 
 from mxfp8_xla.matmul import mxfp8_matmul
-from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.mxarray import MXArray, check_float_dtype
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 
@@ -62,12 +63,32 @@ def shard_map(f: Callable, *, mesh: Mesh, in_specs, out_specs) -> Callable:
     return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
+def check_operands(layer: str, x: jax.Array | None, w: MXArray, mesh: Mesh, axes: tuple[str | None, ...]) -> None:
+    """Raise unless ``w`` is an MXArray ``[N, K]``, ``x`` (if given) a ``[B, K]`` array, and ``mesh`` has ``axes``.
+
+    Checked on the global shapes, before ``shard_map`` splits them (a per-shard error would name shapes the caller
+    never wrote, and a 3-D ``x`` would otherwise come back with its shards stacked along the wrong axis).
+    """
+    if not isinstance(w, MXArray) or w.ndim != 2:
+        got = f"an MXArray with shape {w.shape}" if isinstance(w, MXArray) else type(w).__name__
+        raise TypeError(f"{layer}: the weight must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one), got {got}")
+    if x is not None and (jnp.ndim(x) != 2 or jnp.shape(x)[1] != w.shape[1]):
+        raise ValueError(
+            f"{layer}: x must be [B, K] with K = {w.shape[1]} (the weight is {w.shape}), "
+            f"got shape {tuple(jnp.shape(x))} (reshape leading axes into B first)"
+        )
+    missing = [a for a in axes if a is not None and a not in mesh.shape]
+    if missing:
+        raise ValueError(f"{layer}: the mesh has axes {tuple(mesh.shape)}, not {missing}")
+
+
 def _weight_spec(kind: str, model_axis: str) -> P:
     return P(model_axis, None) if kind == "column" else P(None, model_axis)
 
 
 def shard_weight(w: MXArray, mesh: Mesh, kind: str, model_axis: str = "model", name: str = "layer") -> MXArray:
     """Place ``w [N, K]`` on ``mesh`` for a ``"column"`` or ``"row"`` parallel layer (data and scales alike)."""
+    check_operands(name, None, w, mesh, (model_axis,))
     shards = mesh.shape[model_axis]
     if kind == "column":
         check_column_parallel(w.shape, shards, name)
@@ -91,11 +112,13 @@ def column_parallel(
     *,
     model_axis: str = "model",
     data_axis: str | None = "data",
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str = "layer",
 ) -> jax.Array:
     """``x [B, K] @ w.T`` with ``w`` split along N; the result ``[B, N]`` stays split along N."""
+    check_operands(f"column-parallel {name}", x, w, mesh, (model_axis, data_axis))
+    check_float_dtype(f"column-parallel {name}: out_dtype", out_dtype)
     check_column_parallel(w.shape, mesh.shape[model_axis], name)
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
@@ -116,11 +139,13 @@ def row_parallel(
     *,
     model_axis: str = "model",
     data_axis: str | None = "data",
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str = "layer",
 ) -> jax.Array:
     """``x [B, K] @ w.T`` with ``x`` and ``w`` split along K; partial sums reduced with ``psum``."""
+    check_operands(f"row-parallel {name}", x, w, mesh, (model_axis, data_axis))
+    out_dtype = check_float_dtype(f"row-parallel {name}: out_dtype", out_dtype)
     check_row_parallel(w.shape, mesh.shape[model_axis], name)
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
@@ -144,7 +169,7 @@ def mlp(
     activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
     model_axis: str = "model",
     data_axis: str | None = "data",
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
 ) -> jax.Array:
     """``activation(x @ w_in.T) @ w_out.T``: column- then row-parallel, one ``psum`` at the end."""

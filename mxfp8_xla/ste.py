@@ -28,9 +28,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mxfp8_xla.matmul import mxfp8_matmul
-from mxfp8_xla.mxarray import MXArray, check_quantizable, dequantize, quantize
+from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 __all__ = ["mxfp8_linear_ste"]
 
@@ -40,13 +41,15 @@ def mxfp8_linear_ste(
     kernel: jax.Array,
     *,
     backend: str = "emulation",
-    out_dtype: jnp.dtype = jnp.bfloat16,
+    out_dtype: DTypeLike = jnp.bfloat16,
+    name: str | None = None,
 ) -> jax.Array:
     """``x [..., K] @ kernel [K, N]`` in MXFP8 with straight-through gradients.
 
     ``x`` and ``kernel`` are float32/bfloat16/float16; both are quantized with
     blocks of 32 along K (so K must be a multiple of 32) and multiplied by
-    ``mxfp8_matmul(..., backend=backend)``. Returns ``[..., N]`` in ``out_dtype``.
+    ``mxfp8_matmul(..., backend=backend)``. Returns ``[..., N]`` in ``out_dtype``; ``name`` labels the
+    layer in backend errors.
     Gradients: see the module docstring (float32 matmuls of the dequantized
     operands). Works under ``jit``, ``vmap``, ``grad``, ``remat`` and ``scan``.
     """
@@ -60,20 +63,20 @@ def mxfp8_linear_ste(
             f"mxfp8_linear_ste: x has shape {tuple(x.shape)} but kernel has shape "
             f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
         )
-    return _ste_jit(backend, jnp.dtype(out_dtype), x, kernel)
+    return _ste_jit(backend, check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype), name, x, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _ste(backend: str, out_dtype: jnp.dtype, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return _forward(backend, out_dtype, x, kernel)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _ste(backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _forward(backend, out_dtype, name, x, kernel)[0]
 
 
 def _forward(
-    backend: str, out_dtype: jnp.dtype, x: jax.Array, kernel: jax.Array
+    backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
     xq = quantize(x)
     wq = quantize(kernel, axis=0)
-    y = mxfp8_matmul(xq, wq, out_dtype=out_dtype, backend=backend)
+    y = mxfp8_matmul(xq, wq, out_dtype=out_dtype, backend=backend, name=name)
     # Zero-size arrays carry the primal dtypes to the backward pass.
     dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
     return y, (xq, wq, *dtypes)
@@ -82,10 +85,11 @@ def _forward(
 def _backward(
     backend: str,
     out_dtype: jnp.dtype,
+    name: str | None,
     residuals: tuple[MXArray, MXArray, jax.Array, jax.Array],
     g: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    del backend, out_dtype
+    del backend, out_dtype, name
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
     x_hat = dequantize(xq, jnp.float32)  # [..., K]
     w_hat = dequantize(wq, jnp.float32)  # [N, K]
@@ -107,4 +111,4 @@ def _backward(
 
 _ste.defvjp(_forward, _backward)
 # Jitted so that eager calls compile once instead of op by op; inlined under an outer jit.
-_ste_jit = jax.jit(_ste, static_argnums=(0, 1))
+_ste_jit = jax.jit(_ste, static_argnums=(0, 1, 2))

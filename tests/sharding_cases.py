@@ -7,6 +7,7 @@ process have already done; hence a separate process. Prints one line per case.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -113,6 +114,42 @@ def main() -> None:
         assert "whole number of 32-element" in str(e)
     else:
         raise AssertionError("shard_weight accepted K=96 over 2")
+
+    # Bad operands fail on their global shapes, before shard_map splits them.
+    w = mx.quantize(jnp.ones((64, 128)))
+    for exc, want, call in (
+        (
+            ValueError,
+            r"x must be \[B, K\] with K = 128.*got shape \(2, 4, 128\)",
+            lambda: sh.column_parallel(jnp.ones((2, 4, 128)), w, mesh2),
+        ),
+        (
+            ValueError,
+            r"x must be \[B, K\] with K = 128.*got shape \(2, 4, 128\)",
+            lambda: sh.row_parallel(jnp.ones((2, 4, 128)), w, mesh2),
+        ),
+        (ValueError, r"got shape \(8, 64\)", lambda: sh.row_parallel(jnp.ones((8, 64)), w, mesh2)),
+        (
+            ValueError,
+            r"the mesh has axes \('data', 'model'\), not \['tp'\]",
+            lambda: sh.column_parallel(jnp.ones((8, 128)), w, mesh2, model_axis="tp"),
+        ),
+        (ValueError, r"not \['tp'\]", lambda: sh.shard_weight(w, mesh2, "column", model_axis="tp")),
+        (
+            TypeError,
+            r"weight must be an MXArray \[N, K\].*got ArrayImpl",
+            lambda: sh.shard_weight(jnp.ones((64, 128)), mesh2, "column"),
+        ),
+        (TypeError, r"out_dtype is int8", lambda: sh.row_parallel(jnp.ones((8, 128)), w, mesh2, out_dtype=jnp.int8)),
+        (ValueError, r"kind must be 'column' or 'row'", lambda: sh.shard_weight(w, mesh2, "diagonal")),
+    ):
+        try:
+            call()
+        except exc as e:
+            assert re.search(want, str(e)), str(e)
+            print(f"error: {e}")
+        else:
+            raise AssertionError(f"accepted: {want}")
     print("OK")
 
 

@@ -179,6 +179,9 @@ def test_auto_choice_table(cap, n, k, out_dtype, choice, why, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert "'blk.0.mlp'" in lines[0] and f"-> '{choice}'" in lines[0] and why in lines[0]
+    # Emulation on a GPU is the slow path, so that fallback is a warning; every other choice is info.
+    slow = choice == "emulation" and cap.platform == "gpu"
+    assert caplog.records[0].levelno == (logging.WARNING if slow else logging.INFO)
 
 
 def test_auto_logs_once_per_layer(caplog):

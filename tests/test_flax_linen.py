@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import reference as ref
 
+from mxfp8_xla import BackendUnavailableError
 from mxfp8_xla.flax import MXFP8Dense, quantize_params
 
 KEY = jax.random.key(0)
@@ -360,3 +361,9 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
         MXFP8Dense(8, mode="fp8").init(KEY, x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown MXFP8 backend 'nope'"):
         MXFP8Dense(8, backend="nope").init(KEY, x)
+    # A backend that cannot run here names the layer in both modes (train mode goes through the STE).
+    for mode in ("inference", "train"):
+        with pytest.raises(
+            BackendUnavailableError, match=r"layer \"MXFP8Dense at 'fc1'\".*cannot use backend 'hopper'"
+        ):
+            MLP(mx(mode=mode, backend="hopper")).init(KEY, x)

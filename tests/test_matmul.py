@@ -8,6 +8,7 @@ import pytest
 import reference
 
 import mxfp8_xla as mx
+from mxfp8_xla.ste import mxfp8_linear_ste
 
 
 def reference_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -63,7 +64,7 @@ def test_bad_operands():
     wq = mx.quantize(jnp.ones((8, 64)))
     with pytest.raises(ValueError, match=r"x has shape \(2, 32\).*must equal K = 64"):
         mx.mxfp8_matmul(jnp.ones((2, 32)), wq)
-    with pytest.raises(TypeError, match="w must be an MXArray"):
+    with pytest.raises(TypeError, match=r"w must be an MXArray \[N, K\] \(mxfp8_xla.quantize\(w\).*shape \(8, 64\)"):
         mx.mxfp8_matmul(jnp.ones((2, 64)), jnp.ones((8, 64)))
     with pytest.raises(ValueError, match="w must be 2-D"):
         mx.mxfp8_matmul(jnp.ones((2, 64)), mx.quantize(jnp.ones((2, 8, 64))))
@@ -71,3 +72,24 @@ def test_bad_operands():
         mx.mxfp8_matmul(jnp.ones((2, 64)), wq, backend="cuda")
     with pytest.raises(TypeError, match="int8"):
         mx.mxfp8_matmul(jnp.ones((2, 64), jnp.int8), wq)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.int32, jnp.bool_, jnp.uint8])
+def test_an_integer_output_dtype_is_refused_everywhere(dtype):
+    """An integer output would turn NaN and infinity into finite numbers: every entry point refuses it."""
+    x = jnp.full((2, 64), jnp.nan, jnp.bfloat16)
+    wq = mx.quantize(jnp.ones((8, 64)))
+    name = jnp.dtype(dtype).name
+    with pytest.raises(TypeError, match=f"mxfp8_matmul: out_dtype is {name}; expected one of float32"):
+        mx.mxfp8_matmul(x, wq, out_dtype=dtype)
+    with pytest.raises(TypeError, match=f"add_rms_norm_matmul: out_dtype is {name}"):
+        mx.add_rms_norm_matmul(x, x, jnp.ones(64), wq, eps=1e-6, out_dtype=dtype)
+    with pytest.raises(TypeError, match=f"mxfp8_linear_ste: out_dtype is {name}"):
+        mxfp8_linear_ste(x, jnp.ones((64, 8)), out_dtype=dtype)
+    with pytest.raises(TypeError, match=f"dequantize: dtype is {name}"):
+        mx.dequantize(mx.quantize(x), dtype)
+
+
+def test_float64_output_is_refused_with_a_hint():
+    with pytest.raises(TypeError, match="out_dtype is float64.*float64 is not supported: use float32"):
+        mx.mxfp8_matmul(jnp.ones((2, 64)), mx.quantize(jnp.ones((8, 64))), out_dtype=np.float64)

@@ -347,7 +347,8 @@ def select_backend(
     ``n``/``k``: the weight is ``[n, k]``. Call it when the layer is set up so
     that problems surface early. Forced backends that cannot serve raise
     :class:`BackendUnavailableError`; ``"auto"`` falls back to emulation and
-    logs the reason once per (layer, shape).
+    logs the reason once per (layer, shape): as a warning on a GPU, where emulation is the slow path (it decodes
+    the weight to float32 on every call), at info level elsewhere.
     """
     requested, forced_by = _requested(backend)
     if requested != "auto":
@@ -364,5 +365,7 @@ def select_backend(
     key = (name or "mxfp8_matmul", n, k, str(jnp.dtype(out_dtype)), choice)
     if key not in _logged:
         _logged.add(key)
-        logger.info("mxfp8_xla: %s: backend 'auto' -> %r (%s)", _where(name, n, k, out_dtype), choice, why)
+        on_gpu = (capability or probe_capability()).platform == "gpu"
+        level = logging.WARNING if choice == "emulation" and on_gpu else logging.INFO
+        logger.log(level, "mxfp8_xla: %s: backend 'auto' -> %r (%s)", _where(name, n, k, out_dtype), choice, why)
     return choice

@@ -10,13 +10,12 @@ import jax.numpy as jnp
 
 from mxfp8_xla.backends.select import SELECTABLE
 from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul
-from mxfp8_xla.mxarray import MXArray, quantize
+from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray, check_float_dtype, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
 from mxfp8_xla.ste import mxfp8_linear_ste
 
 Mode = Literal["inference", "train"]
 MODES = ("inference", "train")
-SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 FP8 = jnp.dtype(jnp.float8_e4m3fn)
 UINT8 = jnp.dtype(jnp.uint8)
 
@@ -25,21 +24,12 @@ def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: A
     """Validate constructor arguments; return the resolved backend name."""
     if mode not in MODES:
         raise ValueError(f"{layer}: mode must be 'inference' or 'train', got {mode!r}")
-    check_float_dtype(layer, "param_dtype", param_dtype)
+    check_float_dtype(f"{layer}: param_dtype", param_dtype)
     if dtype is not None:
-        check_float_dtype(layer, "dtype", dtype)
+        check_float_dtype(f"{layer}: dtype", dtype)
     if backend not in SELECTABLE:
         raise ValueError(f"{layer}: unknown MXFP8 backend {backend!r}; choose one of {SELECTABLE}")
     return backend
-
-
-def check_float_dtype(layer: str, what: str, dtype: Any) -> jnp.dtype:
-    """``jnp.dtype(dtype)`` if it is float32/bfloat16/float16, else ``TypeError``."""
-    d = jnp.dtype(dtype)
-    if d not in SUPPORTED_DTYPES:
-        hint = " (float64 is not supported by MXFP8 layers)" if d == jnp.float64 else ""
-        raise TypeError(f"{layer}: {what} is {d}; expected float32, bfloat16 or float16{hint}")
-    return d
 
 
 def check_k(layer: str, k: int, what: str) -> None:
@@ -85,7 +75,7 @@ def output_dtype(layer: str, x: jax.Array, dtype: Any, param_dtype: Any) -> jnp.
     """Output dtype as in ``nn.Dense``: ``dtype`` or the promotion of input and param dtypes."""
     if dtype is not None:
         return jnp.dtype(dtype)
-    return check_float_dtype(layer, "the promoted dtype of input and params", jnp.result_type(x, param_dtype))
+    return check_float_dtype(f"{layer}: the promoted dtype of input and params", jnp.result_type(x, param_dtype))
 
 
 @jax.jit
@@ -112,10 +102,10 @@ def forward(
     the same ``mxfp8_matmul`` call, so for the same weights they agree bit for bit.
     Jitted (inlined under an outer ``jit``) so eager calls compile once.
     """
-    if x.dtype not in SUPPORTED_DTYPES:  # integer inputs
+    if x.dtype not in FLOAT_DTYPES:  # integer inputs
         x = x.astype(out_dtype)
     if kernel is not None:
-        y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype)
+        y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype, name=name)
     else:
         w = MXArray(data=kernel_q, scale=kernel_scale)
         y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend, name=name)

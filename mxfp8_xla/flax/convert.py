@@ -15,6 +15,7 @@ from flax.core import meta
 
 from mxfp8_xla.flax import _common
 from mxfp8_xla.flax.nnx import MXFP8Linear
+from mxfp8_xla.mxarray import FLOAT_DTYPES
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 logger = logging.getLogger("mxfp8_xla.flax")
@@ -99,7 +100,7 @@ def _kernel_problem(kernel: Any, stacked: bool = False) -> str | None:
         return f"kernel has shape {shape}: not a 2-D [K, N] Dense kernel{hint}"
     if shape[-2] % BLOCK_SIZE:
         return f"kernel has shape {shape}: K = {shape[-2]} is not a multiple of {BLOCK_SIZE}"
-    if dtype not in _common.SUPPORTED_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         return f"kernel with shape {shape} has dtype {dtype}; expected float32, bfloat16 or float16"
     return None
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mxfp8_xla.flax import _common
-from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 Initializer = Any  # (key, shape, dtype) -> array, as for nn.Dense
@@ -71,7 +71,7 @@ class MXFP8Dense(nn.Module):
         self._check_mode_matches_params(layer)
 
         if self.mode == "train":
-            self._check_existing(layer, "kernel", (k, n), _common.SUPPORTED_DTYPES)
+            self._check_existing(layer, "kernel", (k, n), FLOAT_DTYPES)
             kernel = self.param("kernel", self.kernel_init, (k, n), pdt)
             weights = {"kernel": kernel}
         else:
@@ -91,7 +91,7 @@ class MXFP8Dense(nn.Module):
 
         bias = None
         if self.use_bias:
-            self._check_existing(layer, "bias", (n,), _common.SUPPORTED_DTYPES)
+            self._check_existing(layer, "bias", (n,), FLOAT_DTYPES)
             bias = self.param("bias", self.bias_init, (n,), pdt)
         out_dtype = _common.output_dtype(layer, x, self.dtype, pdt)
         if add_norm is not None:

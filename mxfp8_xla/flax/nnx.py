@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mxfp8_xla.flax import _common
+from mxfp8_xla.mxarray import FLOAT_DTYPES
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 Initializer = Any  # (key, shape, dtype) -> array, as for nnx.Linear
@@ -116,7 +117,7 @@ class MXFP8Linear(nnx.Module):
         k, n = self.in_features, self.out_features
         if self.mode == "train":
             kernel = self.kernel[...]
-            _common.check_param(layer, "kernel", kernel, (k, n), _common.SUPPORTED_DTYPES)
+            _common.check_param(layer, "kernel", kernel, (k, n), FLOAT_DTYPES)
             weights = {"kernel": kernel}
         else:
             kernel_q, kernel_scale = self.kernel_q[...], self.kernel_scale[...]
@@ -126,7 +127,7 @@ class MXFP8Linear(nnx.Module):
         bias = None
         if self.bias is not None:
             bias = self.bias[...]
-            _common.check_param(layer, "bias", bias, (n,), _common.SUPPORTED_DTYPES)
+            _common.check_param(layer, "bias", bias, (n,), FLOAT_DTYPES)
         out_dtype = _common.output_dtype(layer, x, self.dtype, self.param_dtype)
         if add_norm is not None:
             delta, norm_weight, eps = add_norm
