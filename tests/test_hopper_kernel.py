@@ -62,6 +62,28 @@ def test_kernel_propagates_non_finite_blocks(rng):
     assert np.all(np.isnan(got[1])) and np.all(np.isfinite(got[[0, 2]]))
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_kernel_at_extreme_block_scales_matches_emulation(cfg):
+    # Elements 2**-8 under scale bytes 191 (2**64) on both sides: every product is 2**112, finite in float32,
+    # while the two factors' product 2**128 is not. A zero block under the same scales must stay 0.
+    m, n, k = 2, 64, 256
+    data = lambda rows: jnp.full((rows, k), 2.0**-8, jnp.float8_e4m3fn)  # noqa: E731
+    x = mx.MXArray(data(m).at[1].set(0), jnp.full((m, k // 32), 191, jnp.uint8))
+    w = mx.MXArray(data(n), jnp.full((n, k // 32), 191, jnp.uint8))
+    want = np.asarray(mx.mxfp8_matmul(x, w, out_dtype=jnp.float32))
+    got = np.asarray(hopper.matmul_2d(x, w, jnp.float32, cfg, interpret=True))
+    assert want[0, 0] == k * 2.0**112 and np.all(want[1] == 0)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_zero_rows_give_an_empty_product():
+    w = mx.quantize(jnp.ones((128, 256)))
+    with override_capability(H100), hopper.interpret_mode():
+        for x in (jnp.ones((0, 256), jnp.bfloat16), mx.quantize(jnp.ones((2, 0, 256))), jnp.ones((0, 3, 256))):
+            got = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32, backend="hopper")
+            assert got.shape == (*x.shape[:-1], 128) and got.dtype == jnp.float32
+
+
 @pytest.mark.parametrize(
     ("n", "k", "split_k"),
     [(6144, 4096, 4), (4096, 4096, 4), (28672, 4096, 1), (14336, 4096, 2), (1024, 4096, 8), (1024, 256, 2)],

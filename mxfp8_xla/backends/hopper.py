@@ -197,12 +197,14 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
                 xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
             a, b = xq.astype(jnp.float16), w_ref[cols, ks].astype(jnp.float16)
             fx, fw = numerics.scale_to_factor(xs), numerics.scale_to_factor(ws_ref[cols, kb])
+            # One factor after the other: their product overflows float32 from 2**128 on (scale bytes summing
+            # to 382 or more), where emulation's decoded operands and their products stay finite.
             if cfg.swap_ab:
                 partial = jax.lax.dot_general(b, a, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-                acc += partial * (fw[:, None] * fx[None, :])
+                acc += partial * fw[:, None] * fx[None, :]
             else:
                 partial = jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-                acc += partial * (fx[:, None] * fw[None, :])
+                acc += partial * fx[:, None] * fw[None, :]
         return acc
 
     if cfg.tile_dequant:
@@ -394,6 +396,8 @@ def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array
     """Every path but the GEMV kernel (the rows of ``x`` flattened into M)."""
     *lead, k = x.shape
     m = math.prod(lead)
+    if m == 0:  # no rows: nothing to launch (and no -1 to infer in the reshape below)
+        return jnp.zeros((*lead, w.shape[0]), out_dtype)
     x2 = jax.tree.map(lambda a: a.reshape(m, -1), x)  # [M, K] (and its scales [M, K/32])
     mosaic = None if _INTERPRET[-1] else mosaic_config(m, w.shape[0], k)
     if mosaic is not None:
