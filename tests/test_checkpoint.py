@@ -393,6 +393,28 @@ def test_save_sharded_round_trip(ckpt_dir: Path, tmp_path: Path):
     _assert_same(second, load_modelopt(tmp_path / "out", dtype=None))
 
 
+class _FailingTensor:
+    """A float32 tensor whose bytes cannot be read: a save that reaches it fails part way."""
+
+    shape, dtype = (4, 4), np.dtype(np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        raise OSError("disk full (simulated)")
+
+
+@pytest.mark.parametrize("max_shard_bytes", [600_000, 1 << 40])
+def test_a_failed_save_leaves_the_previous_checkpoint_as_it_was(ckpt_dir: Path, tmp_path: Path, max_shard_bytes):
+    first = load_modelopt(ckpt_dir, dtype=None)
+    save_modelopt(tmp_path / "out", first, max_shard_bytes=600_000)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    # The failing tensor comes last, so the other tensors (sharded: whole shards) are written before it fails.
+    tensors = {**first.tensors, "zz.failing": _FailingTensor()}
+    with pytest.raises(OSError, match="disk full"):
+        save_modelopt(tmp_path / "out", tensors, config=first.config, max_shard_bytes=max_shard_bytes)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # nothing left behind either
+    _assert_same(first, load_modelopt(tmp_path / "out", dtype=None))
+
+
 def test_save_over_loaded_directory(ckpt_dir: Path):
     """The loaded arrays survive overwriting the (memory-mapped) files they came from."""
     first = load_modelopt(ckpt_dir)

@@ -175,7 +175,8 @@ def write_file(
 
     Arrays are streamed one at a time (C order); the file is written under a
     temporary name and renamed into place, so a reader that has the old file
-    memory-mapped keeps seeing the old bytes.
+    memory-mapped keeps seeing the old bytes, and a write that fails leaves
+    neither a partial file nor the temporary one.
     """
     path = Path(path)
     items = list(tensors)
@@ -196,12 +197,16 @@ def write_file(
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
 
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, a in items:
-            host = np.ascontiguousarray(np.asarray(a)).reshape(-1)  # one tensor on the host at a time
-            f.write(host.view(np.uint8).data)
-            if on_tensor_written is not None:
-                on_tensor_written(name, host.nbytes)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, a in items:
+                host = np.ascontiguousarray(np.asarray(a)).reshape(-1)  # one tensor on the host at a time
+                f.write(host.view(np.uint8).data)
+                if on_tensor_written is not None:
+                    on_tensor_written(name, host.nbytes)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
+        raise
     os.replace(tmp, path)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -499,8 +500,9 @@ def save_modelopt(
         are kept in one shard.
       progress: progress bar (``None``: only on a terminal).
 
-    Returns the safetensors files written. Files are written under temporary names and
-    renamed, so a checkpoint may be saved over the one it was (memory-mapped) loaded from.
+    Returns the safetensors files written. Every file is written under a temporary name and renamed into place
+    once all are written: a checkpoint may be saved over the one it was (memory-mapped) loaded from, and a save
+    that fails part way (an error, a full disk) leaves the previous checkpoint in the directory as it was.
     """
     from mxfp8_xla import __version__
 
@@ -541,21 +543,6 @@ def save_modelopt(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
-    _remove_stale(path, keep=set(names))
-    total = sum(_nbytes(a) for shard in shards for _, a in shard)
-    bar = _progress(total, f"saving {path.name}", progress)
-    written = []
-    try:
-        for file_name, shard in zip(names, shards, strict=True):
-            write_file(path / file_name, shard, {"format": "pt"}, lambda _, n: bar.update(n))
-            written.append(path / file_name)
-    finally:
-        bar.close()
-    if len(shards) > 1:
-        weight_map = {n: f for f, shard in zip(names, shards, strict=True) for n, _ in shard}
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
     producer = {"name": "mxfp8_xla", "version": __version__}
     exclude = list(quant_config.exclude_modules)
     cfg = dict(config or {})
@@ -565,7 +552,6 @@ def save_modelopt(
         "producer": producer,
         "quant_method": "modelopt",
     }
-    (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=4) + "\n")
     hf = {
         "producer": producer,
         "quantization": {
@@ -575,8 +561,36 @@ def save_modelopt(
             "exclude_modules": exclude,
         },
     }
-    (path / HF_QUANT_CONFIG_FILE).write_text(json.dumps(hf, indent=4) + "\n")
-    return written
+    total = sum(_nbytes(a) for shard in shards for _, a in shard)
+
+    # Every file goes to a temporary name first; only once all are written do they replace the previous
+    # checkpoint's files, so a save that fails part way leaves the previous checkpoint as it was.
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(name: str) -> Path:
+        staged.append((path / f"{name}.new", path / name))
+        return staged[-1][0]
+
+    bar = _progress(total, f"saving {path.name}", progress)
+    try:
+        for file_name, shard in zip(names, shards, strict=True):
+            write_file(stage(file_name), shard, {"format": "pt"}, lambda _, n: bar.update(n))
+        if len(shards) > 1:
+            weight_map = {n: f for f, shard in zip(names, shards, strict=True) for n, _ in shard}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            stage(INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        stage(CONFIG_FILE).write_text(json.dumps(cfg, indent=4) + "\n")
+        stage(HF_QUANT_CONFIG_FILE).write_text(json.dumps(hf, indent=4) + "\n")
+    except BaseException:
+        for new, _ in staged:
+            new.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    for new, final in staged:
+        os.replace(new, final)
+    _remove_stale(path, keep={final.name for _, final in staged})
+    return [path / name for name in names]
 
 
 def _nbytes(a: Any) -> int:
@@ -604,7 +618,7 @@ def _plan_shards(items: list[tuple[str, Any]], max_bytes: int) -> list[list[tupl
 
 
 def _remove_stale(path: Path, keep: set[str]) -> None:
-    """Remove checkpoint files of a previous save that the new one would not overwrite."""
+    """Remove the checkpoint files of a previous save that the new one (the files ``keep``) did not replace."""
     stale: list[Path] = []
     if (path / INDEX_FILE).exists():
         stale.append(path / INDEX_FILE)
