@@ -23,6 +23,7 @@ from mxfp8_xla.checkpoint import (
     ModelOptCheckpoint,
     QuantConfig,
     load_modelopt,
+    load_safetensors,
     quantize_state_dict,
     save_modelopt,
     scan_modelopt,
@@ -486,3 +487,22 @@ def test_inspect_error(ckpt_dir: Path, capsys):
     assert cli_main(["inspect", str(ckpt_dir)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and Q + ".weight" in err
+
+
+def test_64_bit_tensors_load_as_32_bit_only_where_no_value_changes(ckpt_dir: Path, tmp_path: Path):
+    """With x64 off JAX keeps 64-bit tensors as 32-bit ones; a tensor whose values that would change is refused."""
+    fits = {"pos": np.arange(4, dtype=np.int64), "freq": np.array([0.5, 1e30], np.float64)}
+    plain = tmp_path / "plain.safetensors"
+    for bad in (np.array([2**40 + 5], np.int64), np.array([1e300], np.float64)):
+        write_file(plain, [*fits.items(), ("bad", bad)])
+        with pytest.raises(
+            CheckpointError, match=rf"tensor 'bad' in .*plain.safetensors' \({bad.dtype}, shape \(1,\)\)"
+        ):
+            load_safetensors(plain)
+        _rewrite(ckpt_dir / "model.safetensors", lambda t, bad=bad: t.update({"model.bad": bad}))
+        with pytest.raises(CheckpointError, match=r"tensor 'model.bad' .*jax_enable_x64"):
+            load_modelopt(ckpt_dir, dtype=None)
+    write_file(plain, fits.items())
+    got = load_safetensors(plain)
+    assert got["pos"].dtype == jnp.int32 and got["freq"].dtype == jnp.float32
+    np.testing.assert_array_equal(got["pos"], fits["pos"])

@@ -358,8 +358,9 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
       path: the Hugging Face directory (``config.json`` / ``hf_quant_config.json`` and
         ``model.safetensors`` or shards with ``model.safetensors.index.json``).
       dtype: dtype of the non-quantized floating-point tensors (``None`` keeps the
-        stored dtype). Quantized weights keep their bytes: ``MXArray(data float8_e4m3fn
-        [N, K], scale uint8 [N, K/32])``.
+        stored dtype; with JAX's x64 mode off, 64-bit tensors become 32-bit, and one whose values that would
+        change raises). Quantized weights keep their bytes: ``MXArray(data float8_e4m3fn [N, K], scale uint8
+        [N, K/32])``.
       progress: show a progress bar (``None``: only when stderr is a terminal).
 
     Each shard is memory-mapped; every tensor is copied once, from the mapped file into
@@ -383,7 +384,7 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
                     parts[info.name] = jnp.asarray(view)
                     files[info.name] = info.file
                 else:
-                    value = jnp.asarray(view)
+                    value = _device_array(view, f"tensor {info.name!r} in {str(info.file)!r}")
                     if out_dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
                         value = value.astype(out_dtype)
                     parts[info.name] = value
@@ -403,6 +404,26 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
     return ModelOptCheckpoint(index.config, index.quant_config, tensors, index.path, files)
 
 
+def _device_array(view: np.ndarray, where: str) -> jax.Array:
+    """``jnp.asarray(view)``, refusing a 64-bit tensor whose values JAX's 32-bit default (x64 off) would change:
+    an integer outside the 32-bit range, or a finite float that overflows float32."""
+    target = jax.dtypes.canonicalize_dtype(view.dtype)
+    if target != view.dtype and view.size:
+        if np.issubdtype(view.dtype, np.integer):
+            info = np.iinfo(target)
+            lost, what = view.min() < info.min or view.max() > info.max, f"values outside [{info.min}, {info.max}]"
+        else:
+            finite = np.abs(view[np.isfinite(view)])
+            lost, what = finite.size and finite.max() > np.finfo(target).max, "finite values beyond float32's range"
+        if lost:
+            raise CheckpointError(
+                f"{where} ({view.dtype}, shape {view.shape}) holds {what}, which JAX would change as it stores the "
+                f"tensor as {target} with x64 off; enable it (jax.config.update('jax_enable_x64', True)) to load it "
+                "as stored"
+            )
+    return jnp.asarray(view)
+
+
 def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Array]:
     """Every tensor of one (unquantized) safetensors file, memory-mapped, as JAX arrays.
 
@@ -412,7 +433,7 @@ def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Ar
     shard = SafetensorsFile(path)
     out: dict[str, jax.Array] = {}
     for info in sorted(shard.tensors.values(), key=lambda t: t.begin):
-        value = jnp.asarray(shard.get(info.name))
+        value = _device_array(shard.get(info.name), f"tensor {info.name!r} in {str(path)!r}")
         if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating) and not info.dtype.startswith("F8"):
             value = value.astype(dtype)
         out[info.name] = value
