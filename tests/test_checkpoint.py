@@ -490,7 +490,7 @@ def test_inspect_error(ckpt_dir: Path, capsys):
 
 
 def test_64_bit_tensors_load_as_32_bit_only_where_no_value_changes(ckpt_dir: Path, tmp_path: Path):
-    """With x64 off JAX keeps 64-bit tensors as 32-bit ones; a tensor whose values that would change is refused."""
+    """With x64 off JAX keeps 64-bit tensors as 32-bit ones; a tensor whose values would change is refused."""
     fits = {"pos": np.arange(4, dtype=np.int64), "freq": np.array([0.5, 1e30], np.float64)}
     plain = tmp_path / "plain.safetensors"
     for bad in (np.array([2**40 + 5], np.int64), np.array([1e300], np.float64)):

@@ -358,7 +358,7 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
       path: the Hugging Face directory (``config.json`` / ``hf_quant_config.json`` and
         ``model.safetensors`` or shards with ``model.safetensors.index.json``).
       dtype: dtype of the non-quantized floating-point tensors (``None`` keeps the
-        stored dtype; with JAX's x64 mode off, 64-bit tensors become 32-bit, and one whose values that would
+        stored dtype; with JAX's x64 mode off, 64-bit tensors become 32-bit, and one whose values would
         change raises). Quantized weights keep their bytes: ``MXArray(data float8_e4m3fn [N, K], scale uint8
         [N, K/32])``.
       progress: show a progress bar (``None``: only when stderr is a terminal).
