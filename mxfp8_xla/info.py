@@ -14,6 +14,10 @@ from mxfp8_xla.backends import cuda_gemv, ptx_launch
 from mxfp8_xla.backends.hopper import SMALL_M_KERNEL_ENV, small_m_choice
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
+    FLASHINFER_MIN_K,
+    FLASHINFER_MIN_N,
+    FLASHINFER_OUT_DTYPES,
+    BackendUnavailableError,
     backend_problems,
     probe_capability,
     select_backend,
@@ -57,7 +61,10 @@ def info() -> dict[str, Any]:
     for name in ("emulation", "torch", "flashinfer", "hopper"):
         problems = backend_problems(name, n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, capability=cap)
         backends[name] = {"usable": not problems, "why_not": problems or None}
-    auto = select_backend("auto", n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, name="info", capability=cap)
+    try:
+        auto = select_backend("auto", n=_PROBE_N, k=_PROBE_K, out_dtype=jnp.bfloat16, name="info", capability=cap)
+    except (ValueError, BackendUnavailableError) as e:  # a bad or unusable MXFP8_XLA_BACKEND: reported, not raised
+        auto = f"none: {e}"
     try:
         one_row = cuda_gemv.config(_PROBE_N, _PROBE_K).kernel(jnp.bfloat16) if small_m_choice() == "auto" else None
     except ValueError as e:  # a bad MXFP8_XLA_HOPPER_SMALL_M: report it, as a trace would raise it
@@ -78,7 +85,10 @@ def info() -> dict[str, Any]:
         "compute_capability": cap.compute_capability,
         "backends": backends,
         "auto_choice": {"shape": f"w [{_PROBE_N}, {_PROBE_K}], out bfloat16", "backend": auto},
-        "flashinfer_shape_rules": "K % 32 == 0, K >= 128, N >= 128, out bfloat16/float16",
+        "flashinfer_shape_rules": (
+            f"K % 32 == 0, K >= {FLASHINFER_MIN_K}, N >= {FLASHINFER_MIN_N}, out "
+            + "/".join(d.name for d in FLASHINFER_OUT_DTYPES)
+        ),
         "hopper_one_row": {
             "shape": f"x [1, {_PROBE_K}] bfloat16, w [{_PROBE_N}, {_PROBE_K}]",
             "kernel": one_row or f"none ({SMALL_M_KERNEL_ENV})",

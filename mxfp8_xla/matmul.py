@@ -40,8 +40,7 @@ def mxfp8_matmul(
             f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
             f"the last axis of x must equal K = {w.shape[1]}"
         )
-    get_backend(backend)  # unknown names fail here, before any work
-    # Resolve "auto" and check a forced backend now (trace time), before x is quantized
+    # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     run = get_backend(backend)
@@ -85,7 +84,6 @@ def add_rms_norm_matmul(
     if not isinstance(w, MXArray) or w.ndim != 2 or w.shape[1] != x.shape[-1]:
         got = w.shape if isinstance(w, MXArray) else type(w).__name__
         raise ValueError(f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (K = x's last axis), got {got}")
-    get_backend(backend)
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     if backend == "hopper" and hopper.fuses_add_norm(x, delta, norm_weight, w):
         return hopper.add_norm_gemv(x, delta, norm_weight, eps, w, out_dtype)

@@ -59,20 +59,20 @@ def _is_arraylike(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
-def check_mxarray_leaves(data: Any, scale: Any, name: str = "MXArray") -> None:
+def check_mxarray_leaves(data: Any, scale: Any) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``data``/``scale`` form a valid MXArray."""
     if jnp.dtype(data.dtype) != jnp.float8_e4m3fn:
-        raise TypeError(f"{name}.data must be float8_e4m3fn, got {data.dtype} with shape {data.shape}")
+        raise TypeError(f"MXArray.data must be float8_e4m3fn, got {data.dtype} with shape {data.shape}")
     if jnp.dtype(scale.dtype) != jnp.uint8:
-        raise TypeError(f"{name}.scale must be uint8 (biased E8M0), got {scale.dtype} with shape {scale.shape}")
+        raise TypeError(f"MXArray.scale must be uint8 (biased E8M0), got {scale.dtype} with shape {scale.shape}")
     if len(data.shape) == 0 or data.shape[-1] % numerics.BLOCK_SIZE:
         raise ValueError(
-            f"{name}.data shape {tuple(data.shape)}: the last axis must be a multiple of {numerics.BLOCK_SIZE}"
+            f"MXArray.data shape {tuple(data.shape)}: the last axis must be a multiple of {numerics.BLOCK_SIZE}"
         )
     expected = (*data.shape[:-1], data.shape[-1] // numerics.BLOCK_SIZE)
     if tuple(scale.shape) != expected:
         raise ValueError(
-            f"{name}.scale has shape {tuple(scale.shape)}; data shape {tuple(data.shape)} needs scale shape {expected}"
+            f"MXArray.scale has shape {tuple(scale.shape)}; data shape {tuple(data.shape)} needs scale shape {expected}"
         )
 
 

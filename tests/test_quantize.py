@@ -200,6 +200,12 @@ def test_mxarray_pytree_and_validation():
         mx.MXArray(a.data, jnp.zeros((3, 3), jnp.uint8))
     with pytest.raises(TypeError, match="data must be float8_e4m3fn"):
         mx.MXArray(jnp.zeros((3, 64)), a.scale)
+    with pytest.raises(
+        TypeError, match=r"MXArray.scale must be uint8 \(biased E8M0\), got float32 with shape \(3, 2\)"
+    ):
+        mx.MXArray(a.data, a.scale.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"MXArray.data shape \(3, 48\): the last axis must be a multiple of 32"):
+        mx.MXArray(jnp.zeros((3, 48), jnp.float8_e4m3fn), jnp.zeros((3, 1), jnp.uint8))
 
 
 def test_fused_round_trip_keeps_the_e4m3_rounding():

@@ -3,7 +3,8 @@
 A backend is a function ``(x: MXArray [..., K], w: MXArray [N, K], out_dtype, *,
 name=None) -> [..., N]``; those in ``TAKES_RAW_ACTIVATIONS`` also take a raw ``x``.
 ``name`` labels the layer in error and log messages.
-``get_backend(name)`` returns it; unknown names raise ``ValueError``.
+``get_backend(name)`` returns it (after :func:`.select.select_backend` has resolved ``"auto"`` and checked the
+name); unknown names raise ``ValueError``.
 
 * ``"emulation"``: pure JAX, any device (:mod:`.emulation`).
 * ``"torch"``: the same math in PyTorch through the DLPack bridge, a reference
@@ -48,20 +49,13 @@ def _emulation(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None
     return emulation.matmul(x, w, out_dtype)
 
 
-def _auto(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
-    """Select per layer (trace time), then run the chosen backend."""
-    n, k = w.shape
-    choice = select_backend("auto", n=n, k=k, out_dtype=out_dtype, name=name)
-    return BACKENDS[choice](x, w, out_dtype, name=name)
-
-
 BACKENDS: dict[str, Backend] = {
     "emulation": _emulation,
     "torch": torch_ref.matmul,
     "flashinfer": flashinfer.matmul,
     "hopper": hopper.matmul,
-    "auto": _auto,
 }
+"""The concrete backends; ``"auto"`` is resolved to one of them by :func:`select_backend` first."""
 
 
 TAKES_RAW_ACTIVATIONS = frozenset({"hopper"})
@@ -69,7 +63,7 @@ TAKES_RAW_ACTIVATIONS = frozenset({"hopper"})
 
 
 def get_backend(name: str) -> Backend:
-    """The backend function registered under ``name``."""
+    """The backend function registered under the concrete backend ``name`` (not ``"auto"``)."""
     try:
         return BACKENDS[name]
     except KeyError:

@@ -39,15 +39,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla.backends.select import FLASHINFER_MIN_K, FLASHINFER_MIN_N
 from mxfp8_xla.interop import rowwise_vmap, torch_callback
-from mxfp8_xla.layout import round_up, swizzle_scales, swizzled_scale_len
+from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len
 from mxfp8_xla.mxarray import MXArray
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 MM_BACKEND = "cutlass"
 """FlashInfer ``mm_mxfp8`` backend: CUTLASS reads 1-D 128x4 swizzled scales."""
-MIN_N = 128
-MIN_K = 128
 
 
 @jax.tree_util.register_dataclass
@@ -73,13 +72,8 @@ def prepare_weight(w: MXArray) -> FlashInferWeight:
     return FlashInferWeight(data=w.data, scale_swizzled=_swizzle_jit(w.scale))
 
 
-def expected_scale_len(rows: int, k: int) -> int:
-    """FlashInfer's ``_mxfp8_swizzled_scale_len(rows, k, layout_128x4)``."""
-    return round_up(rows, 128) * (round_up(k, 128) // 128) * 4
-
-
 def flashinfer_arguments(
-    a_q: Any, w_q: Any, a_scale_sw: Any, w_scale_sw: Any, out: Any, *, backend: str = MM_BACKEND
+    a_q: Any, w_q: Any, a_scale_sw: Any, w_scale_sw: Any, out: Any
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``(args, kwargs)`` for ``flashinfer.mm_mxfp8(*args, **kwargs)``, validated.
 
@@ -102,8 +96,8 @@ def flashinfer_arguments(
         fail(f"K mismatch: a_q {tuple(a_q.shape)} vs w_q {tuple(w_q.shape)}")
     if k % BLOCK_SIZE:
         fail(f"K={k} must be a multiple of {BLOCK_SIZE}")
-    if n < MIN_N or k < MIN_K:
-        fail(f"mm_mxfp8 requires n >= {MIN_N} and k >= {MIN_K}, got m={m}, n={n}, k={k}")
+    if n < FLASHINFER_MIN_N or k < FLASHINFER_MIN_K:
+        fail(f"mm_mxfp8 requires n >= {FLASHINFER_MIN_N} and k >= {FLASHINFER_MIN_K}, got m={m}, n={n}, k={k}")
     for label, t in (("a_q", a_q), ("w_q", w_q)):
         if t.dtype != torch.float8_e4m3fn:
             fail(f"{label} must be float8_e4m3fn, got {t.dtype}")
@@ -112,8 +106,8 @@ def flashinfer_arguments(
             fail(f"{label} must be uint8 (E8M0), got {t.dtype}")
         if t.ndim != 1:
             fail(f"{label} must be the 1-D 128x4 swizzled layout, got shape {tuple(t.shape)}")
-        want = expected_scale_len(rows, k)
-        if t.shape[0] != want or want != swizzled_scale_len(rows, k // BLOCK_SIZE):
+        want = swizzled_scale_len(rows, k // BLOCK_SIZE)
+        if t.shape[0] != want:
             fail(f"{label} has length {t.shape[0]}; rows={rows}, K={k} need {want}")
         if not t.is_contiguous():
             fail(f"{label} must be contiguous")
@@ -131,7 +125,7 @@ def flashinfer_arguments(
 
     b = w_q.t()  # [K, N], column-major: stride (1, K)
     args = (a_q, b, a_scale_sw, w_scale_sw)
-    kwargs = {"out": out, "out_dtype": out.dtype, "use_8x4_sf_layout": False, "backend": backend}
+    kwargs = {"out": out, "out_dtype": out.dtype, "use_8x4_sf_layout": False, "backend": MM_BACKEND}
     return args, kwargs
 
 
@@ -168,7 +162,6 @@ def _matmul_2d(
     *,
     out_dtype: jnp.dtype,
     label: str,
-    command_buffer_compatible: bool | None,
 ) -> jax.Array:
     m, _ = x_data.shape
     n = w_data.shape[0]
@@ -181,7 +174,6 @@ def _matmul_2d(
         w_scale_sw,
         pass_out=True,
         vmap_method="sequential",  # batching is handled one level up (rowwise_vmap)
-        command_buffer_compatible=command_buffer_compatible,
         name=label,
     )
 
@@ -192,7 +184,6 @@ def matmul(
     out_dtype: jnp.dtype,
     *,
     name: str | None = None,
-    command_buffer_compatible: bool | None = None,
 ) -> jax.Array:
     """``x [..., K] @ w [N, K].T`` with FlashInfer ``mm_mxfp8``; ``w`` may be pre-swizzled.
 
@@ -219,7 +210,6 @@ def matmul(
             ws,
             out_dtype=jnp.dtype(out_dtype),
             label=label,
-            command_buffer_compatible=command_buffer_compatible,
         )
 
     # vmap: flatten mapped axes into the rows of x *before* its scales are swizzled.
@@ -252,8 +242,8 @@ def warmup(
         for m, n, k in shapes:
             a = torch.zeros((m, k), dtype=torch.uint8, device=device).view(torch.float8_e4m3fn)
             w = torch.zeros((n, k), dtype=torch.uint8, device=device).view(torch.float8_e4m3fn)
-            sa = torch.full((expected_scale_len(m, k),), 127, dtype=torch.uint8, device=device)
-            sw = torch.full((expected_scale_len(n, k),), 127, dtype=torch.uint8, device=device)
+            sa = torch.full((swizzled_scale_len(m, k // BLOCK_SIZE),), 127, dtype=torch.uint8, device=device)
+            sw = torch.full((swizzled_scale_len(n, k // BLOCK_SIZE),), 127, dtype=torch.uint8, device=device)
             out = torch.empty((m, n), dtype=tdt, device=device)
             args, kwargs = flashinfer_arguments(a, w, sa, sw, out)
             with _ffi_stream(out.device):

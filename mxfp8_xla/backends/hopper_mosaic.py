@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mxfp8_xla import numerics
+from mxfp8_xla.layout import round_up
 from mxfp8_xla.mxarray import MXArray
 
 BLOCK = numerics.BLOCK_SIZE
@@ -210,4 +211,4 @@ def split_for_ctas(n: int, k: int, num_wgs: int, tile_k: int, min_ctas: int) -> 
 
 def padded_rows(m: int) -> int:
     """Activation rows the kernel multiplies: ``m`` rounded up to wgmma's multiple of 8."""
-    return -(-m // 8) * 8
+    return round_up(m, 8)

@@ -60,7 +60,6 @@ def matmul(
     out_dtype: jnp.dtype,
     *,
     name: str | None = None,
-    command_buffer_compatible: bool | None = None,
 ) -> jax.Array:
     """``x [..., K] @ w [N, K].T`` computed by the PyTorch reference through the bridge."""
     from mxfp8_xla.backends.select import require_backend
@@ -82,7 +81,6 @@ def matmul(
         w.scale,
         pass_out=True,
         row_argnums=(0, 1),
-        command_buffer_compatible=command_buffer_compatible,
         name=f"torch:{name or 'mxfp8_matmul'}",
     )
     return out.reshape(*lead, n)

@@ -78,9 +78,6 @@ class SafetensorsFile:
         self.tensors, self.metadata, self.data_start = read_header(self.path)
         self._mmap: np.memmap | None = None
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
     def get(self, name: str) -> np.ndarray:
         """The tensor as a read-only numpy view of the memory-mapped file."""
         info = self.tensors[name]

@@ -20,8 +20,8 @@ FP8 = jnp.dtype(jnp.float8_e4m3fn)
 UINT8 = jnp.dtype(jnp.uint8)
 
 
-def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: Any) -> str:
-    """Validate constructor arguments; return the resolved backend name."""
+def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: Any) -> None:
+    """Raise ``ValueError``/``TypeError`` for a bad constructor argument (``backend`` is resolved per call)."""
     if mode not in MODES:
         raise ValueError(f"{layer}: mode must be 'inference' or 'train', got {mode!r}")
     check_float_dtype(f"{layer}: param_dtype", param_dtype)
@@ -29,7 +29,6 @@ def check_config(layer: str, mode: str, backend: str, dtype: Any, param_dtype: A
         check_float_dtype(f"{layer}: dtype", dtype)
     if backend not in SELECTABLE:
         raise ValueError(f"{layer}: unknown MXFP8 backend {backend!r}; choose one of {SELECTABLE}")
-    return backend
 
 
 def check_k(layer: str, k: int, what: str) -> None:

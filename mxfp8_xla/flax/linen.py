@@ -63,7 +63,7 @@ class MXFP8Dense(nn.Module):
         layer = f"MXFP8Dense at '{'/'.join(self.scope.path) or '<root>'}'"
         if add_norm is not None and self.mode != "inference":
             raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
-        backend = _common.check_config(layer, self.mode, self.backend, self.dtype, self.param_dtype)
+        _common.check_config(layer, self.mode, self.backend, self.dtype, self.param_dtype)
         x = _common.prepare_input(layer, inputs)
         k, n = x.shape[-1], self.features
         _common.check_k(layer, k, f"input of shape {tuple(x.shape)}")
@@ -97,9 +97,17 @@ class MXFP8Dense(nn.Module):
         if add_norm is not None:
             delta, norm_weight, eps = add_norm
             return _common.forward_add_rms_norm(
-                x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=backend, name=layer
+                x,
+                delta,
+                norm_weight,
+                eps=eps,
+                **weights,
+                bias=bias,
+                out_dtype=out_dtype,
+                backend=self.backend,
+                name=layer,
             )
-        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=backend, name=layer)
+        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
 
     def _check_mode_matches_params(self, layer: str) -> None:
         """Raise if the loaded params belong to the other mode."""
