@@ -9,12 +9,13 @@ from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
 from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, hopper, select_backend
+from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 
 def mxfp8_matmul(
     x: jax.Array | MXArray,
-    w: MXArray,
+    w: MXArray | FlashInferWeight,
     *,
     out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
@@ -23,11 +24,13 @@ def mxfp8_matmul(
     """Multiply ``x [..., K]`` by the MXFP8 weight ``w [N, K]`` (torch/ModelOpt orientation).
 
     ``x`` is a float32/bfloat16/float16 array, quantized here with blocks of 32
-    along K, or an ``MXArray``. Returns ``[..., N]`` in ``out_dtype``.
+    along K, or an ``MXArray``. ``w`` is an ``MXArray``, or a ``FlashInferWeight`` whose scales
+    :func:`mxfp8_xla.backends.flashinfer.prepare_weight` swizzled once for ``mm_mxfp8`` (any backend takes it; the
+    others undo the swizzle). Returns ``[..., N]`` in ``out_dtype``.
     ``backend``: ``"emulation"``, ``"torch"``, ``"flashinfer"``, ``"hopper"`` or ``"auto"``
     (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
     """
-    if not isinstance(w, MXArray):
+    if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
         raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one), got {got}")
     out_dtype = check_float_dtype("mxfp8_matmul: out_dtype", out_dtype)
@@ -44,6 +47,8 @@ def mxfp8_matmul(
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     run = get_backend(backend)
+    if isinstance(w, FlashInferWeight) and backend != "flashinfer":
+        w = w.to_mxarray()
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
     return run(x, w, out_dtype, name=name)

@@ -446,3 +446,19 @@ def test_info_reports_devices_versions_and_backends(capsys, monkeypatch):
         monkeypatch.setenv(BACKEND_ENV, value)
         assert info_mod.info()["auto_choice"]["backend"].startswith(reported)
         assert info_mod.main() == 0
+
+
+def test_mxfp8_matmul_takes_a_prepared_weight_on_every_backend(fake_flashinfer):
+    """A FlashInferWeight runs on the flashinfer backend with no weight-scale swizzle in the program, and
+    on the others with the swizzle undone (the same numbers as its MXArray)."""
+    x, w = _data((4,), 256, 384, seed=3)
+    wp = fi_backend.prepare_weight(w)
+    for backend in ("emulation", "torch"):
+        np.testing.assert_array_equal(matmul(x, wp, backend, jnp.float32), matmul(x, w, backend, jnp.float32))
+    np.testing.assert_array_equal(matmul(x, wp, "flashinfer"), matmul(x, w, "flashinfer"))
+
+    def transposes(weight):  # the swizzle is a pad and a 5-D transpose per scale matrix
+        jaxpr = jax.make_jaxpr(lambda x, w: mx.mxfp8_matmul(x, w, backend="flashinfer"))(x, weight)
+        return str(jaxpr).count("transpose[")
+
+    assert transposes(w) == 2 and transposes(wp) == 1  # the activation's scales only

@@ -5,8 +5,10 @@ Everything FlashInfer's kernel reads is prepared in JAX:
 * the activation ``x [M, K]`` is quantized in JAX (``mxfp8_xla.quantize``), and
   its scales ``[M, K/32]`` are swizzled in JAX into FlashInfer's 1-D 128x4
   layout (:func:`mxfp8_xla.swizzle_scales`);
-* the weight ``w [N, K]`` keeps its row-major ``[N, K]`` float8_e4m3fn data; its
-  scales are swizzled once, when the layer is set up (:func:`prepare_weight`).
+* the weight ``w [N, K]`` keeps its row-major ``[N, K]`` float8_e4m3fn data. Its scales are swizzled inside
+  each traced call when ``w`` is an ``MXArray`` (the Flax layers' case: a permutation of ``N * K / 32`` bytes a
+  call), or once, ahead of the calls, with :func:`prepare_weight`, whose :class:`FlashInferWeight`
+  ``mxfp8_matmul`` takes as its ``w``.
 
 Then, on XLA's stream::
 
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 
 from mxfp8_xla.backends.select import FLASHINFER_MIN_K, FLASHINFER_MIN_N
 from mxfp8_xla.interop import rowwise_vmap, torch_callback
-from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len
+from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len, unswizzle_scales
 from mxfp8_xla.mxarray import MXArray
 from mxfp8_xla.numerics import BLOCK_SIZE
 
@@ -52,21 +54,36 @@ MM_BACKEND = "cutlass"
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FlashInferWeight:
-    """An MXFP8 weight ready for ``mm_mxfp8``: data ``[N, K]`` fp8, scales swizzled 1-D uint8."""
+    """An MXFP8 weight ready for ``mm_mxfp8``: data ``[N, K]`` fp8, scales swizzled 1-D uint8.
+
+    ``mxfp8_matmul`` takes it as ``w`` on every backend: the ``flashinfer`` backend reads it as it is, the others
+    get :meth:`to_mxarray` (the swizzle undone inside the traced call).
+    """
 
     data: jax.Array
     scale_swizzled: jax.Array
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``[N, K]``, the shape of ``data``."""
         return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def ndim(self) -> int:
+        """2."""
+        return self.data.ndim
+
+    def to_mxarray(self) -> MXArray:
+        """The same weight with its scales back in the ``[N, K/32]`` layout."""
+        n, k = self.shape
+        return MXArray(self.data, unswizzle_scales(self.scale_swizzled, n, k // BLOCK_SIZE))
 
 
 _swizzle_jit = jax.jit(swizzle_scales)
 
 
 def prepare_weight(w: MXArray) -> FlashInferWeight:
-    """Swizzle the scales of ``w [N, K]`` once (at layer setup); the data is kept as is."""
+    """Swizzle the scales of ``w [N, K]`` once, ahead of the calls that use it; the data is kept as is."""
     if not isinstance(w, MXArray) or w.ndim != 2:
         raise ValueError(f"prepare_weight expects a 2-D MXArray [N, K], got {getattr(w, 'shape', w)}")
     return FlashInferWeight(data=w.data, scale_swizzled=_swizzle_jit(w.scale))
