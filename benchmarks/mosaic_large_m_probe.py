@@ -148,7 +148,7 @@ def _tile(w_gmem, s_gmem, x_gmem, o_gmem, i_m, i_n, *, cfg: LargeConfig, k: int,
                 upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))
                 if s_smem:
                     scale_bytes = tuple(
-                        hopper_mosaic.load_whole(s_smem[0].at[j, wg_rows], hopper_mosaic._ROW_LAYOUT)
+                        hopper_mosaic.load_whole(s_smem[0].at[j, wg_rows], hopper_mosaic.row_layout())
                         for j in range(blocks)
                     )
                 factors = tuple(map(numerics.scale_to_factor, scale_bytes))

@@ -142,7 +142,9 @@ B200_NO_FI = dataclasses.replace(B200, flashinfer_version=None, flashinfer_error
 B200_NO_TORCH = dataclasses.replace(B200, torch_version=None, torch_cuda=False, torch_error="ImportError: torch")
 RTX5090 = dataclasses.replace(B200, device_kind="NVIDIA GeForce RTX 5090", compute_capability=(12, 0))
 H100_NO_PALLAS_TRITON = dataclasses.replace(
-    H100, pallas_triton_error="ModuleNotFoundError: No module named 'jax.experimental.pallas.triton'"
+    H100,
+    hopper_import_error="jax.experimental.pallas.triton: ModuleNotFoundError: No module named "
+    "'jax.experimental.pallas.triton'",
 )
 TPU = Capability(platform="tpu", device_kind="TPU v5e", torch_version="2.13.0")
 
@@ -156,7 +158,7 @@ AUTO_TABLE = [
     (H100, 4096, 4096, F32, "hopper", "SM90 GPU, hopper kernel fits"),
     (H100, 4096, 4000, BF16, "emulation", "K=4000 is not a multiple of 128 (the hopper kernel's K tile)"),
     (H100, 4000, 4096, BF16, "emulation", "N=4000 is not a multiple of 64"),
-    (H100_NO_PALLAS_TRITON, 4096, 4096, BF16, "emulation", "has no Pallas Triton backend (ModuleNotFoundError"),
+    (H100_NO_PALLAS_TRITON, 4096, 4096, BF16, "emulation", "lacks a module the hopper backend's kernels are built on"),
     (B200_NO_FI, 4096, 4096, BF16, "emulation", "is SM100; the hopper kernel is built and measured for SM90 only"),
     (B200, 4096, 4096, BF16, "flashinfer", "shape fits"),
     (B200, 128, 128, BF16, "flashinfer", "shape fits"),
@@ -205,7 +207,13 @@ def test_auto_logs_once_per_layer(caplog):
         (CPU, "hopper", 4096, 4096, "the hopper kernel needs an NVIDIA SM90 GPU"),
         (B200, "hopper", 4096, 4096, "SM100; the hopper kernel is built and measured for SM90 only"),
         (H100, "hopper", 4096, 96, "K=96 is not a multiple of 128"),
-        (H100_NO_PALLAS_TRITON, "hopper", 4096, 4096, "the hopper backend's kernels are written in it"),
+        (
+            H100_NO_PALLAS_TRITON,
+            "hopper",
+            4096,
+            4096,
+            "lacks a module the hopper backend's kernels are built on (jax.experimental.pallas.triton",
+        ),
     ],
 )
 def test_forced_backend_errors(cap, backend, n, k, reason):
@@ -255,16 +263,20 @@ def test_mxfp8_matmul_forced_flashinfer_fails_at_trace_time_on_cpu():
         f.lower(x)  # raised while tracing, before anything runs
 
 
-def test_the_package_imports_and_emulates_without_pallas_triton(tmp_path):
-    # jax 0.11 deprecates its Pallas Triton backend; once it is gone, only the hopper backend may go with it
-    script = tmp_path / "no_pallas_triton.py"
+@pytest.mark.parametrize(
+    "module", ["jax.experimental.pallas.triton", "jax.experimental.pallas.mosaic_gpu", "jax._src.lib.gpu_triton"]
+)
+def test_the_package_imports_and_emulates_without_a_hopper_module(tmp_path, module):
+    # jax 0.11 deprecates its Pallas Triton backend, and ptx_launch reaches jaxlib's launcher through private
+    # modules: where a jax lacks one, only the hopper backend may go with it
+    script = tmp_path / "no_hopper_module.py"
     script.write_text(
         "import sys\n"
-        "sys.modules['jax.experimental.pallas.triton'] = None  # any import of it now raises ImportError\n"
+        f"sys.modules[{module!r}] = None  # any import of it now raises ImportError\n"
         "import jax.numpy as jnp\n"
         "import mxfp8_xla as mx\n"
         "from mxfp8_xla.backends.select import probe_capability\n"
-        "assert 'jax.experimental.pallas.triton' in probe_capability().pallas_triton_error\n"
+        f"assert probe_capability().hopper_import_error.startswith({module!r})\n"
         "w = mx.quantize(jnp.ones((64, 128)))\n"
         "assert float(mx.mxfp8_matmul(jnp.ones((2, 128)), w, out_dtype=jnp.float32, backend='auto')[0, 0]) == 128.0\n"
         "print('OK')\n"

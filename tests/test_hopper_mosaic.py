@@ -171,7 +171,7 @@ def test_load_whole_passes_an_index_only_where_plgpu_load_requires_one(monkeypat
     calls = []
     monkeypatch.setattr(hopper_mosaic.plgpu, "load", lambda *args, **kw: calls.append((args, kw)))
     for wants in (True, False):
-        monkeypatch.setattr(hopper_mosaic, "_LOAD_WANTS_INDEX", wants)
+        monkeypatch.setattr(hopper_mosaic, "_load_wants_index", lambda wants=wants: wants)
         hopper_mosaic.load_whole("ref", "layout")
     kw = dict(layout="layout", optimized=False)
     assert calls == [(("ref", ()), kw), (("ref",), kw)]

@@ -28,12 +28,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from typing import Any
 
 import jax
 import jax.experimental.pallas as pl
-import jax.experimental.pallas.mosaic_gpu as plgpu
 import jax.numpy as jnp
 from jax import lax
+
+try:  # without Mosaic GPU the package still imports, and the hopper backend is unavailable (``select`` says why)
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+except ImportError:
+    plgpu = None
 
 from mxfp8_xla import numerics
 from mxfp8_xla.layout import round_up
@@ -45,7 +50,6 @@ MAX_M = 256  # activation rows: wgmma's N (at most 256), padded to a multiple of
 SMEM_BUDGET = 220 * 1024
 """Shared memory bytes the pipeline's stages may take: SM90's 227 KB per block, less room for
 the pipeline's barriers and Pallas's scratch."""
-_ROW_LAYOUT = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,24 +100,32 @@ def decode_with_factor(q: jax.Array, factor: jax.Array) -> jax.Array:
     return (q.astype(jnp.float32) * lax.broadcast_in_dim(factor, q.shape, [0])).astype(jnp.bfloat16)
 
 
-_LOAD_INDEX = inspect.signature(plgpu.load).parameters.get("idx")
-_LOAD_WANTS_INDEX = _LOAD_INDEX is not None and _LOAD_INDEX.default is inspect.Parameter.empty
+@functools.cache
+def _load_wants_index() -> bool:
+    """Whether this jax's ``plgpu.load`` needs the index beside the ref (0.10) or deprecates it (0.11)."""
+    idx = inspect.signature(plgpu.load).parameters.get("idx")
+    return idx is not None and idx.default is inspect.Parameter.empty
 
 
-def load_whole(ref, layout: plgpu.Layout) -> jax.Array:
+def load_whole(ref: Any, layout: plgpu.Layout) -> jax.Array:
     """``plgpu.load`` of a whole, already indexed ``ref`` into registers in ``layout`` (a plain, unvectorized load).
 
     jax 0.10 wants the index ``()`` beside the ref; jax 0.11 deprecates passing one.
     """
-    if _LOAD_WANTS_INDEX:
+    if _load_wants_index():
         return plgpu.load(ref, (), layout=layout, optimized=False)
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
-def load_row_scales(s_gmem, rows: pl.Slice, first, blocks: int) -> tuple:
+def load_row_scales(s_gmem: Any, rows: pl.Slice, first: jax.Array, blocks: int) -> tuple[jax.Array, ...]:
     """Scale columns ``first .. first + blocks - 1`` of ``rows`` of the untransposed ``[N, K/32]`` bytes,
     one uint8 ``[64]`` row vector each."""
-    return tuple(load_whole(s_gmem.at[rows, first + j], _ROW_LAYOUT) for j in range(blocks))
+    return tuple(load_whole(s_gmem.at[rows, first + j], row_layout()) for j in range(blocks))
+
+
+def row_layout() -> plgpu.Layout:
+    """The register layout of one value per wgmma accumulator row."""
+    return plgpu.Layout.WGMMA.reduce(1)
 
 
 def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:

@@ -15,11 +15,16 @@ from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-from jax._src.core import ShapedArray
-from jax._src.interpreters import mlir
-from jax._src.lib import gpu_triton
-from jax._src.lib.mlir import ir
 from jax.extend.core import Primitive
+
+try:  # jax's private modules, as its own Pallas Triton lowering uses them: where a jax moves them the package still
+    # imports, and the hopper backend is unavailable (``select.backend_problems`` says why)
+    from jax._src.core import ShapedArray
+    from jax._src.interpreters import mlir
+    from jax._src.lib import gpu_triton
+    from jax._src.lib.mlir import ir
+except ImportError:
+    ShapedArray = mlir = gpu_triton = ir = None
 
 _launch = Primitive("mxfp8_ptx_kernel")
 _launch.multiple_results = True
@@ -57,6 +62,8 @@ def launch(
 
 def unavailable() -> str | None:
     """Why no kernel can be launched here (``None``: jaxlib's CUDA plugin is installed)."""
+    if gpu_triton is None:
+        return f"jax {jax.__version__} lacks the private modules jaxlib's PTX launcher is reached through"
     if hasattr(gpu_triton, "TritonKernel"):
         return None
     return "jaxlib's CUDA plugin (jax[cuda12]) is not installed"
@@ -112,4 +119,5 @@ def _lowering(ctx, *args, name, ptx, grid, warps, outputs, smem):
     ).results
 
 
-mlir.register_lowering(_launch, _lowering, platform="cuda")
+if mlir is not None:
+    mlir.register_lowering(_launch, _lowering, platform="cuda")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 from collections.abc import Iterator
@@ -56,6 +57,15 @@ logger = logging.getLogger("mxfp8_xla.backends")
 BACKEND_ENV = "MXFP8_XLA_BACKEND"
 SELECTABLE = ("auto", "emulation", "torch", "flashinfer", "hopper")
 HOPPER_K_MULTIPLE = 128
+HOPPER_JAX_MODULES = (
+    "jax.experimental.pallas.triton",  # deprecated in jax 0.11
+    "jax.experimental.pallas.mosaic_gpu",
+    "jax._src.lib.gpu_triton",  # jaxlib's PTX launcher, and the private modules reaching it (ptx_launch)
+    "jax._src.interpreters.mlir",
+    "jax._src.lib.mlir.ir",
+)
+"""JAX modules the hopper backend's kernels need. Without any of them the package still imports (its modules
+guard these imports) and the backend reports itself unavailable."""
 HOPPER_N_MULTIPLE = 64
 FLASHINFER_MIN_K = 128
 FLASHINFER_MIN_N = 128
@@ -85,8 +95,8 @@ class Capability:
     flashinfer_error: str | None = None
     """Why ``import flashinfer`` failed. For torch and flashinfer, version and error
     both ``None`` means "not probed yet"."""
-    pallas_triton_error: str | None = None
-    """Why ``jax.experimental.pallas.triton`` (the hopper backend's kernels) does not import; ``None``: it does."""
+    hopper_import_error: str | None = None
+    """Which of :data:`HOPPER_JAX_MODULES` does not import, and why; ``None``: they all do."""
 
     @property
     def sm(self) -> int | None:
@@ -129,16 +139,17 @@ def _probe_devices() -> Capability:
         device_kind=kind,
         compute_capability=cc,
         gpu_vendor=vendor,
-        pallas_triton_error=_probe_pallas_triton(),
+        hopper_import_error=_probe_hopper_imports(),
     )
 
 
-def _probe_pallas_triton() -> str | None:
-    """Why JAX's Pallas Triton backend does not import (deprecated in jax 0.11), or ``None``."""
-    try:
-        from jax.experimental.pallas import triton  # noqa: F401
-    except ImportError as e:
-        return f"{type(e).__name__}: {e}"
+def _probe_hopper_imports() -> str | None:
+    """The first of :data:`HOPPER_JAX_MODULES` that does not import, and why; ``None`` if all do."""
+    for module in HOPPER_JAX_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            return f"{module}: {type(e).__name__}: {e}"
     return None
 
 
@@ -244,10 +255,10 @@ def backend_problems(
             problems.append(f"the device is {cap.describe()}; the hopper kernel needs an NVIDIA SM90 GPU")
         elif cap.sm != 90:
             problems.append(f"{cap.device_kind} is SM{cap.sm}; the hopper kernel is built and measured for SM90 only")
-        if cap.pallas_triton_error is not None:
+        if cap.hopper_import_error is not None:
             problems.append(
-                f"jax {jax.__version__} has no Pallas Triton backend ({cap.pallas_triton_error}); the hopper "
-                "backend's kernels are written in it"
+                f"jax {jax.__version__} lacks a module the hopper backend's kernels are built on "
+                f"({cap.hopper_import_error})"
             )
         if k % HOPPER_K_MULTIPLE:
             problems.append(f"K={k} is not a multiple of {HOPPER_K_MULTIPLE} (the hopper kernel's K tile)")
