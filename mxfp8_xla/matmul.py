@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
-from mxfp8_xla.backends import TAKES_RAW_ACTIVATIONS, get_backend, hopper, select_backend
+from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
@@ -86,12 +86,18 @@ def add_rms_norm_matmul(
             f"add_rms_norm_matmul: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
             f"{tuple(norm_weight.shape)} {jnp.dtype(norm_weight.dtype).name}"
         )
-    if not isinstance(w, MXArray) or w.ndim != 2 or w.shape[1] != x.shape[-1]:
-        got = w.shape if isinstance(w, MXArray) else type(w).__name__
-        raise ValueError(f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (K = x's last axis), got {got}")
+    if not isinstance(w, MXArray):
+        raise TypeError(
+            f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (mxfp8_xla.quantize(w) makes one), "
+            f"got {type(w).__name__}"
+        )
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    if backend == "hopper" and hopper.fuses_add_norm(x, delta, norm_weight, w):
-        return hopper.add_norm_gemv(x, delta, norm_weight, eps, w, out_dtype)
+    if backend in FUSED_ADD_NORM:
+        fuses, run = FUSED_ADD_NORM[backend]
+        if fuses(x, delta, norm_weight, w):
+            return run(x, delta, norm_weight, eps, w, out_dtype)
     h = norm.add(x, delta)
     normed = norm.rms_norm(h, norm_weight, eps)
     return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h

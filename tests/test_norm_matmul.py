@@ -84,19 +84,23 @@ def test_a_non_finite_sum_makes_every_output_nan(bad):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "change, error, message",
     [
-        (lambda x, d, g, w: (x, d[:, :128], g, w), "delta must have x's shape and dtype"),
-        (lambda x, d, g, w: (x, d.astype(jnp.float32), g, w), "delta must have x's shape and dtype"),
-        (lambda x, d, g, w: (x, d, g[:128], w), r"norm_weight must be a float array \[256\]"),
-        (lambda x, d, g, w: (x, d, g.astype(jnp.int32), w), "norm_weight must be a float array"),
-        (lambda x, d, g, w: (x, d, g, weight(32, 128)), r"w must be an MXArray \[N, 256\]"),
-        (lambda x, d, g, w: (x, d, g, jnp.ones((32, 256))), r"w must be an MXArray \[N, 256\]"),
+        (lambda x, d, g, w: (x, d[:, :128], g, w), ValueError, "delta must have x's shape and dtype"),
+        (lambda x, d, g, w: (x, d.astype(jnp.float32), g, w), ValueError, "delta must have x's shape and dtype"),
+        (lambda x, d, g, w: (x, d, g[:128], w), ValueError, r"norm_weight must be a float array \[256\]"),
+        (lambda x, d, g, w: (x, d, g.astype(jnp.int32), w), ValueError, "norm_weight must be a float array"),
+        (
+            lambda x, d, g, w: (x, d, g, weight(32, 128)),
+            ValueError,
+            r"w must be \[N, 256\] \(K = x's last axis\), got shape \(32, 128\)",
+        ),
+        (lambda x, d, g, w: (x, d, g, jnp.ones((32, 256))), TypeError, r"w must be an MXArray \[N, 256\]"),
     ],
 )
-def test_bad_operands_are_named(change, message):
+def test_bad_operands_are_named(change, error, message):
     x, delta, g = operands(256)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         add_rms_norm_matmul(*change(x, delta, g, weight(32, 256)), eps=EPS)
 
 

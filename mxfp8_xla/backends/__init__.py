@@ -21,14 +21,7 @@ name); unknown names raise ``ValueError``.
 torch and flashinfer are imported only when their backend runs.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-import jax
-import jax.numpy as jnp
-
-from mxfp8_xla.backends import emulation, flashinfer, hopper, torch_ref
+from mxfp8_xla.backends.registry import BACKENDS, FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, Backend, get_backend
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     BackendUnavailableError,
@@ -39,40 +32,11 @@ from mxfp8_xla.backends.select import (
     require_backend,
     select_backend,
 )
-from mxfp8_xla.mxarray import MXArray
-
-Backend = Callable[..., jax.Array]
-
-
-def _emulation(x: MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: str | None = None) -> jax.Array:
-    del name
-    return emulation.matmul(x, w, out_dtype)
-
-
-BACKENDS: dict[str, Backend] = {
-    "emulation": _emulation,
-    "torch": torch_ref.matmul,
-    "flashinfer": flashinfer.matmul,
-    "hopper": hopper.matmul,
-}
-"""The concrete backends; ``"auto"`` is resolved to one of them by :func:`select_backend` first."""
-
-
-TAKES_RAW_ACTIVATIONS = frozenset({"hopper"})
-"""Backends that quantize a raw activation in their own (faster, bit-identical) kernels; others get an MXArray."""
-
-
-def get_backend(name: str) -> Backend:
-    """The backend function registered under the concrete backend ``name`` (not ``"auto"``)."""
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown MXFP8 backend {name!r}; available: {sorted(BACKENDS)}") from None
-
 
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
+    "FUSED_ADD_NORM",
     "TAKES_RAW_ACTIVATIONS",
     "Backend",
     "BackendUnavailableError",
