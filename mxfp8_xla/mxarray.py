@@ -90,8 +90,12 @@ def check_float_dtype(what: str, dtype: Any) -> jnp.dtype:
 
 def check_quantizable(x: Any, name: str = "x", axis: int = -1) -> None:
     """Raise unless ``x`` is a float32/bfloat16/float16 array whose ``axis`` is a multiple of 32."""
+    if not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array (jnp.asarray makes one), got {type(x).__name__}")
     shape = tuple(jnp.shape(x))
-    check_float_dtype(f"the dtype of {name} with shape {shape}", getattr(x, "dtype", type(x)))
+    check_float_dtype(f"the dtype of {name} with shape {shape}", x.dtype)
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"{name} has shape {shape}: axis {axis} is out of range for {len(shape)} dimensions")
     if not shape or shape[axis] % numerics.BLOCK_SIZE:
         raise ValueError(
             f"{name} has shape {shape}: the blocked axis {axis} must be a multiple of "

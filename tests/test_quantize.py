@@ -188,6 +188,10 @@ def test_bad_inputs_raise_clear_errors():
         mx.quantize(jnp.zeros((40, 64)), axis=0)
     with pytest.raises(TypeError, match="dequantize expects an MXArray"):
         mx.dequantize(jnp.zeros((4, 32)))
+    with pytest.raises(ValueError, match=r"shape \(4, 32\): axis 5 is out of range for 2 dimensions"):
+        mx.quantize(jnp.zeros((4, 32)), axis=5)
+    with pytest.raises(TypeError, match=r"x must be an array \(jnp.asarray makes one\), got list"):
+        mx.quantize([[1.0] * 32])
 
 
 def test_mxarray_pytree_and_validation():

@@ -440,6 +440,16 @@ def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Ar
     return out
 
 
+def _is_float_linear_weight(name: str, value: Any) -> bool:
+    """Whether ``name: value`` is an unquantized linear weight: a 2-D floating-point ``*.weight``."""
+    return (
+        not isinstance(value, MXArray)
+        and name.endswith(WEIGHT_SUFFIX)
+        and len(np.shape(value)) == 2
+        and jnp.issubdtype(value.dtype, jnp.floating)
+    )
+
+
 def quantize_state_dict(
     tensors: Mapping[str, Any], *, exclude_modules: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE
 ) -> dict[str, MXArray | Any]:
@@ -454,13 +464,7 @@ def quantize_state_dict(
     qc = QuantConfig(exclude_modules=tuple(exclude_modules))
     out: dict[str, MXArray | Any] = {}
     for name, value in tensors.items():
-        if (
-            not isinstance(value, MXArray)
-            and name.endswith(WEIGHT_SUFFIX)
-            and len(np.shape(value)) == 2
-            and jnp.issubdtype(value.dtype, jnp.floating)
-            and qc.excluded_by(name[: -len(WEIGHT_SUFFIX)]) is None
-        ):
+        if _is_float_linear_weight(name, value) and qc.excluded_by(name[: -len(WEIGHT_SUFFIX)]) is None:
             if value.shape[-1] % BLOCK_SIZE:
                 log.warning(
                     "quantize_state_dict: %s has shape %s; K=%d is not a multiple of %d, left unquantized",
@@ -535,14 +539,7 @@ def save_modelopt(
     else:
         tensors = checkpoint
     if quant_config is None:
-        unquantized = [
-            n[: -len(WEIGHT_SUFFIX)]
-            for n, v in tensors.items()
-            if not isinstance(v, MXArray)
-            and n.endswith(WEIGHT_SUFFIX)
-            and len(np.shape(v)) == 2
-            and jnp.issubdtype(v.dtype, jnp.floating)
-        ]
+        unquantized = [n[: -len(WEIGHT_SUFFIX)] for n, v in tensors.items() if _is_float_linear_weight(n, v)]
         quant_config = QuantConfig(exclude_modules=tuple(unquantized))
     if quant_config.quant_algo.upper() != "MXFP8" or quant_config.group_size != BLOCK_SIZE:
         raise CheckpointError(
