@@ -195,3 +195,17 @@ def test_errors():
     bad = jax.jit(lambda x: torch_callback(lambda t: t[:1], spec, x, name="bad_shape"))
     with pytest.raises(Exception, match=r"torch_callback\(bad_shape\): output 0 is torch.float32\[1, 32\]"):
         bad(x)
+    with pytest.raises(ValueError, match=r"torch_callback\(neg\): result_shape_dtypes has no outputs"):
+        torch_callback(torch.neg, (), x)
+    for argnums in ((1,), (0, 5)):
+        with pytest.raises(ValueError, match=rf"row_argnums entry {argnums[-1]} must name an input with a row axis"):
+            torch_callback(torch.add, spec, x, jnp.float32(1), row_argnums=argnums)
+    two = jax.jit(lambda x: torch_callback(lambda t: (t, t), spec, x, name="two"))
+    with pytest.raises(Exception, match=r"torch_callback\(two\): fn returned 2 tensors, expected 1"):
+        two(x)
+
+
+def test_rowwise_vmap_refuses_a_row_argument_without_a_row_axis():
+    f = rowwise_vmap(lambda a, b: a * b, (0, 1))
+    with pytest.raises(ValueError, match=r"rowwise_vmap: row argument 1 has shape \(\) \(no row axis\)"):
+        jax.vmap(f)(jnp.ones((3, 2, 4)), jnp.ones(3))
