@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,6 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.buffer_callback import buffer_callback
+
+logger = logging.getLogger("mxfp8_xla.interop")
 
 __all__ = [
     "CALL_COUNTS",
@@ -144,7 +147,7 @@ def rowwise_vmap(fun: Callable[..., Any], row_argnums: Sequence[int]) -> Callabl
     ``[B, M, ...]`` become ``[B*M, ...]``, unmapped row arguments are broadcast
     first, ``fun`` runs once, and outputs ``[B*M, ...]`` come back as
     ``[B, M, ...]``. If an argument outside ``row_argnums`` is mapped, the
-    batch runs sequentially with ``lax.map``. Nested ``vmap`` composes.
+    batch runs sequentially with ``lax.map`` (logged as a warning when traced). Nested ``vmap`` composes.
     """
     rows = frozenset(int(i) for i in row_argnums)
 
@@ -168,6 +171,14 @@ def rowwise_vmap(fun: Callable[..., Any], row_argnums: Sequence[int]) -> Callabl
             out = batched(*flat)
             out = jax.tree.map(lambda o: o.reshape((axis_size, o.shape[0] // axis_size, *o.shape[1:])), out)
         else:
+            logger.warning(
+                "rowwise_vmap(%s): vmap maps argument(s) %s outside the row arguments %s, so the batch of %d runs "
+                "one call per element (jax.lax.map)",
+                getattr(fun, "__name__", "fun"),
+                sorted(mapped - rows),
+                sorted(rows),
+                axis_size,
+            )
 
             def one(mapped_args):
                 it = iter(mapped_args)

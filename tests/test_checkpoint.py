@@ -506,3 +506,115 @@ def test_64_bit_tensors_load_as_32_bit_only_where_no_value_changes(ckpt_dir: Pat
     got = load_safetensors(plain)
     assert got["pos"].dtype == jnp.int32 and got["freq"].dtype == jnp.float32
     np.testing.assert_array_equal(got["pos"], fits["pos"])
+
+
+# --- the remaining error paths: each message names the tensor or file and what was expected ----------------------
+
+
+def _q(path: Path) -> str:
+    """The regex for ``path`` as the messages quote it (``repr(str(path))``)."""
+    return re.escape(repr(str(path)))
+
+
+def _expect_match(ckpt_dir: Path, pattern: str) -> None:
+    """``load_modelopt`` and ``scan_modelopt`` (headers only) both raise a CheckpointError matching ``pattern``."""
+    for fn in (load_modelopt, scan_modelopt):
+        with pytest.raises(CheckpointError, match=pattern):
+            fn(ckpt_dir)
+
+
+def _edit_header(path: Path, edit) -> None:
+    """Rewrite the JSON header of a safetensors file in place (``edit`` returns the new header); data unchanged."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    raw = json.dumps(edit(json.loads(data[8 : 8 + n]))).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def _entry(name: str, **fields):
+    """A header edit that updates (or, for a value of ``...``, removes) fields of the entry of tensor ``name``."""
+
+    def edit(header):
+        for key, value in fields.items():
+            if value is ...:
+                header[name].pop(key)
+            else:
+                header[name][key] = value
+        return header
+
+    return edit
+
+
+def test_error_tensor_stored_twice(ckpt_dir: Path):
+    tensors = _raw(ckpt_dir / "model.safetensors")
+    first, second = ckpt_dir / "model-00001-of-00002.safetensors", ckpt_dir / "model-00002-of-00002.safetensors"
+    write_file(first, tensors.items())
+    write_file(second, [(Q + ".weight_scale", tensors[Q + ".weight_scale"])])
+    weight_map = {n: first.name for n in tensors} | {Q + ".weight_scale": second.name}
+    (ckpt_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (ckpt_dir / "model.safetensors").unlink()
+    _expect_match(ckpt_dir, rf"tensor {re.escape(repr(Q + '.weight_scale'))} is stored twice: in {_q(first)} and {_q(second)}")
+
+
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_error_float8_tensor_not_a_weight(ckpt_dir: Path, with_scale: bool):
+    name = "model.layers.0.self_attn.rotary.freqs"
+
+    def edit(t):
+        t[name] = np.zeros((4, 32), ml_dtypes.float8_e4m3fn)
+        if with_scale:
+            t[name + "_scale"] = np.zeros((4, 1), np.uint8)
+
+    _rewrite(ckpt_dir / "model.safetensors", edit)
+    _expect_match(
+        ckpt_dir,
+        rf"tensor {re.escape(repr(name))} in {_q(ckpt_dir / 'model.safetensors')} is float8_e4m3fn but is not a "
+        r"'\.weight'; MXFP8 checkpoints quantize only linear weights",
+    )
+
+
+@pytest.mark.parametrize(
+    ("reshape", "shape"),
+    [
+        (lambda w: w.reshape(-1), [65536]),  # 1-D: not [N, K]
+        (lambda w: w[:, :48], [256, 48]),  # K = 48 is not a multiple of 32
+        (lambda w: w[:, :16], [256, 16]),  # K = 16 is shorter than one block
+    ],
+    ids=["1-D", "K=48", "K=16"],
+)
+def test_error_quantized_weight_shape(ckpt_dir: Path, reshape, shape: list[int]):
+    _rewrite(ckpt_dir / "model.safetensors", lambda t: t.update({Q + ".weight": np.ascontiguousarray(reshape(t[Q + ".weight"]))}))
+    _expect_match(
+        ckpt_dir,
+        rf"tensor {re.escape(repr(Q + '.weight'))} in {_q(ckpt_dir / 'model.safetensors')} has shape "
+        rf"{re.escape(str(shape))}; an MXFP8 weight must be \[N, K\] with K a multiple of 32",
+    )
+
+
+@pytest.mark.parametrize(
+    "index",
+    [{"metadata": {}}, {"weight_map": {}}, {"weight_map": ["model.safetensors"]}, ["model.safetensors"]],
+    ids=["absent", "empty", "a list", "not an object"],
+)
+def test_error_index_without_weight_map(ckpt_dir: Path, index):
+    f = ckpt_dir / "model.safetensors.index.json"
+    f.write_text(json.dumps(index))
+    _expect_match(ckpt_dir, rf"^{_q(f)} has no 'weight_map'$")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.pop("quantization"),
+        lambda c: c.update(quantization="MXFP8"),
+        lambda c: c.update(quantization=None),
+        lambda c: [c],
+    ],
+    ids=["absent", "a string", "null", "file not an object"],
+)
+def test_error_hf_quant_config_without_quantization(ckpt_dir: Path, edit):
+    f = ckpt_dir / "hf_quant_config.json"
+    data = json.loads(f.read_text())
+    f.write_text(json.dumps(edit(data) if isinstance(edit(dict(data)), list) else data))
+    _expect_match(ckpt_dir, rf"^{_q(f)} has no 'quantization' object$")

@@ -1,5 +1,7 @@
 """The DLPack bridge (mxfp8_xla.interop.torch_callback) on CPU: the same code path as on GPU."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,13 +144,15 @@ def test_nested_vmap_flatten():
     np.testing.assert_allclose(y, np.einsum("abmk,nk->abmn", x, w), rtol=1e-5, atol=1e-5)
 
 
-def test_vmap_over_non_row_arg_falls_back_to_sequential():
+def test_vmap_over_non_row_arg_falls_back_to_sequential(caplog):
     x = _random((3, 32), jnp.float32, 7)
     ws = _random((4, 5, 32), jnp.float32, 8)
     f = jax.jit(jax.vmap(lambda x, w: _row_mm(x, w, row_argnums=(0,)), (None, 0)))
     before = CALL_COUNTS["rowmm"]
-    y = f(x, ws)
+    with caplog.at_level(logging.WARNING, logger="mxfp8_xla.interop"):
+        y = f(x, ws)
     assert CALL_COUNTS["rowmm"] - before == 4  # one call per weight
+    assert any("the batch of 4 runs one call per element" in r.getMessage() for r in caplog.records)  # not silent
     np.testing.assert_allclose(y, np.einsum("mk,bnk->bmn", x, ws), rtol=1e-5, atol=1e-5)
 
 
