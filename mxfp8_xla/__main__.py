@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand ``argv`` names (default: the demo); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m mxfp8_xla", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("demo", help="quantize a random layer and run the emulation matmul (default)")

@@ -16,6 +16,7 @@ def _rel_err(got: jax.Array, want: jax.Array) -> float:
 
 
 def main(m: int = 64, k: int = 1024, n: int = 512, seed: int = 0) -> int:
+    """Quantize a random ``[n, k]`` layer, multiply ``m`` random rows by it, print the errors and sizes."""
     kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (m, k), jnp.float32)
     w = jax.random.normal(kw, (n, k), jnp.float32) * k**-0.5  # [N, K], torch orientation

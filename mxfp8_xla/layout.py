@@ -21,6 +21,7 @@ COL_TILE = 4
 
 
 def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``n``."""
     return -(-n // multiple) * multiple
 
 

@@ -47,6 +47,7 @@ class MXArray:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions of the logical shape."""
         return len(self.data.shape)
 
     @property

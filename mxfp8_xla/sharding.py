@@ -19,6 +19,7 @@ The backend (``"emulation"``, ``"torch"``, ...) runs per shard inside ``jax.shar
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,7 @@ def check_row_parallel(w_shape: tuple[int, ...], shards: int, name: str = "layer
         )
 
 
-def shard_map(f: Callable, *, mesh: Mesh, in_specs, out_specs) -> Callable:
+def shard_map(f: Callable, *, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
     """``jax.shard_map`` with ``check_vma=False``, as every MXFP8 shard_map here needs.
 
     The backends run Pallas kernels (hopper) and custom calls (the DLPack bridge) whose

@@ -102,6 +102,7 @@ class GemvConfig:
 
     @property
     def tensor_cores(self) -> bool:
+        """Whether these rows run the tensor-core kernel (3-8 rows) rather than the CUDA-core one."""
         return self.m in MMA_ROWS
 
     def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False) -> str:

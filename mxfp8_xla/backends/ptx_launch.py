@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -69,7 +70,7 @@ def unavailable() -> str | None:
     return "jaxlib's CUDA plugin (jax[cuda12]) is not installed"
 
 
-def traced_launch_params(fn: Callable, *args) -> list[dict]:
+def traced_launch_params(fn: Callable, *args: Any) -> list[dict]:
     """The parameters (``name``, ``ptx``, ``grid``, ...) of every launch ``fn(*args)`` traces to, nested jaxprs (jit,
     scan, custom_vmap) included."""
 
@@ -85,7 +86,7 @@ def traced_launch_params(fn: Callable, *args) -> list[dict]:
     return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
-def traced_launches(fn: Callable, *args) -> list[str]:
+def traced_launches(fn: Callable, *args: Any) -> list[str]:
     """The kernel names of every launch ``fn(*args)`` traces to (:func:`traced_launch_params`)."""
     return [params["name"] for params in traced_launch_params(fn, *args)]
 

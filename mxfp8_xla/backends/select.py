@@ -106,6 +106,7 @@ class Capability:
         return self.compute_capability[0] * 10 + self.compute_capability[1]
 
     def describe(self) -> str:
+        """The platform, with the device kind and SM where they say more, for messages."""
         cc = f", SM{self.sm}" if self.sm is not None else ""
         if self.device_kind.lower() == self.platform and not cc:
             return self.platform

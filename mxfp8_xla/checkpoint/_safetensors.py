@@ -17,7 +17,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import ml_dtypes
@@ -63,10 +63,12 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the tensor's data."""
         return self.end - self.begin
 
     @property
     def np_dtype(self) -> np.dtype:
+        """The NumPy dtype of the safetensors dtype name."""
         return DTYPES[self.dtype]
 
 
@@ -166,7 +168,7 @@ def write_file(
     path: str | os.PathLike,
     tensors: Iterable[tuple[str, np.ndarray]],
     metadata: Mapping[str, str] | None = None,
-    on_tensor_written=None,
+    on_tensor_written: Callable[[str, int], None] | None = None,
 ) -> None:
     """Write ``(name, array)`` pairs to ``path`` as safetensors, atomically.
 

@@ -127,6 +127,7 @@ class CheckpointIndex:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of tensor data over every shard."""
         return sum(t.nbytes for t in self.tensors.values())
 
 

@@ -56,14 +56,17 @@ class ConversionReport:
 
     @property
     def bytes_before(self) -> int:
+        """Bytes of the converted layers' kernels before conversion."""
         return sum(c.bytes_before for c in self.converted)
 
     @property
     def bytes_after(self) -> int:
+        """Bytes of the converted layers' MXFP8 data and scales."""
         return sum(c.bytes_after for c in self.converted)
 
     @property
     def bytes_saved(self) -> int:
+        """``bytes_before - bytes_after``."""
         return self.bytes_before - self.bytes_after
 
     def __str__(self) -> str:
