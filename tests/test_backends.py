@@ -208,6 +208,13 @@ def test_auto_logs_once_per_layer(caplog):
         (B200, "hopper", 4096, 4096, "SM100; the hopper kernel is built and measured for SM90 only"),
         (H100, "hopper", 4096, 96, "K=96 is not a multiple of 128"),
         (
+            dataclasses.replace(B200, compute_capability=None),
+            "flashinfer",
+            4096,
+            4096,
+            "the compute capability of NVIDIA B200 is unknown; mm_mxfp8 needs SM100+",
+        ),
+        (
             H100_NO_PALLAS_TRITON,
             "hopper",
             4096,
@@ -365,6 +372,12 @@ def test_flashinfer_arguments_rejects():
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             fa(*args)
+
+
+def test_prepare_weight_refuses_what_is_not_a_2d_mxarray():
+    for bad in (jnp.ones((128, 128)), quantize(jnp.ones((2, 128, 128)))):
+        with pytest.raises(ValueError, match="prepare_weight expects a 2-D MXArray"):
+            fi_backend.prepare_weight(bad)
 
 
 def test_prepare_weight_scale_length_matches_flashinfer():
