@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -554,7 +555,23 @@ def test_error_tensor_stored_twice(ckpt_dir: Path):
     weight_map = {n: first.name for n in tensors} | {Q + ".weight_scale": second.name}
     (ckpt_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (ckpt_dir / "model.safetensors").unlink()
-    _expect_match(ckpt_dir, rf"tensor {re.escape(repr(Q + '.weight_scale'))} is stored twice: in {_q(first)} and {_q(second)}")
+    _expect_match(
+        ckpt_dir, rf"^tensor {re.escape(repr(Q + '.weight_scale'))} is stored twice: in {_q(first)} and {_q(second)}$"
+    )
+
+
+def test_error_scaled_tensor_not_a_weight(ckpt_dir: Path):
+    """A tensor that is not float8 but has a scale is named for its scale, not called float8."""
+    name = "model.layers.0.self_attn.rotary.freqs"
+    _rewrite(
+        ckpt_dir / "model.safetensors",
+        lambda t: t.update({name: np.zeros((4, 32), ml_dtypes.bfloat16), name + "_scale": np.zeros((4, 1), np.uint8)}),
+    )
+    _expect_match(
+        ckpt_dir,
+        rf"^tensor {re.escape(repr(name))} in {_q(ckpt_dir / 'model.safetensors')} has a scale tensor "
+        rf"{re.escape(repr(name + '_scale'))} but is not a '\.weight'; MXFP8 checkpoints quantize only linear weights$",
+    )
 
 
 @pytest.mark.parametrize("with_scale", [False, True])
@@ -569,8 +586,8 @@ def test_error_float8_tensor_not_a_weight(ckpt_dir: Path, with_scale: bool):
     _rewrite(ckpt_dir / "model.safetensors", edit)
     _expect_match(
         ckpt_dir,
-        rf"tensor {re.escape(repr(name))} in {_q(ckpt_dir / 'model.safetensors')} is float8_e4m3fn but is not a "
-        r"'\.weight'; MXFP8 checkpoints quantize only linear weights",
+        rf"^tensor {re.escape(repr(name))} in {_q(ckpt_dir / 'model.safetensors')} is float8_e4m3fn but is not a "
+        r"'\.weight'; MXFP8 checkpoints quantize only linear weights$",
     )
 
 
@@ -584,11 +601,14 @@ def test_error_float8_tensor_not_a_weight(ckpt_dir: Path, with_scale: bool):
     ids=["1-D", "K=48", "K=16"],
 )
 def test_error_quantized_weight_shape(ckpt_dir: Path, reshape, shape: list[int]):
-    _rewrite(ckpt_dir / "model.safetensors", lambda t: t.update({Q + ".weight": np.ascontiguousarray(reshape(t[Q + ".weight"]))}))
+    _rewrite(
+        ckpt_dir / "model.safetensors",
+        lambda t: t.update({Q + ".weight": np.ascontiguousarray(reshape(t[Q + ".weight"]))}),
+    )
     _expect_match(
         ckpt_dir,
-        rf"tensor {re.escape(repr(Q + '.weight'))} in {_q(ckpt_dir / 'model.safetensors')} has shape "
-        rf"{re.escape(str(shape))}; an MXFP8 weight must be \[N, K\] with K a multiple of 32",
+        rf"^tensor {re.escape(repr(Q + '.weight'))} in {_q(ckpt_dir / 'model.safetensors')} has shape "
+        rf"{re.escape(str(shape))}; an MXFP8 weight must be \[N, K\] with K a multiple of 32$",
     )
 
 
@@ -603,18 +623,170 @@ def test_error_index_without_weight_map(ckpt_dir: Path, index):
     _expect_match(ckpt_dir, rf"^{_q(f)} has no 'weight_map'$")
 
 
+PRODUCER = {"name": "modelopt", "version": "0.47.0"}
+
+
 @pytest.mark.parametrize(
-    "edit",
-    [
-        lambda c: c.pop("quantization"),
-        lambda c: c.update(quantization="MXFP8"),
-        lambda c: c.update(quantization=None),
-        lambda c: [c],
-    ],
+    "content",
+    [{"producer": PRODUCER}, {"producer": PRODUCER, "quantization": "MXFP8"}, {"quantization": None}, [PRODUCER]],
     ids=["absent", "a string", "null", "file not an object"],
 )
-def test_error_hf_quant_config_without_quantization(ckpt_dir: Path, edit):
+def test_error_hf_quant_config_without_quantization(ckpt_dir: Path, content):
     f = ckpt_dir / "hf_quant_config.json"
-    data = json.loads(f.read_text())
-    f.write_text(json.dumps(edit(data) if isinstance(edit(dict(data)), list) else data))
+    f.write_text(json.dumps(content))
     _expect_match(ckpt_dir, rf"^{_q(f)} has no 'quantization' object$")
+
+
+@pytest.mark.parametrize("content", ["[]", '"MXFP8"', "null", "7"])
+def test_error_config_not_an_object(ckpt_dir: Path, content: str):
+    f = ckpt_dir / "config.json"
+    f.write_text(content)
+    _expect_match(ckpt_dir, rf"^{_q(f)} is not a JSON object$")
+
+
+@pytest.mark.parametrize("value", ["modelopt", ["MXFP8"], 1])
+def test_error_quantization_config_not_an_object(ckpt_dir: Path, value):
+    f = ckpt_dir / "config.json"
+    _edit_json(f, lambda c: c.update(quantization_config=value))
+    _expect_match(ckpt_dir, rf"^{_q(f)}: quantization_config is not an object$")
+
+
+@pytest.mark.parametrize("name", ["config.json", "hf_quant_config.json", "model.safetensors.index.json"])
+def test_error_json_file_does_not_parse(ckpt_dir: Path, name: str):
+    f = ckpt_dir / name
+    f.write_text('{"quantization": ')
+    _expect_match(ckpt_dir, rf"^cannot parse {_q(f)}: Expecting value")
+
+
+def test_error_tensors_overlap(ckpt_dir: Path):
+    """q_proj's weight claims the bytes of o_proj's (same size, so its offsets still match its shape)."""
+    f = ckpt_dir / "model.safetensors"
+    o_proj = "model.layers.0.self_attn.o_proj.weight"
+
+    def edit(header):
+        header[Q + ".weight"]["data_offsets"] = header[o_proj]["data_offsets"]
+        return header
+
+    _edit_header(f, edit)
+    pattern = (
+        rf"^safetensors file {_q(f)} is corrupt: tensors {re.escape(repr(o_proj))} and "
+        rf"{re.escape(repr(Q + '.weight'))} overlap$"
+    )
+    _expect_match(ckpt_dir, pattern)
+    with pytest.raises(CheckpointError, match=pattern):
+        load_safetensors(f)
+
+
+def test_error_tensors_overlap_partially(tmp_path: Path):
+    f = tmp_path / "x.safetensors"
+    write_file(f, [("a", np.zeros(8, np.uint8)), ("b", np.zeros(8, np.uint8))])
+    _edit_header(f, _entry("b", data_offsets=[4, 12]))  # a is [0, 8)
+    f.write_bytes(f.read_bytes() + bytes(4))  # so that b's bytes lie within the file
+    with pytest.raises(CheckpointError, match=rf"^safetensors file {_q(f)} is corrupt: tensors 'a' and 'b' overlap$"):
+        SafetensorsFile(f)
+
+
+def _bad_entry(f: Path, name: str) -> str:
+    return rf"^safetensors file {_q(f)} is corrupt: the header entry of tensor {re.escape(repr(name))}"
+
+
+@pytest.mark.parametrize("missing", ["dtype", "shape", "data_offsets"])
+def test_error_header_entry_lacks_a_field(ckpt_dir: Path, missing: str):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, _entry(Q + ".weight", **{missing: ...}))
+    _expect_match(ckpt_dir, _bad_entry(f, Q + ".weight") + r" lacks dtype/shape/data_offsets: \{")
+
+
+@pytest.mark.parametrize("entry", [["F8_E4M3", [256, 256], [0, 65536]], "F8_E4M3", None])
+def test_error_header_entry_not_an_object(ckpt_dir: Path, entry):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, lambda h: h | {Q + ".weight": entry})
+    _expect_match(
+        ckpt_dir, _bad_entry(f, Q + ".weight") + rf" lacks dtype/shape/data_offsets: {re.escape(repr(entry))}$"
+    )
+
+
+@pytest.mark.parametrize("dtype", ["C64", "F4", "f8_e4m3", "FP8", 8, None, [], {"F8": 1}])
+def test_error_unsupported_dtype(ckpt_dir: Path, dtype):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, _entry(Q + ".weight", dtype=dtype))
+    _expect_match(
+        ckpt_dir,
+        rf"^tensor {re.escape(repr(Q + '.weight'))} in safetensors file {_q(f)} has unsupported dtype "
+        rf"{re.escape(repr(dtype))}; expected one of \['BF16', .*'U8'\]$",
+    )
+
+
+@pytest.mark.parametrize("shape", [[-256, -256], [256, 256.0], "256x256", None, [[256], 256], [True, 256]])
+def test_error_invalid_shape(ckpt_dir: Path, shape):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, _entry(Q + ".weight", shape=shape))
+    _expect_match(
+        ckpt_dir,
+        _bad_entry(f, Q + ".weight") + rf" has an invalid shape {re.escape(repr(shape))}; expected a list of "
+        "non-negative integers$",
+    )
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [1583616, 1518080],  # end before begin
+        [-65536, 0],  # negative
+        [1518080],  # one number
+        [1518080, 1548080, 1583616],  # three
+        [1518080.0, 1583616.0],  # floats
+        "1518080:1583616",
+        None,
+    ],
+)
+def test_error_invalid_data_offsets(ckpt_dir: Path, offsets):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, _entry(Q + ".weight", data_offsets=offsets))
+    _expect_match(
+        ckpt_dir,
+        _bad_entry(f, Q + ".weight") + rf" has invalid data_offsets {re.escape(repr(offsets))}; expected "
+        r"\[begin, end\], 0 <= begin <= end$",
+    )
+
+
+@pytest.mark.parametrize("header", [[], "model", 42, None])
+def test_error_header_not_an_object(ckpt_dir: Path, header):
+    f = ckpt_dir / "model.safetensors"
+    _edit_header(f, lambda _: header)
+    _expect_match(ckpt_dir, rf"^safetensors file {_q(f)} is corrupt: its header is not a JSON object$")
+    with pytest.raises(CheckpointError, match="its header is not a JSON object"):
+        load_safetensors(f)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.ones((4, 4), np.complex64), np.array([b"x", None], object), np.array(["abc"])],
+    ids=["complex64", "object", "str"],
+)
+def test_save_error_dtype_without_safetensors_name(tmp_path: Path, value: np.ndarray):
+    q = mx.quantize(jnp.ones((32, 64), jnp.float32))
+    out = tmp_path / "out"
+    dtype = re.escape(str(value.dtype))
+    with pytest.raises(
+        CheckpointError, match=rf"^cannot save tensor 'model\.rotary\.freqs': dtype {dtype} has no safetensors name$"
+    ):
+        save_modelopt(out, {"m.weight": q, "model.rotary.freqs": value})
+    assert not out.exists()  # refused before anything is written
+    # the writer itself names the file as well
+    f = tmp_path / "x.safetensors"
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^cannot write tensor 'freqs' to {_q(f)}: dtype {dtype} has no safetensors name$",
+    ):
+        write_file(f, [("ok", np.zeros(4, np.float32)), ("freqs", value)])
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_save_error_1d_mxarray(tmp_path: Path):
+    q = mx.quantize(jnp.ones(64, jnp.float32))
+    assert q.shape == (64,)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match=r"^cannot save MXArray 'm\.weight' of shape \(64,\): expected \[N, K\]$"):
+        save_modelopt(out, {"m.weight": q})
+    assert not out.exists()

@@ -139,17 +139,19 @@ def _tensor_info(name: str, entry: object, path: Path, where: str, data_len: int
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{bad} lacks dtype/shape/data_offsets: {entry!r}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise CheckpointError(f"tensor {name!r} in {where} has unsupported dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise CheckpointError(f"{bad} has an invalid shape {shape!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(
+            f"tensor {name!r} in {where} has unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}"
+        )
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise CheckpointError(f"{bad} has an invalid shape {shape!r}; expected a list of non-negative integers")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(isinstance(o, int) for o in offsets)
+        and all(type(o) is int for o in offsets)
         and 0 <= offsets[0] <= offsets[1]
     ):
-        raise CheckpointError(f"{bad} has invalid data_offsets {offsets!r}")
+        raise CheckpointError(f"{bad} has invalid data_offsets {offsets!r}; expected [begin, end], 0 <= begin <= end")
     begin, end = offsets
     need = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != need:

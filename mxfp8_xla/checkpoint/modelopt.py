@@ -296,8 +296,9 @@ def _pair_quantized(
                 )
             continue
         if not name.endswith(WEIGHT_SUFFIX):
+            what = "is float8_e4m3fn" if is_fp8 else f"has a scale tensor {scale_name!r}"
             raise CheckpointError(
-                f"{where} is float8_e4m3fn but is not a '.weight'; MXFP8 checkpoints quantize only linear weights"
+                f"{where} {what} but is not a '.weight'; MXFP8 checkpoints quantize only linear weights"
             )
         if not is_fp8:
             raise CheckpointError(
