@@ -27,6 +27,7 @@ from mxfp8_xla.backends import (
     select_backend,
 )
 from mxfp8_xla.backends import flashinfer as fi_backend
+from mxfp8_xla.backends import select as select_mod
 from mxfp8_xla.backends.select import SELECTABLE
 from mxfp8_xla.interop import CALL_COUNTS
 
@@ -270,20 +271,35 @@ def test_mxfp8_matmul_forced_flashinfer_fails_at_trace_time_on_cpu():
         f.lower(x)  # raised while tracing, before anything runs
 
 
+def test_every_module_the_hopper_backend_needs_imports_here():
+    # CI's jax has them all; a probe that reports one missing where it is not (as a first version of the probe did
+    # on the H200, importing jax._src.lib.gpu_triton as a module, which it is not) would take the backend away
+    assert select_mod._probe_hopper_imports() is None
+
+
 @pytest.mark.parametrize(
-    "module", ["jax.experimental.pallas.triton", "jax.experimental.pallas.mosaic_gpu", "jax._src.lib.gpu_triton"]
+    ("block", "reported"),
+    [
+        ("sys.modules['jax.experimental.pallas.triton'] = None", "jax.experimental.pallas.triton: "),
+        ("sys.modules['jax.experimental.pallas.mosaic_gpu'] = None", "jax.experimental.pallas.mosaic_gpu: "),
+        (  # an attribute of jax._src.lib, not an importable module
+            "import jax._src.lib as lib; del lib.gpu_triton; sys.modules['jax._src.lib.gpu_triton'] = None",
+            "jax's private modules behind jaxlib's PTX launcher: ",
+        ),
+    ],
+    ids=["pallas_triton", "mosaic_gpu", "gpu_triton"],
 )
-def test_the_package_imports_and_emulates_without_a_hopper_module(tmp_path, module):
+def test_the_package_imports_and_emulates_without_a_hopper_module(tmp_path, block, reported):
     # jax 0.11 deprecates its Pallas Triton backend, and ptx_launch reaches jaxlib's launcher through private
     # modules: where a jax lacks one, only the hopper backend may go with it
     script = tmp_path / "no_hopper_module.py"
     script.write_text(
         "import sys\n"
-        f"sys.modules[{module!r}] = None  # any import of it now raises ImportError\n"
+        f"{block}  # any import of it now raises ImportError\n"
         "import jax.numpy as jnp\n"
         "import mxfp8_xla as mx\n"
         "from mxfp8_xla.backends.select import probe_capability\n"
-        f"assert probe_capability().hopper_import_error.startswith({module!r})\n"
+        f"assert probe_capability().hopper_import_error.startswith({reported!r})\n"
         "w = mx.quantize(jnp.ones((64, 128)))\n"
         "assert float(mx.mxfp8_matmul(jnp.ones((2, 128)), w, out_dtype=jnp.float32, backend='auto')[0, 0]) == 128.0\n"
         "print('OK')\n"

@@ -35,14 +35,18 @@ import jax.experimental.pallas as pl
 import jax.numpy as jnp
 from jax import lax
 
-try:  # without Mosaic GPU the package still imports, and the hopper backend is unavailable (``select`` says why)
-    import jax.experimental.pallas.mosaic_gpu as plgpu
-except ImportError:
-    plgpu = None
-
 from mxfp8_xla import numerics
 from mxfp8_xla.layout import round_up
 from mxfp8_xla.mxarray import MXArray
+
+IMPORT_ERROR: str | None = None
+"""Why Mosaic GPU does not import here (``None``: it does)."""
+try:  # without Mosaic GPU the package still imports, and the hopper backend is unavailable (``select`` says why)
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+except ImportError as e:
+    plgpu = None
+    IMPORT_ERROR = f"{type(e).__name__}: {e}"
+
 
 BLOCK = numerics.BLOCK_SIZE
 ROWS = 64  # weight rows per compute warpgroup: wgmma's M

@@ -17,11 +17,14 @@ from jax.experimental import pallas as pl
 from mxfp8_xla import numerics
 from mxfp8_xla.mxarray import MXArray, check_quantizable
 
+IMPORT_ERROR: str | None = None
+"""Why Pallas Triton does not import here (``None``: it does)."""
 try:  # jax 0.11 deprecates its Pallas Triton backend: without it the package still imports, and the
     # hopper backend is unavailable (``select.backend_problems`` says why)
     from jax.experimental.pallas import triton as pltriton
-except ImportError:
+except ImportError as e:
     pltriton = None
+    IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 BLOCK = numerics.BLOCK_SIZE
 

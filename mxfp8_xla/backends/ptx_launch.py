@@ -18,14 +18,17 @@ import jax
 import numpy as np
 from jax.extend.core import Primitive
 
+IMPORT_ERROR: str | None = None
+"""Why jax's private modules below do not import here (``None``: they do)."""
 try:  # jax's private modules, as its own Pallas Triton lowering uses them: where a jax moves them the package still
     # imports, and the hopper backend is unavailable (``select.backend_problems`` says why)
     from jax._src.core import ShapedArray
     from jax._src.interpreters import mlir
     from jax._src.lib import gpu_triton
     from jax._src.lib.mlir import ir
-except ImportError:
+except ImportError as e:
     ShapedArray = mlir = gpu_triton = ir = None
+    IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 _launch = Primitive("mxfp8_ptx_kernel")
 _launch.multiple_results = True
@@ -63,8 +66,8 @@ def launch(
 
 def unavailable() -> str | None:
     """Why no kernel can be launched here (``None``: jaxlib's CUDA plugin is installed)."""
-    if gpu_triton is None:
-        return f"jax {jax.__version__} lacks the private modules jaxlib's PTX launcher is reached through"
+    if IMPORT_ERROR is not None:
+        return f"jax {jax.__version__} lacks the private modules behind jaxlib's PTX launcher ({IMPORT_ERROR})"
     if hasattr(gpu_triton, "TritonKernel"):
         return None
     return "jaxlib's CUDA plugin (jax[cuda12]) is not installed"

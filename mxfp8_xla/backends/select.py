@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import logging
 import os
 from collections.abc import Iterator
@@ -57,15 +56,7 @@ logger = logging.getLogger("mxfp8_xla.backends")
 BACKEND_ENV = "MXFP8_XLA_BACKEND"
 SELECTABLE = ("auto", "emulation", "torch", "flashinfer", "hopper")
 HOPPER_K_MULTIPLE = 128
-HOPPER_JAX_MODULES = (
-    "jax.experimental.pallas.triton",  # deprecated in jax 0.11
-    "jax.experimental.pallas.mosaic_gpu",
-    "jax._src.lib.gpu_triton",  # jaxlib's PTX launcher, and the private modules reaching it (ptx_launch)
-    "jax._src.interpreters.mlir",
-    "jax._src.lib.mlir.ir",
-)
-"""JAX modules the hopper backend's kernels need. Without any of them the package still imports (its modules
-guard these imports) and the backend reports itself unavailable."""
+
 HOPPER_N_MULTIPLE = 64
 FLASHINFER_MIN_K = 128
 FLASHINFER_MIN_N = 128
@@ -96,7 +87,8 @@ class Capability:
     """Why ``import flashinfer`` failed. For torch and flashinfer, version and error
     both ``None`` means "not probed yet"."""
     hopper_import_error: str | None = None
-    """Which of :data:`HOPPER_JAX_MODULES` does not import, and why; ``None``: they all do."""
+    """Which JAX module the hopper backend's kernels need does not import, and why (:func:`_probe_hopper_imports`);
+    ``None``: they all do."""
 
     @property
     def sm(self) -> int | None:
@@ -145,12 +137,21 @@ def _probe_devices() -> Capability:
 
 
 def _probe_hopper_imports() -> str | None:
-    """The first of :data:`HOPPER_JAX_MODULES` that does not import, and why; ``None`` if all do."""
-    for module in HOPPER_JAX_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            return f"{module}: {type(e).__name__}: {e}"
+    """The first JAX module the hopper backend's kernels need that does not import here, and why; ``None`` if all do.
+
+    Each of its modules guards its own imports (so that the package imports without them) and records the failure:
+    Pallas Triton (deprecated in jax 0.11), Mosaic GPU, and the private modules through which ``ptx_launch`` reaches
+    jaxlib's launcher.
+    """
+    from mxfp8_xla.backends import hopper_mosaic, pallas_quantize, ptx_launch
+
+    for what, error in (
+        ("jax.experimental.pallas.triton", pallas_quantize.IMPORT_ERROR),
+        ("jax.experimental.pallas.mosaic_gpu", hopper_mosaic.IMPORT_ERROR),
+        ("jax's private modules behind jaxlib's PTX launcher", ptx_launch.IMPORT_ERROR),
+    ):
+        if error is not None:
+            return f"{what}: {error}"
     return None
 
 
