@@ -47,6 +47,10 @@ def swizzle_scales(scale_2d: jax.Array) -> jax.Array:
 def unswizzle_scales(swizzled: jax.Array, rows: int, cols: int) -> jax.Array:
     """Inverse of :func:`swizzle_scales`: the 1-D buffer back to ``[rows, cols]``."""
     expected = swizzled_scale_len(rows, cols)
+    if jnp.dtype(swizzled.dtype) != jnp.uint8:
+        raise ValueError(
+            f"unswizzle_scales expects uint8 scale bytes, got dtype {swizzled.dtype} with shape {tuple(swizzled.shape)}"
+        )
     if swizzled.ndim != 1 or swizzled.shape[0] != expected:
         raise ValueError(
             f"unswizzle_scales: a [{rows}, {cols}] scale matrix needs a 1-D buffer of length "
