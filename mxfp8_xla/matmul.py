@@ -32,7 +32,10 @@ def mxfp8_matmul(
     """
     if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
-        raise TypeError(f"mxfp8_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one), got {got}")
+        raise TypeError(
+            f"mxfp8_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one) or a FlashInferWeight, "
+            f"got {got}"
+        )
     out_dtype = check_float_dtype("mxfp8_matmul: out_dtype", out_dtype)
     if w.ndim != 2:
         raise ValueError(f"mxfp8_matmul: w must be 2-D [N, K], got shape {w.shape}")

@@ -90,7 +90,7 @@ def test_logits_match_modelopt_on_tokens_not_after_the_tie(logits, ref):
     keep = np.ones(want.shape[:2], bool)
     keep[TIE_INDEX[0], TIE_FIRST_POSITION:] = False
     assert keep.sum() == 33
-    assert rel_fro(logits[keep], want[keep]) < 1e-3  # measured 1.6e-7
+    assert rel_fro(logits[keep], want[keep]) < 1e-3  # measured 2.6e-7 (jax 0.10.2, CPU)
     assert np.array_equal(logits.argmax(-1), want.argmax(-1))
 
 

@@ -9,14 +9,16 @@ Rules (checked when a layer is set up or first traced, never inside a kernel):
   of compute capability 10.0 or newer (Blackwell), torch with CUDA, an importable
   ``flashinfer``, ``K % 32 == 0``, ``K >= 128``, ``N >= 128`` and a bfloat16 or
   float16 output (on SM12x also ``N % 32 == 0``).
-* ``"hopper"``: the Pallas kernels of :mod:`.hopper` (fp8 weight dequantized
-  in registers). Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was
-  built and measured on), ``K % 128 == 0``, ``N % 64 == 0`` and JAX's Pallas
-  Triton backend (deprecated in jax 0.11; where it is gone, the package still
+* ``"hopper"``: the kernels of :mod:`.hopper` (fp8 weight decoded in registers).
+  Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was built and measured
+  on), ``K % 128 == 0``, ``N % 64 == 0`` and the JAX modules its kernels are
+  built on: Pallas Triton (deprecated in jax 0.11), Mosaic GPU and the private
+  modules behind jaxlib's PTX launcher (where one is gone, the package still
   imports and this backend reports itself unavailable).
 * ``"auto"``: ``"flashinfer"`` when it can serve, else ``"hopper"`` when it can,
   else ``"emulation"``, with one log line per layer (logger
-  ``mxfp8_xla.backends``, level INFO) saying why.
+  ``mxfp8_xla.backends``) saying why: a warning when it falls back to
+  emulation on a GPU, info otherwise.
 
 A backend named explicitly (argument other than ``"auto"``/``None``) is
 *forced*; so is ``MXFP8_XLA_BACKEND=<name>`` when the argument is ``"auto"`` or
