@@ -61,7 +61,7 @@ def add_rms_norm_matmul(
     x: jax.Array,
     delta: jax.Array,
     norm_weight: jax.Array,
-    w: MXArray,
+    w: MXArray | FlashInferWeight,
     *,
     eps: float,
     out_dtype: DTypeLike = jnp.bfloat16,
@@ -89,14 +89,16 @@ def add_rms_norm_matmul(
             f"add_rms_norm_matmul: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
             f"{tuple(norm_weight.shape)} {jnp.dtype(norm_weight.dtype).name}"
         )
-    if not isinstance(w, MXArray):
+    if not isinstance(w, (MXArray, FlashInferWeight)):
         raise TypeError(
-            f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (mxfp8_xla.quantize(w) makes one), "
-            f"got {type(w).__name__}"
+            f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (mxfp8_xla.quantize(w) makes one) or a "
+            f"FlashInferWeight, got {type(w).__name__}"
         )
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+    if isinstance(w, FlashInferWeight) and backend != "flashinfer":
+        w = w.to_mxarray()
     if backend in FUSED_ADD_NORM:
         fuses, run = FUSED_ADD_NORM[backend]
         if fuses(x, delta, norm_weight, w):

@@ -4,6 +4,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import types
@@ -29,6 +30,7 @@ from mxfp8_xla.backends import (
 from mxfp8_xla.backends import flashinfer as fi_backend
 from mxfp8_xla.backends import select as select_mod
 from mxfp8_xla.backends.select import SELECTABLE
+from mxfp8_xla.flax import MXFP8Dense, swizzle_params
 from mxfp8_xla.interop import CALL_COUNTS
 
 # Eager jnp ops compile one by one (seconds per shape on a small CPU): jit the helpers.
@@ -503,3 +505,44 @@ def test_mxfp8_matmul_takes_a_prepared_weight_on_every_backend(fake_flashinfer):
         return str(jaxpr).count("transpose[")
 
     assert transposes(w) == 2 and transposes(wp) == 1  # the activation's scales only
+
+
+def test_a_layer_with_swizzled_scales_swizzles_only_the_activation_scales(fake_flashinfer):
+    """After swizzle_params, an MXFP8Dense on the flashinfer backend passes a FlashInferWeight: its program holds the
+    activation scales' swizzle and no weight-scale swizzle (XLA:CPU keeps that one inside a scan body otherwise)."""
+    layer = MXFP8Dense(256, dtype=jnp.bfloat16, backend="flashinfer")
+    x = jnp.ones((4, 384), jnp.bfloat16)
+    params = layer.init(jax.random.key(0), x)
+    swizzled = swizzle_params(params)
+    count = lambda p: str(jax.make_jaxpr(layer.apply)(p, x)).count("transpose[")  # noqa: E731
+    assert count(params) == 2 and count(swizzled) == 1
+    np.testing.assert_array_equal(layer.apply(swizzled, x), layer.apply(params, x))
+
+
+def test_add_rms_norm_matmul_takes_a_prepared_weight():
+    x, delta = jnp.ones((2, 256), jnp.bfloat16), jnp.full((2, 256), 0.5, jnp.bfloat16)
+    w = quantize(jnp.asarray(np.random.default_rng(0).standard_normal((128, 256)), jnp.float32))
+    args = (x, delta, jnp.ones(256, jnp.bfloat16))
+    want = mx.add_rms_norm_matmul(*args, w, eps=1e-6)
+    got = mx.add_rms_norm_matmul(*args, fi_backend.prepare_weight(w), eps=1e-6)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_xla_cpu_keeps_the_weight_scale_swizzle_inside_a_scan_body(fake_flashinfer):
+    """The premise of swizzle_params (docs/backends.md): given [N, K/32] scales, the swizzle of a weight that every
+    step of a lax.scan decode loop reads is not hoisted out of the loop by XLA:CPU; it runs once a step."""
+    x, w = _data((4,), 512, 256)
+
+    def decode(x, w):
+        step = lambda h, _: (mx.mxfp8_matmul(h, w, backend="flashinfer").astype(h.dtype)[:, :256], None)  # noqa: E731
+        return jax.lax.scan(step, x, None, length=8)[0]
+
+    hlo = jax.jit(decode).lower(x.astype(jnp.bfloat16), w).compile().as_text()
+    computations = {c.split(" ", 1)[0]: c for c in hlo.split("\n\n")}
+    swizzles = [
+        name for name, text in computations.items() if "u8[512,8]" in text.split("\n", 1)[0] and "transpose(" in text
+    ]
+    assert len(swizzles) == 1  # the weight scales' pad-and-transpose fusion
+    bodies = re.findall(r"\bwhile\(.*?body=(%[\w.-]+)", hlo)
+    assert len(bodies) == 1 and f"calls={swizzles[0]}," in computations[bodies[0]]  # called from the loop's body

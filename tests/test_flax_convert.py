@@ -14,7 +14,14 @@ import pytest
 import reference as ref
 from flax import nnx
 
-from mxfp8_xla.flax import ConversionReport, MXFP8Dense, MXFP8Linear, quantize_module, quantize_params
+from mxfp8_xla.flax import (
+    ConversionReport,
+    MXFP8Dense,
+    MXFP8Linear,
+    quantize_module,
+    quantize_params,
+    swizzle_params,
+)
 
 KEY = jax.random.key(0)
 X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 48)), jnp.float32)
@@ -191,3 +198,34 @@ def test_quantize_module_selection_and_unconvertible_layers() -> None:
     report = quantize_module(wide)
     assert not report.converted and "float64" in report.skipped[0].reason
     assert type(wide.fc) is nnx.Linear
+
+
+def test_swizzled_scales_give_the_same_outputs_in_linen_and_nnx(dense_vars: Any) -> None:
+    """Inference layers take kernel_scale as [N, K/32] or, after swizzle_params, in FlashInfer's 1-D layout: the
+    same numbers on every backend (here emulation), and the mapping keeps everything else."""
+    q, _ = quantize_params(dense_vars)
+    sw = swizzle_params(q)
+    assert sw["params"]["hidden"]["kernel_scale"].shape == (128 * 4,)  # [64, 2] padded to 128 x 4
+    assert sw["params"]["head"]["kernel_scale"].shape == (128 * 4,)
+    assert sw["params"]["norm"].keys() == q["params"]["norm"].keys()  # everything else as it was
+    assert q["params"]["hidden"]["kernel_scale"].shape == (64, 2)  # the input is not modified
+    model = Net(("dense", "inference", "inference"))
+    np.testing.assert_array_equal(jax.jit(model.apply)(sw, X), jax.jit(model.apply)(q, X))
+
+    linear = MXFP8Linear(64, 16, rngs=nnx.Rngs(0))
+    h = jnp.asarray(np.random.default_rng(1).standard_normal((3, 64)), jnp.float32)
+    before = linear(h)
+    state = nnx.state(linear, nnx.Param)
+    nnx.replace_by_pure_dict(state, swizzle_params(nnx.to_pure_dict(state)))
+    nnx.update(linear, state)
+    assert linear.kernel_scale[...].shape == (128 * 4,)
+    np.testing.assert_array_equal(linear(h), before)
+
+
+def test_a_kernel_scale_of_neither_layout_is_refused(dense_vars: Any) -> None:
+    q, _ = quantize_params(dense_vars)
+    q["params"]["hidden"]["kernel_scale"] = jnp.zeros((100,), jnp.uint8)
+    with pytest.raises(
+        ValueError, match=r"MXFP8Dense at 'hidden'.*'kernel_scale' has shape \(100,\).*expected shape \(512,\)"
+    ):
+        Net(("dense", "inference", "inference")).apply(q, X)

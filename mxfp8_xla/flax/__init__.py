@@ -6,6 +6,7 @@ from mxfp8_xla.flax.convert import (
     SkippedLayer,
     quantize_module,
     quantize_params,
+    swizzle_params,
 )
 from mxfp8_xla.flax.linen import MXFP8Dense
 from mxfp8_xla.flax.nnx import MXFP8Linear
@@ -18,4 +19,5 @@ __all__ = [
     "SkippedLayer",
     "quantize_module",
     "quantize_params",
+    "swizzle_params",
 ]

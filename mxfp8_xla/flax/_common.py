@@ -8,7 +8,9 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import SELECTABLE
+from mxfp8_xla.layout import swizzled_scale_len
 from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul
 from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray, check_float_dtype, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
@@ -50,6 +52,26 @@ def check_param(layer: str, name: str, value: Any, shape: tuple[int, ...], dtype
     if got_dtype not in [jnp.dtype(d) for d in dtypes]:
         names = ", ".join(str(jnp.dtype(d)) for d in dtypes)
         raise TypeError(f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}")
+
+
+def scale_shapes(n: int, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The two shapes an inference layer's ``kernel_scale`` may have: ``[N, K/32]`` as ModelOpt stores it, or the
+    1-D buffer in FlashInfer's 128x4 layout that :func:`mxfp8_xla.flax.swizzle_params` makes."""
+    return (n, k // BLOCK_SIZE), (swizzled_scale_len(n, k // BLOCK_SIZE),)
+
+
+def check_scale(layer: str, value: Any, n: int, k: int) -> None:
+    """Raise unless ``value`` is a uint8 ``kernel_scale`` of one of :func:`scale_shapes`."""
+    rows, swizzled = scale_shapes(n, k)
+    check_param(layer, "kernel_scale", value, swizzled if jnp.ndim(value) == 1 else rows, (UINT8,))
+
+
+def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | FlashInferWeight:
+    """The weight ``mxfp8_matmul`` takes from inference params: a ``FlashInferWeight`` where the scales are swizzled
+    already (1-D), else an ``MXArray``."""
+    if kernel_scale.ndim == 1:
+        return FlashInferWeight(data=kernel_q, scale_swizzled=kernel_scale)
+    return MXArray(data=kernel_q, scale=kernel_scale)
 
 
 def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Array:
@@ -106,8 +128,7 @@ def forward(
     if kernel is not None:
         y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype, name=name)
     else:
-        w = MXArray(data=kernel_q, scale=kernel_scale)
-        y = mxfp8_matmul(x, w, out_dtype=out_dtype, backend=backend, name=name)
+        y = mxfp8_matmul(x, inference_weight(kernel_q, kernel_scale), out_dtype=out_dtype, backend=backend, name=name)
     return add_bias(y, bias, out_dtype)
 
 
@@ -131,6 +152,6 @@ def forward_add_rms_norm(
     name: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(rms_norm(x + delta) @ W + bias, x + delta)`` in MXFP8 (:func:`add_rms_norm_matmul`), inference params."""
-    w = MXArray(data=kernel_q, scale=kernel_scale)
+    w = inference_weight(kernel_q, kernel_scale)
     y, h = add_rms_norm_matmul(x, delta, norm_weight, w, eps=eps, out_dtype=out_dtype, backend=backend, name=name)
     return add_bias(y, bias, out_dtype), h

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import meta
 
+from mxfp8_xla.backends.flashinfer import prepare_weight
 from mxfp8_xla.flax import _common
 from mxfp8_xla.flax.nnx import MXFP8Linear
-from mxfp8_xla.mxarray import FLOAT_DTYPES
+from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 logger = logging.getLogger("mxfp8_xla.flax")
@@ -142,6 +143,25 @@ def quantize_params(
     """
     report = ConversionReport()
     return _convert_tree(params, (), include, exclude, stacked, report), report
+
+
+def swizzle_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with each 2-D inference ``kernel_scale [N, K/32]`` in FlashInfer's 1-D 128x4 layout.
+
+    The ``flashinfer`` backend (Blackwell) reads that layout. Given ``[N, K/32]`` scales, a layer swizzles them
+    inside every traced call, and XLA:CPU was seen to keep that swizzle inside a ``lax.scan`` decode loop's body
+    (docs/backends.md). Swizzled once here, the layers pass a ``FlashInferWeight`` instead, which every backend
+    takes (the others undo the swizzle in the call). Stacked (``nn.scan``) scales of more than two dimensions are
+    left as they are. Checkpoints store ``[N, K/32]``: save the params from before this call. Returns plain dicts;
+    the input is not modified.
+    """
+    if not isinstance(params, Mapping):
+        return params
+    out = {key: swizzle_params(value) for key, value in params.items()}
+    scale = meta.unbox(params.get("kernel_scale"))
+    if "kernel_q" in params and getattr(scale, "ndim", 0) == 2:
+        out["kernel_scale"] = prepare_weight(MXArray(meta.unbox(params["kernel_q"]), scale)).scale_swizzled
+    return out
 
 
 def _convert_tree(

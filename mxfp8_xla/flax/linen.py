@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from mxfp8_xla.flax import _common
 from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray
-from mxfp8_xla.numerics import BLOCK_SIZE
 
 Initializer = Any  # (key, shape, dtype) -> array, as for nn.Dense
 default_kernel_init = nn.initializers.lecun_normal()  # nn.Dense's default
@@ -76,7 +75,8 @@ class MXFP8Dense(nn.Module):
             weights = {"kernel": kernel}
         else:
             self._check_existing(layer, "kernel_q", (n, k), (_common.FP8,))
-            self._check_existing(layer, "kernel_scale", (n, k // BLOCK_SIZE), (_common.UINT8,))
+            if self.has_variable("params", "kernel_scale"):
+                _common.check_scale(layer, nn.meta.unbox(self.get_variable("params", "kernel_scale")), n, k)
             drawn: list[MXArray] = []  # one kernel draw feeds both variables
 
             def init(field: str) -> jax.Array:

@@ -10,7 +10,6 @@ from flax import nnx
 
 from mxfp8_xla.flax import _common
 from mxfp8_xla.mxarray import FLOAT_DTYPES
-from mxfp8_xla.numerics import BLOCK_SIZE
 
 Initializer = Any  # (key, shape, dtype) -> array, as for nnx.Linear
 default_kernel_init = nnx.initializers.lecun_normal()  # nnx.Linear's defaults
@@ -122,7 +121,7 @@ class MXFP8Linear(nnx.Module):
         else:
             kernel_q, kernel_scale = self.kernel_q[...], self.kernel_scale[...]
             _common.check_param(layer, "kernel_q", kernel_q, (n, k), (_common.FP8,))
-            _common.check_param(layer, "kernel_scale", kernel_scale, (n, k // BLOCK_SIZE), (_common.UINT8,))
+            _common.check_scale(layer, kernel_scale, n, k)
             weights = {"kernel_q": kernel_q, "kernel_scale": kernel_scale}
         bias = None
         if self.bias is not None:
