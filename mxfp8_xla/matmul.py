@@ -50,11 +50,15 @@ def mxfp8_matmul(
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     run = get_backend(backend)
-    if isinstance(w, FlashInferWeight) and backend != "flashinfer":
-        w = w.to_mxarray()
+    w = _weight_for(backend, w)
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
     return run(x, w, out_dtype, name=name)
+
+
+def _weight_for(backend: str, w: MXArray | FlashInferWeight) -> MXArray | FlashInferWeight:
+    """``w`` as ``backend`` reads it: a ``FlashInferWeight``'s swizzle undone for every backend but flashinfer."""
+    return w.to_mxarray() if isinstance(w, FlashInferWeight) and backend != "flashinfer" else w
 
 
 def add_rms_norm_matmul(
@@ -97,8 +101,7 @@ def add_rms_norm_matmul(
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    if isinstance(w, FlashInferWeight) and backend != "flashinfer":
-        w = w.to_mxarray()
+    w = _weight_for(backend, w)
     if backend in FUSED_ADD_NORM:
         fuses, run = FUSED_ADD_NORM[backend]
         if fuses(x, delta, norm_weight, w):

@@ -717,37 +717,30 @@ def test_error_unsupported_dtype(ckpt_dir: Path, dtype):
     )
 
 
-@pytest.mark.parametrize("shape", [[-256, -256], [256, 256.0], "256x256", None, [[256], 256], [True, 256]])
-def test_error_invalid_shape(ckpt_dir: Path, shape):
-    f = ckpt_dir / "model.safetensors"
-    _edit_header(f, _entry(Q + ".weight", shape=shape))
-    _expect_match(
-        ckpt_dir,
-        _bad_entry(f, Q + ".weight") + rf" has an invalid shape {re.escape(repr(shape))}; expected a list of "
-        "non-negative integers$",
-    )
+INVALID_FIELDS = {
+    "shape": "has an invalid shape {}; expected a list of non-negative integers$",
+    "data_offsets": r"has invalid data_offsets {}; expected \[begin, end\], 0 <= begin <= end$",
+}
 
 
 @pytest.mark.parametrize(
-    "offsets",
+    ("field", "value"),
     [
-        [1583616, 1518080],  # end before begin
-        [-65536, 0],  # negative
-        [1518080],  # one number
-        [1518080, 1548080, 1583616],  # three
-        [1518080.0, 1583616.0],  # floats
-        "1518080:1583616",
-        None,
+        *[("shape", v) for v in ([-256, -256], [256, 256.0], "256x256", None, [[256], 256], [True, 256])],
+        ("data_offsets", [1583616, 1518080]),  # end before begin
+        ("data_offsets", [-65536, 0]),  # negative
+        ("data_offsets", [1518080]),  # one number
+        ("data_offsets", [1518080, 1548080, 1583616]),  # three
+        ("data_offsets", [1518080.0, 1583616.0]),  # floats
+        ("data_offsets", "1518080:1583616"),
+        ("data_offsets", None),
     ],
 )
-def test_error_invalid_data_offsets(ckpt_dir: Path, offsets):
+def test_error_invalid_shape_or_data_offsets(ckpt_dir: Path, field: str, value):
     f = ckpt_dir / "model.safetensors"
-    _edit_header(f, _entry(Q + ".weight", data_offsets=offsets))
-    _expect_match(
-        ckpt_dir,
-        _bad_entry(f, Q + ".weight") + rf" has invalid data_offsets {re.escape(repr(offsets))}; expected "
-        r"\[begin, end\], 0 <= begin <= end$",
-    )
+    _edit_header(f, _entry(Q + ".weight", **{field: value}))
+    message = INVALID_FIELDS[field].format(re.escape(repr(value)))
+    _expect_match(ckpt_dir, _bad_entry(f, Q + ".weight") + " " + message)
 
 
 @pytest.mark.parametrize("header", [[], "model", 42, None])

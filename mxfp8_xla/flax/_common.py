@@ -54,16 +54,12 @@ def check_param(layer: str, name: str, value: Any, shape: tuple[int, ...], dtype
         raise TypeError(f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}")
 
 
-def scale_shapes(n: int, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The two shapes an inference layer's ``kernel_scale`` may have: ``[N, K/32]`` as ModelOpt stores it, or the
-    1-D buffer in FlashInfer's 128x4 layout that :func:`mxfp8_xla.flax.swizzle_params` makes."""
-    return (n, k // BLOCK_SIZE), (swizzled_scale_len(n, k // BLOCK_SIZE),)
-
-
 def check_scale(layer: str, value: Any, n: int, k: int) -> None:
-    """Raise unless ``value`` is a uint8 ``kernel_scale`` of one of :func:`scale_shapes`."""
-    rows, swizzled = scale_shapes(n, k)
-    check_param(layer, "kernel_scale", value, swizzled if jnp.ndim(value) == 1 else rows, (UINT8,))
+    """Raise unless ``value`` is a uint8 ``kernel_scale`` in one of its two layouts: ``[N, K/32]`` as ModelOpt stores
+    it, or the 1-D buffer in FlashInfer's 128x4 layout that :func:`mxfp8_xla.flax.swizzle_params` makes."""
+    cols = k // BLOCK_SIZE
+    shape = (swizzled_scale_len(n, cols),) if jnp.ndim(value) == 1 else (n, cols)
+    check_param(layer, "kernel_scale", value, shape, (UINT8,))
 
 
 def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | FlashInferWeight:
