@@ -18,6 +18,14 @@ H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_c
 """An SM90 GPU as ``override_capability`` sees it (for tracing the hopper backend on CPU)."""
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "modelopt_tiny_llama_mxfp8"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a test's Python subprocess: JAX on CPU, and this checkout and ``tests/`` importable
+    whether or not the package is installed (a subprocess does not inherit pytest's ``sys.path``)."""
+    path = [str(REPO), str(REPO / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
 
 
 @pytest.fixture

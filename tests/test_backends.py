@@ -3,7 +3,6 @@
 import dataclasses
 import importlib
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 from flashinfer_checks import check_mm_mxfp8, fake_mm_mxfp8, mxfp8_swizzled_scale_len_128x4
 
 import mxfp8_xla as mx
@@ -306,8 +306,9 @@ def test_the_package_imports_and_emulates_without_a_hopper_module(tmp_path, bloc
         "assert float(mx.mxfp8_matmul(jnp.ones((2, 128)), w, out_dtype=jnp.float32, backend='auto')[0, 0]) == 128.0\n"
         "print('OK')\n"
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stdout + proc.stderr
 
 

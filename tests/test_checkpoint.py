@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import FIXTURE_DIR
+from conftest import FIXTURE_DIR, subprocess_env
 
 import mxfp8_xla as mx
 from mxfp8_xla.__main__ import main as cli_main
@@ -468,8 +467,7 @@ def test_inspect_cli(ckpt_dir: Path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        cwd=Path(__file__).resolve().parents[1],
+        env=subprocess_env(),
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -1,10 +1,11 @@
 """The README's usage example and demo command run as written."""
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import subprocess_env
 
 from mxfp8_xla.__main__ import main as cli_main
 
@@ -22,8 +23,9 @@ def test_readme_demo_command_runs():
     """``python -m mxfp8_xla`` (the README's demo command) prints the demo; the CLI's subcommands run."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "pip install -e . && python -m mxfp8_xla\n" in text
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "mxfp8_xla"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mxfp8_xla"], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     mxfp8_err = float(re.search(r"MXFP8 vs float32 reference: (\S+)", proc.stdout).group(1))
     bf16_err = float(re.search(r"bf16  vs float32 reference: (\S+)", proc.stdout).group(1))

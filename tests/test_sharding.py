@@ -6,21 +6,19 @@ fixture) and run in subprocesses, because ``--xla_force_host_platform_device_cou
 set before jax initializes.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_DIR
+from conftest import FIXTURE_DIR, subprocess_env
 
 HERE = Path(__file__).resolve().parent
 
 
 def run_cases(script: str, *args: str) -> str:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
     proc = subprocess.run(
-        [sys.executable, str(HERE / script), *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(HERE / script), *args], env=subprocess_env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK"), proc.stdout
