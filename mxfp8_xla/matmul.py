@@ -10,6 +10,7 @@ from jax.typing import DTypeLike
 from mxfp8_xla import norm
 from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
+from mxfp8_xla.backends.select import log_weight_unswizzle
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 
@@ -50,15 +51,21 @@ def mxfp8_matmul(
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     run = get_backend(backend)
-    w = _weight_for(backend, w)
+    w = _weight_for(backend, w, out_dtype, name)
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
     return run(x, w, out_dtype, name=name)
 
 
-def _weight_for(backend: str, w: MXArray | FlashInferWeight) -> MXArray | FlashInferWeight:
-    """``w`` as ``backend`` reads it: a ``FlashInferWeight``'s swizzle undone for every backend but flashinfer."""
-    return w.to_mxarray() if isinstance(w, FlashInferWeight) and backend != "flashinfer" else w
+def _weight_for(
+    backend: str, w: MXArray | FlashInferWeight, out_dtype: jnp.dtype, name: str | None
+) -> MXArray | FlashInferWeight:
+    """``w`` as ``backend`` reads it: a ``FlashInferWeight``'s swizzle undone for every backend but flashinfer (and
+    logged, since it costs every call)."""
+    if not isinstance(w, FlashInferWeight) or backend == "flashinfer":
+        return w
+    log_weight_unswizzle(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+    return w.to_mxarray()
 
 
 def add_rms_norm_matmul(
@@ -101,7 +108,7 @@ def add_rms_norm_matmul(
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    w = _weight_for(backend, w)
+    w = _weight_for(backend, w, out_dtype, name)
     if backend in FUSED_ADD_NORM:
         fuses, run = FUSED_ADD_NORM[backend]
         if fuses(x, delta, norm_weight, w):

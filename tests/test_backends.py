@@ -508,6 +508,28 @@ def test_mxfp8_matmul_takes_a_prepared_weight_on_every_backend(fake_flashinfer):
     assert transposes(w) == 2 and transposes(wp) == 1  # the activation's scales only
 
 
+def test_a_prepared_weight_off_flashinfer_is_logged_once_per_layer(fake_flashinfer, caplog):
+    """A FlashInferWeight on another backend costs an unswizzle every call: a warning on a GPU backend, info on
+    emulation, once per (layer, shape, backend); nothing on flashinfer, which reads it as it is."""
+    x, w = _data((4,), 256, 384, seed=3)
+    wp = fi_backend.prepare_weight(w)
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.backends"), override_capability(H100):
+        for _ in range(2):
+            jax.make_jaxpr(lambda x, w: mx.mxfp8_matmul(x, w, backend="hopper", name="up"))(x, wp)
+            mx.mxfp8_matmul(x, wp, backend="emulation", name="up")
+    records = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in records] == [logging.WARNING, logging.INFO]
+    assert all(
+        "layer 'up'" in msg and "FlashInfer swizzle" in msg and f"({256 * 384 // 32} bytes)" in msg
+        for _, msg in records
+    )
+    assert "backend 'hopper'" in records[0][1] and "backend 'emulation'" in records[1][1]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.backends"):
+        mx.mxfp8_matmul(x, wp, backend="flashinfer", name="up")
+    assert caplog.records == []
+
+
 def test_a_layer_with_swizzled_scales_swizzles_only_the_activation_scales(fake_flashinfer):
     """After swizzle_params, an MXFP8Dense on the flashinfer backend passes a FlashInferWeight: its program holds the
     activation scales' swizzle and no weight-scale swizzle (XLA:CPU keeps that one inside a scan body otherwise)."""

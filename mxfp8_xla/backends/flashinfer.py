@@ -83,7 +83,9 @@ _swizzle_jit = jax.jit(swizzle_scales)
 
 
 def prepare_weight(w: MXArray) -> FlashInferWeight:
-    """Swizzle the scales of ``w [N, K]`` once, ahead of the calls that use it; the data is kept as is."""
+    """Swizzle the scales of ``w [N, K]`` once, ahead of the calls that use it; the data is kept as is.
+
+    For the ``flashinfer`` backend: every other backend undoes the swizzle inside each call (and logs it)."""
     if not isinstance(w, MXArray) or w.ndim != 2:
         raise ValueError(f"prepare_weight expects a 2-D MXArray [N, K], got {getattr(w, 'shape', w)}")
     return FlashInferWeight(data=w.data, scale_swizzled=_swizzle_jit(w.scale))

@@ -323,6 +323,26 @@ def _where(name: str | None, n: int, k: int, out_dtype: object) -> str:
 _logged: set[tuple[str, int, int, str, str]] = set()
 
 
+def log_weight_unswizzle(backend: str, *, n: int, k: int, out_dtype: object, name: str | None = None) -> None:
+    """Log, once per (layer, shape, backend), that a ``FlashInferWeight`` reaches a backend other than flashinfer,
+    which undoes its scales' swizzle inside every call: as a warning on a GPU backend (where that permutation of
+    ``N * K / 32`` bytes is a separate pass on every call), at info level on emulation."""
+    key = (name or "mxfp8_matmul", n, k, str(jnp.dtype(out_dtype)), f"unswizzle:{backend}")
+    if key in _logged:
+        return
+    _logged.add(key)
+    level = logging.INFO if backend == "emulation" else logging.WARNING
+    logger.log(
+        level,
+        "mxfp8_xla: %s: backend %r undoes the FlashInfer swizzle of this weight's scales inside every call "
+        "(%d bytes); give it the [N, K/32] scales (an MXArray, or params without swizzle_params) where flashinfer "
+        "does not run",
+        _where(name, n, k, out_dtype),
+        backend,
+        n * k // 32,
+    )
+
+
 def require_backend(
     backend: str,
     *,

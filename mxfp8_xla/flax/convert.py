@@ -151,7 +151,8 @@ def swizzle_params(params: Mapping[str, Any]) -> dict[str, Any]:
     The ``flashinfer`` backend (Blackwell) reads that layout. Given ``[N, K/32]`` scales, a layer swizzles them
     inside every traced call, and XLA:CPU was seen to keep that swizzle inside a ``lax.scan`` decode loop's body
     (docs/backends.md). Swizzled once here, the layers pass a ``FlashInferWeight`` instead, which every backend
-    takes (the others undo the swizzle in the call). Stacked (``nn.scan``) scales of more than two dimensions are
+    takes; the others undo the swizzle in every call, at a cost (a logged warning on a GPU backend), so call this
+    only where ``flashinfer`` runs. Stacked (``nn.scan``) scales of more than two dimensions are
     left as they are. Checkpoints store ``[N, K/32]``: save the params from before this call. Returns plain dicts;
     the input is not modified.
     """
