@@ -200,6 +200,79 @@ def test_quantize_module_selection_and_unconvertible_layers() -> None:
     assert type(wide.fc) is nnx.Linear
 
 
+class Shared(nnx.Module):
+    """The audit's reproducer: one Linear under two attributes."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.proj = nnx.Linear(64, 64, rngs=rngs)
+        self.alias = self.proj
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+class Single(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.proj = nnx.Linear(64, 64, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+def test_a_shared_linear_is_converted_once_and_stays_shared(caplog: Any) -> None:
+    model, single = Shared(nnx.Rngs(0)), Single(nnx.Rngs(0))
+    np.testing.assert_array_equal(model.proj.kernel[...], single.proj.kernel[...])
+    with caplog.at_level(logging.INFO, logger="mxfp8_xla.flax"):
+        report = quantize_module(model)
+    assert not caplog.records
+    assert type(model.proj) is MXFP8Linear and model.proj is model.alias
+    assert [(c.path, c.aliases) for c in report.converted] == [("alias", ("proj",))]  # NNX's order: keys sorted
+    assert report.skipped == [] and report.bytes_after == 4096 + 128  # one kernel, counted once
+    assert "converted alias (also proj): kernel [64, 64] float32" in str(report)
+    single_report = quantize_module(single)
+    assert report.bytes_saved == single_report.bytes_saved
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 64)), jnp.float32)
+    np.testing.assert_array_equal(call(model, x), call(single, x))
+
+
+def test_shared_linears_in_containers_and_shared_parents() -> None:
+    class Tied(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.proj = nnx.Linear(64, 64, rngs=rngs)
+            self.heads = nnx.Dict(a=self.proj)
+            block = nnx.Sequential(nnx.Linear(64, 64, rngs=rngs))
+            self.blocks = nnx.List([block, block, self.proj])
+            self.frozen = nnx.data((nnx.Linear(64, 64, rngs=rngs),))
+
+    model = Tied(nnx.Rngs(0))
+    report = quantize_module(model)
+    assert [(c.path, c.aliases) for c in report.converted] == [
+        ("blocks/0/layers/0", ("blocks/1/layers/0",)),
+        ("blocks/2", ("heads/a", "proj")),
+    ]
+    assert type(model.proj) is MXFP8Linear and model.proj is model.heads["a"] is model.blocks[2]
+    assert model.blocks[0] is model.blocks[1] and type(model.blocks[0].layers[0]) is MXFP8Linear
+    assert [(s.path, s.reason) for s in report.skipped] == [
+        ("frozen/0", "held at 'frozen/0' by a tuple, not changeable in place")
+    ]
+    assert type(model.frozen[0]) is nnx.Linear
+
+
+def test_a_shared_linear_selected_at_one_path_only_is_refused() -> None:
+    model = Shared(nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"shared by paths \['alias', 'proj'\] is selected at 'proj' but not at 'alias' "
+        r"\(path matched by exclude pattern 'alias'\)",
+    ):
+        quantize_module(model, exclude="alias")
+    with pytest.raises(ValueError, match=r"selected at 'proj' but not at 'alias' \(path not matched by include"):
+        quantize_module(model, include="proj")
+    assert type(model.proj) is nnx.Linear and model.proj is model.alias  # nothing was changed
+    report = quantize_module(model, exclude=("proj", "alias"))  # every path deselected: skipped once
+    assert [(s.path, s.aliases) for s in report.skipped] == [("alias", ("proj",))] and not report.converted
+
+
 def test_swizzled_scales_give_the_same_outputs_in_linen_and_nnx(dense_vars: Any) -> None:
     """Inference layers take kernel_scale as [N, K/32] or, after swizzle_params, in FlashInfer's 1-D layout: the
     same numbers on every backend (here emulation), and the mapping keeps everything else."""

@@ -12,6 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import meta
+from flax.nnx import graph
 
 from mxfp8_xla.backends.flashinfer import prepare_weight
 from mxfp8_xla.flax import _common
@@ -35,6 +36,8 @@ class ConvertedLayer:
     """Bytes of the high-precision kernel."""
     bytes_after: int
     """Bytes of ``kernel_q`` plus ``kernel_scale`` (``N*K + N*K/32``)."""
+    aliases: tuple[str, ...] = ()
+    """``quantize_module``: the other paths to the same (shared) layer, all converted with it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,8 @@ class SkippedLayer:
 
     path: str
     reason: str
+    aliases: tuple[str, ...] = ()
+    """``quantize_module``: the other paths to the same (shared) layer, all left with it."""
 
 
 @dataclasses.dataclass
@@ -75,9 +80,13 @@ class ConversionReport:
             f"converted {len(self.converted)} layer(s), skipped {len(self.skipped)}; kernel bytes "
             f"{self.bytes_before} -> {self.bytes_after} (saved {self.bytes_saved})"
         ]
-        lines += [f"  converted {c.path}: kernel {list(c.shape)} {c.dtype}" for c in self.converted]
-        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        lines += [f"  converted {_named(c)}: kernel {list(c.shape)} {c.dtype}" for c in self.converted]
+        lines += [f"  skipped {_named(s)}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
+
+
+def _named(layer: ConvertedLayer | SkippedLayer) -> str:
+    return layer.path + (f" (also {', '.join(layer.aliases)})" if layer.aliases else "")
 
 
 def _patterns(p: Patterns) -> tuple[str, ...]:
@@ -109,17 +118,20 @@ def _kernel_problem(kernel: Any, stacked: bool = False) -> str | None:
     return None
 
 
-def _skip(report: ConversionReport, path: str, reason: str, level: int = logging.WARNING) -> None:
-    logger.log(level, "mxfp8_xla: not converting layer %r: %s", path, reason)
-    report.skipped.append(SkippedLayer(path, reason))
+def _skip(
+    report: ConversionReport, path: str, reason: str, level: int = logging.WARNING, aliases: tuple[str, ...] = ()
+) -> None:
+    also = f" (also {', '.join(map(repr, aliases))})" if aliases else ""
+    logger.log(level, "mxfp8_xla: not converting layer %r%s: %s", path, also, reason)
+    report.skipped.append(SkippedLayer(path, reason, aliases))
 
 
-def _record(report: ConversionReport, path: str, kernel: Any) -> None:
+def _record(report: ConversionReport, path: str, kernel: Any, aliases: tuple[str, ...] = ()) -> None:
     shape = tuple(kernel.shape)
     size = math.prod(shape)
     before = size * jnp.dtype(kernel.dtype).itemsize
     after = size + size // BLOCK_SIZE
-    report.converted.append(ConvertedLayer(path, shape, str(kernel.dtype), before, after))
+    report.converted.append(ConvertedLayer(path, shape, str(kernel.dtype), before, after, aliases))
 
 
 def quantize_params(
@@ -195,9 +207,35 @@ def _convert_tree(
     return {k: _convert_tree(v, (*path, str(k)), include, exclude, stacked, report) for k, v in node.items()}
 
 
+_CONTAINERS = (MutableSequence, MutableMapping)
+
+
 def _is_container(node: Any) -> bool:
     """``nnx.List``/``nnx.Dict`` (and plain lists/dicts): children are items, not attributes."""
-    return isinstance(node, (MutableSequence, MutableMapping))
+    return isinstance(node, _CONTAINERS)
+
+
+_Ref = tuple[str, Any, Any]
+"""One reference to a layer: its '/'-joined path, the object holding it, and its key/attribute there."""
+
+
+def _linear_refs(model: nnx.Module) -> list[tuple[nnx.Linear, list[_Ref]]]:
+    """Every exact ``nnx.Linear`` under ``model``, once each, with every reference to it, in NNX's order.
+
+    A shared sub-module is walked once per path to it, so a Linear inside it gets all its paths; cycles are cut.
+    """
+    refs: dict[int, tuple[nnx.Linear, list[_Ref]]] = {}
+
+    def walk(node: Any, path: tuple[str, ...], ancestors: frozenset[int]) -> None:
+        for key, child in graph.get_node_impl(node).node_dict(node).items():
+            child_path = (*path, str(key))
+            if type(child) is nnx.Linear:
+                refs.setdefault(id(child), (child, []))[1].append(("/".join(child_path), node, key))
+            elif graph.is_node(child) and id(child) not in ancestors:
+                walk(child, child_path, ancestors | {id(child)})
+
+    walk(model, (), frozenset({id(model)}))
+    return list(refs.values())
 
 
 def quantize_module(
@@ -214,34 +252,57 @@ def quantize_module(
     are selected with ``include``/``exclude`` globs as in ``quantize_params``. Only
     exact ``nnx.Linear`` instances are converted (subclasses may change the math).
     Layers with K not a multiple of 32, unsupported dtypes, or that are ``model``
-    itself are skipped with a logged reason. A Linear reachable through several
-    references is replaced at its first path only. Returns the report.
+    itself are skipped with a logged reason. A Linear reachable by several paths
+    (shared) is converted once and every reference to it is replaced by the one
+    ``MXFP8Linear``, so it stays shared; it is reported once, under its first path in
+    NNX's order (keys sorted), with the others in ``aliases``. It must be selected at
+    all its paths or at none: if the globs select some and not others, ``ValueError``
+    (nothing is modified). One referenced from an immutable container (a tuple) is
+    skipped. Returns the report.
     """
     report = ConversionReport()
-    found = [(p, n) for p, n in nnx.iter_graph(model) if type(n) is nnx.Linear]
-    for parts, linear in found:
-        name = "/".join(str(p) for p in parts)
+    if type(model) is nnx.Linear:
+        _skip(report, "<root>", "the model itself is an nnx.Linear; use MXFP8Linear.from_linear")
+        return report
+    found = _linear_refs(model)
+    for _, refs in found:  # check every selection before changing anything
+        verdicts = {name: _selected(name, include, exclude) for name, _, _ in refs}
+        chosen = [name for name, reason in verdicts.items() if reason is None]
+        if chosen and len(chosen) < len(verdicts):
+            left = next(name for name, reason in verdicts.items() if reason is not None)
+            raise ValueError(
+                f"nnx.Linear shared by paths {list(verdicts)} is selected at {chosen[0]!r} but not at {left!r} "
+                f"({verdicts[left]}): a shared layer is converted at all its paths or none; make include/exclude "
+                "select all of them or none"
+            )
+    for linear, refs in found:
+        name, aliases = refs[0][0], tuple(r[0] for r in refs[1:])
         kernel = linear.kernel[...]
-        if not parts:
-            _skip(report, "<root>", "the model itself is an nnx.Linear; use MXFP8Linear.from_linear")
-            continue
         if (reason := _selected(name, include, exclude)) is not None:
-            _skip(report, name, reason, logging.INFO)
+            _skip(report, name, reason, logging.INFO, aliases)
+            continue
+        frozen = [(path, parent) for path, parent, _ in refs if not isinstance(parent, (nnx.Pytree, *_CONTAINERS))]
+        if frozen:
+            where, holder = frozen[0]
+            _skip(
+                report,
+                name,
+                f"held at {where!r} by a {type(holder).__name__}, not changeable in place",
+                aliases=aliases,
+            )
             continue
         if (reason := _kernel_problem(kernel)) is not None:
-            _skip(report, name, reason)
+            _skip(report, name, reason, aliases=aliases)
             continue
         try:
             new = MXFP8Linear.from_linear(linear, backend=backend)
         except (TypeError, ValueError) as err:  # e.g. float64 dtype/param_dtype
-            _skip(report, name, str(err))
+            _skip(report, name, str(err), aliases=aliases)
             continue
-        parent = model
-        for p in parts[:-1]:
-            parent = parent[p] if _is_container(parent) else getattr(parent, p)
-        if _is_container(parent):
-            parent[parts[-1]] = new
-        else:
-            setattr(parent, parts[-1], new)
-        _record(report, name, kernel)
+        for _, parent, key in refs:
+            if _is_container(parent):
+                parent[key] = new
+            else:
+                setattr(parent, key, new)
+        _record(report, name, kernel, aliases)
     return report
