@@ -53,6 +53,17 @@ def check_row_parallel(w_shape: tuple[int, ...], shards: int, name: str = "layer
         )
 
 
+def check_data_parallel(x_shape: tuple[int, ...], shards: int, data_axis: str, layer: str = "layer") -> None:
+    """Raise ``ValueError`` unless the batch (rows ``B``) of ``x [B, K]`` splits evenly over ``shards`` devices."""
+    b = x_shape[0]
+    if b % shards:
+        raise ValueError(
+            f"{layer}: x [B={b}, K={x_shape[1]}] cannot be split along B over the {shards} devices of mesh axis "
+            f"{data_axis!r}: B is not a multiple of {shards} (pad the batch, or pass data_axis=None to give every "
+            "device all of it)"
+        )
+
+
 def shard_map(f: Callable, *, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
     """``jax.shard_map`` with ``check_vma=False``, as every MXFP8 shard_map here needs.
 
@@ -81,6 +92,8 @@ def check_operands(layer: str, x: jax.Array | None, w: MXArray, mesh: Mesh, axes
     missing = [a for a in axes if a is not None and a not in mesh.shape]
     if missing:
         raise ValueError(f"{layer}: the mesh has axes {tuple(mesh.shape)}, not {missing}")
+    if len(axes) == 2 and axes[0] == axes[1]:
+        raise ValueError(f"{layer}: model_axis and data_axis are both {axes[0]!r}; they must be different mesh axes")
 
 
 def _weight_spec(kind: str, model_axis: str) -> P:
@@ -121,6 +134,8 @@ def column_parallel(
     check_operands(f"column-parallel {name}", x, w, mesh, (model_axis, data_axis))
     check_float_dtype(f"column-parallel {name}: out_dtype", out_dtype)
     check_column_parallel(w.shape, mesh.shape[model_axis], name)
+    if data_axis is not None:
+        check_data_parallel(jnp.shape(x), mesh.shape[data_axis], data_axis, f"column-parallel {name}")
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
         return mxfp8_matmul(xs, ws, out_dtype=out_dtype, backend=backend, name=name)
@@ -148,6 +163,8 @@ def row_parallel(
     check_operands(f"row-parallel {name}", x, w, mesh, (model_axis, data_axis))
     out_dtype = check_float_dtype(f"row-parallel {name}: out_dtype", out_dtype)
     check_row_parallel(w.shape, mesh.shape[model_axis], name)
+    if data_axis is not None:
+        check_data_parallel(jnp.shape(x), mesh.shape[data_axis], data_axis, f"row-parallel {name}")
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
         partial = mxfp8_matmul(xs, ws, out_dtype=jnp.float32, backend=backend, name=name)

@@ -108,6 +108,29 @@ def main() -> None:
             print(f"error: {e}")
         else:
             raise AssertionError(f"{fn.__name__} accepted {w.shape}")
+    # A batch that does not divide over the data axis: named with the layer and shapes, not shard_map's 'local'.
+    mesh24 = mesh_of(2, 4)
+    for fn, w, want in (
+        (sh.column_parallel, w1, "column-parallel blk.2: x [B=3, K=256] cannot be split along B over the 2 devices"),
+        (sh.row_parallel, w2, "row-parallel blk.2: x [B=3, K=512] cannot be split along B over the 2 devices"),
+    ):
+        try:
+            fn(jnp.ones((3, w.shape[1])), w, mesh24, name="blk.2")
+        except ValueError as e:
+            assert want in str(e) and "mesh axis 'data': B is not a multiple of 2" in str(e), str(e)
+            assert "local" not in str(e), str(e)
+            print(f"error: {e}")
+        else:
+            raise AssertionError(f"{fn.__name__} accepted a batch of 3 over a data axis of 2")
+    try:
+        sh.mlp(x[:3], w1, w2, mesh24)
+    except ValueError as e:
+        assert "column-parallel mlp.in: x [B=3, K=256] cannot be split along B" in str(e), str(e)
+    else:
+        raise AssertionError("mlp accepted a batch of 3 over a data axis of 2")
+    # data_axis=None gives every device the whole batch: any B works.
+    y3 = sh.mlp(x[:3], w1, w2, mesh24, data_axis=None, out_dtype=jnp.float32)
+    assert rel(y3, y_ref[:3]) < 1e-6, rel(y3, y_ref[:3])
     try:
         sh.shard_weight(mx.quantize(jnp.ones((64, 96))), mesh2, "row", name="blk.1")
     except ValueError as e:
@@ -135,6 +158,11 @@ def main() -> None:
             lambda: sh.column_parallel(jnp.ones((8, 128)), w, mesh2, model_axis="tp"),
         ),
         (ValueError, r"not \['tp'\]", lambda: sh.shard_weight(w, mesh2, "column", model_axis="tp")),
+        (
+            ValueError,
+            r"^column-parallel layer: model_axis and data_axis are both 'model'; they must be different mesh axes$",
+            lambda: sh.column_parallel(jnp.ones((8, 128)), w, mesh2, data_axis="model"),
+        ),
         (
             TypeError,
             r"weight must be an MXArray \[N, K\].*got ArrayImpl",
