@@ -58,7 +58,7 @@ call per batch element). ``"sequential"``, ``"expand_dims"`` and
 ``"broadcast_all"`` behave as documented for :func:`jax.pure_callback`.
 
 The bridge is not differentiable: gradients of MXFP8 layers come from the
-layer's ``custom_vjp``. Differentiating through :func:`torch_callback` raises
+``custom_vjp`` rules of ``mxfp8_matmul`` and ``mxfp8_linear_ste``. Differentiating through :func:`torch_callback` raises
 ``TypeError`` naming the callback.
 """
 

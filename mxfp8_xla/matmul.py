@@ -1,17 +1,29 @@
 """``mxfp8_matmul``: the MXFP8 linear-layer product ``x @ w.T``; ``add_rms_norm_matmul``: the same behind a residual
-add and an RMSNorm."""
+add and an RMSNorm.
+
+Both are differentiable with respect to their float inputs, with the straight-through rule of
+:mod:`mxfp8_xla.ste`: the activation's quantization passes the gradient unchanged, and ``dx = g @ dequantize(w)`` in
+float32 (``Precision.HIGHEST``), so a frozen MXFP8 layer backpropagates as a float layer with the decoded weight
+would (adapters trained on a quantized base, input gradients). The weight and an ``MXArray`` activation are not
+differentiable: asking for their gradient raises ``TypeError`` (train with ``mxfp8_linear_ste`` or a layer's
+``mode="train"``).
+"""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
 from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
-from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
+from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 
 def mxfp8_matmul(
@@ -50,11 +62,62 @@ def mxfp8_matmul(
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+    return _product(backend, out_dtype, name, x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _product(
+    backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array | MXArray, w: MXArray | FlashInferWeight
+) -> jax.Array:
     run = get_backend(backend)
     w = _weight_for(backend, w, out_dtype, name)
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
         x = quantize(x)
     return run(x, w, out_dtype, name=name)
+
+
+def _values(tree: Any, what: str, name: str | None, frozen: bool) -> Any:
+    """``tree`` with each :class:`CustomVJPPrimal` leaf replaced by its value; ``TypeError`` where ``frozen`` and a
+    leaf is being differentiated."""
+    is_primal = lambda leaf: isinstance(leaf, CustomVJPPrimal)  # noqa: E731
+    if frozen and any(leaf.perturbed for leaf in jax.tree.leaves(tree, is_leaf=is_primal)):
+        raise TypeError(
+            f"mxfp8_matmul (layer {name or 'mxfp8_matmul'!r}): cannot differentiate with respect to {what}: its fp8 "
+            f"codes and E8M0 scales have no gradient. Train float weights with mxfp8_linear_ste (a layer's "
+            f'mode="train"); gradients with respect to a float activation x are straight-through'
+        )
+    return jax.tree.map(lambda leaf: leaf.value, tree, is_leaf=is_primal)
+
+
+def _product_fwd(backend, out_dtype, name, x, w):
+    x = _values(x, "an MXArray activation x", name, frozen=isinstance(x, MXArray))
+    w = _values(w, "the MXFP8 weight w", name, frozen=True)
+    dtype_tag = jnp.zeros((0,), jnp.float32 if isinstance(x, MXArray) else x.dtype)  # carries x's dtype
+    return _product(backend, out_dtype, name, x, w), (w, dtype_tag)
+
+
+def _product_bwd(backend, out_dtype, name, residuals, g):
+    w, dtype_tag = residuals
+    if isinstance(g, SymbolicZero):
+        return None, None
+    return straight_through_dx(g, w, dtype_tag.dtype), None
+
+
+def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
+    """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
+    in float32 (``Precision.HIGHEST``), in ``dtype``."""
+    w_hat = dequantize(w.to_mxarray() if isinstance(w, FlashInferWeight) else w, jnp.float32)  # [N, K]
+    dx = jax.lax.dot_general(
+        g.astype(jnp.float32),
+        w_hat,
+        (((g.ndim - 1,), (0,)), ((), ())),
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    return dx.astype(dtype)
+
+
+_product.defvjp(_product_fwd, _product_bwd, symbolic_zeros=True)
 
 
 def _weight_for(
@@ -112,7 +175,35 @@ def add_rms_norm_matmul(
     if backend in FUSED_ADD_NORM:
         fuses, run = FUSED_ADD_NORM[backend]
         if fuses(x, delta, norm_weight, w):
-            return run(x, delta, norm_weight, eps, w, out_dtype)
+            return _fused_add_norm(run, eps, out_dtype, name, x, delta, norm_weight, w)
     h = norm.add(x, delta)
     normed = norm.rms_norm(h, norm_weight, eps)
     return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused_add_norm(run, eps, out_dtype, name, x, delta, norm_weight, w):
+    """One backend kernel for the add, the norm and the product; differentiated as their composition is."""
+    return run(x, delta, norm_weight, eps, w, out_dtype)
+
+
+def _fused_add_norm_fwd(run, eps, out_dtype, name, x, delta, norm_weight, w):
+    x, delta, norm_weight = (_values(a, "", name, frozen=False) for a in (x, delta, norm_weight))
+    w = _values(w, "the MXFP8 weight w", name, frozen=True)
+    return run(x, delta, norm_weight, eps, w, out_dtype), (x, delta, norm_weight, w)
+
+
+def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
+    x, delta, norm_weight, w = residuals
+    g_y, g_h = g
+
+    def add_norm(x, delta, norm_weight):
+        h = norm.add(x, delta)
+        return norm.rms_norm(h, norm_weight, eps), h
+
+    (normed, h), vjp = jax.vjp(add_norm, x, delta, norm_weight)
+    d_normed = jnp.zeros_like(normed) if isinstance(g_y, SymbolicZero) else straight_through_dx(g_y, w, normed.dtype)
+    return (*vjp((d_normed, jnp.zeros_like(h) if isinstance(g_h, SymbolicZero) else g_h)), None)
+
+
+_fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd, symbolic_zeros=True)

@@ -1,0 +1,130 @@
+"""Gradients through the inference product: straight-through with respect to a float activation, refused with
+respect to the MXFP8 weight (mxfp8_xla.matmul's custom_vjp rules)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import H100
+
+import mxfp8_xla as mx
+from mxfp8_xla import norm
+from mxfp8_xla.backends import FUSED_ADD_NORM
+from mxfp8_xla.backends.flashinfer import prepare_weight
+from mxfp8_xla.backends.select import override_capability
+from mxfp8_xla.flax import MXFP8Dense, quantize_params
+from mxfp8_xla.ste import mxfp8_linear_ste
+
+
+def _operands(x_shape, n, dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    kernel = jnp.asarray(rng.standard_normal((x_shape[-1], n)) * 0.05, jnp.float32)  # [K, N], as the STE takes it
+    return x, kernel, mx.quantize(kernel.T)
+
+
+def _check_dx(dx, g, w):
+    """dx against g @ dequantize(w) computed in float64 independently of the library's rule: within float32's
+    accumulation bound (K ulps of the sum of |terms|) plus the rounding to dx's dtype."""
+    g64, w64 = np.asarray(g, np.float64), np.asarray(mx.dequantize(w, jnp.float32), np.float64)
+    want, size = g64 @ w64, np.abs(g64) @ np.abs(w64)
+    out_ulp = {jnp.float32: 2.0**-24, jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-11}[jnp.dtype(dx.dtype).type]
+    bound = w64.shape[0] * 2.0**-24 * size + out_ulp * np.abs(want) + 1e-30
+    assert np.all(np.abs(np.asarray(dx, np.float64) - want) <= bound)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("x_shape", [(64,), (5, 64), (2, 3, 64)])
+def test_dx_is_straight_through_and_equals_the_ste(x_shape, dtype):
+    x, kernel, w = _operands(x_shape, 96, dtype)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal((*x_shape[:-1], 96)), jnp.float32)
+    for fn in (lambda x: mx.mxfp8_matmul(x, w, out_dtype=jnp.float32), jax.jit(lambda x: mx.mxfp8_matmul(x, w))):
+        _, vjp = jax.vjp(fn, x)
+        (dx,) = vjp(g.astype(fn(x).dtype))
+        assert dx.dtype == x.dtype and dx.shape == x.shape
+        _check_dx(dx, g.astype(fn(x).dtype), w)
+    # the same dx as the train-mode STE on the float kernel that quantizes to w
+    _, vjp_ste = jax.vjp(lambda x: mxfp8_linear_ste(x, kernel, out_dtype=jnp.float32), x)
+    _, vjp_inf = jax.vjp(lambda x: mx.mxfp8_matmul(x, w, out_dtype=jnp.float32), x)
+    np.testing.assert_array_equal(vjp_inf(g)[0], vjp_ste(g)[0])
+
+
+def test_dx_under_vmap_and_with_a_prepared_weight():
+    x, _, w = _operands((4, 3, 64), 128)
+    loss = lambda x, w: (mx.mxfp8_matmul(x, w, out_dtype=jnp.float32) ** 2).sum()  # noqa: E731
+    want = jax.grad(loss)(x, w)
+    np.testing.assert_array_equal(jax.vmap(jax.grad(loss), in_axes=(0, None))(x, w), want)
+    np.testing.assert_array_equal(jax.jit(jax.grad(loss))(x, prepare_weight(w)), want)
+
+
+def test_no_gradient_with_respect_to_the_weight_or_a_quantized_activation():
+    x, _, w = _operands((2, 64), 32)
+    with pytest.raises(TypeError, match=r"layer 'up'.*with respect to the MXFP8 weight w.*mxfp8_linear_ste"):
+        jax.grad(lambda data: mx.mxfp8_matmul(x, mx.MXArray(data, w.scale), name="up").astype(float).sum())(w.data)
+    xq = mx.quantize(x)
+    with pytest.raises(TypeError, match="with respect to an MXArray activation x"):
+        jax.grad(lambda data: mx.mxfp8_matmul(mx.MXArray(data, xq.scale), w).astype(float).sum())(xq.data)
+    # an MXArray activation that is not differentiated is fine
+    g = jax.grad(lambda s: (s * mx.mxfp8_matmul(xq, w, out_dtype=jnp.float32)).sum())(2.0)
+    assert np.isfinite(g)
+
+
+def test_torch_backend_gradient_is_straight_through():
+    x, _, w = _operands((4, 64), 64)
+    grad = lambda backend: jax.grad(  # noqa: E731
+        lambda x: mx.mxfp8_matmul(x, w, out_dtype=jnp.float32, backend=backend).sum()
+    )(x)
+    np.testing.assert_array_equal(grad("torch"), grad("emulation"))
+
+
+def test_a_frozen_inference_layer_backpropagates_like_its_train_mode():
+    """An adapter trained on a quantized base: dL/dx through an inference MXFP8Dense equals train mode's."""
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 128)), jnp.float32)
+    train = MXFP8Dense(64, mode="train")
+    train_params = train.init(jax.random.key(0), x)
+    inference_params, _ = quantize_params(train_params)
+    inference = MXFP8Dense(64)
+    grad = lambda layer, params: jax.grad(lambda x: jnp.sum(jnp.sin(layer.apply(params, x))))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(inference, inference_params), grad(train, train_params))
+
+
+def test_a_fused_add_norm_kernel_is_differentiated_as_its_composition(monkeypatch):
+    """Where a backend runs the add, the norm and the product as one kernel, the gradients are the composition's:
+    here an emulated 'fused' kernel on the emulation backend, against the composed path."""
+
+    def fused(x, delta, norm_weight, eps, w, out_dtype):
+        h = norm.add(x, delta)
+        return mx.mxfp8_matmul(norm.rms_norm(h, norm_weight, eps), w, out_dtype=out_dtype), h
+
+    rng = np.random.default_rng(3)
+    x, delta = (jnp.asarray(rng.standard_normal((2, 256)), jnp.float32) for _ in range(2))
+    norm_weight = jnp.asarray(rng.standard_normal(256), jnp.float32)
+    w = mx.quantize(jnp.asarray(rng.standard_normal((128, 256)), jnp.float32))
+
+    def loss(x, delta, norm_weight):
+        y, h = mx.add_rms_norm_matmul(x, delta, norm_weight, w, eps=1e-6, out_dtype=jnp.float32)
+        return jnp.sum(y**2) + jnp.sum(0.3 * h)
+
+    composed = jax.grad(loss, argnums=(0, 1, 2))(x, delta, norm_weight)
+    monkeypatch.setitem(FUSED_ADD_NORM, "emulation", (lambda *_: True, fused))
+    for got, want in zip(jax.grad(loss, argnums=(0, 1, 2))(x, delta, norm_weight), composed, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="with respect to the MXFP8 weight w"):
+        jax.grad(lambda d: mx.add_rms_norm_matmul(x, delta, norm_weight, mx.MXArray(d, w.scale), eps=1e-6)[0].sum())(
+            w.data
+        )
+
+
+def test_hopper_routes_trace_their_gradients():
+    """On the hopper backend (traced on CPU as an SM90 GPU), the GEMV kernel and the fused add-and-norm kernel run
+    the forward pass and the straight-through rule the backward pass."""
+    x = jnp.ones((1, 512), jnp.bfloat16)
+    w = mx.quantize(jnp.ones((256, 512), jnp.float32))
+    norm_weight = jnp.ones(512, jnp.bfloat16)
+    with override_capability(H100):
+        for fn in (
+            lambda x: mx.mxfp8_matmul(x, w, backend="hopper"),
+            lambda x: mx.add_rms_norm_matmul(x, x, norm_weight, w, eps=1e-6, backend="hopper")[0],
+        ):
+            jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, fn=fn: fn(x).astype(jnp.float32).sum()))(x))
+            assert "mxfp8_gemv" in jaxpr and "dot_general" in jaxpr
