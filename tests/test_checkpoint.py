@@ -781,3 +781,116 @@ def test_save_error_1d_mxarray(tmp_path: Path):
     with pytest.raises(CheckpointError, match=r"^cannot save MXArray 'm\.weight' of shape \(64,\): expected \[N, K\]$"):
         save_modelopt(out, {"m.weight": q})
     assert not out.exists()
+
+
+# --- save refuses, before writing anything, every checkpoint load_modelopt would refuse ------------------------------
+
+FP8, BF16 = ml_dtypes.float8_e4m3fn, ml_dtypes.bfloat16
+SAVE_REFUSALS = {
+    "float8 weight without its scale": (
+        {"a.weight": np.zeros((8, 64), FP8)},
+        "tensor 'a.weight' (float8_e4m3fn, shape [8, 64]) is a quantized (float8_e4m3fn) weight without its scale "
+        "'a.weight_scale'",
+    ),
+    "scale without its weight": (
+        {"a.weight_scale": np.zeros((8, 2), np.uint8)},
+        "tensor 'a.weight_scale' (uint8, shape [8, 2]) is a weight scale, but its weight 'a.weight' is missing",
+    ),
+    "float8 tensor not a weight": (
+        {"a.bias": np.zeros(64, FP8)},
+        "tensor 'a.bias' (float8_e4m3fn, shape [64]) is float8_e4m3fn but is not a '.weight'",
+    ),
+    "scaled tensor not a weight": (
+        {"a.freqs": np.zeros((4, 32), BF16), "a.freqs_scale": np.zeros((4, 1), np.uint8)},
+        "tensor 'a.freqs' (bfloat16, shape [4, 32]) has a scale tensor 'a.freqs_scale' but is not a '.weight'",
+    ),
+    "another float8 dtype": (
+        {"a.weight": np.zeros((8, 64), ml_dtypes.float8_e5m2)},
+        "has dtype F8_E5M2; float8 tensors are only supported as MXFP8 weights",
+    ),
+    "bf16 weight with a scale": (
+        {"a.weight": np.zeros((8, 64), BF16), "a.weight_scale": np.zeros((8, 2), np.uint8)},
+        "tensor 'a.weight' (bfloat16, shape [8, 64]) has a weight scale 'a.weight_scale' but dtype BF16; MXFP8 "
+        "weights must be F8_E4M3",
+    ),
+    "scale dtype": (
+        {"a.weight": np.zeros((8, 64), FP8), "a.weight_scale": np.zeros((8, 2), np.float32)},
+        "tensor 'a.weight_scale' (float32, shape [8, 2]) has dtype F32; MXFP8 weight scales must be U8",
+    ),
+    "scale shape": (
+        {"a.weight": np.zeros((8, 64), FP8), "a.weight_scale": np.zeros((8, 4), np.uint8)},
+        "has shape [8, 4]; weight 'a.weight' of shape [8, 64] needs a scale of shape [8, 2] ([N, K/32])",
+    ),
+    "K not a multiple of 32": (
+        {"a.weight": np.zeros((8, 48), FP8), "a.weight_scale": np.zeros((8, 1), np.uint8)},
+        "tensor 'a.weight' (float8_e4m3fn, shape [8, 48]) has shape [8, 48]; an MXFP8 weight must be [N, K] with K "
+        "a multiple of 32",
+    ),
+    "another format's tensor": (
+        {"a.weight": np.zeros((8, 64), BF16), "a.input_scale": np.ones((), np.float32)},
+        "tensor 'a.input_scale' (float32, shape []) belongs to another quantization format (FP8/NVFP4",
+    ),
+}
+
+
+@pytest.mark.parametrize(("tensors", "message"), SAVE_REFUSALS.values(), ids=SAVE_REFUSALS)
+def test_save_refuses_what_load_would_refuse(tmp_path: Path, tensors, message: str):
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError) as info:
+        save_modelopt(out, tensors)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot save to {str(out)!r}: "), msg
+    assert message in msg, msg
+    assert msg.endswith(" (load_modelopt would refuse the checkpoint; nothing was written)"), msg
+    assert not out.exists()
+
+
+def _saved_small(out: Path) -> dict[str, bytes]:
+    """Save a small valid checkpoint to ``out``; its files' bytes."""
+    save_modelopt(out, {"m.weight": mx.quantize(jnp.ones((32, 64), jnp.float32)), "m.norm": np.ones(64, np.float32)})
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "kwargs", "pattern"),
+    [
+        ({"a.weight": jnp.zeros((8, 64), jnp.float8_e4m3fn)}, {}, "without its scale 'a.weight_scale'"),
+        ({"a.weight_scale": jnp.zeros((8, 2), jnp.uint8)}, {}, "its weight 'a.weight' is missing"),
+        (
+            {"lm_head.weight": np.zeros((8, 64), FP8), "lm_head.weight_scale": np.zeros((8, 2), np.uint8)},
+            {"quant_config": QuantConfig()},
+            "module 'lm_head' is excluded from quantization by pattern 'lm_head' of the quant config",
+        ),
+        ({"__metadata__": np.zeros(2, np.uint8)}, {}, "^cannot save tensor '__metadata__': safetensors reserves"),
+        ({3: np.zeros(2, np.uint8)}, {}, "^cannot save tensor 3: tensor names must be strings, not int$"),
+    ],
+    ids=["float8 weight", "scale", "excluded pair", "__metadata__", "int name"],
+)
+def test_a_refused_save_leaves_the_previous_checkpoint_as_it_was(tmp_path: Path, tensors, kwargs, pattern: str):
+    out = tmp_path / "out"
+    before = _saved_small(out)
+    with pytest.raises(CheckpointError, match=re.escape(pattern) if not pattern.startswith("^") else pattern):
+        save_modelopt(out, tensors, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_modelopt(out).quantized == ["m.weight"]
+
+
+def test_save_plain_weight_and_scale_arrays_as_a_quantized_linear(tmp_path: Path):
+    """A float8_e4m3fn '.weight' with its uint8 (or E8M0) '.weight_scale' is what load reads as an MXArray; only
+    the unquantized 2-D float weight goes into exclude_modules."""
+    q = mx.quantize(jnp.asarray(np.random.default_rng(0).standard_normal((32, 64)), jnp.float32))
+    e8m0 = np.asarray(q.scale).view(ml_dtypes.float8_e8m0fnu)
+    tensors = {
+        "a.weight": q.data,
+        "a.weight_scale": q.scale,
+        "b.weight": np.asarray(q.data),
+        "b.weight_scale": e8m0,
+        "c.weight": np.ones((8, 64), BF16),
+    }
+    save_modelopt(tmp_path / "out", tensors)
+    ckpt = load_modelopt(tmp_path / "out")
+    assert ckpt.quantized == ["a.weight", "b.weight"]
+    assert ckpt.quant_config.exclude_modules == ("c",)
+    for name in ckpt.quantized:
+        np.testing.assert_array_equal(_bytes(ckpt.tensors[name].data), _bytes(q.data))
+        np.testing.assert_array_equal(_bytes(ckpt.tensors[name].scale), _bytes(q.scale))

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mxfp8_xla.checkpoint._safetensors import (
+    DTYPE_NAMES,
     DTYPES,
     CheckpointError,
     SafetensorsFile,
@@ -268,13 +269,23 @@ def scan_modelopt(path: str | Path) -> CheckpointIndex:
     return CheckpointIndex(path, config, quant_config, shards, tensors, quantized)
 
 
+def _stored_where(info: TensorInfo) -> str:
+    return f"tensor {info.name!r} in {str(info.file)!r}"
+
+
 def _pair_quantized(
-    tensors: Mapping[str, TensorInfo], quant_config: QuantConfig
+    tensors: Mapping[str, TensorInfo],
+    quant_config: QuantConfig,
+    where_of: Callable[[TensorInfo], str] = _stored_where,
 ) -> dict[str, tuple[TensorInfo, TensorInfo]]:
-    """Match each ``*.weight`` with its ``*.weight_scale``; check dtypes and shapes."""
+    """Match each ``*.weight`` with its ``*.weight_scale``; check names, dtypes and shapes.
+
+    The one set of rules for the tensors of a checkpoint: :func:`scan_modelopt` applies it to the headers it
+    reads, :func:`save_modelopt` to the tensors it is about to write (``where_of`` names a tensor in messages).
+    """
     pairs: dict[str, tuple[TensorInfo, TensorInfo]] = {}
     for name, info in tensors.items():
-        where = f"tensor {name!r} in {str(info.file)!r}"
+        where = where_of(info)
         for suffix, fmt in FOREIGN_SUFFIXES.items():
             if name.endswith(suffix):
                 raise CheckpointError(
@@ -308,7 +319,7 @@ def _pair_quantized(
         if scale_name not in tensors:
             raise CheckpointError(f"{where} is a quantized (float8_e4m3fn) weight without its scale {scale_name!r}")
         scale = tensors[scale_name]
-        swhere = f"tensor {scale_name!r} in {str(scale.file)!r}"
+        swhere = where_of(scale)
         if scale.dtype not in SCALE_DTYPES:
             raise CheckpointError(
                 f"{swhere} has dtype {scale.dtype}; MXFP8 weight scales must be U8 (biased E8M0 bytes)"
@@ -484,6 +495,14 @@ def quantize_state_dict(
 def _stored_tensors(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     """Flatten ``MXArray`` entries into ``(name, data)``, ``(name + '_scale', scale)``."""
     for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise CheckpointError(
+                f"cannot save tensor {name!r}: tensor names must be strings, not {type(name).__name__}"
+            )
+        if name == "__metadata__":
+            raise CheckpointError(
+                "cannot save tensor '__metadata__': safetensors reserves that name for the file's metadata"
+            )
         if isinstance(value, MXArray):
             if not name.endswith(WEIGHT_SUFFIX):
                 raise CheckpointError(
@@ -500,6 +519,24 @@ def _stored_tensors(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             if np.dtype(value.dtype) not in DTYPES.values():
                 raise CheckpointError(f"cannot save tensor {name!r}: dtype {value.dtype} has no safetensors name")
             yield name, value
+
+
+def _check_stored(
+    path: Path, items: list[tuple[str, Any]], quant_config: QuantConfig
+) -> dict[str, tuple[TensorInfo, TensorInfo]]:
+    """Apply the checks :func:`scan_modelopt` makes of a checkpoint's tensors to the ``(name, array)`` pairs
+    :func:`save_modelopt` is about to write: what ``load_modelopt`` would refuse is refused before any write."""
+    infos = {
+        name: TensorInfo(name, path, DTYPE_NAMES[np.dtype(a.dtype)], tuple(a.shape), 0, _nbytes(a)) for name, a in items
+    }
+
+    def where_of(info: TensorInfo) -> str:
+        return f"cannot save to {str(path)!r}: tensor {info.name!r} ({info.np_dtype}, shape {list(info.shape)})"
+
+    try:
+        return _pair_quantized(infos, quant_config, where_of)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (load_modelopt would refuse the checkpoint; nothing was written)") from None
 
 
 def save_modelopt(
@@ -540,23 +577,32 @@ def save_modelopt(
         quant_config = checkpoint.quant_config if quant_config is None else quant_config
     else:
         tensors = checkpoint
-    if quant_config is None:
-        unquantized = [n[: -len(WEIGHT_SUFFIX)] for n, v in tensors.items() if _is_float_linear_weight(n, v)]
-        quant_config = QuantConfig(exclude_modules=tuple(unquantized))
-    if quant_config.quant_algo.upper() != "MXFP8" or quant_config.group_size != BLOCK_SIZE:
+    if quant_config is not None and (
+        quant_config.quant_algo.upper() != "MXFP8" or quant_config.group_size != BLOCK_SIZE
+    ):
         raise CheckpointError(
             f"save_modelopt writes MXFP8 with group size {BLOCK_SIZE}; got quant_algo "
             f"{quant_config.quant_algo!r}, group_size {quant_config.group_size!r}"
         )
     for name, value in tensors.items():
-        if isinstance(value, MXArray) and name.endswith(WEIGHT_SUFFIX):
-            pattern = quant_config.excluded_by(name[: -len(WEIGHT_SUFFIX)])
+        if isinstance(value, MXArray) and isinstance(name, str) and name.endswith(WEIGHT_SUFFIX):
+            pattern = None if quant_config is None else quant_config.excluded_by(name[: -len(WEIGHT_SUFFIX)])
             if pattern is not None:
                 raise CheckpointError(f"cannot save {name!r} quantized: its module is excluded by pattern {pattern!r}")
             if name + "_scale" in tensors:
                 raise CheckpointError(f"{name!r} is an MXArray and {name + '_scale'!r} is given as well")
 
-    shards = _plan_shards(list(_stored_tensors(tensors)), max_shard_bytes)
+    items = list(_stored_tensors(tensors))
+    if quant_config is None:
+        # Every 2-D float '*.weight' that is not stored quantized (a float8_e4m3fn weight with its scale).
+        quantized = _check_stored(path, items, QuantConfig(exclude_modules=()))
+        unquantized = [
+            n[: -len(WEIGHT_SUFFIX)] for n, a in items if n not in quantized and _is_float_linear_weight(n, a)
+        ]
+        quant_config = QuantConfig(exclude_modules=tuple(unquantized))
+    _check_stored(path, items, quant_config)
+
+    shards = _plan_shards(items, max_shard_bytes)
     path.mkdir(parents=True, exist_ok=True)
     names = (
         [SINGLE_FILE]
