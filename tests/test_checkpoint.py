@@ -894,3 +894,78 @@ def test_save_plain_weight_and_scale_arrays_as_a_quantized_linear(tmp_path: Path
     for name in ckpt.quantized:
         np.testing.assert_array_equal(_bytes(ckpt.tensors[name].data), _bytes(q.data))
         np.testing.assert_array_equal(_bytes(ckpt.tensors[name].scale), _bytes(q.scale))
+
+
+# --- torch tensors (a state_dict()) --------------------------------------------------------------------------------
+
+
+def test_quantize_state_dict_of_torch_tensors(tmp_path: Path):
+    """A torch state dict quantizes as the same values in NumPy do; the other tensors come back as NumPy arrays of
+    the same dtype and bytes (bf16 included, which NumPy has no dtype of its own for), and the result saves."""
+    torch = pytest.importorskip("torch")
+    f32 = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    state = {
+        "a.weight": torch.from_numpy(f32),
+        "b.weight": torch.from_numpy(f32).to(torch.bfloat16),
+        "c.weight": torch.from_numpy(np.ascontiguousarray(f32.T)).T,  # not contiguous
+        "lm_head.weight": torch.from_numpy(f32).to(torch.bfloat16),  # excluded
+        "model.norm.weight": torch.ones(64, dtype=torch.bfloat16),
+        "pos": torch.arange(4),  # int64
+    }
+    out = quantize_state_dict(state)
+    assert [n for n, v in out.items() if isinstance(v, mx.MXArray)] == ["a.weight", "b.weight", "c.weight"]
+    bf16 = f32.astype(BF16)
+    assert np.array_equal(_bytes(bf16), state["b.weight"].view(torch.uint8).numpy().reshape(-1))
+    for name, value in (("a.weight", f32), ("b.weight", bf16), ("c.weight", f32)):
+        want = mx.quantize(jnp.asarray(value))
+        np.testing.assert_array_equal(_bytes(out[name].data), _bytes(want.data), err_msg=name)
+        np.testing.assert_array_equal(_bytes(out[name].scale), _bytes(want.scale), err_msg=name)
+    for name in ("lm_head.weight", "model.norm.weight", "pos"):
+        assert isinstance(out[name], np.ndarray), name
+        assert str(out[name].dtype) == str(state[name].dtype).removeprefix("torch."), name
+        np.testing.assert_array_equal(_bytes(out[name]), state[name].contiguous().view(torch.uint8).numpy().reshape(-1))
+
+    save_modelopt(tmp_path / "out", out)
+    ckpt = load_modelopt(tmp_path / "out", dtype=None)
+    assert ckpt.quantized == ["a.weight", "b.weight", "c.weight"]
+    assert ckpt.quant_config.exclude_modules == ("lm_head",)
+    np.testing.assert_array_equal(_bytes(ckpt.tensors["lm_head.weight"]), _bytes(bf16))
+
+
+def test_save_torch_tensors(tmp_path: Path):
+    """save_modelopt takes torch tensors as they are, a float8_e4m3fn weight and its uint8 scale included."""
+    torch = pytest.importorskip("torch")
+    q = mx.quantize(jnp.asarray(np.random.default_rng(1).standard_normal((32, 64)), jnp.float32))
+    state = {
+        "m.weight": torch.from_numpy(np.asarray(q.data).view(np.uint8).copy()).view(torch.float8_e4m3fn),
+        "m.weight_scale": torch.from_numpy(np.asarray(q.scale).copy()),
+        "m.norm": torch.ones(64, dtype=torch.bfloat16).requires_grad_(),
+    }
+    save_modelopt(tmp_path / "out", state)
+    ckpt = load_modelopt(tmp_path / "out", dtype=None)
+    assert ckpt.quantized == ["m.weight"]
+    np.testing.assert_array_equal(_bytes(ckpt.tensors["m.weight"].data), _bytes(q.data))
+    np.testing.assert_array_equal(_bytes(ckpt.tensors["m.weight"].scale), _bytes(q.scale))
+    assert ckpt.tensors["m.norm"].dtype == jnp.bfloat16
+
+
+def test_torch_dtype_without_a_numpy_form(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    bad = {"m.freqs": torch.zeros((2, 3), dtype=torch.float8_e4m3fnuz)}
+    with pytest.raises(
+        CheckpointError,
+        match=r"^quantize_state_dict: tensor 'm\.freqs' is a torch tensor of dtype float8_e4m3fnuz, shape \[2, 3\], "
+        r"which has no NumPy form",
+    ):
+        quantize_state_dict(bad)
+    with pytest.raises(CheckpointError, match=r"^cannot save tensor 'm\.freqs': it is a torch tensor of dtype"):
+        save_modelopt(tmp_path / "out", bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_module_does_not_import_torch():
+    code = "import sys, mxfp8_xla.checkpoint; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=subprocess_env()
+    )
+    assert proc.returncode == 0, proc.stderr

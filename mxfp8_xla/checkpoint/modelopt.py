@@ -25,12 +25,14 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from mxfp8_xla.checkpoint._safetensors import (
@@ -453,6 +455,39 @@ def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Ar
     return out
 
 
+# torch dtypes NumPy has no dtype for: the same-size integer dtype to view the tensor as, and the ml_dtypes dtype
+# to view the NumPy array as (by name: an older torch lacks some of them).
+_TORCH_VIEWS = {
+    "bfloat16": ("int16", ml_dtypes.bfloat16),
+    "float8_e4m3fn": ("uint8", ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": ("uint8", ml_dtypes.float8_e5m2),
+    "float8_e8m0fnu": ("uint8", ml_dtypes.float8_e8m0fnu),
+}
+
+
+def _from_torch(value: Any, what: str) -> Any:
+    """A torch tensor as a NumPy array of the same dtype and bytes (bfloat16 and float8 through ``ml_dtypes``),
+    sharing the tensor's memory where it is on the CPU; anything else as it is.
+
+    torch is never imported here: a torch tensor can only come from a process that has imported it already.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor):
+        return value
+    name = str(value.dtype).removeprefix("torch.")
+    try:
+        t = value.detach().cpu()
+        if name in _TORCH_VIEWS:
+            int_dtype, np_dtype = _TORCH_VIEWS[name]
+            return t.view(getattr(torch, int_dtype)).numpy().view(np_dtype)
+        return t.numpy()
+    except (TypeError, RuntimeError, NotImplementedError) as e:
+        raise CheckpointError(
+            f"{what} is a torch tensor of dtype {name}, shape {list(value.shape)}, which has no NumPy form to read "
+            f"it through ({e}); convert it first (to float32 or bfloat16, say)"
+        ) from None
+
+
 def _is_float_linear_weight(name: str, value: Any) -> bool:
     """Whether ``name: value`` is an unquantized linear weight: a 2-D floating-point ``*.weight``."""
     return (
@@ -472,11 +507,14 @@ def quantize_state_dict(
     not matched by ``exclude_modules`` (ModelOpt wildcards) becomes
     ``mxfp8_xla.quantize(w)``: blocks of 32 along K, bit-identical to ModelOpt's
     ``weight``/``weight_scale`` bytes. Weights whose K is not a multiple of 32 are left
-    as they are, with a logged warning. Other tensors are passed through unchanged.
+    as they are, with a logged warning. Other tensors are passed through unchanged, except
+    that torch tensors (a ``state_dict()``) come back as NumPy arrays of the same dtype and
+    bytes (bfloat16 and float8 as ``ml_dtypes`` dtypes), which :func:`save_modelopt` writes as they are.
     """
     qc = QuantConfig(exclude_modules=tuple(exclude_modules))
     out: dict[str, MXArray | Any] = {}
     for name, value in tensors.items():
+        value = _from_torch(value, f"quantize_state_dict: tensor {name!r}")
         if _is_float_linear_weight(name, value) and qc.excluded_by(name[: -len(WEIGHT_SUFFIX)]) is None:
             if value.shape[-1] % BLOCK_SIZE:
                 log.warning(
@@ -493,7 +531,7 @@ def quantize_state_dict(
 
 
 def _stored_tensors(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-    """Flatten ``MXArray`` entries into ``(name, data)``, ``(name + '_scale', scale)``."""
+    """Flatten ``MXArray`` entries into ``(name, data)``, ``(name + '_scale', scale)``; torch tensors as NumPy."""
     for name, value in tensors.items():
         if not isinstance(name, str):
             raise CheckpointError(
@@ -514,6 +552,7 @@ def _stored_tensors(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             yield name, value.data
             yield name + "_scale", value.scale
         else:
+            value = _from_torch(value, f"cannot save tensor {name!r}: it")
             if not (hasattr(value, "shape") and hasattr(value, "dtype")):
                 value = np.asarray(value)
             if np.dtype(value.dtype) not in DTYPES.values():
