@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+SIGPIPE_STATUS = 141
+"""The exit status of a command whose reader closed the pipe early (``| head``): 128 + SIGPIPE, as a shell reports
+a process that SIGPIPE killed (``yes | head``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,5 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     return inspect_main(args.path)
 
 
+def cli() -> int:
+    """:func:`main` as a command: when the reader of stdout stops early (``| head``), end quietly.
+
+    The recipe of Python's documentation (the ``signal`` module, "Note on SIGPIPE"): Python ignores SIGPIPE, so a
+    write to a closed pipe raises ``BrokenPipeError``; stdout is pointed at devnull so that the interpreter's final
+    flush does not raise again, and the exit status is the one of a process that SIGPIPE ended.
+    """
+    try:
+        status = main()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return SIGPIPE_STATUS
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

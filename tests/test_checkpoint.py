@@ -25,6 +25,7 @@ from mxfp8_xla.checkpoint import (
     load_modelopt,
     load_safetensors,
     quantize_state_dict,
+    read_quant_config,
     save_modelopt,
     scan_modelopt,
 )
@@ -336,8 +337,24 @@ def test_error_index_lists_absent_tensor(ckpt_dir: Path):
 
 
 def test_error_missing_directory(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_modelopt(tmp_path / "nope")
+    for fn in (load_modelopt, scan_modelopt, read_quant_config):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint directory {_q(tmp_path / 'nope')} does not exist$"):
+            fn(tmp_path / "nope")
+
+
+def test_error_file_instead_of_directory(ckpt_dir: Path, capsys):
+    """A checkpoint's file is named as a file that exists, with the directory to pass instead."""
+    f = ckpt_dir / "model.safetensors"
+    pattern = (
+        rf"^{_q(f)} is a file, not a checkpoint directory; pass the checkpoint directory, the one that holds "
+        rf"config\.json or hf_quant_config\.json and the safetensors files \(perhaps its parent, {_q(ckpt_dir)}\)$"
+    )
+    for fn in (load_modelopt, scan_modelopt, read_quant_config):
+        with pytest.raises(CheckpointError, match=pattern):
+            fn(f)
+    assert cli_main(["inspect", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {str(f)!r} is a file, not a checkpoint directory;") and "does not exist" not in err
 
 
 # --- saving ------------------------------------------------------------------------------
@@ -479,6 +496,26 @@ def test_inspect_cli(ckpt_dir: Path):
     assert "Excluded modules (patterns): lm_head, model.embed_tokens" in out
     assert "lm_head: lm_head.weight" in out
     assert "Total: 35 stored tensors, 2,243,072 bytes" in out
+
+
+def test_inspect_cli_into_a_pipe_closed_early(ckpt_dir: Path):
+    """``inspect DIR | head``: a reader that stops early ends the command quietly (no BrokenPipeError traceback),
+    with the status of a process that SIGPIPE ended, as ``yes | head`` reports it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mxfp8_xla", "inspect", str(ckpt_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    proc.stdout.close()  # before the command writes anything: its first write finds the pipe closed
+    try:
+        err = proc.stderr.read().decode()
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    assert err == ""
+    assert status == 141
 
 
 def test_inspect_error(ckpt_dir: Path, capsys):

@@ -134,6 +134,20 @@ class CheckpointIndex:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def _checkpoint_dir(path: str | Path) -> Path:
+    """``Path(path)``, or :class:`CheckpointError` unless it is a directory (a file: name the one to pass)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        what = "a file, not a checkpoint directory" if path.is_file() else "not a directory"
+        raise CheckpointError(
+            f"{str(path)!r} is {what}; pass the checkpoint directory, the one that holds {CONFIG_FILE} or "
+            f"{HF_QUANT_CONFIG_FILE} and the safetensors files (perhaps its parent, {str(path.parent)!r})"
+        )
+    raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -148,7 +162,7 @@ def read_quant_config(path: str | Path) -> tuple[dict[str, Any], QuantConfig]:
     the method is not ModelOpt's, when the algorithm is not MXFP8 (FP8, NVFP4, ...), when
     the group size is not 32, or when the two files disagree.
     """
-    path = Path(path)
+    path = _checkpoint_dir(path)
     config: dict[str, Any] = {}
     found: list[tuple[str, str, Any]] = []  # (file, field, quant_algo)
     group_sizes: list[tuple[str, Any]] = []
@@ -245,9 +259,7 @@ def scan_modelopt(path: str | Path) -> CheckpointIndex:
 
     Raises :class:`CheckpointError` for every problem :func:`load_modelopt` reports.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    path = _checkpoint_dir(path)
     config, quant_config = read_quant_config(path)
     shards = [SafetensorsFile(f) for f in _shard_files(path)]
 
