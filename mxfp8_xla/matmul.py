@@ -4,19 +4,17 @@ add and an RMSNorm.
 Both are differentiable with respect to their float inputs, with the straight-through rule of
 :mod:`mxfp8_xla.ste`: the activation's quantization passes the gradient unchanged, and ``dx = g @ dequantize(w)`` in
 float32 (``Precision.HIGHEST``), so a frozen MXFP8 layer backpropagates as a float layer with the decoded weight
-would (adapters trained on a quantized base, input gradients). The weight and an ``MXArray`` activation are not
-differentiable: asking for their gradient raises ``TypeError`` (train with ``mxfp8_linear_ste`` or a layer's
-``mode="train"``).
+would (adapters trained on a quantized base, input gradients). The MXFP8 weight and an ``MXArray`` activation are
+frozen: their gradients are zero (their fp8 codes and E8M0 scales are not trainable; train float weights with
+``mxfp8_linear_ste``, a layer's ``mode="train"``).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
@@ -76,31 +74,14 @@ def _product(
     return run(x, w, out_dtype, name=name)
 
 
-def _values(tree: Any, what: str, name: str | None, frozen: bool) -> Any:
-    """``tree`` with each :class:`CustomVJPPrimal` leaf replaced by its value; ``TypeError`` where ``frozen`` and a
-    leaf is being differentiated."""
-    is_primal = lambda leaf: isinstance(leaf, CustomVJPPrimal)  # noqa: E731
-    if frozen and any(leaf.perturbed for leaf in jax.tree.leaves(tree, is_leaf=is_primal)):
-        raise TypeError(
-            f"mxfp8_matmul (layer {name or 'mxfp8_matmul'!r}): cannot differentiate with respect to {what}: its fp8 "
-            f"codes and E8M0 scales have no gradient. Train float weights with mxfp8_linear_ste (a layer's "
-            f'mode="train"); gradients with respect to a float activation x are straight-through'
-        )
-    return jax.tree.map(lambda leaf: leaf.value, tree, is_leaf=is_primal)
-
-
 def _product_fwd(backend, out_dtype, name, x, w):
-    x = _values(x, "an MXArray activation x", name, frozen=isinstance(x, MXArray))
-    w = _values(w, "the MXFP8 weight w", name, frozen=True)
-    dtype_tag = jnp.zeros((0,), jnp.float32 if isinstance(x, MXArray) else x.dtype)  # carries x's dtype
+    dtype_tag = None if isinstance(x, MXArray) else jnp.zeros((0,), x.dtype)  # carries a float x's dtype
     return _product(backend, out_dtype, name, x, w), (w, dtype_tag)
 
 
 def _product_bwd(backend, out_dtype, name, residuals, g):
-    w, dtype_tag = residuals
-    if isinstance(g, SymbolicZero):
-        return None, None
-    return straight_through_dx(g, w, dtype_tag.dtype), None
+    w, dtype_tag = residuals  # MXFP8 operands (w, an MXArray x) are frozen: zero cotangents
+    return None if dtype_tag is None else straight_through_dx(g, w, dtype_tag.dtype), None
 
 
 def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
@@ -117,7 +98,7 @@ def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.
     return dx.astype(dtype)
 
 
-_product.defvjp(_product_fwd, _product_bwd, symbolic_zeros=True)
+_product.defvjp(_product_fwd, _product_bwd)
 
 
 def _weight_for(
@@ -188,8 +169,6 @@ def _fused_add_norm(run, eps, out_dtype, name, x, delta, norm_weight, w):
 
 
 def _fused_add_norm_fwd(run, eps, out_dtype, name, x, delta, norm_weight, w):
-    x, delta, norm_weight = (_values(a, "", name, frozen=False) for a in (x, delta, norm_weight))
-    w = _values(w, "the MXFP8 weight w", name, frozen=True)
     return run(x, delta, norm_weight, eps, w, out_dtype), (x, delta, norm_weight, w)
 
 
@@ -201,9 +180,9 @@ def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
         h = norm.add(x, delta)
         return norm.rms_norm(h, norm_weight, eps), h
 
-    (normed, h), vjp = jax.vjp(add_norm, x, delta, norm_weight)
-    d_normed = jnp.zeros_like(normed) if isinstance(g_y, SymbolicZero) else straight_through_dx(g_y, w, normed.dtype)
-    return (*vjp((d_normed, jnp.zeros_like(h) if isinstance(g_h, SymbolicZero) else g_h)), None)
+    _, vjp = jax.vjp(add_norm, x, delta, norm_weight)
+    normed_dtype = jnp.result_type(x.dtype, norm_weight.dtype)
+    return (*vjp((straight_through_dx(g_y, w, normed_dtype), g_h)), None)  # the MXFP8 weight is frozen
 
 
-_fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd, symbolic_zeros=True)
+_fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd)
