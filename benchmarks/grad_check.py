@@ -1,0 +1,90 @@
+"""The inference product's gradients on the device: every ``hopper`` route backpropagates, straight-through.
+
+``mxfp8_matmul`` and ``add_rms_norm_matmul`` are ``custom_vjp``s whose input gradient is ``g @ dequantize(w)``
+(docs/layers.md, "Inference mode backpropagates to its input"): on any backend the same jnp code, so the ``hopper``
+backend's gradient must equal emulation's bit for bit, whichever kernel ran the forward pass (the CPU tests can only
+trace the GPU kernels). For each row count (one per route: the CUDA-core GEMV, the tensor-core GEMV, the Pallas or
+Mosaic GPU kernel, cuBLAS) this takes ``jax.grad`` of ``sum(c * y)`` with respect to the bf16 activation on both
+backends, under ``jit``, and the same through the fused add-and-norm kernel (one row) with respect to ``x``, ``delta``
+and the norm weight; it also checks the forward outputs against emulation. Exits 1 on any mismatch.
+
+    PYTHONPATH=. python3 benchmarks/grad_check.py
+
+Writes ``$OUT/grad_check.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from timing import environment, failure, write_json  # noqa: E402
+
+import mxfp8_xla as mx  # noqa: E402
+
+N, K = 2048, 4096
+ROWS = (1, 8, 16, 64, 300)
+"""One row each of the hopper backend's routes at K = 4096 (docs/benchmarks.md)."""
+
+
+def _same(a: jax.Array, b: jax.Array) -> bool:
+    return bool(np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), equal_nan=True))
+
+
+def main() -> int:
+    keys = jax.random.split(jax.random.key(0), 6)
+    w = mx.quantize(jax.random.normal(keys[0], (N, K), jnp.float32) * 0.05)
+    c = jax.random.normal(keys[1], (max(ROWS), N), jnp.float32)
+    results = {"env": environment(), "cases": []}
+    print(results["env"], flush=True)
+    for m in ROWS:
+        x = jax.random.normal(keys[2], (m, K), jnp.bfloat16)
+        case = {"what": "mxfp8_matmul", "m": m}
+        try:
+            outs = {}
+            for backend in ("hopper", "emulation"):
+
+                def loss(x, b=backend, cm=c[:m]):
+                    return jnp.sum(cm * mx.mxfp8_matmul(x, w, out_dtype=jnp.float32, backend=b))
+
+                outs[backend] = jax.jit(jax.value_and_grad(loss))(x)
+            (y_h, dx_h), (y_e, dx_e) = outs["hopper"], outs["emulation"]
+            case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), dx_equal=_same(dx_h, dx_e))
+            case["ok"] = case["dx_equal"] and case["loss_rel_err"] < 1e-4
+        except Exception as e:  # a route that fails is reported, not fatal
+            case.update(ok=False, error=failure(e))
+        results["cases"].append(case)
+        print(case, flush=True)
+    x, delta = (jax.random.normal(k, (1, K), jnp.bfloat16) for k in keys[3:5])
+    norm_weight = (1 + 0.1 * jax.random.normal(keys[5], (K,), jnp.float32)).astype(jnp.bfloat16)
+    case = {"what": "add_rms_norm_matmul", "m": 1}
+    try:
+        outs = {}
+        for backend in ("hopper", "emulation"):
+
+            def loss(x, delta, norm_weight, b=backend):
+                y, h = mx.add_rms_norm_matmul(x, delta, norm_weight, w, eps=1e-5, out_dtype=jnp.float32, backend=b)
+                return jnp.sum(c[:1] * y) + jnp.sum(h.astype(jnp.float32))
+
+            outs[backend] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, delta, norm_weight)
+        (y_h, g_h), (y_e, g_e) = outs["hopper"], outs["emulation"]
+        case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), grads_equal=all(map(_same, g_h, g_e)))
+        case["ok"] = case["grads_equal"] and case["loss_rel_err"] < 1e-4
+    except Exception as e:
+        case.update(ok=False, error=failure(e))
+    results["cases"].append(case)
+    print(case, flush=True)
+    write_json("grad_check.json", results)
+    bad = [c for c in results["cases"] if not c["ok"]]
+    print(f"{len(results['cases']) - len(bad)} of {len(results['cases'])} cases ok", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
