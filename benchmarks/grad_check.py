@@ -1,12 +1,14 @@
 """The inference product's gradients on the device: every ``hopper`` route backpropagates, straight-through.
 
 ``mxfp8_matmul`` and ``add_rms_norm_matmul`` are ``custom_vjp``s whose input gradient is ``g @ dequantize(w)``
-(docs/layers.md, "Inference mode backpropagates to its input"): on any backend the same jnp code, so the ``hopper``
-backend's gradient must equal emulation's bit for bit, whichever kernel ran the forward pass (the CPU tests can only
-trace the GPU kernels). For each row count (one per route: the CUDA-core GEMV, the tensor-core GEMV, the Pallas or
-Mosaic GPU kernel, cuBLAS) this takes ``jax.grad`` of ``sum(c * y)`` with respect to the bf16 activation on both
-backends, under ``jit``, and the same through the fused add-and-norm kernel (one row) with respect to ``x``, ``delta``
-and the norm weight; it also checks the forward outputs against emulation. Exits 1 on any mismatch.
+(docs/layers.md, "Inference mode backpropagates to its input"), the same jnp code on every backend. So whichever
+kernel ran the forward pass, the ``hopper`` backend's gradient must equal emulation's up to the float32 summation
+order XLA picks in each program (their forward passes differ, and so do XLA's fusions around the backward dot); the
+CPU tests can only trace the GPU kernels. For each row count (one per route: the CUDA-core GEMV, the tensor-core
+GEMV, the Pallas or Mosaic GPU kernel, cuBLAS) this takes ``jax.grad`` of ``sum(c * y)`` with respect to the bf16
+activation on both backends, under ``jit``, and the same through the fused add-and-norm kernel (one row) with respect
+to ``x``, ``delta`` and the norm weight; it also checks the forward outputs against emulation. Exits 1 on any case
+beyond ``TOLERANCE``.
 
     PYTHONPATH=. python3 benchmarks/grad_check.py
 
@@ -33,8 +35,14 @@ ROWS = (1, 8, 16, 64, 300)
 """One row each of the hopper backend's routes at K = 4096 (docs/benchmarks.md)."""
 
 
-def _same(a: jax.Array, b: jax.Array) -> bool:
-    return bool(np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), equal_nan=True))
+TOLERANCE = 1e-5
+"""Max-abs relative difference allowed between the two backends' gradients (float32 summation order)."""
+
+
+def _diff(a: jax.Array, b: jax.Array) -> float:
+    """Max |a - b| / max |b|, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def main() -> int:
@@ -55,8 +63,8 @@ def main() -> int:
 
                 outs[backend] = jax.jit(jax.value_and_grad(loss))(x)
             (y_h, dx_h), (y_e, dx_e) = outs["hopper"], outs["emulation"]
-            case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), dx_equal=_same(dx_h, dx_e))
-            case["ok"] = case["dx_equal"] and case["loss_rel_err"] < 1e-4
+            case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), dx_diff=_diff(dx_h, dx_e))
+            case["ok"] = case["dx_diff"] <= TOLERANCE and case["loss_rel_err"] < 1e-4
         except Exception as e:  # a route that fails is reported, not fatal
             case.update(ok=False, error=failure(e))
         results["cases"].append(case)
@@ -74,8 +82,8 @@ def main() -> int:
 
             outs[backend] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, delta, norm_weight)
         (y_h, g_h), (y_e, g_e) = outs["hopper"], outs["emulation"]
-        case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), grads_equal=all(map(_same, g_h, g_e)))
-        case["ok"] = case["grads_equal"] and case["loss_rel_err"] < 1e-4
+        case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), grad_diffs=list(map(_diff, g_h, g_e)))
+        case["ok"] = max(case["grad_diffs"]) <= TOLERANCE and case["loss_rel_err"] < 1e-4
     except Exception as e:
         case.update(ok=False, error=failure(e))
     results["cases"].append(case)
