@@ -27,6 +27,8 @@ def round_up(n: int, multiple: int) -> int:
 
 def swizzled_scale_len(rows: int, cols: int) -> int:
     """Length of the 1-D swizzled buffer for a ``[rows, cols]`` scale matrix."""
+    if rows < 0 or cols < 0:
+        raise ValueError(f"a scale matrix [{rows}, {cols}] (rows, K/32 columns) needs sizes >= 0")
     return round_up(rows, ROW_TILE) * round_up(cols, COL_TILE)
 
 

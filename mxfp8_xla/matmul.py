@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from mxfp8_xla import norm
@@ -134,6 +135,9 @@ def add_rms_norm_matmul(
     """
     check_quantizable(x, "add_rms_norm_matmul: x")
     out_dtype = check_float_dtype("add_rms_norm_matmul: out_dtype", out_dtype)
+    for label, operand in (("delta", delta), ("norm_weight", norm_weight)):
+        if not isinstance(operand, jax.Array | np.ndarray):
+            raise TypeError(f"add_rms_norm_matmul: {label} must be an array, got {type(operand).__name__}")
     if delta.shape != x.shape or delta.dtype != x.dtype:
         raise ValueError(
             f"add_rms_norm_matmul: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "

@@ -122,6 +122,13 @@ def test_torch_backend_empty_rows():
     assert out.shape == (0, 64)
 
 
+def test_torch_backend_k_zero_gives_zeros_as_emulation():
+    w = quantize(jnp.ones((8, 0)))
+    for backend in ("torch", "emulation"):
+        out = matmul(jnp.ones((4, 0)), w, backend, jnp.float32)
+        assert out.shape == (4, 8) and not np.any(np.asarray(out))
+
+
 # ----------------------------------------------------------------------------- selection
 
 CPU = Capability(platform="cpu", device_kind="cpu", torch_version="2.13.0")

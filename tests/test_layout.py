@@ -52,3 +52,5 @@ def test_bad_inputs():
         mx.unswizzle_scales(jnp.zeros((100,), jnp.uint8), 3, 2)
     with pytest.raises(ValueError, match=r"expects uint8 scale bytes, got dtype float32 with shape \(512,\)"):
         mx.unswizzle_scales(jnp.zeros((512,), jnp.float32), 3, 2)
+    with pytest.raises(ValueError, match=r"a scale matrix \[-5, 4\] \(rows, K/32 columns\) needs sizes >= 0"):
+        mx.unswizzle_scales(jnp.zeros((0,), jnp.uint8), -5, 4)

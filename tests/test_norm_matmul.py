@@ -96,6 +96,8 @@ def test_a_non_finite_sum_makes_every_output_nan(bad):
             r"w must be \[N, 256\] \(K = x's last axis\), got shape \(32, 128\)",
         ),
         (lambda x, d, g, w: (x, d, g, jnp.ones((32, 256))), TypeError, r"w must be an MXArray \[N, 256\]"),
+        (lambda x, d, g, w: (x, d.tolist(), g, w), TypeError, "delta must be an array, got list"),
+        (lambda x, d, g, w: (x, d, 1.0, w), TypeError, "norm_weight must be an array, got float"),
     ],
 )
 def test_bad_operands_are_named(change, error, message):

@@ -16,6 +16,7 @@ torch must not use TF32 for float32 matmuls (torch's default:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -67,11 +68,11 @@ def matmul(
     n, k = w.shape
     require_backend("torch", n=n, k=k, out_dtype=out_dtype, name=name)
     *lead, _ = x.shape
-    x_data = x.data.reshape(-1, k)
-    x_scale = x.scale.reshape(-1, k // BLOCK_SIZE)
-    m = x_data.shape[0]
-    if m == 0:
+    m = math.prod(lead)
+    if m == 0 or k == 0:  # an empty product (no rows, or K = 0: zeros, as emulation gives)
         return jnp.zeros((*lead, n), out_dtype)
+    x_data = x.data.reshape(m, k)
+    x_scale = x.scale.reshape(m, k // BLOCK_SIZE)
     out = torch_callback(
         _reference_mm,
         jax.ShapeDtypeStruct((m, n), jnp.dtype(out_dtype)),
