@@ -149,6 +149,38 @@ def test_optimizer_steps_reduce_loss() -> None:
     assert losses[-1] < 0.1 * losses[0], losses
 
 
+def test_an_adapter_trains_on_a_frozen_inference_layer() -> None:
+    """docs/layers.md's filter: an Optimizer over every Param but the quantized weight's (uint8 scales have no
+    gradient), gradients reaching the adapter through the inference layer's straight-through input gradient."""
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.base = MXFP8Linear(64, 32, rngs=rngs)
+            self.adapter = nnx.Linear(32, 8, rngs=rngs)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.adapter(self.base(x))
+
+    model = Model(nnx.Rngs(0))
+    frozen_q, frozen_scale = (np.asarray(v[...]) for v in (model.base.kernel_q, model.base.kernel_scale))
+    trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("kernel_q")), nnx.Not(nnx.PathContains("kernel_scale")))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=trainable)
+    x = jax.random.normal(jax.random.key(1), (16, 64))
+    y = jax.random.normal(jax.random.key(2), (16, 8))
+
+    @nnx.jit
+    def step(model: Model, optimizer: nnx.Optimizer) -> jax.Array:
+        loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)  # noqa: E731
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(20)]
+    assert losses[-1] < 0.8 * losses[0]
+    assert np.array_equal(np.asarray(model.base.kernel_q[...]).view(np.uint8), frozen_q.view(np.uint8))
+    assert np.array_equal(np.asarray(model.base.kernel_scale[...]), frozen_scale)
+
+
 def test_errors_name_layer_tensor_shape_dtype() -> None:
     layer = MXFP8Linear(64, 8, rngs=nnx.Rngs(0))
     for fn in (layer, lambda x: call(layer, x)):
