@@ -299,6 +299,8 @@ def test_a_kernel_scale_of_neither_layout_is_refused(dense_vars: Any) -> None:
     q, _ = quantize_params(dense_vars)
     q["params"]["hidden"]["kernel_scale"] = jnp.zeros((100,), jnp.uint8)
     with pytest.raises(
-        ValueError, match=r"MXFP8Dense at 'hidden'.*'kernel_scale' has shape \(100,\).*expected shape \(512,\)"
+        ValueError,
+        match=r"MXFP8Dense at 'hidden'.*'kernel_scale' has shape \(100,\).*expected shape \(64, 2\) \(\[N, K/32\]\) "
+        r"or \(512,\) \(FlashInfer's 1-D",
     ):
         Net(("dense", "inference", "inference")).apply(q, X)

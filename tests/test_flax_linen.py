@@ -367,3 +367,18 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
             BackendUnavailableError, match=r"layer \"MXFP8Dense at 'fc1'\".*cannot use backend 'hopper'"
         ):
             MLP(mx(mode=mode, backend="hopper")).init(KEY, x)
+
+
+def test_a_kernel_scale_of_wrong_shape_lists_both_layouts() -> None:
+    x = jnp.ones((2, 64))
+    v = MXFP8Dense(32).init(KEY, x)
+    for shape, shown in (((7,), r"\(7,\)"), ((32, 3), r"\(32, 3\)")):
+        params = {**v["params"], "kernel_scale": jnp.zeros(shape, jnp.uint8)}
+        with pytest.raises(
+            ValueError,
+            match=rf"MXFP8Dense at '<root>': parameter 'kernel_scale' has shape {shown} and dtype uint8; expected "
+            r"shape \(32, 2\) \(\[N, K/32\]\) or \(512,\) \(FlashInfer's 1-D 128x4 layout, from swizzle_params\)",
+        ):
+            MXFP8Dense(32).apply({"params": params}, x)
+    with pytest.raises(TypeError, match=r"'kernel_scale' with shape \(32, 2\) has dtype int8; expected uint8"):
+        MXFP8Dense(32).apply({"params": {**v["params"], "kernel_scale": jnp.zeros((32, 2), jnp.int8)}}, x)

@@ -54,12 +54,26 @@ def check_param(layer: str, name: str, value: Any, shape: tuple[int, ...], dtype
         raise TypeError(f"{layer}: parameter '{name}' with shape {got_shape} has dtype {got_dtype}; expected {names}")
 
 
+def scale_layouts(n: int, k: int) -> str:
+    """The two accepted ``kernel_scale`` layouts of an ``[N, K]`` weight, with their shapes, for messages."""
+    cols = k // BLOCK_SIZE
+    return (
+        f"shape {(n, cols)} ([N, K/32]) or {(swizzled_scale_len(n, cols),)} "
+        "(FlashInfer's 1-D 128x4 layout, from swizzle_params)"
+    )
+
+
 def check_scale(layer: str, value: Any, n: int, k: int) -> None:
     """Raise unless ``value`` is a uint8 ``kernel_scale`` in one of its two layouts: ``[N, K/32]`` as ModelOpt stores
     it, or the 1-D buffer in FlashInfer's 128x4 layout that :func:`mxfp8_xla.flax.swizzle_params` makes."""
     cols = k // BLOCK_SIZE
-    shape = (swizzled_scale_len(n, cols),) if jnp.ndim(value) == 1 else (n, cols)
-    check_param(layer, "kernel_scale", value, shape, (UINT8,))
+    got_shape, got_dtype = tuple(jnp.shape(value)), jnp.dtype(value.dtype)
+    if got_shape not in ((n, cols), (swizzled_scale_len(n, cols),)):
+        raise ValueError(
+            f"{layer}: parameter 'kernel_scale' has shape {got_shape} and dtype {got_dtype}; expected "
+            f"{scale_layouts(n, k)}"
+        )
+    check_param(layer, "kernel_scale", value, got_shape, (UINT8,))
 
 
 def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | FlashInferWeight:
