@@ -369,6 +369,66 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
             MLP(mx(mode=mode, backend="hopper")).init(KEY, x)
 
 
+def test_a_missing_param_names_the_layer_and_what_it_expects() -> None:
+    """Loaded params without a param the layer needs: a ValueError naming the layer, the param and its expected
+    dtype and shape (not flax's ScopeVariableNotFoundError "in '/'"); init still creates them all."""
+    x = jnp.ones((2, 64))
+    v = jax.jit(MLP(mx()).init)(KEY, x)
+    vt = jax.jit(MLP(mx(mode="train")).init)(KEY, x)
+
+    def without(tree: Any, layer: str, name: str) -> Any:
+        params = {k: dict(p) for k, p in tree["params"].items()}
+        del params[layer][name]
+        return {"params": params}
+
+    for fn in (MLP(mx()).apply, jax.jit(MLP(mx()).apply)):
+        with pytest.raises(
+            ValueError,
+            match=r"MXFP8Dense at 'fc2': params lack 'kernel_scale' \(expected uint8 of shape \(8, 4\) \(\[N, K/32\]\) "
+            r"or \(512,\) \(FlashInfer's 1-D 128x4 layout, from swizzle_params\)\); the params here hold "
+            r"\['bias', 'kernel_q'\]",
+        ):
+            fn(without(v, "fc2", "kernel_scale"), x)
+    with pytest.raises(
+        ValueError, match=r"MXFP8Dense at 'fc1': params lack 'kernel_q' \(expected float8_e4m3fn of shape \(128, 64\)"
+    ):
+        MLP(mx()).apply(without(v, "fc1", "kernel_q"), x)
+    with pytest.raises(
+        ValueError, match=r"'fc1': params lack 'bias' \(expected float32, .* of shape \(128,\) \[N\]; .*use_bias=False"
+    ):
+        MLP(mx()).apply(without(v, "fc1", "bias"), x)
+    with pytest.raises(
+        ValueError,
+        match=r"'fc1': params lack 'kernel' \(expected float32, bfloat16 or float16 of shape \(64, 128\) \[K, N\]\)",
+    ):
+        MLP(mx(mode="train")).apply(without(vt, "fc1", "kernel"), x)
+    # A train-mode 'kernel' beside a kernel_q: pointed to quantize_params (with no kernel_q, the mode check says so).
+    mixed = {"params": {**v["params"], "fc1": {**v["params"]["fc1"], "kernel": vt["params"]["fc1"]["kernel"]}}}
+    with pytest.raises(ValueError, match=r"'fc1': params lack 'kernel_scale'.*train-mode 'kernel'.*quantize_params"):
+        MLP(mx()).apply(without(mixed, "fc1", "kernel_scale"), x)
+    with pytest.raises(ValueError, match=r"mode='inference' needs .*quantize_params"):
+        MLP(mx()).apply(vt, x)
+
+    # No params at the layer's path at all: nn.Dense's auto-name 'Dense_0' against 'MXFP8Dense_0'.
+    class Wrapper(nn.Module):
+        layer: Callable[..., nn.Module]
+
+        @nn.compact
+        def __call__(self, h: jax.Array) -> jax.Array:
+            return self.layer(8)(h)
+
+    dense_vars = Wrapper(nn.Dense).init(KEY, x)
+    converted, _ = quantize_params(dense_vars)
+    with pytest.raises(
+        ValueError, match=r"MXFP8Dense at 'MXFP8Dense_0': params lack 'kernel_q'.*no params at this path.*'Dense_<i>'"
+    ):
+        Wrapper(MXFP8Dense).apply(converted, x)
+    # init (and apply with mutable params) still creates every param.
+    assert set(MXFP8Dense(8).init(KEY, x)["params"]) == {"kernel_q", "kernel_scale", "bias"}
+    _, created = MXFP8Dense(8).apply({}, x, rngs={"params": KEY}, mutable=["params"])
+    assert set(created["params"]) == {"kernel_q", "kernel_scale", "bias"}
+
+
 def test_a_kernel_scale_of_wrong_shape_lists_both_layouts() -> None:
     x = jnp.ones((2, 64))
     v = MXFP8Dense(32).init(KEY, x)

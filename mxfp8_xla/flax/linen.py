@@ -75,8 +75,7 @@ class MXFP8Dense(nn.Module):
             weights = {"kernel": kernel}
         else:
             self._check_existing(layer, "kernel_q", (n, k), (_common.FP8,))
-            if self.has_variable("params", "kernel_scale"):
-                _common.check_scale(layer, nn.meta.unbox(self.get_variable("params", "kernel_scale")), n, k)
+            self._check_existing(layer, "kernel_scale", (n, k), (_common.UINT8,))
             drawn: list[MXArray] = []  # one kernel draw feeds both variables
 
             def init(field: str) -> jax.Array:
@@ -124,7 +123,34 @@ class MXFP8Dense(nn.Module):
             )
 
     def _check_existing(self, layer: str, name: str, shape: tuple[int, ...], dtypes: tuple[Any, ...]) -> None:
-        """Clear errors for a loaded param of the wrong shape/dtype (before flax's own check)."""
+        """Clear errors for a loaded param of the wrong shape/dtype, or missing where it cannot be created (before
+        flax's own checks). ``shape`` is ``(N, K)`` for ``kernel_scale`` (checked in either of its layouts)."""
         if self.has_variable("params", name):
             value = nn.meta.unbox(self.get_variable("params", name))
-            _common.check_param(layer, name, value, shape, dtypes)
+            if name == "kernel_scale":
+                _common.check_scale(layer, value, *shape)
+            else:
+                _common.check_param(layer, name, value, shape, dtypes)
+        elif not self.is_mutable_collection("params"):  # init (or a mutable apply) creates it
+            self._raise_missing(layer, name, shape, dtypes)
+
+    def _raise_missing(self, layer: str, name: str, shape: tuple[int, ...], dtypes: tuple[Any, ...]) -> None:
+        """Raise ``ValueError`` for a param missing from the loaded params: what it should be and what is there."""
+        *others, last = [str(jnp.dtype(d)) for d in dtypes]
+        kinds = f"{', '.join(others)} or {last}" if others else last
+        if name == "kernel_scale":
+            expected = f"{kinds} of {_common.scale_layouts(*shape)}"
+        else:
+            axes = {"kernel": "[K, N]", "kernel_q": "[N, K]", "bias": "[N]; or build the layer with use_bias=False"}
+            expected = f"{kinds} of shape {shape} {axes[name]}"
+        held = sorted(self.variables.get("params", {}))
+        if not held:
+            hint = (
+                "there are no params at this path: check the layer's name (an unnamed MXFP8Dense is "
+                "'MXFP8Dense_<i>', an unnamed nn.Dense 'Dense_<i>'; name layers to swap them)"
+            )
+        else:
+            hint = f"the params here hold {held}"
+            if self.mode == "inference" and "kernel" in held:
+                hint += ", with a train-mode 'kernel' [K, N]: convert the params with mxfp8_xla.flax.quantize_params"
+        raise ValueError(f"{layer}: params lack '{name}' (expected {expected}); {hint}")
