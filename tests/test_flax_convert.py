@@ -304,3 +304,22 @@ def test_a_kernel_scale_of_neither_layout_is_refused(dense_vars: Any) -> None:
         r"or \(512,\) \(FlashInfer's 1-D",
     ):
         Net(("dense", "inference", "inference")).apply(q, X)
+
+
+def test_a_top_level_input_that_is_not_a_params_mapping_is_refused(dense_vars: Any) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"quantize_params expects a params mapping \(Linen's variables\['params'\], or the whole variables "
+        r"dict\), got list \[1, 2\]",
+    ):
+        quantize_params([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"swizzle_params expects a params mapping .*nnx.to_pure_dict.*got list \[1\]"):
+        swizzle_params([1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got ArrayImpl Array\("):
+        quantize_params(dense_vars["params"]["hidden"]["kernel"])
+    # Inside the mapping, leaves that are not mappings are kept as they are.
+    tree = {"step": 3, "tags": ["a"], "params": dense_vars["params"]}
+    q, report = quantize_params(tree)
+    assert q["step"] == 3 and q["tags"] is tree["tags"] and len(report.converted) == 2
+    sw = swizzle_params(q)
+    assert sw["step"] == 3 and sw["tags"] is tree["tags"] and sw["params"]["hidden"]["kernel_scale"].ndim == 1

@@ -153,8 +153,17 @@ def quantize_params(
 
     Returns the new params (plain dicts; the input is not modified) and a report.
     """
+    _check_params_mapping("quantize_params", params, "Linen's variables['params'], or the whole variables dict")
     report = ConversionReport()
     return _convert_tree(params, (), include, exclude, stacked, report), report
+
+
+def _check_params_mapping(fn: str, params: Any, expected: str) -> None:
+    """Raise ``TypeError`` unless the top-level ``params`` is a mapping (the recursion leaves other nodes alone)."""
+    if not isinstance(params, Mapping):
+        shown = repr(params)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise TypeError(f"{fn} expects a params mapping ({expected}), got {type(params).__name__} {shown}")
 
 
 def swizzle_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,12 +177,21 @@ def swizzle_params(params: Mapping[str, Any]) -> dict[str, Any]:
     left as they are. Checkpoints store ``[N, K/32]``: save the params from before this call. Returns plain dicts;
     the input is not modified.
     """
-    if not isinstance(params, Mapping):
-        return params
-    out = {key: swizzle_params(value) for key, value in params.items()}
-    scale = meta.unbox(params.get("kernel_scale"))
-    if "kernel_q" in params and getattr(scale, "ndim", 0) == 2:
-        out["kernel_scale"] = prepare_weight(MXArray(meta.unbox(params["kernel_q"]), scale)).scale_swizzled
+    _check_params_mapping(
+        "swizzle_params",
+        params,
+        "Linen's variables['params'] or the whole variables dict, or NNX's nnx.to_pure_dict(nnx.state(m, nnx.Param))",
+    )
+    return _swizzle_tree(params)
+
+
+def _swizzle_tree(node: Any) -> Any:
+    if not isinstance(node, Mapping):
+        return node
+    out = {key: _swizzle_tree(value) for key, value in node.items()}
+    scale = meta.unbox(node.get("kernel_scale"))
+    if "kernel_q" in node and getattr(scale, "ndim", 0) == 2:
+        out["kernel_scale"] = prepare_weight(MXArray(meta.unbox(node["kernel_q"]), scale)).scale_swizzled
     return out
 
 
