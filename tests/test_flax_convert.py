@@ -323,3 +323,18 @@ def test_a_top_level_input_that_is_not_a_params_mapping_is_refused(dense_vars: A
     assert q["step"] == 3 and q["tags"] is tree["tags"] and len(report.converted) == 2
     sw = swizzle_params(q)
     assert sw["step"] == 3 and sw["tags"] is tree["tags"] and sw["params"]["hidden"]["kernel_scale"].ndim == 1
+
+
+def test_swizzle_params_refuses_partitioned_scales_naming_the_layer() -> None:
+    """A partitioned kernel_scale [N, K/32] cannot keep its 2-D names in the 1-D swizzled layout, and swizzle_params
+    is for unsharded params: refused, naming the layer; unboxed, the same params swizzle."""
+    init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    v = MXFP8Dense(32, kernel_init=init).init(KEY, jnp.ones((2, 64)))
+    with pytest.raises(
+        ValueError,
+        match=r"swizzle_params: layer 'params' has a kernel_scale boxed in Partitioned with names \('mlp', 'embed'\);"
+        r".*unbox them first",
+    ):
+        swizzle_params(v)
+    sw = swizzle_params(nn.meta.unbox(v))
+    assert sw["params"]["kernel_scale"].shape == (128 * 4,)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+from flax.core import meta
 
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import SELECTABLE
@@ -74,6 +76,36 @@ def check_scale(layer: str, value: Any, n: int, k: int) -> None:
             f"{scale_layouts(n, k)}"
         )
     check_param(layer, "kernel_scale", value, got_shape, (UINT8,))
+
+
+def kernel_metadata_problem(kernel: Any, ndim: int) -> str | None:
+    """``None`` if the Linen metadata box of a ``[..., K, N]`` kernel (if any) can be carried over to ``kernel_q``
+    and ``kernel_scale`` by :func:`transposed_box`, else why not."""
+    if not isinstance(kernel, meta.AxisMetadata):
+        return None
+    if not isinstance(kernel, meta.Partitioned):
+        return (
+            f"the kernel is boxed in {type(kernel).__name__}: only nn.Partitioned metadata (nn.with_partitioning, "
+            "nn.LogicallyPartitioned from nn.with_logical_partitioning) can be carried over to kernel_q/kernel_scale, "
+            "whose axes are the kernel's transposed; unbox it first (flax.core.meta.unbox)"
+        )
+    if len(tuple(kernel.names)) > ndim:
+        return f"the kernel's {type(kernel).__name__} names {tuple(kernel.names)} are more than its {ndim} axes"
+    return None
+
+
+def transposed_box(kernel: Any, ndim: int) -> Callable[[Any], Any]:
+    """The function that boxes ``kernel_q [..., N, K]`` and ``kernel_scale [..., N, K/32]`` like the ``[..., K, N]``
+    ``kernel`` is boxed: the identity for a plain array; for an ``nn.Partitioned`` (or a subclass such as
+    ``nn.LogicallyPartitioned``) the same box, mesh and rules with the last two axis names swapped, so N's name goes
+    first and K's name goes to K and to K/32 (a split of K/32 must keep whole 32-blocks, like K's: the row-parallel
+    rule of docs/sharding.md). Check :func:`kernel_metadata_problem` first."""
+    if not isinstance(kernel, meta.Partitioned):
+        return lambda value: value
+    names = tuple(kernel.names)
+    names += (None,) * (ndim - len(names))
+    names = (*names[:-2], names[-1], names[-2])
+    return lambda value: kernel.replace_boxed(value).replace(names=names)
 
 
 def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | FlashInferWeight:

@@ -151,6 +151,10 @@ def quantize_params(
     layers) hold kernels ``[..., K, N]`` and get ``kernel_q [..., N, K]`` and
     ``kernel_scale [..., N, K/32]``; elsewhere kernels that are not 2-D are skipped.
 
+    A kernel boxed in ``nn.Partitioned`` / ``nn.LogicallyPartitioned`` (``nn.with_partitioning``) gives
+    ``kernel_q`` and ``kernel_scale`` the same box with its last two axis names swapped (K's name also on K/32),
+    as ``MXFP8Dense`` init does; the bias keeps its box. A kernel boxed in other metadata is skipped.
+
     Returns the new params (plain dicts; the input is not modified) and a report.
     """
     _check_params_mapping("quantize_params", params, "Linen's variables['params'], or the whole variables dict")
@@ -175,22 +179,33 @@ def swizzle_params(params: Mapping[str, Any]) -> dict[str, Any]:
     takes; the others undo the swizzle in every call, at a cost (a logged warning on a GPU backend), so call this
     only where ``flashinfer`` runs. Stacked (``nn.scan``) scales of more than two dimensions are
     left as they are. Checkpoints store ``[N, K/32]``: save the params from before this call. Returns plain dicts;
-    the input is not modified.
+    the input is not modified. A ``kernel_scale`` boxed in Linen metadata (``nn.Partitioned``, from a partitioned
+    ``kernel_init`` or ``quantize_params``) is refused with ``ValueError``: the 1-D layout cannot keep a 2-D
+    partitioning; unbox unsharded params first (``flax.core.meta.unbox``).
     """
     _check_params_mapping(
         "swizzle_params",
         params,
         "Linen's variables['params'] or the whole variables dict, or NNX's nnx.to_pure_dict(nnx.state(m, nnx.Param))",
     )
-    return _swizzle_tree(params)
+    return _swizzle_tree(params, ())
 
 
-def _swizzle_tree(node: Any) -> Any:
+def _swizzle_tree(node: Any, path: tuple[str, ...]) -> Any:
     if not isinstance(node, Mapping):
         return node
-    out = {key: _swizzle_tree(value) for key, value in node.items()}
-    scale = meta.unbox(node.get("kernel_scale"))
+    out = {key: _swizzle_tree(value, (*path, str(key))) for key, value in node.items()}
+    boxed = node.get("kernel_scale")
+    scale = meta.unbox(boxed)
     if "kernel_q" in node and getattr(scale, "ndim", 0) == 2:
+        if isinstance(boxed, meta.AxisMetadata):
+            names = getattr(boxed, "names", None)
+            raise ValueError(
+                f"swizzle_params: layer {'/'.join(path) or '<root>'!r} has a kernel_scale boxed in "
+                f"{type(boxed).__name__}{f' with names {tuple(names)}' if names is not None else ''}; the 1-D "
+                "swizzled layout (rows interleaved in tiles of 128) cannot keep a 2-D partitioning, and swizzle_params "
+                "is for unsharded params: unbox them first (flax.core.meta.unbox(params)) where they run unsharded"
+            )
         out["kernel_scale"] = prepare_weight(MXArray(meta.unbox(node["kernel_q"]), scale)).scale_swizzled
     return out
 
@@ -213,12 +228,16 @@ def _convert_tree(
             _skip(report, name, f"holds params {extra} besides kernel/bias: not an nn.Dense")
         elif (reason := _selected(name, include, exclude)) is not None:
             _skip(report, name, reason, logging.INFO)
-        elif (reason := _kernel_problem(kernel, _matches(name, stacked))) is not None:
+        elif (
+            reason := _kernel_problem(kernel, _matches(name, stacked))
+            or _common.kernel_metadata_problem(node["kernel"], kernel.ndim)
+        ) is not None:
             _skip(report, name, reason)
         else:
             q = _common.quantize_kernel(kernel)
             _record(report, name, kernel)
-            out = {"kernel_q": q.data, "kernel_scale": q.scale}
+            box = _common.transposed_box(node["kernel"], kernel.ndim)  # a partitioned kernel's names, transposed
+            out = {"kernel_q": box(q.data), "kernel_scale": box(q.scale)}
             if "bias" in node:
                 out["bias"] = node["bias"]
             return out

@@ -76,13 +76,17 @@ class MXFP8Dense(nn.Module):
         else:
             self._check_existing(layer, "kernel_q", (n, k), (_common.FP8,))
             self._check_existing(layer, "kernel_scale", (n, k), (_common.UINT8,))
-            drawn: list[MXArray] = []  # one kernel draw feeds both variables
+            drawn: list[tuple[MXArray, Any]] = []  # one kernel draw feeds both variables
 
-            def init(field: str) -> jax.Array:
+            def init(field: str) -> Any:
                 if not drawn:
-                    w = nn.meta.unbox(self.kernel_init(self.make_rng("params"), (k, n), pdt))
-                    drawn.append(_common.quantize_kernel(w))
-                return getattr(drawn[0], field)
+                    w = self.kernel_init(self.make_rng("params"), (k, n), pdt)
+                    if (problem := _common.kernel_metadata_problem(w, 2)) is not None:
+                        raise TypeError(f"{layer}: kernel_init returned a boxed kernel it cannot keep: {problem}")
+                    # kernel_q/kernel_scale keep the box of a partitioned kernel_init, names transposed.
+                    drawn.append((_common.quantize_kernel(nn.meta.unbox(w)), _common.transposed_box(w, 2)))
+                q, box = drawn[0]
+                return box(getattr(q, field))
 
             kernel_q = self.variable("params", "kernel_q", init, "data").value
             kernel_scale = self.variable("params", "kernel_scale", init, "scale").value
