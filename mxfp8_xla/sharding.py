@@ -76,7 +76,8 @@ def shard_map(f: Callable, *, mesh: Mesh, in_specs: Any, out_specs: Any) -> Call
 
 
 def check_operands(layer: str, x: jax.Array | None, w: MXArray, mesh: Mesh, axes: tuple[str | None, ...]) -> None:
-    """Raise unless ``w`` is an MXArray ``[N, K]``, ``x`` (if given) a ``[B, K]`` array, and ``mesh`` has ``axes``.
+    """Raise unless ``w`` is an MXArray ``[N, K]``, ``x`` (if given) a ``[B, K]`` array, and ``mesh`` has ``axes``
+    (``(model_axis,)`` or ``(model_axis, data_axis)``: two different axes, and B splits evenly over the data axis).
 
     Checked on the global shapes, before ``shard_map`` splits them (a per-shard error would name shapes the caller
     never wrote, and a 3-D ``x`` would otherwise come back with its shards stacked along the wrong axis).
@@ -94,6 +95,8 @@ def check_operands(layer: str, x: jax.Array | None, w: MXArray, mesh: Mesh, axes
         raise ValueError(f"{layer}: the mesh has axes {tuple(mesh.shape)}, not {missing}")
     if len(axes) == 2 and axes[0] == axes[1]:
         raise ValueError(f"{layer}: model_axis and data_axis are both {axes[0]!r}; they must be different mesh axes")
+    if x is not None and len(axes) == 2 and axes[1] is not None:
+        check_data_parallel(jnp.shape(x), mesh.shape[axes[1]], axes[1], layer)
 
 
 def _weight_spec(kind: str, model_axis: str) -> P:
@@ -134,8 +137,6 @@ def column_parallel(
     check_operands(f"column-parallel {name}", x, w, mesh, (model_axis, data_axis))
     check_float_dtype(f"column-parallel {name}: out_dtype", out_dtype)
     check_column_parallel(w.shape, mesh.shape[model_axis], name)
-    if data_axis is not None:
-        check_data_parallel(jnp.shape(x), mesh.shape[data_axis], data_axis, f"column-parallel {name}")
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
         return mxfp8_matmul(xs, ws, out_dtype=out_dtype, backend=backend, name=name)
@@ -163,8 +164,6 @@ def row_parallel(
     check_operands(f"row-parallel {name}", x, w, mesh, (model_axis, data_axis))
     out_dtype = check_float_dtype(f"row-parallel {name}: out_dtype", out_dtype)
     check_row_parallel(w.shape, mesh.shape[model_axis], name)
-    if data_axis is not None:
-        check_data_parallel(jnp.shape(x), mesh.shape[data_axis], data_axis, f"row-parallel {name}")
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
         partial = mxfp8_matmul(xs, ws, out_dtype=jnp.float32, backend=backend, name=name)

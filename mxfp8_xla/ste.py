@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.matmul import mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 __all__ = ["mxfp8_linear_ste"]
@@ -92,21 +92,15 @@ def _backward(
     del backend, out_dtype, name
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
     x_hat = dequantize(xq, jnp.float32)  # [..., K]
-    w_hat = dequantize(wq, jnp.float32)  # [N, K]
-    g32 = g.astype(jnp.float32)  # [..., N]
-    k, n = w_hat.shape[1], w_hat.shape[0]
-    hi = jax.lax.Precision.HIGHEST
-    dx = jax.lax.dot_general(
-        g32, w_hat, (((g32.ndim - 1,), (0,)), ((), ())), precision=hi, preferred_element_type=jnp.float32
-    )
+    n, k = wq.shape
     dkernel = jax.lax.dot_general(
         x_hat.reshape(-1, k),
-        g32.reshape(-1, n),
+        g.astype(jnp.float32).reshape(-1, n),
         (((0,), (0,)), ((), ())),
-        precision=hi,
+        precision=jax.lax.Precision.HIGHEST,
         preferred_element_type=jnp.float32,
     )
-    return dx.astype(x_dtype_tag.dtype), dkernel.astype(k_dtype_tag.dtype)
+    return straight_through_dx(g, wq, x_dtype_tag.dtype), dkernel.astype(k_dtype_tag.dtype)
 
 
 _ste.defvjp(_forward, _backward)
