@@ -199,7 +199,7 @@ def _no_autodiff(fun: Callable[..., Any], what: str) -> Callable[..., Any]:
     def _jvp(primals, tangents):
         raise TypeError(
             f"{what} is not differentiable: the torch bridge has no autodiff rule. "
-            "Gradients of MXFP8 layers come from the layer's custom_vjp; wrap your "
+            "Gradients of MXFP8 layers come from mxfp8_matmul's and the STE's custom_vjp; wrap your "
             "own bridged functions in jax.custom_vjp, or stop_gradient their inputs."
         )
 
