@@ -7,8 +7,9 @@ order XLA picks in each program (their forward passes differ, and so do XLA's fu
 CPU tests can only trace the GPU kernels. For each row count (one per route: the CUDA-core GEMV, the tensor-core
 GEMV, the Pallas or Mosaic GPU kernel, cuBLAS) this takes ``jax.grad`` of ``sum(c * y)`` with respect to the bf16
 activation on both backends, under ``jit``, and the same through the fused add-and-norm kernel (one row) with respect
-to ``x``, ``delta`` and the norm weight; it also checks the forward outputs against emulation. Exits 1 on any case
-beyond ``TOLERANCE``.
+to ``x``, ``delta`` and the norm weight; it also checks the forward outputs against emulation. With a bf16 output
+(its bf16 cotangent takes a bf16 x bf16 -> float32 product) each row count's gradient is checked against the float32
+product at ``Precision.HIGHEST``, to one bf16 rounding. Exits 1 on any case beyond its tolerance.
 
     PYTHONPATH=. python3 benchmarks/grad_check.py
 
@@ -66,6 +67,20 @@ def main() -> int:
             case.update(loss_rel_err=float(abs(y_h - y_e) / abs(y_e)), dx_diff=_diff(dx_h, dx_e))
             case["ok"] = case["dx_diff"] <= TOLERANCE and case["loss_rel_err"] < 1e-4
         except Exception as e:  # a route that fails is reported, not fatal
+            case.update(ok=False, error=failure(e))
+        results["cases"].append(case)
+        print(case, flush=True)
+    for m in ROWS:  # a bf16 output: its bf16 cotangent takes the bf16 x bf16 -> float32 product
+        x = jax.random.normal(keys[2], (m, K), jnp.bfloat16)
+        case = {"what": "mxfp8_matmul, bf16 out", "m": m}
+        try:
+            loss = lambda x, cm=c[:m]: jnp.sum(cm * mx.mxfp8_matmul(x, w, backend="hopper").astype(float))  # noqa: E731
+            dx = jax.jit(jax.grad(loss))(x)
+            g = c[:m].astype(jnp.bfloat16).astype(jnp.float32)  # the cotangent the bf16 output receives
+            want = jnp.dot(g, mx.dequantize(w, jnp.float32), precision=jax.lax.Precision.HIGHEST)
+            case["dx_diff"] = _diff(dx, want.astype(jnp.bfloat16))
+            case["ok"] = case["dx_diff"] <= 2.0**-8  # dx is bf16: one rounding of the float32 sum
+        except Exception as e:
             case.update(ok=False, error=failure(e))
         results["cases"].append(case)
         print(case, flush=True)

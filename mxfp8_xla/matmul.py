@@ -87,14 +87,21 @@ def _product_bwd(backend, out_dtype, name, residuals, g):
 
 def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
     """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
-    in float32 (``Precision.HIGHEST``), in ``dtype``."""
-    w_hat = dequantize(w.to_mxarray() if isinstance(w, FlashInferWeight) else w, jnp.float32)  # [N, K]
+    with float32 products and accumulation, in ``dtype``.
+
+    A bfloat16 ``g`` meets the weight decoded to bfloat16, which holds each decoded value exactly (an E4M3 code
+    times a power of two; only values below 2^-126, possible where a block's scale byte is 9 or less, may be rounded
+    or flushed), so the bf16 x bf16 products accumulated in float32 are the float32 product's terms, and the GPU
+    runs them on its tensor cores (docs/benchmark_log.md, twenty-third session). Any other ``g`` is multiplied in
+    float32 at ``Precision.HIGHEST``.
+    """
+    w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
+    if g.dtype == jnp.bfloat16:
+        lhs, w_hat, precision = g, dequantize(w, jnp.bfloat16), None  # [N, K], exact
+    else:
+        lhs, w_hat, precision = g.astype(jnp.float32), dequantize(w, jnp.float32), jax.lax.Precision.HIGHEST
     dx = jax.lax.dot_general(
-        g.astype(jnp.float32),
-        w_hat,
-        (((g.ndim - 1,), (0,)), ((), ())),
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
+        lhs, w_hat, (((g.ndim - 1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
     )
     return dx.astype(dtype)
 

@@ -49,6 +49,33 @@ def test_dx_is_straight_through_and_equals_the_ste(x_shape, dtype):
     np.testing.assert_array_equal(vjp_inf(g)[0], vjp_ste(g)[0])
 
 
+def _dots(jaxpr):
+    """Every dot_general equation in ``jaxpr`` and the jaxprs nested in its equations' params."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _dots(inner)
+
+
+@pytest.mark.parametrize("out_dtype, operand", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32)])
+def test_a_bf16_cotangent_multiplies_in_bf16_with_float32_accumulation(out_dtype, operand):
+    """A bf16 output's cotangent meets the weight decoded to bf16 (exact) in a bf16 x bf16 -> float32 product, which
+    the tensor cores run; a float32 one stays a float32 product at Precision.HIGHEST."""
+    x, _, w = _operands((8, 64), 32, jnp.bfloat16)
+    loss = lambda x: mx.mxfp8_matmul(x, w, out_dtype=out_dtype).astype(jnp.float32).sum()  # noqa: E731
+    dots = [e for e in _dots(jax.make_jaxpr(jax.grad(loss))(x).jaxpr) if e.outvars[0].aval.shape == (8, 64)]
+    assert len(dots) == 1  # the backward product g [8, 32] @ w_hat [32, 64]
+    (dot,) = dots
+    assert [v.aval.dtype for v in dot.invars] == [operand, operand]
+    assert dot.params["preferred_element_type"] == jnp.float32
+    precision = dot.params["precision"]
+    assert (precision is not None and jax.lax.Precision.HIGHEST in tuple(precision)) == (operand == jnp.float32)
+
+
 def test_dx_under_vmap_and_with_a_prepared_weight():
     x, _, w = _operands((4, 3, 64), 128)
     loss = lambda x, w: (mx.mxfp8_matmul(x, w, out_dtype=jnp.float32) ** 2).sum()  # noqa: E731
