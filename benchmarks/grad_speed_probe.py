@@ -4,7 +4,7 @@
 (forward) plus its ``custom_vjp``'s ``g @ dequantize(w)`` in float32 at ``Precision.HIGHEST`` (backward), against
 the same through bf16 ``jnp.dot`` on the bf16 weight (XLA's own backward). Device time, ``timing.loop_time``.
 
-Usage: python benchmarks/grad_speed_probe.py [--backend hopper] [--ms 16,2048] [--iters 10];
+Usage: python benchmarks/grad_speed_probe.py [--backend hopper] [--ms 16,2048] [--iters 10] [--out-dtype float32];
 JSON to $OUT/grad_speed_probe.json.
 """
 
@@ -33,9 +33,10 @@ def main() -> None:
     ap.add_argument("--backend", default="hopper" if jax.default_backend() == "gpu" else "emulation")
     ap.add_argument("--ms", default="16,2048", help="comma-separated row counts M")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out-dtype", default="bfloat16", help="the MXFP8 output's dtype, which its cotangent takes")
     args = ap.parse_args()
-    out = {"env": environment(), "backend": args.backend, "rows": []}
-    print(out["env"], f"backend {args.backend}", flush=True)
+    out = {"env": environment(), "backend": args.backend, "out_dtype": args.out_dtype, "rows": []}
+    print(out["env"], f"backend {args.backend}, MXFP8 output {args.out_dtype}", flush=True)
     print(f"{'N':>6} {'K':>6} {'M':>5} {'bf16 fwd':>9} {'bf16 grad':>10} {'mx fwd':>8} {'mx grad':>8}  (us)")
     for n, k in SHAPES:
         keys = jax.random.split(jax.random.key(n + k), 2 * SETS)
@@ -49,7 +50,7 @@ def main() -> None:
                 return jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16)
 
             def mxfp8(x, w, wq):
-                return mx.mxfp8_matmul(x, wq, backend=args.backend)
+                return mx.mxfp8_matmul(x, wq, backend=args.backend, out_dtype=jnp.dtype(args.out_dtype))
 
             row = {"n": n, "k": k, "m": m}
             for name, fn in (("bf16", bf16), ("mxfp8", mxfp8)):
