@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import reference as ref
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from mxfp8_xla.flax import (
     ConversionReport,
@@ -338,3 +339,59 @@ def test_swizzle_params_refuses_partitioned_scales_naming_the_layer() -> None:
         swizzle_params(v)
     sw = swizzle_params(nn.meta.unbox(v))
     assert sw["params"]["kernel_scale"].shape == (128 * 4,)
+
+
+def test_quantize_module_carries_partition_specs_transposed() -> None:
+    """A model sharded with nnx.with_partitioning: each converted layer's kernel_q/kernel_scale get its Linear
+    kernel's spec transposed and the bias keeps its spec, so nnx.get_partition_spec of the quantized model is the
+    Linear specs with [K, N] read as [N, K] (names left off: None); the weights are those of the unannotated model
+    bit for bit. A kernel whose out_sharding cannot be transposed is skipped with the reason, and the shared Linear
+    stays shared."""
+
+    class Sharded(nnx.Module):
+        def __init__(self, annotate: bool, rngs: nnx.Rngs) -> None:
+            def init(f: Any, names: tuple[str | None, ...]) -> Any:
+                return nnx.with_partitioning(f, names) if annotate else f
+
+            lecun, normal = nnx.initializers.lecun_normal(), nnx.initializers.normal(0.5)
+            self.up = nnx.Linear(
+                64, 128, kernel_init=init(lecun, ("embed", "mlp")), bias_init=init(normal, ("mlp",)), rngs=rngs
+            )
+            self.down = nnx.Linear(128, 64, kernel_init=init(lecun, ("mlp", "embed")), bias_init=normal, rngs=rngs)
+            self.alias = self.down
+            self.first = nnx.Linear(64, 64, kernel_init=init(lecun, ("embed",)), rngs=rngs)
+            self.bad = nnx.Linear(64, 64, kernel_init=init(lecun, ("embed", "mlp")), rngs=rngs)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.first(self.down(nnx.relu(self.up(x))))
+
+    # Auto axes: with Explicit ones JAX asks the row-parallel matmul (down, K sharded on both operands) for an
+    # out_sharding, which MXFP8Linear's call does not take (nnx.Linear's __call__ does).
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    with jax.set_mesh(jax.make_mesh((1, 1), ("embed", "mlp"), axis_types=auto)):
+        model = Sharded(True, nnx.Rngs(0))
+    plain = Sharded(False, nnx.Rngs(0))
+    before = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))
+    model.bad.kernel.set_metadata(out_sharding=("layers", "embed", "mlp"))  # 3 names for 2 axes
+    report = quantize_module(model)
+    quantize_module(plain)
+    assert [c.path for c in report.converted] == ["alias", "first", "up"] and report.converted[0].aliases == ("down",)
+    assert [s.path for s in report.skipped] == ["bad"]
+    assert "kernel 'out_sharding' metadata ('layers', 'embed', 'mlp') names 3 axes" in report.skipped[0].reason
+    assert type(model.bad) is nnx.Linear and model.alias is model.down
+    after = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))
+    for name in ("up", "alias", "first"):  # the state has the shared layer under its first path
+        spec = (*before[name]["kernel"], None)
+        assert after[name] == {
+            "kernel_q": P(spec[1], spec[0]),
+            "kernel_scale": P(spec[1], spec[0]),
+            "bias": before[name]["bias"],
+        }
+    assert after["up"]["kernel_scale"] == P("mlp", "embed") and after["up"]["bias"] == P("mlp")
+    assert after["alias"]["kernel_q"] == P("embed", "mlp") and after["first"]["kernel_q"] == P(None, "embed")
+    for name in ("up", "alias", "first"):
+        for param in ("kernel_q", "kernel_scale", "bias"):
+            a, b = (np.asarray(getattr(getattr(m, name), param)[...]) for m in (model, plain))
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 64)), jnp.float32)
+    np.testing.assert_array_equal(call(model, x), call(plain, x))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -102,10 +102,16 @@ def transposed_box(kernel: Any, ndim: int) -> Callable[[Any], Any]:
     rule of docs/sharding.md). Check :func:`kernel_metadata_problem` first."""
     if not isinstance(kernel, meta.Partitioned):
         return lambda value: value
-    names = tuple(kernel.names)
-    names += (None,) * (ndim - len(names))
-    names = (*names[:-2], names[-1], names[-2])
+    names = transposed_names(kernel.names, ndim)
     return lambda value: kernel.replace_boxed(value).replace(names=names)
+
+
+def transposed_names(names: Sequence[Any], ndim: int) -> tuple[Any, ...]:
+    """The axis names (or mesh axes) of a ``[..., K, N]`` kernel, padded with ``None`` to ``ndim`` (names left off
+    at the end are replicated axes), with the last two swapped: those of ``kernel_q [..., N, K]`` and of
+    ``kernel_scale [..., N, K/32]``, K's name on K/32 too. At most ``ndim`` names (the callers check)."""
+    names = (*names, *(None,) * (ndim - len(names)))
+    return (*names[:-2], names[-1], names[-2])
 
 
 def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | FlashInferWeight:

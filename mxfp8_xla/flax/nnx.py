@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import meta
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mxfp8_xla.flax import _common
-from mxfp8_xla.mxarray import FLOAT_DTYPES
+from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray
+
+logger = logging.getLogger("mxfp8_xla.flax")
 
 Initializer = Any  # (key, shape, dtype) -> array, as for nnx.Linear
 default_kernel_init = nnx.initializers.lecun_normal()  # nnx.Linear's defaults
 default_bias_init = nnx.initializers.zeros_init()
+
+# flax NNX Variable metadata (flax/nnx/variablelib.py, spmd.py), as kernel_q and kernel_scale take the kernel's:
+# per-axis shardings of the [K, N] kernel, transposed: 'out_sharding' (nnx.with_partitioning's, read by
+# nnx.get_partition_spec and by eager sharding), 'optimizer_sharding' (nnx.Optimizer's for the Param's state), and
+# 'sharding'/'sharding_names', flax's deprecated spellings of 'out_sharding' (kernel_init metadata only).
+_SHARDINGS = ("out_sharding", "optimizer_sharding", "sharding_names", "sharding")
+# Kept as they are: the mesh and logical rules of the shardings, and the Variable's modes (required_metadata).
+_AS_IS = ("mesh", "sharding_rules", "hijax", "ref", "eager_sharding")
+# Variable hooks (deprecated in flax): they act on the float kernel's value, not on the MXFP8 arrays.
+_HOOKS = ("on_get_value", "on_set_value", "on_create_value", "on_add_axis", "on_remove_axis")
 
 
 class MXFP8Linear(nnx.Module):
@@ -30,6 +47,12 @@ class MXFP8Linear(nnx.Module):
 
     ``dtype`` is the output dtype (``None``: promote input and ``param_dtype``).
     ``in_features`` must be a multiple of 32 in both modes.
+
+    A ``kernel_init`` with flax metadata (``nnx.with_partitioning(init, ("embed", "mlp"))``, ``nnx.with_metadata``)
+    annotates train mode's ``kernel`` as in ``nnx.Linear``; in inference mode ``kernel_q [N, K]`` and
+    ``kernel_scale [N, K/32]`` get it with the sharding's names transposed, ``("mlp", "embed")`` for both (K's name
+    on K/32 too), and flax shards them eagerly by it as ``nnx.Linear`` does (under a mesh: ``jax.set_mesh``). What
+    else is kept or dropped: :meth:`from_linear`; Variable hooks are refused (``TypeError``).
     """
 
     def __init__(
@@ -52,11 +75,20 @@ class MXFP8Linear(nnx.Module):
         _common.check_k(layer, in_features, "in_features")
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
         if mode == "train":
-            self.kernel = nnx.Param(kernel)
+            self.kernel = nnx.Param(kernel)  # with kernel_init's metadata (if any), as in nnx.Linear
         else:
-            q = _common.quantize_kernel(kernel)
-            self.kernel_q = nnx.Param(q.data)
-            self.kernel_scale = nnx.Param(q.scale)
+            metadata: Mapping[str, Any] = {}
+            if isinstance(kernel, nnx.VariableMetadata):  # from nnx.with_partitioning / nnx.with_metadata
+                hooks = [f for f in _HOOKS if getattr(kernel, f, ()) or kernel.metadata.get(f)]
+                if hooks:
+                    raise TypeError(
+                        f"{layer}: kernel_init's metadata has Variable hooks {hooks}, which act on the float kernel "
+                        "nnx.Linear would hold; inference mode holds MXFP8 kernel_q/kernel_scale and cannot apply "
+                        "them: use mode='train', or a kernel_init without hooks"
+                    )
+                kernel, metadata = kernel.raw_value, kernel.metadata
+            metadata = _inference_metadata(layer, metadata, "kernel_init's")
+            self.kernel_q, self.kernel_scale = _inference_params(_common.quantize_kernel(kernel), metadata)
         if use_bias:
             self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
         else:
@@ -69,10 +101,26 @@ class MXFP8Linear(nnx.Module):
     def from_linear(cls, linear: nnx.Linear, *, mode: _common.Mode = "inference", backend: str = "auto") -> MXFP8Linear:
         """A new ``MXFP8Linear`` holding ``linear``'s weights (quantized in inference mode).
 
-        Copies ``use_bias``, ``dtype``, ``param_dtype`` and ``precision``; the bias array
-        is kept as is. Variable metadata (e.g. sharding annotations) is not carried over.
+        Copies ``use_bias``, ``dtype``, ``param_dtype`` and ``precision``. The bias Param is copied
+        with its metadata (``Variable.copy``), and so is the kernel in train mode. In inference mode
+        ``kernel_q [N, K]`` and ``kernel_scale [N, K/32]`` take the kernel Param's metadata:
+
+        - its shardings with their names transposed (N's name first, K's on K and K/32): ``out_sharding``
+          (``nnx.with_partitioning(init, ("embed", "mlp"))`` gives ``("mlp", "embed")``; ``nnx.get_partition_spec``
+          reads it) and ``optimizer_sharding``; a tuple, ``PartitionSpec`` or ``NamedSharding`` of at most 2
+          names, else ``TypeError``/``ValueError`` (``quantize_module`` skips the layer, with the reason);
+        - as they are: ``mesh``, ``sharding_rules`` and the Variable's modes (``eager_sharding``, ``hijax``,
+          ``ref``), and other metadata whose value is not a tuple/list/``PartitionSpec``/``Sharding``;
+        - dropped, with a warning on the ``mxfp8_xla.flax`` logger: Variable hooks (deprecated in flax; the
+          kernel was read through them) and other tuple-like metadata, which may name the ``[K, N]`` kernel's axes
+          (as flax's ``nnx.vmap``/``nnx.scan`` take tuples to be per axis) and is not for the new arrays.
+
+        With eager sharding (flax's default) flax places the new params by their transposed ``out_sharding`` in
+        the ``mesh`` metadata's mesh or the context's (``jax.set_mesh``), else in the mesh ``linear``'s kernel is
+        sharded over, so this runs outside the mesh context too.
         """
         k, n = linear.kernel.shape
+        layer = f"MXFP8Linear({k}, {n})"
         new = nnx.eval_shape(
             lambda: cls(
                 k,
@@ -86,14 +134,15 @@ class MXFP8Linear(nnx.Module):
                 rngs=nnx.Rngs(0),
             )
         )
-        kernel = linear.kernel[...]
         if mode == "train":
-            new.kernel = nnx.Param(kernel)
+            new.kernel = linear.kernel.copy()  # the same array and metadata
         else:
-            q = _common.quantize_kernel(kernel)
-            new.kernel_q, new.kernel_scale = nnx.Param(q.data), nnx.Param(q.scale)
+            metadata = _inference_metadata(layer, linear.kernel.get_metadata(), "the nnx.Linear's kernel", True)
+            kernel = linear.kernel[...]
+            with _source_mesh(metadata, kernel):
+                new.kernel_q, new.kernel_scale = _inference_params(_common.quantize_kernel(kernel), metadata)
         if linear.bias is not None:
-            new.bias = nnx.Param(linear.bias[...])
+            new.bias = linear.bias.copy()  # the same array and metadata
         return new
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -135,3 +184,75 @@ class MXFP8Linear(nnx.Module):
                 name=layer,
             )  # fmt: skip
         return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
+
+
+def _inference_params(q: MXArray, metadata: Mapping[str, Any]) -> tuple[nnx.Param, nnx.Param]:
+    """``kernel_q`` and ``kernel_scale`` Params with ``metadata`` (flax shards them eagerly by its out_sharding)."""
+    return nnx.Param(q.data, **metadata), nnx.Param(q.scale, **metadata)
+
+
+def _inference_metadata(
+    layer: str, metadata: Mapping[str, Any], source: str, drop_hooks: bool = False
+) -> dict[str, Any]:
+    """The metadata of ``kernel_q [N, K]`` and ``kernel_scale [N, K/32]`` from that of a ``[K, N]`` kernel: shardings
+    transposed, the rest kept or dropped (with a warning) as :meth:`MXFP8Linear.from_linear` says."""
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in metadata.items():
+        if key in _SHARDINGS:
+            out[key] = _transposed_sharding(layer, f"{source} {key!r}", value)
+        elif key in _AS_IS:
+            out[key] = value
+        elif key in _HOOKS:
+            if value:
+                if not drop_hooks:  # the callers check first
+                    raise TypeError(f"{layer}: {source} Variable hook {key!r} cannot be carried over")
+                dropped.append(f"{key!r} (a Variable hook; the kernel was read through it)")
+        elif isinstance(value, (tuple, list, PartitionSpec, jax.sharding.Sharding)):
+            dropped.append(f"{key!r} (a {type(value).__name__}, which may name the [K, N] kernel's axes)")
+        else:
+            out[key] = value
+    if dropped:
+        logger.warning(
+            "%s: %s metadata %s not carried over to kernel_q [N, K] / kernel_scale [N, K/32]",
+            layer,
+            source,
+            ", ".join(dropped),
+        )
+    return out
+
+
+def _transposed_sharding(layer: str, what: str, sharding: Any) -> Any:
+    """A ``[K, N]`` kernel's sharding (axis names) for ``kernel_q [N, K]`` and ``kernel_scale [N, K/32]``."""
+    if isinstance(sharding, NamedSharding):
+        return sharding.update(spec=_transposed_sharding(layer, what, sharding.spec))
+    if not isinstance(sharding, (tuple, list, PartitionSpec)) and sharding is not None:
+        raise TypeError(
+            f"{layer}: {what} metadata is a {type(sharding).__name__} ({sharding!r}); only axis names (a tuple, "
+            "PartitionSpec or NamedSharding) can be carried over to kernel_q/kernel_scale, whose axes are the "
+            "kernel's transposed"
+        )
+    if not sharding:  # None or (): not sharded
+        return sharding
+    names = tuple(sharding)
+    if len(names) > 2:
+        raise ValueError(f"{layer}: {what} metadata {sharding!r} names {len(names)} axes; the kernel [K, N] has 2")
+    names = _common.transposed_names(names, 2)
+    return sharding.update(partitions=names) if isinstance(sharding, PartitionSpec) else names
+
+
+def _source_mesh(metadata: Mapping[str, Any], kernel: Any) -> contextlib.AbstractContextManager[Any]:
+    """``jax.set_mesh`` of the mesh ``kernel`` is sharded over where flax's eager sharding of a Param with ``metadata``
+    needs a mesh and has none (neither in the metadata nor in the context), else a null context."""
+    sharding = metadata.get("out_sharding")
+    placed = getattr(kernel, "sharding", None)  # a tracer has none
+    if (
+        metadata.get("eager_sharding", nnx.using_eager_sharding())
+        and sharding
+        and not isinstance(sharding, NamedSharding)
+        and metadata.get("mesh") is None
+        and meta.get_global_mesh() is None
+        and isinstance(placed, NamedSharding)
+    ):
+        return jax.set_mesh(placed.mesh)
+    return contextlib.nullcontext()
