@@ -12,6 +12,7 @@ frozen: their gradients are zero (their fp8 codes and E8M0 scales are not traina
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -89,14 +90,15 @@ def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.
     """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
     with float32 products and accumulation, in ``dtype``.
 
-    A bfloat16 ``g`` meets the weight decoded to bfloat16, which holds each decoded value exactly (an E4M3 code
-    times a power of two; only values below 2^-126, possible where a block's scale byte is 9 or less, may be rounded
-    or flushed), so the bf16 x bf16 products accumulated in float32 are the float32 product's terms, and the GPU
-    runs them on its tensor cores (docs/benchmark_log.md, twenty-third session). Any other ``g`` is multiplied in
-    float32 at ``Precision.HIGHEST``.
+    A bfloat16 ``g`` of more than one row meets the weight decoded to bfloat16, which holds each decoded value
+    exactly (an E4M3 code times a power of two; only values below 2^-126, possible where a block's scale byte is 9 or
+    less, may be rounded or flushed), so the bf16 x bf16 products accumulated in float32 are the float32 product's
+    terms, and the GPU runs them on its tensor cores. Any other ``g`` is multiplied in float32 at
+    ``Precision.HIGHEST``: on an H200 that measured 11x slower at 2048 rows but 2.4x faster at one row
+    (docs/benchmark_log.md, twenty-third session).
     """
     w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
-    if g.dtype == jnp.bfloat16:
+    if g.dtype == jnp.bfloat16 and math.prod(g.shape[:-1]) > 1:
         lhs, w_hat, precision = g, dequantize(w, jnp.bfloat16), None  # [N, K], exact
     else:
         lhs, w_hat, precision = g.astype(jnp.float32), dequantize(w, jnp.float32), jax.lax.Precision.HIGHEST

@@ -61,14 +61,18 @@ def _dots(jaxpr):
                     yield from _dots(inner)
 
 
-@pytest.mark.parametrize("out_dtype, operand", [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.float32)])
-def test_a_bf16_cotangent_multiplies_in_bf16_with_float32_accumulation(out_dtype, operand):
-    """A bf16 output's cotangent meets the weight decoded to bf16 (exact) in a bf16 x bf16 -> float32 product, which
-    the tensor cores run; a float32 one stays a float32 product at Precision.HIGHEST."""
-    x, _, w = _operands((8, 64), 32, jnp.bfloat16)
+@pytest.mark.parametrize(
+    "rows, out_dtype, operand",
+    [(8, jnp.bfloat16, jnp.bfloat16), (8, jnp.float32, jnp.float32), (1, jnp.bfloat16, jnp.float32)],
+)
+def test_a_bf16_cotangent_multiplies_in_bf16_with_float32_accumulation(rows, out_dtype, operand):
+    """A bf16 output's cotangent of several rows meets the weight decoded to bf16 (exact) in a bf16 x bf16 -> float32
+    product, which the tensor cores run; a float32 one, or a single row (measured faster so), stays a float32
+    product at Precision.HIGHEST."""
+    x, _, w = _operands((rows, 64), 32, jnp.bfloat16)
     loss = lambda x: mx.mxfp8_matmul(x, w, out_dtype=out_dtype).astype(jnp.float32).sum()  # noqa: E731
-    dots = [e for e in _dots(jax.make_jaxpr(jax.grad(loss))(x).jaxpr) if e.outvars[0].aval.shape == (8, 64)]
-    assert len(dots) == 1  # the backward product g [8, 32] @ w_hat [32, 64]
+    dots = [e for e in _dots(jax.make_jaxpr(jax.grad(loss))(x).jaxpr) if e.outvars[0].aval.shape == (rows, 64)]
+    assert len(dots) == 1  # the backward product g [rows, 32] @ w_hat [32, 64]
     (dot,) = dots
     assert [v.aval.dtype for v in dot.invars] == [operand, operand]
     assert dot.params["preferred_element_type"] == jnp.float32
