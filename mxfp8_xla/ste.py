@@ -14,9 +14,10 @@ identity, so the cotangents are those of a plain float32 matmul of the
     dx      = (g32 @ w_hat)                         .astype(x.dtype)       # [..., K]
     dkernel = (x_hat.reshape(-1, K).T @ g32.reshape(-1, N)).astype(kernel.dtype)  # [K, N]
 
-Both products run in float32 with ``Precision.HIGHEST``; the backend is used
-only in the forward pass. Gradients are *not* quantized (no MXFP8 backward
-GEMMs). Rounding to E4M3, underflow of tiny elements to zero and the clip at
+Both products accumulate float32 products in float32: ``dkernel`` at ``Precision.HIGHEST``, ``dx`` as
+:func:`mxfp8_xla.matmul.straight_through_dx` computes it (a bf16 cotangent of several rows on the tensor cores, with
+the decoded weight exact in bf16). The backend is used only in the forward pass. Gradients are *not*
+quantized (no MXFP8 backward GEMMs). Rounding to E4M3, underflow of tiny elements to zero and the clip at
 +-448 (which never triggers for finite inputs: each block's scale maps its amax
 to at most 448) all get the identity gradient. Only the quantized operands
 (1 + 1/32 bytes per element) are saved as residuals, not ``x`` or ``kernel``.
