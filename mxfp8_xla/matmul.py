@@ -3,10 +3,10 @@ add and an RMSNorm.
 
 Both are differentiable with respect to their float inputs, with the straight-through rule of
 :mod:`mxfp8_xla.ste`: the activation's quantization passes the gradient unchanged, and ``dx = g @ dequantize(w)``
-with float32 products and sums (:func:`straight_through_dx`), so a frozen MXFP8 layer backpropagates as a float layer with the decoded weight
-would (adapters trained on a quantized base, input gradients). The MXFP8 weight and an ``MXArray`` activation are
-frozen: their gradients are zero (their fp8 codes and E8M0 scales are not trainable; train float weights with
-``mxfp8_linear_ste``, a layer's ``mode="train"``).
+with float32 products and sums (:func:`straight_through_dx`), so a frozen MXFP8 layer backpropagates as a float
+layer with the decoded weight would (adapters trained on a quantized base, input gradients). The MXFP8 weight and an
+``MXArray`` activation are frozen: their gradients are zero (their fp8 codes and E8M0 scales are not trainable;
+train float weights with ``mxfp8_linear_ste``, a layer's ``mode="train"``).
 """
 
 from __future__ import annotations
