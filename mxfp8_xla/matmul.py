@@ -193,9 +193,8 @@ def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
         h = norm.add(x, delta)
         return norm.rms_norm(h, norm_weight, eps), h
 
-    _, vjp = jax.vjp(add_norm, x, delta, norm_weight)
-    normed_dtype = jnp.result_type(x.dtype, norm_weight.dtype)
-    return (*vjp((straight_through_dx(g_y, w, normed_dtype), g_h)), None)  # the MXFP8 weight is frozen
+    (normed, _), vjp = jax.vjp(add_norm, x, delta, norm_weight)
+    return (*vjp((straight_through_dx(g_y, w, normed.dtype), g_h)), None)  # the MXFP8 weight is frozen
 
 
 _fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd)
