@@ -86,22 +86,29 @@ def _product_bwd(backend, out_dtype, name, residuals, g):
     return None if dtype_tag is None else straight_through_dx(g, w, dtype_tag.dtype), None
 
 
-def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
-    """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
-    with float32 products and accumulation, in ``dtype``.
+def cotangent_operands(
+    g: jax.Array, operand: MXArray, rows: int
+) -> tuple[jax.Array, jax.Array, jax.lax.Precision | None]:
+    """``(g, dequantize(operand), precision)`` for a straight-through gradient's product of the cotangent ``g`` (of
+    ``rows`` rows, the product's M) with ``operand``'s decoded values, in float32 products and accumulation.
 
-    A bfloat16 ``g`` of more than one row meets the weight decoded to bfloat16, which holds each decoded value
+    A bfloat16 ``g`` of more than one row meets ``operand`` decoded to bfloat16, which holds each decoded value
     exactly (an E4M3 code times a power of two; only values below 2^-126, possible where a block's scale byte is 9 or
     less, may be rounded or flushed), so the bf16 x bf16 products accumulated in float32 are the float32 product's
     terms, and the GPU runs them on its tensor cores. Any other ``g`` is multiplied in float32 at
     ``Precision.HIGHEST``: on an H200 that measured 11x slower at 2048 rows but 2.4x faster at one row
-    (docs/benchmark_log.md, twenty-third session).
+    (docs/benchmark_log.md, twenty-third session). Pass ``preferred_element_type=float32`` to the product.
     """
+    if g.dtype == jnp.bfloat16 and rows > 1:
+        return g, dequantize(operand, jnp.bfloat16), None
+    return g.astype(jnp.float32), dequantize(operand, jnp.float32), jax.lax.Precision.HIGHEST
+
+
+def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
+    """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
+    with float32 products and accumulation (:func:`cotangent_operands` picks the operands' dtypes), in ``dtype``."""
     w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
-    if g.dtype == jnp.bfloat16 and math.prod(g.shape[:-1]) > 1:
-        lhs, w_hat, precision = g, dequantize(w, jnp.bfloat16), None  # [N, K], exact
-    else:
-        lhs, w_hat, precision = g.astype(jnp.float32), dequantize(w, jnp.float32), jax.lax.Precision.HIGHEST
+    lhs, w_hat, precision = cotangent_operands(g, w, rows=math.prod(g.shape[:-1]))
     dx = jax.lax.dot_general(
         lhs, w_hat, (((g.ndim - 1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
     )

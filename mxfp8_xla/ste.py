@@ -14,9 +14,9 @@ identity, so the cotangents are those of a plain float32 matmul of the
     dx      = (g32 @ w_hat)                         .astype(x.dtype)       # [..., K]
     dkernel = (x_hat.reshape(-1, K).T @ g32.reshape(-1, N)).astype(kernel.dtype)  # [K, N]
 
-Both products accumulate float32 products in float32: ``dkernel`` at ``Precision.HIGHEST``, ``dx`` as
-:func:`mxfp8_xla.matmul.straight_through_dx` computes it (a bf16 cotangent of several rows on the tensor cores, with
-the decoded weight exact in bf16). The backend is used only in the forward pass. Gradients are *not*
+Both products accumulate float32 products in float32, as :func:`mxfp8_xla.matmul.cotangent_operands` arranges them:
+a bf16 cotangent of several rows meets the decoded operand in bf16, which holds it exactly, on the tensor cores;
+any other at ``Precision.HIGHEST``. The backend is used only in the forward pass. Gradients are *not*
 quantized (no MXFP8 backward GEMMs). Rounding to E4M3, underflow of tiny elements to zero and the clip at
 +-448 (which never triggers for finite inputs: each block's scale maps its amax
 to at most 448) all get the identity gradient. Only the quantized operands
@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from mxfp8_xla.matmul import mxfp8_matmul, straight_through_dx
-from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
+from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
+from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 __all__ = ["mxfp8_linear_ste"]
 
@@ -92,14 +92,11 @@ def _backward(
 ) -> tuple[jax.Array, jax.Array]:
     del backend, out_dtype, name
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
-    x_hat = dequantize(xq, jnp.float32)  # [..., K]
     n, k = wq.shape
+    g_rows = g.reshape(-1, n)
+    g_rows, x_hat, precision = cotangent_operands(g_rows, xq, rows=g_rows.shape[0])  # x_hat [..., K]
     dkernel = jax.lax.dot_general(
-        x_hat.reshape(-1, k),
-        g.astype(jnp.float32).reshape(-1, n),
-        (((0,), (0,)), ((), ())),
-        precision=jax.lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32,
+        x_hat.reshape(-1, k), g_rows, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
     )
     return straight_through_dx(g, wq, x_dtype_tag.dtype), dkernel.astype(k_dtype_tag.dtype)
 

@@ -80,6 +80,21 @@ def test_a_bf16_cotangent_multiplies_in_bf16_with_float32_accumulation(rows, out
     assert (precision is not None and jax.lax.Precision.HIGHEST in tuple(precision)) == (operand == jnp.float32)
 
 
+@pytest.mark.parametrize("rows, out_dtype, operand", [(8, jnp.bfloat16, jnp.bfloat16), (8, jnp.float32, jnp.float32)])
+def test_the_ste_kernel_gradient_takes_the_same_products(rows, out_dtype, operand):
+    """Train mode's dkernel = x_hat.T @ g follows the same rule: a bf16 cotangent of several rows meets the decoded
+    activation in bf16 (exact) with float32 accumulation; a float32 one is a float32 product at HIGHEST."""
+    x, kernel, _ = _operands((rows, 64), 32, jnp.bfloat16)
+    loss = lambda kernel: mxfp8_linear_ste(x, kernel, out_dtype=out_dtype).astype(jnp.float32).sum()  # noqa: E731
+    dots = [e for e in _dots(jax.make_jaxpr(jax.grad(loss))(kernel).jaxpr) if e.outvars[0].aval.shape == (64, 32)]
+    assert len(dots) == 1  # the backward product x_hat [rows, 64] . g [rows, 32] over rows
+    (dot,) = dots
+    assert [v.aval.dtype for v in dot.invars] == [operand, operand]
+    assert dot.params["preferred_element_type"] == jnp.float32
+    precision = dot.params["precision"]
+    assert (precision is not None and jax.lax.Precision.HIGHEST in tuple(precision)) == (operand == jnp.float32)
+
+
 def test_dx_under_vmap_and_with_a_prepared_weight():
     x, _, w = _operands((4, 3, 64), 128)
     loss = lambda x, w: (mx.mxfp8_matmul(x, w, out_dtype=jnp.float32) ** 2).sum()  # noqa: E731

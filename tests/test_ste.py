@@ -63,6 +63,21 @@ def test_gradients_are_float32_matmuls_of_dequantized_operands() -> None:
     assert not np.allclose(dx, g64 @ k.astype(np.float64).T, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("g_dtype", [jnp.bfloat16, jnp.float32])
+def test_kernel_gradient_of_a_bf16_cotangent_is_the_float32_product(g_dtype) -> None:
+    """A bf16 cotangent multiplies the decoded activation in bf16 (exactly representable) with float32
+    accumulation: the same terms as the float32 product, so within float32's accumulation bound of float64."""
+    x, k = _data(11, (40, 64)), _data(12, (64, 16))
+    y, vjp = jax.vjp(lambda a, b: ste(a, b, g_dtype), jnp.asarray(x), jnp.asarray(k))
+    g = jnp.asarray(_data(13, (40, 16)), g_dtype)
+    for fn in (vjp, jax.jit(vjp)):
+        dk = np.asarray(fn(g)[1], np.float64)
+        xd = ref.dequantize_values(*ref.quantize_values(x)).reshape(-1, 64)
+        g64 = np.asarray(g, np.float64)
+        bound = 40 * 2.0**-24 * (np.abs(xd).T @ np.abs(g64)) + 2.0**-24 * np.abs(xd.T @ g64) + 1e-30
+        np.testing.assert_array_less(np.abs(dk - xd.T @ g64), bound)
+
+
 def test_gradient_dtypes_follow_primal_dtypes_and_residuals_are_quantized() -> None:
     x = jnp.asarray(_data(7, (4, 64)), jnp.bfloat16)
     k = jnp.asarray(_data(8, (64, 8)), jnp.float16)
