@@ -9,7 +9,9 @@ GEMV, the Pallas or Mosaic GPU kernel, cuBLAS) this takes ``jax.grad`` of ``sum(
 activation on both backends, under ``jit``, and the same through the fused add-and-norm kernel (one row) with respect
 to ``x``, ``delta`` and the norm weight; it also checks the forward outputs against emulation. With a bf16 output
 (its bf16 cotangent takes a bf16 x bf16 -> float32 product) each row count's gradient is checked against the float32
-product at ``Precision.HIGHEST``, to one bf16 rounding. Exits 1 on any case beyond its tolerance.
+product at ``Precision.HIGHEST``, to one bf16 rounding. Train mode's STE (``mxfp8_linear_ste``, a float32 kernel
+``[K, N]`` and a bf16 output, so both backward products take bf16 operands) is checked at ``TRAIN_ROWS`` against
+the float32 products of the decoded operands at ``Precision.HIGHEST``. Exits 1 on any case beyond its tolerance.
 
     PYTHONPATH=. python3 benchmarks/grad_check.py
 
@@ -30,10 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import environment, failure, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
 
 N, K = 2048, 4096
 ROWS = (1, 8, 16, 64, 300)
 """One row each of the hopper backend's routes at K = 4096 (docs/benchmarks.md)."""
+TRAIN_ROWS = (8, 300, 2048)
 
 
 TOLERANCE = 1e-5
@@ -80,6 +84,27 @@ def main() -> int:
             want = jnp.dot(g, mx.dequantize(w, jnp.float32), precision=jax.lax.Precision.HIGHEST)
             case["dx_diff"] = _diff(dx, want.astype(jnp.bfloat16))
             case["ok"] = case["dx_diff"] <= 2.0**-8  # dx is bf16: one rounding of the float32 sum
+        except Exception as e:
+            case.update(ok=False, error=failure(e))
+        results["cases"].append(case)
+        print(case, flush=True)
+    kernel = jax.random.normal(keys[0], (K, N), jnp.float32) * 0.05
+    for m in TRAIN_ROWS:  # train mode: dx and dkernel from bf16 x bf16 -> float32 products
+        x = jax.random.normal(keys[2], (m, K), jnp.bfloat16)
+        cm = jax.random.normal(keys[1], (m, N), jnp.float32)
+        case = {"what": "mxfp8_linear_ste, bf16 out", "m": m}
+        try:
+            loss = lambda x, kernel, cm=cm: jnp.sum(  # noqa: E731
+                cm * mxfp8_linear_ste(x, kernel, backend="hopper").astype(jnp.float32)
+            )
+            dx, dkernel = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+            g = cm.astype(jnp.bfloat16).astype(jnp.float32)
+            x_hat = mx.dequantize(mx.quantize(x), jnp.float32)
+            w_hat = mx.dequantize(mx.quantize(kernel, axis=0), jnp.float32)  # [N, K]
+            highest = jax.lax.Precision.HIGHEST
+            case["dx_diff"] = _diff(dx, jnp.dot(g, w_hat, precision=highest).astype(jnp.bfloat16))
+            case["dkernel_diff"] = _diff(dkernel, jnp.dot(x_hat.T, g, precision=highest))
+            case["ok"] = case["dx_diff"] <= 2.0**-8 and case["dkernel_diff"] <= TOLERANCE
         except Exception as e:
             case.update(ok=False, error=failure(e))
         results["cases"].append(case)

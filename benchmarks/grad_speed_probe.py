@@ -1,11 +1,17 @@
-"""Probe: what the straight-through input gradient of the inference product costs on the device, against bf16.
+"""Probe: what the straight-through gradients cost on the device, against bf16.
 
-``jax.grad`` with respect to the bf16 activation of ``sum(c * (x @ w.T))``: the MXFP8 product on ``--backend``
-(forward) plus its ``custom_vjp``'s ``g @ dequantize(w)`` in float32 at ``Precision.HIGHEST`` (backward), against
-the same through bf16 ``jnp.dot`` on the bf16 weight (XLA's own backward). Device time, ``timing.loop_time``.
+``--mode inference``: ``jax.grad`` with respect to the bf16 activation of ``sum(x @ w.T)``, the MXFP8 product on
+``--backend`` (forward) plus its ``custom_vjp``'s ``g @ dequantize(w)`` (backward), against the same through bf16
+``jnp.dot`` on the bf16 weight (XLA's own backward).
 
-Usage: python benchmarks/grad_speed_probe.py [--backend hopper] [--ms 16,2048] [--iters 10] [--out-dtype float32];
-JSON to $OUT/grad_speed_probe.json.
+``--mode train``: ``jax.grad`` with respect to the activation and the bf16 kernel ``[K, N]`` of ``sum(x @ kernel)``
+through train mode's STE (``mxfp8_linear_ste``: both operands quantized every call, then the two backward products),
+against bf16 ``jnp.dot``. The STE is timed twice: with its backward products as shipped
+(``matmul.cotangent_operands``) and with both forced to float32 at ``Precision.HIGHEST`` (the rule before the
+twenty-fourth session), in the same process.
+
+Device time, ``timing.loop_time``. Usage: python benchmarks/grad_speed_probe.py [--mode inference|train]
+[--backend hopper] [--ms 16,2048] [--iters 10] [--out-dtype float32]; JSON to $OUT/grad_speed_probe.json.
 """
 
 from __future__ import annotations
@@ -23,47 +29,75 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import environment, loop_time, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla import matmul, ste  # noqa: E402
 
 SHAPES = [(14336, 4096), (4096, 14336)]
 SETS = 4
 
 
+SHIPPED_RULE = matmul.cotangent_operands
+
+
+def float32_operands(g, operand, rows):
+    """``cotangent_operands`` as if every cotangent were float32: both backward products at HIGHEST."""
+    return SHIPPED_RULE(g.astype(jnp.float32), operand, rows)
+
+
+def use_rule(rule) -> None:
+    """Make the STE's backward trace with ``rule``; jit caches are cleared, since they hold traced backwards."""
+    ste.cotangent_operands = matmul.cotangent_operands = rule
+    jax.clear_caches()
+
+
+def variants(mode: str, backend: str, out_dtype: jnp.dtype):
+    """``{name: (fn(x, w, wq, kernel), argnums to differentiate)}`` for ``mode``; ``w`` [N, K], ``kernel`` = w.T."""
+    if mode == "inference":
+        return {
+            "bf16": (lambda x, w, wq, kernel: jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16), (0,)),
+            "mxfp8": (lambda x, w, wq, kernel: mx.mxfp8_matmul(x, wq, backend=backend, out_dtype=out_dtype), (0,)),
+        }
+    train = lambda x, w, wq, kernel: ste.mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype)  # noqa: E731
+    return {
+        "bf16": (lambda x, w, wq, kernel: jnp.dot(x, kernel, preferred_element_type=jnp.bfloat16), (0, 3)),
+        "mxfp8": (train, (0, 3)),
+        "mxfp8_f32_backward": (train, (0, 3)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("inference", "train"), default="inference")
     ap.add_argument("--backend", default="hopper" if jax.default_backend() == "gpu" else "emulation")
     ap.add_argument("--ms", default="16,2048", help="comma-separated row counts M")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out-dtype", default="bfloat16", help="the MXFP8 output's dtype, which its cotangent takes")
     args = ap.parse_args()
-    out = {"env": environment(), "backend": args.backend, "out_dtype": args.out_dtype, "rows": []}
-    print(out["env"], f"backend {args.backend}, MXFP8 output {args.out_dtype}", flush=True)
-    print(f"{'N':>6} {'K':>6} {'M':>5} {'bf16 fwd':>9} {'bf16 grad':>10} {'mx fwd':>8} {'mx grad':>8}  (us)")
+    out_dtype = jnp.dtype(args.out_dtype)
+    out = {"env": environment(), "mode": args.mode, "backend": args.backend, "out_dtype": args.out_dtype, "rows": []}
+    print(out["env"], f"mode {args.mode}, backend {args.backend}, MXFP8 output {args.out_dtype}", flush=True)
+    names = list(variants(args.mode, args.backend, out_dtype))
+    heads = " ".join(f"{v + ' fwd':>{len(v) + 5}} {v + ' grad':>{len(v) + 6}}" for v in names)
+    print(f"{'N':>6} {'K':>6} {'M':>5} {heads}  (us)")
     for n, k in SHAPES:
         keys = jax.random.split(jax.random.key(n + k), 2 * SETS)
         ws = [jax.random.normal(keys[i], (n, k), jnp.bfloat16) * 0.02 for i in range(SETS)]
         wqs = [mx.quantize(w) for w in ws]
         for m in [int(v) for v in args.ms.split(",")]:
             xs = [jax.random.normal(keys[SETS + i], (m, k), jnp.bfloat16) for i in range(SETS)]
-            sets = [(xs[i], ws[i], wqs[i]) for i in range(SETS)]
-
-            def bf16(x, w, wq):
-                return jnp.dot(x, w.T, preferred_element_type=jnp.bfloat16)
-
-            def mxfp8(x, w, wq):
-                return mx.mxfp8_matmul(x, wq, backend=args.backend, out_dtype=jnp.dtype(args.out_dtype))
-
+            sets = [(xs[i], ws[i], wqs[i], ws[i].T) for i in range(SETS)]
             row = {"n": n, "k": k, "m": m}
-            for name, fn in (("bf16", bf16), ("mxfp8", mxfp8)):
-                grad = jax.grad(lambda x, w, wq, fn=fn: jnp.sum(fn(x, w, wq).astype(jnp.float32)))
+            for name, (fn, argnums) in variants(args.mode, args.backend, out_dtype).items():
+                loss = lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32))  # noqa: E731
+                grad = jax.grad(loss, argnums=argnums)
+                use_rule(float32_operands if name.endswith("f32_backward") else SHIPPED_RULE)
                 row[f"{name}_fwd_us"] = loop_time(fn, sets, iters=args.iters) * 1e6
                 row[f"{name}_grad_us"] = loop_time(grad, sets, iters=args.iters) * 1e6
             out["rows"].append(row)
             write_json("grad_speed_probe.json", out)
-            print(
-                f"{n:6d} {k:6d} {m:5d} {row['bf16_fwd_us']:9.1f} {row['bf16_grad_us']:10.1f} "
-                f"{row['mxfp8_fwd_us']:8.1f} {row['mxfp8_grad_us']:8.1f}",
-                flush=True,
+            cells = " ".join(
+                f"{row[f'{v}_fwd_us']:{len(v) + 5}.1f} {row[f'{v}_grad_us']:{len(v) + 6}.1f}" for v in names
             )
+            print(f"{n:6d} {k:6d} {m:5d} {cells}", flush=True)
 
 
 if __name__ == "__main__":
