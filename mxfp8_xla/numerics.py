@@ -59,21 +59,22 @@ def scale_exponent(amax_bits: jax.Array) -> jax.Array:
     return jnp.clip(e, SCALE_MIN_EXP, SCALE_MAX_EXP)
 
 
-def quantize_blocks(blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Quantize float32 ``[..., nblocks, 32]`` to ``(float8_e4m3fn data, uint8 scale)``.
+def quantize_blocks(blocks: jax.Array, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """Quantize float32 ``blocks`` whose ``axis`` holds each block's 32 elements (``[..., nblocks, 32]`` by default)
+    to ``(float8_e4m3fn data`` of ``blocks``' shape, ``uint8 scale`` without ``axis``).
 
     Elements are ``x * 2**-e`` clamped to +-448 and rounded to nearest even.
     A block holding a NaN or an Inf gets scale byte 255 (E8M0 NaN), so the whole
     block dequantizes to NaN; its non-finite elements are encoded as E4M3 NaN.
     """
     bits = abs_bits(blocks)
-    amax_bits = jnp.max(bits, axis=-1)
+    amax_bits = jnp.max(bits, axis=axis)
     e = scale_exponent(amax_bits)
     non_finite_block = amax_bits >= _F32_INF_BITS
     scale = jnp.where(non_finite_block, SCALE_NAN, e + SCALE_BIAS).astype(jnp.uint8)
 
     # Finite blocks have e <= 120, so 2**-e is a normal float32.
-    e = e[..., None]
+    e = jnp.expand_dims(e, axis)
     scaled = blocks * pow2(-e)
     # Subnormal inputs: XLA:CPU reads them as zero (DAZ). Rebuild them from the
     # integer mantissa: x = m * 2**-149, so x * 2**-e = m * 2**(-149 - e). When that

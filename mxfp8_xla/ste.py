@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
 from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
@@ -64,7 +65,9 @@ def mxfp8_linear_ste(
             f"mxfp8_linear_ste: x has shape {tuple(x.shape)} but kernel has shape "
             f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
         )
-    return _ste_jit(backend, check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype), name, x, kernel)
+    out_dtype = check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype)
+    backend = select_backend(backend, n=n, k=k, out_dtype=out_dtype, name=name)  # its quantizers, below
+    return _ste_jit(backend, out_dtype, name, x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -75,8 +78,9 @@ def _ste(backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, ker
 def _forward(
     backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
-    xq = quantize(x)
-    wq = quantize(kernel, axis=0)
+    quantize_x, quantize_kernel = TRAIN_QUANTIZERS.get(backend, (quantize, functools.partial(quantize, axis=0)))
+    xq = quantize_x(x)
+    wq = quantize_kernel(kernel)
     y = mxfp8_matmul(xq, wq, out_dtype=out_dtype, backend=backend, name=name)
     # Zero-size arrays carry the primal dtypes to the backward pass.
     dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))

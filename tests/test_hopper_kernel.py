@@ -5,6 +5,9 @@ quantization) with XLA:CPU, so every config's numerics are checked here; speed i
 measured on the GPU by benchmarks/hopper_sweep.py and bench_gemm.py.
 """
 
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from conftest import H100
 import mxfp8_xla as mx
 from mxfp8_xla.backends import hopper, pallas_quantize
 from mxfp8_xla.backends.select import override_capability
+from mxfp8_xla.ste import mxfp8_linear_ste
 
 
 def rel_err(got, want) -> float:
@@ -189,6 +193,50 @@ def test_pallas_quantize_is_bit_exact(tile, rng):
     got = pallas_quantize.quantize_2d(x, bm=16, bk=128, tile=tile, interpret=True)
     np.testing.assert_array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
     np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(want.scale))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # 1e38 in float16: Inf, one more edge case
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("bk, bn", [(32, 16), (64, 32), (32, 128)])
+def test_pallas_transposed_quantize_is_quantize_along_axis_0(dtype, bk, bn, rng):
+    """Train mode's kernel quantization: a ``[K, N]`` kernel (N = 40: a partial last tile) to ``[N, K]``, bit for
+    bit ``quantize(kernel, axis=0)``, edge cases included."""
+    kernel = jnp.asarray(edge_case_rows(rng).T, dtype)  # [512, 40]
+    want = mx.quantize(kernel, axis=0)
+    got = pallas_quantize.quantize_transposed_2d(kernel, bk=bk, bn=bn, interpret=True)
+    assert got.shape == (40, 512) and got.scale.shape == (40, 16)
+    np.testing.assert_array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
+    np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(want.scale))
+
+
+def test_pallas_transposed_quantize_names_bad_kernels():
+    with pytest.raises(ValueError, match=r"K=224 must be a multiple of bk=64"):
+        pallas_quantize.quantize_transposed_2d(jnp.ones((224, 8)), bk=64, interpret=True)
+    with pytest.raises(ValueError, match=r"x \[K, N\] has shape \(48, 8\): the blocked axis 0 must be a multiple"):
+        pallas_quantize.quantize_transposed_2d(jnp.ones((48, 8)), interpret=True)
+    with pytest.raises(ValueError, match=r"must be 2-D \[K, N\], got shape \(2, 64, 8\)"):
+        pallas_quantize.quantize_transposed_2d(jnp.ones((2, 64, 8)), interpret=True)
+
+
+def test_train_mode_on_hopper_quantizes_in_its_kernels_and_matches_emulation(rng):
+    """The STE on the hopper backend quantizes x and the kernel with its Pallas kernels (bit-identical), so its
+    forward and gradients are emulation's up to the product's float32 summation order."""
+    x = jnp.asarray(rng.standard_normal((3, 5, 256)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((256, 192)) * 0.05, jnp.float32)  # N: a partial last tile
+    g = jnp.asarray(rng.standard_normal((3, 5, 192)), jnp.float32)
+
+    def run(backend):
+        fn = lambda x, k: mxfp8_linear_ste(x, k, backend=backend, out_dtype=jnp.float32)  # noqa: E731
+        y, vjp = jax.vjp(fn, x, kernel)
+        return (y, *vjp(g)), str(jax.make_jaxpr(fn)(x, kernel))
+
+    want, _ = run("emulation")
+    with override_capability(H100), hopper.interpret_mode():
+        got, jaxpr = run("hopper")
+    assert {"mxfp8_quantize", "mxfp8_quantize_transposed"} <= set(re.findall(r"mxfp8_\w+", jaxpr))
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert rel_err(a, b) < 1e-6
 
 
 def test_pallas_tile_kernels_name_a_k_that_does_not_tile():

@@ -160,6 +160,19 @@ def test_non_finite_block_becomes_nan(bad):
     assert np.isnan(np.asarray(a.data[0, 1].astype(jnp.float32)))
 
 
+@settings(max_examples=100, deadline=None)
+@given(block_arrays())
+def test_quantize_blocks_along_a_middle_axis(x):
+    """``quantize_blocks(blocks, axis=1)`` on a kernel's own ``[K/32, 32, N]`` layout: the same bytes as the blocks
+    moved last (the kernel transposed)."""
+    kernel = x.T  # [K, N]
+    blocks = jnp.asarray(kernel.reshape(kernel.shape[0] // 32, 32, kernel.shape[1]))
+    data, scale = jax.jit(numerics.quantize_blocks, static_argnums=1)(blocks, 1)
+    want_data, want_scale = reference.quantize(x)
+    np.testing.assert_array_equal(np.asarray(data).view(np.uint8).reshape(kernel.shape).T, want_data)
+    np.testing.assert_array_equal(np.asarray(scale).T, want_scale)
+
+
 def test_axis_moves_blocked_axis_last(rng):
     w = rng.standard_normal((64, 48)).astype(np.float32)  # [K, N]
     a = mx.quantize(w, axis=0)

@@ -21,7 +21,14 @@ name); unknown names raise ``ValueError``.
 torch and flashinfer are imported only when their backend runs.
 """
 
-from mxfp8_xla.backends.registry import BACKENDS, FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, Backend, get_backend
+from mxfp8_xla.backends.registry import (
+    BACKENDS,
+    FUSED_ADD_NORM,
+    TAKES_RAW_ACTIVATIONS,
+    TRAIN_QUANTIZERS,
+    Backend,
+    get_backend,
+)
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     BackendUnavailableError,
@@ -38,6 +45,7 @@ __all__ = [
     "BACKEND_ENV",
     "FUSED_ADD_NORM",
     "TAKES_RAW_ACTIVATIONS",
+    "TRAIN_QUANTIZERS",
     "Backend",
     "BackendUnavailableError",
     "Capability",

@@ -34,7 +34,7 @@ from mxfp8_xla import norm, numerics
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
-from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.mxarray import MXArray, quantize
 
 BLOCK = numerics.BLOCK_SIZE
 
@@ -299,6 +299,21 @@ def quantize_activations(x: jax.Array) -> MXArray:
     """MXFP8-quantize ``x [M, K]`` with the one-pass Pallas kernel (bit-identical to ``quantize``)."""
     bm = 16 if x.shape[0] <= 16 else 32
     return pallas_quantize.quantize_2d(x, bm=bm, bk=_k_tile(x.shape[1], 256), tile=True, interpret=_INTERPRET[-1])
+
+
+def quantize_rows(x: jax.Array) -> MXArray:
+    """``quantize(x)`` for ``x [..., K]`` with :func:`quantize_activations` over the rows flattened (bit-identical)."""
+    *lead, k = x.shape
+    m = math.prod(lead)
+    if m == 0:  # no rows: nothing to launch
+        return quantize(x)
+    return jax.tree.map(lambda a: a.reshape(*lead, -1), quantize_activations(x.reshape(m, k)))
+
+
+def quantize_kernel(kernel: jax.Array) -> MXArray:
+    """``quantize(kernel, axis=0)`` for a train-mode kernel ``[K, N]`` with the one-pass transposing Pallas kernel
+    (bit-identical): an MXArray ``[N, K]``."""
+    return pallas_quantize.quantize_transposed_2d(kernel, interpret=_INTERPRET[-1])
 
 
 def decode_operand(x: jax.Array | MXArray, rows: int | None = None) -> jax.Array:

@@ -4,6 +4,8 @@ Each program reads a ``[bm, bk]`` tile once. ``quantize_2d`` quantizes it with
 ``numerics.quantize_blocks`` (the exact rule of ``mxfp8_xla.quantize``) and writes the
 fp8 data and uint8 scales; ``decode_2d`` turns an MXArray into bf16 (the arithmetic of
 ``mxfp8_xla.dequantize``); ``fake_quantize_2d`` does both without writing the fp8 data.
+``quantize_transposed_2d`` quantizes a ``[K, N]`` kernel along K (``quantize(kernel, axis=0)``), reading ``[bk, bn]``
+tiles along N and writing them transposed.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def _fake_quantize_kernel(x_ref, o_ref, *, m: int, bm: int, bk: int) -> None:
     pltriton.store(o_ref.at[rows, cols], out, mask=(row < m)[:, None])
 
 
+def _transposed_kernel(x_ref, q_ref, s_ref, *, n: int, bk: int, bn: int) -> None:
+    j, i = pl.program_id(0), pl.program_id(1)  # N tile, K tile
+    col = j * bn + jnp.arange(bn)
+    x = pltriton.load(x_ref.at[pl.ds(i * bk, bk), pl.ds(j * bn, bn)], mask=(col < n)[None, :], other=0)
+    data, scale = numerics.quantize_blocks(x.astype(jnp.float32).T.reshape(bn * bk // BLOCK, BLOCK))
+    ok = (col < n)[:, None]
+    pltriton.store(q_ref.at[pl.ds(j * bn, bn), pl.ds(i * bk, bk)], data.reshape(bn, bk), mask=ok)
+    pltriton.store(s_ref.at[pl.ds(j * bn, bn), pl.ds(i * (bk // BLOCK), bk // BLOCK)], scale.reshape(bn, -1), mask=ok)
+
+
 def _call_over_tiles(
     kernel, out_shape, operands, *, m: int, k: int, bm: int, bk: int, num_warps: int, interpret: bool, name: str
 ):
@@ -141,4 +153,30 @@ def quantize_2d(
     out = (jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((m, k // BLOCK), jnp.uint8))
     tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
     q, s = _call_over_tiles(_kernel_tile if tile else _kernel, out, (x,), name="mxfp8_quantize", **tiles)
+    return MXArray(q, s)
+
+
+def quantize_transposed_2d(
+    x: jax.Array, bk: int = 32, bn: int = 128, num_warps: int = 4, interpret: bool = False
+) -> MXArray:
+    """``quantize(x, axis=0)`` for a kernel ``x [K, N]`` in one pass: an MXArray ``[N, K]`` (K a multiple of ``bk``).
+
+    XLA fuses the move of K last into its quantization pass at 8-17% of copy bandwidth on an H200; tiles read along
+    N and transposed in registers ran 55-88% (benchmarks/weight_quantize_probe.py, docs/benchmark_log.md).
+    """
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"pallas mxfp8_quantize_transposed: x must be 2-D [K, N], got shape {tuple(jnp.shape(x))}")
+    check_quantizable(x, "pallas mxfp8_quantize_transposed: x [K, N]", axis=0)
+    k, n = x.shape
+    if k % bk:
+        raise ValueError(f"pallas mxfp8_quantize_transposed: K={k} must be a multiple of bk={bk}")
+    out = (jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((n, k // BLOCK), jnp.uint8))
+    q, s = pl.pallas_call(
+        functools.partial(_transposed_kernel, n=n, bk=bk, bn=bn),
+        out_shape=out,
+        grid=(pl.cdiv(n, bn), k // bk),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
+        interpret=interpret,
+        name="mxfp8_quantize_transposed",
+    )(x)
     return MXArray(q, s)
