@@ -6,9 +6,10 @@
 
 ``--mode train``: ``jax.grad`` with respect to the activation and the bf16 kernel ``[K, N]`` of ``sum(x @ kernel)``
 through train mode's STE (``mxfp8_linear_ste``: both operands quantized every call, then the two backward products),
-against bf16 ``jnp.dot``. The STE is timed twice: with its backward products as shipped
-(``matmul.cotangent_operands``) and with both forced to float32 at ``Precision.HIGHEST`` (the rule before the
-twenty-fourth session), in the same process.
+against bf16 ``jnp.dot``. The STE is timed three times in the same process: as shipped; with both backward products
+forced to float32 at ``Precision.HIGHEST`` (``mxfp8_f32_backward``: the rule before the twenty-fourth session); and
+with the backend's own quantizers (``backends.TRAIN_QUANTIZERS``) removed, so that ``quantize``'s jnp quantizes x and
+the kernel (``mxfp8_xla_quantize``: the forward before the twenty-fourth session).
 
 Device time, ``timing.loop_time``. Usage: python benchmarks/grad_speed_probe.py [--mode inference|train]
 [--backend hopper] [--ms 16,2048] [--iters 10] [--out-dtype float32]; JSON to $OUT/grad_speed_probe.json.
@@ -30,6 +31,7 @@ from timing import environment, loop_time, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import matmul, ste  # noqa: E402
+from mxfp8_xla.backends import TRAIN_QUANTIZERS  # noqa: E402
 
 SHAPES = [(14336, 4096), (4096, 14336)]
 SETS = 4
@@ -43,9 +45,17 @@ def float32_operands(g, operand, rows):
     return SHIPPED_RULE(g.astype(jnp.float32), operand, rows)
 
 
-def use_rule(rule) -> None:
-    """Make the STE's backward trace with ``rule``; jit caches are cleared, since they hold traced backwards."""
+SHIPPED_QUANTIZERS = dict(TRAIN_QUANTIZERS)
+
+
+def trace_as(variant: str) -> None:
+    """Make the STE trace as ``variant`` does (its backward rule, its quantizers); jit caches are cleared, since they
+    hold traced functions."""
+    rule = float32_operands if variant.endswith("f32_backward") else SHIPPED_RULE
     ste.cotangent_operands = matmul.cotangent_operands = rule
+    TRAIN_QUANTIZERS.clear()
+    if not variant.endswith("xla_quantize"):
+        TRAIN_QUANTIZERS.update(SHIPPED_QUANTIZERS)
     jax.clear_caches()
 
 
@@ -61,6 +71,7 @@ def variants(mode: str, backend: str, out_dtype: jnp.dtype):
         "bf16": (lambda x, w, wq, kernel: jnp.dot(x, kernel, preferred_element_type=jnp.bfloat16), (0, 3)),
         "mxfp8": (train, (0, 3)),
         "mxfp8_f32_backward": (train, (0, 3)),
+        "mxfp8_xla_quantize": (train, (0, 3)),
     }
 
 
@@ -89,7 +100,7 @@ def main() -> None:
             for name, (fn, argnums) in variants(args.mode, args.backend, out_dtype).items():
                 loss = lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32))  # noqa: E731
                 grad = jax.grad(loss, argnums=argnums)
-                use_rule(float32_operands if name.endswith("f32_backward") else SHIPPED_RULE)
+                trace_as(name)
                 row[f"{name}_fwd_us"] = loop_time(fn, sets, iters=args.iters) * 1e6
                 row[f"{name}_grad_us"] = loop_time(grad, sets, iters=args.iters) * 1e6
             out["rows"].append(row)
