@@ -11,8 +11,9 @@ forced to float32 at ``Precision.HIGHEST`` (``mxfp8_f32_backward``: the rule bef
 with the backend's own quantizers (``backends.TRAIN_QUANTIZERS``) removed, so that ``quantize``'s jnp quantizes x and
 the kernel (``mxfp8_xla_quantize``: the forward before the twenty-fourth session).
 
-Device time, ``timing.loop_time``. Usage: python benchmarks/grad_speed_probe.py [--mode inference|train]
-[--backend hopper] [--ms 16,2048] [--iters 10] [--out-dtype float32]; JSON to $OUT/grad_speed_probe.json.
+Device time, ``timing.loop_time`` (or with ``--timer queued`` ``timing.device_time``). Usage: python
+benchmarks/grad_speed_probe.py [--mode inference|train] [--backend hopper] [--ms 16,2048] [--iters 10]
+[--out-dtype float32] [--timer queued]; JSON to $OUT/grad_speed_probe.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import environment, loop_time, write_json  # noqa: E402
+from timing import device_time, environment, loop_time, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import matmul, ste  # noqa: E402
@@ -82,7 +83,15 @@ def main() -> None:
     ap.add_argument("--ms", default="16,2048", help="comma-separated row counts M")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out-dtype", default="bfloat16", help="the MXFP8 output's dtype, which its cotangent takes")
+    ap.add_argument(
+        "--timer",
+        choices=("loop", "queued"),
+        default="loop",
+        help="timing.loop_time (operands in a loop's carry) or timing.device_time (queued calls, operands as jit "
+        "arguments in their default layouts)",
+    )
     args = ap.parse_args()
+    timed = loop_time if args.timer == "loop" else lambda fn, sets, iters: device_time(fn, sets, calls=iters)
     out_dtype = jnp.dtype(args.out_dtype)
     out = {"env": environment(), "mode": args.mode, "backend": args.backend, "out_dtype": args.out_dtype, "rows": []}
     print(out["env"], f"mode {args.mode}, backend {args.backend}, MXFP8 output {args.out_dtype}", flush=True)
@@ -101,8 +110,8 @@ def main() -> None:
                 loss = lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32))  # noqa: E731
                 grad = jax.grad(loss, argnums=argnums)
                 trace_as(name)
-                row[f"{name}_fwd_us"] = loop_time(fn, sets, iters=args.iters) * 1e6
-                row[f"{name}_grad_us"] = loop_time(grad, sets, iters=args.iters) * 1e6
+                row[f"{name}_fwd_us"] = timed(fn, sets, iters=args.iters) * 1e6
+                row[f"{name}_grad_us"] = timed(grad, sets, iters=args.iters) * 1e6
             out["rows"].append(row)
             write_json("grad_speed_probe.json", out)
             cells = " ".join(

@@ -18,8 +18,9 @@ weight already quantized. The variants, all bit-equal to ``mx.quantize`` (checke
 Two references: ``bf16_transpose`` (XLA's transpose of the kernel, its bytes read and written) and ``rowwise``
 (``quantize`` of a kernel already stored ``[N, K]``: the same pass with no transpose in it).
 
-Device time, ``timing.loop_time`` over operand sets rotated past L2. Usage:
-PYTHONPATH=. python3 benchmarks/weight_quantize_probe.py [--dtypes bfloat16,float32] [--iters 20] [--skip in_place];
+Device time, ``timing.loop_time`` (or with ``--timer queued`` ``timing.device_time``) over operand sets rotated past
+L2. Usage: PYTHONPATH=. python3 benchmarks/weight_quantize_probe.py [--dtypes bfloat16,float32] [--iters 20]
+[--skip in_place] [--timer queued];
 JSON to $OUT/weight_quantize_probe.json.
 """
 
@@ -37,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import copy_bandwidth, environment, loop_time, rotation_copies, write_json  # noqa: E402
+from timing import copy_bandwidth, device_time, environment, loop_time, rotation_copies, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import numerics  # noqa: E402
@@ -84,7 +85,15 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--skip", default="", help="comma-separated variants not to run (xla always runs)")
+    ap.add_argument(
+        "--timer",
+        choices=("loop", "queued"),
+        default="loop",
+        help="timing.loop_time (operands in a loop's carry) or timing.device_time (queued calls, operands as jit "
+        "arguments in their default layouts)",
+    )
     args = ap.parse_args()
+    timed = loop_time if args.timer == "loop" else lambda fn, sets, iters: device_time(fn, sets, calls=iters)
     skip = set(filter(None, args.skip.split(","))) - {"xla"}
     copy = copy_bandwidth()
     out = {"env": environment(), "copy_bytes_per_s": copy, "rows": []}
@@ -107,7 +116,7 @@ def main() -> None:
                         np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
                         and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
                     )
-                row[f"{name}_us"] = loop_time(fn, stored_nk if name == "rowwise" else sets, iters=args.iters) * 1e6
+                row[f"{name}_us"] = timed(fn, stored_nk if name == "rowwise" else sets, iters=args.iters) * 1e6
                 traffic = 2 * nbytes if name == "bf16_transpose" else moved
                 row[f"{name}_copy_share"] = traffic / (row[f"{name}_us"] * 1e-6) / copy
             out["rows"].append(row)
