@@ -62,13 +62,28 @@ def mxfp8_matmul(
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    return _product(backend, out_dtype, name, x, w)
+    dx_sharding = None if isinstance(x, MXArray) else explicit_sharding(x)
+    return _product(backend, out_dtype, name, dx_sharding, x, w)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def explicit_sharding(a: jax.Array | np.ndarray) -> jax.sharding.NamedSharding | None:
+    """``a``'s sharding as its type carries it, where a mesh is set: the ``out_sharding`` a gradient's product must
+    produce on ``Explicit`` mesh axes (where a sharded contraction is otherwise ambiguous), as JAX's own dot
+    transpose passes it. ``None`` without a mesh."""
+    sharding = jax.typeof(a).sharding
+    return None if sharding.mesh.empty else sharding
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _product(
-    backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array | MXArray, w: MXArray | FlashInferWeight
+    backend: str,
+    out_dtype: jnp.dtype,
+    name: str | None,
+    dx_sharding: jax.sharding.NamedSharding | None,
+    x: jax.Array | MXArray,
+    w: MXArray | FlashInferWeight,
 ) -> jax.Array:
+    del dx_sharding  # the gradient's
     run = get_backend(backend)
     w = _weight_for(backend, w, out_dtype, name)
     if not isinstance(x, MXArray) and backend not in TAKES_RAW_ACTIVATIONS:
@@ -76,14 +91,14 @@ def _product(
     return run(x, w, out_dtype, name=name)
 
 
-def _product_fwd(backend, out_dtype, name, x, w):
+def _product_fwd(backend, out_dtype, name, dx_sharding, x, w):
     dtype_tag = None if isinstance(x, MXArray) else jnp.zeros((0,), x.dtype)  # carries a float x's dtype
-    return _product(backend, out_dtype, name, x, w), (w, dtype_tag)
+    return _product(backend, out_dtype, name, dx_sharding, x, w), (w, dtype_tag)
 
 
-def _product_bwd(backend, out_dtype, name, residuals, g):
+def _product_bwd(backend, out_dtype, name, dx_sharding, residuals, g):
     w, dtype_tag = residuals  # MXFP8 operands (w, an MXArray x) are frozen: zero cotangents
-    return None if dtype_tag is None else straight_through_dx(g, w, dtype_tag.dtype), None
+    return None if dtype_tag is None else straight_through_dx(g, w, dtype_tag.dtype, dx_sharding), None
 
 
 def cotangent_operands(
@@ -104,13 +119,24 @@ def cotangent_operands(
     return g.astype(jnp.float32), dequantize(operand, jnp.float32), jax.lax.Precision.HIGHEST
 
 
-def straight_through_dx(g: jax.Array, w: MXArray | FlashInferWeight, dtype: jnp.dtype) -> jax.Array:
+def straight_through_dx(
+    g: jax.Array,
+    w: MXArray | FlashInferWeight,
+    dtype: jnp.dtype,
+    out_sharding: jax.sharding.NamedSharding | None = None,
+) -> jax.Array:
     """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
-    with float32 products and accumulation (:func:`cotangent_operands` picks the operands' dtypes), in ``dtype``."""
+    with float32 products and accumulation (:func:`cotangent_operands` picks the operands' dtypes), in ``dtype``,
+    sharded as ``out_sharding`` (:func:`explicit_sharding` of ``x``)."""
     w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
     lhs, w_hat, precision = cotangent_operands(g, w, rows=math.prod(g.shape[:-1]))
     dx = jax.lax.dot_general(
-        lhs, w_hat, (((g.ndim - 1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+        lhs,
+        w_hat,
+        (((g.ndim - 1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
+        out_sharding=out_sharding,
     )
     return dx.astype(dtype)
 
@@ -201,7 +227,8 @@ def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
         return norm.rms_norm(h, norm_weight, eps), h
 
     (normed, _), vjp = jax.vjp(add_norm, x, delta, norm_weight)
-    return (*vjp((straight_through_dx(g_y, w, normed.dtype), g_h)), None)  # the MXFP8 weight is frozen
+    dx = straight_through_dx(g_y, w, normed.dtype, explicit_sharding(normed))
+    return (*vjp((dx, g_h)), None)  # the MXFP8 weight is frozen
 
 
 _fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd)

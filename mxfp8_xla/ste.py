@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
-from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
+from mxfp8_xla.matmul import cotangent_operands, explicit_sharding, mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 __all__ = ["mxfp8_linear_ste"]
@@ -67,17 +67,25 @@ def mxfp8_linear_ste(
         )
     out_dtype = check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype)
     backend = select_backend(backend, n=n, k=k, out_dtype=out_dtype, name=name)  # its quantizers, below
-    return _ste_jit(backend, out_dtype, name, x, kernel)
+    shardings = (explicit_sharding(x), explicit_sharding(kernel))  # the gradients' on Explicit mesh axes
+    return _ste_jit(backend, out_dtype, name, shardings, x, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _ste(backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return _forward(backend, out_dtype, name, x, kernel)[0]
+Shardings = tuple[jax.sharding.NamedSharding | None, jax.sharding.NamedSharding | None]
+"""``x``'s and ``kernel``'s, which their gradients take (``matmul.explicit_sharding``)."""
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _ste(
+    backend: str, out_dtype: jnp.dtype, name: str | None, shardings: Shardings, x: jax.Array, kernel: jax.Array
+) -> jax.Array:
+    return _forward(backend, out_dtype, name, shardings, x, kernel)[0]
 
 
 def _forward(
-    backend: str, out_dtype: jnp.dtype, name: str | None, x: jax.Array, kernel: jax.Array
+    backend: str, out_dtype: jnp.dtype, name: str | None, shardings: Shardings, x: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
+    del shardings
     quantize_x, quantize_kernel = TRAIN_QUANTIZERS.get(backend, (quantize, functools.partial(quantize, axis=0)))
     xq = quantize_x(x)
     wq = quantize_kernel(kernel)
@@ -91,20 +99,27 @@ def _backward(
     backend: str,
     out_dtype: jnp.dtype,
     name: str | None,
+    shardings: Shardings,
     residuals: tuple[MXArray, MXArray, jax.Array, jax.Array],
     g: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     del backend, out_dtype, name
+    x_sharding, kernel_sharding = shardings
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
     n, k = wq.shape
     g_rows = g.reshape(-1, n)
     g_rows, x_hat, precision = cotangent_operands(g_rows, xq, rows=g_rows.shape[0])  # x_hat [..., K]
     dkernel = jax.lax.dot_general(
-        x_hat.reshape(-1, k), g_rows, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+        x_hat.reshape(-1, k),
+        g_rows,
+        (((0,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
+        out_sharding=kernel_sharding,
     )
-    return straight_through_dx(g, wq, x_dtype_tag.dtype), dkernel.astype(k_dtype_tag.dtype)
+    return straight_through_dx(g, wq, x_dtype_tag.dtype, x_sharding), dkernel.astype(k_dtype_tag.dtype)
 
 
 _ste.defvjp(_forward, _backward)
 # Jitted so that eager calls compile once instead of op by op; inlined under an outer jit.
-_ste_jit = jax.jit(_ste, static_argnums=(0, 1, 2))
+_ste_jit = jax.jit(_ste, static_argnums=(0, 1, 2, 3))

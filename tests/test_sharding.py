@@ -1,8 +1,9 @@
-"""Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices.
+"""Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices, and gradients on Explicit
+mesh axes on 4.
 
 The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and
-torch backends) and tests/llama_sharding_cases.py (the Llama example on the ModelOpt
-fixture) and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be
+torch backends), tests/llama_sharding_cases.py (the Llama example on the ModelOpt
+fixture) and tests/explicit_sharding_cases.py, and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be
 set before jax initializes.
 """
 
@@ -23,6 +24,12 @@ def run_cases(script: str, *args: str) -> str:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK"), proc.stdout
     return proc.stdout
+
+
+def test_gradients_on_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
+    """Data-parallel (and column-parallel) train and inference gradients on jax.make_mesh's default Explicit axes:
+    the straight-through products are told the primals' shardings, as JAX's own dot transpose is."""
+    assert run_cases("explicit_sharding_cases.py").count("equal to the unsharded gradient") == 9
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():
