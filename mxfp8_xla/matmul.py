@@ -17,9 +17,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from mxfp8_xla import norm
+from mxfp8_xla import norm, per_shard
 from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
@@ -33,6 +35,7 @@ def mxfp8_matmul(
     out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str | None = None,
+    out_sharding: P | NamedSharding | None = None,
 ) -> jax.Array:
     """Multiply ``x [..., K]`` by the MXFP8 weight ``w [N, K]`` (torch/ModelOpt orientation).
 
@@ -42,6 +45,11 @@ def mxfp8_matmul(
     others undo the swizzle). Returns ``[..., N]`` in ``out_dtype``.
     ``backend``: ``"emulation"``, ``"torch"``, ``"flashinfer"``, ``"hopper"`` or ``"auto"``
     (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
+
+    Operands whose types split them over ``Explicit`` mesh axes (``jax.make_mesh``'s default) are multiplied shard by
+    shard (:func:`mxfp8_xla.per_shard.product`): the output is split as x's rows and w's N are, and where both split
+    K, ``out_sharding`` must say how to split the summed output, as ``jnp.dot``'s does. ``out_sharding``, if given,
+    reshards the output.
     """
     if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
@@ -59,11 +67,27 @@ def mxfp8_matmul(
             f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
             f"the last axis of x must equal K = {w.shape[1]}"
         )
+    if per_shard.is_split(*jax.tree.leaves((x, w))):  # the backend runs on the local shapes, "auto" chooses there
+        label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
+        if isinstance(w, FlashInferWeight):
+            raise TypeError(
+                f"{label}: a FlashInferWeight's swizzled scales cannot be split over devices; split an MXArray weight "
+                "(mxfp8_xla.quantize) instead"
+            )
+        return per_shard.product(
+            lambda x, w, dtype: mxfp8_matmul(x, w, out_dtype=dtype, backend=backend, name=name),
+            x,
+            w,
+            out_dtype=out_dtype,
+            out_sharding=out_sharding,
+            label=label,
+        )
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     dx_sharding = None if isinstance(x, MXArray) else explicit_sharding(x)
-    return _product(backend, out_dtype, name, dx_sharding, x, w)
+    y = _product(backend, out_dtype, name, dx_sharding, x, w)
+    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
 
 def explicit_sharding(a: jax.Array | np.ndarray) -> jax.sharding.NamedSharding | None:
@@ -197,12 +221,13 @@ def add_rms_norm_matmul(
         )
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
-    backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    w = _weight_for(backend, w, out_dtype, name)
-    if backend in FUSED_ADD_NORM:
-        fuses, run = FUSED_ADD_NORM[backend]
-        if fuses(x, delta, norm_weight, w):
-            return _fused_add_norm(run, eps, out_dtype, name, x, delta, norm_weight, w)
+    fused = None  # split operands (Explicit mesh axes) compose: mxfp8_matmul runs, and resolves "auto", per shard
+    if not per_shard.is_split(*jax.tree.leaves((x, delta, norm_weight, w))):
+        backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
+        w = _weight_for(backend, w, out_dtype, name)
+        fused = FUSED_ADD_NORM.get(backend)
+    if fused is not None and fused[0](x, delta, norm_weight, w):
+        return _fused_add_norm(fused[1], eps, out_dtype, name, x, delta, norm_weight, w)
     h = norm.add(x, delta)
     normed = norm.rms_norm(h, norm_weight, eps)
     return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h

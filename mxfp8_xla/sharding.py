@@ -19,7 +19,6 @@ The backend (``"emulation"``, ``"torch"``, ...) runs per shard inside ``jax.shar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ from jax.typing import DTypeLike
 from mxfp8_xla.matmul import mxfp8_matmul
 from mxfp8_xla.mxarray import MXArray, check_float_dtype
 from mxfp8_xla.numerics import BLOCK_SIZE
+from mxfp8_xla.per_shard import shard_map
 
 
 def check_column_parallel(w_shape: tuple[int, ...], shards: int, name: str = "layer") -> None:
@@ -62,17 +62,6 @@ def check_data_parallel(x_shape: tuple[int, ...], shards: int, data_axis: str, l
             f"{data_axis!r}: B is not a multiple of {shards} (pad the batch, or pass data_axis=None to give every "
             "device all of it)"
         )
-
-
-def shard_map(f: Callable, *, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
-    """``jax.shard_map`` with ``check_vma=False``, as every MXFP8 shard_map here needs.
-
-    The backends run Pallas kernels (hopper) and custom calls (the DLPack bridge) whose
-    output types carry no varying-manual-axes information; with the check on, JAX 0.11
-    refuses the Pallas outputs at trace time (measured on an H100). The specs stay the
-    contract: each function here states what varies along which axis.
-    """
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 def check_operands(layer: str, x: jax.Array | None, w: MXArray, mesh: Mesh, axes: tuple[str | None, ...]) -> None:

@@ -26,11 +26,16 @@ to at most 448) all get the identity gradient. Only the quantized operands
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
+from mxfp8_xla import per_shard
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
 from mxfp8_xla.matmul import cotangent_operands, explicit_sharding, mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
@@ -45,13 +50,15 @@ def mxfp8_linear_ste(
     backend: str = "emulation",
     out_dtype: DTypeLike = jnp.bfloat16,
     name: str | None = None,
+    out_sharding: P | NamedSharding | None = None,
 ) -> jax.Array:
     """``x [..., K] @ kernel [K, N]`` in MXFP8 with straight-through gradients.
 
     ``x`` and ``kernel`` are float32/bfloat16/float16; both are quantized with
     blocks of 32 along K (so K must be a multiple of 32) and multiplied by
-    ``mxfp8_matmul(..., backend=backend)``. Returns ``[..., N]`` in ``out_dtype``; ``name`` labels the
-    layer in backend errors.
+    ``mxfp8_matmul(..., backend=backend, out_sharding=out_sharding)``. Returns ``[..., N]`` in ``out_dtype``;
+    ``name`` labels the layer in backend errors. Operands split over ``Explicit`` mesh axes are quantized shard by
+    shard (:mod:`mxfp8_xla.per_shard`), and their gradients come back split as they are.
     Gradients: see the module docstring (float32 matmuls of the dequantized
     operands). Works under ``jit``, ``vmap``, ``grad``, ``remat`` and ``scan``.
     """
@@ -66,45 +73,55 @@ def mxfp8_linear_ste(
             f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
         )
     out_dtype = check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype)
-    backend = select_backend(backend, n=n, k=k, out_dtype=out_dtype, name=name)  # its quantizers, below
-    shardings = (explicit_sharding(x), explicit_sharding(kernel))  # the gradients' on Explicit mesh axes
-    return _ste_jit(backend, out_dtype, name, shardings, x, kernel)
+    chosen = select_backend(backend, n=n, k=k, out_dtype=out_dtype, name=name)
+    static = _Static(
+        backend=backend,  # mxfp8_matmul resolves "auto" again, per shard where the operands are split
+        out_dtype=out_dtype,
+        name=name,
+        quantizers=TRAIN_QUANTIZERS.get(chosen, (quantize, functools.partial(quantize, axis=0))),
+        shardings=(explicit_sharding(x), explicit_sharding(kernel)),
+        out_sharding=out_sharding,
+    )
+    return _ste_jit(static, x, kernel)
 
 
-Shardings = tuple[jax.sharding.NamedSharding | None, jax.sharding.NamedSharding | None]
-"""``x``'s and ``kernel``'s, which their gradients take (``matmul.explicit_sharding``)."""
+class _Static(NamedTuple):
+    """What the custom_vjp's rules take besides the operands (hashable: the jit's static argument)."""
+
+    backend: str
+    out_dtype: jnp.dtype
+    name: str | None
+    quantizers: tuple[Callable[[jax.Array], MXArray], Callable[[jax.Array], MXArray]]
+    """``(quantize(x), quantize(kernel, axis=0))``, the backend's own (``backends.TRAIN_QUANTIZERS``) or jnp's."""
+    shardings: tuple[NamedSharding | None, NamedSharding | None]
+    """``x``'s and ``kernel``'s on Explicit mesh axes, which their gradients take (``matmul.explicit_sharding``)."""
+    out_sharding: P | NamedSharding | None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _ste(
-    backend: str, out_dtype: jnp.dtype, name: str | None, shardings: Shardings, x: jax.Array, kernel: jax.Array
-) -> jax.Array:
-    return _forward(backend, out_dtype, name, shardings, x, kernel)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ste(static: _Static, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _forward(static, x, kernel)[0]
 
 
 def _forward(
-    backend: str, out_dtype: jnp.dtype, name: str | None, shardings: Shardings, x: jax.Array, kernel: jax.Array
+    static: _Static, x: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
-    del shardings
-    quantize_x, quantize_kernel = TRAIN_QUANTIZERS.get(backend, (quantize, functools.partial(quantize, axis=0)))
-    xq = quantize_x(x)
-    wq = quantize_kernel(kernel)
-    y = mxfp8_matmul(xq, wq, out_dtype=out_dtype, backend=backend, name=name)
+    quantize_x, quantize_kernel = static.quantizers
+    label = f"mxfp8_linear_ste({static.name})" if static.name else "mxfp8_linear_ste"
+    xq = per_shard.quantize(quantize_x, x, -1, label)
+    wq = per_shard.quantize(quantize_kernel, kernel, 0, label)
+    y = mxfp8_matmul(
+        xq, wq, out_dtype=static.out_dtype, backend=static.backend, name=static.name, out_sharding=static.out_sharding
+    )
     # Zero-size arrays carry the primal dtypes to the backward pass.
     dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
     return y, (xq, wq, *dtypes)
 
 
 def _backward(
-    backend: str,
-    out_dtype: jnp.dtype,
-    name: str | None,
-    shardings: Shardings,
-    residuals: tuple[MXArray, MXArray, jax.Array, jax.Array],
-    g: jax.Array,
+    static: _Static, residuals: tuple[MXArray, MXArray, jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    del backend, out_dtype, name
-    x_sharding, kernel_sharding = shardings
+    x_sharding, kernel_sharding = static.shardings
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
     n, k = wq.shape
     g_rows = g.reshape(-1, n)
@@ -122,4 +139,4 @@ def _backward(
 
 _ste.defvjp(_forward, _backward)
 # Jitted so that eager calls compile once instead of op by op; inlined under an outer jit.
-_ste_jit = jax.jit(_ste, static_argnums=(0, 1, 2, 3))
+_ste_jit = jax.jit(_ste, static_argnums=(0,))

@@ -1,10 +1,12 @@
-"""Gradients of MXFP8 layers on a mesh of ``Explicit`` axes (``jax.make_mesh``'s default), run by
-tests/test_sharding.py in a subprocess with 4 CPU devices. Prints one line per case, then OK.
+"""MXFP8 layers on a mesh of ``Explicit`` axes (``jax.make_mesh``'s default), run by tests/test_sharding.py in a
+subprocess with 4 CPU devices. Prints one line per case, then OK.
 
 On Explicit axes a product whose contraction is sharded must be told its output's sharding. The straight-through
 backward products contract over the rows (``dkernel``, rows split over ``data``) or over N (``dx`` of a
 column-parallel layer, N split over ``model``), so the custom_vjp rules pass the primal's sharding, as JAX's own
-dot transpose does; without it ``jax.grad`` raised ``ShardingTypeError`` even for plain data parallelism.
+dot transpose does; without it ``jax.grad`` raised ``ShardingTypeError`` even for plain data parallelism. The
+products and quantizations run shard by shard (``mxfp8_xla.per_shard``): the hopper backend's Pallas kernels refuse
+a split operand, and a row-parallel layer takes ``out_sharding`` as ``nnx.Linear`` does.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.backends import hopper  # noqa: E402
+from mxfp8_xla.backends.select import Capability, override_capability  # noqa: E402
 from mxfp8_xla.flax import MXFP8Linear, quantize_module  # noqa: E402
 from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
+
+H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
 
 MESH = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
 RNG = np.random.default_rng(0)
@@ -45,7 +51,7 @@ def check(label, got, want, sharded_as=None) -> None:
         specs = jax.tree.leaves(sharded_as, is_leaf=lambda s: isinstance(s, P))
         for g, spec in zip(jax.tree.leaves(got), specs, strict=True):
             assert g.sharding.is_equivalent_to(NamedSharding(MESH, spec), g.ndim), (label, g.sharding, spec)
-    print(f"{label}: equal to the unsharded gradient")
+    print(f"{label}: equal to the unsharded one")
 
 
 def check_layer(names: tuple[str | None, str | None] | None, label: str) -> None:
@@ -71,9 +77,114 @@ def check_layer(names: tuple[str | None, str | None] | None, label: str) -> None
         check(f"inference mode, data-parallel, {label}, x", dx, want_x, P("data"))
 
 
+def check_row_parallel(mode: str) -> None:
+    """K split on the input and the kernel: the output needs ``out_sharding`` (as ``nnx.Linear``'s), and then
+    equals the unsharded layer's, its gradients split as their primals."""
+    init = nnx.initializers.lecun_normal()
+    plain = MXFP8Linear(256, 128, kernel_init=init, mode="train", rngs=nnx.Rngs(0))
+    with jax.set_mesh(MESH):
+        layer = MXFP8Linear(
+            256, 128, kernel_init=nnx.with_partitioning(init, ("model", None)), mode="train", rngs=nnx.Rngs(0)
+        )
+    if mode == "inference":
+        quantize_module(plain)
+        with jax.set_mesh(MESH):
+            quantize_module(layer)
+    summed = P("data", None)
+    row_loss = lambda m, x: jnp.sum(jnp.asarray(C) * m(x, out_sharding=summed).astype(jnp.float32))  # noqa: E731
+    want_y, want_x = plain(jnp.asarray(X)), jax.grad(loss, argnums=1)(plain, jnp.asarray(X))
+    with jax.set_mesh(MESH):
+        x = jax.device_put(jnp.asarray(X), P("data", "model"))
+        try:
+            layer(x)
+        except ValueError as e:
+            assert "both split K over mesh axes ('model',)" in str(e) and "pass out_sharding" in str(e), e
+        else:
+            raise AssertionError("a K-split product without out_sharding was accepted")
+        check(
+            f"{mode} mode, row-parallel, y", nnx.jit(lambda m, x: m(x, out_sharding=summed))(layer, x), want_y, summed
+        )
+        check(
+            f"{mode} mode, row-parallel, x",
+            nnx.jit(nnx.grad(row_loss, argnums=1))(layer, x),
+            want_x,
+            P("data", "model"),
+        )
+        if mode == "train":
+            grads = nnx.jit(nnx.grad(row_loss))(layer, x)
+            check("train mode, row-parallel, params", grads, nnx.grad(loss)(plain, jnp.asarray(X)))
+            assert grads["kernel"][...].sharding.is_equivalent_to(NamedSharding(MESH, P("model", None)), 2)
+
+
+def check_hopper() -> None:
+    """The hopper backend's kernels (Pallas, interpret mode) on split operands: shard by shard, equal to emulation
+    up to float32 summation order; train mode quantizes with its own kernels, per shard."""
+    w = mx.quantize(jnp.asarray(KERNEL.T))  # [N, K] = [128, 256]
+    for rows in (8, 80):
+        x = jnp.asarray(np.resize(X, (rows, 256)), jnp.bfloat16)
+        want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
+        cases = ((P("data", None), P(None, None), None), (P("data", None), P("model", None), None))
+        cases += ((P("data", "model"), P(None, "model"), P("data", None)), (P("data", None), P(None, "model"), None))
+        with jax.set_mesh(MESH), override_capability(H100), hopper.interpret_mode():
+            for x_spec, w_spec, out in cases:
+                xs, ws = jax.device_put(x, x_spec), mx.MXArray(*(jax.device_put(a, w_spec) for a in (w.data, w.scale)))
+                run = jax.jit(
+                    lambda x, w, out=out: mx.mxfp8_matmul(
+                        x, w, backend="hopper", out_dtype=jnp.float32, out_sharding=out
+                    )
+                )
+                y = run(xs, ws)
+                np.testing.assert_allclose(
+                    np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-5 * float(jnp.max(jnp.abs(want)))
+                )
+                spec = out or P(x_spec[0], w_spec[0])
+                assert y.sharding.is_equivalent_to(NamedSharding(MESH, spec), 2), (y.sharding, spec)
+                print(f"hopper, {rows} rows, x {x_spec}, w {w_spec}: equal to emulation")
+
+    def f(x, k, backend="hopper"):
+        return jnp.sum(jnp.asarray(C) * mxfp8_linear_ste(x, k, backend=backend).astype(jnp.float32))
+
+    x16, k16 = jnp.asarray(X, jnp.bfloat16), jnp.asarray(KERNEL, jnp.bfloat16)
+    want = jax.grad(f, argnums=(0, 1))(x16, k16, "emulation")
+    with jax.set_mesh(MESH), override_capability(H100), hopper.interpret_mode():
+        xs, ks = jax.device_put(x16, P("data", None)), jax.device_put(k16, P(None, "model"))
+        grad = jax.jit(jax.grad(f, argnums=(0, 1)))
+        assert "mxfp8_quantize_transposed" in str(jax.make_jaxpr(grad)(xs, ks))
+        check("hopper, train mode, data- and column-parallel", grad(xs, ks), want, (P("data", None), P(None, "model")))
+
+
+def check_errors() -> None:
+    w = mx.quantize(jnp.ones((128, 192)))
+    with jax.set_mesh(MESH):
+        for x_spec, w_spec, want in (
+            (P(None, "model"), P(None, "data"), "must split K (and K/32) over the same mesh axes"),
+            (P("model", None), P("model", None), "a mesh axis splits two of x's rows"),
+        ):
+            x = jax.device_put(jnp.ones((8, 192)), x_spec)
+            ws = mx.MXArray(*(jax.device_put(a, w_spec) for a in (w.data, w.scale)))
+            try:
+                mx.mxfp8_matmul(x, ws, out_sharding=P())
+            except ValueError as e:
+                assert want in str(e), e
+                print(f"error: {e}")
+            else:
+                raise AssertionError(f"accepted: {want}")
+        try:  # K = 192 over 2 devices: 96 each, three blocks; over 4 (both axes): 48, not a whole block
+            mxfp8_linear_ste(jnp.ones((8, 192)), jax.device_put(jnp.ones((192, 64)), P(("data", "model"), None)))
+        except ValueError as e:
+            assert "is not a whole number of 32-element MXFP8 blocks" in str(e), e
+            print(f"error: {e}")
+        else:
+            raise AssertionError("a split block was accepted")
+
+
 def main() -> int:
     check_layer((None, "model"), "column-parallel")
     check_layer(None, "replicated")
+    check_row_parallel("train")
+    check_row_parallel("inference")
+    check_hopper()
+    check_errors()
 
     # the op itself, bf16 (the backward products on bf16 operands), eager and under jit
     x16, k16 = jnp.asarray(X, jnp.bfloat16), jnp.asarray(KERNEL, jnp.bfloat16)

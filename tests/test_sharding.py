@@ -1,10 +1,9 @@
 """Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices, and gradients on Explicit
 mesh axes on 4.
 
-The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and
-torch backends), tests/llama_sharding_cases.py (the Llama example on the ModelOpt
-fixture) and tests/explicit_sharding_cases.py, and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be
-set before jax initializes.
+The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and torch backends),
+tests/llama_sharding_cases.py (the Llama example on the ModelOpt fixture) and tests/explicit_sharding_cases.py, and
+run in subprocesses, because ``--xla_force_host_platform_device_count`` must be set before jax initializes.
 """
 
 import subprocess
@@ -26,10 +25,15 @@ def run_cases(script: str, *args: str) -> str:
     return proc.stdout
 
 
-def test_gradients_on_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
-    """Data-parallel (and column-parallel) train and inference gradients on jax.make_mesh's default Explicit axes:
-    the straight-through products are told the primals' shardings, as JAX's own dot transpose is."""
-    assert run_cases("explicit_sharding_cases.py").count("equal to the unsharded gradient") == 9
+def test_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
+    """On jax.make_mesh's default Explicit axes: data-, column- and row-parallel layers in train and inference mode
+    (row-parallel with out_sharding), their gradients split as their primals (the straight-through products are told
+    the primals' shardings, as JAX's dot transpose is), the hopper backend's kernels run shard by shard, and clear
+    errors for splits that cannot work."""
+    out = run_cases("explicit_sharding_cases.py")
+    assert out.count("equal to the unsharded one") == 15
+    assert out.count("equal to emulation") == 8
+    assert out.count("error: ") == 3
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():

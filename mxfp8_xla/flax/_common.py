@@ -9,6 +9,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 from flax.core import meta
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import SELECTABLE
@@ -153,7 +155,7 @@ def quantize_kernel(kernel: jax.Array) -> MXArray:
     return quantize(kernel, axis=-2)
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "backend", "name"))
+@functools.partial(jax.jit, static_argnames=("out_dtype", "backend", "name", "out_sharding"))
 def forward(
     x: jax.Array,
     *,
@@ -164,8 +166,10 @@ def forward(
     out_dtype: jnp.dtype,
     backend: str,
     name: str | None = None,
+    out_sharding: P | NamedSharding | None = None,
 ) -> jax.Array:
-    """``x @ W + bias`` in MXFP8, from ``kernel [K, N]`` (train) or ``kernel_q/scale [N, K]``.
+    """``x @ W + bias`` in MXFP8, from ``kernel [K, N]`` (train) or ``kernel_q/scale [N, K]``; ``out_sharding``
+    as :func:`mxfp8_matmul`'s.
 
     Both paths quantize ``x`` (blocks along K) and the weight identically and make
     the same ``mxfp8_matmul`` call, so for the same weights they agree bit for bit.
@@ -173,10 +177,11 @@ def forward(
     """
     if x.dtype not in FLOAT_DTYPES:  # integer inputs
         x = x.astype(out_dtype)
+    product = dict(out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
     if kernel is not None:
-        y = mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype, name=name)
+        y = mxfp8_linear_ste(x, kernel, **product)
     else:
-        y = mxfp8_matmul(x, inference_weight(kernel_q, kernel_scale), out_dtype=out_dtype, backend=backend, name=name)
+        y = mxfp8_matmul(x, inference_weight(kernel_q, kernel_scale), **product)
     return add_bias(y, bias, out_dtype)
 
 

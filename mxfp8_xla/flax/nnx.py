@@ -145,9 +145,11 @@ class MXFP8Linear(nnx.Module):
             new.bias = linear.bias.copy()  # the same array and metadata
         return new
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Apply the layer to ``inputs [..., in_features]``; returns ``[..., out_features]``."""
-        return self._apply(inputs, None)
+    def __call__(self, inputs: jax.Array, out_sharding: PartitionSpec | NamedSharding | None = None) -> jax.Array:
+        """Apply the layer to ``inputs [..., in_features]``; returns ``[..., out_features]``, sharded as
+        ``out_sharding`` if given (as ``nnx.Linear``'s: on ``Explicit`` mesh axes a layer whose input and kernel
+        both split K needs it; :func:`mxfp8_xla.mxfp8_matmul`)."""
+        return self._apply(inputs, None, out_sharding)
 
     def with_add_rms_norm(
         self, x: jax.Array, delta: jax.Array, norm_weight: jax.Array, *, eps: float
@@ -157,7 +159,12 @@ class MXFP8Linear(nnx.Module):
         ``hopper`` backend). Inference mode only."""
         return self._apply(x, (delta, norm_weight, eps))
 
-    def _apply(self, inputs: jax.Array, add_norm: tuple[jax.Array, jax.Array, float] | None):
+    def _apply(
+        self,
+        inputs: jax.Array,
+        add_norm: tuple[jax.Array, jax.Array, float] | None,
+        out_sharding: PartitionSpec | NamedSharding | None = None,
+    ):
         layer = f"MXFP8Linear({self.in_features}, {self.out_features})"
         if add_norm is not None and self.mode != "inference":
             raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
@@ -183,7 +190,9 @@ class MXFP8Linear(nnx.Module):
                 x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend,
                 name=layer,
             )  # fmt: skip
-        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
+        return _common.forward(
+            x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer, out_sharding=out_sharding
+        )
 
 
 def _inference_params(q: MXArray, metadata: Mapping[str, Any]) -> tuple[nnx.Param, nnx.Param]:
