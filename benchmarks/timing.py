@@ -50,7 +50,7 @@ def looped(fn: Callable, iters: int, compiler_options: dict | None = None) -> Ca
             return fresh, [fn(*args) for args in fresh]
 
         first = jax.eval_shape(lambda: [fn(*args) for args in sets])
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first)
+        zeros = jax.tree.map(jnp.zeros_like, first)  # with the outputs' shardings, where their types carry them
         return jax.lax.fori_loop(0, iters, body, (sets, zeros))[1]
 
     return jax.jit(rounds, compiler_options=compiler_options)
