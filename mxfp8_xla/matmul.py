@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
 from mxfp8_xla import norm, per_shard
-from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, get_backend, select_backend
+from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, backend_problems, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
@@ -47,9 +47,10 @@ def mxfp8_matmul(
     (see :mod:`mxfp8_xla.backends`); ``name`` labels the layer in backend errors.
 
     Operands whose types split them over ``Explicit`` mesh axes (``jax.make_mesh``'s default) are multiplied shard by
-    shard (:func:`mxfp8_xla.per_shard.product`): the output is split as x's rows and w's N are, and where both split
-    K, ``out_sharding`` must say how to split the summed output, as ``jnp.dot``'s does. ``out_sharding``, if given,
-    reshards the output.
+    shard (:func:`mxfp8_xla.per_shard.product`), the backend chosen and checked for one device's shapes: the output
+    is split as x's rows and w's N are, and where both split K, ``out_sharding`` must say how to split the summed
+    output, as ``jnp.dot``'s does. ``out_sharding``, if given, reshards the output. Eager calls on split operands
+    compile every time; jit the caller.
     """
     if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
@@ -67,21 +68,18 @@ def mxfp8_matmul(
             f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
             f"the last axis of x must equal K = {w.shape[1]}"
         )
-    if per_shard.is_split(*jax.tree.leaves((x, w))):  # the backend runs on the local shapes, "auto" chooses there
+    if per_shard.is_split(*jax.tree.leaves((x, w))):
         label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
-        if isinstance(w, FlashInferWeight):
-            raise TypeError(
-                f"{label}: a FlashInferWeight's swizzled scales cannot be split over devices; split an MXArray weight "
-                "(mxfp8_xla.quantize) instead"
-            )
-        return per_shard.product(
-            lambda x, w, dtype: mxfp8_matmul(x, w, out_dtype=dtype, backend=backend, name=name),
-            x,
-            w,
-            out_dtype=out_dtype,
-            out_sharding=out_sharding,
-            label=label,
-        )
+
+        def run(x: jax.Array | MXArray, w: MXArray | FlashInferWeight, partial: bool) -> jax.Array:
+            """One device's product: the backend ("auto" resolved) for its local shapes; partial sums in float32
+            where that backend writes float32."""
+            shard = f"{name or 'mxfp8_matmul'}, one device's shard"
+            chosen = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=shard)
+            wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
+            return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
+
+        return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
@@ -189,15 +187,16 @@ def add_rms_norm_matmul(
     out_dtype: DTypeLike = jnp.bfloat16,
     backend: str = "emulation",
     name: str | None = None,
+    out_sharding: P | NamedSharding | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(mxfp8_matmul(rms_norm(h, norm_weight, eps), w), h)`` with ``h = x + delta``: a pre-norm block's
     residual add, its RMSNorm and the MXFP8 projection after it (:mod:`mxfp8_xla.norm` gives the formula).
 
     ``x`` and ``delta`` are float arrays ``[..., K]`` of one shape and dtype (``h`` has it), ``norm_weight`` is
-    ``[K]``; ``out_dtype``, ``backend`` and ``name`` as for :func:`mxfp8_matmul`. On the ``hopper`` backend one
-    bfloat16 row (a decode step at batch 1) takes one kernel launch for all of it; elsewhere the sum and the norm
-    are ``jnp`` and the product :func:`mxfp8_matmul`, with the same numbers up to the order of the float32 sum of
-    squares.
+    ``[K]``; ``out_dtype``, ``backend``, ``name`` and ``out_sharding`` as for :func:`mxfp8_matmul`. On the
+    ``hopper`` backend one bfloat16 row (a decode step at batch 1) takes one kernel launch for all of it; elsewhere
+    (and on operands split over Explicit mesh axes) the sum and the norm are ``jnp`` and the product
+    :func:`mxfp8_matmul`, with the same numbers up to the order of the float32 sum of squares.
     """
     check_quantizable(x, "add_rms_norm_matmul: x")
     out_dtype = check_float_dtype("add_rms_norm_matmul: out_dtype", out_dtype)
@@ -227,10 +226,11 @@ def add_rms_norm_matmul(
         w = _weight_for(backend, w, out_dtype, name)
         fused = FUSED_ADD_NORM.get(backend)
     if fused is not None and fused[0](x, delta, norm_weight, w):
-        return _fused_add_norm(fused[1], eps, out_dtype, name, x, delta, norm_weight, w)
+        y, h = _fused_add_norm(fused[1], eps, out_dtype, name, x, delta, norm_weight, w)
+        return (y if out_sharding is None else jax.sharding.reshard(y, out_sharding)), h
     h = norm.add(x, delta)
     normed = norm.rms_norm(h, norm_weight, eps)
-    return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name), h
+    return mxfp8_matmul(normed, w, out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding), h
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mxfp8_xla.mxarray import MXArray
@@ -52,21 +52,46 @@ def _axes(entry: Any) -> tuple[str, ...]:
     return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
-def _mesh(*arrays: Any) -> jax.sharding.AbstractMesh:
-    return next(jax.typeof(a).sharding.mesh for a in arrays if is_split(a))
+def _mesh(*arrays: Any) -> Mesh | jax.sharding.AbstractMesh:
+    """The mesh the first split array is split over: a concrete array's own (its devices, which a reshard outside a
+    mesh context needs), else its type's."""
+    a = next(a for a in arrays if is_split(a))
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and isinstance(a.sharding, NamedSharding):
+        return a.sharding.mesh
+    return jax.typeof(a).sharding.mesh
 
 
-def _check_whole_blocks(label: str, k: int, k_axes: tuple[str, ...], mesh: jax.sharding.AbstractMesh) -> None:
+def local_shape(a: Any) -> tuple[int, ...]:
+    """The shape of one device's shard of ``a``, as its type splits it."""
+    mesh = _mesh(a) if is_split(a) else None
+    return tuple(
+        size // math.prod(mesh.shape[axis] for axis in _axes(entry)) if mesh else size
+        for size, entry in zip(jnp.shape(a), spec_of(a), strict=True)
+    )
+
+
+def _per_device(f: Callable, mesh: Mesh | jax.sharding.AbstractMesh, in_specs: Any, out_specs: Any) -> Callable:
+    """``f`` on each device's shards: manual over the mesh's Explicit axes (all of them unless some are Auto, which
+    stay XLA's: a weight split over one is not gathered); jitted, since eager ``vmap`` of a bare ``shard_map``
+    refers its ``out_specs`` to axes it has not bound (jax 0.10.2)."""
+    explicit = frozenset(a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t == AxisType.Explicit)
+    manual = frozenset() if explicit == frozenset(mesh.axis_names) else explicit  # frozenset(): all of them
+    return jax.jit(
+        jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual, check_vma=False)
+    )
+
+
+def _check_whole_blocks(label: str, k: int, k_axes: tuple[str, ...], mesh: Mesh | jax.sharding.AbstractMesh) -> None:
     shards = math.prod(mesh.shape[a] for a in k_axes)
     if k % shards or (k // shards) % BLOCK_SIZE:
         raise ValueError(
-            f"{label}: K={k} is split over mesh axes {k_axes} ({shards} shards), so a device's K range ({k}/{shards}) "
-            f"is not a whole number of {BLOCK_SIZE}-element MXFP8 blocks; a block's shared scale cannot be split"
+            f"{label}: K={k} is split over mesh axes {k_axes} into {shards} shards of {k / shards:g} elements, not a "
+            f"whole number of {BLOCK_SIZE}-element MXFP8 blocks; a block's shared scale cannot be split"
         )
 
 
-def _reshard(a: jax.Array, mesh: jax.sharding.AbstractMesh, spec: P) -> jax.Array:
-    """``a`` split as ``spec`` over ``mesh`` (with or without a mesh context)."""
+def _reshard(a: jax.Array, mesh: Mesh | jax.sharding.AbstractMesh, spec: P) -> jax.Array:
+    """``a`` split as ``spec`` over ``mesh``."""
     return jax.sharding.reshard(a, NamedSharding(mesh, spec))
 
 
@@ -86,45 +111,50 @@ def quantize(fn: Callable[[jax.Array], MXArray], a: jax.Array, axis: int, label:
         q = fn(a)
         return q.data, q.scale
 
-    data, scale = shard_map(local, mesh=mesh, in_specs=P(*spec), out_specs=(moved, moved))(a)
+    data, scale = _per_device(local, mesh, P(*spec), (moved, moved))(a)
     return MXArray(data, scale)
 
 
 def product(
-    run: Callable[[jax.Array | MXArray, MXArray, jnp.dtype], jax.Array],
+    run: Callable[[jax.Array | MXArray, Any, bool], jax.Array],
     x: jax.Array | MXArray,
-    w: MXArray,
+    w: Any,
     *,
     out_dtype: jnp.dtype,
     out_sharding: P | NamedSharding | None,
     label: str,
 ) -> jax.Array:
-    """``run(x_shard, w_shard, dtype)`` on each device's shards of ``x [..., K]`` (an array or an MXArray) and
-    ``w [N, K]``, as their types split them: the output ``[..., N]`` is split as x's rows and w's N are.
+    """``run(x_shard, w_shard, partial)`` on each device's shards of ``x [..., K]`` (an array or an MXArray) and
+    the weight ``w [N, K]`` (an MXArray, or an unsplit ``FlashInferWeight``), as their types split them: the output
+    ``[..., N]`` is split as x's rows and w's N are.
 
-    Where K is split, ``run`` returns float32 partial sums, added with ``psum`` and then cast to ``out_dtype``, and
-    the output is whole along K's mesh axes. An operand whose K is whole is split as the other's first (a local
-    slice where it is whole along those axes). Where both operands split K, ``out_sharding`` must say how to split
-    the output, as ``jnp.dot`` asks on Explicit axes. ``out_sharding``, if given, reshards the output.
+    Where K is split, ``partial`` is true: ``run`` returns partial sums (float32 where its backend writes float32),
+    added in float32 with ``psum`` and then cast to ``out_dtype``, and the output is whole along K's mesh axes. An
+    operand whose K is whole is split as the other's first (a local slice where it is whole along those axes).
+    Where both operands split K, ``out_sharding`` must say how to split the output, as ``jnp.dot`` asks on Explicit
+    axes. ``out_sharding``, if given, reshards the output.
     """
     x_parts = [x.data, x.scale] if isinstance(x, MXArray) else [x]
-    w_parts = [w.data, w.scale]
-    x_specs, w_specs = [spec_of(a) for a in x_parts], [spec_of(a) for a in w_parts]
+    w_parts, w_tree = jax.tree.flatten(w)
+    x_specs = [spec_of(a) for a in x_parts]
+    if isinstance(w, MXArray):
+        w_specs = [spec_of(a) for a in w_parts]
+    elif is_split(*w_parts):
+        raise TypeError(
+            f"{label}: a {type(w).__name__}'s swizzled scales cannot be split over devices; split an MXArray"
+        )
+    else:
+        w_specs = [(None, None)]  # the data's; its 1-D scales stay whole
     x_k, w_k = {s[-1] for s in x_specs}, {s[1] for s in w_specs}
     rows, n = {s[:-1] for s in x_specs}, {s[0] for s in w_specs}
     if max(map(len, (x_k, w_k, rows, n))) > 1 or (None not in x_k | w_k and x_k != w_k):
         raise ValueError(
-            f"{label}: x {' and its scales ' if len(x_specs) > 1 else ''}{[P(*s) for s in x_specs]} and the weight "
+            f"{label}: x{' and its scales' if len(x_specs) > 1 else ''} {[P(*s) for s in x_specs]} and the weight "
             f"and its scales {[P(*s) for s in w_specs]} must split K (and K/32) over the same mesh axes (or one of "
             "them not at all), and each operand's data and scales alike; reshard them first"
         )
     (x_k,), (w_k,), (rows,), (n,) = x_k, w_k, rows, n
     both_split, k = x_k is not None and w_k is not None, w_k if x_k is None else x_k
-    mesh = _mesh(*x_parts, *w_parts)
-    if x_k is None and k is not None:
-        x_parts = [_reshard(a, mesh, P(*rows, k)) for a in x_parts]
-    if w_k is None and k is not None:
-        w_parts = [_reshard(a, mesh, P(n, k)) for a in w_parts]
     k_axes = _axes(k)
     used = [axis for entry in (*rows, n) for axis in _axes(entry)]
     if len(used) != len(set(used)) or set(used) & set(k_axes):
@@ -132,19 +162,27 @@ def product(
             f"{label}: a mesh axis splits two of x's rows {P(*rows)}, the weight's N ({n!r}) and K ({k!r}); "
             "reshard them first"
         )
-    _check_whole_blocks(label, w.shape[1], k_axes, mesh)
+    mesh = _mesh(*x_parts, *w_parts)
+    _check_whole_blocks(label, x.shape[-1], k_axes, mesh)
+    if k_axes and not isinstance(w, MXArray):
+        raise TypeError(f"{label}: x splits K over {k_axes}, which a {type(w).__name__} cannot; use an MXArray weight")
     if both_split and out_sharding is None:
         raise ValueError(
             f"{label}: x and the weight both split K over mesh axes {k_axes}, so every device holds a partial sum "
             f"and the output's sharding is ambiguous; pass out_sharding (e.g. P{(*rows, n)!r} for the sum, whole "
             f"along {k_axes}), as jnp.dot asks on Explicit axes"
         )
+    if x_k is None and k_axes:
+        x_parts = [_reshard(a, mesh, P(*rows, k)) for a in x_parts]
+    if w_k is None and k_axes:
+        w_parts = [_reshard(a, mesh, P(n, k)) for a in w_parts]
 
     def local(*parts: jax.Array) -> jax.Array:
-        xs = MXArray(*parts[:2]) if isinstance(x, MXArray) else parts[0]
-        y = run(xs, MXArray(*parts[-2:]), jnp.dtype(jnp.float32) if k_axes else out_dtype)
-        return jax.lax.psum(y, k_axes).astype(out_dtype) if k_axes else y
+        xs = MXArray(*parts[: len(x_parts)]) if isinstance(x, MXArray) else parts[0]
+        y = run(xs, jax.tree.unflatten(w_tree, parts[len(x_parts) :]), bool(k_axes))
+        return jax.lax.psum(y.astype(jnp.float32), k_axes).astype(out_dtype) if k_axes else y
 
-    in_specs = tuple(P(*rows, k) for _ in x_parts) + tuple(P(n, k) for _ in w_parts)
-    y = shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(*rows, n))(*x_parts, *w_parts)
+    w_in = [P(n, k)] * len(w_parts) if isinstance(w, MXArray) else [P(*(None,) * jnp.ndim(a)) for a in w_parts]
+    in_specs = (*(P(*rows, k) for _ in x_parts), *w_in)
+    y = _per_device(local, mesh, in_specs, P(*rows, n))(*x_parts, *w_parts)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)

@@ -26,6 +26,7 @@ to at most 448) all get the identity gradient. Only the quantized operands
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -73,16 +74,22 @@ def mxfp8_linear_ste(
             f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
         )
     out_dtype = check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype)
-    chosen = select_backend(backend, n=n, k=k, out_dtype=out_dtype, name=name)
+    k_local, n_local = per_shard.local_shape(kernel)  # one device's, where the kernel is split (Explicit axes)
+    chosen = select_backend(backend, n=n_local, k=k_local, out_dtype=out_dtype, name=name)
     static = _Static(
-        backend=backend,  # mxfp8_matmul resolves "auto" again, per shard where the operands are split
+        backend=backend,  # mxfp8_matmul resolves "auto" again, for one device's shapes where the operands are split
         out_dtype=out_dtype,
         name=name,
-        quantizers=TRAIN_QUANTIZERS.get(chosen, (quantize, functools.partial(quantize, axis=0))),
+        quantizers=TRAIN_QUANTIZERS.get(chosen, _JNP_QUANTIZERS),
         shardings=(explicit_sharding(x), explicit_sharding(kernel)),
         out_sharding=out_sharding,
     )
     return _ste_jit(static, x, kernel)
+
+
+_JNP_QUANTIZERS = (quantize, functools.partial(quantize, axis=0))
+"""Train mode's quantizers on backends without their own: one object, so that ``_Static`` compares equal across
+calls and the jit below compiles once per shape."""
 
 
 class _Static(NamedTuple):
@@ -123,13 +130,12 @@ def _backward(
 ) -> tuple[jax.Array, jax.Array]:
     x_sharding, kernel_sharding = static.shardings
     xq, wq, x_dtype_tag, k_dtype_tag = residuals
-    n, k = wq.shape
-    g_rows = g.reshape(-1, n)
-    g_rows, x_hat, precision = cotangent_operands(g_rows, xq, rows=g_rows.shape[0])  # x_hat [..., K]
+    lead = tuple(range(g.ndim - 1))  # contracted over every leading axis, not flattened: a split T cannot reshape
+    g_lhs, x_hat, precision = cotangent_operands(g, xq, rows=math.prod(g.shape[:-1]))  # x_hat [..., K]
     dkernel = jax.lax.dot_general(
-        x_hat.reshape(-1, k),
-        g_rows,
-        (((0,), (0,)), ((), ())),
+        x_hat,
+        g_lhs,
+        ((lead, lead), ((), ())),
         precision=precision,
         preferred_element_type=jnp.float32,
         out_sharding=kernel_sharding,

@@ -11,6 +11,7 @@ a split operand, and a row-parallel layer takes ``out_sharding`` as ``nnx.Linear
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -26,8 +27,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
+from mxfp8_xla.backends.flashinfer import prepare_weight  # noqa: E402
 from mxfp8_xla.backends.select import Capability, override_capability  # noqa: E402
-from mxfp8_xla.flax import MXFP8Linear, quantize_module  # noqa: E402
+from mxfp8_xla.flax import MXFP8Dense, MXFP8Linear  # noqa: E402
 from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
 
 H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
@@ -57,39 +59,33 @@ def check(label, got, want, sharded_as=None) -> None:
 def check_layer(names: tuple[str | None, str | None] | None, label: str) -> None:
     """Train and inference ``MXFP8Linear`` under data parallelism, its kernel partitioned by ``names``."""
     init = nnx.initializers.lecun_normal()
-    plain = MXFP8Linear(256, 128, kernel_init=init, mode="train", rngs=nnx.Rngs(0))
-    want_params = nnx.grad(loss)(plain, jnp.asarray(X))
-    want_x = jax.grad(loss, argnums=1)(plain, jnp.asarray(X))
-    with jax.set_mesh(MESH):
-        kernel_init = init if names is None else nnx.with_partitioning(init, names)
-        layer = MXFP8Linear(256, 128, kernel_init=kernel_init, mode="train", rngs=nnx.Rngs(0))
-        x = jax.device_put(jnp.asarray(X), P("data", None))
-        grads = nnx.jit(nnx.grad(loss))(layer, x)
-        check(f"train mode, data-parallel, {label}, params", grads, want_params)
-        kernel_spec = P(*names) if names else P(None, None)
-        assert grads["kernel"][...].sharding.is_equivalent_to(NamedSharding(MESH, kernel_spec), 2)
-        check(f"train mode, data-parallel, {label}, x", jax.grad(loss, argnums=1)(layer, x), want_x, P("data"))
-        quantize_module(layer)
-    quantize_module(plain)
-    want_x = jax.grad(loss, argnums=1)(plain, jnp.asarray(X))
-    with jax.set_mesh(MESH):
-        dx = nnx.jit(nnx.grad(loss, argnums=1))(layer, x)
-        check(f"inference mode, data-parallel, {label}, x", dx, want_x, P("data"))
+    for mode in ("train", "inference"):
+        plain = MXFP8Linear(256, 128, kernel_init=init, mode=mode, rngs=nnx.Rngs(0))
+        want_x = jax.grad(loss, argnums=1)(plain, jnp.asarray(X))
+        with jax.set_mesh(MESH):
+            kernel_init = init if names is None else nnx.with_partitioning(init, names)
+            layer = MXFP8Linear(256, 128, kernel_init=kernel_init, mode=mode, rngs=nnx.Rngs(0))
+            assert ("kernel" in nnx.state(layer)) == (mode == "train")
+            x = jax.device_put(jnp.asarray(X), P("data", None))
+            dx = nnx.jit(nnx.grad(loss, argnums=1))(layer, x)
+            check(f"{mode} mode, data-parallel, {label}, x", dx, want_x, P("data"))
+            if mode == "train":
+                grads = nnx.jit(nnx.grad(loss))(layer, x)
+                check(f"train mode, data-parallel, {label}, params", grads, nnx.grad(loss)(plain, jnp.asarray(X)))
+                kernel_spec = P(*names) if names else P(None, None)
+                assert grads["kernel"][...].sharding.is_equivalent_to(NamedSharding(MESH, kernel_spec), 2)
 
 
 def check_row_parallel(mode: str) -> None:
     """K split on the input and the kernel: the output needs ``out_sharding`` (as ``nnx.Linear``'s), and then
     equals the unsharded layer's, its gradients split as their primals."""
     init = nnx.initializers.lecun_normal()
-    plain = MXFP8Linear(256, 128, kernel_init=init, mode="train", rngs=nnx.Rngs(0))
+    plain = MXFP8Linear(256, 128, kernel_init=init, mode=mode, rngs=nnx.Rngs(0))
     with jax.set_mesh(MESH):
         layer = MXFP8Linear(
-            256, 128, kernel_init=nnx.with_partitioning(init, ("model", None)), mode="train", rngs=nnx.Rngs(0)
+            256, 128, kernel_init=nnx.with_partitioning(init, ("model", None)), mode=mode, rngs=nnx.Rngs(0)
         )
-    if mode == "inference":
-        quantize_module(plain)
-        with jax.set_mesh(MESH):
-            quantize_module(layer)
+    assert ("kernel" in nnx.state(layer)) == (mode == "train")
     summed = P("data", None)
     row_loss = lambda m, x: jnp.sum(jnp.asarray(C) * m(x, out_sharding=summed).astype(jnp.float32))  # noqa: E731
     want_y, want_x = plain(jnp.asarray(X)), jax.grad(loss, argnums=1)(plain, jnp.asarray(X))
@@ -159,6 +155,7 @@ def check_errors() -> None:
         for x_spec, w_spec, want in (
             (P(None, "model"), P(None, "data"), "must split K (and K/32) over the same mesh axes"),
             (P("model", None), P("model", None), "a mesh axis splits two of x's rows"),
+            (P("model", None), P(None, "model"), "a mesh axis splits two of x's rows"),
         ):
             x = jax.device_put(jnp.ones((8, 192)), x_spec)
             ws = mx.MXArray(*(jax.device_put(a, w_spec) for a in (w.data, w.scale)))
@@ -169,13 +166,87 @@ def check_errors() -> None:
                 print(f"error: {e}")
             else:
                 raise AssertionError(f"accepted: {want}")
-        try:  # K = 192 over 2 devices: 96 each, three blocks; over 4 (both axes): 48, not a whole block
-            mxfp8_linear_ste(jnp.ones((8, 192)), jax.device_put(jnp.ones((192, 64)), P(("data", "model"), None)))
-        except ValueError as e:
-            assert "is not a whole number of 32-element MXFP8 blocks" in str(e), e
-            print(f"error: {e}")
-        else:
-            raise AssertionError("a split block was accepted")
+        # K = 192 over 2 devices: 96 each, three blocks; over 4 (both axes): 48, not a whole block
+        both = P(("data", "model"))
+        for call in (
+            lambda: mxfp8_linear_ste(jnp.ones((8, 192)), jax.device_put(jnp.ones((192, 64)), P(*both, None))),
+            lambda: mx.mxfp8_matmul(jax.device_put(jnp.ones((8, 192)), P(None, *both)), w),
+        ):
+            try:
+                call()
+            except ValueError as e:
+                assert "into 4 shards of 48 elements, not a whole number of 32-element MXFP8 blocks" in str(e), e
+                print(f"error: {e}")
+            else:
+                raise AssertionError("a split block was accepted")
+
+
+def check_more_layouts() -> None:
+    """What a review found broken (2026-12-01): each now equals the unsplit call."""
+    w = mx.quantize(jnp.asarray(KERNEL.T))  # [N, K] = [128, 256]
+    x3 = jnp.asarray(np.resize(X, (2, 4, 256)))  # [B, T, K]
+    c3 = jnp.asarray(np.resize(C, (2, 4, 128)))
+    f = lambda x, k: jnp.sum(c3 * mxfp8_linear_ste(x, k, out_dtype=jnp.float32))  # noqa: E731
+    want = jax.grad(f, argnums=(0, 1))(x3, jnp.asarray(KERNEL))
+    with jax.set_mesh(MESH):  # the sequence axis split: the kernel gradient contracts B and T without a reshape
+        xs, ks = jax.device_put(x3, P(None, "data", None)), jax.device_put(jnp.asarray(KERNEL), P(None, "model"))
+        check(
+            "train mode, T split",
+            jax.jit(jax.grad(f, argnums=(0, 1)))(xs, ks),
+            want,
+            (P(None, "data"), P(None, "model")),
+        )
+    want = mx.mxfp8_matmul(jnp.asarray(X), w, out_dtype=jnp.float32)
+    with jax.set_mesh(MESH):  # data parallelism with a FlashInferWeight (whole), and eager vmap over split rows
+        xs = jax.device_put(jnp.asarray(X), P("data", None))
+        check("a FlashInferWeight, rows split", mx.mxfp8_matmul(xs, prepare_weight(w), out_dtype=jnp.float32), want)
+        xv = jax.device_put(jnp.asarray(X).reshape(2, 4, 256), P("data", None, None))
+        ws = mx.MXArray(*(jax.device_put(a, P("model", None)) for a in (w.data, w.scale)))
+        got = jax.vmap(lambda a, b: mx.mxfp8_matmul(a, b, out_dtype=jnp.float32), in_axes=(0, None))(xv, ws)
+        check("eager vmap, rows and N split", got.reshape(8, 128), want)
+    # no mesh context: x split on K (a concrete array's mesh), the weight whole
+    xs = jax.device_put(jnp.asarray(X), NamedSharding(MESH, P(None, "model")))
+    check("no mesh context, K split on x only", mx.mxfp8_matmul(xs, w, out_dtype=jnp.float32), want)
+    # add_rms_norm_matmul with K split on both takes out_sharding too
+    ones = jnp.ones(256)
+    want = mx.add_rms_norm_matmul(jnp.asarray(X), jnp.asarray(X), ones, w, eps=1e-6, out_dtype=jnp.float32)
+    with jax.set_mesh(MESH):
+        xs = jax.device_put(jnp.asarray(X), P("data", "model"))
+        ws = mx.MXArray(*(jax.device_put(a, P(None, "model")) for a in (w.data, w.scale)))
+        got = mx.add_rms_norm_matmul(xs, xs, ones, ws, eps=1e-6, out_dtype=jnp.float32, out_sharding=P("data", None))
+        check("add_rms_norm_matmul, K split on both", got, want, (P("data", None), P("data", "model")))
+    # an Auto axis stays XLA's: the weight split over it is not gathered onto every device
+    mixed = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit, AxisType.Auto))
+    with jax.set_mesh(mixed):
+        xs = jax.device_put(jnp.asarray(X), P("data", None))
+        ws = mx.MXArray(*(jax.device_put(a, NamedSharding(mixed, P("model", None))) for a in (w.data, w.scale)))
+        run = jax.jit(lambda x, w: mx.mxfp8_matmul(x, w, out_dtype=jnp.float32))
+        assert "all-gather" not in run.lower(xs, ws).compile().as_text()
+        check(
+            "an Auto axis splitting N, an Explicit one the rows",
+            run(xs, ws),
+            mx.mxfp8_matmul(jnp.asarray(X), w, out_dtype=jnp.float32),
+        )
+
+
+def check_linen_row_parallel() -> None:
+    """Linen ``MXFP8Dense`` with its params placed row-parallel (flax's ``nn.with_partitioning`` asserts rather than
+    reshards on Explicit axes) takes ``out_sharding`` too; forward and gradients equal the unsplit layer's."""
+    specs = {"kernel": P("model", None), "kernel_q": P(None, "model"), "kernel_scale": P(None, "model"), "bias": P()}
+    summed = P("data", None)
+    for mode in ("train", "inference"):
+        layer = MXFP8Dense(128, mode=mode)
+        params = layer.init(jax.random.key(0), jnp.asarray(X))
+        f = lambda p, x, out=None, layer=layer: jnp.sum(jnp.asarray(C) * layer.apply(p, x, out_sharding=out))  # noqa: E731
+        argnums = (0, 1) if mode == "train" else 1
+        want = layer.apply(params, jnp.asarray(X)), jax.grad(f, argnums=argnums)(params, jnp.asarray(X))
+        with jax.set_mesh(MESH):
+            placed = {"params": {k: jax.device_put(v, specs[k]) for k, v in params["params"].items()}}
+            x = jax.device_put(jnp.asarray(X), P("data", "model"))
+            y = jax.jit(functools.partial(layer.apply, out_sharding=summed))(placed, x)
+            grads = jax.jit(jax.grad(functools.partial(f, out=summed), argnums=argnums))(placed, x)
+            check(f"Linen {mode} mode, row-parallel", (y, grads), want)
+            assert y.sharding.is_equivalent_to(NamedSharding(MESH, summed), 2)
 
 
 def main() -> int:
@@ -184,6 +255,8 @@ def main() -> int:
     check_row_parallel("train")
     check_row_parallel("inference")
     check_hopper()
+    check_more_layouts()
+    check_linen_row_parallel()
     check_errors()
 
     # the op itself, bf16 (the backward products on bf16 operands), eager and under jit

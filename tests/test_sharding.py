@@ -28,12 +28,13 @@ def run_cases(script: str, *args: str) -> str:
 def test_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
     """On jax.make_mesh's default Explicit axes: data-, column- and row-parallel layers in train and inference mode
     (row-parallel with out_sharding), their gradients split as their primals (the straight-through products are told
-    the primals' shardings, as JAX's dot transpose is), the hopper backend's kernels run shard by shard, and clear
-    errors for splits that cannot work."""
+    the primals' shardings, as JAX's dot transpose is), the hopper backend's kernels run shard by shard, the layouts
+    a review found broken (a split sequence axis, a FlashInferWeight, eager vmap, no mesh context, add-and-norm with
+    a K split, an Auto axis beside an Explicit one), and clear errors for splits that cannot work."""
     out = run_cases("explicit_sharding_cases.py")
-    assert out.count("equal to the unsharded one") == 15
+    assert out.count("equal to the unsharded one") == 23
     assert out.count("equal to emulation") == 8
-    assert out.count("error: ") == 3
+    assert out.count("error: ") == 5
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():

@@ -121,6 +121,19 @@ def test_jit_vmap_grad_remat_scan_agree() -> None:
         np.testing.assert_array_equal(np.asarray(y_k[i]), np.asarray(ste(x, ks[i])))
 
 
+def test_eager_calls_compile_once_per_shape() -> None:
+    """The custom_vjp's static argument compares equal across calls (the jnp quantizers are one object), so the
+    jit behind eager calls hits its cache: a new static every call compiled every call (3.98 s for 20 calls)."""
+    from mxfp8_xla import ste
+
+    x, k = jnp.ones((8, 64)), jnp.ones((64, 32))
+    mxfp8_linear_ste(x, k)
+    before = ste._ste_jit._cache_size()
+    for _ in range(3):
+        mxfp8_linear_ste(x, k)
+    assert ste._ste_jit._cache_size() == before
+
+
 def test_identity_gradient_through_rounding() -> None:
     """With an all-ones cotangent, dkernel[k, n] is the sum over rows of dequantized x."""
     x, k = jnp.asarray(_data(11, (8, 32))), jnp.asarray(_data(12, (32, 3)))

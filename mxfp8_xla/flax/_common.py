@@ -190,7 +190,7 @@ def add_bias(y: jax.Array, bias: jax.Array | None, out_dtype: jnp.dtype) -> jax.
     return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)).astype(out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "out_dtype", "backend", "name"))
+@functools.partial(jax.jit, static_argnames=("eps", "out_dtype", "backend", "name", "out_sharding"))
 def forward_add_rms_norm(
     x: jax.Array,
     delta: jax.Array,
@@ -203,8 +203,10 @@ def forward_add_rms_norm(
     out_dtype: jnp.dtype,
     backend: str,
     name: str | None = None,
+    out_sharding: P | NamedSharding | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(rms_norm(x + delta) @ W + bias, x + delta)`` in MXFP8 (:func:`add_rms_norm_matmul`), inference params."""
     w = inference_weight(kernel_q, kernel_scale)
-    y, h = add_rms_norm_matmul(x, delta, norm_weight, w, eps=eps, out_dtype=out_dtype, backend=backend, name=name)
+    product = dict(out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
+    y, h = add_rms_norm_matmul(x, delta, norm_weight, w, eps=eps, **product)
     return add_bias(y, bias, out_dtype), h

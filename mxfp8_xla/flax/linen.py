@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mxfp8_xla.flax import _common
 from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray
@@ -45,20 +46,33 @@ class MXFP8Dense(nn.Module):
     mode: _common.Mode = "inference"
     backend: str = "auto"
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Apply the layer to ``inputs [..., K]``; returns ``[..., features]``."""
-        return self._apply(inputs, None)
+    def __call__(self, inputs: jax.Array, out_sharding: PartitionSpec | NamedSharding | None = None) -> jax.Array:
+        """Apply the layer to ``inputs [..., K]``; returns ``[..., features]``, sharded as ``out_sharding`` if given
+        (on ``Explicit`` mesh axes a layer whose input and kernel both split K needs it, as ``jnp.dot`` does:
+        :func:`mxfp8_xla.mxfp8_matmul`)."""
+        return self._apply(inputs, None, out_sharding)
 
     def with_add_rms_norm(
-        self, x: jax.Array, delta: jax.Array, norm_weight: jax.Array, *, eps: float
+        self,
+        x: jax.Array,
+        delta: jax.Array,
+        norm_weight: jax.Array,
+        *,
+        eps: float,
+        out_sharding: PartitionSpec | NamedSharding | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``(self(rms_norm(x + delta, norm_weight)), x + delta)``: a pre-norm block's residual add and RMSNorm in
         front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 row on the
-        ``hopper`` backend). Inference mode only."""
-        return self._apply(x, (delta, norm_weight, eps))
+        ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
+        return self._apply(x, (delta, norm_weight, eps), out_sharding)
 
     @nn.compact
-    def _apply(self, inputs: jax.Array, add_norm: tuple[jax.Array, jax.Array, float] | None):
+    def _apply(
+        self,
+        inputs: jax.Array,
+        add_norm: tuple[jax.Array, jax.Array, float] | None,
+        out_sharding: PartitionSpec | NamedSharding | None,
+    ):
         layer = f"MXFP8Dense at '{'/'.join(self.scope.path) or '<root>'}'"
         if add_norm is not None and self.mode != "inference":
             raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
@@ -109,8 +123,11 @@ class MXFP8Dense(nn.Module):
                 out_dtype=out_dtype,
                 backend=self.backend,
                 name=layer,
+                out_sharding=out_sharding,
             )
-        return _common.forward(x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
+        return _common.forward(
+            x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer, out_sharding=out_sharding
+        )
 
     def _check_mode_matches_params(self, layer: str) -> None:
         """Raise if the loaded params belong to the other mode."""

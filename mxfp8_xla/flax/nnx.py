@@ -152,12 +152,18 @@ class MXFP8Linear(nnx.Module):
         return self._apply(inputs, None, out_sharding)
 
     def with_add_rms_norm(
-        self, x: jax.Array, delta: jax.Array, norm_weight: jax.Array, *, eps: float
+        self,
+        x: jax.Array,
+        delta: jax.Array,
+        norm_weight: jax.Array,
+        *,
+        eps: float,
+        out_sharding: PartitionSpec | NamedSharding | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``(self(rms_norm(x + delta, norm_weight)), x + delta)``: a pre-norm block's residual add and RMSNorm in
         front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 row on the
-        ``hopper`` backend). Inference mode only."""
-        return self._apply(x, (delta, norm_weight, eps))
+        ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
+        return self._apply(x, (delta, norm_weight, eps), out_sharding)
 
     def _apply(
         self,
@@ -188,7 +194,7 @@ class MXFP8Linear(nnx.Module):
             delta, norm_weight, eps = add_norm
             return _common.forward_add_rms_norm(
                 x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend,
-                name=layer,
+                name=layer, out_sharding=out_sharding,
             )  # fmt: skip
         return _common.forward(
             x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer, out_sharding=out_sharding
