@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from timing import environment, failure, loop_time, write_json  # noqa: E402
+from timing import environment, failure, finish_checks, loop_time  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
@@ -106,10 +106,7 @@ def main() -> int:
             row.update(ok=False, error=failure(e))
         results["cases"].append(row)
         print(row, flush=True)
-    write_json("explicit_mesh_check.json", results)
-    bad = [c for c in results["cases"] if not c["ok"]]
-    print(f"{len(results['cases']) - len(bad)} of {len(results['cases'])} cases ok", flush=True)
-    return 1 if bad else 0
+    return finish_checks("explicit_mesh_check.json", results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from timing import environment, failure, write_json  # noqa: E402
+from timing import environment, failure, finish_checks  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
@@ -128,10 +128,7 @@ def main() -> int:
         case.update(ok=False, error=failure(e))
     results["cases"].append(case)
     print(case, flush=True)
-    write_json("grad_check.json", results)
-    bad = [c for c in results["cases"] if not c["ok"]]
-    print(f"{len(results['cases']) - len(bad)} of {len(results['cases'])} cases ok", flush=True)
-    return 1 if bad else 0
+    return finish_checks("grad_check.json", results)
 
 
 if __name__ == "__main__":

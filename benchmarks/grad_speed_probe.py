@@ -28,7 +28,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_time, environment, loop_time, write_json  # noqa: E402
+from timing import add_timer_option, environment, timer, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import matmul, ste  # noqa: E402
@@ -83,15 +83,9 @@ def main() -> None:
     ap.add_argument("--ms", default="16,2048", help="comma-separated row counts M")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out-dtype", default="bfloat16", help="the MXFP8 output's dtype, which its cotangent takes")
-    ap.add_argument(
-        "--timer",
-        choices=("loop", "queued"),
-        default="loop",
-        help="timing.loop_time (operands in a loop's carry) or timing.device_time (queued calls, operands as jit "
-        "arguments in their default layouts)",
-    )
+    add_timer_option(ap)
     args = ap.parse_args()
-    timed = loop_time if args.timer == "loop" else lambda fn, sets, iters: device_time(fn, sets, calls=iters)
+    timed = timer(args.timer)
     out_dtype = jnp.dtype(args.out_dtype)
     out = {"env": environment(), "mode": args.mode, "backend": args.backend, "out_dtype": args.out_dtype, "rows": []}
     print(out["env"], f"mode {args.mode}, backend {args.backend}, MXFP8 output {args.out_dtype}", flush=True)

@@ -10,6 +10,7 @@ ops in one jitted loop instead: one dispatch for thousands of ops.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -73,6 +74,32 @@ def loop_time(
         jax.block_until_ready(run(arg_sets))
         samples.append((time.perf_counter() - t0) / (iters * len(arg_sets)))
     return statistics.median(samples)
+
+
+def add_timer_option(ap: argparse.ArgumentParser) -> None:
+    """``--timer loop|queued``: :func:`loop_time` (operands in a loop's carry) or :func:`device_time` (queued calls,
+    operands as jit arguments in their default layouts); :func:`timer` turns the choice into a function."""
+    ap.add_argument(
+        "--timer",
+        choices=("loop", "queued"),
+        default="loop",
+        help="timing.loop_time (operands in a loop's carry) or timing.device_time (queued calls, operands as jit "
+        "arguments in their default layouts)",
+    )
+
+
+def timer(choice: str) -> Callable[..., float]:
+    """``timed(fn, arg_sets, iters)`` in seconds per op, as ``--timer`` chose (:func:`add_timer_option`)."""
+    return loop_time if choice == "loop" else lambda fn, sets, iters: device_time(fn, sets, calls=iters)
+
+
+def finish_checks(name: str, results: dict) -> int:
+    """Write ``results`` (whose ``cases`` each say ``ok``) to ``$OUT/name``, print how many passed, and return the
+    check's exit status: 1 if any case failed."""
+    write_json(name, results)
+    bad = [c for c in results["cases"] if not c["ok"]]
+    print(f"{len(results['cases']) - len(bad)} of {len(results['cases'])} cases ok", flush=True)
+    return 1 if bad else 0
 
 
 def rotation_copies(set_bytes: int, least: int) -> int:

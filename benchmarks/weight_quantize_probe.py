@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import copy_bandwidth, device_time, environment, loop_time, rotation_copies, write_json  # noqa: E402
+from timing import add_timer_option, copy_bandwidth, environment, rotation_copies, timer, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import numerics  # noqa: E402
@@ -85,15 +85,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--skip", default="", help="comma-separated variants not to run (xla always runs)")
-    ap.add_argument(
-        "--timer",
-        choices=("loop", "queued"),
-        default="loop",
-        help="timing.loop_time (operands in a loop's carry) or timing.device_time (queued calls, operands as jit "
-        "arguments in their default layouts)",
-    )
+    add_timer_option(ap)
     args = ap.parse_args()
-    timed = loop_time if args.timer == "loop" else lambda fn, sets, iters: device_time(fn, sets, calls=iters)
+    timed = timer(args.timer)
     skip = set(filter(None, args.skip.split(","))) - {"xla"}
     copy = copy_bandwidth()
     out = {"env": environment(), "copy_bytes_per_s": copy, "rows": []}
