@@ -4,8 +4,9 @@ shards inside ``shard_map``.
 On Explicit axes (``jax.make_mesh``'s default) JAX carries shardings through ``jnp`` but not into a Pallas kernel or
 a custom call: the hopper backend's kernels refuse a sharded operand ("sharded ref ... can only be sliced along
 unsharded axes"). MXFP8 work is local to a device as long as it holds whole 32-element blocks of K: quantization
-always, and a product too, where the rows (x's leading axes) and N split freely and a K split leaves float32 partial
-sums, added with ``psum``. The shapes the backends see are the local ones.
+always, and a product too, where the rows (x's leading axes) and N split freely and a K split leaves partial sums,
+added in float32 with ``psum``. The shapes the backends see are the local ones. ``shard_map`` here is also the one
+:mod:`mxfp8_xla.sharding` uses.
 """
 
 from __future__ import annotations
@@ -26,15 +27,23 @@ Spec = tuple[Any, ...]
 """A ``PartitionSpec``'s entries, one per axis: ``None``, a mesh axis name, or a tuple of them."""
 
 
-def shard_map(f: Callable, *, mesh: Mesh | jax.sharding.AbstractMesh, in_specs: Any, out_specs: Any) -> Callable:
-    """``jax.shard_map`` with ``check_vma=False``, as every MXFP8 shard_map here needs.
+def shard_map(
+    f: Callable,
+    *,
+    mesh: Mesh | jax.sharding.AbstractMesh,
+    in_specs: Any,
+    out_specs: Any,
+    axis_names: frozenset[str] = frozenset(),
+) -> Callable:
+    """``jax.shard_map`` (manual over ``axis_names``, all axes if empty) with ``check_vma=False``, as every MXFP8
+    shard_map needs.
 
     The backends run Pallas kernels (hopper) and custom calls (the DLPack bridge) whose
     output types carry no varying-manual-axes information; with the check on, JAX 0.11
     refuses the Pallas outputs at trace time (measured on an H100). The specs stay the
     contract: each function here states what varies along which axis.
     """
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=False)
 
 
 def spec_of(a: Any) -> Spec:
@@ -76,9 +85,7 @@ def _per_device(f: Callable, mesh: Mesh | jax.sharding.AbstractMesh, in_specs: A
     refers its ``out_specs`` to axes it has not bound (jax 0.10.2)."""
     explicit = frozenset(a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t == AxisType.Explicit)
     manual = frozenset() if explicit == frozenset(mesh.axis_names) else explicit  # frozenset(): all of them
-    return jax.jit(
-        jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual, check_vma=False)
-    )
+    return jax.jit(shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual))
 
 
 def _check_whole_blocks(label: str, k: int, k_axes: tuple[str, ...], mesh: Mesh | jax.sharding.AbstractMesh) -> None:
