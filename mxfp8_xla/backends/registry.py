@@ -35,7 +35,7 @@ TRAIN_QUANTIZERS: dict[str, tuple[Callable[[jax.Array], MXArray], Callable[[jax.
 }
 """Backends with their own (faster, bit-identical) kernels for train mode's quantization every step:
 ``(quantize(x [..., K]), quantize(kernel [K, N], axis=0) -> [N, K])``. Other backends' train mode uses ``quantize``'s
-jnp, which XLA:GPU runs at 8-17% of copy bandwidth for the kernel (H200; docs/benchmark_log.md)."""
+jnp, which XLA:GPU ran at 8-23% of copy bandwidth for the kernel (H200; docs/benchmark_log.md)."""
 
 FUSED_ADD_NORM: dict[str, tuple[Callable[..., bool], Callable[..., tuple[jax.Array, jax.Array]]]] = {
     "hopper": (hopper.fuses_add_norm, hopper.add_norm_gemv),
