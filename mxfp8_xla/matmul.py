@@ -49,8 +49,7 @@ def mxfp8_matmul(
     Operands whose types split them over ``Explicit`` mesh axes (``jax.make_mesh``'s default) are multiplied shard by
     shard (:func:`mxfp8_xla.per_shard.product`), the backend chosen and checked for one device's shapes: the output
     is split as x's rows and w's N are, and where both split K, ``out_sharding`` must say how to split the summed
-    output, as ``jnp.dot``'s does. ``out_sharding``, if given, reshards the output. Eager calls on split operands
-    compile every time; jit the caller.
+    output, as ``jnp.dot``'s does. ``out_sharding``, if given, reshards the output.
     """
     if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
@@ -69,23 +68,38 @@ def mxfp8_matmul(
             f"the last axis of x must equal K = {w.shape[1]}"
         )
     if per_shard.is_split(*jax.tree.leaves((x, w))):
-        label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
-
-        def run(x: jax.Array | MXArray, w: MXArray | FlashInferWeight, partial: bool) -> jax.Array:
-            """One device's product: the backend ("auto" resolved) for its local shapes; partial sums in float32
-            where that backend writes float32."""
-            shard = f"{name or 'mxfp8_matmul'}, one device's shard"
-            chosen = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=shard)
-            wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
-            return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
-
-        return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
+        return _split_product(x, w, out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     dx_sharding = None if isinstance(x, MXArray) else explicit_sharding(x)
     y = _product(backend, out_dtype, name, dx_sharding, x, w)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "backend", "name", "out_sharding"))
+def _split_product(
+    x: jax.Array | MXArray,
+    w: MXArray | FlashInferWeight,
+    *,
+    out_dtype: jnp.dtype,
+    backend: str,
+    name: str | None,
+    out_sharding: P | NamedSharding | None,
+) -> jax.Array:
+    """:func:`mxfp8_matmul` on operands split over Explicit mesh axes, shard by shard (jitted: eager calls compile
+    once per shape)."""
+
+    def run(x: jax.Array | MXArray, w: MXArray | FlashInferWeight, partial: bool) -> jax.Array:
+        """One device's product: the backend ("auto" resolved) for its local shapes; partial sums in float32 where
+        that backend writes float32."""
+        shard = f"{name or 'mxfp8_matmul'}, one device's shard"
+        chosen = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=shard)
+        wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
+        return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
+
+    label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
+    return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
 
 
 def explicit_sharding(a: jax.Array | np.ndarray) -> jax.sharding.NamedSharding | None:

@@ -204,6 +204,15 @@ def check_more_layouts() -> None:
         ws = mx.MXArray(*(jax.device_put(a, P("model", None)) for a in (w.data, w.scale)))
         got = jax.vmap(lambda a, b: mx.mxfp8_matmul(a, b, out_dtype=jnp.float32), in_axes=(0, None))(xv, ws)
         check("eager vmap, rows and N split", got.reshape(8, 128), want)
+    # eager calls on split operands compile once per shape
+    from mxfp8_xla import matmul
+
+    with jax.set_mesh(MESH):
+        xs = jax.device_put(jnp.asarray(X), P("data", None))
+        mx.mxfp8_matmul(xs, w)
+        before = matmul._split_product._cache_size()
+        mx.mxfp8_matmul(xs, w)
+        assert matmul._split_product._cache_size() == before
     # no mesh context: x split on K (a concrete array's mesh), the weight whole
     xs = jax.device_put(jnp.asarray(X), NamedSharding(MESH, P(None, "model")))
     check("no mesh context, K split on x only", mx.mxfp8_matmul(xs, w, out_dtype=jnp.float32), want)

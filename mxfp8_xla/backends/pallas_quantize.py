@@ -162,8 +162,8 @@ def quantize_transposed_2d(
     """``quantize(x, axis=0)`` for a kernel ``x [K, N]`` in one pass: an MXArray ``[N, K]`` (K a multiple of ``bk``).
 
     XLA fuses the move of K last into its quantization pass at 8-23% of copy bandwidth on an H200 (by the timer);
-    its default 32 x 128 tiles, read along N and transposed in registers, ran at 48-92% (benchmarks/weight_quantize_probe.py,
-    docs/benchmark_log.md, twenty-fourth session).
+    its default 32 x 128 tiles, read along N and transposed in registers, ran at 48-92%
+    (benchmarks/weight_quantize_probe.py, docs/benchmark_log.md, twenty-fourth session).
     """
     if jnp.ndim(x) != 2:
         raise ValueError(f"pallas mxfp8_quantize_transposed: x must be 2-D [K, N], got shape {tuple(jnp.shape(x))}")
