@@ -72,7 +72,7 @@ def mxfp8_matmul(
     # Check the name, resolve "auto" and check a forced backend now (trace time), before x is quantized
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-    dx_sharding = None if isinstance(x, MXArray) else explicit_sharding(x)
+    dx_sharding = None if isinstance(x, MXArray) else per_shard.explicit_sharding(x)
     y = _product(backend, out_dtype, name, dx_sharding, x, w)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
@@ -100,14 +100,6 @@ def _split_product(
 
     label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
     return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
-
-
-def explicit_sharding(a: jax.Array | np.ndarray) -> jax.sharding.NamedSharding | None:
-    """``a``'s sharding as its type carries it, where a mesh is set: the ``out_sharding`` a gradient's product must
-    produce on ``Explicit`` mesh axes (where a sharded contraction is otherwise ambiguous), as JAX's own dot
-    transpose passes it. ``None`` without a mesh."""
-    sharding = jax.typeof(a).sharding
-    return None if sharding.mesh.empty else sharding
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -163,7 +155,7 @@ def straight_through_dx(
 ) -> jax.Array:
     """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
     with float32 products and accumulation (:func:`cotangent_operands` picks the operands' dtypes), in ``dtype``,
-    sharded as ``out_sharding`` (:func:`explicit_sharding` of ``x``)."""
+    sharded as ``out_sharding`` (:func:`mxfp8_xla.per_shard.explicit_sharding` of ``x``)."""
     w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
     lhs, w_hat, precision = cotangent_operands(g, w, rows=math.prod(g.shape[:-1]))
     dx = jax.lax.dot_general(
@@ -266,7 +258,7 @@ def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
         return norm.rms_norm(h, norm_weight, eps), h
 
     (normed, _), vjp = jax.vjp(add_norm, x, delta, norm_weight)
-    dx = straight_through_dx(g_y, w, normed.dtype, explicit_sharding(normed))
+    dx = straight_through_dx(g_y, w, normed.dtype, per_shard.explicit_sharding(normed))
     return (*vjp((dx, g_h)), None)  # the MXFP8 weight is frozen
 
 

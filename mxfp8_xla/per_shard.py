@@ -52,6 +52,14 @@ def spec_of(a: Any) -> Spec:
     return spec + (None,) * (jnp.ndim(a) - len(spec))
 
 
+def explicit_sharding(a: Any) -> NamedSharding | None:
+    """``a``'s sharding as its type carries it, where a mesh is set: the ``out_sharding`` a gradient's product must
+    produce on ``Explicit`` mesh axes (where a sharded contraction is otherwise ambiguous), as JAX's own dot
+    transpose passes it. ``None`` without a mesh."""
+    sharding = jax.typeof(a).sharding
+    return None if sharding.mesh.empty else sharding
+
+
 def is_split(*arrays: Any) -> bool:
     """Whether any of ``arrays``' types splits an axis over an Explicit mesh axis."""
     return any(entry is not None for a in arrays for entry in spec_of(a))

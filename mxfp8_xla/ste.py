@@ -38,7 +38,7 @@ from jax.typing import DTypeLike
 
 from mxfp8_xla import per_shard
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
-from mxfp8_xla.matmul import cotangent_operands, explicit_sharding, mxfp8_matmul, straight_through_dx
+from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
 
 __all__ = ["mxfp8_linear_ste"]
@@ -81,7 +81,7 @@ def mxfp8_linear_ste(
         out_dtype=out_dtype,
         name=name,
         quantizers=TRAIN_QUANTIZERS.get(chosen, _JNP_QUANTIZERS),
-        shardings=(explicit_sharding(x), explicit_sharding(kernel)),
+        shardings=(per_shard.explicit_sharding(x), per_shard.explicit_sharding(kernel)),
         out_sharding=out_sharding,
     )
     return _ste_jit(static, x, kernel)
@@ -101,7 +101,7 @@ class _Static(NamedTuple):
     quantizers: tuple[Callable[[jax.Array], MXArray], Callable[[jax.Array], MXArray]]
     """``(quantize(x), quantize(kernel, axis=0))``, the backend's own (``backends.TRAIN_QUANTIZERS``) or jnp's."""
     shardings: tuple[NamedSharding | None, NamedSharding | None]
-    """``x``'s and ``kernel``'s on Explicit mesh axes, which their gradients take (``matmul.explicit_sharding``)."""
+    """``x``'s and ``kernel``'s on Explicit mesh axes, which their gradients take (``per_shard.explicit_sharding``)."""
     out_sharding: P | NamedSharding | None
 
 
