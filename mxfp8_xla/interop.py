@@ -77,6 +77,8 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.buffer_callback import buffer_callback
 
+from mxfp8_xla import varying_axes
+
 logger = logging.getLogger("mxfp8_xla.interop")
 
 __all__ = [
@@ -343,6 +345,7 @@ def torch_callback(
             vmap_method=None if vmap_method in ("flatten",) else vmap_method,
             command_buffer_compatible=bool(command_buffer_compatible),
         )(*carried)
+        results = varying_axes.cast_to(results, varying_axes.of(*carried))  # a callback's results carry no such type
         return [
             jax.lax.bitcast_convert_type(r, s.dtype) if r.dtype != s.dtype else r
             for r, s in zip(results, specs, strict=True)

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from mxfp8_xla import norm, per_shard
+from mxfp8_xla import norm, per_shard, varying_axes
 from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, backend_problems, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
@@ -73,6 +73,8 @@ def mxfp8_matmul(
     # (here, or by a backend that quantizes in its own kernels).
     backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
     dx_sharding = None if isinstance(x, MXArray) else per_shard.explicit_sharding(x)
+    if not isinstance(x, MXArray):  # dx varies wherever y does: x is cast to it (in a shard_map that checks)
+        x = varying_axes.cast_to(x, varying_axes.of(x, w))
     y = _product(backend, out_dtype, name, dx_sharding, x, w)
     return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
@@ -232,6 +234,7 @@ def add_rms_norm_matmul(
         w = _weight_for(backend, w, out_dtype, name)
         fused = FUSED_ADD_NORM.get(backend)
     if fused is not None and fused[0](x, delta, norm_weight, w):
+        x, delta, norm_weight = varying_axes.cast_to((x, delta, norm_weight), varying_axes.of(x, delta, norm_weight, w))
         y, h = _fused_add_norm(fused[1], eps, out_dtype, name, x, delta, norm_weight, w)
         return (y if out_sharding is None else jax.sharding.reshard(y, out_sharding)), h
     h = norm.add(x, delta)

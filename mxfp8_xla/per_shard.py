@@ -36,11 +36,11 @@ def shard_map(
     axis_names: frozenset[str] = frozenset(),
 ) -> Callable:
     """``jax.shard_map`` (manual over ``axis_names``, all axes if empty) with ``check_vma=False``, as every MXFP8
-    shard_map needs.
+    shard_map here has.
 
-    The backends run Pallas kernels (hopper) and custom calls (the DLPack bridge) whose
-    output types carry no varying-manual-axes information; with the check on, JAX 0.11
-    refuses the Pallas outputs at trace time (measured on an H100). The specs stay the
+    The backends type their outputs for the check (:mod:`mxfp8_xla.varying_axes`, so they run inside a user's
+    shard_map that checks), but jax's Pallas interpreter, which runs the hopper backend's kernels in the CPU tests,
+    fails under it (jax 0.10.2: its masked loads pad a varying block with an invariant value). The specs stay the
     contract: each function here states what varies along which axis.
     """
     return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=False)

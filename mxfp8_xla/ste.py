@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from mxfp8_xla import per_shard
+from mxfp8_xla import per_shard, varying_axes
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
 from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
@@ -84,6 +84,7 @@ def mxfp8_linear_ste(
         shardings=(per_shard.explicit_sharding(x), per_shard.explicit_sharding(kernel)),
         out_sharding=out_sharding,
     )
+    x, kernel = varying_axes.match(x, kernel)  # in a shard_map that checks: each gradient varies as y does
     return _ste_jit(static, x, kernel)
 
 

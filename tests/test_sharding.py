@@ -1,9 +1,9 @@
-"""Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices, and gradients on Explicit
-mesh axes on 4.
+"""Tensor-parallel MXFP8 layers and the tensor-parallel Llama example on 8 CPU devices; gradients on Explicit
+mesh axes, and products inside a user's shard_map that checks varying axes, on 4.
 
 The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and torch backends),
-tests/llama_sharding_cases.py (the Llama example on the ModelOpt fixture) and tests/explicit_sharding_cases.py, and
-run in subprocesses, because ``--xla_force_host_platform_device_count`` must be set before jax initializes.
+tests/llama_sharding_cases.py (the Llama example on the ModelOpt fixture), tests/explicit_sharding_cases.py and
+tests/varying_axes_cases.py, and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be set before jax initializes.
 """
 
 import subprocess
@@ -35,6 +35,17 @@ def test_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
     assert out.count("equal to the unsharded one") == 23
     assert out.count("equal to emulation") == 8
     assert out.count("error: ") == 5
+
+
+def test_a_users_shard_map_with_check_vma_in_a_process_with_4_cpu_devices():
+    """Inside ``jax.shard_map``'s default ``check_vma=True``: the emulation and torch backends' products, the
+    add-norm product and train mode equal the unsharded ones, forward and gradients (a replicated kernel's summed
+    over the data axis by JAX); every hopper route traces with its outputs and gradients typed as varying; and a
+    per-device result returned as replicated is refused on every backend."""
+    out = run_cases("varying_axes_cases.py")
+    assert out.count("equal to the unsharded one") == 16
+    assert out.count("typed as varying") == 6
+    assert out.count("as replicated refused") == 8
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():

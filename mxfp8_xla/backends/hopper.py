@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mxfp8_xla import norm, numerics
+from mxfp8_xla import norm, numerics, varying_axes
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
@@ -284,7 +284,7 @@ def matmul_2d(
     kernel = functools.partial(_kernel, m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(out_shape, acc_dtype),
+        out_shape=varying_axes.struct(out_shape, acc_dtype, x, w),
         grid=grid,
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=_INTERPRET[-1] if interpret is None else interpret,

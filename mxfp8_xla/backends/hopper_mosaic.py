@@ -35,7 +35,7 @@ import jax.experimental.pallas as pl
 import jax.numpy as jnp
 from jax import lax
 
-from mxfp8_xla import numerics
+from mxfp8_xla import numerics, varying_axes
 from mxfp8_xla.layout import round_up
 from mxfp8_xla.mxarray import MXArray
 
@@ -207,6 +207,7 @@ def matmul_2d(x: jax.Array, w: MXArray, out_dtype: jnp.dtype, config: MosaicConf
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )(w.data, w.scale, x.astype(jnp.bfloat16))
+    out = varying_axes.cast_to(out, varying_axes.of(w, x))  # Mosaic GPU's kernels give their outputs no such type
     out = out[0] if cfg.split_k == 1 else out.sum(axis=0).astype(out_dtype)
     return out[:m]
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mxfp8_xla import numerics
+from mxfp8_xla import numerics, varying_axes
 from mxfp8_xla.mxarray import MXArray, check_quantizable
 
 IMPORT_ERROR: str | None = None
@@ -117,7 +117,7 @@ def decode_2d(a: MXArray, bm: int = 64, bk: int = 512, num_warps: int = 4, inter
     """``dequantize(a, bfloat16)`` for ``a [M, K]`` in one pass (bit-identical; K a multiple of ``bk``)."""
     m, k = a.shape
     operands = (jax.lax.bitcast_convert_type(a.data, jnp.uint8), a.scale)
-    out = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
+    out = varying_axes.struct((m, k), jnp.bfloat16, a)
     tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
     return _call_over_tiles(_decode_kernel, out, operands, name="mxfp8_decode", **tiles)
 
@@ -134,7 +134,7 @@ def fake_quantize_2d(
     rows = m if rows is None else rows
     if rows < m:
         raise ValueError(f"pallas mxfp8_fake_quantize: rows={rows} is fewer than x's {m} rows (x shape {x.shape})")
-    out = jax.ShapeDtypeStruct((rows, k), jnp.bfloat16)
+    out = varying_axes.struct((rows, k), jnp.bfloat16, x)
     tiles = dict(m=rows, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
     return _call_over_tiles(_fake_quantize_kernel, out, (x,), name="mxfp8_fake_quantize", **tiles)
 
@@ -150,7 +150,7 @@ def quantize_2d(
     """MXFP8-quantize ``x [M, K]`` along K in one pass (K a multiple of ``bk``)."""
     check_quantizable(x)
     m, k = x.shape
-    out = (jax.ShapeDtypeStruct((m, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((m, k // BLOCK), jnp.uint8))
+    out = (varying_axes.struct((m, k), jnp.float8_e4m3fn, x), varying_axes.struct((m, k // BLOCK), jnp.uint8, x))
     tiles = dict(m=m, k=k, bm=bm, bk=bk, num_warps=num_warps, interpret=interpret)
     q, s = _call_over_tiles(_kernel_tile if tile else _kernel, out, (x,), name="mxfp8_quantize", **tiles)
     return MXArray(q, s)
@@ -171,7 +171,7 @@ def quantize_transposed_2d(
     k, n = x.shape
     if k % bk:
         raise ValueError(f"pallas mxfp8_quantize_transposed: K={k} must be a multiple of bk={bk}")
-    out = (jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((n, k // BLOCK), jnp.uint8))
+    out = (varying_axes.struct((n, k), jnp.float8_e4m3fn, x), varying_axes.struct((n, k // BLOCK), jnp.uint8, x))
     q, s = pl.pallas_call(
         functools.partial(_transposed_kernel, n=n, bk=bk, bn=bn),
         out_shape=out,

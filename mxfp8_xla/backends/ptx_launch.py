@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.extend.core import Primitive
 
+from mxfp8_xla import varying_axes
+
 IMPORT_ERROR: str | None = None
 """Why jax's private modules below do not import here (``None``: they do)."""
 try:  # jax's private modules, as its own Pallas Triton lowering uses them: where a jax moves them the package still
@@ -61,6 +63,7 @@ def launch(
         outputs=tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in ((out_shape, out_dtype), *extra_outputs)),
         smem=smem,
     )
+    outs = varying_axes.cast_to(outs, varying_axes.of(*operands))  # the launch's outputs carry no such type
     return tuple(outs) if extra_outputs else outs[0]
 
 
