@@ -3,7 +3,8 @@ mesh axes, and products inside a user's shard_map that checks varying axes, on 4
 
 The cases live in tests/sharding_cases.py (the MLP: 1x8, 2x4, 8x1 meshes, emulation and torch backends),
 tests/llama_sharding_cases.py (the Llama example on the ModelOpt fixture), tests/explicit_sharding_cases.py and
-tests/varying_axes_cases.py, and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be set before jax initializes.
+tests/varying_axes_cases.py, and run in subprocesses, because ``--xla_force_host_platform_device_count`` must be set
+before jax initializes.
 """
 
 import subprocess
