@@ -1,0 +1,129 @@
+"""The `hopper` backend inside a user's ``jax.shard_map`` with its default ``check_vma=True``, on the device.
+
+There each value's type says over which mesh axes it varies (``mxfp8_xla.varying_axes``). The CPU tests trace every
+hopper route under the check (tests/varying_axes_cases.py) but cannot run the kernels; this runs them on a
+one-device mesh of two Auto axes, whose specs still type x as varying over ``data``: for each route's row count
+(docs/benchmarks.md) the product, the fused add-norm product (one bf16 row) and their input and norm-weight
+gradients, and train mode's gradients, each against the same call outside any shard_map (equal within one bf16
+rounding; ``bit_equal`` says where it is bit for bit), and a per-device result returned as replicated
+(``out_specs=P()``), which must be refused.
+
+    PYTHONPATH=. python3 benchmarks/manual_mesh_check.py
+
+Writes ``$OUT/manual_mesh_check.json``; exits 1 on a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from timing import environment, failure, finish_checks  # noqa: E402
+
+import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
+
+N, K = 2048, 4096
+ROWS = (1, 2, 8, 16, 64, 300, 2048)
+"""One row count per hopper route at K = 4096 (docs/benchmarks.md)."""
+
+
+def _diff(a: jax.Array, b: jax.Array) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _compare(what: str, m: int, run: Callable[[], tuple], want: tuple, tol: float) -> dict:
+    """``run()`` (inside the shard_map) against ``want`` (outside it), leaf by leaf."""
+    case = {"what": what, "m": m}
+    try:
+        got = run()
+        case["diffs"] = [_diff(g, w) for g, w in zip(got, want, strict=True)]
+        case["bit_equal"] = all(
+            np.array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32)) for g, w in zip(got, want, strict=True)
+        )
+        case["ok"] = max(case["diffs"]) <= tol
+    except Exception as e:
+        case.update(ok=False, error=failure(e))
+    print(case, flush=True)
+    return case
+
+
+def main() -> int:
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+
+    def checked(f: Callable, in_specs, out_specs) -> Callable:
+        return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs))  # check_vma=True
+
+    keys = jax.random.split(jax.random.key(0), 5)
+    w = mx.quantize(jax.random.normal(keys[0], (N, K), jnp.float32) * 0.05)
+    kernel = (jax.random.normal(keys[2], (K, N), jnp.float32) * 0.05).astype(jnp.bfloat16)
+    norm_weight = (1 + 0.1 * jax.random.normal(keys[4], (K,), jnp.float32)).astype(jnp.bfloat16)
+    results = {"env": environment(), "cases": []}
+    print(results["env"], flush=True)
+    for m in ROWS:
+        x = jax.random.normal(keys[1], (m, K), jnp.bfloat16)
+        delta = jax.random.normal(keys[3], (m, K), jnp.bfloat16)
+        c = jax.random.normal(keys[1], (m, N), jnp.float32)
+
+        def product(x):
+            return (mx.mxfp8_matmul(x, w, backend="hopper"),)
+
+        def add_norm(x, delta, norm_weight):
+            return mx.add_rms_norm_matmul(x, delta, norm_weight, w, eps=1e-5, backend="hopper")
+
+        def add_norm_grads(x, delta, norm_weight, c=c):
+            def loss(x, delta, norm_weight):
+                y, h = add_norm(x, delta, norm_weight)
+                return jnp.sum(c * y.astype(jnp.float32)) + jnp.sum(h.astype(jnp.float32))
+
+            return jax.grad(loss, argnums=(0, 1, 2))(x, delta, norm_weight)
+
+        def train_grads(x, kernel, c=c):
+            def loss(x, kernel):
+                return jnp.sum(c * mxfp8_linear_ste(x, kernel, backend="hopper").astype(jnp.float32))
+
+            return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+        rows, whole = P("data", None), P()
+        cases = (
+            ("mxfp8_matmul", product, (x,), (rows,), (rows,), 2.0**-8),
+            ("add_rms_norm_matmul", add_norm, (x, delta, norm_weight), (rows, rows, whole), (rows, rows), 2.0**-8),
+            (
+                "add_rms_norm_matmul, gradients",
+                add_norm_grads,
+                (x, delta, norm_weight),
+                (rows, rows, whole),
+                (rows, rows, whole),
+                1e-5,
+            ),
+            ("mxfp8_linear_ste, gradients", train_grads, (x, kernel), (rows, whole), (rows, whole), 1e-5),
+        )
+        for what, f, args, in_specs, out_specs, tol in cases:
+            want = jax.jit(f)(*args)
+            results["cases"].append(
+                _compare(what, m, lambda f=f, a=args, i=in_specs, o=out_specs: checked(f, i, o)(*a), want, tol)
+            )
+        case = {"what": "a per-device result as replicated", "m": m}
+        try:
+            checked(lambda x: product(x)[0], rows, whole).trace(x)
+            case.update(ok=False, error="accepted")
+        except ValueError as e:
+            case["ok"] = "out_specs which require replication" in str(e)
+            case["error"] = failure(e)
+        results["cases"].append(case)
+        print(case, flush=True)
+    return finish_checks("manual_mesh_check.json", results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
