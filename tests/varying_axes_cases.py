@@ -21,12 +21,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import varying_axes  # noqa: E402
 from mxfp8_xla.backends.select import Capability, override_capability  # noqa: E402
+from mxfp8_xla.flax import MXFP8Dense, MXFP8Linear  # noqa: E402
 from mxfp8_xla.ste import mxfp8_linear_ste  # noqa: E402
 
 H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
@@ -103,6 +105,29 @@ def check_train(backend: str) -> None:
         check(f"{backend}, train mode, kernel {placement}: gradients", got, jax.grad(loss, (0, 1))(X, KERNEL))
 
 
+def check_layers() -> None:
+    """Train-mode NNX and Linen layers, their parameters replicated: data-parallel gradients equal the whole batch's."""
+    linear = MXFP8Linear(256, 128, mode="train", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(linear)
+    dense = MXFP8Dense(128, mode="train")
+    variables = dense.init(jax.random.key(1), X)
+    for label, apply, params in (
+        ("NNX MXFP8Linear", lambda s, x: nnx.merge(graphdef, s)(x), state),
+        ("Linen MXFP8Dense", dense.apply, variables),
+    ):
+
+        def loss(params, x, apply=apply):
+            return jnp.sum(jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0) * apply(params, x))
+
+        def whole(params, x, apply=apply):
+            return jnp.sum(C * apply(params, x))
+
+        got = shard_map(
+            jax.grad(lambda p, x: jax.lax.psum(loss(p, x), "data"), (0, 1)), (P(), P("data")), (P(), P("data"))
+        )
+        check(f"{label}, train mode, data-parallel: gradients", got(params, X), jax.grad(whole, (0, 1))(params, X))
+
+
 def check_refused(backend: str, run) -> None:
     """A per-device result returned as replicated (``out_specs=P()``) is refused, not one device's rows."""
     try:
@@ -175,6 +200,7 @@ def main() -> None:
             backend,
             lambda b=backend: shard_map(lambda x: mx.mxfp8_matmul(x, W, backend=b), P("data"), P())(X),
         )
+    check_layers()
     check_hopper_types()
     print("OK")
 
