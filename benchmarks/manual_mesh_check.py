@@ -1,4 +1,5 @@
-"""The `hopper` backend inside a user's ``jax.shard_map`` with its default ``check_vma=True``, on the device.
+"""The `hopper` backend (or another) inside a user's ``jax.shard_map`` with its default ``check_vma=True``, on the
+device.
 
 There each value's type says over which mesh axes it varies (``mxfp8_xla.varying_axes``). The CPU tests trace every
 hopper route under the check (tests/varying_axes_cases.py) but cannot run the kernels; this runs them on a
@@ -6,15 +7,17 @@ one-device mesh of two Auto axes, whose specs still type x as varying over ``dat
 (docs/benchmarks.md) the product, the fused add-norm product (one bf16 row) and their input and norm-weight
 gradients, and train mode's gradients, each against the same call outside any shard_map (equal within one bf16
 rounding; ``bit_equal`` says where it is bit for bit), and a per-device result returned as replicated
-(``out_specs=P()``), which must be refused.
+(``out_specs=P()``), which must be refused. ``--backend torch`` runs the same through the DLPack bridge's buffer
+callback on the GPU.
 
-    PYTHONPATH=. python3 benchmarks/manual_mesh_check.py
+    PYTHONPATH=. python3 benchmarks/manual_mesh_check.py [--backend torch]
 
-Writes ``$OUT/manual_mesh_check.json``; exits 1 on a mismatch.
+Writes ``$OUT/manual_mesh_check.json`` (``manual_mesh_check_torch.json``); exits 1 on a mismatch.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -59,6 +62,9 @@ def _compare(what: str, m: int, run: Callable[[], tuple], want: tuple, tol: floa
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="hopper", help="the backend to run (default: hopper)")
+    backend = parser.parse_args().backend
     mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 
     def checked(f: Callable, in_specs, out_specs) -> Callable:
@@ -68,7 +74,7 @@ def main() -> int:
     w = mx.quantize(jax.random.normal(keys[0], (N, K), jnp.float32) * 0.05)
     kernel = (jax.random.normal(keys[2], (K, N), jnp.float32) * 0.05).astype(jnp.bfloat16)
     norm_weight = (1 + 0.1 * jax.random.normal(keys[4], (K,), jnp.float32)).astype(jnp.bfloat16)
-    results = {"env": environment(), "cases": []}
+    results = {"env": environment(), "backend": backend, "cases": []}
     print(results["env"], flush=True)
     for m in ROWS:
         x = jax.random.normal(keys[1], (m, K), jnp.bfloat16)
@@ -76,10 +82,10 @@ def main() -> int:
         c = jax.random.normal(keys[1], (m, N), jnp.float32)
 
         def product(x):
-            return (mx.mxfp8_matmul(x, w, backend="hopper"),)
+            return (mx.mxfp8_matmul(x, w, backend=backend),)
 
         def add_norm(x, delta, norm_weight):
-            return mx.add_rms_norm_matmul(x, delta, norm_weight, w, eps=1e-5, backend="hopper")
+            return mx.add_rms_norm_matmul(x, delta, norm_weight, w, eps=1e-5, backend=backend)
 
         def add_norm_grads(x, delta, norm_weight, c=c):
             def loss(x, delta, norm_weight):
@@ -90,7 +96,7 @@ def main() -> int:
 
         def train_grads(x, kernel, c=c):
             def loss(x, kernel):
-                return jnp.sum(c * mxfp8_linear_ste(x, kernel, backend="hopper").astype(jnp.float32))
+                return jnp.sum(c * mxfp8_linear_ste(x, kernel, backend=backend).astype(jnp.float32))
 
             return jax.grad(loss, argnums=(0, 1))(x, kernel)
 
@@ -122,7 +128,8 @@ def main() -> int:
             case["error"] = failure(e)
         results["cases"].append(case)
         print(case, flush=True)
-    return finish_checks("manual_mesh_check.json", results)
+    name = "manual_mesh_check.json" if backend == "hopper" else f"manual_mesh_check_{backend}.json"
+    return finish_checks(name, results)
 
 
 if __name__ == "__main__":
