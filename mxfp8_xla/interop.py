@@ -270,7 +270,9 @@ def torch_callback(
       name: label for error messages and :data:`CALL_COUNTS`.
 
     Returns:
-      JAX arrays shaped like ``result_shape_dtypes``.
+      JAX arrays shaped like ``result_shape_dtypes``. Inside a ``jax.shard_map`` that checks varying axes (its
+      default), each is typed as varying over every mesh axis any of ``args`` varies over
+      (:mod:`mxfp8_xla.varying_axes`).
     """
     label = name or getattr(fn, "__name__", "torch_callback")
     out_specs, out_tree = jax.tree.flatten(result_shape_dtypes)
