@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mxfp8_xla import varying_axes
 from mxfp8_xla.mxarray import MXArray
 from mxfp8_xla.numerics import BLOCK_SIZE
 
@@ -90,10 +91,13 @@ def local_shape(a: Any) -> tuple[int, ...]:
 def _per_device(f: Callable, mesh: Mesh | jax.sharding.AbstractMesh, in_specs: Any, out_specs: Any) -> Callable:
     """``f`` on each device's shards: manual over the mesh's Explicit axes (all of them unless some are Auto, which
     stay XLA's: a weight split over one is not gathered); jitted, since eager ``vmap`` of a bare ``shard_map``
-    refers its ``out_specs`` to axes it has not bound (jax 0.10.2)."""
+    refers its ``out_specs`` to axes it has not bound (jax 0.10.2). Inside a user's ``shard_map`` over other axes
+    the results vary over every axis the arguments vary over (:mod:`mxfp8_xla.varying_axes`): the unchecked
+    ``shard_map`` would type them as varying over none."""
     explicit = frozenset(a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t == AxisType.Explicit)
     manual = frozenset() if explicit == frozenset(mesh.axis_names) else explicit  # frozenset(): all of them
-    return jax.jit(shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual))
+    mapped = jax.jit(shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual))
+    return lambda *args: varying_axes.cast_to(mapped(*args), varying_axes.of(*args))
 
 
 def _check_whole_blocks(label: str, k: int, k_axes: tuple[str, ...], mesh: Mesh | jax.sharding.AbstractMesh) -> None:

@@ -40,13 +40,14 @@ def test_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
 
 def test_a_users_shard_map_with_check_vma_in_a_process_with_4_cpu_devices():
     """Inside ``jax.shard_map``'s default ``check_vma=True``: the emulation and torch backends' products, the
-    add-norm product, train mode and train-mode NNX and Linen layers equal the unsharded ones, forward and gradients
-    (a replicated kernel's summed over the data axis by JAX); every hopper route traces with its outputs and
+    add-norm product, train mode, train-mode NNX and Linen layers, and a product split over an Explicit axis inside
+    a shard_map manual over another equal the unsharded ones, forward and gradients (a replicated kernel's summed
+    over the data axis by JAX); every hopper route traces with its outputs and
     gradients typed as varying; and a per-device result returned as replicated is refused on every backend."""
     out = run_cases("varying_axes_cases.py")
-    assert out.count("equal to the unsharded one") == 18
+    assert out.count("equal to the unsharded one") == 20
     assert out.count("typed as varying") == 6
-    assert out.count("as replicated refused") == 8
+    assert out.count("as replicated refused") == 9
 
 
 def test_sharded_cases_in_a_process_with_8_cpu_devices():

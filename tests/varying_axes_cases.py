@@ -128,6 +128,35 @@ def check_layers() -> None:
         check(f"{label}, train mode, data-parallel: gradients", got(params, X), jax.grad(whole, (0, 1))(params, X))
 
 
+def check_partly_manual() -> None:
+    """A shard_map manual over ``data`` only, on a mesh whose ``model`` axis stays Explicit and splits the weight (or
+    kernel) along N: the product runs shard by shard over ``model`` inside it (``mxfp8_xla.per_shard``), its result
+    still typed as varying over ``data``."""
+    mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(X, P("data", None))
+        w = mx.MXArray(*(jax.device_put(a, P("model", None)) for a in (W.data, W.scale)))
+        kernel = jax.device_put(KERNEL, P(None, "model"))
+
+        def manual_over_data(f, out_specs):
+            return jax.jit(jax.shard_map(f, in_specs=(P("data"), P()), out_specs=out_specs, axis_names={"data"}))
+
+        y = manual_over_data(lambda x, w: mx.mxfp8_matmul(x, w, out_dtype=jnp.float32), P("data"))(x, w)
+        check("Explicit model axis inside a shard_map over data: y", y, mx.mxfp8_matmul(X, W, out_dtype=jnp.float32))
+
+        def loss(x, k):
+            c = jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0)
+            return jax.lax.psum(jnp.sum(c * mxfp8_linear_ste(x, k, out_dtype=jnp.float32)), "data")
+
+        got = manual_over_data(jax.grad(loss, argnums=(0, 1)), (P("data"), P()))(x, kernel)
+        want = jax.grad(lambda x, k: jnp.sum(C * mxfp8_linear_ste(x, k, out_dtype=jnp.float32)), (0, 1))(X, KERNEL)
+        check("Explicit model axis inside a shard_map over data: train-mode gradients", got, want)
+        check_refused(
+            "emulation, Explicit model axis inside a shard_map over data",
+            lambda: manual_over_data(lambda x, w: mx.mxfp8_matmul(x, w), P())(x, w),
+        )
+
+
 def check_refused(backend: str, run) -> None:
     """A per-device result returned as replicated (``out_specs=P()``) is refused, not one device's rows."""
     try:
@@ -201,6 +230,7 @@ def main() -> None:
             lambda b=backend: shard_map(lambda x: mx.mxfp8_matmul(x, W, backend=b), P("data"), P())(X),
         )
     check_layers()
+    check_partly_manual()
     check_hopper_types()
     print("OK")
 
