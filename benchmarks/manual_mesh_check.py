@@ -7,8 +7,9 @@ one-device mesh of two Auto axes, whose specs still type x as varying over ``dat
 (docs/benchmarks.md) the product, the fused add-norm product (one bf16 row) and their input and norm-weight
 gradients, and train mode's gradients, each against the same call outside any shard_map (equal within one bf16
 rounding; ``bit_equal`` says where it is bit for bit), and a per-device result returned as replicated
-(``out_specs=P()``), which must be refused. ``--backend torch`` runs the same through the DLPack bridge's buffer
-callback on the GPU.
+(``out_specs=P()``), which must be refused; and the product and train mode in a shard_map manual over ``data``
+only, on a mesh whose Explicit ``model`` axis splits the weight, where they run shard by shard over it.
+``--backend torch`` runs the same through the DLPack bridge's buffer callback on the GPU.
 
     PYTHONPATH=. python3 benchmarks/manual_mesh_check.py [--backend torch]
 
@@ -59,6 +60,32 @@ def _compare(what: str, m: int, run: Callable[[], tuple], want: tuple, tol: floa
         case.update(ok=False, error=failure(e))
     print(case, flush=True)
     return case
+
+
+def _partly_manual(
+    backend: str, m: int, x: jax.Array, w: mx.MXArray, kernel: jax.Array, c: jax.Array, want: tuple
+) -> dict:
+    """The product and train mode's gradients in a shard_map manual over ``data`` only, on a mesh whose ``model``
+    axis stays Explicit and splits the weight (and kernel) along N: they run shard by shard over ``model`` inside
+    it (``mxfp8_xla.per_shard``)."""
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+
+    def run() -> tuple:
+        with jax.set_mesh(mesh):
+            xs = jax.device_put(x, P("data", None))
+            ws = mx.MXArray(*(jax.device_put(a, P("model", None)) for a in (w.data, w.scale)))
+            ks = jax.device_put(kernel, P(None, "model"))
+
+            def body(x, w, kernel):
+                def loss(x, kernel):
+                    return jnp.sum(c * mxfp8_linear_ste(x, kernel, backend=backend).astype(jnp.float32))
+
+                return mx.mxfp8_matmul(x, w, backend=backend), *jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+            ins, outs = (P("data"), P(), P()), (P("data"), P("data"), P())
+            return jax.jit(jax.shard_map(body, in_specs=ins, out_specs=outs, axis_names={"data"}))(xs, ws, ks)
+
+    return _compare("Explicit model axis inside a shard_map over data", m, run, (*want[0], *want[1]), 2.0**-8)
 
 
 def main() -> int:
@@ -128,6 +155,7 @@ def main() -> int:
             case["error"] = failure(e)
         results["cases"].append(case)
         print(case, flush=True)
+        results["cases"].append(_partly_manual(backend, m, x, w, kernel, c, (product(x), train_grads(x, kernel))))
     name = "manual_mesh_check.json" if backend == "hopper" else f"manual_mesh_check_{backend}.json"
     return finish_checks(name, results)
 
