@@ -7,9 +7,12 @@ had used (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe"). This multip
 and its max-abs relative error against emulation; a case above ``TOLERANCE`` (the routes agree with emulation to about
 1e-6, a wrong row to about 1) is a failure, and the script exits 1 if there is one.
 
-    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048]
+``--eager`` calls the product without ``jax.jit``, as a notebook does (until the twenty-fifth session the CUDA
+kernels' launch had no eager rule and raised ``NotImplementedError`` there).
 
-Writes ``$OUT/route_check.json``.
+    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager]
+
+Writes ``$OUT/route_check.json`` (``route_check_eager.json``).
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ TOLERANCE = 1e-4
 def check(
     cases: tuple[tuple[int, int, int], ...] = CASES,
     product: Callable = lambda x, w: hopper.matmul(x, w, jnp.float32),
+    eager: bool = False,
 ) -> dict[str, dict]:
     """Each case's kernels traced, error and verdict, keyed ``"M=.. N=.. K=.."``; a case that raises fails with the
-    exception's type and first line."""
+    exception's type and first line. ``eager``: ``product`` called without ``jax.jit``."""
     results = {}
+    run = product if eager else jax.jit(product)
     for m, n, k in cases:
         x, w = operands(n, k, m, copies=1)[0]
         try:
-            error = rel_err(jax.jit(product)(x, w), reference(x, w))
+            error = rel_err(run(x, w), reference(x, w))
             row = {"kernels": ptx_launch.traced_launches(product, x, w), "rel_err_f32_out": error}
         except Exception as e:  # noqa: BLE001
             row = {"kernels": [], "rel_err_f32_out": float("nan"), "error": failure(e)}
@@ -71,16 +76,17 @@ def selected(rows: str | None) -> tuple[tuple[int, int, int], ...]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", help="comma-separated M of ROWS to check (default: all of them)")
+    parser.add_argument("--eager", action="store_true", help="call the product without jax.jit")
     args = parser.parse_args()
     cases = selected(args.rows)
     results = {"environment": environment()}
     print(results["environment"], flush=True)
     for m, n, k in cases:
-        ((key, row),) = check(((m, n, k),)).items()
+        ((key, row),) = check(((m, n, k),), eager=args.eager).items()
         results[key] = row
         print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
-        write_json("route_check.json", results)
+        write_json("route_check_eager.json" if args.eager else "route_check.json", results)
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
     print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
     return 1 if failed else 0

@@ -204,6 +204,14 @@ def test_matmul_rows_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k,
         cuda_gemv.matmul_rows(x, weight(n, k), jnp.bfloat16)
 
 
+def test_an_eager_launch_is_compiled_like_a_jitted_one():
+    """Outside jit the launch goes to XLA as jax's own primitives do (on CPU its lowering then refuses the platform);
+    it had no eager rule before the twenty-fifth session ("Evaluation rule for 'mxfp8_ptx_kernel' not
+    implemented")."""
+    with pytest.raises(NotImplementedError, match="MLIR translation rule for primitive 'mxfp8_ptx_kernel' not found"):
+        cuda_gemv.matmul_rows(jnp.ones((1, 4096), jnp.bfloat16), weight(1024, 4096), jnp.bfloat16)
+
+
 def test_an_mxarray_row_is_not_served():
     assert not cuda_gemv.serves(quantize(jnp.ones((1, 4096), jnp.bfloat16)), weight(1024, 4096))
 

@@ -4,6 +4,7 @@ unwritten (the GPU kernels themselves run on the device)."""
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -34,6 +35,15 @@ def test_a_product_equal_to_emulation_passes_and_one_with_rows_left_unwritten_fa
     results = route_check.check(cases, rows_4_to_7_unwritten)
     assert results["M=3 N=1024 K=128"]["ok"] and not results["M=8 N=1024 K=128"]["ok"]
     assert results["M=8 N=1024 K=128"]["rel_err_f32_out"] > 0.5
+
+
+def test_eager_calls_the_product_outside_jit():
+    def traced_or_not(x, w):
+        assert isinstance(x, jax.core.Tracer) is not eager
+        return emulation.matmul(quantize(x), w, jnp.float32)
+
+    for eager in (False, True):
+        assert all(row["ok"] for row in route_check.check(((3, 1024, 128),), traced_or_not, eager=eager).values())
 
 
 def test_a_case_that_raises_fails_with_its_exception():

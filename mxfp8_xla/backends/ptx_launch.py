@@ -10,6 +10,7 @@ and it needs jaxlib's CUDA plugin.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,12 +25,13 @@ IMPORT_ERROR: str | None = None
 """Why jax's private modules below do not import here (``None``: they do)."""
 try:  # jax's private modules, as its own Pallas Triton lowering uses them: where a jax moves them the package still
     # imports, and the hopper backend is unavailable (``select.backend_problems`` says why)
+    from jax._src import dispatch
     from jax._src.core import ShapedArray
     from jax._src.interpreters import mlir
     from jax._src.lib import gpu_triton
     from jax._src.lib.mlir import ir
 except ImportError as e:
-    ShapedArray = mlir = gpu_triton = ir = None
+    dispatch = ShapedArray = mlir = gpu_triton = ir = None
     IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 _launch = Primitive("mxfp8_ptx_kernel")
@@ -128,3 +130,5 @@ def _lowering(ctx, *args, name, ptx, grid, warps, outputs, smem):
 
 if mlir is not None:
     mlir.register_lowering(_launch, _lowering, platform="cuda")
+    # Outside jit (an eager call) the launch is compiled alone and run, as jax's own primitives are.
+    _launch.def_impl(functools.partial(dispatch.apply_primitive, _launch))
