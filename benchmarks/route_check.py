@@ -10,9 +10,12 @@ and its max-abs relative error against emulation; a case above ``TOLERANCE`` (th
 ``--eager`` calls the product without ``jax.jit``, as a notebook does (until the twenty-fifth session the CUDA
 kernels' launch had no eager rule and raised ``NotImplementedError`` there).
 
-    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager]
+``--dtype float32`` (or ``float16``) hands the product activations of that dtype instead of bf16 (Flax layers'
+default ``float32`` ones take the Pallas, Mosaic and cuBLAS routes; the CUDA kernels take bf16 rows only).
 
-Writes ``$OUT/route_check.json`` (``route_check_eager.json``).
+    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager] [--dtype float32]
+
+Writes ``$OUT/route_check.json`` (``route_check_eager.json``, ``route_check_float32.json``, ...).
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ def check(
     cases: tuple[tuple[int, int, int], ...] = CASES,
     product: Callable = lambda x, w: hopper.matmul(x, w, jnp.float32),
     eager: bool = False,
+    dtype: jnp.dtype = jnp.bfloat16,
 ) -> dict[str, dict]:
     """Each case's kernels traced, error and verdict, keyed ``"M=.. N=.. K=.."``; a case that raises fails with the
-    exception's type and first line. ``eager``: ``product`` called without ``jax.jit``."""
+    exception's type and first line. ``eager``: ``product`` called without ``jax.jit``; ``dtype``: the activation's."""
     results = {}
     run = product if eager else jax.jit(product)
     for m, n, k in cases:
         x, w = operands(n, k, m, copies=1)[0]
+        x = x.astype(dtype)
         try:
             error = rel_err(run(x, w), reference(x, w))
             row = {"kernels": ptx_launch.traced_launches(product, x, w), "rel_err_f32_out": error}
@@ -77,16 +82,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", help="comma-separated M of ROWS to check (default: all of them)")
     parser.add_argument("--eager", action="store_true", help="call the product without jax.jit")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
     args = parser.parse_args()
     cases = selected(args.rows)
     results = {"environment": environment()}
     print(results["environment"], flush=True)
     for m, n, k in cases:
-        ((key, row),) = check(((m, n, k),), eager=args.eager).items()
+        ((key, row),) = check(((m, n, k),), eager=args.eager, dtype=jnp.dtype(args.dtype)).items()
         results[key] = row
         print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
-        write_json("route_check_eager.json" if args.eager else "route_check.json", results)
+        write_json(
+            f"route_check{'_eager' if args.eager else ''}{'' if args.dtype == 'bfloat16' else '_' + args.dtype}.json",
+            results,
+        )
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
     print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
     return 1 if failed else 0

@@ -46,6 +46,14 @@ def test_eager_calls_the_product_outside_jit():
         assert all(row["ok"] for row in route_check.check(((3, 1024, 128),), traced_or_not, eager=eager).values())
 
 
+def test_dtype_sets_the_activations_dtype():
+    def float32_only(x, w):
+        assert x.dtype == jnp.float32
+        return emulation.matmul(quantize(x), w, jnp.float32)
+
+    assert all(row["ok"] for row in route_check.check(((3, 1024, 128),), float32_only, dtype=jnp.float32).values())
+
+
 def test_a_case_that_raises_fails_with_its_exception():
     def refuses(x, w):
         raise ValueError("no kernel takes this shape")
