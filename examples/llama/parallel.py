@@ -120,7 +120,9 @@ def sharded_apply(
     """``apply(params, ids, cache=None, cache_index=0) -> (logits, cache)``: ``Llama(cfg)`` split over ``mesh``.
 
     Like ``Llama(cfg).apply({"params": params}, ids, cache=..., cache_index=...)`` and with the
-    same global shapes (the cache from ``init_cache(cfg, ...)``), run under ``mxfp8_xla.sharding.shard_map``.
+    same global shapes (the cache from ``init_cache(cfg, ...)``), run under ``jax.shard_map`` with its varying-axes
+    check on (the default): every MXFP8 product inside types its output as JAX's own ops do
+    (``mxfp8_xla.varying_axes``).
     ``data_axis`` is dropped when ``mesh`` has no such axis (the batch is then replicated).
     """
     if data_axis not in mesh.axis_names:
@@ -146,14 +148,14 @@ def sharded_apply(
             def local(p, i, c):
                 return model.apply({"params": p}, i, cache_index=c)[0]
 
-            fn = sh.shard_map(local, mesh=mesh, in_specs=(specs, P(data_axis, None), P()), out_specs=logits_spec)
+            fn = jax.shard_map(local, mesh=mesh, in_specs=(specs, P(data_axis, None), P()), out_specs=logits_spec)
             return fn(params, ids, index), None
 
         def local_cached(p, i, kv, c):
             return model.apply({"params": p}, i, cache=kv, cache_index=c)
 
         kv_specs = jax.tree.map(lambda _: cache_spec, cache)
-        fn = sh.shard_map(
+        fn = jax.shard_map(
             local_cached,
             mesh=mesh,
             in_specs=(specs, P(data_axis, None), kv_specs, P()),
