@@ -41,7 +41,8 @@ def shard_map(
 
     The backends type their outputs for the check (:mod:`mxfp8_xla.varying_axes`, so they run inside a user's
     shard_map that checks), but jax's Pallas interpreter, which runs the hopper backend's kernels in the CPU tests,
-    fails under it (jax 0.10.2: its masked loads pad a varying block with an invariant value). The specs stay the
+    fails under it (jax 0.10.2: it evaluates a kernel's untyped body on varying blocks, so an op that mixes a block
+    with a constant raises; docs/upstream.md). The specs stay the
     contract: each function here states what varies along which axis.
     """
     return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=axis_names, check_vma=False)
