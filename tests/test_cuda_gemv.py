@@ -2,6 +2,7 @@
 the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
+import logging
 import re
 
 import jax
@@ -264,6 +265,39 @@ def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, 
 def test_the_environment_variable_can_keep_one_row_on_the_pallas_kernels(monkeypatch, choice):
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, choice)
     assert not hopper_launches(jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+def test_rows_the_kernel_would_take_as_bf16_warn_once_that_they_take_the_pallas_path(monkeypatch, caplog, dtype):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    with override_capability(H100), caplog.at_level(logging.WARNING, logger="mxfp8_xla"):
+        for _ in range(2):  # once per layer and shape
+            assert not ptx_launch.traced_launches(
+                lambda x: hopper.matmul(x, weight(14336, 4096), jnp.bfloat16, name="up"), jnp.ones((1, 4096), dtype)
+            )
+    (record,) = [r for r in caplog.records if "GEMV" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert (
+        f"layer 'up' (x [..., 4096] @ w [14336, 4096].T -> bfloat16): 1 {jnp.dtype(dtype).name} activation row(s)"
+        in (record.getMessage())
+    )
+    assert "pass bfloat16 activations" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "x, n",
+    [
+        (jnp.ones((1, 4096), jnp.bfloat16), 14336),  # the kernel takes it
+        (jnp.ones((9, 4096), jnp.float32), 14336),  # no kernel takes nine rows
+        (jnp.ones((8, 14336), jnp.float32), 4096),  # nor eight rows at K 14336
+        (quantize(jnp.ones((1, 4096), jnp.float32)), 14336),  # nor an MXArray
+    ],
+)
+def test_no_warning_where_bf16_rows_would_take_the_same_path(monkeypatch, caplog, x, n):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    with override_capability(H100), caplog.at_level(logging.WARNING, logger="mxfp8_xla"):
+        jax.make_jaxpr(lambda x: hopper.matmul(x, weight(n, x.shape[-1]), jnp.bfloat16))(x)
+    assert not [r for r in caplog.records if "GEMV" in r.getMessage()]
 
 
 def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):

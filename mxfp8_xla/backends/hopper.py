@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from mxfp8_xla import norm, numerics, varying_axes
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
-from mxfp8_xla.backends.select import require_backend
+from mxfp8_xla.backends.select import log_gemv_needs_bf16, require_backend
 from mxfp8_xla.mxarray import MXArray, quantize
 
 BLOCK = numerics.BLOCK_SIZE
@@ -348,12 +348,21 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     measured faster than the Pallas GEMM for large M on an H100 (docs/backends.md).
     """
     require_backend("hopper", n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
+    as_bf16 = jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)
+    if not isinstance(x, MXArray) and x.dtype != jnp.bfloat16 and _takes_gemv(as_bf16, w):
+        rows = math.prod(x.shape[:-1])
+        log_gemv_needs_bf16(x.dtype, rows=rows, n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
     return _product(x, w, out_dtype)
+
+
+def _takes_gemv(x: jax.Array | MXArray | jax.ShapeDtypeStruct, w: MXArray) -> bool:
+    """Whether :func:`_product` sends ``x`` to the GEMV kernels (never in the CPU interpreter, which runs no CUDA)."""
+    return not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w)
 
 
 def _product(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     """:func:`matmul` after its checks: the GEMV kernels where they take ``x``, else :func:`_rows`."""
-    if not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w):  # no CPU interpreter runs CUDA
+    if _takes_gemv(x, w):
         return _gemv(x, w, jnp.dtype(out_dtype))
     return _rows(x, w, out_dtype)
 
