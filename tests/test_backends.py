@@ -458,6 +458,24 @@ def test_flashinfer_backend_prepared_weight_and_vmap(fake_flashinfer):
     assert np.all(np.abs(out - emu) <= ulp)
 
 
+def test_flashinfer_backend_inside_a_shard_map_that_checks_varying_axes(fake_flashinfer):
+    """Its bridge's output is typed as varying over x's axes: equal to the call outside, and refused as replicated."""
+    x, w = _data((130,), 384, 160, seed=7)
+    wp = fi_backend.prepare_weight(w)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+    def product(x):
+        y = mx.mxfp8_matmul(x, wp, backend="flashinfer", name="fi")
+        assert jax.typeof(y).manual_axis_type.varying == {"data"}
+        return y
+
+    spec = jax.sharding.PartitionSpec("data")
+    got = jax.jit(jax.shard_map(product, mesh=mesh, in_specs=spec, out_specs=spec))(x)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(matmul(x, wp, "flashinfer"), np.float32))
+    with pytest.raises(ValueError, match="out_specs which require replication"):
+        jax.shard_map(product, mesh=mesh, in_specs=spec, out_specs=jax.sharding.PartitionSpec())(x)
+
+
 # ----------------------------------------------------------------------------- info
 
 
