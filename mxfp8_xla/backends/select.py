@@ -333,7 +333,8 @@ def log_gemv_needs_bf16(dtype: object, *, rows: int, n: int, k: int, out_dtype: 
     _logged.add(key)
     logger.warning(
         "mxfp8_xla: %s: %d %s activation row(s) take the hopper backend's Pallas path; its CUDA GEMV kernels, the "
-        "fast path at 1-8 rows, read bfloat16 rows only: pass bfloat16 activations (a Flax layer's dtype=jnp.bfloat16)",
+        "fast path at 1-8 rows, read bfloat16 rows only: pass bfloat16 activations (the layers do not cast their "
+        "input; with dtype=jnp.bfloat16 they return bfloat16)",
         _where(name, n, k, out_dtype),
         rows,
         jnp.dtype(dtype).name,
