@@ -52,6 +52,14 @@ def check(label: str, got, want) -> None:
     print(f"{label}: equal to the unsharded one")
 
 
+def loss_weights(columns: int | None = None) -> jax.Array:
+    """Inside the shard_map: this device's block of ``C``, its rows over ``data`` and, where N is split over
+    ``model``, its ``columns``."""
+    rows = C.shape[0] // MESH.shape["data"]
+    c = jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * rows, rows, 0)
+    return c if columns is None else jax.lax.dynamic_slice_in_dim(c, jax.lax.axis_index("model") * columns, columns, 1)
+
+
 def check_products(backend: str) -> None:
     """x split by rows over ``data``; the weight replicated or split along N over ``model`` (the output too)."""
     for placement, w_spec in W_SPECS.items():
@@ -63,12 +71,7 @@ def check_products(backend: str) -> None:
 
         def per_device(x, w, norm, w_spec=w_spec):  # the shards' losses summed: the gradients are the whole loss's
             y = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32, backend=backend)
-            c = jax.lax.dynamic_slice_in_dim(
-                jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0),
-                jax.lax.axis_index("model") * y.shape[1] if w_spec else 0,
-                y.shape[1],
-                1,
-            )
+            c = loss_weights(y.shape[1] if w_spec else None)
             yn, h = mx.add_rms_norm_matmul(x, x, norm, w, eps=1e-6, out_dtype=jnp.float32, backend=backend)
             y2 = mx.mxfp8_matmul(h, w, out_dtype=jnp.float32, backend=backend)
             total = jax.lax.psum(jnp.sum(c * (yn + y2)), ("data", "model") if w_spec else "data")
@@ -93,9 +96,7 @@ def check_train(backend: str) -> None:
 
         def per_device(x, k, spec=spec):
             y = mxfp8_linear_ste(x, k, backend=backend, out_dtype=jnp.float32)
-            c = jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0)
-            if spec:
-                c = jax.lax.dynamic_slice_in_dim(c, jax.lax.axis_index("model") * y.shape[1], y.shape[1], 1)
+            c = loss_weights(y.shape[1] if spec else None)
             return jax.lax.psum(jnp.sum(c * y), ("data", "model") if spec else "data")
 
         def loss(x, k):
@@ -117,7 +118,7 @@ def check_layers() -> None:
     ):
 
         def loss(params, x, apply=apply):
-            return jnp.sum(jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0) * apply(params, x))
+            return jnp.sum(loss_weights() * apply(params, x))
 
         def whole(params, x, apply=apply):
             return jnp.sum(C * apply(params, x))
@@ -145,7 +146,7 @@ def check_partly_manual() -> None:
         check("Explicit model axis inside a shard_map over data: y", y, mx.mxfp8_matmul(X, W, out_dtype=jnp.float32))
 
         def loss(x, k):
-            c = jax.lax.dynamic_slice_in_dim(C, jax.lax.axis_index("data") * 4, 4, 0)
+            c = loss_weights()
             return jax.lax.psum(jnp.sum(c * mxfp8_linear_ste(x, k, out_dtype=jnp.float32)), "data")
 
         got = manual_over_data(jax.grad(loss, argnums=(0, 1)), (P("data"), P()))(x, kernel)
