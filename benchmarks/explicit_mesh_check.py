@@ -44,7 +44,8 @@ SPLITS = (
 """``(label, x's spec, the weight's spec, out_sharding)``."""
 
 
-def _diff(a: jax.Array, b: jax.Array) -> float:
+def rel_diff(a: jax.Array, b: jax.Array) -> float:
+    """Max-abs difference relative to ``b``'s largest element (also manual_mesh_check.py's measure)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
@@ -65,7 +66,7 @@ def main() -> int:
                     xs = jax.device_put(x, NamedSharding(mesh, x_spec))
                     ws = mx.MXArray(*(jax.device_put(a, NamedSharding(mesh, w_spec)) for a in (w.data, w.scale)))
                     y = jax.jit(lambda x, w, out=out: mx.mxfp8_matmul(x, w, backend="hopper", out_sharding=out))(xs, ws)
-                case["diff"] = _diff(y, want)
+                case["diff"] = rel_diff(y, want)
                 case["bit_equal"] = bool(np.array_equal(np.asarray(y, np.float32), np.asarray(want, np.float32)))
                 case["ok"] = case["diff"] <= 2.0**-8  # one bf16 rounding: XLA may block a cuBLAS sum differently
             except Exception as e:
@@ -87,7 +88,7 @@ def main() -> int:
             with jax.set_mesh(mesh):
                 xs, ks = jax.device_put(x, P("data", None)), jax.device_put(kernel, P(None, "model"))
                 got = grad(xs, ks)
-            case["diffs"] = [_diff(g, h) for g, h in zip(got, want, strict=True)]
+            case["diffs"] = [rel_diff(g, h) for g, h in zip(got, want, strict=True)]
             case["ok"] = max(case["diffs"]) <= 1e-5
         except Exception as e:
             case.update(ok=False, error=failure(e))

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from explicit_mesh_check import rel_diff  # noqa: E402
 from timing import environment, failure, finish_checks  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
@@ -41,17 +42,12 @@ ROWS = (1, 2, 8, 16, 64, 300, 2048)
 """One row count per hopper route at K = 4096 (docs/benchmarks.md)."""
 
 
-def _diff(a: jax.Array, b: jax.Array) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def _compare(what: str, m: int, run: Callable[[], tuple], want: tuple, tol: float) -> dict:
     """``run()`` (inside the shard_map) against ``want`` (outside it), leaf by leaf."""
     case = {"what": what, "m": m}
     try:
         got = run()
-        case["diffs"] = [_diff(g, w) for g, w in zip(got, want, strict=True)]
+        case["diffs"] = [rel_diff(g, w) for g, w in zip(got, want, strict=True)]
         case["bit_equal"] = all(
             np.array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32)) for g, w in zip(got, want, strict=True)
         )
