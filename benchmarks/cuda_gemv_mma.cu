@@ -93,7 +93,7 @@ __device__ __forceinline__ void quantize_rows(const u16* __restrict__ x, int m, 
       const int c = c0 + u * blockDim.x, row = c / chunks, cc = c - row * chunks;
       amax[u] = 0;
       if (row < m) {
-        amax[u] = load_bf16(x + static_cast<u64>(row) * k + 16 * cc, f[u]);
+        amax[u] = load_elements(x + static_cast<u64>(row) * k + 16 * cc, f[u]);
       } else {
 #pragma unroll
         for (int i = 0; i < 16; ++i) f[u][i] = 0.f;

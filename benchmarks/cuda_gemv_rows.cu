@@ -49,7 +49,7 @@ __device__ void quantize_row(const u16* __restrict__ x, float4* xs, int k) {
     const int e0 = base + 8 * threadIdx.x;
     const bool active = e0 < k;  // k % 32 == 0: a block's 4 threads are all active or none
     float f[8] = {};
-    u32 amax = active ? load_bf16(x + e0, f) : 0u;
+    u32 amax = active ? load_elements(x + e0, f) : 0u;
     amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
     amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
     if (!active) continue;

@@ -11,7 +11,8 @@ and its max-abs relative error against emulation; a case above ``TOLERANCE`` (th
 kernels' launch had no eager rule and raised ``NotImplementedError`` there).
 
 ``--dtype float32`` (or ``float16``) hands the product activations of that dtype instead of bf16 (Flax layers'
-default ``float32`` ones take the Pallas, Mosaic and cuBLAS routes; the CUDA kernels take bf16 rows only).
+default ``float32`` ones; since the twenty-sixth session the CUDA GEMV kernels read float32 rows, and float16 rows
+widened to float32, where they read bf16 rows).
 
     PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager] [--dtype float32]
 

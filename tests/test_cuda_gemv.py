@@ -2,7 +2,6 @@
 the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
-import logging
 import re
 
 import jax
@@ -112,6 +111,12 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
         for add_norm in ((False, True) if m == 1 else (False,))
     }
     names |= {
+        cuda_gemv.config(n, 2048, m).kernel(dtype, x_dtype=jnp.float32)
+        for n in (1024, 14336)
+        for m in (1, 2, *cuda_gemv.MMA_ROWS)
+        for dtype in (jnp.bfloat16, jnp.float32)
+    }
+    names |= {
         cuda_gemv.config(14336, 4096, m).kernel(dtype)
         for m in cuda_gemv.MMA_ROWS
         for dtype in (jnp.bfloat16, jnp.float32)
@@ -194,14 +199,14 @@ def test_three_to_eight_rows_are_one_launch_of_the_tensor_core_kernel(shape, m):
         (jnp.ones((9, 4096), jnp.bfloat16), 14336, 4096, "nine rows"),
         (jnp.ones((8, 14336), jnp.bfloat16), 4096, 14336, "eight rows at K 14336"),
         (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
-        (jnp.ones((1, 4096), jnp.float32), 1024, 4096, "float32"),
+        (jnp.ones((1, 4096), jnp.int8), 1024, 4096, "int8"),
         (jnp.ones((1, 4864), jnp.bfloat16), 1024, 4864, "K % 512"),
         (jnp.ones((1, 4096), jnp.bfloat16), 1022, 4096, "N % 4"),
     ],
 )
 def test_matmul_rows_refuses_what_it_cannot_take_and_says_what_it_needs(x, n, k, why):
     assert not cuda_gemv.serves(x, weight(n, k)), why
-    with pytest.raises(ValueError, match=r"GEMV kernel: cannot take x .* \(it needs one or two bfloat16 rows"):
+    with pytest.raises(ValueError, match=r"GEMV kernel: cannot take x .* \(it needs one or two bfloat16, float16 or"):
         cuda_gemv.matmul_rows(x, weight(n, k), jnp.bfloat16)
 
 
@@ -252,52 +257,41 @@ def test_hopper_keeps_eight_rows_of_other_weights_on_its_pallas_kernels(monkeypa
 
 
 @pytest.mark.parametrize(
-    "x",
-    [jnp.ones((9, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), quantize(jnp.ones((1, 4096)))],
-    ids=["nine rows", "float32 row", "quantized row"],
+    "x", [jnp.ones((9, 4096), jnp.bfloat16), quantize(jnp.ones((1, 4096)))], ids=["nine rows", "quantized row"]
 )
 def test_hopper_keeps_every_other_activation_on_its_pallas_kernels(monkeypatch, x):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert not hopper_launches(x, weight(14336, 4096))
 
 
+@pytest.mark.parametrize(
+    "rows, kernel", [(1, "mxfp8_gemv_split_c1_r4_xf32_bf16"), (2, "mxfp8_gemv_split_c1_r4_m2_xf32_bf16"),
+                     (8, "mxfp8_gemv_mma_r8_xf32_bf16")],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+def test_hopper_sends_float32_and_float16_rows_to_the_float32_row_kernels(monkeypatch, rows, kernel, dtype):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    assert hopper_launches(jnp.ones((rows, 4096), dtype), weight(14336, 4096)) == [kernel]
+
+
+def test_float16_rows_reach_the_kernel_widened_to_float32_and_float32_rows_as_they_are():
+    """float16 -> float32 is exact, so the kernel quantizes the same values emulation does; float32 rows are not
+    rounded to bf16 (that would round twice) nor copied."""
+    for dtype, converts in ((jnp.float16, 1), (jnp.float32, 0)):
+        jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, jnp.float32))(
+            jnp.ones((2, 4096), dtype), weight(14336, 4096)
+        ).jaxpr
+        (launch,) = [e for e in jaxpr.eqns if e.primitive is ptx_launch._launch]
+        assert launch.invars[2].aval.dtype == jnp.float32
+        widened = [e for e in jaxpr.eqns if e.primitive is jax.lax.convert_element_type_p]
+        assert len(widened) == converts
+        assert all(e.params["new_dtype"] == jnp.float32 for e in widened)
+
+
 @pytest.mark.parametrize("choice", ["pallas", "triton", "mosaic"])
 def test_the_environment_variable_can_keep_one_row_on_the_pallas_kernels(monkeypatch, choice):
     monkeypatch.setenv(hopper.SMALL_M_KERNEL_ENV, choice)
     assert not hopper_launches(jnp.ones((1, 4096), jnp.bfloat16), weight(14336, 4096))
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
-def test_rows_the_kernel_would_take_as_bf16_warn_once_that_they_take_the_pallas_path(monkeypatch, caplog, dtype):
-    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    with override_capability(H100), caplog.at_level(logging.WARNING, logger="mxfp8_xla"):
-        for _ in range(2):  # once per layer and shape
-            assert not ptx_launch.traced_launches(
-                lambda x: hopper.matmul(x, weight(14336, 4096), jnp.bfloat16, name="up"), jnp.ones((1, 4096), dtype)
-            )
-    (record,) = [r for r in caplog.records if "GEMV" in r.getMessage()]
-    assert record.levelno == logging.WARNING
-    assert (
-        f"layer 'up' (x [..., 4096] @ w [14336, 4096].T -> bfloat16): 1 {jnp.dtype(dtype).name} activation row(s)"
-        in (record.getMessage())
-    )
-    assert "pass bfloat16 activations" in record.getMessage()
-
-
-@pytest.mark.parametrize(
-    "x, n",
-    [
-        (jnp.ones((1, 4096), jnp.bfloat16), 14336),  # the kernel takes it
-        (jnp.ones((9, 4096), jnp.float32), 14336),  # no kernel takes nine rows
-        (jnp.ones((8, 14336), jnp.float32), 4096),  # nor eight rows at K 14336
-        (quantize(jnp.ones((1, 4096), jnp.float32)), 14336),  # nor an MXArray
-    ],
-)
-def test_no_warning_where_bf16_rows_would_take_the_same_path(monkeypatch, caplog, x, n):
-    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    with override_capability(H100), caplog.at_level(logging.WARNING, logger="mxfp8_xla"):
-        jax.make_jaxpr(lambda x: hopper.matmul(x, weight(n, x.shape[-1]), jnp.bfloat16))(x)
-    assert not [r for r in caplog.records if "GEMV" in r.getMessage()]
 
 
 def test_the_cpu_interpreter_never_takes_the_kernel(monkeypatch):
@@ -359,8 +353,9 @@ def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, ker
         (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.bfloat16)),
         (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32)),
         (jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((4000,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16)),
     ],
-    ids=["two rows", "float32 delta", "float32 norm weight", "K % 512"],
+    ids=["two rows", "float32 delta", "float32 norm weight", "K % 512", "float32 x"],
 )
 def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weight):
     w = weight(64, x.shape[-1])

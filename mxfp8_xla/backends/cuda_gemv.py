@@ -1,9 +1,9 @@
 """The hopper backend at one to eight activation rows: one GEMV launch (``gemv.cu``), on the CUDA cores for one or
-two rows and on the tensor cores for three to eight.
+two rows and on the tensor cores for three to eight, each reading bfloat16, float16 or float32 rows.
 
 At one row a linear layer is a stream of its weight, and the Pallas path costs three
 launches (activation quantization, GEMM, K-split sum) around a GEMM that reads the fp8
-weight at about half of what XLA reads. This kernel takes the raw bf16 rows. The CTA's K / 16
+weight at about half of what XLA reads. This kernel takes the raw rows. The CTA's K / 16
 threads split K, one 16-element chunk of every row each: each thread quantizes its own chunk
 of each activation row exactly (the rule of :func:`mxfp8_xla.numerics.quantize_blocks`) into registers
 while its first weight loads are in flight. The CTA then streams units of 4 weight rows as
@@ -49,6 +49,10 @@ load addresses as before), equal to emulation on every edge case, and the batch-
 GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm
 inside the decode step").
 
+Every kernel has a twin for float32 rows (``_xf32``; Flax layers compute in float32 unless their ``dtype`` says
+otherwise): the same code, its activation loads twice as wide. Each quantizes the float32 rows directly, as emulation
+does; rounding them to bf16 first would round twice. float16 rows are widened to float32 first, which is exact.
+
 ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
 CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
 """
@@ -74,6 +78,9 @@ ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
 MMA_ROWS = range(3, 9)
 """Activation rows the tensor-core kernel takes."""
+ACTIVATION_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+"""The raw activation dtypes :func:`matmul_rows` takes: bfloat16 and float32 rows as they are, float16 widened to
+float32 (exact). The add-and-norm kernel takes bfloat16 only."""
 THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
 """What the register file holds at the one-row and tensor-core kernels' 64 registers a thread and the two-row kernel's
 95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
@@ -105,13 +112,15 @@ class GemvConfig:
         """Whether these rows run the tensor-core kernel (3-8 rows) rather than the CUDA-core one."""
         return self.m in MMA_ROWS
 
-    def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False) -> str:
-        """The kernel's name; ``add_norm``: the one-row kernel with the residual add and RMSNorm in front."""
+    def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False, x_dtype: jnp.dtype = jnp.bfloat16) -> str:
+        """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); ``add_norm``: the one-row
+        kernel with the residual add and RMSNorm in front (bfloat16 rows)."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
+        rows_dtype = "_xf32" if jnp.dtype(x_dtype) == jnp.float32 else ""
         if self.tensor_cores:
-            return f"mxfp8_gemv_mma_r{self.rows}_{suffix}"
+            return f"mxfp8_gemv_mma_r{self.rows}{rows_dtype}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
-        return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}_{suffix}"
+        return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}{rows_dtype}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
         """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
@@ -143,9 +152,12 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
-    """Whether a kernel here computes ``x @ w.T``: one to eight raw bf16 rows and a weight :func:`config` takes."""
+    """Whether a kernel here computes ``x @ w.T``: one to eight raw rows of a dtype in :data:`ACTIVATION_DTYPES` and a
+    weight :func:`config` takes."""
     *lead, k = x.shape
-    return not isinstance(x, MXArray) and x.dtype == jnp.bfloat16 and config(w.shape[0], k, math.prod(lead)) is not None
+    if isinstance(x, MXArray) or jnp.dtype(x.dtype) not in ACTIVATION_DTYPES:
+        return False
+    return config(w.shape[0], k, math.prod(lead)) is not None
 
 
 @functools.cache
@@ -166,7 +178,8 @@ def entry_ptx(ptx: str, name: str) -> str:
 
 
 def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """``x [..., K]`` (one to eight bf16 rows) times ``w [N, K]`` -> ``[..., N]`` in ``out_dtype``, in one launch.
+    """``x [..., K]`` (one to eight bfloat16, float16 or float32 rows) times ``w [N, K]`` -> ``[..., N]`` in
+    ``out_dtype``, in one launch (float16 rows are widened to float32 first, exactly).
 
     bf16 and float32 are written by the kernel; another dtype is rounded from float32, as
     emulation rounds its float32 product.
@@ -176,11 +189,12 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     if not serves(x, w):
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one or two bfloat16 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
-            f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} bfloat16 rows, "
+            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
+            f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such rows, "
             f"K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
-    out = _launch(config(n, k, m), w, x.reshape(m, k), out_dtype=out_dtype)
+    rows = x.reshape(m, k).astype(jnp.float32 if x.dtype == jnp.float16 else x.dtype)
+    out = _launch(config(n, k, m), w, rows, out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)
 
 
@@ -193,7 +207,7 @@ def serves_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: M
         and math.prod(x.shape[:-1]) == 1
         and delta.shape == x.shape
         and norm_weight.shape == x.shape[-1:]
-        and delta.dtype == norm_weight.dtype == bf16
+        and x.dtype == delta.dtype == norm_weight.dtype == bf16
     )
 
 
@@ -228,7 +242,7 @@ def _launch(
     residual sum ``[1, K]`` (bf16) as well."""
     n, k = w.shape
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
-    name = cfg.kernel(kernel_dtype, add_norm=add_norm)
+    name = cfg.kernel(kernel_dtype, add_norm=add_norm, x_dtype=activation[0].dtype)
     return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
         w.scale,

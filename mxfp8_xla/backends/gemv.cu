@@ -3,8 +3,9 @@
 //
 //   out[m, n] = sum_b 2^(sw[n,b]-127) * sum_{k in block b} w[n,k] * xd[m,k],   xd = dequantize(quantize(x))
 //
-// The raw bf16 activation rows come in and the output rows go out in their own dtype: no separate
-// quantization launch, no sum of partials across launches, no weight preparation (w is [N, K] as stored).
+// The raw activation rows (bf16, or float32 in the _xf32 kernels) come in and the output rows go out in their own
+// dtype: no separate quantization launch, no sum of partials across launches, no weight preparation (w is [N, K] as
+// stored).
 // The CTA's T threads split K: thread t owns the 16-element chunks t, t + T, ..., t + (CPT - 1) T of every
 // row (k == 16 * T * CPT exactly), so a warp's load reads 512 contiguous bytes of a row. Each thread
 // quantizes its own chunks of each activation row once, with the exact rule of mxfp8_xla.numerics.quantize_blocks,
@@ -17,14 +18,14 @@
 // their columns), each thread's R * M partial sums are summed over its warp, then over the warps through
 // shared memory, while the loads of the CTA's next unit are in flight (registers double-buffered).
 //
-// Kernels mxfp8_gemv_split_c{CPT}_r{R}[_m{M}]_{bf16,f32}(w, sw, x, dims, out): x is [M, k] (M = 1 without
-// _m), out [M, n]; dims = {M, n, k} in device memory; n % R == 0; launched with T = k / (16 * CPT) threads (a
-// multiple of 32, at most the kernel's launch bound), no dynamic shared memory. OUT is float or bf16 (u16 bits,
-// rounded to nearest even).
+// Kernels mxfp8_gemv_split_c{CPT}_r{R}[_m{M}][_xf32]_{bf16,f32}(w, sw, x, dims, out): x is [M, k] (M = 1 without
+// _m; bf16, or float32 with _xf32), out [M, n]; dims = {M, n, k} in device memory; n % R == 0; launched with
+// T = k / (16 * CPT) threads (a multiple of 32, at most the kernel's launch bound), no dynamic shared memory. OUT is
+// float or bf16 (u16 bits, rounded to nearest even).
 // Kernels mxfp8_gemv_split_c1_r4_addnorm_{bf16,f32}(w, sw, x, delta, nw, eps, dims, out, h_out) put a residual add
 // and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
-// Kernels mxfp8_gemv_mma_r8_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw bf16 rows on the tensor cores (gemv_mma
+// Kernels mxfp8_gemv_mma_r8[_xf32]_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
 // summed one a thread).
 // With -DMXFP8_GEMV_PROBE, more (CPT, R, M) for benchmarks/cuda_gemv_probe.py, which also includes this
@@ -129,7 +130,7 @@ __device__ __forceinline__ void quantize_part(const float (&f)[N], u32 amax, flo
 
 // N consecutive bf16 elements (N / 8 16-byte loads) as float32 values; returns their largest absolute value's bits.
 template <int N>
-__device__ __forceinline__ u32 load_bf16(const u16* x, float (&f)[N]) {
+__device__ __forceinline__ u32 load_elements(const u16* x, float (&f)[N]) {
   u32 amax = 0;
 #pragma unroll
   for (int v = 0; v < N / 8; ++v) {
@@ -144,6 +145,28 @@ __device__ __forceinline__ u32 load_bf16(const u16* x, float (&f)[N]) {
   }
   return amax;
 }
+
+// N consecutive float32 elements (N / 4 16-byte loads); returns their largest absolute value's bits.
+template <int N>
+__device__ __forceinline__ u32 load_elements(const float* x, float (&f)[N]) {
+  u32 amax = 0;
+#pragma unroll
+  for (int v = 0; v < N / 4; ++v) {
+    const float4 q = *reinterpret_cast<const float4*>(x + 4 * v);
+    f[4 * v] = q.x, f[4 * v + 1] = q.y, f[4 * v + 2] = q.z, f[4 * v + 3] = q.w;
+    amax = max(max(amax, max(__float_as_uint(q.x) & 0x7fffffffu, __float_as_uint(q.y) & 0x7fffffffu)),
+               max(__float_as_uint(q.z) & 0x7fffffffu, __float_as_uint(q.w) & 0x7fffffffu));
+  }
+  return amax;
+}
+
+// Elements 2i and 2i + 1 of a row of bf16 or float32 activations, as float32 values.
+__device__ __forceinline__ float2 element_pair(const u16* x, int i) {
+  const u32 v = reinterpret_cast<const u32*>(x)[i];
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+}
+
+__device__ __forceinline__ float2 element_pair(const float* x, int i) { return reinterpret_cast<const float2*>(x)[i]; }
 
 // A 16-element weight chunk q (E4M3 bytes) dotted with M activation rows' decoded chunks xv, added into acc in
 // float32. Each weight element is multiplied by its block factor before its products (emulation's decoded weight,
@@ -199,15 +222,16 @@ __device__ __forceinline__ float warp_sum_rows(float (&a)[R], int lane, int& row
   return a[0];
 }
 
-// Each thread's CPT chunks of M raw bf16 rows x [M, k], quantized exactly and decoded into xv (float32).
-template <int CPT, int M>
-__device__ __forceinline__ void quantize_chunks(const u16* __restrict__ x, int k, float4 (&xv)[CPT][M][4]) {
+// Each thread's CPT chunks of M raw rows x [M, k] (X: u16 for bf16, or float), quantized exactly and decoded into xv
+// (float32).
+template <int CPT, int M, typename X>
+__device__ __forceinline__ void quantize_chunks(const X* __restrict__ x, int k, float4 (&xv)[CPT][M][4]) {
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float f[16], d[16];
-      u32 amax = load_bf16(x + static_cast<u64>(m) * k + 16 * (j * blockDim.x + threadIdx.x), f);
+      u32 amax = load_elements(x + static_cast<u64>(m) * k + 16 * (j * blockDim.x + threadIdx.x), f);
       amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       quantize_part(f, amax, d);
 #pragma unroll
@@ -301,9 +325,9 @@ __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const 
   __shared__ float warp_squares[kMaxWarps];
   const int c = threadIdx.x, lane = c & 31, warps = blockDim.x >> 5;
   float h[16], d[16], g[16];
-  load_bf16(x + 16 * c, h);
-  load_bf16(delta + 16 * c, d);
-  load_bf16(nw + 16 * c, g);
+  load_elements(x + 16 * c, h);
+  load_elements(delta + 16 * c, d);
+  load_elements(nw + 16 * c, g);
   float squares = 0.f;
 #pragma unroll
   for (int i = 0; i < 16; ++i) h[i] = round_bf16(h[i] + d[i]), squares += h[i] * h[i];
@@ -346,16 +370,17 @@ __device__ __forceinline__ void mma_f16_rows8(float (&c)[4], u32 a0, u32 a2, u32
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// Bytes off .. off + 7 of 32-block b of activation row g (raw bf16 x [m, k]; rows m.. are zero) quantized with
+// Bytes off .. off + 7 of 32-block b of activation row g (raw x [m, k], bf16 or float32; rows m.. are zero) quantized with
 // quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
 // bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3
 // NaNs), 127 for a zero block or row (its bytes zero).
-__device__ __forceinline__ uint2 quantize_fragment(const u16* __restrict__ x, int m, int k, int b, int g, int off,
+template <typename X>
+__device__ __forceinline__ uint2 quantize_fragment(const X* __restrict__ x, int m, int k, int b, int g, int off,
                                                    u32& biased) {
   float f[8];
   u32 amax = 0;
   if (g < m) {
-    amax = load_bf16(x + static_cast<u64>(g) * k + 32 * b + off, f);
+    amax = load_elements(x + static_cast<u64>(g) * k + 32 * b + off, f);
   } else {
 #pragma unroll
     for (int e = 0; e < 8; ++e) f[e] = 0.f;
@@ -394,19 +419,24 @@ __device__ __forceinline__ float block_factor(u32 sw, u32 base, int j) {
   return __uint_as_float(bits);
 }
 
-// Emulation's products over 32-block b of one weight row and one raw bf16 activation row: each weight element decoded
+// Emulation's products over 32-block b of one weight row and one raw activation row: each weight element decoded
 // and multiplied by its block factor, the activation block quantized and decoded, their products accumulated in
 // float32 (the one-row kernel's arithmetic): the tensor-core kernel's path for the scales it cannot take exactly.
-__device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 scale, const u16* __restrict__ xrow,
+template <typename X>
+__device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 scale, const X* __restrict__ xrow,
                                              int b) {
-  const u32* xs = reinterpret_cast<const u32*>(xrow + 32 * b);
+  const X* xs = xrow + 32 * b;
   const u16* ws = reinterpret_cast<const u16*>(wrow + 32 * b);
   u32 amax = 0;
-  for (int i = 0; i < 16; ++i) amax = max(amax, max((xs[i] << 16) & 0x7fffffffu, xs[i] & 0x7fff0000u));
+  for (int i = 0; i < 16; ++i) {
+    const float2 p = element_pair(xs, i);
+    amax = max(amax, max(__float_as_uint(p.x) & 0x7fffffffu, __float_as_uint(p.y) & 0x7fffffffu));
+  }
   const float factor = scale_factor(scale);
   float acc = 0.f;
   for (int i = 0; i < 16; ++i) {
-    const float f[2] = {__uint_as_float(xs[i] << 16), __uint_as_float(xs[i] & 0xffff0000u)};
+    const float2 p = element_pair(xs, i);
+    const float f[2] = {p.x, p.y};
     float d[2];
     quantize_part(f, amax, d);
     const float2 wd = f16x2_to_float2(cvt_pair(ws[i]));
@@ -415,7 +445,7 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
   return acc;
 }
 
-// 3 <= m <= 8 raw bf16 rows x [m, k] times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
+// 3 <= m <= 8 raw rows x [m, k] (bf16 or float32) times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
 // splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, + gridDim.x, ...; the
 // next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
 // (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g (a quad reads 64
@@ -429,9 +459,9 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again
 // with emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first
 // ones.
-template <typename OUT>
+template <typename OUT, typename X>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
-                                         const u16* __restrict__ x, OUT* __restrict__ out,
+                                         const X* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
   constexpr int kBlocks = 4;  // a warp's blocks of each row
   __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
@@ -534,18 +564,20 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 
 }  // namespace
 
-// At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS).
-#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, OUT)                                           \
+// At most MAX_THREADS threads a CTA (ptxas keeps the registers under 65536 / MAX_THREADS). X: the activation's element
+// type (u16 for bf16 rows, float for float32 rows, whose kernels are named ..._xf32_{bf16,f32}), OUT the output's.
+#define SPLIT_KERNEL(NAME, CPT, R, M, MAX_THREADS, X, OUT)                                        \
   extern "C" __global__ void __launch_bounds__(MAX_THREADS)                                       \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                  \
+      NAME(const u8* w, const u8* sw, const X* x, const int* dims, OUT* out) {                    \
     gemv_split<CPT, R, M, OUT>(                                                                   \
         w, sw, [&](float4(&xv)[CPT][M][4], int k) { quantize_chunks<CPT, M>(x, k, xv); }, out, dims); \
   }
-#define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS)                                 \
-  SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, u16)                         \
-  SPLIT_KERNEL(NAME##_f32, CPT, R, M, MAX_THREADS, float)
-#define SPLIT(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R, CPT, R, 1, MAX_THREADS)
-#define SPLIT_ROWS(CPT, R, M, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS)
+#define SPLIT_BOTH(NAME, CPT, R, M, MAX_THREADS, X)                              \
+  SPLIT_KERNEL(NAME##_bf16, CPT, R, M, MAX_THREADS, X, u16)                      \
+  SPLIT_KERNEL(NAME##_f32, CPT, R, M, MAX_THREADS, X, float)
+#define SPLIT(CPT, R, MAX_THREADS) SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R, CPT, R, 1, MAX_THREADS, u16)
+#define SPLIT_ROWS(CPT, R, M, MAX_THREADS) \
+  SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS, u16)
 
 // The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
 #define ADDNORM_KERNEL(NAME, OUT)                                                                        \
@@ -561,15 +593,19 @@ SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
 ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
+SPLIT_BOTH(mxfp8_gemv_split_c1_r4_xf32, 1, 4, 1, 1024, float)    // one float32 row
+SPLIT_BOTH(mxfp8_gemv_split_c1_r4_m2_xf32, 1, 4, 2, 512, float)  // two float32 rows
 
 // Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 >= 8 m threads.
-#define MMA_ROWS_KERNEL(NAME, OUT)                                                                   \
+#define MMA_ROWS_KERNEL(NAME, X, OUT)                                                                \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
-      NAME(const u8* w, const u8* sw, const u16* x, const int* dims, OUT* out) {                     \
+      NAME(const u8* w, const u8* sw, const X* x, const int* dims, OUT* out) {                       \
     gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
   }
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, float)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, u16, float)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_bf16, float, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_f32, float, float)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)

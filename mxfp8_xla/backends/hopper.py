@@ -1,6 +1,6 @@
 """Hopper (SM90) backend: MXFP8 ``x @ w.T`` without a bf16 weight in HBM where it matters.
 
-Hopper has no MX-scaled tensor-core instructions. One or two raw bfloat16 rows (decode at batch 1
+Hopper has no MX-scaled tensor-core instructions. One or two raw rows (bfloat16, float16 or float32; decode at batch 1
 or 2) take one CUDA kernel launch that quantizes the rows itself and streams the weight on the CUDA
 cores; three to eight rows (K <= 4096) one launch of a tensor-core GEMV kernel built the same way (:mod:`.cuda_gemv`,
 where its ``config`` takes the shape). For ``M <= 64`` rows (decode,
@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from mxfp8_xla import norm, numerics, varying_axes
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
-from mxfp8_xla.backends.select import log_gemv_needs_bf16, require_backend
+from mxfp8_xla.backends.select import require_backend
 from mxfp8_xla.mxarray import MXArray, quantize
 
 BLOCK = numerics.BLOCK_SIZE
@@ -83,7 +83,7 @@ SMALL_M_MAX = 64
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
-"""``auto`` (default): the kernel measured faster for the shape (one to eight raw bf16 rows: :mod:`.cuda_gemv`);
+"""``auto`` (default): the kernel measured faster for the shape (one to eight raw rows: :mod:`.cuda_gemv`);
 ``pallas``: as ``auto`` but never the GEMV kernel (the Pallas kernels alone, for comparisons);
 ``triton``: never Mosaic nor the GEMV kernel; ``mosaic``: Mosaic wherever it can run, never the GEMV kernel."""
 
@@ -339,7 +339,7 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     """Backend entry: ``x [..., K]`` (raw or MXArray) times ``w [N, K]``; leading dims flattened.
 
     A raw ``x`` is quantized by this backend's own kernels (bit-identical to ``quantize``).
-    One to eight raw bfloat16 rows go to :mod:`.cuda_gemv` where it takes the weight's shape.
+    One to eight raw rows (bfloat16, float16 or float32) go to :mod:`.cuda_gemv` where it takes the weight's shape.
     Where :func:`mosaic_config` picks it (up to 256 rows), the Mosaic
     GPU kernel; else up to ``M <= 64`` rows the Triton GEMM. More rows: the GEMM is
     compute-bound; both operands are decoded exactly to bf16 by one-pass Pallas
@@ -348,14 +348,10 @@ def matmul(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype, *, name: st
     measured faster than the Pallas GEMM for large M on an H100 (docs/backends.md).
     """
     require_backend("hopper", n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
-    as_bf16 = jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)
-    if not isinstance(x, MXArray) and x.dtype != jnp.bfloat16 and _takes_gemv(as_bf16, w):
-        rows = math.prod(x.shape[:-1])
-        log_gemv_needs_bf16(x.dtype, rows=rows, n=w.shape[0], k=x.shape[-1], out_dtype=out_dtype, name=name)
     return _product(x, w, out_dtype)
 
 
-def _takes_gemv(x: jax.Array | MXArray | jax.ShapeDtypeStruct, w: MXArray) -> bool:
+def _takes_gemv(x: jax.Array | MXArray, w: MXArray) -> bool:
     """Whether :func:`_product` sends ``x`` to the GEMV kernels (never in the CPU interpreter, which runs no CUDA)."""
     return not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves(x, w)
 

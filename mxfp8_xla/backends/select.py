@@ -323,24 +323,6 @@ def _where(name: str | None, n: int, k: int, out_dtype: object) -> str:
 _logged: set[tuple[str, int, int, str, str]] = set()
 
 
-def log_gemv_needs_bf16(dtype: object, *, rows: int, n: int, k: int, out_dtype: object, name: str | None) -> None:
-    """Warn, once per (layer, shape, dtype), that ``rows`` raw activation rows of ``dtype`` take the hopper
-    backend's Pallas path where its CUDA GEMV kernels, which read bfloat16 rows only, would take them as bfloat16:
-    exact either way, but the GEMVs are the fast path at one to eight rows (docs/backends.md)."""
-    key = (name or "mxfp8_matmul", n, k, str(jnp.dtype(out_dtype)), f"gemv-bf16:{jnp.dtype(dtype)}:{rows}")
-    if key in _logged:
-        return
-    _logged.add(key)
-    logger.warning(
-        "mxfp8_xla: %s: %d %s activation row(s) take the hopper backend's Pallas path; its CUDA GEMV kernels, the "
-        "fast path at 1-8 rows, read bfloat16 rows only: pass bfloat16 activations (the layers do not cast their "
-        "input; with dtype=jnp.bfloat16 they return bfloat16)",
-        _where(name, n, k, out_dtype),
-        rows,
-        jnp.dtype(dtype).name,
-    )
-
-
 def log_weight_unswizzle(backend: str, *, n: int, k: int, out_dtype: object, name: str | None = None) -> None:
     """Log, once per (layer, shape, backend), that a ``FlashInferWeight`` reaches a backend other than flashinfer,
     which undoes its scales' swizzle inside every call: as a warning on a GPU backend (where that permutation of

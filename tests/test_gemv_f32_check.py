@@ -1,0 +1,53 @@
+"""benchmarks/gemv_f32_check.py's edge cases on CPU, through emulation: they pass there, and they catch a kernel that
+rounds float32 rows to bf16 before quantizing them (the double rounding the float32-row kernels exist to avoid)."""
+
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gemv_f32_check  # noqa: E402
+
+from mxfp8_xla import quantize  # noqa: E402
+from mxfp8_xla.backends import emulation  # noqa: E402
+
+
+def exact(x, w):
+    return emulation.matmul(quantize(x), w, jnp.float32)
+
+
+def through_bf16(x, w):
+    return emulation.matmul(quantize(x.astype(jnp.bfloat16)), w, jnp.float32)
+
+
+def test_the_edge_cases_pass_for_emulation_itself():
+    cases = gemv_f32_check.edges({"1 row": exact}, expect_kernels=False)
+    assert [(c["dtype"], c["ok"]) for c in cases] == [("float32", True), ("float16", True)]
+
+
+def test_rounding_float32_rows_to_bf16_first_fails_the_float32_activation_check():
+    row = gemv_f32_check.float32_row()
+    case = gemv_f32_check.edge_case(through_bf16, row, None)
+    assert not case["ok"] and any(p.startswith("activation:") for p in case["problems"])
+
+
+def test_the_float16_row_is_float16_exactly_and_rounds_the_same_either_way():
+    """float16 -> float32 is exact, so rounding through bf16 is the only way to get it wrong; the row is finite."""
+    row = gemv_f32_check.float16_row()
+    assert row.dtype == np.float16 and np.isfinite(row).all()
+    assert gemv_f32_check.edge_case(exact, row, None)["ok"]
+
+
+@pytest.mark.parametrize("name", ["+inf", "-inf", "nan"])
+def test_poisoned_rows_hold_one_non_finite_element(name):
+    row = gemv_f32_check.float32_row()
+    bad = gemv_f32_check.poisoned(row)[name]
+    assert (~np.isfinite(bad)).sum() == 1 and np.isfinite(row).all()
+
+
+def test_a_kernel_other_than_the_float32_row_ones_fails_the_check():
+    case = gemv_f32_check.edge_case(exact, gemv_f32_check.float32_row(), "_xf32_")
+    assert not case["ok"] and case["problems"][0].startswith("kernels []")
