@@ -6,7 +6,8 @@ Flax layers' default, took its Pallas path (exact, slower) with a warning. Every
 widened to float32 first (exact). This checks them through the library's route (``hopper.matmul``):
 
 1. ``edges``: for 1 row, the second of 2, and a row of 8 (the tensor-core kernel; the weight tiled to
-   ``cuda_gemv.MMA_MIN_N`` rows), in float32 and in float16: the launches traced must be the ``_xf32`` kernels; weight
+   ``cuda_gemv.MMA_MIN_N`` rows), in float32, float16 and (the control) bf16: the launches traced must be the GEMV
+   kernels, the ``_xf32`` ones for float32 and float16 rows; weight
    scale bytes 0, 1, 254, 255 and an E4M3 NaN byte against emulation (non-finite positions elementwise, the finite
    rest within ``TOLERANCE``); and the in-kernel quantization exactly: an identity weight must return
    ``dequantize(quantize(x))`` bit for bit (up to the sign of zero), for rows holding values that bf16 would round
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_gemv_probe import row_of_many_wide, second_of_two_rows, small_m_kernels  # noqa: E402
+from cuda_gemv_probe import activation_vectors, row_of_many_wide, second_of_two_rows, small_m_kernels  # noqa: E402
 from mosaic_sweep import dequant_bf16, edge_operands, identity_weight, operands, reference, rel_err  # noqa: E402
 from timing import environment, finish_checks, loop_time, write_json  # noqa: E402
 
@@ -103,9 +104,10 @@ def poisoned(row: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def edge_case(fn: Callable, row: np.ndarray, want_kernel: str | None) -> dict:
-    """One layout and dtype: the launches traced (``want_kernel`` a substring every one must hold, or ``None`` to skip
-    that check, as on CPU), the weight edges against emulation, the activation through an identity weight."""
+def edge_case(fn: Callable, row: np.ndarray, gemv: bool) -> dict:
+    """One layout and dtype: the launches traced (with ``gemv``, as on the device, they must be GEMV kernels, the
+    ``_xf32`` ones for float32 and float16 rows), the weight edges against emulation, the activation through an
+    identity weight."""
     dtype = row.dtype
     x, w = edge_operands()
     data = np.asarray(w.data).copy()
@@ -117,8 +119,10 @@ def edge_case(fn: Callable, row: np.ndarray, want_kernel: str | None) -> dict:
     kernels = sorted(set(ptx_launch.traced_launches(fn, x[:1], w) + ptx_launch.traced_launches(fn, xs, eye)))
     case = {"kernels": kernels}
     problems = []
-    if want_kernel is not None and (not kernels or not all(want_kernel in k for k in kernels)):
-        problems.append(f"kernels {kernels}, expected {want_kernel}")
+    float32_rows = dtype != jnp.bfloat16
+    if gemv and (not kernels or any(("_xf32_" in k) != float32_rows for k in kernels)):
+        rows = "float32" if float32_rows else "bf16"
+        problems.append(f"kernels {kernels}, expected the GEMV kernels for {rows} rows")
     differ, errs = [], []
     for i in range(x.shape[0]):
         ref = reference(x[i : i + 1], w)
@@ -146,13 +150,14 @@ def edge_case(fn: Callable, row: np.ndarray, want_kernel: str | None) -> dict:
     return {**case, "problems": problems, "ok": not problems}
 
 
-def edges(layouts: dict[str, Callable] = LAYOUTS, expect_kernels: bool = True) -> list[dict]:
-    """:func:`edge_case` for every layout and both dtypes; on the device the launches must be the ``_xf32`` kernels."""
+def edges(layouts: dict[str, Callable] = LAYOUTS, gemv: bool = True) -> list[dict]:
+    """:func:`edge_case` for every layout and dtype: float32 and float16 rows, and the bf16 row of
+    ``cuda_gemv_probe.activation_vectors`` as the control (its kernels' bodies were rebuilt with the float32 ones)."""
     cases = []
-    for dtype, row in (("float32", float32_row()), ("float16", float16_row())):
+    for dtype, row in (("float32", float32_row()), ("float16", float16_row()), ("bfloat16", activation_vectors()[0])):
         for layout, fn in layouts.items():
             with small_m_kernels("auto"):
-                case = {"dtype": dtype, "layout": layout, **edge_case(fn, row, "_xf32_" if expect_kernels else None)}
+                case = {"dtype": dtype, "layout": layout, **edge_case(fn, row, gemv)}
             cases.append(case)
             print(f"edges {dtype} {layout}: {'ok' if case['ok'] else case['problems']}; kernels {case['kernels']}; "
                   f"weight error {case['weight: finite rel err']:.1e}", flush=True)  # fmt: skip
