@@ -221,9 +221,9 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
             f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for "
-            f"one row and <= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such rows (two above "
-            f"K {MAX_K[2]}), K in 1 to {MMA_MAX_PARTS} equal parts each a multiple of 128, at most {MMA_MAX_K} and at "
-            f"least 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"one row and <= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such "
+            f"rows (two above K {MAX_K[2]}), K in 1 to {MMA_MAX_PARTS} equal parts each a multiple of 128, at most "
+            f"{MMA_MAX_K} and at least 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
     rows = x.reshape(m, k).astype(jnp.float32 if x.dtype == jnp.float16 else x.dtype)
     cfg = config(n, k, m)
