@@ -42,7 +42,7 @@ from mosaic_sweep import dequant_bf16, edge_operands, identity_weight, operands,
 from timing import environment, finish_checks, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
-from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.backends import hopper, ptx_launch  # noqa: E402
 
 TOLERANCE = 1e-5
 """Largest relative error (max-abs over the row's finite outputs) against emulation: float32 summation order only."""
@@ -60,28 +60,8 @@ def route_bf16_out(x: jax.Array, w: MXArray) -> jax.Array:
     return hopper.matmul(x, w, jnp.bfloat16)
 
 
-def tiled_to_min_n(fn: Callable) -> Callable:
-    """``fn`` on the weight tiled along N to at least ``cuda_gemv.MMA_MIN_N`` rows (where the tensor-core kernel takes
-    it), its first N outputs."""
-
-    def run(x, w):
-        n = w.shape[0]
-        reps = -(-cuda_gemv.MMA_MIN_N // n)
-        return fn(x, MXArray(jnp.tile(w.data, (reps, 1)), jnp.tile(w.scale, (reps, 1))))[..., :n]
-
-    return run
-
-
-LAYOUTS = {
-    "1 row": (route, 1, "_split_"),
-    "second of 2 rows": (second_of_two_rows(route), 1, "_m2_"),
-    "row of 8": (row_of_many_wide(route, 8), 1, "_mma_r8_"),
-    "row of 8, K 8192 in 2 parts": (row_of_many_wide(route, 8), 8, "_kparts_"),
-    "second of 2 rows, K 9216 in 3 parts": (second_of_two_rows(tiled_to_min_n(route)), 9, "_kparts_"),
-    "row of 3, K 16384 in 4 parts": (row_of_many_wide(route, 3), 16, "_kparts_"),
-}
-"""How a ``[1, 1024]`` row reaches the route: alone, under a zero row, or as row 5 of 8 (the weight tiled wide); with
-K tiled (the second number) into the tensor-core kernel's parts of K; the launches must contain the third string."""
+LAYOUTS = {"1 row": route, "second of 2 rows": second_of_two_rows(route), "row of 8": row_of_many_wide(route, 8)}
+"""How a ``[1, K]`` row reaches the route: alone, under a zero row, or as row 5 of 8 (the weight tiled wide)."""
 
 
 def float32_row(k: int = 1024) -> np.ndarray:
@@ -124,26 +104,25 @@ def poisoned(row: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def edge_case(fn: Callable, row: np.ndarray, kernel: str | None, k_tile: int = 1) -> dict:
-    """One layout and dtype, the operands tiled ``k_tile`` times along K: the launches traced (with a ``kernel``, as on
-    the device, each must contain it, and ``_xf32_`` exactly for float32 and float16 rows), the weight edges against
-    emulation, the activation through an identity weight."""
+def edge_case(fn: Callable, row: np.ndarray, gemv: bool) -> dict:
+    """One layout and dtype: the launches traced (with ``gemv``, as on the device, they must be GEMV kernels, the
+    ``_xf32`` ones for float32 and float16 rows), the weight edges against emulation, the activation through an
+    identity weight."""
     dtype = row.dtype
     x, w = edge_operands()
     data = np.asarray(w.data).copy()
     data[4, 100] = np.float32("nan")  # an E4M3 NaN byte under a finite scale
-    w = MXArray(jnp.tile(jnp.asarray(data), (1, k_tile)), jnp.tile(w.scale, (1, k_tile)))
-    x = jnp.tile(x.astype(dtype), (1, k_tile))
-    row = np.tile(row, k_tile)
+    w = MXArray(jnp.asarray(data), w.scale)
+    x = x.astype(dtype)
     eye = identity_weight(row.size)
     xs = jnp.asarray(row)[None]
     kernels = sorted(set(ptx_launch.traced_launches(fn, x[:1], w) + ptx_launch.traced_launches(fn, xs, eye)))
     case = {"kernels": kernels}
     problems = []
     float32_rows = dtype != jnp.bfloat16
-    if kernel is not None and (not kernels or any(("_xf32_" in k) != float32_rows or kernel not in k for k in kernels)):
+    if gemv and (not kernels or any(("_xf32_" in k) != float32_rows for k in kernels)):
         rows = "float32" if float32_rows else "bf16"
-        problems.append(f"kernels {kernels}, expected {kernel} GEMV kernels for {rows} rows")
+        problems.append(f"kernels {kernels}, expected the GEMV kernels for {rows} rows")
     differ, errs = [], []
     for i in range(x.shape[0]):
         ref = reference(x[i : i + 1], w)
@@ -171,14 +150,14 @@ def edge_case(fn: Callable, row: np.ndarray, kernel: str | None, k_tile: int = 1
     return {**case, "problems": problems, "ok": not problems}
 
 
-def edges(layouts: dict[str, tuple[Callable, int, str]] = LAYOUTS, gemv: bool = True) -> list[dict]:
+def edges(layouts: dict[str, Callable] = LAYOUTS, gemv: bool = True) -> list[dict]:
     """:func:`edge_case` for every layout and dtype: float32 and float16 rows, and the bf16 row of
     ``cuda_gemv_probe.activation_vectors`` as the control (its kernels' bodies were rebuilt with the float32 ones)."""
     cases = []
     for dtype, row in (("float32", float32_row()), ("float16", float16_row()), ("bfloat16", activation_vectors()[0])):
-        for layout, (fn, k_tile, kernel) in layouts.items():
+        for layout, fn in layouts.items():
             with small_m_kernels("auto"):
-                case = {"dtype": dtype, "layout": layout, **edge_case(fn, row, kernel if gemv else None, k_tile)}
+                case = {"dtype": dtype, "layout": layout, **edge_case(fn, row, gemv)}
             cases.append(case)
             print(f"edges {dtype} {layout}: {'ok' if case['ok'] else case['problems']}; kernels {case['kernels']}; "
                   f"weight error {case['weight: finite rel err']:.1e}", flush=True)  # fmt: skip
@@ -194,7 +173,6 @@ def bf16_dot(x: jax.Array, wb: jax.Array) -> jax.Array:
 SPEED_VARIANTS = {
     "bf16 jnp.dot": (bf16_dot, "bf16", "bf16 weight", "auto"),
     "route bf16 rows": (route_bf16_out, "bf16", "mxfp8", "auto"),
-    "route bf16 rows, GEMVs off": (route_bf16_out, "bf16", "mxfp8", "pallas"),
     "route float32 rows": (route_bf16_out, "float32", "mxfp8", "auto"),
     "route float32 rows, GEMVs off": (route_bf16_out, "float32", "mxfp8", "pallas"),
     "jnp.dot float32 rows, bf16 weight": (bf16_dot, "float32", "bf16 weight", "auto"),

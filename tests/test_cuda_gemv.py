@@ -35,30 +35,12 @@ def test_config_refuses_what_the_kernel_cannot_take(n, k):
     assert cuda_gemv.config(n, k) is None
 
 
-@pytest.mark.parametrize("n, k, m", [(4096, 4096, 0), (14336, 4096, 9), (14336, 4096, 16)])
-def test_config_refuses_more_than_eight_rows(n, k, m):
-    assert cuda_gemv.config(n, k, m) is None
-
-
 @pytest.mark.parametrize(
-    "k, parts", [(4608, 2), (8192, 2), (9216, 3), (12288, 3), (14336, 4), (16384, 4), (5120, 2), (6144, 2)]
+    "n, k, m",
+    [(4096, 14336, 2), (4096, cuda_gemv.MAX_K[2] + 512, 2), (4096, 4096, 0), (14336, 4096, 9), (14336, 4096, 16)],
 )
-@pytest.mark.parametrize("m", [2, *cuda_gemv.MMA_ROWS])
-def test_above_k_4096_the_tensor_core_kernel_takes_k_in_the_fewest_parts(k, parts, m):
-    """Two rows only above MAX_K[2], where the CUDA-core kernel stops; each part a multiple of 128, at most 4096."""
-    cfg = cuda_gemv.config(4096, k, m)
-    if m == 2 and k <= cuda_gemv.MAX_K[2]:
-        assert cfg == cuda_gemv.GemvConfig(threads=k // 16, m=2, rows=4)
-        return
-    assert cfg == cuda_gemv.GemvConfig(threads=k // parts // 4, m=m, rows=8, k_parts=parts)
-    assert cfg.tensor_cores and cfg.kernel(jnp.bfloat16) == "mxfp8_gemv_mma_r8_kparts_f32"
-    assert cfg.kernel(jnp.bfloat16, x_dtype=jnp.float32) == "mxfp8_gemv_mma_r8_kparts_xf32_f32"
-
-
-@pytest.mark.parametrize("k", [35 * 128, 37 * 128, 16384 + 512, 20480])
-def test_config_refuses_k_that_no_four_equal_parts_take(k):
-    """35 and 37 x 128 split into no 2, 3 or 4 multiples of 128; 16896 and 20480 need parts above 4096."""
-    assert all(cuda_gemv.config(4096, k, m) is None for m in (2, *cuda_gemv.MMA_ROWS))
+def test_config_refuses_more_rows_and_a_two_row_k_above_8192(n, k, m):
+    assert cuda_gemv.config(n, k, m) is None
 
 
 @pytest.mark.parametrize("m", cuda_gemv.MMA_ROWS)
@@ -72,6 +54,8 @@ def test_config_for_three_to_eight_rows_is_the_tensor_core_kernel_k_split_four_b
     "n, k, why",
     [
         (512, 4096, "N below MMA_MIN_N, the smallest measured"),
+        (4096, 14336, "K above 4096"),
+        (14336, 8192, "K above 4096"),
         (14336, 4160, "K % 128"),
         (14340, 4096, "N % 8"),
         (cuda_gemv.MMA_MAX_N + 8, 4096, "N above the units a CTA marks"),
@@ -96,34 +80,22 @@ def test_at_k_128_the_tensor_core_kernel_takes_only_the_rows_its_32_threads_can_
 
 
 def test_grid_keeps_at_most_1024_threads_per_sm_and_one_cta_per_unit():
-    assert cuda_gemv.config(14336, 4096).grid(14336, 132) == (4 * 132, 1)  # 3584 units of 4 rows; 4 CTAs of 256 an SM
-    assert cuda_gemv.config(4096, 14336).grid(4096, 132) == (132, 1)  # 896 threads: one CTA an SM
-    assert cuda_gemv.config(1024, 4096).grid(1024, 132) == (256, 1)  # fewer units than that: one CTA a unit
-    assert cuda_gemv.config(4096, 512).grid(4096, 132) == (1024, 1)  # 32 threads: 32 CTAs an SM would be 4224
+    assert cuda_gemv.config(14336, 4096).grid(14336, 132) == 4 * 132  # 3584 units of 4 rows; 4 CTAs of 256 an SM
+    assert cuda_gemv.config(4096, 14336).grid(4096, 132) == 132  # 896 threads: one CTA an SM
+    assert cuda_gemv.config(1024, 4096).grid(1024, 132) == 256  # fewer units than that: one CTA a unit
+    assert cuda_gemv.config(4096, 512).grid(4096, 132) == 1024  # 32 threads: 32 CTAs an SM would be 4224
 
 
 def test_the_tensor_core_grid_keeps_at_most_1024_threads_per_sm():  # 64 registers a thread
-    assert cuda_gemv.config(14336, 4096, 8).grid(14336, 132) == (132, 1)  # 1024 threads: one CTA an SM
-    assert cuda_gemv.config(28672, 2048, 4).grid(28672, 132) == (2 * 132, 1)
-    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == (14336 // 8, 1)  # 32 threads: fewer units than 32 an SM
-
-
-def test_k_in_parts_shares_the_sms_among_the_parts():
-    assert cuda_gemv.config(4096, 14336, 8).grid(4096, 132) == (33, 4)  # 4 parts of 896 threads: 132 CTAs in all
-    assert cuda_gemv.config(4096, 8192, 3).grid(4096, 132) == (66, 2)
-    assert cuda_gemv.config(4096, 9216, 2).grid(4096, 132) == (44, 3)  # two rows above 8192: three parts of 768
-
-
-def test_a_tensor_core_cta_never_gets_more_units_than_it_can_mark():
-    n = cuda_gemv.MMA_MAX_N  # 32768 units of 8 rows
-    x, parts = cuda_gemv.config(n, 16384, 8).grid(n, 8)  # few SMs: 8 // 4 parts would be 2 CTAs along x
-    assert parts == 4 and x * cuda_gemv.MMA_MARKED_UNITS >= n // 8
+    assert cuda_gemv.config(14336, 4096, 8).grid(14336, 132) == 132  # 1024 threads: one CTA an SM
+    assert cuda_gemv.config(28672, 2048, 4).grid(28672, 132) == 2 * 132
+    assert cuda_gemv.config(14336, 128, 3).grid(14336, 132) == 14336 // 8  # 32 threads: fewer units than 32 an SM
 
 
 def test_the_two_row_grid_keeps_at_most_512_threads_per_sm():  # 95-100 registers a thread
-    assert cuda_gemv.config(14336, 4096, 2).grid(14336, 132) == (2 * 132, 1)  # 2 CTAs of 256 an SM, as the probe ran
-    assert cuda_gemv.config(4096, 8192, 2).grid(4096, 132) == (132, 1)  # 512 threads: one CTA an SM
-    assert cuda_gemv.config(28672, 512, 2).grid(28672, 132) == (16 * 132, 1)  # 32 threads: 16 CTAs an SM
+    assert cuda_gemv.config(14336, 4096, 2).grid(14336, 132) == 2 * 132  # 2 CTAs of 256 an SM, as the probe ran
+    assert cuda_gemv.config(4096, 8192, 2).grid(4096, 132) == 132  # 512 threads: one CTA an SM
+    assert cuda_gemv.config(28672, 512, 2).grid(28672, 132) == 16 * 132  # 32 threads: 16 CTAs an SM
 
 
 def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_driver_reads_it():
@@ -149,7 +121,6 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
         for m in cuda_gemv.MMA_ROWS
         for dtype in (jnp.bfloat16, jnp.float32)
     }
-    names |= {cuda_gemv.config(4096, 14336, 8).kernel(jnp.bfloat16, x_dtype=x) for x in (jnp.bfloat16, jnp.float32)}
     assert names == entries
 
 
@@ -226,8 +197,8 @@ def test_three_to_eight_rows_are_one_launch_of_the_tensor_core_kernel(shape, m):
     [
         (jnp.ones((3, 4096), jnp.bfloat16), 512, 4096, "three rows of a narrow weight"),
         (jnp.ones((9, 4096), jnp.bfloat16), 14336, 4096, "nine rows"),
-        (jnp.ones((8, 4480), jnp.bfloat16), 4096, 4480, "eight rows at K 4480: no equal parts"),
-        (jnp.ones((2, 20480), jnp.bfloat16), 4096, 20480, "two rows at K 20480: parts above 4096"),
+        (jnp.ones((8, 14336), jnp.bfloat16), 4096, 14336, "eight rows at K 14336"),
+        (jnp.ones((2, 14336), jnp.bfloat16), 4096, 14336, "two rows at K 14336"),
         (jnp.ones((1, 4096), jnp.int8), 1024, 4096, "int8"),
         (jnp.ones((1, 4864), jnp.bfloat16), 1024, 4864, "K % 512"),
         (jnp.ones((1, 4096), jnp.bfloat16), 1022, 4096, "N % 4"),
@@ -268,25 +239,9 @@ def test_hopper_sends_two_raw_bf16_rows_to_the_two_row_kernel(monkeypatch, shape
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_split_c1_r4_m2_bf16"]
 
 
-@pytest.mark.parametrize("rows", [2, 3, 8])
-def test_hopper_sends_two_to_eight_rows_at_k_14336_to_the_tensor_core_kernel_in_parts_of_k(monkeypatch, rows):
+def test_hopper_keeps_two_rows_at_k_14336_on_its_pallas_kernels(monkeypatch):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    x = jnp.ones((rows, 14336), jnp.bfloat16)
-    assert hopper_launches(x, weight(4096, 14336)) == ["mxfp8_gemv_mma_r8_kparts_f32"]
-
-
-@pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float32])
-def test_k_in_parts_is_one_launch_of_float32_partial_sums_added_in_float32(out_dtype):
-    jaxpr = jax.make_jaxpr(lambda x, w: cuda_gemv.matmul_rows(x, w, out_dtype))(
-        jnp.ones((1, 8, 14336), jnp.float32), weight(4096, 14336)
-    )
-    (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
-    assert launch.params["name"] == "mxfp8_gemv_mma_r8_kparts_xf32_f32"
-    assert launch.params["grid"] == (33, 4) and launch.params["warps"] == 14336 // 4 // 4 // 32
-    assert launch.params["outputs"] == (((4 * 8, 4096), jnp.dtype(jnp.float32)),)
-    (total,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is jax.lax.reduce_sum_p]
-    assert total.params["axes"] == (0,) and total.outvars[0].aval.dtype == jnp.float32
-    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 8, 4096), out_dtype)]
+    assert not hopper_launches(jnp.ones((2, 14336), jnp.bfloat16), weight(4096, 14336))
 
 
 @pytest.mark.parametrize("shape", [(3, 4096), (8, 4096), (2, 4, 4096)])
@@ -295,7 +250,7 @@ def test_hopper_sends_three_to_eight_raw_bf16_rows_to_the_tensor_core_kernel(mon
     assert hopper_launches(jnp.ones(shape, jnp.bfloat16), weight(14336, 4096)) == ["mxfp8_gemv_mma_r8_bf16"]
 
 
-@pytest.mark.parametrize("n, k", [(512, 4096), (4096, 4480)])
+@pytest.mark.parametrize("n, k", [(512, 4096), (4096, 14336)])
 def test_hopper_keeps_eight_rows_of_other_weights_on_its_pallas_kernels(monkeypatch, n, k):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert not hopper_launches(jnp.ones((8, k), jnp.bfloat16), weight(n, k))
@@ -385,7 +340,7 @@ def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, ker
     (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
     suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
     assert launch.params["name"] == f"mxfp8_gemv_split_c1_r4_addnorm_{suffix}"
-    assert launch.params["grid"] == cuda_gemv.config(6144, 4096).grid(6144, cuda_gemv.DEFAULT_SMS)
+    assert launch.params["grid"] == (cuda_gemv.config(6144, 4096).grid(6144, cuda_gemv.DEFAULT_SMS), 1)
     assert launch.params["warps"] == 4096 // 16 // 32 and len(launch.invars) == 7
     assert launch.params["outputs"] == (((1, 6144), jnp.dtype(kernel_dtype)), ((1, 4096), jnp.dtype(jnp.bfloat16)))
     assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 6144), out_dtype), ((1, 1, 4096), jnp.bfloat16)]

@@ -79,28 +79,20 @@ MAX_K = {1: 16384, 2: 8192}
 ROWS = 4
 """Weight rows a CTA's unit of work: N % 4 == 0."""
 MMA_ROWS = range(3, 9)
-"""Activation rows the tensor-core kernel takes (and two rows at K above ``MAX_K[2]``, in parts of K)."""
+"""Activation rows the tensor-core kernel takes."""
 ACTIVATION_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 """The raw activation dtypes :func:`matmul_rows` takes: bfloat16 and float32 rows as they are, float16 widened to
 float32 (exact). The add-and-norm kernel takes bfloat16 only."""
-THREADS_PER_SM = {1: 1024, 2: 512}
-"""What the register file holds at the one-row CUDA-core kernel's 64 registers a thread and the two-row one's 95-100
-(ptxas, sm_90): the grid keeps at most this many a SM."""
-MMA_THREADS_PER_SM = 1024
-"""The same for the tensor-core kernel (64 registers a thread)."""
+THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
+"""What the register file holds at the one-row and tensor-core kernels' 64 registers a thread and the two-row kernel's
+95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
 MMA_MAX_K = 4096
-"""The tensor-core kernel's largest K in one CTA: K / 4 threads (four 32-blocks a warp), at most 1024."""
-MMA_MAX_PARTS = 4
-"""Above :data:`MMA_MAX_K` the tensor-core kernel takes K in up to this many equal parts, one CTA a part along the
-grid's y, each writing float32 partial sums that XLA adds: K <= 16384."""
-MMA_MARKED_UNITS = 2048
-"""Units of 8 weight rows a tensor-core CTA can mark for its exact path (``kMaxMarkedUnits`` in ``gemv.cu``)."""
+"""The tensor-core kernel's largest K: K / 4 threads a CTA (four 32-blocks a warp), at most 1024."""
 MMA_UNIT = 8
 """Weight rows a unit of the tensor-core kernel: N % 8 == 0."""
 MMA_MAX_N = 1 << 18
 """The tensor-core kernel's largest N: it marks the units that need its exact path in a 2048-bit mask a CTA, so a CTA
-takes at most 2048 units of 8 rows (:meth:`GemvConfig.grid` keeps at least 16 CTAs along x); its row offsets
-``row * K`` stay under 2^32 up to K = 16384."""
+takes at most 2048 units of 8 rows (at 16 or more CTAs)."""
 MMA_MIN_N = 1024
 """The tensor-core kernel serves N >= this, the smallest N measured: on an H200 the library's build beat the Pallas
 path at 8 rows of all five K = 4096 Llama-3-8B shapes, (1024, 4096) included (docs/benchmark_log.md, "Eight rows on the
@@ -113,38 +105,29 @@ DEFAULT_SMS = 132
 class GemvConfig:
     """A kernel instantiated in ``gemv.cu`` and how to launch it."""
 
-    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row), or K / 4 / k_parts for the tensor cores
+    threads: int  # K / 16 (thread t owns the 16-element chunk t of every row), or K / 4 for the tensor cores
     m: int = 1  # activation rows
-    rows: int = ROWS  # a unit of work: these weight rows, all of K (or of a part of K)
-    k_parts: int = 1  # the tensor-core kernel's parts of K, one CTA a part along the grid's y
+    rows: int = ROWS  # a unit of work: these weight rows, all of K
 
     @property
     def tensor_cores(self) -> bool:
-        """Whether these rows run the tensor-core kernel (3-8 rows, or K in parts) rather than the CUDA-core one."""
-        return self.m in MMA_ROWS or self.k_parts > 1
+        """Whether these rows run the tensor-core kernel (3-8 rows) rather than the CUDA-core one."""
+        return self.m in MMA_ROWS
 
     def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False, x_dtype: jnp.dtype = jnp.bfloat16) -> str:
         """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); ``add_norm``: the one-row
         kernel with the residual add and RMSNorm in front (bfloat16 rows)."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         rows_dtype = "_xf32" if jnp.dtype(x_dtype) == jnp.float32 else ""
-        if self.k_parts > 1:  # float32 partial sums whatever the output dtype
-            return f"mxfp8_gemv_mma_r{self.rows}_kparts{rows_dtype}_f32"
         if self.tensor_cores:
             return f"mxfp8_gemv_mma_r{self.rows}{rows_dtype}_{suffix}"
         rows = f"_m{self.m}" if self.m > 1 else ""
         return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}{rows_dtype}_{suffix}"
 
-    def grid(self, n: int, sms: int) -> tuple[int, int]:
-        """CTAs ``(x, k_parts)``: along x one per unit, at most as many as the SMs hold at their threads (at least
-        one an SM, shared among the parts of K), each looping over units; a tensor-core CTA takes at most
-        :data:`MMA_MARKED_UNITS` units."""
-        units = n // self.rows
-        per_sm = MMA_THREADS_PER_SM if self.tensor_cores else THREADS_PER_SM[self.m]
-        ctas = max(1, sms * max(1, per_sm // self.threads) // self.k_parts)
-        if self.tensor_cores:
-            ctas = max(ctas, -(-units // MMA_MARKED_UNITS))
-        return min(units, ctas), self.k_parts
+    def grid(self, n: int, sms: int) -> int:
+        """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
+        units."""
+        return min(n // self.rows, sms * max(1, THREADS_PER_SM[self.m] // self.threads))
 
 
 def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
@@ -154,32 +137,20 @@ def config(n: int, k: int, m: int = 1) -> GemvConfig | None:
     tensor-core kernel (K % 128 == 0, K <= :data:`MMA_MAX_K`, K / 4 >= 8 x rows, N % 8 == 0, :data:`MMA_MIN_N` <= N <=
     :data:`MMA_MAX_N`): its K / 4 threads sum a unit's 8 x rows outputs one a thread, so at K = 128 it takes at most
     four rows (five to eight rows there once returned rows 4-7 unwritten; docs/benchmark_log.md, "The tensor-core GEMV's
-    ALU pipe"). Above :data:`MMA_MAX_K` (and for two rows above ``MAX_K[2]``) the tensor-core kernel takes K in the
-    fewest equal parts, at most :data:`MMA_MAX_PARTS`, that each meet those rules (:func:`k_parts`).
+    ALU pipe").
 
     Of the K-split configurations ``cuda_gemv_probe.py`` measured on an H200 at one row and the six Llama-3-8B shapes
     (units of 2, 4 or 8 rows; 1, 2 or 4 CTAs an SM; one or two chunks a thread) this one was within 14% of the best
     in the first sweep and within 4% in the last, whose cells were timed as the library is; the probe's two-row runs
     used it at K = 4096.
     """
-    if m in MMA_ROWS or (m == 2 and k > MAX_K[2]):
-        parts = k_parts(k, m)
-        if parts is None or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
+    if m in MMA_ROWS:
+        if k % 128 or k > MMA_MAX_K or k // 4 < MMA_UNIT * m or n % MMA_UNIT or not MMA_MIN_N <= n <= MMA_MAX_N:
             return None
-        return GemvConfig(threads=k // parts // 4, m=m, rows=MMA_UNIT, k_parts=parts)
+        return GemvConfig(threads=k // 4, m=m, rows=MMA_UNIT)
     if m not in MAX_K or k % 512 or k > MAX_K[m] or n % ROWS:
         return None
     return GemvConfig(threads=k // 16, m=m)
-
-
-def k_parts(k: int, m: int) -> int | None:
-    """The fewest equal parts of ``k`` (at most :data:`MMA_MAX_PARTS`) that the tensor-core kernel takes for ``m``
-    rows, each a multiple of 128, at most :data:`MMA_MAX_K` and at least ``32 m``; ``None`` if there are none."""
-    for parts in range(1, MMA_MAX_PARTS + 1):
-        part = k // parts
-        if k % parts == 0 and part % 128 == 0 and part <= MMA_MAX_K:
-            return parts if part // 4 >= MMA_UNIT * m else None
-    return None
 
 
 def serves(x: jax.Array | MXArray, w: MXArray) -> bool:
@@ -220,16 +191,12 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     if not serves(x, w):
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for "
-            f"one row and <= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such "
-            f"rows (two above K {MAX_K[2]}), K in 1 to {MMA_MAX_PARTS} equal parts each a multiple of 128, at most "
-            f"{MMA_MAX_K} and at least 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
+            f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such rows, "
+            f"K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
         )
     rows = x.reshape(m, k).astype(jnp.float32 if x.dtype == jnp.float16 else x.dtype)
-    cfg = config(n, k, m)
-    out = _launch(cfg, w, rows, out_dtype=out_dtype)
-    if cfg.k_parts > 1:  # the parts' float32 partial sums, added in float32
-        out = out.reshape(cfg.k_parts, m, n).sum(axis=0)
+    out = _launch(config(n, k, m), w, rows, out_dtype=out_dtype)
     return out.astype(out_dtype).reshape(*lead, n)
 
 
@@ -273,11 +240,10 @@ def _launch(
     cfg: GemvConfig, w: MXArray, *activation: jax.Array, out_dtype: jnp.dtype, add_norm: bool = False
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One launch of ``cfg``'s kernel on ``w`` and the ``activation`` operands (its rows first): the product
-    ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``; float32 partial sums
-    ``[k_parts * m, N]`` for K in parts), and with ``add_norm`` the residual sum ``[1, K]`` (bf16) as well."""
+    ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``add_norm`` the
+    residual sum ``[1, K]`` (bf16) as well."""
     n, k = w.shape
-    bf16_out = jnp.dtype(out_dtype) == jnp.bfloat16 and cfg.k_parts == 1
-    kernel_dtype = jnp.bfloat16 if bf16_out else jnp.float32
+    kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
     name = cfg.kernel(kernel_dtype, add_norm=add_norm, x_dtype=activation[0].dtype)
     return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
@@ -286,9 +252,9 @@ def _launch(
         jnp.array([cfg.m, n, k], jnp.int32),
         name=name,
         ptx=entry_ptx(_ptx(), name),
-        grid=cfg.grid(n, _sms()),
+        grid=(cfg.grid(n, _sms()), 1),
         warps=cfg.threads // 32,
-        out_shape=(cfg.k_parts * cfg.m, n),
+        out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
         extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),
     )

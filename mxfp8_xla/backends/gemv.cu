@@ -27,9 +27,7 @@
 // writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8[_xf32]_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
-// summed one a thread). Kernels mxfp8_gemv_mma_r8_kparts[_xf32]_f32: the same for k > 4096, on a grid of P CTAs along
-// y, each taking a part kp = k / P of K (kp % 128 == 0, kp <= 4096, launched with kp / 4 threads) and writing float32
-// partial sums out [P, M, n].
+// summed one a thread).
 // With -DMXFP8_GEMV_PROBE, more (CPT, R, M) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -447,11 +445,9 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
   return acc;
 }
 
-// 3 <= m <= 8 raw rows x [m, k] (bf16 or float32) times w [n, k] (n % 8 == 0), in parts of K: CTA (x, y) takes the
-// y-th of gridDim.y equal parts (kp = k / gridDim.y, kp % 128 == 0, kp <= 4096) and writes out + y m n, so that out
-// holds float32 partial sums [gridDim.y, m, n] for the caller to add (kParts; without it gridDim.y is 1, kp = k). The CTA's kp / 128 warps split
-// its part: warp w owns blocks 4w .. 4w + 3 of the part in every unit of 8 weight rows (units blockIdx.x, + gridDim.x,
-// ...; the next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
+// 3 <= m <= 8 raw rows x [m, k] (bf16 or float32) times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
+// splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, + gridDim.x, ...; the
+// next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
 // (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g (a quad reads 64
 // contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and t ^ 2 swap 8 of them, so that each lane
 // holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
@@ -463,7 +459,7 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again
 // with emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first
 // ones.
-template <typename OUT, typename X, bool kParts>
+template <typename OUT, typename X>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const X* __restrict__ x, OUT* __restrict__ out,
                                          const int* __restrict__ dims) {
@@ -471,11 +467,8 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
   __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
   const int m = dims[0], n = dims[1], k = dims[2], kb = k / 32, units = n / 8;
-  const int parts = kParts ? gridDim.y : 1, part_blocks = kb / parts;  // the CTA's part of K: blocks first_block ...
-  const int first_block = kParts ? blockIdx.y * part_blocks : 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
-  const int b0 = first_block + warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
-  if (kParts) out += static_cast<u64>(blockIdx.y) * m * n;
+  const int b0 = warp * kBlocks, off = (t & 1) * 16 + (t >> 1) * 8;
   const bool low = t < 2;
 
   struct Unit {
@@ -486,7 +479,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   const u8* const sl = sw + b0;               // and its scale bytes
   auto load = [&](int unit, Unit& d) {
     if (unit >= units) return;
-    const u32 row = static_cast<u32>(unit) * 8 + g;  // row * k < 2^32: n <= cuda_gemv.MMA_MAX_N, k <= 16384
+    const u32 row = static_cast<u32>(unit) * 8 + g;  // row * k < 2^32: n <= cuda_gemv.MMA_MAX_N, k <= 4096
     const u8* p = at(wl, row, k);
     d.q[0] = load16(p), d.q[1] = load16(p + 64), d.s = load32(at(sl, row, kb));
   };
@@ -560,7 +553,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
     for (int o = warp; o < 8 * m; o += warps) {  // output o: weight row o % 8 of the unit, activation row o / 8
       const u64 row = static_cast<u64>(unit) * 8 + (o & 7);
       float sum = 0.f;
-      for (int blk = first_block + lane; blk < first_block + part_blocks; blk += 32)
+      for (int blk = lane; blk < kb; blk += 32)
         sum += exact_block(w + row * k, sw[row * kb + blk], x + static_cast<u64>(o >> 3) * k, blk);
 #pragma unroll
       for (int q = 16; q > 0; q >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, q);
@@ -604,18 +597,15 @@ SPLIT_BOTH(mxfp8_gemv_split_c1_r4_xf32, 1, 4, 1, 1024, float)    // one float32 
 SPLIT_BOTH(mxfp8_gemv_split_c1_r4_m2_xf32, 1, 4, 2, 512, float)  // two float32 rows
 
 // Three to eight rows on the tensor cores: k = 128 ... 4096, launched with k / 4 >= 8 m threads.
-#define MMA_ROWS_KERNEL(NAME, X, OUT, PARTS)                                                         \
+#define MMA_ROWS_KERNEL(NAME, X, OUT)                                                                \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
       NAME(const u8* w, const u8* sw, const X* x, const int* dims, OUT* out) {                       \
-    gemv_mma<OUT, X, PARTS>(w, sw, x, out, dims);                                                    \
+    gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
   }
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, u16, false)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, u16, float, false)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_bf16, float, u16, false)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_f32, float, float, false)
-// K above 4096 in parts, one part a CTA along y: float32 partial sums [parts, m, n].
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_kparts_f32, u16, float, true)
-MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_kparts_xf32_f32, float, float, true)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, u16, float)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_bf16, float, u16)
+MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_f32, float, float)
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)
