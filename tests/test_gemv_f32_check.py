@@ -10,9 +10,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gemv_f32_check  # noqa: E402
+from conftest import H100  # noqa: E402
 
 from mxfp8_xla import quantize  # noqa: E402
-from mxfp8_xla.backends import emulation  # noqa: E402
+from mxfp8_xla.backends import emulation, hopper, ptx_launch  # noqa: E402
+from mxfp8_xla.backends.select import override_capability  # noqa: E402
 
 
 def exact(x, w):
@@ -51,3 +53,15 @@ def test_poisoned_rows_hold_one_non_finite_element(name):
 def test_no_gemv_launch_fails_the_check_on_the_device():
     case = gemv_f32_check.edge_case(exact, gemv_f32_check.float32_row(), gemv=True)
     assert not case["ok"] and case["problems"][0] == "kernels [], expected the GEMV kernels for float32 rows"
+
+
+@pytest.mark.parametrize("layout", gemv_f32_check.LAYOUTS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+def test_every_layout_traces_the_gemv_kernels_the_device_check_expects(monkeypatch, layout, dtype):
+    """On an H100 (its capability faked) each layout's edge operands reach the GEMV kernels, the _xf32 ones exactly
+    for float32 and float16 rows."""
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    x, w = gemv_f32_check.edge_operands()
+    with override_capability(H100):
+        kernels = ptx_launch.traced_launches(gemv_f32_check.LAYOUTS[layout], x[:1].astype(dtype), w)
+    assert kernels and all(("_xf32_" in k) == (dtype != jnp.bfloat16) for k in kernels), kernels
