@@ -595,30 +595,41 @@ def edges(results: dict, labels: tuple[str, ...] = ("exact1", "exact0", "split_m
         with small_m_kernels("auto"):
             row = {"kernels traced": sorted(set(ptx_launch.traced_launches(fn, x[:1], w) + ptx_launch.traced_launches(
                 fn, jnp.asarray(finite)[None], eye)))}  # fmt: skip
-            differ, errs = [], []
-            for i in range(x.shape[0]):
-                ref = reference(x[i : i + 1], w)
-                out = np.asarray(jax.jit(fn)(x[i : i + 1], w))
-                bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
-                differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
-                fin = np.isfinite(ref) & np.isfinite(out)
-                errs.append(rel_err(out[fin], ref[fin]))
+            differ, err = weight_edge_errors(fn, x, w)
             row["weight: nonfinite_differ (row, col, kernel, emulation)"] = differ
-            row["weight: finite_rel_err"] = max(errs)
-            xs = jnp.asarray(finite)[None]
-            want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
-            got = np.asarray(jax.jit(fn)(xs, eye))
-            mismatch = np.flatnonzero(want != got)  # values: the sum's +0 terms turn a -0 into +0
-            row["activation: identical"] = bool(mismatch.size == 0)
-            row["activation: mismatches (k, kernel, expected)"] = [
-                [int(j), float(got[0, j]), float(want[0, j])] for j in mismatch[:20]
-            ]
+            row["weight: finite_rel_err"] = err
+            mismatches = decoded_activation_mismatches(fn, jnp.asarray(finite)[None], eye)
+            row["activation: identical"] = not mismatches
+            row["activation: mismatches (k, kernel, expected)"] = mismatches[:20]
             for y, name in zip(poisoned, ("+inf", "-inf", "nan"), strict=True):
                 out = np.asarray(jax.jit(fn)(jnp.asarray(y)[None], eye))
                 row[f"activation: {name} in one block, outputs NaN (of 1024)"] = int(np.isnan(out).sum())
         results[f"edges {label}"] = row
         print(f"edges {label}: {row}", flush=True)
         write_json("cuda_gemv_probe.json", results)
+
+
+def weight_edge_errors(fn: Callable, x: jax.Array, w: MXArray) -> tuple[list[list], float]:
+    """Each row of ``x`` alone through ``fn`` against emulation: the outputs whose NaN or Inf differs, as (row, col,
+    kernel, emulation), and the largest relative error over the rest."""
+    differ, errs = [], []
+    for i in range(x.shape[0]):
+        ref = reference(x[i : i + 1], w)
+        out = np.asarray(jax.jit(fn)(x[i : i + 1], w))
+        bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
+        differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
+        fin = np.isfinite(ref) & np.isfinite(out)
+        errs.append(rel_err(out[fin], ref[fin]))
+    return differ, max(errs)
+
+
+def decoded_activation_mismatches(fn: Callable, xs: jax.Array, eye: MXArray) -> list[list]:
+    """``fn(xs, eye)`` (an identity weight returns the activation the kernel multiplies) against
+    ``dequantize(quantize(xs))``: every (k, kernel, expected) that differs in value (the sum's +0 terms may turn a -0
+    into +0)."""
+    want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
+    got = np.asarray(jax.jit(fn)(xs, eye))
+    return [[int(j), float(got[0, j]), float(want[0, j])] for j in np.flatnonzero(want != got)]
 
 
 @contextlib.contextmanager

@@ -37,11 +37,18 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_gemv_probe import activation_vectors, row_of_many_wide, second_of_two_rows, small_m_kernels  # noqa: E402
+from cuda_gemv_probe import (  # noqa: E402
+    activation_vectors,
+    decoded_activation_mismatches,
+    row_of_many_wide,
+    second_of_two_rows,
+    small_m_kernels,
+    weight_edge_errors,
+)
 from mosaic_sweep import dequant_bf16, edge_operands, identity_weight, operands, reference, rel_err  # noqa: E402
 from timing import environment, finish_checks, loop_time, write_json  # noqa: E402
 
-from mxfp8_xla import MXArray, dequantize, quantize  # noqa: E402
+from mxfp8_xla import MXArray  # noqa: E402
 from mxfp8_xla.backends import hopper, ptx_launch  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -123,25 +130,15 @@ def edge_case(fn: Callable, row: np.ndarray, gemv: bool) -> dict:
     if gemv and (not kernels or any(("_xf32_" in k) != float32_rows for k in kernels)):
         rows = "float32" if float32_rows else "bf16"
         problems.append(f"kernels {kernels}, expected the GEMV kernels for {rows} rows")
-    differ, errs = [], []
-    for i in range(x.shape[0]):
-        ref = reference(x[i : i + 1], w)
-        out = np.asarray(jax.jit(fn)(x[i : i + 1], w))
-        bad = np.argwhere((np.isnan(out) != np.isnan(ref)) | (np.isinf(out) != np.isinf(ref)))
-        differ += [[i, int(j), float(out[0, j]), float(ref[0, j])] for _, j in bad]
-        finite = np.isfinite(ref) & np.isfinite(out)
-        errs.append(rel_err(out[finite], ref[finite]))
+    differ, err = weight_edge_errors(fn, x, w)
     case["weight: nonfinite differ (row, col, kernel, emulation)"] = differ
-    case["weight: finite rel err"] = max(errs)
-    if differ or max(errs) > TOLERANCE:
+    case["weight: finite rel err"] = err
+    if differ or err > TOLERANCE:
         problems.append("weight edges")
-    want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
-    got = np.asarray(jax.jit(fn)(xs, eye))
-    mismatch = np.flatnonzero(want != got)  # values: the sum's +0 terms turn a -0 into +0
-    mismatches = [[int(j), float(got[0, j]), float(want[0, j])] for j in mismatch[:20]]
-    case["activation: mismatches (k, kernel, expected)"] = mismatches
-    if mismatch.size:
-        problems.append(f"activation: {mismatch.size} of {row.size} differ")
+    mismatches = decoded_activation_mismatches(fn, xs, eye)
+    case["activation: mismatches (k, kernel, expected)"] = mismatches[:20]
+    if mismatches:
+        problems.append(f"activation: {len(mismatches)} of {row.size} differ")
     for name, y in poisoned(row).items():
         nans = int(np.isnan(np.asarray(jax.jit(fn)(jnp.asarray(y)[None], eye))).sum())
         case[f"activation: {name} in one block, outputs NaN (of {row.size})"] = nans
