@@ -191,9 +191,10 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     if not serves(x, w):
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for one row and "
-            f"<= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such rows, "
-            f"K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for "
+            f"one row and <= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such "
+            f"rows, K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= "
+            f"{MMA_MAX_N})"
         )
     rows = x.reshape(m, k).astype(jnp.float32 if x.dtype == jnp.float16 else x.dtype)
     out = _launch(config(n, k, m), w, rows, out_dtype=out_dtype)

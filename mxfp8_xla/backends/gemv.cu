@@ -370,10 +370,10 @@ __device__ __forceinline__ void mma_f16_rows8(float (&c)[4], u32 a0, u32 a2, u32
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// Bytes off .. off + 7 of 32-block b of activation row g (raw x [m, k], bf16 or float32; rows m.. are zero) quantized with
-// quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
-// bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3
-// NaNs), 127 for a zero block or row (its bytes zero).
+// Bytes off .. off + 7 of 32-block b of activation row g (raw x [m, k], bf16 or float32; rows m.. are zero) quantized
+// with quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
+// bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3 NaNs),
+// 127 for a zero block or row (its bytes zero).
 template <typename X>
 __device__ __forceinline__ uint2 quantize_fragment(const X* __restrict__ x, int m, int k, int b, int g, int off,
                                                    u32& biased) {
@@ -445,20 +445,19 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
   return acc;
 }
 
-// 3 <= m <= 8 raw rows x [m, k] (bf16 or float32) times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's k / 128 warps
-// splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, + gridDim.x, ...; the
-// next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A operand of f16 MMAs
-// (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g (a quad reads 64
-// contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and t ^ 2 swap 8 of them, so that each lane
-// holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K inside a block is
-// the same sum, and the activation's B fragments are quantized in that order, once, into registers. A block is two
-// MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g, activation
-// rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared memory.
-// Where a factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or an
-// activation block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the
-// activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again
-// with emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first
-// ones.
+// 3 <= m <= 8 raw rows x [m, k] (bf16 or float32) times w [n, k] (n % 8 == 0, k % 128 == 0, k <= 4096), the CTA's
+// k / 128 warps splitting K: warp w owns blocks 4w .. 4w + 3 of every unit of 8 weight rows (units blockIdx.x, +
+// gridDim.x, ...; the next unit's loads in flight in registers, one barrier a unit). The unit's 8 rows are the A
+// operand of f16 MMAs (rows 8..15 zero), the activation rows the B operand. Lane (g, t) loads 16 bytes of weight row g
+// (a quad reads 64 contiguous bytes, two blocks; a warp load 8 rows x 64 bytes); lanes t and t ^ 2 swap 8 of them, so
+// that each lane holds bytes off(t) .. off(t) + 7 of both blocks, off = 0, 16, 8, 24 for t = 0..3: any order of K
+// inside a block is the same sum, and the activation's B fragments are quantized in that order, once, into registers. A
+// block is two MMAs into a fresh float32 accumulator (E4M3 -> f16 is exact), whose two sums in the lane (weight row g,
+// activation rows 2t and 2t + 1) are scaled by both blocks' factors and accumulated; the warps' sums meet in shared
+// memory. Where a factor, a decoded weight or a product could leave float32's normal range, or a scale byte is 255 or
+// an activation block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the
+// activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again with
+// emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first ones.
 template <typename OUT, typename X>
 __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
                                          const X* __restrict__ x, OUT* __restrict__ out,
