@@ -130,15 +130,15 @@ def test_the_shipped_ptx_has_exactly_the_sources_library_instantiations():
     assert cuda_kernel_names(cuda_gemv.SOURCE, "mxfp8_gemv_") == shipped
 
 
-def test_the_shipped_ptx_is_the_source_compiled(tmp_path):
-    """Rebuilt from gemv.cu where NVRTC is installed; the entries and their bodies' instructions must match."""
+def test_the_shipped_ptx_is_the_source_compiled():
+    """Rebuilt from gemv.cu by the NVRTC the test extra pins (12.1.105, the one gemv.ptx was built with), byte for
+    byte: rebuild with ``python -m mxfp8_xla.backends.cuda_gemv`` after editing gemv.cu."""
     pytest.importorskip("cuda.bindings.nvrtc")
     try:
         rebuilt = cuda_gemv.build_ptx()
     except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
         pytest.skip(f"NVRTC unavailable: {e}")
-    opcodes = lambda ptx: re.findall(r"^\s+(\w[\w.]*)", ptx.split(".visible .entry ", 1)[1], re.M)  # noqa: E731
-    assert opcodes(rebuilt) == opcodes(cuda_gemv.PTX.read_text())
+    assert rebuilt == cuda_gemv.PTX.read_text()
 
 
 def test_entry_ptx_keeps_the_header_and_one_entry():

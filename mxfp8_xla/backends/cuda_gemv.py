@@ -262,8 +262,9 @@ def _launch(
 
 
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
-    """``source`` (no includes) compiled to PTX for compute_90 by NVRTC (``pip install cuda-bindings
-    nvidia-cuda-nvrtc-cu12``; ``gemv.ptx`` was built with NVRTC 12.1, whose PTX ISA 8.1 every CUDA 12 driver reads)."""
+    """``source`` (no includes) compiled to PTX for compute_90 by NVRTC (``cuda-bindings`` and
+    ``nvidia-cuda-nvrtc-cu12==12.1.105``, both in the ``test`` extra; ``gemv.ptx`` was built with NVRTC 12.1, whose PTX
+    ISA 8.1 every CUDA 12 driver reads, and a test rebuilds it byte for byte)."""
     from cuda.bindings import nvrtc
 
     def check(result):
