@@ -3,6 +3,9 @@ the PTX they ship, the launch they trace, and which calls hopper.matmul routes t
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +142,38 @@ def test_the_shipped_ptx_is_the_source_compiled():
     except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
         pytest.skip(f"NVRTC unavailable: {e}")
     assert rebuilt == cuda_gemv.PTX.read_text()
+
+
+def ptxas() -> str | None:
+    """ptxas from the test extra's ``nvidia-cuda-nvcc-cu12`` wheel, else from PATH."""
+    try:
+        import nvidia.cuda_nvcc
+    except ImportError:
+        return shutil.which("ptxas")
+    exe = Path(list(nvidia.cuda_nvcc.__path__)[0]) / "bin" / "ptxas"
+    return str(exe) if exe.exists() else shutil.which("ptxas")
+
+
+def test_no_kernel_spills_and_each_fits_the_threads_its_grid_packs_an_sm(tmp_path):
+    """ptxas (sm_90, on CPU) on the shipped PTX: no stack frame or spills, and registers x the threads
+    ``GemvConfig.grid`` packs an SM within the 65536 an SM has (a spill or a wider kernel would cost speed silently;
+    the device's driver compiles the PTX itself, usually to the same)."""
+    exe = ptxas() or pytest.skip("no ptxas (the test extra's nvidia-cuda-nvcc-cu12)")
+    log = subprocess.run(
+        [exe, "-arch=sm_90", "-v", str(cuda_gemv.PTX), "-o", str(tmp_path / "gemv.cubin")],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    kernels = re.findall(
+        r"Compiling entry function '(\w+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+        r".*?Used (\d+) registers",
+        log,
+        re.S,
+    )
+    assert {name for name, *_ in kernels} == set(re.findall(r"\.visible \.entry (\w+)\(", cuda_gemv.PTX.read_text()))
+    for name, stack, stores, loads, registers in kernels:
+        m = cuda_gemv.MMA_ROWS.start if "_mma_" in name else 2 if "_m2_" in name else 1
+        assert (int(stack), int(stores), int(loads)) == (0, 0, 0), name
+        assert int(registers) * cuda_gemv.THREADS_PER_SM[m] <= 65536, (name, registers)
 
 
 def test_entry_ptx_keeps_the_header_and_one_entry():
