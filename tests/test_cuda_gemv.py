@@ -2,6 +2,7 @@
 the PTX they ship, the launch they trace, and which calls hopper.matmul routes to them (the kernels themselves run on
 an SM90 GPU: benchmarks/cuda_gemv_probe.py checks them against emulation there)."""
 
+import locale
 import re
 import shutil
 import subprocess
@@ -142,6 +143,17 @@ def test_the_shipped_ptx_is_the_source_compiled():
     except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
         pytest.skip(f"NVRTC unavailable: {e}")
     assert rebuilt == cuda_gemv.PTX.read_text()
+
+
+def test_building_the_ptx_keeps_pythons_default_text_encoding():
+    """NVRTC's compile leaves its thread on the C locale; after build_ptx files still open as UTF-8 by default."""
+    pytest.importorskip("cuda.bindings.nvrtc")
+    before = locale.getpreferredencoding(False)
+    try:
+        cuda_gemv.build_ptx()
+    except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
+        pytest.skip(f"NVRTC unavailable: {e}")
+    assert locale.getpreferredencoding(False) == before
 
 
 def ptxas() -> str | None:

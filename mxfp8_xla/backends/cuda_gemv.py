@@ -61,9 +61,12 @@ CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` ru
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -261,6 +264,20 @@ def _launch(
     )
 
 
+@contextlib.contextmanager
+def _thread_locale_kept() -> Iterator[None]:
+    """Put back the calling thread's C locale afterwards: NVRTC 12.1's compile leaves the thread on its own ``C``
+    locale (``uselocale``), after which Python opens text files as ASCII by default (glibc)."""
+    libc = ctypes.CDLL(None)
+    libc.uselocale.restype = ctypes.c_void_p
+    libc.uselocale.argtypes = [ctypes.c_void_p]
+    before = libc.uselocale(None)  # the thread's locale, or LC_GLOBAL_LOCALE
+    try:
+        yield
+    finally:
+        libc.uselocale(before)
+
+
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
     """``source`` (no includes) compiled to PTX for compute_90 by NVRTC (``cuda-bindings`` and
     ``nvidia-cuda-nvrtc-cu12==12.1.105``, both in the ``test`` extra; ``gemv.ptx`` was built with NVRTC 12.1, whose PTX
@@ -275,7 +292,8 @@ def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
 
     prog = check(nvrtc.nvrtcCreateProgram(source.read_bytes(), source.name.encode(), 0, [], []))
     opts = [b"--gpu-architecture=compute_90", b"-std=c++17", *(f"-D{d}".encode() for d in defines)]
-    err, *_ = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    with _thread_locale_kept():
+        err, *_ = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         log = b" " * check(nvrtc.nvrtcGetProgramLogSize(prog))
         nvrtc.nvrtcGetProgramLog(prog, log)
