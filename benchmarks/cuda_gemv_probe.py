@@ -623,11 +623,16 @@ def weight_edge_errors(fn: Callable, x: jax.Array, w: MXArray) -> tuple[list[lis
     return differ, max(errs)
 
 
+@jax.jit
+def _decoded(x: jax.Array) -> jax.Array:
+    return dequantize(quantize(x), jnp.float32)
+
+
 def decoded_activation_mismatches(fn: Callable, xs: jax.Array, eye: MXArray) -> list[list]:
     """``fn(xs, eye)`` (an identity weight returns the activation the kernel multiplies) against
     ``dequantize(quantize(xs))``: every (k, kernel, expected) that differs in value (the sum's +0 terms may turn a -0
     into +0)."""
-    want = np.asarray(jax.jit(lambda a: dequantize(quantize(a), jnp.float32))(xs))
+    want = np.asarray(_decoded(xs))
     got = np.asarray(jax.jit(fn)(xs, eye))
     return [[int(j), float(got[0, j]), float(want[0, j])] for j in np.flatnonzero(want != got)]
 

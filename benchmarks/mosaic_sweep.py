@@ -61,9 +61,15 @@ def rel_err(out, ref):
     return float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
 
 
+@jax.jit
+def _emulated(x: jax.Array, w: MXArray) -> jax.Array:
+    return emulation.matmul(quantize(x), w, jnp.float32)
+
+
 def reference(x: jax.Array, w: MXArray) -> np.ndarray:
-    """Emulation's float32 product of a raw activation and a weight: what every probe's kernel must match."""
-    return np.asarray(jax.jit(lambda x, w: emulation.matmul(quantize(x), w, jnp.float32))(x, w))
+    """Emulation's float32 product of a raw activation and a weight: what every probe's kernel must match (compiled
+    once per shape and dtype)."""
+    return np.asarray(_emulated(x, w))
 
 
 def dequant_bf16(w: MXArray) -> jax.Array:
