@@ -192,9 +192,10 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
     *lead, k = x.shape
     n, m = w.shape[0], math.prod(lead)
     if not serves(x, w):
+        *others, last = (d.name for d in ACTIVATION_DTYPES)
         raise ValueError(
             f"hopper backend, GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name} @ w "
-            f"[{n}, {k}].T (it needs one or two bfloat16, float16 or float32 rows, K % 512 == 0, K <= {MAX_K[1]} for "
+            f"[{n}, {k}].T (it needs one or two {', '.join(others)} or {last} rows, K % 512 == 0, K <= {MAX_K[1]} for "
             f"one row and <= {MAX_K[2]} for two, N % {ROWS} == 0; or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} such "
             f"rows, K % 128 == 0, K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= "
             f"{MMA_MAX_N})"
