@@ -15,9 +15,10 @@ widened to float32 first (exact). This checks them through the library's route (
    near the largest finite; a block holding an Inf or a NaN must make every output NaN.
 2. ``speed`` (``--rounds`` > 0): at 1, 2 and 8 rows and the Llama-3-8B shapes, in one process, each timed with the
    loop timer (bf16 out): bf16 ``jnp.dot`` on bf16 rows (the baseline), the route on bf16 rows, on float32 rows, on
-   float32 rows with the GEMVs off (``MXFP8_XLA_HOPPER_SMALL_M=pallas``: the route before this session) and XLA's own
-   float32-row product with a bf16 weight (``jnp.dot`` after promotion, as ``nn.Dense`` computes it), with each one's
-   kernels and the route's error against emulation (float32 out).
+   float16 rows (widened to float32 first, here in a launch of its own: the rows are the loop's inputs), on float32
+   rows with the GEMVs off (``MXFP8_XLA_HOPPER_SMALL_M=pallas``: the route before the twenty-sixth session) and XLA's
+   own float32-row product with a bf16 weight (``jnp.dot`` after promotion, as ``nn.Dense`` computes it), with each
+   one's kernels and the route's error against emulation (float32 out).
 
     PYTHONPATH=. python3 benchmarks/gemv_f32_check.py [--rounds 3] [--shapes 14336x4096,4096x14336]
 
@@ -171,6 +172,7 @@ SPEED_VARIANTS = {
     "bf16 jnp.dot": (bf16_dot, "bf16", "bf16 weight", "auto"),
     "route bf16 rows": (route_bf16_out, "bf16", "mxfp8", "auto"),
     "route float32 rows": (route_bf16_out, "float32", "mxfp8", "auto"),
+    "route float16 rows": (route_bf16_out, "float16", "mxfp8", "auto"),
     "route float32 rows, GEMVs off": (route_bf16_out, "float32", "mxfp8", "pallas"),
     "jnp.dot float32 rows, bf16 weight": (bf16_dot, "float32", "bf16 weight", "auto"),
 }
@@ -183,6 +185,7 @@ def speed(n: int, k: int, m: int, rounds: int) -> dict:
     sets = operands(n, k, m)
     rows = {"bf16": [x for x, _ in sets]}
     rows["float32"] = [jax.random.normal(jax.random.key(100 + i), (m, k), jnp.float32) for i in range(len(sets))]
+    rows["float16"] = [x.astype(jnp.float16) for x in rows["float32"]]
     weights = {"mxfp8": [w for _, w in sets], "bf16 weight": [dequant_bf16(w) for _, w in sets]}
     row = {}
     for label, (fn, x_kind, w_kind, choice) in SPEED_VARIANTS.items():

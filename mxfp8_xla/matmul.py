@@ -202,8 +202,8 @@ def add_rms_norm_matmul(
 
     ``x`` and ``delta`` are float arrays ``[..., K]`` of one shape and dtype (``h`` has it), ``norm_weight`` is
     ``[K]``; ``out_dtype``, ``backend``, ``name`` and ``out_sharding`` as for :func:`mxfp8_matmul`. On the
-    ``hopper`` backend one bfloat16 row (a decode step at batch 1) takes one kernel launch for all of it; elsewhere
-    (and on operands split over Explicit mesh axes) the sum and the norm are ``jnp`` and the product
+    ``hopper`` backend one bfloat16 or float32 row (a decode step at batch 1) takes one kernel launch for all of it;
+    elsewhere (and on operands split over Explicit mesh axes) the sum and the norm are ``jnp`` and the product
     :func:`mxfp8_matmul`, with the same numbers up to the order of the float32 sum of squares.
     """
     check_quantizable(x, "add_rms_norm_matmul: x")

@@ -107,12 +107,17 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
     assert re.search(r"^\.version 8\.1$", ptx, re.M) and re.search(r"^\.target sm_90$", ptx, re.M)
     entries = set(re.findall(r"\.visible \.entry (\w+)\(", ptx))
     names = {
-        cuda_gemv.config(n, k, m).kernel(dtype, add_norm)
+        cuda_gemv.config(n, k, m).kernel(dtype)
         for n in (1024, 4096)
         for k in (1024, 2048)
         for m in (1, 2)
         for dtype in (jnp.bfloat16, jnp.float32)
-        for add_norm in ((False, True) if m == 1 else (False,))
+    }
+    names |= {
+        cuda_gemv.config(4096, 4096).kernel(dtype, x_dtype=x_dtype, norm_dtype=norm_dtype)
+        for dtype in (jnp.bfloat16, jnp.float32)
+        for x_dtype in cuda_gemv.ADD_NORM_DTYPES
+        for norm_dtype in cuda_gemv.ADD_NORM_DTYPES
     }
     names |= {
         cuda_gemv.config(n, 2048, m).kernel(dtype, x_dtype=jnp.float32)
@@ -379,18 +384,32 @@ def test_under_vmap_over_the_weight_each_product_takes_the_pallas_kernels(monkey
 
 
 @pytest.mark.parametrize("out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)])
-def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, kernel_dtype):
-    x = jnp.ones((1, 1, 4096), jnp.bfloat16)
-    norm_weight = jnp.ones((4096,), jnp.bfloat16)
+@pytest.mark.parametrize(
+    "x_dtype, norm_dtype, name",
+    [
+        (jnp.bfloat16, jnp.bfloat16, "addnorm"),
+        (jnp.bfloat16, jnp.float32, "addnorm_nf32"),
+        (jnp.float32, jnp.float32, "addnorm_xf32"),
+        (jnp.float32, jnp.bfloat16, "addnorm_xf32_nbf16"),
+    ],
+)
+def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, kernel_dtype, x_dtype, norm_dtype, name):
+    x = jnp.ones((1, 1, 4096), x_dtype)
+    norm_weight = jnp.ones((4096,), norm_dtype)
     fn = lambda x, d: cuda_gemv.add_norm_rows(x, d, norm_weight, 1e-5, weight(6144, 4096), out_dtype)  # noqa: E731
     jaxpr = jax.make_jaxpr(fn)(x, x)
     (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
     suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
-    assert launch.params["name"] == f"mxfp8_gemv_split_c1_r4_addnorm_{suffix}"
+    assert launch.params["name"] == f"mxfp8_gemv_split_c1_r4_{name}_{suffix}"
     assert launch.params["grid"] == (cuda_gemv.config(6144, 4096).grid(6144, cuda_gemv.DEFAULT_SMS), 1)
     assert launch.params["warps"] == 4096 // 16 // 32 and len(launch.invars) == 7
-    assert launch.params["outputs"] == (((1, 6144), jnp.dtype(kernel_dtype)), ((1, 4096), jnp.dtype(jnp.bfloat16)))
-    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 6144), out_dtype), ((1, 1, 4096), jnp.bfloat16)]
+    assert [(v.aval.shape, v.aval.dtype) for v in launch.invars[2:5]] == [
+        ((1, 4096), x_dtype),
+        ((1, 4096), x_dtype),
+        ((4096,), norm_dtype),
+    ]
+    assert launch.params["outputs"] == (((1, 6144), jnp.dtype(kernel_dtype)), ((1, 4096), jnp.dtype(x_dtype)))
+    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 6144), out_dtype), ((1, 1, 4096), x_dtype)]
 
 
 @pytest.mark.parametrize(
@@ -398,14 +417,18 @@ def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, ker
     [
         (jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16)),
         (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.bfloat16)),
-        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32)),
+        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32)),
         (jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((4000,), jnp.bfloat16)),
-        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.float16), jnp.ones((1, 4096), jnp.float16), jnp.ones((4096,), jnp.float32)),
+        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.float16)),
+        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((2048,), jnp.bfloat16)),
     ],
-    ids=["two rows", "float32 delta", "float32 norm weight", "K % 512", "float32 x"],
+    ids=["two rows", "float32 delta", "bf16 delta", "K % 512", "float16 x", "float16 norm weight", "short norm weight"],
 )
 def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weight):
     w = weight(64, x.shape[-1])
     assert not cuda_gemv.serves_add_norm(x, delta, norm_weight, w)
-    with pytest.raises(ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs one bfloat16 row"):
+    with pytest.raises(
+        ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs one bfloat16 or float32 row"
+    ):
         cuda_gemv.add_norm_rows(x, delta, norm_weight, 1e-5, w, jnp.bfloat16)

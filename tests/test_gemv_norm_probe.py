@@ -22,13 +22,34 @@ def weight(n: int, k: int) -> MXArray:
 
 
 @pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
-def test_the_fused_call_is_the_librarys_add_and_norm_launch(out_dtype, suffix):
-    x = jnp.ones((1, 4096), jnp.bfloat16)
-    delta, norm_weight = probe.norm_operands(4096, 0)
+@pytest.mark.parametrize(
+    "combo, name",
+    [
+        ("bf16/bf16", "addnorm"),
+        ("f32/f32", "addnorm_xf32"),
+        ("bf16/f32", "addnorm_nf32"),
+        ("f32/bf16", "addnorm_xf32_nbf16"),
+    ],
+)
+def test_the_fused_call_is_the_librarys_add_and_norm_launch_for_each_pair(out_dtype, suffix, combo, name):
+    assert combo in probe.COMBOS
+    x_dtype, norm_dtype = probe.combo_dtypes(combo)
+    x = jnp.ones((1, 4096), x_dtype)
+    delta, norm_weight = probe.norm_operands(4096, 0, x_dtype, norm_dtype)
+    assert (delta.dtype, norm_weight.dtype) == (x_dtype, norm_dtype)
     fn = lambda *a: probe.add_norm_gemv(*a, out_dtype=out_dtype)  # noqa: E731
     assert ptx_launch.traced_launches(fn, x, delta, norm_weight, weight(6144, 4096)) == [
-        f"mxfp8_gemv_split_c1_r4_addnorm_{suffix}"
+        f"mxfp8_gemv_split_c1_r4_{name}_{suffix}"
     ]
+    # the unfused variant: XLA's add and norm, then the GEMV of the normalized row's dtype
+    gemv = "mxfp8_gemv_split_c1_r4_xf32_bf16" if jnp.float32 in (x_dtype, norm_dtype) else "mxfp8_gemv_split_c1_r4_bf16"
+    assert ptx_launch.traced_launches(probe.unfused, x, delta, norm_weight, weight(6144, 4096)) == [gemv]
+
+
+def test_a_float32_pairs_operands_have_full_float32_mantissas():
+    delta, _ = probe.norm_operands(4096, 0, jnp.float32, jnp.float32)
+    d = np.asarray(delta)
+    assert np.mean(d != d.astype(jnp.bfloat16).astype(np.float32)) > 0.9
 
 
 def test_rms_norm_is_the_models_formula():

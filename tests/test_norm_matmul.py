@@ -118,18 +118,28 @@ def launches(fn, *args) -> list[str]:
 
 
 @pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
-def test_hopper_takes_one_bf16_row_in_one_launch(monkeypatch, out_dtype, suffix):
+@pytest.mark.parametrize(
+    "x_dtype, norm_dtype, name",
+    [
+        (jnp.bfloat16, jnp.bfloat16, "addnorm"),
+        (jnp.bfloat16, jnp.float32, "addnorm_nf32"),
+        (jnp.float32, jnp.float32, "addnorm_xf32"),
+        (jnp.float32, jnp.bfloat16, "addnorm_xf32_nbf16"),
+    ],
+)
+def test_hopper_takes_one_bf16_or_float32_row_in_one_launch(monkeypatch, out_dtype, suffix, x_dtype, norm_dtype, name):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     x, delta, g = operands(4096)
+    x, delta, g = x.astype(x_dtype), delta.astype(x_dtype), g.astype(norm_dtype)
     w = weight(6144, 4096)
     fn = lambda x, d, g: add_rms_norm_matmul(x, d, g, w, eps=EPS, out_dtype=out_dtype, backend="auto")  # noqa: E731
-    assert launches(fn, x, delta, g) == [f"mxfp8_gemv_split_c1_r4_addnorm_{suffix}"]
+    assert launches(fn, x, delta, g) == [f"mxfp8_gemv_split_c1_r4_{name}_{suffix}"]
     with override_capability(H100):
         y, h = jax.make_jaxpr(fn)(x, delta, g).out_avals
-    assert (y.shape, y.dtype, h.shape, h.dtype) == ((1, 6144), out_dtype, (1, 4096), jnp.bfloat16)
+    assert (y.shape, y.dtype, h.shape, h.dtype) == ((1, 6144), out_dtype, (1, 4096), x_dtype)
 
 
-@pytest.mark.parametrize("rows, dtype", [((2,), jnp.bfloat16), ((1,), jnp.float32)], ids=["two rows", "float32 row"])
+@pytest.mark.parametrize("rows, dtype", [((2,), jnp.bfloat16), ((1,), jnp.float16)], ids=["two rows", "float16 row"])
 def test_hopper_leaves_the_norm_to_xla_for_other_activations(monkeypatch, rows, dtype):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     x, delta, g = (a.astype(dtype) if a.ndim > 1 else a for a in operands(4096, rows=rows))

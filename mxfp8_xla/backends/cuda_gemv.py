@@ -85,7 +85,10 @@ MMA_ROWS = range(3, 9)
 """Activation rows the tensor-core kernel takes."""
 ACTIVATION_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 """The raw activation dtypes :func:`matmul_rows` takes: bfloat16 and float32 rows as they are, float16 widened to
-float32 (exact). The add-and-norm kernel takes bfloat16 only."""
+float32 (exact)."""
+ADD_NORM_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+"""The dtypes the add-and-norm kernels take for the row and its ``delta`` (one of them for both) and, independently,
+for the norm weight."""
 THREADS_PER_SM = {1: 1024, 2: 512, **dict.fromkeys(MMA_ROWS, 1024)}
 """What the register file holds at the one-row and tensor-core kernels' 64 registers a thread and the two-row kernel's
 95-100 (ptxas, sm_90): the grid keeps at most this many a SM."""
@@ -117,15 +120,20 @@ class GemvConfig:
         """Whether these rows run the tensor-core kernel (3-8 rows) rather than the CUDA-core one."""
         return self.m in MMA_ROWS
 
-    def kernel(self, out_dtype: jnp.dtype, add_norm: bool = False, x_dtype: jnp.dtype = jnp.bfloat16) -> str:
-        """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); ``add_norm``: the one-row
-        kernel with the residual add and RMSNorm in front (bfloat16 rows)."""
+    def kernel(
+        self, out_dtype: jnp.dtype, x_dtype: jnp.dtype = jnp.bfloat16, norm_dtype: jnp.dtype | None = None
+    ) -> str:
+        """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); with ``norm_dtype`` (that of
+        the norm weight, bfloat16 or float32), the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         rows_dtype = "_xf32" if jnp.dtype(x_dtype) == jnp.float32 else ""
         if self.tensor_cores:
             return f"mxfp8_gemv_mma_r{self.rows}{rows_dtype}_{suffix}"
-        rows = f"_m{self.m}" if self.m > 1 else ""
-        return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{'_addnorm' if add_norm else ''}{rows_dtype}_{suffix}"
+        if norm_dtype is None:
+            rows = f"_m{self.m}" if self.m > 1 else ""
+            return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{rows_dtype}_{suffix}"
+        norm = "" if jnp.dtype(norm_dtype) == jnp.dtype(x_dtype) else "_nf32" if norm_dtype == jnp.float32 else "_nbf16"
+        return f"mxfp8_gemv_split_c1_r{self.rows}_addnorm{rows_dtype}{norm}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
         """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
@@ -206,25 +214,28 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
 
 
 def serves_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray) -> bool:
-    """Whether the add-and-norm kernel computes :func:`add_norm_rows`: one row, all bf16, a weight the one-row
-    kernel takes."""
-    bf16 = jnp.dtype(jnp.bfloat16)
+    """Whether an add-and-norm kernel computes :func:`add_norm_rows`: one row and its ``delta``, both bfloat16 or both
+    float32, a bfloat16 or float32 norm weight ``[K]``, and a weight the one-row kernel takes."""
     return (
         serves(x, w)
         and math.prod(x.shape[:-1]) == 1
         and delta.shape == x.shape
         and norm_weight.shape == x.shape[-1:]
-        and x.dtype == delta.dtype == norm_weight.dtype == bf16
+        and x.dtype == delta.dtype
+        and x.dtype in ADD_NORM_DTYPES
+        and norm_weight.dtype in ADD_NORM_DTYPES
     )
 
 
 def add_norm_rows(
     x: jax.Array, delta: jax.Array, norm_weight: jax.Array, eps: float, w: MXArray, out_dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array]:
-    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bf16 row, in one launch of the add-and-norm kernel.
+    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bfloat16 or float32 row, in one launch of an add-and-norm
+    kernel.
 
-    The norm is :func:`mxfp8_xla.norm.rms_norm` with ``norm_weight [K]`` and ``eps``; the product is in
-    ``out_dtype`` (bf16 and float32 written by the kernel, another dtype rounded from float32), the sum bf16.
+    The sum is :func:`mxfp8_xla.norm.add`, in ``x``'s dtype, and the norm :func:`mxfp8_xla.norm.rms_norm` with
+    ``norm_weight [K]`` (bfloat16 or float32) and ``eps``, each with its roundings; the product is in ``out_dtype``
+    (bf16 and float32 written by the kernel, another dtype rounded from float32).
     """
     *lead, k = x.shape
     n = w.shape[0]
@@ -232,24 +243,26 @@ def add_norm_rows(
         raise ValueError(
             f"hopper backend, add-and-norm GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
             f"delta {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}, norm_weight {tuple(norm_weight.shape)} "
-            f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 row, delta of its shape, "
-            f"a bfloat16 norm_weight [K], K % 512 == 0, K <= {MAX_K[1]}, N % {ROWS} == 0)"
+            f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 or float32 row, delta of "
+            f"its shape and dtype, a bfloat16 or float32 norm_weight [K], K % 512 == 0, K <= {MAX_K[1]}, "
+            f"N % {ROWS} == 0)"
         )
     eps_array = jnp.full((1,), eps, jnp.float32)
     activation = (x.reshape(1, k), delta.reshape(1, k), norm_weight, eps_array)
-    out, h = _launch(config(n, k), w, *activation, out_dtype=out_dtype, add_norm=True)
+    out, h = _launch(config(n, k), w, *activation, out_dtype=out_dtype, norm_dtype=norm_weight.dtype)
     return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
 
 
 def _launch(
-    cfg: GemvConfig, w: MXArray, *activation: jax.Array, out_dtype: jnp.dtype, add_norm: bool = False
+    cfg: GemvConfig, w: MXArray, *activation: jax.Array, out_dtype: jnp.dtype, norm_dtype: jnp.dtype | None = None
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One launch of ``cfg``'s kernel on ``w`` and the ``activation`` operands (its rows first): the product
-    ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``add_norm`` the
-    residual sum ``[1, K]`` (bf16) as well."""
+    ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``norm_dtype`` (the
+    add-and-norm kernel's norm weight's) the residual sum ``[1, K]`` in the rows' dtype as well."""
     n, k = w.shape
+    rows = activation[0]
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
-    name = cfg.kernel(kernel_dtype, add_norm=add_norm, x_dtype=activation[0].dtype)
+    name = cfg.kernel(kernel_dtype, x_dtype=rows.dtype, norm_dtype=norm_dtype)
     return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
         w.scale,
@@ -261,7 +274,7 @@ def _launch(
         warps=cfg.threads // 32,
         out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
-        extra_outputs=(((1, k), jnp.bfloat16),) if add_norm else (),
+        extra_outputs=(((1, k), rows.dtype),) if norm_dtype is not None else (),
     )
 
 

@@ -22,9 +22,10 @@
 // _m; bf16, or float32 with _xf32), out [M, n]; dims = {M, n, k} in device memory; n % R == 0; launched with
 // T = k / (16 * CPT) threads (a multiple of 32, at most the kernel's launch bound), no dynamic shared memory. OUT is
 // float or bf16 (u16 bits, rounded to nearest even).
-// Kernels mxfp8_gemv_split_c1_r4_addnorm_{bf16,f32}(w, sw, x, delta, nw, eps, dims, out, h_out) put a residual add
-// and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @ w^T, and CTA 0
-// writes h_out = x + delta (bf16 [1, k]); nw [k] bf16, eps float32 [1]; launched as the one-row kernel.
+// Kernels mxfp8_gemv_split_c1_r4_addnorm[_xf32][_n{bf16,f32}]_{bf16,f32}(w, sw, x, delta, nw, eps, dims, out, h_out)
+// put a residual add and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @
+// w^T, and CTA 0 writes h_out = x + delta ([1, k]); x, delta and h_out bf16 (float32 with _xf32), nw [k] of x's type
+// (the other with _n), eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8[_xf32]_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
 // summed one a thread).
@@ -314,32 +315,49 @@ __device__ __forceinline__ float rsqrt_approx(float v) {
   return r;
 }
 
+// v rounded to nearest even in the element type whose pointer comes first: bf16 (u16), or float32 (as it is).
+__device__ __forceinline__ float round_as(const u16*, float v) { return round_bf16(v); }
+__device__ __forceinline__ float round_as(const float*, float v) { return v; }
+
+// A thread's 16 elements h written to dst in its element type (bf16 bits in u16, or float32).
+__device__ __forceinline__ void store_chunk(u16* dst, const float (&h)[16]) {
+  u32 packed[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    packed[i] = (__float_as_uint(h[2 * i]) >> 16) | (__float_as_uint(h[2 * i + 1]) & 0xffff0000u);
+  uint4* out = reinterpret_cast<uint4*>(dst);
+  out[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  out[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
+}
+
+__device__ __forceinline__ void store_chunk(float* dst, const float (&h)[16]) {
+  float4* out = reinterpret_cast<float4*>(dst);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) out[i] = make_float4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
+}
+
 // The add-and-norm kernels' activation stage (one row, one chunk a thread): thread t's chunk of
-//   h = bf16(x + delta),  y = bf16(nw * bf16(h * rsqrt(mean(h * h) + eps)))
-// (the Hugging Face Llama RMSNorm, its bf16 roundings as written; the sum of squares summed over the warp by shuffles
-// and over the warps through shared memory in the same order in every thread, so all get the same rsqrt, which is
-// rsqrt.approx.f32, as XLA's without flush-to-zero), quantized exactly and decoded into xv; CTA 0 writes h.
-__device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const u16* __restrict__ delta,
-                                               const u16* __restrict__ nw, float eps, int k,
-                                               u16* __restrict__ h_out, float4 (&xv)[1][1][4]) {
+//   h = X(x + delta),  y = X(h * rsqrt(mean(h * h) + eps)),  out = T(nw * y)
+// with X the row's element type (bf16 as u16, or float) and T the result type of X and NW (bf16 only when both are),
+// as mxfp8_xla.norm writes the Hugging Face Llama RMSNorm; the sum of squares summed over the warp by shuffles and
+// over the warps through shared memory in the same order in every thread, so all get the same rsqrt, which is
+// rsqrt.approx.f32, as XLA's without flush-to-zero; out quantized exactly and decoded into xv; CTA 0 writes h.
+template <typename X, typename NW>
+__device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X* __restrict__ delta,
+                                               const NW* __restrict__ nw, float eps, int k, X* __restrict__ h_out,
+                                               float4 (&xv)[1][1][4]) {
   __shared__ float warp_squares[kMaxWarps];
   const int c = threadIdx.x, lane = c & 31, warps = blockDim.x >> 5;
   float h[16], d[16], g[16];
   load_elements(x + 16 * c, h);
   load_elements(delta + 16 * c, d);
-  load_elements(nw + 16 * c, g);
+  // A bf16 norm weight is loaded with x and delta, a float32 one after the barrier (loaded before it, its 16 registers
+  // make ptxas spill).
+  if (sizeof(NW) == 2) load_elements(nw + 16 * c, g);
   float squares = 0.f;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) h[i] = round_bf16(h[i] + d[i]), squares += h[i] * h[i];
-  if (blockIdx.x == 0) {
-    u32 packed[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-      packed[i] = (__float_as_uint(h[2 * i]) >> 16) | (__float_as_uint(h[2 * i + 1]) & 0xffff0000u);
-    uint4* dst = reinterpret_cast<uint4*>(h_out + 16 * c);
-    dst[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-    dst[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
-  }
+  for (int i = 0; i < 16; ++i) h[i] = round_as(x, h[i] + d[i]), squares += h[i] * h[i];
+  if (blockIdx.x == 0) store_chunk(h_out + 16 * c, h);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
   if (lane == 0) warp_squares[c >> 5] = squares;
@@ -347,10 +365,13 @@ __device__ __forceinline__ void add_norm_chunk(const u16* __restrict__ x, const 
   float total = 0.f;
   for (int q = 0; q < warps; ++q) total += warp_squares[q];
   const float r = rsqrt_approx(total / static_cast<float>(k) + eps);
+  if (sizeof(NW) == 4) load_elements(nw + 16 * c, g);
+  constexpr bool kBf16Out = sizeof(X) == 2 && sizeof(NW) == 2;
   u32 amax = 0;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    g[i] = round_bf16(g[i] * round_bf16(h[i] * r));
+    const float y = g[i] * round_as(x, h[i] * r);
+    g[i] = kBf16Out ? round_bf16(y) : y;
     amax = max(amax, __float_as_uint(g[i]) & 0x7fffffffu);
   }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
@@ -578,19 +599,25 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 #define SPLIT_ROWS(CPT, R, M, MAX_THREADS) \
   SPLIT_BOTH(mxfp8_gemv_split_c##CPT##_r##R##_m##M, CPT, R, M, MAX_THREADS, u16)
 
-// The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), eps float32 [1], h_out [1, k] bf16.
-#define ADDNORM_KERNEL(NAME, OUT)                                                                        \
+// The add-and-norm kernels: one row, (w, sw, x, delta, nw, eps, dims, out, h_out), x, delta and h_out [1, k] of type X
+// (bf16 as u16, or float), nw [k] of type NW, eps float32 [1].
+#define ADDNORM_KERNEL(NAME, X, NW, OUT)                                                                 \
   extern "C" __global__ void __launch_bounds__(1024)                                                     \
-      NAME(const u8* w, const u8* sw, const u16* x, const u16* delta, const u16* nw, const float* eps,   \
-           const int* dims, OUT* out, u16* h_out) {                                                      \
+      NAME(const u8* w, const u8* sw, const X* x, const X* delta, const NW* nw, const float* eps,        \
+           const int* dims, OUT* out, X* h_out) {                                                        \
     gemv_split<1, 4, 1, OUT>(                                                                            \
         w, sw, [&](float4(&xv)[1][1][4], int k) { add_norm_chunk(x, delta, nw, *eps, k, h_out, xv); }, out, \
         dims);                                                                                           \
   }
+#define ADDNORM_BOTH(NAME, X, NW)            \
+  ADDNORM_KERNEL(NAME##_bf16, X, NW, u16)    \
+  ADDNORM_KERNEL(NAME##_f32, X, NW, float)
 
 SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
-ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_bf16, u16)
-ADDNORM_KERNEL(mxfp8_gemv_split_c1_r4_addnorm_f32, float)
+ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm, u16, u16)                 // bf16 row and norm weight
+ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_nf32, u16, float)          // bf16 row, float32 norm weight
+ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_xf32, float, float)        // float32 row and norm weight
+ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_xf32_nbf16, float, u16)    // float32 row, bf16 norm weight
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 SPLIT_BOTH(mxfp8_gemv_split_c1_r4_xf32, 1, 4, 1, 1024, float)    // one float32 row
 SPLIT_BOTH(mxfp8_gemv_split_c1_r4_m2_xf32, 1, 4, 2, 512, float)  // two float32 rows

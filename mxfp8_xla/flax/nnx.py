@@ -161,7 +161,7 @@ class MXFP8Linear(nnx.Module):
         out_sharding: PartitionSpec | NamedSharding | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``(self(rms_norm(x + delta, norm_weight)), x + delta)``: a pre-norm block's residual add and RMSNorm in
-        front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 row on the
+        front of the layer (:func:`mxfp8_xla.add_rms_norm_matmul`; one kernel launch for one bf16 or float32 row on the
         ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
         return self._apply(x, (delta, norm_weight, eps), out_sharding)
 
