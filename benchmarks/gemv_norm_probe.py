@@ -24,7 +24,7 @@ decode's, and each other pair has a kernel of its own since the twenty-seventh s
    kernel, the library's GEMV alone on a row of the pair's dtype (the floor the fused kernel's norm adds to), and bf16
    ``jnp.dot`` alone (so that the GEMV's ratio compares with earlier runs').
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py [--combos bf16/bf16,f32/f32] [--no-timing]``;
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py [--combos bf16/bf16,f32/f32] [--parts timing]``;
 JSON to ``$OUT/gemv_norm_probe.json``.
 """
 
@@ -174,12 +174,11 @@ def timing(results: dict, combo: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--combos", default=",".join(COMBOS), help="comma-separated x/norm-weight dtypes")
-    parser.add_argument("--no-timing", action="store_true", help="the numerics only")
+    parser.add_argument("--parts", default="numerics,timing", help="comma-separated: numerics, timing")
     args = parser.parse_args()
     results = {"environment": environment()}
     print(results["environment"])
-    parts = (numerics,) if args.no_timing else (numerics, timing)
-    for part in parts:
+    for part in ({"numerics": numerics, "timing": timing}[name] for name in args.parts.split(",")):
         for combo in args.combos.split(","):
             try:
                 part(results, combo)
