@@ -47,7 +47,9 @@ load addresses as before), equal to emulation on every edge case, and the batch-
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
 ``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
 GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm
-inside the decode step").
+inside the decode step"). Its row is bf16 or float32 and its norm weight bf16 or float32, each pair a kernel that
+rounds where :mod:`mxfp8_xla.norm` does; the float32 pairs saved 0-0.9 us a call (docs/benchmark_log.md, "Float32
+rows behind the add and norm").
 
 Every kernel has a twin for float32 rows (``_xf32``; Flax layers compute in float32 unless their ``dtype`` says
 otherwise): the same code, its activation loads twice as wide. Each quantizes the float32 rows directly, as emulation
