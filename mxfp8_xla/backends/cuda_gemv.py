@@ -45,17 +45,20 @@ load addresses as before), equal to emulation on every edge case, and the batch-
 (docs/benchmark_log.md, "The tensor-core GEMV's ALU pipe" and "What is left in the tensor-core GEMV").
 
 :func:`add_norm_rows` runs the one-row kernel with a residual add and an RMSNorm in front (``add_norm_chunk`` in
-``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the
-GEMV, with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm
-inside the decode step"). Its row is bf16 or float32 and its norm weight bf16 or float32, each pair a kernel that rounds
-where :mod:`mxfp8_xla.norm` does; the float32 pairs saved up to 1.0 us a call, within noise at (28672, 4096)
-(docs/benchmark_log.md, "Float32 rows behind the add and norm"). Every kernel has a twin for float32 rows (``_xf32``;
-Flax layers compute in float32 unless their ``dtype`` says otherwise): the same code, its activation loads twice as
-wide. Each quantizes the float32 rows directly, as emulation does; rounding them to bf16 first would round twice.
-float16 rows are widened to float32 first, which is exact. On an H200 float32 rows took at most 8% longer than bf16 rows
-(at most 3% at the three wide Llama-3-8B shapes), equal to emulation on every edge case (docs/benchmark_log.md, "Float32
-rows in the GEMV kernels"). ``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any
-CUDA 12 driver JIT-compiles it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
+``gemv.cu``; :func:`mxfp8_xla.add_rms_norm_matmul`): on an H200 it saved 2.2 us a call against XLA's norm and the GEMV,
+with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm inside
+the decode step"). Its row is bf16 or float32 and its norm weight bf16 or float32, each pair a kernel that rounds where
+:mod:`mxfp8_xla.norm` does; the float32 pairs saved up to 1.0 us a call, within noise at (28672, 4096)
+(docs/benchmark_log.md, "Float32 rows behind the add and norm").
+
+Every kernel has a twin for float32 rows (``_xf32``; Flax layers compute in float32 unless their ``dtype`` says
+otherwise): the same code, its activation loads twice as wide. Each quantizes the float32 rows directly, as emulation
+does; rounding them to bf16 first would round twice. float16 rows are widened to float32 first, which is exact. On an
+H200 float32 rows took at most 8% longer than bf16 rows (at most 3% at the three wide Llama-3-8B shapes), equal to
+emulation on every edge case (docs/benchmark_log.md, "Float32 rows in the GEMV kernels").
+
+``gemv.ptx`` is ``gemv.cu`` compiled by :func:`build_ptx` (NVRTC 12.1, PTX ISA 8.1, so any CUDA 12 driver JIT-compiles
+it); :func:`mxfp8_xla.backends.ptx_launch.launch` runs it.
 """
 
 from __future__ import annotations
