@@ -134,7 +134,8 @@ class GemvConfig:
         if norm_dtype is None:
             rows = f"_m{self.m}" if self.m > 1 else ""
             return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{rows_dtype}_{suffix}"
-        norm = "" if jnp.dtype(norm_dtype) == jnp.dtype(x_dtype) else "_nf32" if norm_dtype == jnp.float32 else "_nbf16"
+        norm_dtype = jnp.dtype(norm_dtype)
+        norm = "" if norm_dtype == jnp.dtype(x_dtype) else "_nf32" if norm_dtype == jnp.float32 else "_nbf16"
         return f"mxfp8_gemv_split_c1_r{self.rows}_addnorm{rows_dtype}{norm}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
