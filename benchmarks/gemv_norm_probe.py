@@ -70,7 +70,7 @@ def add_norm_gemv(
 
 def rms_norm(h: jax.Array, norm_weight: jax.Array) -> jax.Array:
     """examples/llama's RMSNorm of ``h`` with ``norm_weight`` (bf16 in, bf16 out)."""
-    return RMSNorm(EPS, jnp.bfloat16, jnp.bfloat16).apply({"params": {"weight": norm_weight}}, h)
+    return RMSNorm(EPS, jnp.bfloat16).apply({"params": {"weight": norm_weight}}, h)
 
 
 def library_norm(h: jax.Array, norm_weight: jax.Array) -> jax.Array:

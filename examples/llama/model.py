@@ -173,8 +173,11 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
+    """Hugging Face's ``LlamaRMSNorm``: ``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``, in the result dtype of
+    the weight and ``x`` (float32 for a float32 weight on bf16 activations, as transformers computes it, and as
+    ``mxfp8_xla.norm`` does under ``fuse_norms``)."""
+
     eps: float
-    dtype: Any
     param_dtype: Any
 
     @nn.compact
@@ -185,7 +188,7 @@ class RMSNorm(nn.Module):
             return w
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (w * y.astype(x.dtype)).astype(self.dtype)
+        return w * y.astype(x.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +274,7 @@ class Block(nn.Module):
         None in the first block), the adds happen inside the projections, and it returns ``((h, mlp out), cache)``
         for the next block to add."""
         cfg = self.cfg
-        norm = dict(eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        norm = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
         ln_in = RMSNorm(**norm, name="input_layernorm")
         ln_post = RMSNorm(**norm, name="post_attention_layernorm")
         if not cfg.fuse_norms:
@@ -322,7 +325,7 @@ class Llama(nn.Module):
             new_cache.append(c)
         if delta is not None:
             x = x + delta
-        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
+        x = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="norm")(x)
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
         else:
