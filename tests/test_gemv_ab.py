@@ -22,14 +22,27 @@ from mxfp8_xla.backends.select import override_capability  # noqa: E402
 from mxfp8_xla.mxarray import MXArray  # noqa: E402
 
 
-def test_a_build_is_a_label_and_a_path():
-    assert gemv_ab.parse_build("h1=ab_ptx/h1.ptx") == ("h1", Path("ab_ptx/h1.ptx"))
+def test_a_build_is_a_label_a_path_and_optionally_its_threads_an_sm():
+    assert gemv_ab.parse_build("h1=ab_ptx/h1.ptx") == ("h1", Path("ab_ptx/h1.ptx"), None)
+    assert gemv_ab.parse_build("r2=ab_ptx/r2.ptx@1024") == ("r2", Path("ab_ptx/r2.ptx"), 1024)
 
 
-@pytest.mark.parametrize("spec", ["ab_ptx/h1.ptx", "=x.ptx", "h1="])
+@pytest.mark.parametrize("spec", ["ab_ptx/h1.ptx", "=x.ptx", "h1=", "h1=x.ptx@", "h1=x.ptx@many"])
 def test_a_build_without_a_label_or_a_path_is_refused(spec):
     with pytest.raises(argparse.ArgumentTypeError, match="expected LABEL=PATH"):
         gemv_ab.parse_build(spec)
+
+
+def test_a_builds_threads_an_sm_set_its_grid_and_leave_the_librarys_alone(monkeypatch):
+    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
+    x, w = operands(14336, 4096, 2, copies=1)[0]
+    ptx = cuda_gemv.PTX.read_text()
+    with override_capability(H100):
+        (packed,) = ptx_launch.traced_launch_params(gemv_ab.route_with(ptx, threads_per_sm=1024), x, w)
+        (shipped,) = ptx_launch.traced_launch_params(gemv_ab.route_with(ptx), x, w)
+    sms = cuda_gemv.DEFAULT_SMS
+    assert packed["grid"] == (4 * sms, 1) and shipped["grid"] == (2 * sms, 1)  # 256 threads a CTA at K = 4096
+    assert cuda_gemv.THREADS_PER_SM[2] == 512
 
 
 def test_the_route_traces_with_the_builds_ptx_and_leaves_the_librarys_alone(monkeypatch):
