@@ -12,10 +12,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from mxfp8_xla.backends.select import Capability  # noqa: E402  (after JAX_PLATFORMS)
+import jax.numpy as jnp  # noqa: E402  (after JAX_PLATFORMS)
+
+from mxfp8_xla.backends.select import Capability  # noqa: E402
 
 H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
 """An SM90 GPU as ``override_capability`` sees it (for tracing the hopper backend on CPU)."""
+
+ADD_NORM_KERNELS = [
+    (jnp.bfloat16, jnp.bfloat16, "addnorm"),
+    (jnp.bfloat16, jnp.float32, "addnorm_nf32"),
+    (jnp.float32, jnp.float32, "addnorm_xf32"),
+    (jnp.float32, jnp.bfloat16, "addnorm_xf32_nbf16"),
+]
+"""(row dtype, norm weight dtype, name): the hopper backend's add-and-norm kernel for the pair is
+``mxfp8_gemv_split_c1_r4_{name}_{bf16 or f32 output}``."""
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "modelopt_tiny_llama_mxfp8"
 REPO = Path(__file__).resolve().parents[1]

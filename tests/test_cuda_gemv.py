@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import H100, cuda_kernel_names, needs_gpp
+from conftest import ADD_NORM_KERNELS, H100, cuda_kernel_names, needs_gpp
 
 from mxfp8_xla import MXArray, quantize
 from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch
@@ -384,15 +384,7 @@ def test_under_vmap_over_the_weight_each_product_takes_the_pallas_kernels(monkey
 
 
 @pytest.mark.parametrize("out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)])
-@pytest.mark.parametrize(
-    "x_dtype, norm_dtype, name",
-    [
-        (jnp.bfloat16, jnp.bfloat16, "addnorm"),
-        (jnp.bfloat16, jnp.float32, "addnorm_nf32"),
-        (jnp.float32, jnp.float32, "addnorm_xf32"),
-        (jnp.float32, jnp.bfloat16, "addnorm_xf32_nbf16"),
-    ],
-)
+@pytest.mark.parametrize("x_dtype, norm_dtype, name", ADD_NORM_KERNELS)
 def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, kernel_dtype, x_dtype, norm_dtype, name):
     x = jnp.ones((1, 1, 4096), x_dtype)
     norm_weight = jnp.ones((4096,), norm_dtype)

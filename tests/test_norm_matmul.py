@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import H100
+from conftest import ADD_NORM_KERNELS, H100
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,15 +118,7 @@ def launches(fn, *args) -> list[str]:
 
 
 @pytest.mark.parametrize("out_dtype, suffix", [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")])
-@pytest.mark.parametrize(
-    "x_dtype, norm_dtype, name",
-    [
-        (jnp.bfloat16, jnp.bfloat16, "addnorm"),
-        (jnp.bfloat16, jnp.float32, "addnorm_nf32"),
-        (jnp.float32, jnp.float32, "addnorm_xf32"),
-        (jnp.float32, jnp.bfloat16, "addnorm_xf32_nbf16"),
-    ],
-)
+@pytest.mark.parametrize("x_dtype, norm_dtype, name", ADD_NORM_KERNELS)
 def test_hopper_takes_one_bf16_or_float32_row_in_one_launch(monkeypatch, out_dtype, suffix, x_dtype, norm_dtype, name):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     x, delta, g = operands(4096)
