@@ -24,8 +24,8 @@ decode's, and each other pair has a kernel of its own since the twenty-seventh s
    kernel, the library's GEMV alone on a row of the pair's dtype (the floor the fused kernel's norm adds to), and bf16
    ``jnp.dot`` alone (so that the GEMV's ratio compares with earlier runs').
 
-Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py [--combos bf16/bf16,f32/f32] [--parts timing]``;
-JSON to ``$OUT/gemv_norm_probe.json``.
+Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py [--combos bf16/bf16,f32/f32] [--parts timing]
+[--shapes 1024x512,2048x16384]``; JSON to ``$OUT/gemv_norm_probe.json``.
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ def norm_operands(k: int, seed: int, x_dtype=jnp.bfloat16, norm_dtype=jnp.bfloat
     return delta, norm_weight
 
 
-def numerics(results: dict, combo: str) -> None:
+def numerics(results: dict, combo: str, shapes=SHAPES) -> None:
     x_dtype, norm_dtype = combo_dtypes(combo)
     bf16 = combo == "bf16/bf16"
-    for n, k in SHAPES:
+    for n, k in shapes:
         x, w = operands(n, k, 1, copies=1)[0]
         x = x.astype(x_dtype)
         delta, norm_weight = norm_operands(k, 0, x_dtype, norm_dtype)
@@ -140,7 +140,7 @@ def numerics(results: dict, combo: str) -> None:
         print(f"numerics {combo} ({n}, {k}): {row}", flush=True)
 
 
-def timing(results: dict, combo: str) -> None:
+def timing(results: dict, combo: str, shapes=SHAPES) -> None:
     x_dtype, norm_dtype = combo_dtypes(combo)
     heads = ("bf16", "unfused", "fused", "GEMV", "bf16 dot")
     print(
@@ -148,7 +148,7 @@ def timing(results: dict, combo: str) -> None:
         + " ".join(f"{h:>8}" for h in heads)
         + "  (us; ratios: to bf16, then GEMV to bf16 dot)"
     )
-    for n, k in SHAPES:
+    for n, k in shapes:
         sets = [
             (x.astype(x_dtype), *norm_operands(k, i, x_dtype, norm_dtype), w)
             for i, (x, w) in enumerate(operands(n, k, 1))
@@ -175,13 +175,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--combos", default=",".join(COMBOS), help="comma-separated x/norm-weight dtypes")
     parser.add_argument("--parts", default="numerics,timing", help="comma-separated: numerics, timing")
+    parser.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="comma-separated NxK")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in spec.split("x")) for spec in args.shapes.split(",")]
     results = {"environment": environment()}
     print(results["environment"])
     for part in ({"numerics": numerics, "timing": timing}[name] for name in args.parts.split(",")):
         for combo in args.combos.split(","):
             try:
-                part(results, combo)
+                part(results, combo, shapes)
             except Exception as e:  # noqa: BLE001
                 results[f"{part.__name__} {combo}"] = {"error": failure(e)}
                 print(f"{part.__name__} {combo}: {failure(e)}")
