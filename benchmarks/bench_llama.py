@@ -122,6 +122,10 @@ def main() -> None:
     ap.add_argument(
         "--fuse-norms", action="store_true", help="the MXFP8 model's norms inside its projections (with the above)"
     )
+    ap.add_argument("--dtype", default="bfloat16", help="the models' activations (LlamaConfig.dtype)")
+    ap.add_argument(
+        "--param-dtype", default="bfloat16", help="their non-quantized params: norms, embeddings, head, bf16 weights"
+    )
     args = ap.parse_args()
     baselines = [f"bf16_{layout}" for layout in args.bf16_layouts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -129,7 +133,10 @@ def main() -> None:
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "fuse_projections": args.fuse_projections, "rows": []}
     out["fuse_norms"] = args.fuse_norms
-    base = block_config(args.layers, args.tiny)
+    base = block_config(args.layers, args.tiny) | dict(
+        dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype)
+    )
+    out["dtype"], out["param_dtype"] = args.dtype, args.param_dtype
     results = {}
     for name in (*baselines, "mxfp8"):
         quantized = name == "mxfp8"
