@@ -353,7 +353,7 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   load_elements(delta + 16 * c, d);
   // A bf16 norm weight is loaded with x and delta, a float32 one after the barrier (loaded before it, its 16 registers
   // make ptxas spill).
-  if (sizeof(NW) == 2) load_elements(nw + 16 * c, g);
+  if constexpr (sizeof(NW) == 2) load_elements(nw + 16 * c, g);
   float squares = 0.f;
 #pragma unroll
   for (int i = 0; i < 16; ++i) h[i] = round_as(x, h[i] + d[i]), squares += h[i] * h[i];
@@ -365,7 +365,7 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   float total = 0.f;
   for (int q = 0; q < warps; ++q) total += warp_squares[q];
   const float r = rsqrt_approx(total / static_cast<float>(k) + eps);
-  if (sizeof(NW) == 4) load_elements(nw + 16 * c, g);
+  if constexpr (sizeof(NW) == 4) load_elements(nw + 16 * c, g);
   constexpr bool kBf16Out = sizeof(X) == 2 && sizeof(NW) == 2;
   u32 amax = 0;
 #pragma unroll
