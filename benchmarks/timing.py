@@ -157,4 +157,5 @@ def environment() -> dict:
         "platform": dev.platform,
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
+        "sms": getattr(dev, "core_count", None),
     }
