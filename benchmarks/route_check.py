@@ -14,9 +14,12 @@ kernels' launch had no eager rule and raised ``NotImplementedError`` there).
 default ``float32`` ones; since the twenty-sixth session the CUDA GEMV kernels read float32 rows, and float16 rows
 widened to float32, where they read bf16 rows).
 
-    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager] [--dtype float32]
+``--ragged`` checks ``RAGGED_CASES`` instead: shapes off the kernels' tiles.
 
-Writes ``$OUT/route_check.json`` (``route_check_eager.json``, ``route_check_float32.json``, ...).
+    PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager] [--dtype float32] [--ragged]
+
+Writes ``$OUT/route_check.json`` (``route_check_eager.json``, ``route_check_float32.json``,
+``route_check_ragged.json``, ...).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ for one), and Llama-3-8B's."""
 WIDTHS = (1024, 2048)
 CASES = tuple(itertools.product(ROWS, WIDTHS, DEPTHS))
 """(M, N, K)."""
+RAGGED_CASES = tuple(itertools.product(ROWS, (100, 1000, 16032), (96, 2368, 4608)))
+"""(M, N, K) off the kernels' tiles (``--ragged``): N not a multiple of 64 (16032 is Llama-3's vocabulary over 8
+shards), K a multiple of 32 but not of 128 (2368 is Qwen2.5-7B's MLP width over 8), or of 512 but above the
+tensor-core GEMV's 4096. Until the twenty-eighth session the backend refused them and ``"auto"`` ran emulation."""
 TOLERANCE = 1e-4
 
 
@@ -69,14 +76,14 @@ def check(
     return results
 
 
-def selected(rows: str | None) -> tuple[tuple[int, int, int], ...]:
-    """The cases of ``CASES`` whose M is in ``rows`` (``"64,65"``; ``None``: all); an M outside ``ROWS`` is an error."""
+def selected(rows: str | None, cases: tuple[tuple[int, int, int], ...] = CASES) -> tuple[tuple[int, int, int], ...]:
+    """The ``cases`` whose M is in ``rows`` (``"64,65"``; ``None``: all); an M outside ``ROWS`` is an error."""
     if rows is None:
-        return CASES
+        return cases
     wanted = {int(m) for m in rows.split(",")}
     if not wanted <= set(ROWS):
         raise ValueError(f"--rows {rows}: {sorted(wanted - set(ROWS))} outside ROWS {ROWS}")
-    return tuple(case for case in CASES if case[0] in wanted)
+    return tuple(case for case in cases if case[0] in wanted)
 
 
 def main() -> int:
@@ -84,8 +91,9 @@ def main() -> int:
     parser.add_argument("--rows", help="comma-separated M of ROWS to check (default: all of them)")
     parser.add_argument("--eager", action="store_true", help="call the product without jax.jit")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    parser.add_argument("--ragged", action="store_true", help="RAGGED_CASES: shapes off the kernels' tiles")
     args = parser.parse_args()
-    cases = selected(args.rows)
+    cases = selected(args.rows, RAGGED_CASES if args.ragged else CASES)
     results = {"environment": environment()}
     print(results["environment"], flush=True)
     for m, n, k in cases:
@@ -93,10 +101,9 @@ def main() -> int:
         results[key] = row
         print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
-        write_json(
-            f"route_check{'_eager' if args.eager else ''}{'' if args.dtype == 'bfloat16' else '_' + args.dtype}.json",
-            results,
-        )
+        dtype = "" if args.dtype == "bfloat16" else "_" + args.dtype
+        suffix = "_eager" * args.eager + dtype + "_ragged" * args.ragged
+        write_json(f"route_check{suffix}.json", results)
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
     print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
     return 1 if failed else 0

@@ -160,8 +160,9 @@ AUTO_TABLE = [
     (TPU, 4096, 4096, BF16, "emulation", "the device is tpu"),
     (H100, 4096, 4096, BF16, "hopper", "SM90; FlashInfer mm_mxfp8 needs SM100+"),
     (H100, 4096, 4096, F32, "hopper", "SM90 GPU, hopper kernel fits"),
-    (H100, 4096, 4000, BF16, "emulation", "K=4000 is not a multiple of 128 (the hopper kernel's K tile)"),
-    (H100, 4000, 4096, BF16, "emulation", "N=4000 is not a multiple of 64"),
+    (H100, 4096, 4000, BF16, "hopper", "SM90 GPU, hopper kernel fits"),  # K off the 128-wide tiles: smaller ones
+    (H100, 4000, 4096, BF16, "hopper", "SM90 GPU, hopper kernel fits"),  # N off the 64-wide tiles: a masked last one
+    (H100, 4096, 4010, BF16, "emulation", "K=4010 is not a multiple of 32 (the MXFP8 block)"),
     (H100_NO_PALLAS_TRITON, 4096, 4096, BF16, "emulation", "lacks a module the hopper backend's kernels are built on"),
     (B200_NO_FI, 4096, 4096, BF16, "emulation", "is SM100; the hopper kernel is built and measured for SM90 only"),
     (B200, 4096, 4096, BF16, "flashinfer", "shape fits"),
@@ -210,7 +211,7 @@ def test_auto_logs_once_per_layer(caplog):
         (TPU, "torch", 4096, 4096, "CPU and GPU only"),
         (CPU, "hopper", 4096, 4096, "the hopper kernel needs an NVIDIA SM90 GPU"),
         (B200, "hopper", 4096, 4096, "SM100; the hopper kernel is built and measured for SM90 only"),
-        (H100, "hopper", 4096, 96, "K=96 is not a multiple of 128"),
+        (H100, "hopper", 4096, 100, "K=100 is not a multiple of 32"),
         (
             dataclasses.replace(B200, compute_capability=None),
             "flashinfer",

@@ -109,8 +109,44 @@ def test_default_config_above_16_rows_keeps_the_h100_rule():
 
 
 def test_config_check_names_the_problem():
-    with pytest.raises(ValueError, match=r"N=96 is not a multiple of the tile bn=64"):
-        hopper.matmul_2d(jnp.ones((2, 128)), mx.quantize(jnp.ones((96, 128))), jnp.float32, CONFIGS[1])
+    with pytest.raises(ValueError, match=r"K=384 is not a multiple of bk\*split_k=256"):
+        hopper.matmul_2d(jnp.ones((2, 384)), mx.quantize(jnp.ones((64, 384))), jnp.float32, CONFIGS[1])
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_kernel_masks_a_last_partial_n_tile(cfg, prequantized, rng):
+    # N = 100: the last tile of 32 or 64 weight rows is partial; its rows past N must neither be read into the
+    # product nor written (the output has exactly N columns, every one emulation's)
+    m, n, k = 5, 100, 256
+    x = (rng.standard_normal((m, k)) * 4).astype(np.float32)
+    w = mx.quantize((rng.standard_normal((n, k)) * 0.02).astype(np.float32))
+    want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
+    got = hopper.matmul_2d(mx.quantize(x) if prequantized else jnp.asarray(x), w, jnp.float32, cfg, interpret=True)
+    assert got.shape == (m, n)
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize(("k", "bk", "split_k"), [(4096, 128, 4), (2368, 64, 1), (96, 32, 1), (4160, 64, 1)])
+def test_default_config_takes_the_widest_k_tile_that_divides_k(k, bk, split_k):
+    # a K tile under 128 leaves an odd number of tiles, so K is split only at bk = 128
+    cfg = hopper.default_config(1, 6144, k)
+    assert (cfg.bk, cfg.split_k) == (bk, split_k) and cfg.check(1, 6144, k) is None
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160)])
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_backend_serves_shapes_off_the_kernels_tiles(m, n, k, prequantized, rng):
+    # N off 64 and K off 128 (any K of whole 32-blocks): the Triton GEMM (masked N, narrower K tiles) and the
+    # decode-then-cuBLAS path, where the backend once refused and "auto" ran emulation
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = mx.quantize(rng.standard_normal((n, k)).astype(np.float32))
+    want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
+    xin = mx.quantize(x) if prequantized else jnp.asarray(x)
+    with override_capability(H100), hopper.interpret_mode():
+        got = jax.jit(lambda a: mx.mxfp8_matmul(a, w, out_dtype=jnp.float32, backend="hopper"))(xin)
+    assert got.shape == (m, n)
+    assert rel_err(got, want) < 1e-6
 
 
 @pytest.mark.parametrize("m", [5, 80])  # the Pallas GEMM, and the decode-then-cuBLAS path

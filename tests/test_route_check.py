@@ -69,3 +69,11 @@ def test_rows_select_the_cases_of_those_m():
     assert len(cases) == 2 * len(route_check.WIDTHS) * len(route_check.DEPTHS)
     with pytest.raises(ValueError, match=r"\[7\] outside ROWS"):
         route_check.selected("7")
+
+
+def test_the_ragged_grid_is_off_the_kernels_tiles_at_every_row_count():
+    assert {m for m, _, _ in route_check.RAGGED_CASES} == set(route_check.ROWS)
+    assert all(n % 64 or k % 128 or k > cuda_gemv.MMA_MAX_K for _, n, k in route_check.RAGGED_CASES)
+    assert route_check.selected("1,2", route_check.RAGGED_CASES) == tuple(
+        case for case in route_check.RAGGED_CASES if case[0] in (1, 2)
+    )

@@ -53,9 +53,8 @@ class KernelConfig:
     tile_dequant: bool = False  # dequantize whole [bn, bk] tiles to bf16, one MMA per bk step
 
     def check(self, m: int, n: int, k: int) -> str | None:
-        """Why this config cannot run ``[m, k] x [n, k]``, or None if it can."""
-        if n % self.bn:
-            return f"N={n} is not a multiple of the tile bn={self.bn}"
+        """Why this config cannot run ``[m, k] x [n, k]``, or None if it can (any N: a last, partial N tile is
+        masked)."""
         if k % (self.bk * self.split_k):
             return f"K={k} is not a multiple of bk*split_k={self.bk * self.split_k}"
         return None
@@ -148,7 +147,8 @@ earlier ~100-program rule at M = 1 too: e.g. (6144, 4096) 19.8 against 22.0 us (
 
 
 def default_config(m: int, n: int, k: int) -> KernelConfig:
-    """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py); bk=128, whole-tile dequantization.
+    """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py); bk=128 (the widest of 128, 64
+    and 32 that divides K), whole-tile dequantization.
 
     Up to 16 rows: bn=64, K split until :data:`SMALL_M_MIN_PROGRAMS` programs (measured on an H200).
     17 to 64 rows (measured on an H100): bn=128 while that still gives ~100 programs along N,
@@ -160,13 +160,25 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
         bm = 32 if m <= 32 else 64
         bn = 128 if n % 128 == 0 and n // 128 >= 96 else 64
         min_programs = 100
+    bk = _k_tile(k, 128)
     split_k = 1
-    while (n // bn) * split_k < min_programs and split_k < 8 and k % (128 * split_k * 2) == 0:
+    while pl.cdiv(n, bn) * split_k < min_programs and split_k < 8 and k % (bk * split_k * 2) == 0:
         split_k *= 2
-    return KernelConfig(bm=bm, bn=bn, bk=128, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
+    return KernelConfig(bm=bm, bn=bn, bk=bk, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
 
 
-def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool) -> None:
+def _load_weight(w_ref, ws_ref, cols, col_ok: jax.Array | None, ks, kbs) -> tuple[jax.Array, jax.Array]:
+    """The weight's fp8 tile ``[bn, ...]`` and its scale bytes; with ``col_ok`` (a last, partial N tile, the data
+    passed as uint8 bits: masked loads need an integer type) the rows past N read as zeros."""
+    if col_ok is None:
+        return w_ref[cols, ks], ws_ref[cols, kbs]
+    data = pltriton.load(w_ref.at[cols, ks], mask=col_ok[:, None], other=0)
+    scale_ok = col_ok[:, None] if isinstance(kbs, pl.Slice) else col_ok  # a tile's scale columns, or one column
+    scale = pltriton.load(ws_ref.at[cols, kbs], mask=scale_ok, other=0)
+    return jax.lax.bitcast_convert_type(data, jnp.float8_e4m3fn), scale
+
+
+def _kernel(*refs, m: int, n: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool) -> None:
     """One ``[bm, bn]`` output tile over a ``k_split`` slice of K.
 
     Per 32-wide block of K: ``dot(x_fp8 -> f16, w_fp8 -> f16)`` accumulates exact
@@ -181,6 +193,7 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
     i_m, i_n, i_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     m0, n0 = i_m * cfg.bm, i_n * cfg.bn
     row_ok = (m0 + jnp.arange(cfg.bm)) < m
+    col_ok = (n0 + jnp.arange(cfg.bn)) < n if n % cfg.bn else None
     rows = pl.ds(m0, cfg.bm)
     cols = pl.ds(n0, cfg.bn)
 
@@ -195,8 +208,9 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
             else:
                 x = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0)
                 xq, xs = numerics.quantize_blocks(x.astype(jnp.float32))
-            a, b = xq.astype(jnp.float16), w_ref[cols, ks].astype(jnp.float16)
-            fx, fw = numerics.scale_to_factor(xs), numerics.scale_to_factor(ws_ref[cols, kb])
+            wq, ws = _load_weight(w_ref, ws_ref, cols, col_ok, ks, kb)
+            a, b = xq.astype(jnp.float16), wq.astype(jnp.float16)
+            fx, fw = numerics.scale_to_factor(xs), numerics.scale_to_factor(ws)
             # One factor after the other: their product overflows float32 from 2**128 on (scale bytes summing
             # to 382 or more), where emulation's decoded operands and their products stay finite.
             if cfg.swap_ab:
@@ -209,16 +223,24 @@ def _kernel(*refs, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool
 
     if cfg.tile_dequant:
         step = functools.partial(
-            _tile_step, refs=refs, ids=(i_m, i_n, i_s), m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized
+            _tile_step,
+            refs=refs,
+            ids=(i_m, i_n, i_s),
+            m=m,
+            col_ok=col_ok,
+            cfg=cfg,
+            k_split=k_split,
+            x_is_quantized=x_is_quantized,
         )
     acc_shape = (cfg.bn, cfg.bm) if cfg.swap_ab else (cfg.bm, cfg.bn)
     acc = jax.lax.fori_loop(0, k_split // cfg.bk, step, jnp.zeros(acc_shape, jnp.float32))
     if cfg.swap_ab:
         acc = acc.T
+    ok = row_ok[:, None] if col_ok is None else row_ok[:, None] & col_ok[None, :]
     if cfg.split_k > 1:  # partial sums [split_k, M, N], reduced by the caller
-        pltriton.store(o_ref.at[pl.ds(i_s, 1), rows, cols], acc[None], mask=row_ok[None, :, None])
+        pltriton.store(o_ref.at[pl.ds(i_s, 1), rows, cols], acc[None], mask=ok[None])
     else:
-        pltriton.store(o_ref.at[rows, cols], acc.astype(o_ref.dtype), mask=row_ok[:, None])
+        pltriton.store(o_ref.at[rows, cols], acc.astype(o_ref.dtype), mask=ok)
 
 
 def _decode_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
@@ -234,7 +256,9 @@ def _decode_tile(data: jax.Array, scale: jax.Array) -> jax.Array:
     return (blocks * numerics.scale_to_factor(scale)[:, :, None]).reshape(r, bk).astype(jnp.bfloat16)
 
 
-def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_is_quantized: bool):
+def _tile_step(
+    t, acc, *, refs, ids, m: int, col_ok: jax.Array | None, cfg: KernelConfig, k_split: int, x_is_quantized: bool
+):
     """One bk step: both operands dequantized to exact bf16 tiles, then a single MMA."""
     i_m, i_n, i_s = ids
     rows, cols = pl.ds(i_m * cfg.bm, cfg.bm), pl.ds(i_n * cfg.bn, cfg.bn)
@@ -251,7 +275,7 @@ def _tile_step(t, acc, *, refs, ids, m: int, cfg: KernelConfig, k_split: int, x_
         xf = pltriton.load(x_ref.at[rows, ks], mask=row_ok[:, None], other=0).astype(jnp.float32)
         xq, xs = numerics.quantize_blocks(xf.reshape(cfg.bm * cfg.bk // BLOCK, BLOCK))
         x = _decode_tile(xq.reshape(cfg.bm, cfg.bk), xs.reshape(cfg.bm, cfg.bk // BLOCK))
-    w = _decode_tile(w_ref[cols, ks], ws_ref[cols, kbs])
+    w = _decode_tile(*_load_weight(w_ref, ws_ref, cols, col_ok, ks, kbs))
     dims = (((1,), (1,)), ((), ()))
     if cfg.swap_ab:
         return acc + jax.lax.dot_general(w, x, dims, preferred_element_type=jnp.float32)
@@ -277,11 +301,13 @@ def matmul_2d(
         raise ValueError(f"hopper backend: cannot run x [{m}, {k}] @ w [{n}, {k}].T: {reason}")
     x_is_quantized = isinstance(x, MXArray)
     operands = (jax.lax.bitcast_convert_type(x.data, jnp.uint8), x.scale) if x_is_quantized else (x,)
+    # a last, partial N tile loads the weight masked, so as uint8 bits (masked loads need an integer type)
+    w_data = jax.lax.bitcast_convert_type(w.data, jnp.uint8) if n % cfg.bn else w.data
     k_split = k // cfg.split_k
-    grid = (pl.cdiv(m, cfg.bm), n // cfg.bn, cfg.split_k)
+    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(n, cfg.bn), cfg.split_k)
     acc_dtype = jnp.float32 if cfg.split_k > 1 else out_dtype
     out_shape = (cfg.split_k, m, n) if cfg.split_k > 1 else (m, n)
-    kernel = functools.partial(_kernel, m=m, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized)
+    kernel = functools.partial(_kernel, m=m, n=n, cfg=cfg, k_split=k_split, x_is_quantized=x_is_quantized)
     out = pl.pallas_call(
         kernel,
         out_shape=varying_axes.struct(out_shape, acc_dtype, x, w),
@@ -289,7 +315,7 @@ def matmul_2d(
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=_INTERPRET[-1] if interpret is None else interpret,
         name="mxfp8_hopper_gemm",
-    )(*operands, w.data, w.scale)
+    )(*operands, w_data, w.scale)
     if cfg.split_k > 1:
         out = out.sum(axis=0)
     return out.astype(out_dtype)
@@ -328,7 +354,7 @@ def decode_operand(x: jax.Array | MXArray, rows: int | None = None) -> jax.Array
 
 
 def _k_tile(k: int, widest: int) -> int:
-    """The widest K tile up to ``widest`` that divides ``k`` (the backend needs ``k % 128 == 0``)."""
+    """The widest K tile up to ``widest`` (a power of two) that divides ``k`` (a multiple of 32: at worst 32)."""
     bk = widest
     while k % bk:
         bk //= 2

@@ -11,7 +11,7 @@ Rules (checked when a layer is set up or first traced, never inside a kernel):
   float16 output (on SM12x also ``N % 32 == 0``).
 * ``"hopper"``: the kernels of :mod:`.hopper` (fp8 weight decoded in registers).
   Needs an NVIDIA SM90 GPU (H100/H200: the only chips it was built and measured
-  on), ``K % 128 == 0``, ``N % 64 == 0`` and the JAX modules its kernels are
+  on), ``K % 32 == 0`` (any N) and the JAX modules its kernels are
   built on: Pallas Triton (deprecated in jax 0.11), Mosaic GPU and the private
   modules behind jaxlib's PTX launcher (where one is gone, the package still
   imports and this backend reports itself unavailable).
@@ -57,9 +57,6 @@ logger = logging.getLogger("mxfp8_xla.backends")
 
 BACKEND_ENV = "MXFP8_XLA_BACKEND"
 SELECTABLE = ("auto", "emulation", "torch", "flashinfer", "hopper")
-HOPPER_K_MULTIPLE = 128
-
-HOPPER_N_MULTIPLE = 64
 FLASHINFER_MIN_K = 128
 FLASHINFER_MIN_N = 128
 FLASHINFER_OUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -264,10 +261,8 @@ def backend_problems(
                 f"jax {jax.__version__} lacks a module the hopper backend's kernels are built on "
                 f"({cap.hopper_import_error})"
             )
-        if k % HOPPER_K_MULTIPLE:
-            problems.append(f"K={k} is not a multiple of {HOPPER_K_MULTIPLE} (the hopper kernel's K tile)")
-        if n % HOPPER_N_MULTIPLE:
-            problems.append(f"N={n} is not a multiple of {HOPPER_N_MULTIPLE} (the hopper kernel's N tile)")
+        if k % 32:
+            problems.append(f"K={k} is not a multiple of 32 (the MXFP8 block)")
         return problems
 
     if backend == "torch":
