@@ -1,0 +1,110 @@
+"""The Triton GEMM's K tiling where K is not a multiple of 128: which (bk, split_k) the route should take.
+
+Since the twenty-eighth session the ``hopper`` backend serves any K of whole 32-blocks. Where K / 128 is not whole
+(Qwen2.5-7B's MLP width 18944 over 8 shards: K = 2368 = 37 x 64) or is odd (K = 2432 = 19 x 128), the one-row GEMV
+kernels (K % 512) do not run, and the Triton GEMM's rule (bk = 128, K split in two while that divides it) leaves
+``N / 64`` programs: 56 at N = 3584, where up to 16 rows want about 256. This times the library's route at such
+shapes with each candidate config forced in place of ``hopper.default_config`` (the activation's quantization pass
+included, as the route runs it), against bf16 ``jnp.dot`` and emulation (``"auto"``'s choice here until then), in
+interleaved rounds, medians; each candidate's error against emulation (float32 out).
+
+    PYTHONPATH=. python3 benchmarks/ragged_k_probe.py [--shapes 3584x2368,3584x2432] [--rows 1,16]
+
+Writes ``$OUT/ragged_k_probe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
+from timing import environment, loop_time, write_json  # noqa: E402
+
+import mxfp8_xla as mx  # noqa: E402
+from mxfp8_xla.backends import hopper  # noqa: E402
+
+
+def candidates(m: int, n: int, k: int) -> dict[str, hopper.KernelConfig]:
+    """The route's own config and every (bk, split_k) with bk in 128, 64, 32 dividing K and split_k a divisor of
+    K / bk up to 128 programs' worth of splits (at most 76)."""
+    base = hopper.default_config(m, n, k)
+    out = {"route": base}
+    for bk in (128, 64, 32):
+        if k % bk:
+            continue
+        tiles = k // bk
+        for split in (d for d in range(1, min(tiles, 76) + 1) if tiles % d == 0):
+            out[f"bk{bk}_s{split}"] = hopper.KernelConfig(
+                bm=base.bm, bn=base.bn, bk=bk, split_k=split, num_warps=4, num_stages=4, tile_dequant=True
+            )
+    return out
+
+
+def route_with(cfg: hopper.KernelConfig):
+    def traced(x, w):
+        with mock.patch.object(hopper, "default_config", lambda *_: cfg):
+            return hopper.matmul(x, w, jnp.bfloat16)
+
+    return traced
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="3584x2368,3584x2432", help="comma-separated NxK")
+    parser.add_argument("--rows", default="1,16", help="comma-separated M (up to 16: the Triton GEMM's rows)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results = {"environment": environment()}
+    print(results["environment"], flush=True)
+    for spec in args.shapes.split(","):
+        n, k = (int(v) for v in spec.split("x"))
+        for m in (int(r) for r in args.rows.split(",")):
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            fns = {
+                "bf16": (lambda x, wb: jnp.dot(x, wb.T), [(x, dequant_bf16(w)) for x, w in sets]),
+                "emulation": (lambda x, w: mx.mxfp8_matmul(x, w, backend="emulation"), sets),
+            }
+            errors = {}
+            for label, cfg in candidates(m, n, k).items():
+                jax.clear_caches()
+                fn = route_with(cfg)
+                errors[label] = rel_err(jax.jit(lambda x, w, c=cfg: _f32(c, x, w))(*sets[0]), ref)
+                fns[label] = (fn, sets)
+            runs = {label: [] for label in fns}
+            for _ in range(args.rounds):
+                for label, (fn, a) in fns.items():
+                    runs[label].append(loop_time(fn, a) * 1e6)
+            med = {label: statistics.median(t) for label, t in runs.items()}
+            row = {"bf16_us": med["bf16"], "emulation_us": med["emulation"], "configs": {}}
+            print(f"({n}, {k}) M={m}: bf16 {med['bf16']:.1f} us, emulation {med['emulation']:.1f} us "
+                  f"({med['bf16'] / med['emulation']:.2f}x)", flush=True)  # fmt: skip
+            for label, cfg in candidates(m, n, k).items():
+                row["configs"][label] = {
+                    "config": repr(cfg),
+                    "us": med[label],
+                    "rounds_us": runs[label],
+                    "ratio": med["bf16"] / med[label],
+                    "rel_err_f32_out": errors[label],
+                }
+                print(f"    {label:>10}: {med[label]:7.1f} us {med['bf16'] / med[label]:5.2f}x  "
+                      f"(bk {cfg.bk}, split {cfg.split_k}, error {errors[label]:.1e})", flush=True)  # fmt: skip
+            results[f"({n}, {k}) M={m}"] = row
+            write_json("ragged_k_probe.json", results)
+
+
+def _f32(cfg: hopper.KernelConfig, x: jax.Array, w: mx.MXArray) -> jax.Array:
+    with mock.patch.object(hopper, "default_config", lambda *_: cfg):
+        return hopper.matmul(x, w, jnp.float32)
+
+
+if __name__ == "__main__":
+    main()
