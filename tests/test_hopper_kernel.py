@@ -127,11 +127,21 @@ def test_kernel_masks_a_last_partial_n_tile(cfg, prequantized, rng):
     assert rel_err(got, want) < 1e-6
 
 
-@pytest.mark.parametrize(("k", "bk", "split_k"), [(4096, 128, 4), (2368, 64, 1), (96, 32, 1), (4160, 64, 1)])
-def test_default_config_takes_the_widest_k_tile_that_divides_k(k, bk, split_k):
-    # a K tile under 128 leaves an odd number of tiles, so K is split only at bk = 128
-    cfg = hopper.default_config(1, 6144, k)
-    assert (cfg.bk, cfg.split_k) == (bk, split_k) and cfg.check(1, 6144, k) is None
+@pytest.mark.parametrize(
+    ("m", "k", "bk", "split_k"),
+    [
+        (1, 4096, 128, 4),  # 32 tiles: split in two while it divides them and programs are wanted, up to 8
+        (1, 2368, 64, 37),  # 37 tiles of 64: no split in two, so into the smallest divisor reaching 256 programs
+        (16, 2432, 128, 19),  # 19 tiles of 128
+        (1, 4160, 64, 5),  # 65 tiles: 5 x 96 programs reach 256
+        (1, 96, 32, 3),
+        (16, 4864, 128, 38),  # 38 tiles: 2, then 19
+        (64, 2368, 64, 1),  # 37 x 64 rows of float32 partial sums would outweigh the weight's 2368 bytes a row
+    ],
+)
+def test_default_config_takes_the_widest_k_tile_and_splits_k_into_divisors(m, k, bk, split_k):
+    cfg = hopper.default_config(m, 6144, k)
+    assert (cfg.bk, cfg.split_k) == (bk, split_k) and cfg.check(m, 6144, k) is None
 
 
 @pytest.mark.parametrize(("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160)])
