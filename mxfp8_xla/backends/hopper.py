@@ -147,12 +147,13 @@ earlier ~100-program rule at M = 1 too: e.g. (6144, 4096) 19.8 against 22.0 us (
 
 
 def default_config(m: int, n: int, k: int) -> KernelConfig:
-    """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py); bk=128 (the widest of 128, 64
-    and 32 that divides K), whole-tile dequantization.
+    """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py): bk = 128 (64 or 32 where K
+    needs a narrower tile), whole-tile dequantization.
 
     Up to 16 rows: bn=64, K split until :data:`SMALL_M_MIN_PROGRAMS` programs (measured on an H200).
     17 to 64 rows (measured on an H100): bn=128 while that still gives ~100 programs along N,
-    else bn=64 and K split until ~100 programs.
+    else bn=64 and K split until ~100 programs. K is split in two up to 8 ways, then, where the tiles left are odd,
+    by :func:`_odd_split`.
     """
     if m <= 16:
         bm, bn, min_programs = 16, 64, SMALL_M_MIN_PROGRAMS
@@ -166,7 +167,7 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
     while n_tiles * split_k < min_programs and split_k < 8 and tiles % (split_k * 2) == 0:
         split_k *= 2
     if n_tiles * split_k < min_programs and (tiles // split_k) % 2:
-        split_k *= _odd_split(tiles // split_k, -(-min_programs // (n_tiles * split_k)), k // (4 * m * split_k))
+        split_k *= _odd_split(tiles // split_k, -(-min_programs // (n_tiles * split_k)), k // (4 * max(m, 1) * split_k))
     return KernelConfig(bm=bm, bn=bn, bk=bk, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
 
 
