@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import H100
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mxfp8_xla as mx
 from mxfp8_xla.backends import hopper, pallas_quantize
@@ -142,6 +144,17 @@ def test_kernel_masks_a_last_partial_n_tile(cfg, prequantized, rng):
 def test_default_config_takes_the_widest_k_tile_and_splits_k_into_divisors(m, k, bk, split_k):
     cfg = hopper.default_config(m, 6144, k)
     assert (cfg.bk, cfg.split_k) == (bk, split_k) and cfg.check(m, 6144, k) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=st.integers(1, 64), n=st.integers(1, 1 << 17), blocks=st.integers(1, 1024))
+def test_default_config_runs_every_shape_of_whole_blocks(m, n, blocks):
+    k = 32 * blocks
+    cfg = hopper.default_config(m, n, k)
+    assert cfg.check(m, n, k) is None and k % (cfg.bk * cfg.split_k) == 0 and cfg.bk in (32, 64, 128)
+    assert k % (2 * cfg.bk) or cfg.bk == 128  # the widest tile that divides K
+    # beyond the measured splits in two (at most 8), float32 partial sums stay within the weight's bytes
+    assert cfg.split_k <= 8 or cfg.split_k * 4 * m <= k
 
 
 @pytest.mark.parametrize(("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160)])
