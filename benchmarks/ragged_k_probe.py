@@ -48,10 +48,12 @@ def candidates(m: int, n: int, k: int) -> dict[str, hopper.KernelConfig]:
     return out
 
 
-def route_with(cfg: hopper.KernelConfig):
+def route_with(cfg: hopper.KernelConfig, out_dtype: jnp.dtype = jnp.bfloat16):
+    """The library's route with ``cfg`` in place of :func:`hopper.default_config`."""
+
     def traced(x, w):
         with mock.patch.object(hopper, "default_config", lambda *_: cfg):
-            return hopper.matmul(x, w, jnp.bfloat16)
+            return hopper.matmul(x, w, out_dtype)
 
     return traced
 
@@ -77,7 +79,7 @@ def main() -> None:
             for label, cfg in candidates(m, n, k).items():
                 jax.clear_caches()
                 fn = route_with(cfg)
-                errors[label] = rel_err(jax.jit(lambda x, w, c=cfg: _f32(c, x, w))(*sets[0]), ref)
+                errors[label] = rel_err(jax.jit(route_with(cfg, jnp.float32))(*sets[0]), ref)
                 fns[label] = (fn, sets)
             runs = {label: [] for label in fns}
             for _ in range(args.rounds):
@@ -99,11 +101,6 @@ def main() -> None:
                       f"(bk {cfg.bk}, split {cfg.split_k}, error {errors[label]:.1e})", flush=True)  # fmt: skip
             results[f"({n}, {k}) M={m}"] = row
             write_json("ragged_k_probe.json", results)
-
-
-def _f32(cfg: hopper.KernelConfig, x: jax.Array, w: mx.MXArray) -> jax.Array:
-    with mock.patch.object(hopper, "default_config", lambda *_: cfg):
-        return hopper.matmul(x, w, jnp.float32)
 
 
 if __name__ == "__main__":

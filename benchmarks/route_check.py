@@ -94,6 +94,8 @@ def main() -> int:
     parser.add_argument("--ragged", action="store_true", help="RAGGED_CASES: shapes off the kernels' tiles")
     args = parser.parse_args()
     cases = selected(args.rows, RAGGED_CASES if args.ragged else CASES)
+    dtype = "" if args.dtype == "bfloat16" else "_" + args.dtype
+    suffix = "_eager" * args.eager + dtype + "_ragged" * args.ragged
     results = {"environment": environment()}
     print(results["environment"], flush=True)
     for m, n, k in cases:
@@ -101,8 +103,6 @@ def main() -> int:
         results[key] = row
         print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
-        dtype = "" if args.dtype == "bfloat16" else "_" + args.dtype
-        suffix = "_eager" * args.eager + dtype + "_ragged" * args.ragged
         write_json(f"route_check{suffix}.json", results)
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
     print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
