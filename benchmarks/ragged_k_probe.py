@@ -8,7 +8,13 @@ shapes with each candidate config forced in place of ``hopper.default_config`` (
 included, as the route runs it), against bf16 ``jnp.dot`` and emulation (``"auto"``'s choice here until then), in
 interleaved rounds, medians; each candidate's error against emulation (float32 out).
 
-    PYTHONPATH=. python3 benchmarks/ragged_k_probe.py [--shapes 3584x2368,3584x2432] [--rows 1,16]
+``cublas`` is the route above 64 rows forced in (both operands decoded to bf16, then cuBLAS): at 17-64 rows it is
+the alternative to the Triton GEMM where the Mosaic kernel refuses the shape (N % 128 or K % 128). Where the route
+takes the Mosaic kernel, ``mosaic_s<d>`` forces its K split to each divisor ``d`` of K / 128 (its own rule only
+doubles the split, so an odd tile count stays unsplit); a candidate that fails to build or run is reported and
+skipped. ``--only`` keeps the named candidates (``route`` is the shipped route with its own config).
+
+    PYTHONPATH=. python3 benchmarks/ragged_k_probe.py [--shapes 3584x2368,3584x2432] [--rows 1,16] [--only route,cublas]
 
 Writes ``$OUT/ragged_k_probe.json``.
 """
@@ -16,6 +22,7 @@ Writes ``$OUT/ragged_k_probe.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -26,17 +33,25 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_sweep import dequant_bf16, operands, reference, rel_err  # noqa: E402
-from timing import environment, loop_time, write_json  # noqa: E402
+from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
-from mxfp8_xla.backends import hopper  # noqa: E402
+from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
+
+Candidate = hopper.KernelConfig | hopper_mosaic.MosaicConfig | None
 
 
-def candidates(m: int, n: int, k: int) -> dict[str, hopper.KernelConfig]:
-    """The route's own config and every (bk, split_k) with bk in 128, 64, 32 dividing K and split_k a divisor of
-    K / bk up to 128 programs' worth of splits (at most 76)."""
+def candidates(m: int, n: int, k: int) -> dict[str, Candidate]:
+    """The route's own config, ``cublas`` (None: the decode-then-cuBLAS route), every (bk, split_k) with bk in
+    128, 64, 32 dividing K and split_k a divisor of K / bk up to 128 programs' worth of splits (at most 76), and
+    where the route takes the Mosaic kernel its config with each divisor of K / tile_k as the split (up to 76)."""
     base = hopper.default_config(m, n, k)
-    out = {"route": base}
+    out = {"route": base, "cublas": None}
+    mosaic = hopper.mosaic_config(m, n, k)
+    if mosaic is not None:
+        tiles = k // mosaic.tile_k
+        for split in (d for d in range(1, min(tiles, 76) + 1) if tiles % d == 0):
+            out[f"mosaic_s{split}"] = dataclasses.replace(mosaic, split_k=split)
     for bk in (128, 64, 32):
         if k % bk:
             continue
@@ -48,10 +63,21 @@ def candidates(m: int, n: int, k: int) -> dict[str, hopper.KernelConfig]:
     return out
 
 
-def route_with(cfg: hopper.KernelConfig, out_dtype: jnp.dtype = jnp.bfloat16):
-    """The library's route with ``cfg`` in place of :func:`hopper.default_config`."""
+def route_with(cfg: Candidate, out_dtype: jnp.dtype = jnp.bfloat16):
+    """The library's route with ``cfg`` in place of :func:`hopper.default_config` (a ``MosaicConfig``: of
+    :func:`hopper.mosaic_config`); ``None``: the route above 64 rows (no Mosaic, no Triton GEMM)."""
 
     def traced(x, w):
+        if isinstance(cfg, hopper_mosaic.MosaicConfig):
+            with mock.patch.object(hopper, "mosaic_config", lambda *_: cfg):
+                return hopper.matmul(x, w, out_dtype)
+        if cfg is None:
+            with (
+                mock.patch.object(hopper, "SMALL_M_MAX", 0),
+                mock.patch.object(hopper, "mosaic_config", lambda *_: None),
+                mock.patch.object(hopper, "_takes_gemv", lambda *_: False),
+            ):
+                return hopper.matmul(x, w, out_dtype)
         with mock.patch.object(hopper, "default_config", lambda *_: cfg):
             return hopper.matmul(x, w, out_dtype)
 
@@ -61,7 +87,8 @@ def route_with(cfg: hopper.KernelConfig, out_dtype: jnp.dtype = jnp.bfloat16):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="3584x2368,3584x2432", help="comma-separated NxK")
-    parser.add_argument("--rows", default="1,16", help="comma-separated M (up to 16: the Triton GEMM's rows)")
+    parser.add_argument("--rows", default="1,16", help="comma-separated M (up to 64: the Triton GEMM's rows)")
+    parser.add_argument("--only", help="comma-separated candidate labels to time (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results = {"environment": environment()}
@@ -76,11 +103,17 @@ def main() -> None:
                 "emulation": (lambda x, w: mx.mxfp8_matmul(x, w, backend="emulation"), sets),
             }
             errors = {}
-            for label, cfg in candidates(m, n, k).items():
+            wanted = args.only.split(",") if args.only else None
+            chosen = {label: cfg for label, cfg in candidates(m, n, k).items() if not wanted or label in wanted}
+            for label, cfg in list(chosen.items()):
                 jax.clear_caches()
-                fn = route_with(cfg)
-                errors[label] = rel_err(jax.jit(route_with(cfg, jnp.float32))(*sets[0]), ref)
-                fns[label] = (fn, sets)
+                try:
+                    errors[label] = rel_err(jax.jit(route_with(cfg, jnp.float32))(*sets[0]), ref)
+                except Exception as e:  # noqa: BLE001
+                    print(f"    {label:>10}: failed: {failure(e)}", flush=True)
+                    del chosen[label]
+                    continue
+                fns[label] = (route_with(cfg), sets)
             runs = {label: [] for label in fns}
             for _ in range(args.rounds):
                 for label, (fn, a) in fns.items():
@@ -89,7 +122,7 @@ def main() -> None:
             row = {"bf16_us": med["bf16"], "emulation_us": med["emulation"], "configs": {}}
             print(f"({n}, {k}) M={m}: bf16 {med['bf16']:.1f} us, emulation {med['emulation']:.1f} us "
                   f"({med['bf16'] / med['emulation']:.2f}x)", flush=True)  # fmt: skip
-            for label, cfg in candidates(m, n, k).items():
+            for label, cfg in chosen.items():
                 row["configs"][label] = {
                     "config": repr(cfg),
                     "us": med[label],
@@ -97,8 +130,14 @@ def main() -> None:
                     "ratio": med["bf16"] / med[label],
                     "rel_err_f32_out": errors[label],
                 }
+                if cfg is None:
+                    tiling = "decoded, cuBLAS"
+                elif isinstance(cfg, hopper_mosaic.MosaicConfig):
+                    tiling = f"Mosaic, tile_k {cfg.tile_k}, split {cfg.split_k}"
+                else:
+                    tiling = f"bk {cfg.bk}, split {cfg.split_k}"
                 print(f"    {label:>10}: {med[label]:7.1f} us {med['bf16'] / med[label]:5.2f}x  "
-                      f"(bk {cfg.bk}, split {cfg.split_k}, error {errors[label]:.1e})", flush=True)  # fmt: skip
+                      f"({tiling}, error {errors[label]:.1e})", flush=True)  # fmt: skip
             results[f"({n}, {k}) M={m}"] = row
             write_json("ragged_k_probe.json", results)
 

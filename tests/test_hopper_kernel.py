@@ -138,7 +138,9 @@ def test_kernel_masks_a_last_partial_n_tile(cfg, prequantized, rng):
         (1, 4160, 64, 5),  # 65 tiles: 5 x 96 programs reach 256
         (1, 96, 32, 3),
         (16, 4864, 128, 38),  # 38 tiles: 2, then 19
-        (64, 2368, 64, 1),  # 37 x 64 rows of float32 partial sums would outweigh the weight's 2368 bytes a row
+        (64, 2368, 64, 37),  # 37 x 64 rows of float32 partial sums: 4x the weight's 2368 bytes a row, the most
+        (32, 1184, 32, 37),  # 37 tiles of 32 at 32 rows: partial sums 4x the weight's bytes
+        (33, 1184, 32, 1),  # at 33 rows 4.1x: no split
     ],
 )
 def test_default_config_takes_the_widest_k_tile_and_splits_k_into_divisors(m, k, bk, split_k):
@@ -153,15 +155,17 @@ def test_default_config_runs_every_shape_of_whole_blocks(m, n, blocks):
     cfg = hopper.default_config(m, n, k)
     assert cfg.check(m, n, k) is None and k % (cfg.bk * cfg.split_k) == 0 and cfg.bk in (32, 64, 128)
     assert k % (2 * cfg.bk) or cfg.bk == 128  # the widest tile that divides K
-    # beyond the measured splits in two (at most 8), float32 partial sums stay within the weight's bytes
-    assert cfg.split_k <= 8 or cfg.split_k * 4 * m <= k
+    # beyond the measured splits in two (at most 8), float32 partial sums stay within 4x the weight's bytes
+    assert cfg.split_k <= 8 or cfg.split_k * 4 * m <= hopper.PARTIAL_SUMS_MAX_WEIGHTS * k
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160)])
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160), (20, 100, 1184)]
+)
 @pytest.mark.parametrize("prequantized", [False, True])
 def test_backend_serves_shapes_off_the_kernels_tiles(m, n, k, prequantized, rng):
-    # N off 64 and K off 128 (any K of whole 32-blocks): the Triton GEMM (masked N, narrower K tiles) and the
-    # decode-then-cuBLAS path, where the backend once refused and "auto" ran emulation
+    # N off 64 and K off 128 (any K of whole 32-blocks): the Triton GEMM (masked N, narrower K tiles, K split into
+    # its 37 tiles at 20 rows) and the decode-then-cuBLAS path, where the backend once refused and "auto" ran emulation
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = mx.quantize(rng.standard_normal((n, k)).astype(np.float32))
     want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)

@@ -167,8 +167,18 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
     while n_tiles * split_k < min_programs and split_k < 8 and tiles % (split_k * 2) == 0:
         split_k *= 2
     if n_tiles * split_k < min_programs and (tiles // split_k) % 2:
-        split_k *= _odd_split(tiles // split_k, -(-min_programs // (n_tiles * split_k)), k // (4 * max(m, 1) * split_k))
+        most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * max(m, 1) * split_k)
+        split_k *= _odd_split(tiles // split_k, -(-min_programs // (n_tiles * split_k)), most)
     return KernelConfig(bm=bm, bn=bn, bk=bk, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
+
+
+PARTIAL_SUMS_MAX_WEIGHTS = 4
+"""An odd split of K keeps its float32 partial sums (``split_k * M * N * 4`` bytes) within this many times the
+weight's bytes (``N * K``).
+
+On an H200 (``ragged_k_probe.py``, (3584, 2368), 37 tiles of 64) splitting K 37 ways ran 2.1x / 1.7x / 2.3x / 1.9x
+faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x / 3.0x / 4.0x the weight's bytes.
+"""
 
 
 def _odd_split(tiles: int, wanted: int, most: int) -> int:
@@ -178,8 +188,8 @@ def _odd_split(tiles: int, wanted: int, most: int) -> int:
     Where K / bk is odd (K = 2368 = 37 x 64, Qwen2.5-7B's MLP width over 8 shards; K = 2432 = 19 x 128) no split in
     two applies, and N / 64 programs stream the weight: 56 at N = 3584. On an H200 (``ragged_k_probe.py``) splitting
     K into its 37 tiles ran 2.8x / 2.6x faster there at 1 / 16 rows (K = 2368), into its 19 tiles 2.0x at one row
-    (K = 2432), the fastest of every (bk, split_k) timed. ``most`` keeps the float32 partial sums
-    (``split_k * M * N * 4`` bytes) within the weight's bytes.
+    (K = 2432), the fastest of every (bk, split_k) timed. ``most`` bounds the float32 partial sums
+    (:data:`PARTIAL_SUMS_MAX_WEIGHTS`).
     """
     divisors = [d for d in range(2, tiles + 1) if tiles % d == 0 and d <= most]
     return next((d for d in divisors if d >= wanted), max(divisors, default=1))
