@@ -98,12 +98,21 @@ def decode_prompt(vocab_size: int, batch: int) -> jax.Array:
     return jax.random.randint(jax.random.key(batch), (batch, PROMPT), 0, vocab_size)
 
 
-def decode_step(cfg: LlamaConfig, params, batch: int) -> float:
-    """Seconds per generated token at ``batch``: the slope between ``SHORT`` and ``LONG`` new tokens."""
+def decode_step(cfg: LlamaConfig, params, batch: int, rounds: int = 3) -> float:
+    """Seconds per generated token at ``batch``: the slope between ``SHORT`` and ``LONG`` new tokens, each length's
+    fastest of ``rounds`` interleaved calls (load on the host only adds time; medians of separate runs of each length
+    until the twenty-ninth session, which on a loaded CPU once gave a negative slope)."""
     prompt = decode_prompt(cfg.vocab_size, batch)
-    t_short = wall(lambda: generate(cfg, params, prompt, max_new_tokens=SHORT))
-    t_long = wall(lambda: generate(cfg, params, prompt, max_new_tokens=LONG))
-    return (t_long - t_short) / (LONG - SHORT)
+    calls = {n: (lambda n=n: generate(cfg, params, prompt, max_new_tokens=n)) for n in (SHORT, LONG)}
+    for call in calls.values():
+        jax.block_until_ready(call())  # compile + warm up
+    samples = {n: [] for n in calls}
+    for _ in range(rounds):
+        for n, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            samples[n].append(time.perf_counter() - t0)
+    return (min(samples[LONG]) - min(samples[SHORT])) / (LONG - SHORT)
 
 
 def main() -> None:
