@@ -40,14 +40,16 @@ PROMPT = 64
 SHORT, LONG = 16, 80
 
 
+def elapsed(fn) -> float:
+    """Seconds of one call of ``fn``, waited on."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
 def wall(fn, repeats: int = 3) -> float:
     jax.block_until_ready(fn())  # compile + warm up
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return statistics.median(elapsed(fn) for _ in range(repeats))
 
 
 def block_config(layers: int, tiny: bool = False) -> dict:
@@ -109,9 +111,7 @@ def decode_step(cfg: LlamaConfig, params, batch: int, rounds: int = 3) -> float:
     samples = {n: [] for n in calls}
     for _ in range(rounds):
         for n, call in calls.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(call())
-            samples[n].append(time.perf_counter() - t0)
+            samples[n].append(elapsed(call))
     return (min(samples[LONG]) - min(samples[SHORT])) / (LONG - SHORT)
 
 

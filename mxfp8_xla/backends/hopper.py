@@ -146,6 +146,15 @@ earlier ~100-program rule at M = 1 too: e.g. (6144, 4096) 19.8 against 22.0 us (
 """
 
 
+PARTIAL_SUMS_MAX_WEIGHTS = 4
+"""An odd split of K keeps its float32 partial sums (``split_k * M * N * 4`` bytes) within this many times the
+weight's bytes (``N * K``).
+
+On an H200 (``ragged_k_probe.py``, (3584, 2368), 37 tiles of 64) splitting K 37 ways ran 2.1x / 1.7x / 2.3x / 1.9x
+faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x / 3.0x / 4.0x the weight's bytes.
+"""
+
+
 def default_config(m: int, n: int, k: int) -> KernelConfig:
     """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py): bk = 128 (64 or 32 where K
     needs a narrower tile), whole-tile dequantization.
@@ -170,15 +179,6 @@ def default_config(m: int, n: int, k: int) -> KernelConfig:
         most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * max(m, 1) * split_k)
         split_k *= _odd_split(tiles // split_k, -(-min_programs // (n_tiles * split_k)), most)
     return KernelConfig(bm=bm, bn=bn, bk=bk, split_k=split_k, num_warps=4, num_stages=4, tile_dequant=True)
-
-
-PARTIAL_SUMS_MAX_WEIGHTS = 4
-"""An odd split of K keeps its float32 partial sums (``split_k * M * N * 4`` bytes) within this many times the
-weight's bytes (``N * K``).
-
-On an H200 (``ragged_k_probe.py``, (3584, 2368), 37 tiles of 64) splitting K 37 ways ran 2.1x / 1.7x / 2.3x / 1.9x
-faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x / 3.0x / 4.0x the weight's bytes.
-"""
 
 
 def _odd_split(tiles: int, wanted: int, most: int) -> int:
