@@ -8,15 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import H100
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ragged_k_probe  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
-from mxfp8_xla.backends.select import Capability, override_capability  # noqa: E402
-
-H100 = Capability(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
+from mxfp8_xla.backends.select import override_capability  # noqa: E402
 
 
 def test_candidates_name_the_route_cublas_and_every_k_tiling():
