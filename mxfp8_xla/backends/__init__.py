@@ -24,6 +24,7 @@ torch and flashinfer are imported only when their backend runs.
 from mxfp8_xla.backends.registry import (
     BACKENDS,
     FUSED_ADD_NORM,
+    FUSED_SWIGLU,
     TAKES_RAW_ACTIVATIONS,
     TRAIN_QUANTIZERS,
     Backend,
@@ -44,6 +45,7 @@ __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "FUSED_ADD_NORM",
+    "FUSED_SWIGLU",
     "TAKES_RAW_ACTIVATIONS",
     "TRAIN_QUANTIZERS",
     "Backend",
