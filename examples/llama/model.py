@@ -77,6 +77,9 @@ class LlamaConfig:
     # them (``MXFP8Dense.with_add_rms_norm``: one kernel launch at batch 1 on the hopper backend). MXFP8 models with
     # fuse_projections only. The blocks then pass the residual stream on as (x, delta), added inside the next norm.
     fuse_norms: bool = False
+    # each MLP's silu(gate) * up inside its down projection (``MXFP8Dense.with_swiglu``: one kernel launch at batch 1
+    # on the hopper backend), computed as mxfp8_xla.glu.swiglu rounds it. MXFP8 models with fuse_projections only.
+    fuse_swiglu: bool = False
     # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
     # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
     # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.
@@ -88,6 +91,12 @@ class LlamaConfig:
                 f"LlamaConfig: fuse_norms=True needs quantized=True and fuse_projections=True (got quantized="
                 f"{self.quantized}, fuse_projections={self.fuse_projections}): the norms go into qkv_proj and "
                 "gate_up_proj, MXFP8 layers"
+            )
+        if self.fuse_swiglu and not (self.quantized and self.fuse_projections):
+            raise ValueError(
+                f"LlamaConfig: fuse_swiglu=True needs quantized=True and fuse_projections=True (got quantized="
+                f"{self.quantized}, fuse_projections={self.fuse_projections}): SwiGLU goes into down_proj, an MXFP8 "
+                "layer, from gate_up_proj's output"
             )
         if self.fuse_projections and self.tp_axis is not None:
             raise ValueError(
@@ -257,6 +266,9 @@ class MLP(nn.Module):
         residual = None
         if cfg.fuse_projections:
             gate_up, residual = project(dense(2 * inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_up_proj"), x)
+            if cfg.fuse_swiglu:
+                down_proj = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")
+                return down_proj.with_swiglu(gate_up), residual
             gate, up = jnp.split(gate_up, 2, axis=-1)
         else:
             gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
