@@ -7,7 +7,7 @@ the gate and up projection's row ``[gate, up]`` and computes :func:`mxfp8_xla.gl
 projection's launch. Parts, each for bf16 and float32 rows (``--dtypes``):
 
 1. ``numerics``: the quantized activation the kernel multiplies, read back through an identity weight
-   (``mosaic_sweep.identity_weight``, as ``gemv_norm_probe.py`` does), against ``quantize(glu.swiglu(gate_up))``
+   (``mosaic_sweep.identity_weight``, as ``gemv_norm_probe.py`` does), against ``quantize(glu.swiglu_halves(gate_up))``
    computed by XLA on the GPU, element by element: for bf16 every finite bf16 gate value (65,280, in launches of
    16,384), for float32 random finite bit patterns and normal draws; ``up`` uniform in [-1, 1], so that no product
    overflows. XLA's ``glu.swiglu`` with and without excess precision, bit for bit. At (4096, 14336) the float32
@@ -99,7 +99,7 @@ def fused(gate_up, w, out_dtype=jnp.bfloat16):
 
 def unfused(gate_up, w, out_dtype=jnp.bfloat16):
     """XLA's SwiGLU, then the library's GEMV: what the decode runs without the fused kernel."""
-    return cuda_gemv.matmul_rows(glu.swiglu(gate_up), w, out_dtype)
+    return cuda_gemv.matmul_rows(glu.swiglu_halves(gate_up), w, out_dtype)
 
 
 def numerics(results: dict, name: str) -> None:
@@ -107,8 +107,8 @@ def numerics(results: dict, name: str) -> None:
     row = {"activation elements compared": 0, "activation elements differing": 0, "first differences": []}
     eye = identity_weight(CHUNK)
     run = jax.jit(lambda gu, w: fused(gu, w, jnp.float32))
-    want_fn = jax.jit(lambda gu: dequantize(quantize(glu.swiglu(gu)), jnp.float32))
-    strict_fn = jax.jit(glu.swiglu, compiler_options=STRICT)
+    want_fn = jax.jit(lambda gu: dequantize(quantize(glu.swiglu_halves(gu)), jnp.float32))
+    strict_fn = jax.jit(glu.swiglu_halves, compiler_options=STRICT)
     excess_differs = 0
     for i, gate in enumerate(gate_chunks(dtype)):
         gu = gate_up_row(gate, dtype, i)
@@ -120,14 +120,14 @@ def numerics(results: dict, name: str) -> None:
         row["first differences"] += [
             [float(g[j]), float(g[CHUNK + j]), float(got[j]), float(want[j])] for j in differ[:4]
         ][: max(0, 8 - len(row["first differences"]))]
-        default, strict = np.asarray(jax.jit(glu.swiglu)(gu)), np.asarray(strict_fn(gu))
+        default, strict = np.asarray(jax.jit(glu.swiglu_halves)(gu)), np.asarray(strict_fn(gu))
         excess_differs += int(np.sum(default.view(np.uint8) != strict.view(np.uint8)))
     row["XLA's swiglu bytes differing with and without excess precision"] = excess_differs
     ((gu, _, w),) = down_operands(dtype, copies=1)
     y = np.asarray(jax.jit(lambda gu, w: fused(gu, w, jnp.float32))(gu, w))
     library = np.asarray(jax.jit(lambda gu, w: unfused(gu, w, jnp.float32))(gu, w))
     row["product outputs equal to the library GEMV on XLA's SwiGLU (of n)"] = int(np.sum(y == library))
-    row["product rel_err vs emulation"] = rel_err(y, reference(jax.jit(glu.swiglu)(gu), w))
+    row["product rel_err vs emulation"] = rel_err(y, reference(jax.jit(glu.swiglu_halves)(gu), w))
     for label, at in (("inf gate", (0, 7, np.inf)), ("nan gate", (0, 7, np.nan)), ("-inf gate", (0, 7, -np.inf))):
         bad = gu.at[at[0], at[1]].set(at[2])
         row[f"{label}: every output NaN"] = bool(np.isnan(np.asarray(jax.jit(fused)(bad, w), np.float32)).all())

@@ -314,7 +314,7 @@ def swiglu_matmul(
         y = _fused_swiglu(fused[1], out_dtype, name, gate_up, w)
         return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
     product = dict(out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
-    return mxfp8_matmul(glu.swiglu(gate_up), w, **product)
+    return mxfp8_matmul(glu.swiglu_halves(gate_up), w, **product)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -329,7 +329,7 @@ def _fused_swiglu_fwd(run, out_dtype, name, gate_up, w):
 
 def _fused_swiglu_bwd(run, out_dtype, name, residuals, g):
     gate_up, w = residuals
-    y, vjp = jax.vjp(glu.swiglu, gate_up)
+    y, vjp = jax.vjp(glu.swiglu_halves, gate_up)
     (d_gate_up,) = vjp(straight_through_dx(g, w, y.dtype, per_shard.explicit_sharding(y)))
     return d_gate_up, None  # the MXFP8 weight is frozen
 

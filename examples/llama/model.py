@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla import glu
+
 from .layers import DenseNK, dense, row_dense
 
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer: (keys, values) [B, S, KV, hd]
@@ -273,7 +275,7 @@ class MLP(nn.Module):
         else:
             gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
             up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
-        down = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
+        down = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(glu.swiglu(gate, up))
         return down, residual
 
 

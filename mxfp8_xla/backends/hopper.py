@@ -484,7 +484,7 @@ def swiglu_gemv(gate_up: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Arr
         del axis_size
 
         def unfused(gate_up, data, scale):
-            return _rows(glu.swiglu(gate_up), MXArray(data, scale), out_dtype)
+            return _rows(glu.swiglu_halves(gate_up), MXArray(data, scale), out_dtype)
 
         axes = tuple(0 if b else None for b in in_batched)
         return jax.vmap(unfused, in_axes=axes)(*operands), True
