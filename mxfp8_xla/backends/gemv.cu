@@ -384,28 +384,47 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
 
+// 16 consecutive elements of a bf16 (u16) or float32 row as loaded: two or four 16-byte vectors, unpacked on use.
+template <typename X>
+struct RawChunk {
+  uint4 v[sizeof(X)];
+};
+
+template <typename X>
+__device__ __forceinline__ RawChunk<X> load_raw(const X* p) {
+  RawChunk<X> c;
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(X)); ++i) c.v[i] = reinterpret_cast<const uint4*>(p)[i];
+  return c;
+}
+
+__device__ __forceinline__ float element(const RawChunk<u16>& c, int i) {
+  const u32 word = (&c.v[0].x)[i >> 1];
+  return __uint_as_float((i & 1) ? word & 0xffff0000u : word << 16);
+}
+
+__device__ __forceinline__ float element(const RawChunk<float>& c, int i) { return __uint_as_float((&c.v[0].x)[i]); }
+
 // The SwiGLU kernels' activation stage (one row, one chunk a thread): thread t's chunk of
 //   s = X(g / (1 + exp(-g))),  y = X(s * u)
 // with g and u the two halves of the row gate_up [1, 2k] (gate first) and X its element type (bf16 as u16, or
 // float), as mxfp8_xla.glu.swiglu writes it (expf is libdevice's, as XLA's exp; the division correctly rounded); y
-// quantized exactly and decoded into xv.
+// quantized exactly and decoded into xv. Both halves are loaded at once and kept as loaded until used.
 template <typename X>
 __device__ __forceinline__ void swiglu_chunk(const X* __restrict__ gate_up, int k, float4 (&xv)[1][1][4]) {
   const int c = threadIdx.x;
-  float g[16], u[16], q[16];
-  load_elements(gate_up + 16 * c, g);
-#pragma unroll
-  for (int i = 0; i < 16; ++i) g[i] = round_as(gate_up, g[i] / (1.f + expf(-g[i])));
-  // up is loaded after silu (loaded with gate, its 16 registers make ptxas spill)
-  load_elements(gate_up + k + 16 * c, u);
+  const RawChunk<X> gate = load_raw(gate_up + 16 * c), up = load_raw(gate_up + k + 16 * c);
+  float y[16], q[16];
   u32 amax = 0;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    g[i] = round_as(gate_up, g[i] * u[i]);
-    amax = max(amax, __float_as_uint(g[i]) & 0x7fffffffu);
+    const float g = element(gate, i);
+    const float s = round_as(gate_up, g / (1.f + expf(-g)));
+    y[i] = round_as(gate_up, s * element(up, i));
+    amax = max(amax, __float_as_uint(y[i]) & 0x7fffffffu);
   }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-  quantize_part(g, amax, q);
+  quantize_part(y, amax, q);
 #pragma unroll
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
