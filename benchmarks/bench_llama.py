@@ -11,11 +11,10 @@ multiplies one row by the first layout's k/v kernels 4x slower (``bf16_layout_pr
 
 ``--fuse-projections`` runs every model with q/k/v and gate/up each as one projection
 (``LlamaConfig.fuse_projections``); ``--fuse-norms`` (with it) the MXFP8 model's residual adds and RMSNorms inside its
-projections (``LlamaConfig.fuse_norms``); ``--fuse-swiglu`` (with it) the MXFP8 model's SwiGLU inside its down
-projections (``LlamaConfig.fuse_swiglu``).
+projections (``LlamaConfig.fuse_norms``).
 
 Usage: python benchmarks/bench_llama.py [--layers 4] [--batches 1,8,32] [--bf16-layouts kn,nk] [--no-prefill]
-[--fuse-projections [--fuse-norms] [--fuse-swiglu]]; JSON to $OUT/bench_llama.json.
+[--fuse-projections [--fuse-norms]]; JSON to $OUT/bench_llama.json.
 """
 
 from __future__ import annotations
@@ -81,10 +80,9 @@ def build_model(
     fuse_projections: bool,
     backend: str = "auto",
     fuse_norms: bool = False,
-    fuse_swiglu: bool = False,
 ) -> tuple[LlamaConfig, dict]:
     """``(cfg, params)`` of the blocks ``base`` describes (:func:`block_config`): MXFP8 or bf16 (weights in
-    ``bf16_layout``), random weights from key 0; ``fuse_norms`` and ``fuse_swiglu`` apply to the MXFP8 model only."""
+    ``bf16_layout``), random weights from key 0; ``fuse_norms`` applies to the MXFP8 model only."""
     cfg = LlamaConfig(
         **base,
         quantized=quantized,
@@ -92,7 +90,6 @@ def build_model(
         bf16_layout=bf16_layout,
         fuse_projections=fuse_projections,
         fuse_norms=fuse_norms and quantized,
-        fuse_swiglu=fuse_swiglu and quantized,
     )
     params = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     return cfg, params
@@ -134,9 +131,6 @@ def main() -> None:
     ap.add_argument(
         "--fuse-norms", action="store_true", help="the MXFP8 model's norms inside its projections (with the above)"
     )
-    ap.add_argument(
-        "--fuse-swiglu", action="store_true", help="the MXFP8 model's SwiGLU in its down projections (with the above)"
-    )
     ap.add_argument("--dtype", default="bfloat16", help="the models' activations (LlamaConfig.dtype)")
     ap.add_argument(
         "--param-dtype", default="bfloat16", help="their non-quantized params: norms, embeddings, head, bf16 weights"
@@ -147,7 +141,7 @@ def main() -> None:
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "fuse_projections": args.fuse_projections, "rows": []}
-    out["fuse_norms"], out["fuse_swiglu"] = args.fuse_norms, args.fuse_swiglu
+    out["fuse_norms"] = args.fuse_norms
     base = block_config(args.layers, args.tiny) | dict(
         dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype)
     )
@@ -162,7 +156,6 @@ def main() -> None:
             fuse_projections=args.fuse_projections,
             backend=args.backend,
             fuse_norms=args.fuse_norms,
-            fuse_swiglu=args.fuse_swiglu,
         )
         nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
         row = {"model": name, "param_bytes": nbytes}

@@ -4,7 +4,7 @@ from mxfp8_xla.backends import BackendUnavailableError, select_backend
 from mxfp8_xla.compile_options import DECODE_LOOP_COMPILER_OPTIONS
 from mxfp8_xla.info import info
 from mxfp8_xla.layout import swizzle_scales, swizzled_scale_len, unswizzle_scales
-from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul, swiglu_matmul
+from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul
 from mxfp8_xla.mxarray import MXArray, dequantize, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE, E4M3_MAX
 
@@ -22,7 +22,6 @@ __all__ = [
     "mxfp8_matmul",
     "quantize",
     "select_backend",
-    "swiglu_matmul",
     "swizzle_scales",
     "swizzled_scale_len",
     "unswizzle_scales",

@@ -1,7 +1,7 @@
 """``mxfp8_matmul``: the MXFP8 linear-layer product ``x @ w.T``; ``add_rms_norm_matmul``: the same behind a residual
-add and an RMSNorm; ``swiglu_matmul``: the same behind SwiGLU.
+add and an RMSNorm.
 
-All are differentiable with respect to their float inputs, with the straight-through rule of
+Both are differentiable with respect to their float inputs, with the straight-through rule of
 :mod:`mxfp8_xla.ste`: the activation's quantization passes the gradient unchanged, and ``dx = g @ dequantize(w)``
 with float32 products and sums (:func:`straight_through_dx`), so a frozen MXFP8 layer backpropagates as a float
 layer with the decoded weight would (adapters trained on a quantized base, input gradients). The MXFP8 weight and an
@@ -21,15 +21,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from mxfp8_xla import glu, norm, per_shard, varying_axes
-from mxfp8_xla.backends import (
-    FUSED_ADD_NORM,
-    FUSED_SWIGLU,
-    TAKES_RAW_ACTIVATIONS,
-    backend_problems,
-    get_backend,
-    select_backend,
-)
+from mxfp8_xla import norm, per_shard, varying_axes
+from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, backend_problems, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
@@ -273,65 +266,3 @@ def _fused_add_norm_bwd(run, eps, out_dtype, name, residuals, g):
 
 
 _fused_add_norm.defvjp(_fused_add_norm_fwd, _fused_add_norm_bwd)
-
-
-def swiglu_matmul(
-    gate_up: jax.Array,
-    w: MXArray | FlashInferWeight,
-    *,
-    out_dtype: DTypeLike = jnp.bfloat16,
-    backend: str = "emulation",
-    name: str | None = None,
-    out_sharding: P | NamedSharding | None = None,
-) -> jax.Array:
-    """``mxfp8_matmul(swiglu(gate_up), w)``: a gated MLP's ``silu(gate) * up`` and its down projection, for the output
-    ``gate_up [..., 2K] = [gate, up]`` of a fused gate and up projection (:mod:`mxfp8_xla.glu` gives the formula).
-
-    ``w`` is ``[N, K]``; ``out_dtype``, ``backend``, ``name`` and ``out_sharding`` as for :func:`mxfp8_matmul`. On the
-    ``hopper`` backend one bfloat16 or float32 row (a decode step at batch 1) takes one kernel launch for all of it;
-    elsewhere (and on operands split over Explicit mesh axes) SwiGLU is ``jnp`` and the product :func:`mxfp8_matmul`,
-    with the same numbers.
-    """
-    check_quantizable(gate_up, "swiglu_matmul: gate_up")
-    out_dtype = check_float_dtype("swiglu_matmul: out_dtype", out_dtype)
-    if not isinstance(w, (MXArray, FlashInferWeight)):
-        raise TypeError(
-            f"swiglu_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one) or a FlashInferWeight, "
-            f"got {type(w).__name__}"
-        )
-    if w.ndim != 2 or gate_up.shape[-1] != 2 * w.shape[1]:
-        raise ValueError(
-            f"swiglu_matmul: gate_up {tuple(gate_up.shape)} must hold [gate, up], 2 K elements on its last axis, for "
-            f"w [N, K]; got w of shape {w.shape}"
-        )
-    fused = None  # split operands (Explicit mesh axes) compose: mxfp8_matmul runs, and resolves "auto", per shard
-    if not per_shard.is_split(*jax.tree.leaves((gate_up, w))):
-        backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)
-        w = _weight_for(backend, w, out_dtype, name)
-        fused = FUSED_SWIGLU.get(backend)
-    if fused is not None and fused[0](gate_up, w):
-        gate_up = varying_axes.cast_to(gate_up, varying_axes.of(gate_up, w))
-        y = _fused_swiglu(fused[1], out_dtype, name, gate_up, w)
-        return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
-    product = dict(out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
-    return mxfp8_matmul(glu.swiglu_halves(gate_up), w, **product)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused_swiglu(run, out_dtype, name, gate_up, w):
-    """One backend kernel for SwiGLU and the product; differentiated as their composition is."""
-    return run(gate_up, w, out_dtype)
-
-
-def _fused_swiglu_fwd(run, out_dtype, name, gate_up, w):
-    return run(gate_up, w, out_dtype), (gate_up, w)
-
-
-def _fused_swiglu_bwd(run, out_dtype, name, residuals, g):
-    gate_up, w = residuals
-    y, vjp = jax.vjp(glu.swiglu_halves, gate_up)
-    (d_gate_up,) = vjp(straight_through_dx(g, w, y.dtype, per_shard.explicit_sharding(y)))
-    return d_gate_up, None  # the MXFP8 weight is frozen
-
-
-_fused_swiglu.defvjp(_fused_swiglu_fwd, _fused_swiglu_bwd)

@@ -120,11 +120,6 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
         for norm_dtype in cuda_gemv.ADD_NORM_DTYPES
     }
     names |= {
-        cuda_gemv.config(4096, 4096).kernel(dtype, x_dtype=x_dtype, swiglu=True)
-        for dtype in (jnp.bfloat16, jnp.float32)
-        for x_dtype in cuda_gemv.ADD_NORM_DTYPES
-    }
-    names |= {
         cuda_gemv.config(n, 2048, m).kernel(dtype, x_dtype=jnp.float32)
         for n in (1024, 14336)
         for m in (1, 2, *cuda_gemv.MMA_ROWS)
@@ -429,38 +424,3 @@ def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weig
         ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs one bfloat16 or float32 row"
     ):
         cuda_gemv.add_norm_rows(x, delta, norm_weight, 1e-5, w, jnp.bfloat16)
-
-
-@pytest.mark.parametrize("out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)])
-@pytest.mark.parametrize("x_dtype, name", [(jnp.bfloat16, "swiglu"), (jnp.float32, "swiglu_xf32")])
-def test_swiglu_rows_is_one_launch_of_the_swiglu_kernel(out_dtype, kernel_dtype, x_dtype, name):
-    gate_up = jnp.ones((1, 1, 2 * 14336), x_dtype)
-    jaxpr = jax.make_jaxpr(lambda g: cuda_gemv.swiglu_rows(g, weight(4096, 14336), out_dtype))(gate_up)
-    (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
-    suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
-    assert launch.params["name"] == f"mxfp8_gemv_split_c1_r4_{name}_{suffix}"
-    assert launch.params["grid"] == (cuda_gemv.config(4096, 14336).grid(4096, cuda_gemv.DEFAULT_SMS), 1)
-    assert launch.params["warps"] == 14336 // 16 // 32 and len(launch.invars) == 4
-    assert (launch.invars[2].aval.shape, launch.invars[2].aval.dtype) == ((1, 2 * 14336), x_dtype)
-    assert launch.params["outputs"] == (((1, 4096), jnp.dtype(kernel_dtype)),)
-    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 4096), out_dtype)]
-
-
-@pytest.mark.parametrize(
-    "gate_up, k",
-    [
-        (jnp.ones((2, 8192), jnp.bfloat16), 4096),
-        (jnp.ones((1, 8192), jnp.float16), 4096),
-        (jnp.ones((1, 8000), jnp.bfloat16), 4000),
-        (jnp.ones((1, 4096), jnp.bfloat16), 4096),
-        (jnp.ones((1, 2 * (cuda_gemv.MAX_K[1] + 512)), jnp.bfloat16), cuda_gemv.MAX_K[1] + 512),
-    ],
-    ids=["two rows", "float16", "K % 512", "not 2 K", "K above the one-row kernel's"],
-)
-def test_swiglu_rows_refuses_what_its_kernel_does_not_take(gate_up, k):
-    w = weight(64, k)
-    assert not cuda_gemv.serves_swiglu(gate_up, w)
-    with pytest.raises(
-        ValueError, match=r"SwiGLU GEMV kernel: cannot take gate_up .* \(it needs one bfloat16 or float32"
-    ):
-        cuda_gemv.swiglu_rows(gate_up, w, jnp.bfloat16)

@@ -39,8 +39,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla import glu
-
 from .layers import DenseNK, dense, row_dense
 
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer: (keys, values) [B, S, KV, hd]
@@ -79,9 +77,6 @@ class LlamaConfig:
     # them (``MXFP8Dense.with_add_rms_norm``: one kernel launch at batch 1 on the hopper backend). MXFP8 models with
     # fuse_projections only. The blocks then pass the residual stream on as (x, delta), added inside the next norm.
     fuse_norms: bool = False
-    # each MLP's silu(gate) * up inside its down projection (``MXFP8Dense.with_swiglu``: one kernel launch at batch 1
-    # on the hopper backend), computed as mxfp8_xla.glu.swiglu rounds it. MXFP8 models with fuse_projections only.
-    fuse_swiglu: bool = False
     # tensor parallelism (examples/llama/parallel.py): the mesh axis the projections are split over. Set only
     # for the model run inside ``jax.shard_map``: attention then uses the local head counts and the row-parallel
     # projections (o_proj, down_proj) ``psum`` their float32 partial sums over this axis.
@@ -93,12 +88,6 @@ class LlamaConfig:
                 f"LlamaConfig: fuse_norms=True needs quantized=True and fuse_projections=True (got quantized="
                 f"{self.quantized}, fuse_projections={self.fuse_projections}): the norms go into qkv_proj and "
                 "gate_up_proj, MXFP8 layers"
-            )
-        if self.fuse_swiglu and not (self.quantized and self.fuse_projections):
-            raise ValueError(
-                f"LlamaConfig: fuse_swiglu=True needs quantized=True and fuse_projections=True (got quantized="
-                f"{self.quantized}, fuse_projections={self.fuse_projections}): SwiGLU goes into down_proj, an MXFP8 "
-                "layer, from gate_up_proj's output"
             )
         if self.fuse_projections and self.tp_axis is not None:
             raise ValueError(
@@ -268,14 +257,11 @@ class MLP(nn.Module):
         residual = None
         if cfg.fuse_projections:
             gate_up, residual = project(dense(2 * inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_up_proj"), x)
-            if cfg.fuse_swiglu:
-                down_proj = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")
-                return down_proj.with_swiglu(gate_up), residual
             gate, up = jnp.split(gate_up, 2, axis=-1)
         else:
             gate = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="gate_proj")(x)
             up = dense(inter, use_bias=cfg.mlp_bias, cfg=cfg, name="up_proj")(x)
-        down = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(glu.swiglu(gate, up))
+        down = row_dense(cfg.hidden_size, use_bias=cfg.mlp_bias, cfg=cfg, name="down_proj")(nn.silu(gate) * up)
         return down, residual
 
 

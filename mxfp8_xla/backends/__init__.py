@@ -24,7 +24,6 @@ torch and flashinfer are imported only when their backend runs.
 from mxfp8_xla.backends.registry import (
     BACKENDS,
     FUSED_ADD_NORM,
-    FUSED_SWIGLU,
     TAKES_RAW_ACTIVATIONS,
     TRAIN_QUANTIZERS,
     Backend,
@@ -45,7 +44,6 @@ __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "FUSED_ADD_NORM",
-    "FUSED_SWIGLU",
     "TAKES_RAW_ACTIVATIONS",
     "TRAIN_QUANTIZERS",
     "Backend",

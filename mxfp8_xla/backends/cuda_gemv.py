@@ -51,10 +51,6 @@ the decode step"). Its row is bf16 or float32 and its norm weight bf16 or float3
 :mod:`mxfp8_xla.norm` does; the float32 pairs saved up to 1.0 us a call, within noise at (28672, 4096)
 (docs/benchmark_log.md, "Float32 rows behind the add and norm").
 
-:func:`swiglu_rows` runs the one-row kernel with SwiGLU in front (``swiglu_chunk`` in ``gemv.cu``;
-:func:`mxfp8_xla.swiglu_matmul`): a gated MLP's ``silu(gate) * up`` computed from the gate and up projection's row as
-the down projection's kernel loads it, with :func:`mxfp8_xla.glu.swiglu`'s roundings.
-
 Every kernel has a twin for float32 rows (``_xf32``; Flax layers compute in float32 unless their ``dtype`` says
 otherwise): the same code, its activation loads twice as wide. Each quantizes the float32 rows directly, as emulation
 does; rounding them to bf16 first would round twice. float16 rows are widened to float32 first, which is exact. On an
@@ -127,21 +123,14 @@ class GemvConfig:
         return self.m in MMA_ROWS
 
     def kernel(
-        self,
-        out_dtype: jnp.dtype,
-        x_dtype: jnp.dtype = jnp.bfloat16,
-        norm_dtype: jnp.dtype | None = None,
-        swiglu: bool = False,
+        self, out_dtype: jnp.dtype, x_dtype: jnp.dtype = jnp.bfloat16, norm_dtype: jnp.dtype | None = None
     ) -> str:
         """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); with ``norm_dtype`` (that of
-        the norm weight, bfloat16 or float32), the one-row kernel with the residual add and RMSNorm in front; with
-        ``swiglu``, the one-row kernel with SwiGLU in front."""
+        the norm weight, bfloat16 or float32), the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         rows_dtype = "_xf32" if jnp.dtype(x_dtype) == jnp.float32 else ""
         if self.tensor_cores:
             return f"mxfp8_gemv_mma_r{self.rows}{rows_dtype}_{suffix}"
-        if swiglu:
-            return f"mxfp8_gemv_split_c1_r{self.rows}_swiglu{rows_dtype}_{suffix}"
         if norm_dtype is None:
             rows = f"_m{self.m}" if self.m > 1 else ""
             return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{rows_dtype}_{suffix}"
@@ -267,51 +256,16 @@ def add_norm_rows(
     return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
 
 
-def serves_swiglu(gate_up: jax.Array, w: MXArray) -> bool:
-    """Whether a SwiGLU kernel computes :func:`swiglu_rows`: one bfloat16 or float32 row ``[gate, up]`` ``[..., 2K]``
-    and a weight ``[N, K]`` the one-row kernel takes."""
-    *lead, two_k = gate_up.shape
-    return (
-        isinstance(gate_up, jax.Array)
-        and math.prod(lead) == 1
-        and gate_up.dtype in ADD_NORM_DTYPES
-        and two_k == 2 * w.shape[1]
-        and config(w.shape[0], w.shape[1]) is not None
-    )
-
-
-def swiglu_rows(gate_up: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """``swiglu(gate_up) @ w.T`` for one bfloat16 or float32 row ``gate_up [..., 2K]`` (gate first), in one launch of
-    a SwiGLU kernel: the formula and its roundings are :func:`mxfp8_xla.glu.swiglu`'s; the product is in
-    ``out_dtype`` (bf16 and float32 written by the kernel, another dtype rounded from float32)."""
-    *lead, two_k = gate_up.shape
-    n, k = w.shape
-    if not serves_swiglu(gate_up, w):
-        raise ValueError(
-            f"hopper backend, SwiGLU GEMV kernel: cannot take gate_up {tuple(gate_up.shape)} "
-            f"{jnp.dtype(gate_up.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 or float32 row [gate, up] of "
-            f"2 K elements, K % 512 == 0, K <= {MAX_K[1]}, N % {ROWS} == 0)"
-        )
-    out = _launch(config(n, k), w, gate_up.reshape(1, two_k), out_dtype=out_dtype, swiglu=True)
-    return out.astype(out_dtype).reshape(*lead, n)
-
-
 def _launch(
-    cfg: GemvConfig,
-    w: MXArray,
-    *activation: jax.Array,
-    out_dtype: jnp.dtype,
-    norm_dtype: jnp.dtype | None = None,
-    swiglu: bool = False,
+    cfg: GemvConfig, w: MXArray, *activation: jax.Array, out_dtype: jnp.dtype, norm_dtype: jnp.dtype | None = None
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One launch of ``cfg``'s kernel on ``w`` and the ``activation`` operands (its rows first): the product
     ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``norm_dtype`` (the
-    add-and-norm kernel's norm weight's) the residual sum ``[1, K]`` in the rows' dtype as well; with ``swiglu``, the
-    SwiGLU kernel's."""
+    add-and-norm kernel's norm weight's) the residual sum ``[1, K]`` in the rows' dtype as well."""
     n, k = w.shape
     rows = activation[0]
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
-    name = cfg.kernel(kernel_dtype, x_dtype=rows.dtype, norm_dtype=norm_dtype, swiglu=swiglu)
+    name = cfg.kernel(kernel_dtype, x_dtype=rows.dtype, norm_dtype=norm_dtype)
     return ptx_launch.launch(
         jax.lax.bitcast_convert_type(w.data, jnp.uint8),
         w.scale,

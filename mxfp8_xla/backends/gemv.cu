@@ -26,9 +26,6 @@
 // put a residual add and an RMSNorm in front of the one-row kernel (add_norm_chunk below): out = RMSNorm(x + delta) @
 // w^T, and CTA 0 writes h_out = x + delta ([1, k]); x, delta and h_out bf16 (float32 with _xf32), nw [k] of x's type
 // (the other with _n), eps float32 [1]; launched as the one-row kernel.
-// Kernels mxfp8_gemv_split_c1_r4_swiglu[_xf32]_{bf16,f32}(w, sw, gate_up, dims, out) put SwiGLU in front of the
-// one-row kernel (swiglu_chunk below): out = (silu(gate) * up) @ w^T with gate_up = [gate, up] ([1, 2k], bf16, or
-// float32 with _xf32); launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8[_xf32]_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
 // summed one a thread).
@@ -384,51 +381,6 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
 }
 
-// 16 consecutive elements of a bf16 (u16) or float32 row as loaded: two or four 16-byte vectors, unpacked on use.
-template <typename X>
-struct RawChunk {
-  uint4 v[sizeof(X)];
-};
-
-template <typename X>
-__device__ __forceinline__ RawChunk<X> load_raw(const X* p) {
-  RawChunk<X> c;
-#pragma unroll
-  for (int i = 0; i < static_cast<int>(sizeof(X)); ++i) c.v[i] = reinterpret_cast<const uint4*>(p)[i];
-  return c;
-}
-
-__device__ __forceinline__ float element(const RawChunk<u16>& c, int i) {
-  const u32 word = (&c.v[0].x)[i >> 1];
-  return __uint_as_float((i & 1) ? word & 0xffff0000u : word << 16);
-}
-
-__device__ __forceinline__ float element(const RawChunk<float>& c, int i) { return __uint_as_float((&c.v[0].x)[i]); }
-
-// The SwiGLU kernels' activation stage (one row, one chunk a thread): thread t's chunk of
-//   s = X(g / (1 + exp(-g))),  y = X(s * u)
-// with g and u the two halves of the row gate_up [1, 2k] (gate first) and X its element type (bf16 as u16, or
-// float), as mxfp8_xla.glu.swiglu writes it (expf is libdevice's, as XLA's exp; the division correctly rounded); y
-// quantized exactly and decoded into xv. Both halves are loaded at once and kept as loaded until used.
-template <typename X>
-__device__ __forceinline__ void swiglu_chunk(const X* __restrict__ gate_up, int k, float4 (&xv)[1][1][4]) {
-  const int c = threadIdx.x;
-  const RawChunk<X> gate = load_raw(gate_up + 16 * c), up = load_raw(gate_up + k + 16 * c);
-  float y[16], q[16];
-  u32 amax = 0;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const float g = element(gate, i);
-    const float s = round_as(gate_up, g / (1.f + expf(-g)));
-    y[i] = round_as(gate_up, s * element(up, i));
-    amax = max(amax, __float_as_uint(y[i]) & 0x7fffffffu);
-  }
-  amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-  quantize_part(y, amax, q);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) xv[0][0][i] = make_float4(q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]);
-}
-
 // ---- Three to eight rows on the tensor cores ----
 
 // c += A B, one m16n8k16 f16 MMA with float32 accumulation: A [16, 16] (this lane: row g's f16 pairs a0, a2; rows
@@ -661,24 +613,11 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   ADDNORM_KERNEL(NAME##_bf16, X, NW, u16)    \
   ADDNORM_KERNEL(NAME##_f32, X, NW, float)
 
-// The SwiGLU kernels: one row, (w, sw, gate_up, dims, out), gate_up [1, 2k] of type X (bf16 as u16, or float).
-#define SWIGLU_KERNEL(NAME, X, OUT)                                                                          \
-  extern "C" __global__ void __launch_bounds__(1024)                                                         \
-      NAME(const u8* w, const u8* sw, const X* gate_up, const int* dims, OUT* out) {                         \
-    gemv_split<1, 4, 1, OUT>(                                                                                \
-        w, sw, [&](float4(&xv)[1][1][4], int k) { swiglu_chunk(gate_up, k, xv); }, out, dims);               \
-  }
-#define SWIGLU_BOTH(NAME, X)           \
-  SWIGLU_KERNEL(NAME##_bf16, X, u16)   \
-  SWIGLU_KERNEL(NAME##_f32, X, float)
-
 SPLIT(1, 4, 1024)          // the library's, one row: k = 512 ... 16384
 ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm, u16, u16)                 // bf16 row and norm weight
 ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_nf32, u16, float)          // bf16 row, float32 norm weight
 ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_xf32, float, float)        // float32 row and norm weight
 ADDNORM_BOTH(mxfp8_gemv_split_c1_r4_addnorm_xf32_nbf16, float, u16)    // float32 row, bf16 norm weight
-SWIGLU_BOTH(mxfp8_gemv_split_c1_r4_swiglu, u16)         // bf16 row
-SWIGLU_BOTH(mxfp8_gemv_split_c1_r4_swiglu_xf32, float)  // float32 row
 SPLIT_ROWS(1, 4, 2, 512)   // the library's, two rows: k = 512 ... 8192
 SPLIT_BOTH(mxfp8_gemv_split_c1_r4_xf32, 1, 4, 1, 1024, float)    // one float32 row
 SPLIT_BOTH(mxfp8_gemv_split_c1_r4_m2_xf32, 1, 4, 2, 512, float)  // two float32 rows

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mxfp8_xla import glu, norm, numerics, varying_axes
+from mxfp8_xla import norm, numerics, varying_axes
 from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, pallas_quantize
 from mxfp8_xla.backends.pallas_quantize import pltriton
 from mxfp8_xla.backends.select import require_backend
@@ -464,32 +464,6 @@ def add_norm_gemv(
         return jax.vmap(unfused, in_axes=axes)(*operands), (True, True)
 
     return fused(x, delta, norm_weight, w.data, w.scale)
-
-
-def fuses_swiglu(gate_up: jax.Array, w: MXArray) -> bool:
-    """Whether :func:`swiglu_gemv` runs a SwiGLU kernel for these operands (one bf16 or float32 row)."""
-    return not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves_swiglu(gate_up, w)
-
-
-def swiglu_gemv(gate_up: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
-    """:func:`cuda_gemv.swiglu_rows` (where :func:`fuses_swiglu`); under ``vmap`` SwiGLU in ``jnp``
-    (:mod:`mxfp8_xla.glu`), then :func:`_rows`."""
-
-    @jax.custom_batching.custom_vmap
-    def fused(gate_up, data, scale):
-        return cuda_gemv.swiglu_rows(gate_up, MXArray(data, scale), out_dtype)
-
-    @fused.def_vmap
-    def _(axis_size, in_batched, *operands):
-        del axis_size
-
-        def unfused(gate_up, data, scale):
-            return _rows(glu.swiglu_halves(gate_up), MXArray(data, scale), out_dtype)
-
-        axes = tuple(0 if b else None for b in in_batched)
-        return jax.vmap(unfused, in_axes=axes)(*operands), True
-
-    return fused(gate_up, w.data, w.scale)
 
 
 def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:

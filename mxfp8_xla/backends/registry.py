@@ -43,12 +43,6 @@ FUSED_ADD_NORM: dict[str, tuple[Callable[..., bool], Callable[..., tuple[jax.Arr
 """Backends with one kernel for a residual add, an RMSNorm and the product: ``(fuses(x, delta, norm_weight, w),
 run(x, delta, norm_weight, eps, w, out_dtype))``; where ``fuses`` says no, ``add_rms_norm_matmul`` composes them."""
 
-FUSED_SWIGLU: dict[str, tuple[Callable[..., bool], Callable[..., jax.Array]]] = {
-    "hopper": (hopper.fuses_swiglu, hopper.swiglu_gemv),
-}
-"""Backends with one kernel for SwiGLU and the product: ``(fuses(gate_up, w), run(gate_up, w, out_dtype))``; where
-``fuses`` says no, ``swiglu_matmul`` composes them."""
-
 
 def get_backend(name: str) -> Backend:
     """The backend function registered under the concrete backend ``name`` (not ``"auto"``)."""

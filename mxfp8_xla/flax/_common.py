@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import SELECTABLE
 from mxfp8_xla.layout import swizzled_scale_len
-from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul, swiglu_matmul
+from mxfp8_xla.matmul import add_rms_norm_matmul, mxfp8_matmul
 from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray, check_float_dtype, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
 from mxfp8_xla.ste import mxfp8_linear_ste
@@ -142,24 +142,6 @@ def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Arr
     return x
 
 
-def check_gate_up(layer: str, gate_up: jax.Array, in_features: int | None = None) -> int:
-    """K, half of ``gate_up``'s last axis, after checking that it is a float ``[..., 2K]`` (``2 * in_features``
-    where given): a fused gate and up projection's output ``[gate, up]``."""
-    if gate_up.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{layer}: with_swiglu's gate_up with shape {tuple(gate_up.shape)} has dtype {gate_up.dtype}; expected "
-            "float32, bfloat16 or float16"
-        )
-    two_k = gate_up.shape[-1]
-    if two_k % 2 or (in_features is not None and two_k != 2 * in_features):
-        expected = f"2 x {in_features} (in_features)" if in_features is not None else "an even number (2 K)"
-        raise ValueError(
-            f"{layer}: with_swiglu's gate_up has shape {tuple(gate_up.shape)}; its last dimension holds [gate, up], "
-            f"expected {expected}"
-        )
-    return two_k // 2
-
-
 def output_dtype(layer: str, x: jax.Array, dtype: Any, param_dtype: Any) -> jnp.dtype:
     """Output dtype as in ``nn.Dense``: ``dtype`` or the promotion of input and param dtypes."""
     if dtype is not None:
@@ -228,21 +210,3 @@ def forward_add_rms_norm(
     product = dict(out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
     y, h = add_rms_norm_matmul(x, delta, norm_weight, w, eps=eps, **product)
     return add_bias(y, bias, out_dtype), h
-
-
-@functools.partial(jax.jit, static_argnames=("out_dtype", "backend", "name", "out_sharding"))
-def forward_swiglu(
-    gate_up: jax.Array,
-    *,
-    kernel_q: jax.Array,
-    kernel_scale: jax.Array,
-    bias: jax.Array | None,
-    out_dtype: jnp.dtype,
-    backend: str,
-    name: str | None = None,
-    out_sharding: P | NamedSharding | None = None,
-) -> jax.Array:
-    """``swiglu(gate_up) @ W + bias`` in MXFP8 (:func:`swiglu_matmul`), inference params."""
-    w = inference_weight(kernel_q, kernel_scale)
-    y = swiglu_matmul(gate_up, w, out_dtype=out_dtype, backend=backend, name=name, out_sharding=out_sharding)
-    return add_bias(y, bias, out_dtype)

@@ -66,27 +66,19 @@ class MXFP8Dense(nn.Module):
         ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
         return self._apply(x, (delta, norm_weight, eps), out_sharding)
 
-    def with_swiglu(self, gate_up: jax.Array, out_sharding: PartitionSpec | NamedSharding | None = None) -> jax.Array:
-        """``self(silu(gate) * up)`` for ``gate_up [..., 2K] = [gate, up]``, a fused gate and up projection's output:
-        a gated MLP's down projection (:func:`mxfp8_xla.swiglu_matmul`; one kernel launch for one bf16 or float32 row
-        on the ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
-        return self._apply(gate_up, None, out_sharding, swiglu=True)
-
     @nn.compact
     def _apply(
         self,
         inputs: jax.Array,
         add_norm: tuple[jax.Array, jax.Array, float] | None,
         out_sharding: PartitionSpec | NamedSharding | None,
-        swiglu: bool = False,
     ):
         layer = f"MXFP8Dense at '{'/'.join(self.scope.path) or '<root>'}'"
-        fused = "with_swiglu" if swiglu else "with_add_rms_norm" if add_norm is not None else None
-        if fused is not None and self.mode != "inference":
-            raise ValueError(f"{layer}: {fused} needs mode='inference' (MXFP8 params), got {self.mode!r}")
+        if add_norm is not None and self.mode != "inference":
+            raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
         _common.check_config(layer, self.mode, self.backend, self.dtype, self.param_dtype)
         x = _common.prepare_input(layer, inputs)
-        k, n = _common.check_gate_up(layer, x) if swiglu else x.shape[-1], self.features
+        k, n = x.shape[-1], self.features
         _common.check_k(layer, k, f"input of shape {tuple(x.shape)}")
         pdt = self.param_dtype
         self._check_mode_matches_params(layer)
@@ -119,13 +111,23 @@ class MXFP8Dense(nn.Module):
             self._check_existing(layer, "bias", (n,), FLOAT_DTYPES)
             bias = self.param("bias", self.bias_init, (n,), pdt)
         out_dtype = _common.output_dtype(layer, x, self.dtype, pdt)
-        product = dict(**weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
-        if swiglu:
-            return _common.forward_swiglu(x, **product, out_sharding=out_sharding)
         if add_norm is not None:
             delta, norm_weight, eps = add_norm
-            return _common.forward_add_rms_norm(x, delta, norm_weight, eps=eps, **product, out_sharding=out_sharding)
-        return _common.forward(x, **product, out_sharding=out_sharding)
+            return _common.forward_add_rms_norm(
+                x,
+                delta,
+                norm_weight,
+                eps=eps,
+                **weights,
+                bias=bias,
+                out_dtype=out_dtype,
+                backend=self.backend,
+                name=layer,
+                out_sharding=out_sharding,
+            )
+        return _common.forward(
+            x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer, out_sharding=out_sharding
+        )
 
     def _check_mode_matches_params(self, layer: str) -> None:
         """Raise if the loaded params belong to the other mode."""

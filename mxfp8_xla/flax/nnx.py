@@ -165,28 +165,16 @@ class MXFP8Linear(nnx.Module):
         ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
         return self._apply(x, (delta, norm_weight, eps), out_sharding)
 
-    def with_swiglu(self, gate_up: jax.Array, out_sharding: PartitionSpec | NamedSharding | None = None) -> jax.Array:
-        """``self(silu(gate) * up)`` for ``gate_up [..., 2 in_features] = [gate, up]``, a fused gate and up projection's
-        output: a gated MLP's down projection (:func:`mxfp8_xla.swiglu_matmul`; one kernel launch for one bf16 or
-        float32 row on the ``hopper`` backend). Inference mode only; ``out_sharding`` as for ``__call__``."""
-        return self._apply(gate_up, None, out_sharding, swiglu=True)
-
     def _apply(
         self,
         inputs: jax.Array,
         add_norm: tuple[jax.Array, jax.Array, float] | None,
         out_sharding: PartitionSpec | NamedSharding | None = None,
-        swiglu: bool = False,
     ):
         layer = f"MXFP8Linear({self.in_features}, {self.out_features})"
-        fused = "with_swiglu" if swiglu else "with_add_rms_norm" if add_norm is not None else None
-        if fused is not None and self.mode != "inference":
-            raise ValueError(f"{layer}: {fused} needs mode='inference' (MXFP8 params), got {self.mode!r}")
-        if swiglu:
-            x = _common.prepare_input(layer, inputs)
-            _common.check_gate_up(layer, x, self.in_features)
-        else:
-            x = _common.prepare_input(layer, inputs, self.in_features)
+        if add_norm is not None and self.mode != "inference":
+            raise ValueError(f"{layer}: with_add_rms_norm needs mode='inference' (MXFP8 params), got {self.mode!r}")
+        x = _common.prepare_input(layer, inputs, self.in_features)
         k, n = self.in_features, self.out_features
         if self.mode == "train":
             kernel = self.kernel[...]
@@ -202,13 +190,15 @@ class MXFP8Linear(nnx.Module):
             bias = self.bias[...]
             _common.check_param(layer, "bias", bias, (n,), FLOAT_DTYPES)
         out_dtype = _common.output_dtype(layer, x, self.dtype, self.param_dtype)
-        product = dict(**weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer)
-        if swiglu:
-            return _common.forward_swiglu(x, **product, out_sharding=out_sharding)
         if add_norm is not None:
             delta, norm_weight, eps = add_norm
-            return _common.forward_add_rms_norm(x, delta, norm_weight, eps=eps, **product, out_sharding=out_sharding)
-        return _common.forward(x, **product, out_sharding=out_sharding)
+            return _common.forward_add_rms_norm(
+                x, delta, norm_weight, eps=eps, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend,
+                name=layer, out_sharding=out_sharding,
+            )  # fmt: skip
+        return _common.forward(
+            x, **weights, bias=bias, out_dtype=out_dtype, backend=self.backend, name=layer, out_sharding=out_sharding
+        )
 
 
 def _inference_params(q: MXArray, metadata: Mapping[str, Any]) -> tuple[nnx.Param, nnx.Param]:
