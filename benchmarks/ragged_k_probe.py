@@ -42,13 +42,14 @@ Candidate = hopper.KernelConfig | hopper_mosaic.MosaicConfig | None
 
 
 def candidates(m: int, n: int, k: int) -> dict[str, Candidate]:
-    """The route's own config (the Mosaic kernel's where it takes the shape), ``cublas`` (None: the
-    decode-then-cuBLAS route), every (bk, split_k) with bk in 128, 64, 32 dividing K and split_k a divisor of K / bk
-    up to 128 programs' worth of splits (at most 76), and where the route takes the Mosaic kernel its config with
-    each divisor of K / tile_k as the split (up to 76)."""
+    """The route's own config (the Mosaic kernel's where it takes the shape; None where it decodes for cuBLAS),
+    ``cublas`` (None: the decode-then-cuBLAS route), every (bk, split_k) with bk in 128, 64, 32 dividing K and split_k
+    a divisor of K / bk up to 128 programs' worth of splits (at most 76), and where the route takes the Mosaic kernel
+    its config with each divisor of K / tile_k as the split (up to 76)."""
     base = hopper.default_config(m, n, k)
     mosaic = hopper.mosaic_config(m, n, k)
-    out = {"route": base if mosaic is None else mosaic, "cublas": None}
+    route = mosaic if mosaic is not None else base if hopper.takes_triton(m, n, k) else None
+    out = {"route": route, "cublas": None}
     if mosaic is not None:
         tiles = k // mosaic.tile_k
         for split in (d for d in range(1, min(tiles, 76) + 1) if tiles % d == 0):

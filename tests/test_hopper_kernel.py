@@ -160,12 +160,13 @@ def test_default_config_runs_every_shape_of_whole_blocks(m, n, blocks):
 
 
 @pytest.mark.parametrize(
-    ("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160), (20, 100, 1184)]
+    ("m", "n", "k"), [(5, 100, 96), (80, 100, 96), (3, 1000, 2368), (40, 52, 160), (20, 100, 2368), (20, 100, 1184)]
 )
 @pytest.mark.parametrize("prequantized", [False, True])
 def test_backend_serves_shapes_off_the_kernels_tiles(m, n, k, prequantized, rng):
     # N off 64 and K off 128 (any K of whole 32-blocks): the Triton GEMM (masked N, narrower K tiles, K split into
-    # its 37 tiles at 20 rows) and the decode-then-cuBLAS path, where the backend once refused and "auto" ran emulation
+    # its 37 tiles at 20 rows) and the decode-then-cuBLAS path (and at 20 rows where a 37-way split of K = 1184 would
+    # write partial sums 2.5x the weight's bytes), where the backend once refused and "auto" ran emulation
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = mx.quantize(rng.standard_normal((n, k)).astype(np.float32))
     want = mx.mxfp8_matmul(x, w, out_dtype=jnp.float32)
@@ -174,6 +175,34 @@ def test_backend_serves_shapes_off_the_kernels_tiles(m, n, k, prequantized, rng)
         got = jax.jit(lambda a: mx.mxfp8_matmul(a, w, out_dtype=jnp.float32, backend="hopper"))(xin)
     assert got.shape == (m, n)
     assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "triton"),
+    [
+        (16, 3584, 2368, True),  # up to 16 rows always
+        (32, 3584, 2368, True),  # split 37: partial sums 2.0x the weight's bytes
+        (33, 3584, 2368, False),  # 2.06x
+        (48, 3584, 2368, False),  # 3.0x: cuBLAS ran 10-25% faster on an H200
+        (64, 5120, 1728, True),  # split 3: 0.44x
+        (64, 4096, 4096, True),
+        (65, 4096, 4096, False),  # above SMALL_M_MAX
+        (20, 100, 1184, False),  # split 37 at 20 rows: 2.5x
+    ],
+)
+def test_from_17_rows_a_split_writing_more_than_twice_the_weights_bytes_goes_to_cublas(m, n, k, triton):
+    assert hopper.takes_triton(m, n, k) is triton
+    sums = hopper.default_config(m, n, k).split_k * m * n * 4
+    assert triton == (m <= 16 or (m <= hopper.SMALL_M_MAX and sums <= hopper.CUBLAS_PARTIAL_SUMS_WEIGHTS * n * k))
+
+
+def test_the_route_follows_takes_triton():
+    x, w = jnp.ones((48, 2368), jnp.bfloat16), mx.quantize(jnp.ones((3584, 2368), jnp.float32))
+    with override_capability(H100):
+        jaxpr = str(jax.make_jaxpr(lambda x: hopper.matmul(x, w, jnp.bfloat16))(x))
+        assert "mxfp8_hopper_gemm" not in jaxpr and "dot_general" in jaxpr
+        jaxpr = str(jax.make_jaxpr(lambda x: hopper.matmul(x[:32], w, jnp.bfloat16))(x))
+        assert "mxfp8_hopper_gemm" in jaxpr
 
 
 @pytest.mark.parametrize("m", [5, 80])  # the Pallas GEMM, and the decode-then-cuBLAS path

@@ -24,6 +24,10 @@ def test_candidates_name_the_route_cublas_and_every_k_tiling():
     assert {"bk64_s1", "bk64_s37", "bk32_s2", "bk32_s74"} <= set(got) and not any(k.startswith("mosaic") for k in got)
 
 
+def test_where_the_route_decodes_for_cublas_its_candidate_is_none():
+    assert ragged_k_probe.candidates(48, 3584, 2368)["route"] is None  # a 37-way split: partial sums 3x the weight
+
+
 def test_where_the_mosaic_kernel_takes_the_shape_the_route_is_its_config_and_its_splits_are_candidates():
     got = ragged_k_probe.candidates(32, 3584, 2432)  # 19 tiles of 128
     assert got["route"] == hopper.mosaic_config(32, 3584, 2432)
@@ -31,9 +35,9 @@ def test_where_the_mosaic_kernel_takes_the_shape_the_route_is_its_config_and_its
     assert all(isinstance(got[f"mosaic_s{d}"], hopper_mosaic.MosaicConfig) for d in (1, 19))
 
 
-@pytest.mark.parametrize("label", ["route", "cublas", "bk32_s37"])
+@pytest.mark.parametrize("label", ["route", "cublas", "bk64_s37", "bk32_s74"])
 def test_each_forced_route_computes_emulations_product(label, rng):
-    m, n, k = 20, 100, 1184  # 37 tiles of 32
+    m, n, k = 20, 100, 2368  # 37 tiles of 64, split 37 ways by the route
     x = jnp.asarray(rng.standard_normal((m, k)).astype(np.float32))
     w = mx.quantize(rng.standard_normal((n, k)).astype(np.float32))
     cfg = ragged_k_probe.candidates(m, n, k)[label]

@@ -155,6 +155,26 @@ faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x /
 """
 
 
+CUBLAS_PARTIAL_SUMS_WEIGHTS = 2
+"""From 17 rows, where the Triton GEMM's K split would write float32 partial sums above this many times the weight's
+bytes, the route decodes both operands for cuBLAS instead (:func:`takes_triton`).
+
+On an H200 (``ragged_k_probe.py --only route,cublas``; twenty-ninth and thirtieth sessions) at (3584, 2368), split 37
+ways, the split ran 14.4 / 17.2 us against cuBLAS's 20.7 / 21.3 us at 17 / 32 rows (partial sums 1.1x / 2.0x the
+weight's bytes) and 22.2-22.7 / 27.1-27.2 us against 19.6-20.2 / 20.3 us at 48 / 64 rows (3.0x / 4.0x). At
+(5120, 1728), split 3 ways (0.4x), the Triton GEMM beat cuBLAS at 48 and 64 rows (18.7 / 18.9 against 20.8 / 20.5 us).
+"""
+
+
+def takes_triton(m: int, n: int, k: int) -> bool:
+    """Whether ``m`` rows times a weight ``[n, k]`` take the Triton GEMM where the Mosaic kernel does not: up to 16
+    rows always, 17 to :data:`SMALL_M_MAX` while :func:`default_config`'s float32 partial sums stay within
+    :data:`CUBLAS_PARTIAL_SUMS_WEIGHTS` times the weight's bytes; else the weight is decoded for cuBLAS."""
+    if m > SMALL_M_MAX:
+        return False
+    return m <= 16 or default_config(m, n, k).split_k * m * 4 <= CUBLAS_PARTIAL_SUMS_WEIGHTS * k
+
+
 def default_config(m: int, n: int, k: int) -> KernelConfig:
     """The Triton GEMM's tiles for ``m <= 64`` rows (benchmarks/hopper_sweep.py): bk = 128 (64 or 32 where K
     needs a narrower tile), whole-tile dequantization.
@@ -477,7 +497,7 @@ def _rows(x: jax.Array | MXArray, w: MXArray, out_dtype: jnp.dtype) -> jax.Array
     if mosaic is not None:
         x_exact = decode_operand(x2, rows=hopper_mosaic.padded_rows(m))
         out = hopper_mosaic.matmul_2d(x_exact, w, out_dtype, mosaic)[:m]
-    elif m <= SMALL_M_MAX:
+    elif takes_triton(m, w.shape[0], k):
         out = matmul_2d(x2 if isinstance(x2, MXArray) else quantize_activations(x2), w, out_dtype)
     else:  # cuBLAS accumulates bf16 products in float32 and rounds once into out_dtype
         dims = (((1,), (1,)), ((), ()))
