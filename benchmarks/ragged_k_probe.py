@@ -80,7 +80,10 @@ def route_with(cfg: Candidate, out_dtype: jnp.dtype = jnp.bfloat16):
                 mock.patch.object(hopper, "_takes_gemv", lambda *_: False),
             ):
                 return hopper.matmul(x, w, out_dtype)
-        with mock.patch.object(hopper, "default_config", lambda *_: cfg):
+        with (
+            mock.patch.object(hopper, "default_config", lambda *_: cfg),
+            mock.patch.object(hopper, "takes_triton", lambda *_: True),
+        ):
             return hopper.matmul(x, w, out_dtype)
 
     return traced

@@ -111,14 +111,31 @@ The best split at every (N, K, M) of ``mosaic_sweep.py --mid-m`` (now ``--rows 6
 """
 
 
+PARTIAL_SUMS_MAX_WEIGHTS = 4
+"""An odd split of K (the Triton GEMM's or the Mosaic kernel's) keeps its float32 partial sums (``split_k * M * N * 4``
+bytes, M padded as the kernel pads it) within this many times the weight's bytes (``N * K``).
+
+On an H200 (``ragged_k_probe.py``, (3584, 2368), 37 tiles of 64) splitting K 37 ways ran 2.1x / 1.7x / 2.3x / 1.9x
+faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x / 3.0x / 4.0x the weight's bytes.
+"""
+
+
 def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
     """The Mosaic GPU kernel's split (>= :data:`MOSAIC_MIN_CTAS` CTAs) and stages (what fits) for ``[m, k] x [n, k]``,
-    whether or not :func:`mosaic_config` routes the shape to it; it may still fail ``check``."""
+    whether or not :func:`mosaic_config` routes the shape to it; it may still fail ``check``.
+
+    K is split in two while that divides it, then, where the tiles left are odd, by :func:`_odd_split`: on an H200
+    (``ragged_k_probe.py``, thirtieth session) at (5120, 3456), 40 CTAs and 27 tiles of 128, splitting K 3 ways ran
+    17.0 / 19.5 us at 32 / 64 rows against 27.6 / 30.3 us unsplit (9 ways: 22.3 / 25.9 us); at (3584, 2432), 28 CTAs
+    and 19 tiles, 32 rows ran 20.3 us split 19 ways or not (twenty-ninth session)."""
     cfg = hopper_mosaic.MosaicConfig()
+    split = hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS)
+    ctas, tiles = n // (hopper_mosaic.ROWS * cfg.num_wgs), k // (cfg.tile_k * split)
+    if 0 < ctas * split < MOSAIC_MIN_CTAS and k % cfg.tile_k == 0 and tiles % 2:
+        most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * hopper_mosaic.padded_rows(m) * split)
+        split *= _odd_split(tiles, -(-MOSAIC_MIN_CTAS // (ctas * split)), most)
     return dataclasses.replace(
-        cfg,
-        split_k=hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS),
-        stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages),
+        cfg, split_k=split, stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages)
     )
 
 
@@ -143,15 +160,6 @@ On an H200 (``hopper_sweep.py --small``, results/hopper_small_retune_h200.log, e
 with this split was the fastest of 24 tilings at all four K = 4096 shapes at M = 16, and beat the
 earlier ~100-program rule at M = 1 too: e.g. (6144, 4096) 19.8 against 22.0 us (M = 16) and
 17.7 against 20.7 us (M = 1); (28672, 4096) 58.0 against 62.5 us.
-"""
-
-
-PARTIAL_SUMS_MAX_WEIGHTS = 4
-"""An odd split of K keeps its float32 partial sums (``split_k * M * N * 4`` bytes) within this many times the
-weight's bytes (``N * K``).
-
-On an H200 (``ragged_k_probe.py``, (3584, 2368), 37 tiles of 64) splitting K 37 ways ran 2.1x / 1.7x / 2.3x / 1.9x
-faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x / 3.0x / 4.0x the weight's bytes.
 """
 
 
