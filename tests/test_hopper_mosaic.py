@@ -98,6 +98,23 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
     assert hopper.mosaic_config(64, 4160, 4096) is None  # N not a multiple of 128: the Triton kernel
 
 
+@pytest.mark.parametrize(
+    ("m", "n", "k", "split_k"),
+    [
+        (32, 5120, 3456, 3),  # 40 CTAs, 27 tiles: the smallest divisor reaching 100 CTAs (9 tiles a CTA)
+        (256, 5120, 3456, 3),  # 2 stages at 256 rows
+        (64, 3584, 2432, 1),  # 28 CTAs, 19 tiles: 19 ways would leave one tile a CTA, fewer than its 4 stages
+        (64, 2048, 4864, 2),  # 16 CTAs, 38 tiles: split in two, then 19 tiles are left, prime
+        (200, 1024, 1920, 5),  # 8 CTAs, 15 tiles, 3 stages: no divisor reaches 100 CTAs; the largest leaving 3 tiles
+        (64, 14336, 4096, 1),  # 112 CTAs: no split
+    ],
+)
+def test_an_odd_tile_count_is_split_into_a_divisor_that_keeps_the_pipeline_full(m, n, k, split_k):
+    cfg = hopper.mosaic_kernel_config(m, n, k)
+    assert cfg.split_k == split_k and cfg.check(m, n, k) is None
+    assert (k // cfg.tile_k // split_k >= cfg.stages) or split_k & (split_k - 1) == 0  # odd splits keep the stages
+
+
 def test_kernel_config_is_the_routed_one_also_where_another_kernel_runs(monkeypatch):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
     assert hopper.mosaic_config(16, 6144, 4096) is None  # auto: the Triton kernel

@@ -124,19 +124,20 @@ def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
     """The Mosaic GPU kernel's split (>= :data:`MOSAIC_MIN_CTAS` CTAs) and stages (what fits) for ``[m, k] x [n, k]``,
     whether or not :func:`mosaic_config` routes the shape to it; it may still fail ``check``.
 
-    K is split in two while that divides it, then, where the tiles left are odd, by :func:`_odd_split`: on an H200
-    (``ragged_k_probe.py``, thirtieth session) at (5120, 3456), 40 CTAs and 27 tiles of 128, splitting K 3 ways ran
-    17.0 / 19.5 us at 32 / 64 rows against 27.6 / 30.3 us unsplit (9 ways: 22.3 / 25.9 us); at (3584, 2432), 28 CTAs
-    and 19 tiles, 32 rows ran 20.3 us split 19 ways or not (twenty-ninth session)."""
+    K is split in two while that divides it, then, where the tiles left are odd, by :func:`_odd_split`, leaving each
+    CTA at least its pipeline's stages of tiles. On an H200 (``ragged_k_probe.py``, thirtieth session) at
+    (5120, 3456), 40 CTAs and 27 tiles of 128, splitting K 3 ways ran 17.0 / 19.9 / 23.6 / 32.2 us at 32 / 64 / 128 /
+    256 rows against 27.6 / 29.4 / 35.2 / 50.6 us unsplit (9 ways, 3 tiles a CTA: 22.3 / 25.9 us at 32 / 64 rows); at
+    (3584, 2432), 28 CTAs and 19 tiles, one tile a CTA (19 ways) ran 25.9 / 38.0 us at 64 / 128 rows against 22.0 /
+    26.6 us unsplit, and 20.3 us either way at 32 rows (twenty-ninth session)."""
     cfg = hopper_mosaic.MosaicConfig()
+    stages = hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages)
     split = hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS)
     ctas, tiles = n // (hopper_mosaic.ROWS * cfg.num_wgs), k // (cfg.tile_k * split)
     if 0 < ctas * split < MOSAIC_MIN_CTAS and k % cfg.tile_k == 0 and tiles % 2:
-        most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * hopper_mosaic.padded_rows(m) * split)
-        split *= _odd_split(tiles, -(-MOSAIC_MIN_CTAS // (ctas * split)), most)
-    return dataclasses.replace(
-        cfg, split_k=split, stages=hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages)
-    )
+        sums_most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * hopper_mosaic.padded_rows(m) * split)
+        split *= _odd_split(tiles, -(-MOSAIC_MIN_CTAS // (ctas * split)), min(sums_most, tiles // stages))
+    return dataclasses.replace(cfg, split_k=split, stages=stages)
 
 
 def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:
