@@ -12,9 +12,9 @@ the original per-32-block variant, ``tile_dequant=False``, and in-kernel activat
 quantization, for the tile sweeps in benchmarks/hopper_sweep.py.) Where it measured
 faster (``mosaic_config``: 17 to 256 rows, and up to 16 rows at K >= 8192), a
 warp-specialized Mosaic GPU kernel (``hopper_mosaic``) replaces it. For more rows than
-these serve (compute-bound) one-pass Pallas kernels decode both operands to exact bf16 and
-cuBLAS multiplies them. Either way the result is the emulation backend's function
-up to float32 summation order.
+these serve (compute-bound), and at 17-64 rows where the Triton GEMM's K split would write large partial sums
+(``takes_triton``), one-pass Pallas kernels decode both operands to exact bf16 and cuBLAS multiplies them. Either
+way the result is the emulation backend's function up to float32 summation order.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def interpret_mode() -> Iterator[None]:
 
 
 SMALL_M_MAX = 64
-"""Up to this many rows the Triton GEMM runs where Mosaic does not; above, operands are decoded to bf16 for cuBLAS."""
+"""Up to this many rows the Triton GEMM runs where Mosaic does not (:func:`takes_triton`); above, operands are decoded
+to bf16 for cuBLAS."""
 
 
 SMALL_M_KERNEL_ENV = "MXFP8_XLA_HOPPER_SMALL_M"
