@@ -42,6 +42,8 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla.numerics import BLOCK_SIZE
+
 __all__ = [
     "BACKEND_ENV",
     "BackendUnavailableError",
@@ -261,8 +263,8 @@ def backend_problems(
                 f"jax {jax.__version__} lacks a module the hopper backend's kernels are built on "
                 f"({cap.hopper_import_error})"
             )
-        if k % 32:
-            problems.append(f"K={k} is not a multiple of 32 (the MXFP8 block)")
+        if k % BLOCK_SIZE:
+            problems.append(f"K={k} is not a multiple of {BLOCK_SIZE} (the MXFP8 block)")
         return problems
 
     if backend == "torch":
@@ -277,8 +279,8 @@ def backend_problems(
         problems.append(f"the compute capability of {cap.device_kind} is unknown; mm_mxfp8 needs SM100+")
     elif cap.sm < 100:
         problems.append(f"{cap.device_kind} is SM{cap.sm}; FlashInfer mm_mxfp8 needs SM100+ (Blackwell)")
-    if k % 32:
-        problems.append(f"K={k} is not a multiple of 32")
+    if k % BLOCK_SIZE:
+        problems.append(f"K={k} is not a multiple of {BLOCK_SIZE}")
     if k < FLASHINFER_MIN_K:
         problems.append(f"K={k} < {FLASHINFER_MIN_K} (mm_mxfp8 minimum)")
     if n < FLASHINFER_MIN_N:
