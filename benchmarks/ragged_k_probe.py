@@ -92,7 +92,7 @@ def route_with(cfg: Candidate, out_dtype: jnp.dtype = jnp.bfloat16):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="3584x2368,3584x2432", help="comma-separated NxK")
-    parser.add_argument("--rows", default="1,16", help="comma-separated M (up to 64: the Triton GEMM's rows)")
+    parser.add_argument("--rows", default="1,16", help="comma-separated M (Triton up to 64 rows, Mosaic up to 256)")
     parser.add_argument("--only", help="comma-separated candidate labels to time (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
