@@ -76,9 +76,7 @@ def test_eight_rows_are_the_tensor_core_kernels_add_and_norm_launch(combo, name)
     assert delta.shape == (8, 4096)
     x = jnp.ones((8, 4096), x_dtype)
     fn = lambda *a: probe.add_norm_gemv(*a, out_dtype=jnp.float32)  # noqa: E731
-    assert ptx_launch.traced_launches(fn, x, delta, norm_weight, weight(6144, 4096)) == [
-        f"mxfp8_gemv_mma_r8_{name}_f32"
-    ]
+    assert ptx_launch.traced_launches(fn, x, delta, norm_weight, weight(6144, 4096)) == [f"mxfp8_gemv_mma_r8_{name}_f32"]
 
 
 @pytest.mark.parametrize("rows", [1, 8])
