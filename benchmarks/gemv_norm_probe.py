@@ -1,4 +1,4 @@
-"""Probe: the library's add-and-norm GEMV (``cuda_gemv.add_norm_rows``) against XLA's norm and the GEMV after it.
+"""Probe: the library's add-and-norm GEMV (``cuda_gemv.add_norm_rows``) against XLA's norm and the one-row GEMV.
 
 In the Llama decode at batch 1 (docs/benchmark_log.md, "The slow mode's cause") the RMSNorms before the qkv and gate/up
 projections are two XLA launches each (the sum of squares, then the scaling, each recomputing the residual stream),
@@ -24,16 +24,8 @@ decode's, and each other pair has a kernel of its own since the twenty-seventh s
    kernel, the library's GEMV alone on a row of the pair's dtype (the floor the fused kernel's norm adds to), and bf16
    ``jnp.dot`` alone (so that the GEMV's ratio compares with earlier runs').
 
-3. ``edges`` (the tensor-core kernel's exact path, which recomputes each normalized block where a weight scale byte
-   is 0, 1, 254 or 255): ``mosaic_sweep.edge_operands``' weight, tiled along N to the tensor-core kernel's smallest N,
-   against XLA's add and norm then emulation's product, float32 out: NaN and Inf where emulation has them, the finite
-   outputs within float32 summation order.
-
-``--rows`` (1, or 3 to 8: the tensor-core kernel's add-and-norm front, thirty-first session) sets the activation rows
-of every part; an Inf or a NaN in one row's ``delta`` must leave the other rows' outputs as they were.
-
 Run on the device: ``PYTHONPATH=. python3 benchmarks/gemv_norm_probe.py [--combos bf16/bf16,f32/f32] [--parts timing]
-[--shapes 1024x512,2048x16384] [--rows 8]``; JSON to ``$OUT/gemv_norm_probe.json`` (``gemv_norm_probe_r8.json``).
+[--shapes 1024x512,2048x16384]``; JSON to ``$OUT/gemv_norm_probe.json``.
 """
 
 from __future__ import annotations
@@ -47,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import dequant_bf16, edge_operands, identity_weight, operands, reference, rel_err  # noqa: E402
+from mosaic_sweep import dequant_bf16, identity_weight, operands, reference, rel_err  # noqa: E402
 from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from examples.llama.model import RMSNorm  # noqa: E402
@@ -92,24 +84,22 @@ def unfused(x, delta, norm_weight, w):
     return cuda_gemv.matmul_rows(library_norm(h, norm_weight), w, jnp.bfloat16), h
 
 
-def norm_operands(
-    k: int, seed: int, x_dtype=jnp.bfloat16, norm_dtype=jnp.bfloat16, rows: int = 1
-) -> tuple[jax.Array, jax.Array]:
-    """A ``delta [rows, k]`` and a norm weight ``[k]`` (around 1, as trained ones are), drawn in float32 (full float32
+def norm_operands(k: int, seed: int, x_dtype=jnp.bfloat16, norm_dtype=jnp.bfloat16) -> tuple[jax.Array, jax.Array]:
+    """A ``delta [1, k]`` and a norm weight ``[k]`` (around 1, as trained ones are), drawn in float32 (full float32
     mantissas for a float32 row) and cast to their dtypes."""
     kd, kn = jax.random.split(jax.random.key(1000 + seed))
-    delta = (jax.random.normal(kd, (rows, k), jnp.float32) * 0.5).astype(x_dtype)
+    delta = (jax.random.normal(kd, (1, k), jnp.float32) * 0.5).astype(x_dtype)
     norm_weight = (1 + 0.1 * jax.random.normal(kn, (k,), jnp.float32)).astype(norm_dtype)
     return delta, norm_weight
 
 
-def numerics(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
+def numerics(results: dict, combo: str, shapes=SHAPES) -> None:
     x_dtype, norm_dtype = combo_dtypes(combo)
     bf16 = combo == "bf16/bf16"
     for n, k in shapes:
-        x, w = operands(n, k, rows, copies=1)[0]
+        x, w = operands(n, k, 1, copies=1)[0]
         x = x.astype(x_dtype)
-        delta, norm_weight = norm_operands(k, 0, x_dtype, norm_dtype, rows)
+        delta, norm_weight = norm_operands(k, 0, x_dtype, norm_dtype)
         h_ref = np.asarray(jax.jit(jnp.add)(x, delta))
         strict_norm = rms_norm if bf16 else library_norm
         references = {  # the normalized row, as XLA computes it
@@ -134,56 +124,23 @@ def numerics(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
         for label, v in references.items():
             want = np.asarray(jax.jit(lambda v: dequantize(quantize(v), jnp.float32))(v)).ravel()
             differ = np.flatnonzero(decoded != want)
-            row[f"activation elements differing from {label} (of rows x k)"] = int(differ.size)
+            row[f"activation elements differing from {label} (of k)"] = int(differ.size)
             row[f"first differences from {label} (k, kernel, XLA)"] = [
                 [int(i), float(decoded[i]), float(want[i])] for i in differ[:4]
             ]
         row["rel_err_f32_out_vs_emulation"] = rel_err(np.asarray(y32), reference(strict, w))
         library = np.asarray(jax.jit(lambda v, w: cuda_gemv.matmul_rows(v, w, jnp.float32))(strict, w))
-        row["outputs equal to the library GEMV's on the normalized rows (of rows x n)"] = int(
-            np.sum(np.asarray(y32) == library)
-        )
-        y_clean = np.asarray(jax.jit(add_norm_gemv)(x, delta, norm_weight, w)[0], np.float32)
+        row["outputs equal to the library GEMV's on the last row (of n)"] = int(np.sum(np.asarray(y32) == library))
         for bad in (np.inf, np.nan):
             y_bad, h_bad = jax.jit(add_norm_gemv)(x, delta.at[0, 7].set(bad), norm_weight, w)
-            y_bad = np.asarray(y_bad, np.float32)
-            row[f"{bad} in delta: h non-finite there, its row's outputs NaN, other rows unchanged"] = bool(
-                not np.isfinite(np.asarray(h_bad, np.float32)[0, 7])
-                and np.isnan(y_bad[0]).all()
-                and np.array_equal(y_bad[1:], y_clean[1:])
+            row[f"{bad} in delta: h non-finite there, every output NaN"] = bool(
+                not np.isfinite(np.asarray(h_bad, np.float32)[0, 7]) and np.isnan(np.asarray(y_bad, np.float32)).all()
             )
-        results[f"numerics {combo} ({n}, {k}){label_rows(rows)}"] = row
-        print(f"numerics {combo} ({n}, {k}){label_rows(rows)}: {row}", flush=True)
+        results[f"numerics {combo} ({n}, {k})"] = row
+        print(f"numerics {combo} ({n}, {k}): {row}", flush=True)
 
 
-def label_rows(rows: int) -> str:
-    """`` 8 rows`` in a result's key, nothing for one row (the keys of the runs before ``--rows``)."""
-    return f" {rows} rows" if rows > 1 else ""
-
-
-def edges(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
-    del shapes  # the edge weight's own shape, tiled along N
-    x_dtype, norm_dtype = combo_dtypes(combo)
-    x, w = edge_operands()
-    reps = -(-cuda_gemv.MMA_MIN_N // w.shape[0])
-    w = MXArray(jnp.tile(w.data, (reps, 1)), jnp.tile(w.scale, (reps, 1)))
-    x = (x[:rows].astype(jnp.float32) * 1e3).astype(x_dtype)  # edge_operands scales its row by 1e-3
-    delta, norm_weight = norm_operands(x.shape[1], 0, x_dtype, norm_dtype, rows)
-    got = np.asarray(jax.jit(lambda *a: add_norm_gemv(*a, out_dtype=jnp.float32))(x, delta, norm_weight, w)[0])
-    want = reference(jax.jit(lambda x, d, g: library_norm(norm.add(x, d), g))(x, delta, norm_weight), w)
-    finite = np.isfinite(want)
-    row = {
-        "NaN where emulation's": bool(np.array_equal(np.isnan(got), np.isnan(want))),
-        "Inf where emulation's": bool(np.array_equal(np.isposinf(got), np.isposinf(want)))
-        and bool(np.array_equal(np.isneginf(got), np.isneginf(want))),
-        "NaN / Inf outputs": [int(np.isnan(want).sum()), int(np.isinf(want).sum())],
-        "finite max rel err": float(np.max(np.abs(got[finite] - want[finite]) / np.max(np.abs(want[finite])))),
-    }
-    results[f"edges {combo}{label_rows(rows)}"] = row
-    print(f"edges {combo}{label_rows(rows)}: {row}", flush=True)
-
-
-def timing(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
+def timing(results: dict, combo: str, shapes=SHAPES) -> None:
     x_dtype, norm_dtype = combo_dtypes(combo)
     heads = ("bf16", "unfused", "fused", "GEMV", "bf16 dot")
     print(
@@ -193,12 +150,11 @@ def timing(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
     )
     for n, k in shapes:
         sets = [
-            (x.astype(x_dtype), *norm_operands(k, i, x_dtype, norm_dtype, rows), w)
-            for i, (x, w) in enumerate(operands(n, k, rows))
+            (x.astype(x_dtype), *norm_operands(k, i, x_dtype, norm_dtype), w)
+            for i, (x, w) in enumerate(operands(n, k, 1))
         ]
         bf16_sets = [
-            (x.astype(jnp.bfloat16), *norm_operands(k, i, rows=rows), dequant_bf16(w))
-            for i, (x, _, _, w) in enumerate(sets)
+            (x.astype(jnp.bfloat16), *norm_operands(k, i), dequant_bf16(w)) for i, (x, _, _, w) in enumerate(sets)
         ]
         row = {
             "bf16": loop_time(lambda x, d, g, wb: (jnp.dot(rms_norm(x + d, g), wb.T), x + d), bf16_sets),
@@ -208,7 +164,7 @@ def timing(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
             "bf16 dot alone": loop_time(lambda x, d, g, wb: jnp.dot(x, wb.T), bf16_sets),
         }
         row = {key: t * 1e6 for key, t in row.items()}
-        results[f"timing {combo} ({n}, {k}){label_rows(rows)}"] = row
+        results[f"timing {combo} ({n}, {k})"] = row
         ratios = "  ".join(f"{row['bf16'] / row[key]:.2f}x" for key in ("unfused", "fused"))
         ratios += f"  {row['bf16 dot alone'] / row['gemv alone']:.2f}x"
         cells = " ".join(f"{row[key]:8.1f}" for key in ("bf16", "unfused", "fused", "gemv alone", "bf16 dot alone"))
@@ -218,19 +174,17 @@ def timing(results: dict, combo: str, shapes=SHAPES, rows: int = 1) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--combos", default=",".join(COMBOS), help="comma-separated x/norm-weight dtypes")
-    parser.add_argument("--parts", default="numerics,timing", help="comma-separated: numerics, edges, timing")
+    parser.add_argument("--parts", default="numerics,timing", help="comma-separated: numerics, timing")
     parser.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="comma-separated NxK")
-    parser.add_argument("--rows", type=int, default=1, help="activation rows: 1, or 3 to 8 (the tensor-core kernel)")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in spec.split("x")) for spec in args.shapes.split(",")]
     results = {"environment": environment()}
     print(results["environment"])
-    out = f"gemv_norm_probe{f'_r{args.rows}' if args.rows > 1 else ''}.json"
-    for part in ({"numerics": numerics, "edges": edges, "timing": timing}[name] for name in args.parts.split(",")):
+    for part in ({"numerics": numerics, "timing": timing}[name] for name in args.parts.split(",")):
         for combo in args.combos.split(","):
             try:
-                part(results, combo, shapes, args.rows)
+                part(results, combo, shapes)
             except Exception as e:  # noqa: BLE001
                 results[f"{part.__name__} {combo}"] = {"error": failure(e)}
                 print(f"{part.__name__} {combo}: {failure(e)}")
-            write_json(out, results)
+            write_json("gemv_norm_probe.json", results)

@@ -114,8 +114,7 @@ def test_the_shipped_ptx_has_every_kernel_the_rule_names_and_every_cuda_12_drive
         for dtype in (jnp.bfloat16, jnp.float32)
     }
     names |= {
-        cuda_gemv.config(4096, 4096, m).kernel(dtype, x_dtype=x_dtype, norm_dtype=norm_dtype)
-        for m in (1, *cuda_gemv.MMA_ROWS)
+        cuda_gemv.config(4096, 4096).kernel(dtype, x_dtype=x_dtype, norm_dtype=norm_dtype)
         for dtype in (jnp.bfloat16, jnp.float32)
         for x_dtype in cuda_gemv.ADD_NORM_DTYPES
         for norm_dtype in cuda_gemv.ADD_NORM_DTYPES
@@ -405,61 +404,23 @@ def test_add_norm_rows_is_one_launch_with_the_product_and_the_sum(out_dtype, ker
     assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((1, 1, 6144), out_dtype), ((1, 1, 4096), x_dtype)]
 
 
-@pytest.mark.parametrize("rows", [3, 8])
-@pytest.mark.parametrize("out_dtype, kernel_dtype", [(jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)])
-@pytest.mark.parametrize("x_dtype, norm_dtype, name", ADD_NORM_KERNELS)
-def test_add_norm_rows_of_three_to_eight_are_one_tensor_core_launch(
-    rows, out_dtype, kernel_dtype, x_dtype, norm_dtype, name
-):
-    x = jnp.ones((rows, 1, 4096), x_dtype)
-    norm_weight = jnp.ones((4096,), norm_dtype)
-    fn = lambda x, d: cuda_gemv.add_norm_rows(x, d, norm_weight, 1e-5, weight(6144, 4096), out_dtype)  # noqa: E731
-    jaxpr = jax.make_jaxpr(fn)(x, x)
-    (launch,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is ptx_launch._launch]
-    suffix = "bf16" if kernel_dtype == jnp.bfloat16 else "f32"
-    assert launch.params["name"] == f"mxfp8_gemv_mma_r8_{name}_{suffix}"
-    assert launch.params["grid"] == (cuda_gemv.config(6144, 4096, rows).grid(6144, cuda_gemv.DEFAULT_SMS), 1)
-    assert launch.params["warps"] == 4096 // 4 // 32 and len(launch.invars) == 7
-    assert [(v.aval.shape, v.aval.dtype) for v in launch.invars[2:5]] == [
-        ((rows, 4096), x_dtype),
-        ((rows, 4096), x_dtype),
-        ((4096,), norm_dtype),
-    ]
-    assert launch.params["outputs"] == (((rows, 6144), jnp.dtype(kernel_dtype)), ((rows, 4096), jnp.dtype(x_dtype)))
-    assert [(v.shape, v.dtype) for v in jaxpr.out_avals] == [((rows, 1, 6144), out_dtype), ((rows, 1, 4096), x_dtype)]
-
-
 @pytest.mark.parametrize(
-    "x, delta, norm_weight, n",
+    "x, delta, norm_weight",
     [
-        (jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16), 64),
-        (jnp.ones((8, 4096), jnp.bfloat16), jnp.ones((8, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16), 64),
-        (jnp.ones((8, 8192), jnp.bfloat16), jnp.ones((8, 8192), jnp.bfloat16), jnp.ones((8192,), jnp.bfloat16), 2048),
-        (jnp.ones((9, 4096), jnp.bfloat16), jnp.ones((9, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16), 2048),
-        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.bfloat16), 64),
-        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32), 64),
-        (jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((4000,), jnp.bfloat16), 64),
-        (jnp.ones((1, 4096), jnp.float16), jnp.ones((1, 4096), jnp.float16), jnp.ones((4096,), jnp.float32), 64),
-        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.float16), 64),
-        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((2048,), jnp.bfloat16), 64),
+        (jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((4096,), jnp.float32)),
+        (jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((1, 4000), jnp.bfloat16), jnp.ones((4000,), jnp.bfloat16)),
+        (jnp.ones((1, 4096), jnp.float16), jnp.ones((1, 4096), jnp.float16), jnp.ones((4096,), jnp.float32)),
+        (jnp.ones((1, 4096), jnp.float32), jnp.ones((1, 4096), jnp.float32), jnp.ones((4096,), jnp.float16)),
+        (jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((1, 4096), jnp.bfloat16), jnp.ones((2048,), jnp.bfloat16)),
     ],
-    ids=[
-        "two rows",
-        "eight rows, N below the tensor-core kernel's",
-        "eight rows, K above 4096",
-        "nine rows",
-        "float32 delta",
-        "bf16 delta",
-        "K % 512",
-        "float16 x",
-        "float16 norm weight",
-        "short norm weight",
-    ],
+    ids=["two rows", "float32 delta", "bf16 delta", "K % 512", "float16 x", "float16 norm weight", "short norm weight"],
 )
-def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weight, n):
-    w = weight(n, x.shape[-1])
+def test_add_norm_rows_refuses_what_its_kernel_does_not_take(x, delta, norm_weight):
+    w = weight(64, x.shape[-1])
     assert not cuda_gemv.serves_add_norm(x, delta, norm_weight, w)
     with pytest.raises(
-        ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs bfloat16 or float32 rows"
+        ValueError, match=r"add-and-norm GEMV kernel: cannot take x .* \(it needs one bfloat16 or float32 row"
     ):
         cuda_gemv.add_norm_rows(x, delta, norm_weight, 1e-5, w, jnp.bfloat16)

@@ -67,27 +67,3 @@ def test_identity_weight_returns_the_decoded_activation():
     v = jax.random.normal(jax.random.key(1), (1, 512), jnp.float32).astype(jnp.bfloat16)
     got = emulation.matmul(quantize(v), mosaic_sweep.identity_weight(512), jnp.float32)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(dequantize(quantize(v), jnp.float32)))
-
-
-@pytest.mark.parametrize("combo, name", [("bf16/bf16", "addnorm"), ("f32/bf16", "addnorm_xf32_nbf16")])
-def test_eight_rows_are_the_tensor_core_kernels_add_and_norm_launch(combo, name):
-    x_dtype, norm_dtype = probe.combo_dtypes(combo)
-    delta, norm_weight = probe.norm_operands(4096, 0, x_dtype, norm_dtype, rows=8)
-    assert delta.shape == (8, 4096)
-    x = jnp.ones((8, 4096), x_dtype)
-    fn = lambda *a: probe.add_norm_gemv(*a, out_dtype=jnp.float32)  # noqa: E731
-    assert ptx_launch.traced_launches(fn, x, delta, norm_weight, weight(6144, 4096)) == [f"mxfp8_gemv_mma_r8_{name}_f32"]
-
-
-@pytest.mark.parametrize("rows", [1, 8])
-def test_the_edges_part_finds_no_difference_between_the_unfused_formula_and_itself(monkeypatch, rows):
-    def composed(x, delta, norm_weight, w, out_dtype=jnp.bfloat16):
-        h = probe.norm.add(x, delta)
-        return emulation.matmul(quantize(probe.library_norm(h, norm_weight)), w, out_dtype), h
-
-    monkeypatch.setattr(probe, "add_norm_gemv", composed)
-    results = {}
-    probe.edges(results, "bf16/bf16", rows=rows)
-    (row,) = results.values()
-    assert row["NaN where emulation's"] and row["Inf where emulation's"]
-    assert row["NaN / Inf outputs"][0] > 0 and row["finite max rel err"] == 0.0

@@ -131,29 +131,11 @@ def test_hopper_takes_one_bf16_or_float32_row_in_one_launch(monkeypatch, out_dty
     assert (y.shape, y.dtype, h.shape, h.dtype) == ((1, 6144), out_dtype, (1, 4096), x_dtype)
 
 
-@pytest.mark.parametrize("rows", [(3,), (2, 4), (8, 1)], ids=["3 rows", "2 x 4 rows", "8 x 1 rows"])
-@pytest.mark.parametrize("x_dtype, norm_dtype, name", ADD_NORM_KERNELS)
-def test_hopper_takes_three_to_eight_rows_in_one_tensor_core_launch(monkeypatch, rows, x_dtype, norm_dtype, name):
+@pytest.mark.parametrize("rows, dtype", [((2,), jnp.bfloat16), ((1,), jnp.float16)], ids=["two rows", "float16 row"])
+def test_hopper_leaves_the_norm_to_xla_for_other_activations(monkeypatch, rows, dtype):
     monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    x, delta, g = operands(4096, rows=rows)
-    x, delta, g = x.astype(x_dtype), delta.astype(x_dtype), g.astype(norm_dtype)
+    x, delta, g = (a.astype(dtype) if a.ndim > 1 else a for a in operands(4096, rows=rows))
     w = weight(6144, 4096)
-    fn = lambda x, d, g: add_rms_norm_matmul(x, d, g, w, eps=EPS, backend="auto")  # noqa: E731
-    assert launches(fn, x, delta, g) == [f"mxfp8_gemv_mma_r8_{name}_bf16"]
-    with override_capability(H100):
-        y, h = jax.make_jaxpr(fn)(x, delta, g).out_avals
-    assert (y.shape, h.shape, h.dtype) == ((*rows, 6144), (*rows, 4096), x_dtype)
-
-
-@pytest.mark.parametrize(
-    "rows, dtype, k",
-    [((2,), jnp.bfloat16, 4096), ((1,), jnp.float16, 4096), ((8,), jnp.bfloat16, 8192)],
-    ids=["two rows", "float16 row", "eight rows at K 8192"],
-)
-def test_hopper_leaves_the_norm_to_xla_for_other_activations(monkeypatch, rows, dtype, k):
-    monkeypatch.delenv(hopper.SMALL_M_KERNEL_ENV, raising=False)
-    x, delta, g = (a.astype(dtype) if a.ndim > 1 else a for a in operands(k, rows=rows))
-    w = weight(6144, k)
     names = launches(lambda x, d, g: add_rms_norm_matmul(x, d, g, w, eps=EPS, backend="auto"), x, delta, g)
     assert not any("addnorm" in n for n in names)
 

@@ -49,9 +49,7 @@ load addresses as before), equal to emulation on every edge case, and the batch-
 with the same products, and 12 us a step of a 4-block Llama decode at batch 1 (docs/benchmark_log.md, "RMSNorm inside
 the decode step"). Its row is bf16 or float32 and its norm weight bf16 or float32, each pair a kernel that rounds where
 :mod:`mxfp8_xla.norm` does; the float32 pairs saved up to 1.0 us a call, within noise at (28672, 4096)
-(docs/benchmark_log.md, "Float32 rows behind the add and norm"). Since the thirty-first session the tensor-core kernel
-has the same front for three to eight rows (``AddNormRows``: every CTA sums each row's squares over all of K itself,
-CTA 0 writes the new residual rows), for the batch-8 decode's norms.
+(docs/benchmark_log.md, "Float32 rows behind the add and norm").
 
 Every kernel has a twin for float32 rows (``_xf32``; Flax layers compute in float32 unless their ``dtype`` says
 otherwise): the same code, its activation loads twice as wide. Each quantizes the float32 rows directly, as emulation
@@ -128,17 +126,17 @@ class GemvConfig:
         self, out_dtype: jnp.dtype, x_dtype: jnp.dtype = jnp.bfloat16, norm_dtype: jnp.dtype | None = None
     ) -> str:
         """The kernel's name for activation rows of ``x_dtype`` (bfloat16 or float32); with ``norm_dtype`` (that of
-        the norm weight, bfloat16 or float32), the one-row or tensor-core kernel with the residual add and RMSNorm in
-        front."""
+        the norm weight, bfloat16 or float32), the one-row kernel with the residual add and RMSNorm in front."""
         suffix = "f32" if jnp.dtype(out_dtype) == jnp.float32 else "bf16"
         rows_dtype = "_xf32" if jnp.dtype(x_dtype) == jnp.float32 else ""
-        kind = f"mma_r{self.rows}" if self.tensor_cores else f"split_c1_r{self.rows}"
+        if self.tensor_cores:
+            return f"mxfp8_gemv_mma_r{self.rows}{rows_dtype}_{suffix}"
         if norm_dtype is None:
-            rows = f"_m{self.m}" if self.m > 1 and not self.tensor_cores else ""
-            return f"mxfp8_gemv_{kind}{rows}{rows_dtype}_{suffix}"
+            rows = f"_m{self.m}" if self.m > 1 else ""
+            return f"mxfp8_gemv_split_c1_r{self.rows}{rows}{rows_dtype}_{suffix}"
         norm_dtype = jnp.dtype(norm_dtype)
         norm = "" if norm_dtype == jnp.dtype(x_dtype) else "_nf32" if norm_dtype == jnp.float32 else "_nbf16"
-        return f"mxfp8_gemv_{kind}_addnorm{rows_dtype}{norm}_{suffix}"
+        return f"mxfp8_gemv_split_c1_r{self.rows}_addnorm{rows_dtype}{norm}_{suffix}"
 
     def grid(self, n: int, sms: int) -> int:
         """CTAs: one per unit, at most ``THREADS_PER_SM[m] / threads`` (at least one) per SM, each looping over
@@ -219,12 +217,11 @@ def matmul_rows(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
 
 
 def serves_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray) -> bool:
-    """Whether an add-and-norm kernel computes :func:`add_norm_rows`: one row, or three to eight (the tensor-core
-    kernel's), and their ``delta``, both bfloat16 or both float32, a bfloat16 or float32 norm weight ``[K]``, and a
-    weight the kernel for those rows takes."""
+    """Whether an add-and-norm kernel computes :func:`add_norm_rows`: one row and its ``delta``, both bfloat16 or both
+    float32, a bfloat16 or float32 norm weight ``[K]``, and a weight the one-row kernel takes."""
     return (
         serves(x, w)
-        and (math.prod(x.shape[:-1]) == 1 or math.prod(x.shape[:-1]) in MMA_ROWS)
+        and math.prod(x.shape[:-1]) == 1
         and delta.shape == x.shape
         and norm_weight.shape == x.shape[-1:]
         and x.dtype == delta.dtype
@@ -236,27 +233,26 @@ def serves_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: M
 def add_norm_rows(
     x: jax.Array, delta: jax.Array, norm_weight: jax.Array, eps: float, w: MXArray, out_dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array]:
-    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bfloat16 or float32 row, or three to eight, in one launch of
-    an add-and-norm kernel (the one-row kernel's, or the tensor-core kernel's).
+    """``(RMSNorm(x + delta) @ w.T, x + delta)`` for one bfloat16 or float32 row, in one launch of an add-and-norm
+    kernel.
 
     The sum is :func:`mxfp8_xla.norm.add`, in ``x``'s dtype, and the norm :func:`mxfp8_xla.norm.rms_norm` with
     ``norm_weight [K]`` (bfloat16 or float32) and ``eps``, each with its roundings; the product is in ``out_dtype``
     (bf16 and float32 written by the kernel, another dtype rounded from float32).
     """
     *lead, k = x.shape
-    n, m = w.shape[0], math.prod(lead)
+    n = w.shape[0]
     if not serves_add_norm(x, delta, norm_weight, w):
         raise ValueError(
             f"hopper backend, add-and-norm GEMV kernel: cannot take x {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
             f"delta {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}, norm_weight {tuple(norm_weight.shape)} "
-            f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs bfloat16 or float32 rows, delta of "
-            f"their shape and dtype, a bfloat16 or float32 norm_weight [K], and one row with K % 512 == 0, "
-            f"K <= {MAX_K[1]}, N % {ROWS} == 0, or {MMA_ROWS.start} to {MMA_ROWS.stop - 1} rows with K % 128 == 0, "
-            f"K <= {MMA_MAX_K}, K >= 32 x rows, N % {MMA_UNIT} == 0, {MMA_MIN_N} <= N <= {MMA_MAX_N})"
+            f"{jnp.dtype(norm_weight.dtype).name} @ w [{n}, {k}].T (it needs one bfloat16 or float32 row, delta of "
+            f"its shape and dtype, a bfloat16 or float32 norm_weight [K], K % 512 == 0, K <= {MAX_K[1]}, "
+            f"N % {ROWS} == 0)"
         )
     eps_array = jnp.full((1,), eps, jnp.float32)
-    activation = (x.reshape(m, k), delta.reshape(m, k), norm_weight, eps_array)
-    out, h = _launch(config(n, k, m), w, *activation, out_dtype=out_dtype, norm_dtype=norm_weight.dtype)
+    activation = (x.reshape(1, k), delta.reshape(1, k), norm_weight, eps_array)
+    out, h = _launch(config(n, k), w, *activation, out_dtype=out_dtype, norm_dtype=norm_weight.dtype)
     return out.astype(out_dtype).reshape(*lead, n), h.reshape(x.shape)
 
 
@@ -265,7 +261,7 @@ def _launch(
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One launch of ``cfg``'s kernel on ``w`` and the ``activation`` operands (its rows first): the product
     ``[m, N]`` in bf16 or float32 (the kernel's own output dtype nearest ``out_dtype``), and with ``norm_dtype`` (the
-    add-and-norm kernel's norm weight's) the residual sum ``[m, K]`` in the rows' dtype as well."""
+    add-and-norm kernel's norm weight's) the residual sum ``[1, K]`` in the rows' dtype as well."""
     n, k = w.shape
     rows = activation[0]
     kernel_dtype = jnp.bfloat16 if jnp.dtype(out_dtype) == jnp.bfloat16 else jnp.float32
@@ -281,7 +277,7 @@ def _launch(
         warps=cfg.threads // 32,
         out_shape=(cfg.m, n),
         out_dtype=kernel_dtype,
-        extra_outputs=(((cfg.m, k), rows.dtype),) if norm_dtype is not None else (),
+        extra_outputs=(((1, k), rows.dtype),) if norm_dtype is not None else (),
     )
 
 

@@ -28,9 +28,7 @@
 // (the other with _n), eps float32 [1]; launched as the one-row kernel.
 // Kernels mxfp8_gemv_mma_r8[_xf32]_{bf16,f32}(w, sw, x, dims, out): 3 <= M <= 8 raw rows on the tensor cores (gemv_mma
 // below); n % 8 == 0, k % 128 == 0, k <= 4096, launched with k / 4 threads, at least 8 M (a unit's 8 M outputs are
-// summed one a thread). Kernels mxfp8_gemv_mma_r8_addnorm[_xf32][_n{bf16,f32}]_{bf16,f32}(w, sw, x, delta, nw, eps,
-// dims, out, h_out): the same with the add-and-norm kernels' residual add and RMSNorm in front (AddNormRows), x, delta
-// and h_out [M, k].
+// summed one a thread).
 // With -DMXFP8_GEMV_PROBE, more (CPT, R, M) for benchmarks/cuda_gemv_probe.py, which also includes this
 // file from benchmarks/cuda_gemv_rows.cu (the eighth session's row-streaming kernel).
 
@@ -321,33 +319,21 @@ __device__ __forceinline__ float rsqrt_approx(float v) {
 __device__ __forceinline__ float round_as(const u16*, float v) { return round_bf16(v); }
 __device__ __forceinline__ float round_as(const float*, float v) { return v; }
 
-// N consecutive elements h (N % 8 == 0, values of the element type) written to dst in its element type (bf16 bits
-// in u16, or float32), in 16-byte stores.
-template <int N>
-__device__ __forceinline__ void store_elements(u16* dst, const float (&h)[N]) {
+// A thread's 16 elements h written to dst in its element type (bf16 bits in u16, or float32).
+__device__ __forceinline__ void store_chunk(u16* dst, const float (&h)[16]) {
+  u32 packed[8];
 #pragma unroll
-  for (int v = 0; v < N / 8; ++v) {
-    u32 packed[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      packed[i] = (__float_as_uint(h[8 * v + 2 * i]) >> 16) | (__float_as_uint(h[8 * v + 2 * i + 1]) & 0xffff0000u);
-    reinterpret_cast<uint4*>(dst)[v] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-  }
+  for (int i = 0; i < 8; ++i)
+    packed[i] = (__float_as_uint(h[2 * i]) >> 16) | (__float_as_uint(h[2 * i + 1]) & 0xffff0000u);
+  uint4* out = reinterpret_cast<uint4*>(dst);
+  out[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  out[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
 }
 
-template <int N>
-__device__ __forceinline__ void store_elements(float* dst, const float (&h)[N]) {
+__device__ __forceinline__ void store_chunk(float* dst, const float (&h)[16]) {
+  float4* out = reinterpret_cast<float4*>(dst);
 #pragma unroll
-  for (int v = 0; v < N / 4; ++v)
-    reinterpret_cast<float4*>(dst)[v] = make_float4(h[4 * v], h[4 * v + 1], h[4 * v + 2], h[4 * v + 3]);
-}
-
-// One element of the add-and-norm kernels' normalized row: T(nw * X(h * r)), with X the row's element type (that of
-// the pointer x) and T the result type of X and NW (bf16 only when both are), as mxfp8_xla.norm.rms_norm rounds.
-template <typename NW, typename X>
-__device__ __forceinline__ float norm_element(const X* x, float h, float r, float nw) {
-  const float y = nw * round_as(x, h * r);
-  return sizeof(X) == 2 && sizeof(NW) == 2 ? round_bf16(y) : y;
+  for (int i = 0; i < 4; ++i) out[i] = make_float4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
 }
 
 // The add-and-norm kernels' activation stage (one row, one chunk a thread): thread t's chunk of
@@ -371,7 +357,7 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   float squares = 0.f;
 #pragma unroll
   for (int i = 0; i < 16; ++i) h[i] = round_as(x, h[i] + d[i]), squares += h[i] * h[i];
-  if (blockIdx.x == 0) store_elements(h_out + 16 * c, h);
+  if (blockIdx.x == 0) store_chunk(h_out + 16 * c, h);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, o);
   if (lane == 0) warp_squares[c >> 5] = squares;
@@ -380,10 +366,12 @@ __device__ __forceinline__ void add_norm_chunk(const X* __restrict__ x, const X*
   for (int q = 0; q < warps; ++q) total += warp_squares[q];
   const float r = rsqrt_approx(total / static_cast<float>(k) + eps);
   if constexpr (sizeof(NW) == 4) load_elements(nw + 16 * c, g);
+  constexpr bool kBf16Out = sizeof(X) == 2 && sizeof(NW) == 2;
   u32 amax = 0;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    g[i] = norm_element<NW>(x, h[i], r, g[i]);
+    const float y = g[i] * round_as(x, h[i] * r);
+    g[i] = kBf16Out ? round_bf16(y) : y;
     amax = max(amax, __float_as_uint(g[i]) & 0x7fffffffu);
   }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
@@ -403,11 +391,21 @@ __device__ __forceinline__ void mma_f16_rows8(float (&c)[4], u32 a0, u32 a2, u32
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-// A lane's 8 elements f of a 32-block of activation row g (its quad's four lanes hold the block's 32 elements;
-// amax: the bits of the lane's largest absolute value) quantized with quantize_blocks' rule, as (bytes 0-3,
+// Bytes off .. off + 7 of 32-block b of activation row g (raw x [m, k], bf16 or float32; rows m.. are zero) quantized
+// with quantize_blocks' rule (the quad's four lanes hold the block's 32 elements and share its amax), as (bytes 0-3,
 // bytes 4-7); biased: the block's scale exponent + 127, 255 for a block holding an Inf or a NaN (its bytes E4M3 NaNs),
 // 127 for a zero block or row (its bytes zero).
-__device__ __forceinline__ uint2 fragment_bytes(const float (&f)[8], u32 amax, u32& biased) {
+template <typename X>
+__device__ __forceinline__ uint2 quantize_fragment(const X* __restrict__ x, int m, int k, int b, int g, int off,
+                                                   u32& biased) {
+  float f[8];
+  u32 amax = 0;
+  if (g < m) {
+    amax = load_elements(x + static_cast<u64>(g) * k + 32 * b + off, f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = 0.f;
+  }
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
   amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
   if (amax >= kInfBits) {
@@ -426,115 +424,6 @@ __device__ __forceinline__ uint2 fragment_bytes(const float (&f)[8], u32 amax, u
   return make_uint2(words[0], words[1]);
 }
 
-// The tensor-core kernel's activation: raw rows x [m, k] (bf16 as u16, or float).
-template <typename X>
-struct RawRows {
-  const X* __restrict__ x;
-
-  __device__ __forceinline__ void prepare(int, int, int, int, int) const {}
-
-  // Bytes off .. off + 7 of 32-block b of row g (rows m.. are zero) quantized (fragment_bytes).
-  __device__ __forceinline__ uint2 fragment(int m, int k, int b, int g, int off, u32& biased) const {
-    float f[8];
-    u32 amax = 0;
-    if (g < m) {
-      amax = load_elements(x + static_cast<u64>(g) * k + 32 * b + off, f);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) f[e] = 0.f;
-    }
-    return fragment_bytes(f, amax, biased);
-  }
-
-  // Elements 2i and 2i + 1 of 32-block b of row `row`, as float32 values (the exact path's).
-  __device__ __forceinline__ float2 pair(int row, int k, int b, int i) const {
-    return element_pair(x + static_cast<u64>(row) * k + 32 * b, i);
-  }
-};
-
-// The tensor-core kernel's activation with the add-and-norm kernels' residual add and RMSNorm in front: rows
-// norm_element(X(x + delta)) of x, delta [m, k] (X: bf16 as u16, or float) and nw [k] (NW), as add_norm_chunk
-// computes its row. prepare sums each row's squares over the lane's elements, its quad, then the warps through shared
-// memory in one order for every thread, so every CTA gets the same rsqrt for a row (r, shared [8]); CTA 0 writes h_out
-// = X(x + delta) [m, k].
-template <typename X, typename NW>
-struct AddNormRows {
-  const X* __restrict__ x;
-  const X* __restrict__ delta;
-  const NW* __restrict__ nw;
-  float eps;
-  X* __restrict__ h_out;
-  float* r;
-
-  // X(x + delta) at elements off .. off + 7 of 32-block b of row g.
-  __device__ __forceinline__ void sums(int k, int b, int g, int off, float (&h)[8]) const {
-    const u64 e = static_cast<u64>(g) * k + 32 * b + off;
-    float d[8];
-    load_elements(x + e, h);
-    load_elements(delta + e, d);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) h[i] = round_as(x, h[i] + d[i]);
-  }
-
-  // The rows' rsqrt(mean(h * h) + eps) into r, for the lane's rows g < m and blocks b0 .. b0 + 3 (the CTA's warps
-  // cover K); every thread calls it.
-  __device__ __forceinline__ void prepare(int m, int k, int b0, int g, int off) const {
-    __shared__ float warp_squares[kMaxWarps][8];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float squares = 0.f;
-    if (g < m) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float h[8];
-        sums(k, b0 + j, g, off, h);
-        if (blockIdx.x == 0) store_elements(h_out + static_cast<u64>(g) * k + 32 * (b0 + j) + off, h);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) squares += h[i] * h[i];
-      }
-    }
-    squares += __shfl_xor_sync(0xffffffffu, squares, 1);
-    squares += __shfl_xor_sync(0xffffffffu, squares, 2);
-    if ((lane & 3) == 0) warp_squares[warp][g] = squares;
-    __syncthreads();
-    if (threadIdx.x < m) {
-      float total = 0.f;
-      for (int q = 0; q < (blockDim.x >> 5); ++q) total += warp_squares[q][threadIdx.x];
-      r[threadIdx.x] = rsqrt_approx(total / static_cast<float>(k) + eps);
-    }
-    __syncthreads();
-  }
-
-  // Bytes off .. off + 7 of 32-block b of normalized row g (rows m.. are zero) quantized (fragment_bytes).
-  __device__ __forceinline__ uint2 fragment(int m, int k, int b, int g, int off, u32& biased) const {
-    float f[8];
-    u32 amax = 0;
-    if (g < m) {
-      float g8[8];
-      sums(k, b, g, off, f);
-      load_elements(nw + 32 * b + off, g8);
-      const float rg = r[g];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        f[i] = norm_element<NW>(x, f[i], rg, g8[i]);
-        amax = max(amax, __float_as_uint(f[i]) & 0x7fffffffu);
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) f[e] = 0.f;
-    }
-    return fragment_bytes(f, amax, biased);
-  }
-
-  // Elements 2i and 2i + 1 of 32-block b of normalized row `row` (the exact path's).
-  __device__ __forceinline__ float2 pair(int row, int k, int b, int i) const {
-    const u64 e = static_cast<u64>(row) * k + 32 * b;
-    const float2 a = element_pair(x + e, i), d = element_pair(delta + e, i), g2 = element_pair(nw + 32 * b, i);
-    const float rr = r[row];
-    return make_float2(norm_element<NW>(x, round_as(x, a.x + d.x), rr, g2.x),
-                       norm_element<NW>(x, round_as(x, a.y + d.y), rr, g2.y));
-  }
-};
-
 // base + a * b (a * b < 2^32) in one wide integer multiply-add, on the FMA pipe.
 __device__ __forceinline__ const u8* at(const u8* base, u32 a, u32 b) {
   const u8* p;
@@ -551,23 +440,23 @@ __device__ __forceinline__ float block_factor(u32 sw, u32 base, int j) {
   return __uint_as_float(bits);
 }
 
-// Emulation's products over 32-block b of one weight row and activation row `row` (of act, RawRows or AddNormRows):
-// each weight element decoded and multiplied by its block factor, the activation block quantized and decoded, their
-// products accumulated in float32 (the one-row kernel's arithmetic): the tensor-core kernel's path for the scales it
-// cannot take exactly.
-template <typename Activation>
-__device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 scale, const Activation& act, int row,
-                                             int k, int b) {
+// Emulation's products over 32-block b of one weight row and one raw activation row: each weight element decoded
+// and multiplied by its block factor, the activation block quantized and decoded, their products accumulated in
+// float32 (the one-row kernel's arithmetic): the tensor-core kernel's path for the scales it cannot take exactly.
+template <typename X>
+__device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 scale, const X* __restrict__ xrow,
+                                             int b) {
+  const X* xs = xrow + 32 * b;
   const u16* ws = reinterpret_cast<const u16*>(wrow + 32 * b);
   u32 amax = 0;
   for (int i = 0; i < 16; ++i) {
-    const float2 p = act.pair(row, k, b, i);
+    const float2 p = element_pair(xs, i);
     amax = max(amax, max(__float_as_uint(p.x) & 0x7fffffffu, __float_as_uint(p.y) & 0x7fffffffu));
   }
   const float factor = scale_factor(scale);
   float acc = 0.f;
   for (int i = 0; i < 16; ++i) {
-    const float2 p = act.pair(row, k, b, i);
+    const float2 p = element_pair(xs, i);
     const float f[2] = {p.x, p.y};
     float d[2];
     quantize_part(f, amax, d);
@@ -590,9 +479,10 @@ __device__ __forceinline__ float exact_block(const u8* __restrict__ wrow, u32 sc
 // an activation block is non-finite (a per-lane test of the unit's four scale bytes against a range set by the
 // activation), the unit is marked, and once the CTA's units are done its marked units' outputs are computed again with
 // emulation's element-by-element arithmetic (a warp an output, its lanes splitting K) and written over the first ones.
-template <typename OUT, typename Activation>
-__device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw, const Activation& act,
-                                         OUT* __restrict__ out, const int* __restrict__ dims) {
+template <typename OUT, typename X>
+__device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __restrict__ sw,
+                                         const X* __restrict__ x, OUT* __restrict__ out,
+                                         const int* __restrict__ dims) {
   constexpr int kBlocks = 4;  // a warp's blocks of each row
   __shared__ float partial[2][kMaxWarps][64];  // [weight row][activation row]
   __shared__ u32 marked[kMaxMarkedUnits / 32];   // bit i: the CTA's unit i needs the exact path
@@ -618,7 +508,6 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
   load(unit, a);
   for (int q = threadIdx.x; q < kMaxMarkedUnits / 32; q += blockDim.x) marked[q] = 0;
   __syncthreads();
-  act.prepare(m, k, b0, g, off);
 
   // The activation's B fragments (E4M3 bytes; ptxas keeps their f16 pairs in registers, out of the loop), each block's
   // base (e - 127) << 23 for the biased exponents e of activation rows 2t and 2t + 1 (j: block b0 + j), and the weight
@@ -629,7 +518,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
 #pragma unroll
   for (int j = 0; j < kBlocks; ++j) {
     u32 biased;
-    xb[j] = act.fragment(m, k, b0 + j, g, off, biased);
+    xb[j] = quantize_fragment(x, m, k, b0 + j, g, off, biased);
     const int e0 = __shfl_sync(0xffffffffu, biased, 8 * t), e1 = __shfl_sync(0xffffffffu, biased, 8 * t + 4);
     base0[j] = static_cast<u32>(e0 - 127) << 23, base1[j] = static_cast<u32>(e1 - 127) << 23;
     lo = max(lo, 128 - min(e0, e1)), hi = min(hi, 359 - max(e0, e1));
@@ -685,7 +574,7 @@ __device__ __forceinline__ void gemv_mma(const u8* __restrict__ w, const u8* __r
       const u64 row = static_cast<u64>(unit) * 8 + (o & 7);
       float sum = 0.f;
       for (int blk = lane; blk < kb; blk += 32)
-        sum += exact_block(w + row * k, sw[row * kb + blk], act, o >> 3, k, blk);
+        sum += exact_block(w + row * k, sw[row * kb + blk], x + static_cast<u64>(o >> 3) * k, blk);
 #pragma unroll
       for (int q = 16; q > 0; q >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, q);
       if (lane == 0) store(out + static_cast<u64>(o >> 3) * n + row, sum);
@@ -737,29 +626,12 @@ SPLIT_BOTH(mxfp8_gemv_split_c1_r4_m2_xf32, 1, 4, 2, 512, float)  // two float32 
 #define MMA_ROWS_KERNEL(NAME, X, OUT)                                                                \
   extern "C" __global__ void __launch_bounds__(1024)                                                 \
       NAME(const u8* w, const u8* sw, const X* x, const int* dims, OUT* out) {                       \
-    gemv_mma<OUT>(w, sw, RawRows<X>{x}, out, dims);                                                  \
+    gemv_mma<OUT>(w, sw, x, out, dims);                                                              \
   }
 MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_bf16, u16, u16)
 MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_f32, u16, float)
 MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_bf16, float, u16)
 MMA_ROWS_KERNEL(mxfp8_gemv_mma_r8_xf32_f32, float, float)
-
-// The same with the residual add and RMSNorm in front: (w, sw, x, delta, nw, eps, dims, out, h_out), x, delta and h_out
-// [m, k] of type X, nw [k] of type NW, eps float32 [1].
-#define MMA_ADDNORM_KERNEL(NAME, X, NW, OUT)                                                          \
-  extern "C" __global__ void __launch_bounds__(1024)                                                  \
-      NAME(const u8* w, const u8* sw, const X* x, const X* delta, const NW* nw, const float* eps,     \
-           const int* dims, OUT* out, X* h_out) {                                                     \
-    __shared__ float r[8];                                                                            \
-    gemv_mma<OUT>(w, sw, AddNormRows<X, NW>{x, delta, nw, *eps, h_out, r}, out, dims);               \
-  }
-#define MMA_ADDNORM_BOTH(NAME, X, NW)            \
-  MMA_ADDNORM_KERNEL(NAME##_bf16, X, NW, u16)    \
-  MMA_ADDNORM_KERNEL(NAME##_f32, X, NW, float)
-MMA_ADDNORM_BOTH(mxfp8_gemv_mma_r8_addnorm, u16, u16)               // bf16 rows and norm weight
-MMA_ADDNORM_BOTH(mxfp8_gemv_mma_r8_addnorm_nf32, u16, float)        // bf16 rows, float32 norm weight
-MMA_ADDNORM_BOTH(mxfp8_gemv_mma_r8_addnorm_xf32, float, float)      // float32 rows and norm weight
-MMA_ADDNORM_BOTH(mxfp8_gemv_mma_r8_addnorm_xf32_nbf16, float, u16)  // float32 rows, bf16 norm weight
 #ifdef MXFP8_GEMV_PROBE
 SPLIT(1, 2, 1024)
 SPLIT(1, 8, 512)

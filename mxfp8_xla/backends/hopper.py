@@ -468,8 +468,7 @@ def _gemv(x: jax.Array, w: MXArray, out_dtype: jnp.dtype) -> jax.Array:
 
 
 def fuses_add_norm(x: jax.Array, delta: jax.Array, norm_weight: jax.Array, w: MXArray) -> bool:
-    """Whether :func:`add_norm_gemv` runs an add-and-norm kernel for these operands (bf16 or float32 rows: one, or
-    three to eight on the tensor cores)."""
+    """Whether :func:`add_norm_gemv` runs an add-and-norm kernel for these operands (one bf16 or float32 row)."""
     return not _INTERPRET[-1] and small_m_choice() == "auto" and cuda_gemv.serves_add_norm(x, delta, norm_weight, w)
 
 
