@@ -75,7 +75,7 @@ def route_with(cfg: Candidate, out_dtype: jnp.dtype = jnp.bfloat16):
                 return hopper.matmul(x, w, out_dtype)
         if cfg is None:
             with (
-                mock.patch.object(hopper, "SMALL_M_MAX", 0),
+                mock.patch.object(hopper, "takes_triton", lambda *_: False),
                 mock.patch.object(hopper, "mosaic_config", lambda *_: None),
                 mock.patch.object(hopper, "_takes_gemv", lambda *_: False),
             ):
