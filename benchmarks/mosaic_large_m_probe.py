@@ -179,7 +179,7 @@ def _tile(w_gmem, s_gmem, x_gmem, o_gmem, i_m, i_n, *, cfg: LargeConfig, k: int,
             run_pipeline((acc_ref, load_scales(0)))
             plgpu.wgmma_wait(0)
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
-            o_gmem.at[tokens, my_rows].transpose((1, 0))[...] = out
+            hopper_mosaic.store_to_gmem(o_gmem.at[tokens, my_rows].transpose((1, 0)), out)
 
     pipeline = _pipeline(step, compute_context, cfg, steps)
     inputs = [w_gmem.at[pl.ds(i_n * cta_rows, cta_rows)], x_gmem.at[tokens]]

@@ -168,12 +168,17 @@ def test_environment_variable_picks_the_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("m", [1, 16, 100, 256])
-def test_kernel_lowers_for_an_sm90_gpu(m):
+@pytest.mark.parametrize(
+    ("split_k", "out_dtype"), [(2, jnp.bfloat16), (1, jnp.bfloat16), (1, jnp.float16), (1, jnp.float32)], ids=str
+)
+def test_kernel_lowers_for_an_sm90_gpu(m, split_k, out_dtype):
+    """Without a K split the kernel stores the output dtype itself (jax 0.12 refused 16-bit stores before
+    ``store_to_gmem``); with one, float32 partial sums."""
     n, k = 256, 1024
-    cfg = hopper_mosaic.MosaicConfig(split_k=2, stages=hopper_mosaic.stages_for_rows(m, 2, 128))
+    cfg = hopper_mosaic.MosaicConfig(split_k=split_k, stages=hopper_mosaic.stages_for_rows(m, 2, 128))
 
     def run(x, data, scale):
-        return hopper_mosaic.matmul_2d(x, MXArray(data, scale), jnp.bfloat16, cfg)
+        return hopper_mosaic.matmul_2d(x, MXArray(data, scale), out_dtype, cfg)
 
     args = (
         jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
@@ -182,6 +187,17 @@ def test_kernel_lowers_for_an_sm90_gpu(m):
     )
     text = jax.jit(run).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in text
+
+
+def test_store_to_gmem_asks_for_a_plain_store_where_plgpu_has_store(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hopper_mosaic.plgpu, "store", lambda *args, **kw: calls.append((args, kw)), raising=False)
+    hopper_mosaic.store_to_gmem("ref", "value")
+    assert calls == [(("ref", "value"), dict(optimized=False))]
+    monkeypatch.delattr(hopper_mosaic.plgpu, "store")
+    ref = np.zeros(3)
+    hopper_mosaic.store_to_gmem(ref, np.arange(3.0))  # jax 0.10.2 and 0.11.2: ref[...] = value
+    np.testing.assert_array_equal(ref, [0.0, 1.0, 2.0])
 
 
 def test_load_whole_passes_an_index_only_where_plgpu_load_requires_one(monkeypatch):

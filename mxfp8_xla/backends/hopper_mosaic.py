@@ -132,6 +132,19 @@ def row_layout() -> plgpu.Layout:
     return plgpu.Layout.WGMMA.reduce(1)
 
 
+def store_to_gmem(ref: Any, value: jax.Array) -> None:
+    """``ref[...] = value`` for a global-memory ``ref``, straight from registers, as jax 0.10.2 and 0.11.2 store it.
+
+    jax 0.12's Mosaic GPU refuses such a store unless each warp's transfer covers whole 32-byte sectors, which a
+    16-bit output in the transposed wgmma layout does not (a float32 one does); ``plgpu.store(..., optimized=False)``
+    asks for the plain store. jax 0.10.2 and 0.11.2 have no ``plgpu.store`` and store plainly.
+    """
+    if hasattr(plgpu, "store"):
+        plgpu.store(ref, value, optimized=False)
+    else:
+        ref[...] = value
+
+
 def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_split: int) -> None:
     i_n, i_s, wg = lax.axis_index("n"), lax.axis_index("s"), lax.axis_index("wg")
     cta_rows = ROWS * cfg.num_wgs
@@ -159,7 +172,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
         def _(acc_ref):
             run_pipeline((acc_ref, load_scales(0)))
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
-            o_gmem.at[i_s, :, my_rows].transpose((1, 0))[...] = out  # out [M, N]: no transpose after
+            store_to_gmem(o_gmem.at[i_s, :, my_rows].transpose((1, 0)), out)  # out [M, N]: no transpose after
 
     pipeline = plgpu.emit_pipeline_warp_specialized(
         step,
