@@ -582,7 +582,8 @@ def test_xla_cpu_keeps_the_weight_scale_swizzle_inside_a_scan_body(fake_flashinf
         return jax.lax.scan(step, x, None, length=8)[0]
 
     hlo = jax.jit(decode).lower(x.astype(jnp.bfloat16), w).compile().as_text()
-    computations = {c.split(" ", 1)[0]: c for c in hlo.split("\n\n")}
+    # stripped: the first computation follows two blank lines (its name would start with a newline)
+    computations = {c.split(" ", 1)[0]: c for c in map(str.strip, hlo.split("\n\n"))}
     swizzles = [
         name for name, text in computations.items() if "u8[512,8]" in text.split("\n", 1)[0] and "transpose(" in text
     ]

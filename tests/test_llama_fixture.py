@@ -1,7 +1,7 @@
 """The Flax Llama example (examples/llama) against ModelOpt's own results on the tiny fixture.
 
 Emulation backend, float32. ``reference.npz`` was computed with PyTorch's sdpa attention;
-one activation of the fixture sits 4 float32 ulps from an fp8 rounding tie, on the other
+one activation of the fixture sits a few float32 ulps from an fp8 rounding tie, on the other
 side of it in PyTorch's sdpa (see examples/llama/run.py and docs/checkpoints.md), so the
 logits are compared (a) on every token that does not attend to that element and (b) on
 all tokens with that one element given PyTorch's value.
@@ -97,11 +97,12 @@ def test_logits_match_modelopt_on_tokens_not_after_the_tie(logits, ref):
 def test_logits_match_modelopt_with_the_tie_element_as_pytorch_sdpa_computed_it(model, ref, logits):
     cfg, params, _ = model
     ids = jnp.asarray(ref["input_ids"], jnp.int32)
-    # the element really is at a tie: ours rounds down, PyTorch sdpa's rounds up, 4 ulps apart
+    # the element really is at a tie: ours rounds down, PyTorch sdpa's rounds up, each a few float32 ulps from it
     ours = np.float32(_layer_input(cfg, params, ids)[TIE_INDEX])
     tie = np.float32(-432 / 1024)
     assert ours > tie > TIE_SDPA_VALUE
-    assert np.abs(ours.view(np.int32) - TIE_SDPA_VALUE.view(np.int32)) <= 4
+    ulps_from_tie = lambda v: abs(int(v.view(np.int32)) - int(tie.view(np.int32)))  # noqa: E731
+    assert ulps_from_tie(TIE_SDPA_VALUE) == 1 and ulps_from_tie(ours) <= 4  # ours: 2 on jax 0.10.2, 4 on 0.12.0.1
     # ... and it is the only difference: with it, the whole tensor agrees
     got = forward_with_sdpa_tie(cfg, params, ids)
     assert rel_fro(got, ref["logits_mxfp8"]) < 1e-3  # measured 1.5e-7
