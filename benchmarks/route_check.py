@@ -16,10 +16,17 @@ widened to float32, where they read bf16 rows).
 
 ``--ragged`` checks ``RAGGED_CASES`` instead: shapes off the kernels' tiles.
 
+``--out-dtype bfloat16`` (or ``float16``) asks the product for that output dtype instead of float32; a case then
+passes within ``TOLERANCE`` plus the dtype's machine epsilon (the rounding of the output). On jax 0.12 the Mosaic GPU
+kernel's 16-bit output store did not lower until the thirty-second session, where float32 outputs did.
+``--widths`` and ``--depths`` replace ``WIDTHS`` and ``DEPTHS`` in the grid (the Mosaic kernel writes 16-bit outputs
+itself only where N gives it enough CTAs without a K split, e.g. N = 14336).
+
     PYTHONPATH=. python3 benchmarks/route_check.py [--rows 64,65,256,2048] [--eager] [--dtype float32] [--ragged]
+        [--out-dtype bfloat16] [--widths 14336] [--depths 4096]
 
 Writes ``$OUT/route_check.json`` (``route_check_eager.json``, ``route_check_float32.json``,
-``route_check_ragged.json``, ...).
+``route_check_ragged.json``, ``route_check_out_bfloat16.json``, ...).
 """
 
 from __future__ import annotations
@@ -59,9 +66,11 @@ def check(
     product: Callable = lambda x, w: hopper.matmul(x, w, jnp.float32),
     eager: bool = False,
     dtype: jnp.dtype = jnp.bfloat16,
+    tolerance: float = TOLERANCE,
 ) -> dict[str, dict]:
     """Each case's kernels traced, error and verdict, keyed ``"M=.. N=.. K=.."``; a case that raises fails with the
-    exception's type and first line. ``eager``: ``product`` called without ``jax.jit``; ``dtype``: the activation's."""
+    exception's type and first line. ``eager``: ``product`` called without ``jax.jit``; ``dtype``: the activation's;
+    ``tolerance``: the largest error that passes (:func:`tolerance_for` an output dtype)."""
     results = {}
     run = product if eager else jax.jit(product)
     for m, n, k in cases:
@@ -69,11 +78,24 @@ def check(
         x = x.astype(dtype)
         try:
             error = rel_err(run(x, w), reference(x, w))
-            row = {"kernels": ptx_launch.traced_launches(product, x, w), "rel_err_f32_out": error}
+            row = {"kernels": ptx_launch.traced_launches(product, x, w), "rel_err": error}
         except Exception as e:  # noqa: BLE001
-            row = {"kernels": [], "rel_err_f32_out": float("nan"), "error": failure(e)}
-        results[f"M={m} N={n} K={k}"] = {**row, "ok": bool(row["rel_err_f32_out"] <= TOLERANCE)}  # NaN fails
+            row = {"kernels": [], "rel_err": float("nan"), "error": failure(e)}
+        results[f"M={m} N={n} K={k}"] = {**row, "ok": bool(row["rel_err"] <= tolerance)}  # NaN fails
     return results
+
+
+def tolerance_for(out_dtype: jnp.dtype) -> float:
+    """The largest error that passes for outputs of ``out_dtype``: ``TOLERANCE``, plus the machine epsilon of a
+    16-bit output (rounding the float32 product to it moves an element by at most half its ulp)."""
+    out_dtype = jnp.dtype(out_dtype)
+    return TOLERANCE if out_dtype == jnp.float32 else TOLERANCE + float(jnp.finfo(out_dtype).eps)
+
+
+def grid(widths: str | None, depths: str | None) -> tuple[tuple[int, int, int], ...]:
+    """``CASES`` with ``widths`` (``"14336,1024"``) and ``depths`` in place of ``WIDTHS`` and ``DEPTHS`` where given."""
+    as_ints = lambda text, default: default if text is None else tuple(int(v) for v in text.split(","))  # noqa: E731
+    return tuple(itertools.product(ROWS, as_ints(widths, WIDTHS), as_ints(depths, DEPTHS)))
 
 
 def selected(rows: str | None, cases: tuple[tuple[int, int, int], ...] = CASES) -> tuple[tuple[int, int, int], ...]:
@@ -92,20 +114,28 @@ def main() -> int:
     parser.add_argument("--eager", action="store_true", help="call the product without jax.jit")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
     parser.add_argument("--ragged", action="store_true", help="RAGGED_CASES: shapes off the kernels' tiles")
+    parser.add_argument("--out-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--widths", help="comma-separated N in place of WIDTHS (not with --ragged)")
+    parser.add_argument("--depths", help="comma-separated K in place of DEPTHS (not with --ragged)")
     args = parser.parse_args()
-    cases = selected(args.rows, RAGGED_CASES if args.ragged else CASES)
+    if args.ragged and (args.widths or args.depths):
+        parser.error("--widths and --depths set the regular grid; --ragged checks RAGGED_CASES")
+    cases = selected(args.rows, RAGGED_CASES if args.ragged else grid(args.widths, args.depths))
+    out_dtype, tolerance = jnp.dtype(args.out_dtype), tolerance_for(args.out_dtype)
     dtype = "" if args.dtype == "bfloat16" else "_" + args.dtype
-    suffix = "_eager" * args.eager + dtype + "_ragged" * args.ragged
-    results = {"environment": environment()}
+    out = "" if args.out_dtype == "float32" else "_out_" + args.out_dtype
+    suffix = "_eager" * args.eager + dtype + out + "_ragged" * args.ragged
+    results = {"environment": {**environment(), "out_dtype": args.out_dtype}}
     print(results["environment"], flush=True)
+    product = lambda x, w: hopper.matmul(x, w, out_dtype)  # noqa: E731
     for m, n, k in cases:
-        ((key, row),) = check(((m, n, k),), eager=args.eager, dtype=jnp.dtype(args.dtype)).items()
+        ((key, row),) = check(((m, n, k),), product, args.eager, jnp.dtype(args.dtype), tolerance).items()
         results[key] = row
-        print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err_f32_out']:.1e} {row['kernels']}"
+        print(f"{key:>22}: {'ok  ' if row['ok'] else 'FAIL'} error {row['rel_err']:.1e} {row['kernels']}"
               + (f" {row['error']}" if "error" in row else ""), flush=True)  # fmt: skip
         write_json(f"route_check{suffix}.json", results)
     failed = [key for key, row in results.items() if key != "environment" and not row["ok"]]
-    print(f"{len(cases) - len(failed)} of {len(cases)} cases within {TOLERANCE}; failed: {failed or 'none'}")
+    print(f"{len(cases) - len(failed)} of {len(cases)} cases within {tolerance:.2g}; failed: {failed or 'none'}")
     return 1 if failed else 0
 
 

@@ -34,7 +34,7 @@ def test_a_product_equal_to_emulation_passes_and_one_with_rows_left_unwritten_fa
     assert all(row["ok"] and row["kernels"] == [] for row in route_check.check(cases, exact).values())
     results = route_check.check(cases, rows_4_to_7_unwritten)
     assert results["M=3 N=1024 K=128"]["ok"] and not results["M=8 N=1024 K=128"]["ok"]
-    assert results["M=8 N=1024 K=128"]["rel_err_f32_out"] > 0.5
+    assert results["M=8 N=1024 K=128"]["rel_err"] > 0.5
 
 
 def test_eager_calls_the_product_outside_jit():
@@ -69,6 +69,31 @@ def test_rows_select_the_cases_of_those_m():
     assert len(cases) == 2 * len(route_check.WIDTHS) * len(route_check.DEPTHS)
     with pytest.raises(ValueError, match=r"\[7\] outside ROWS"):
         route_check.selected("7")
+
+
+def test_widths_and_depths_replace_the_grids_own():
+    assert route_check.grid(None, None) == route_check.CASES
+    cases = route_check.grid("14336", "4096,8192")
+    assert cases == tuple((m, 14336, k) for m in route_check.ROWS for k in (4096, 8192))
+    assert route_check.selected("64", cases) == ((64, 14336, 4096), (64, 14336, 8192))
+
+
+def test_a_16_bit_output_passes_within_its_rounding_and_a_wrong_row_still_fails():
+    assert route_check.tolerance_for(jnp.float32) == route_check.TOLERANCE
+    assert route_check.tolerance_for(jnp.bfloat16) == route_check.TOLERANCE + 2.0**-7
+    assert route_check.tolerance_for(jnp.float16) == route_check.TOLERANCE + 2.0**-10
+
+    def rounded(x, w):
+        return emulation.matmul(quantize(x), w, jnp.bfloat16)
+
+    def row_unwritten(x, w):
+        return rounded(x, w).at[2].set(0)
+
+    cases, tolerance = ((3, 1024, 128),), route_check.tolerance_for(jnp.bfloat16)
+    (row,) = route_check.check(cases, rounded, tolerance=tolerance).values()
+    assert row["ok"] and route_check.TOLERANCE < row["rel_err"] <= 2.0**-8  # at most half a bf16 ulp of the largest
+    (row,) = route_check.check(cases, row_unwritten, tolerance=tolerance).values()
+    assert not row["ok"] and row["rel_err"] > 0.1
 
 
 def test_the_ragged_grid_is_off_the_kernels_tiles_at_every_row_count():
