@@ -1,0 +1,51 @@
+#!/bin/bash
+# The library on jax 0.12.0.1, what pip installs on Python >= 3.12, on the device, whose image holds jax 0.11.2
+# (docs/benchmark_log.md, "jax 0.12 on the device"). jax, jaxlib, jax-cuda13-plugin and jax-cuda13-pjrt 0.12.0.1,
+# their wheels extracted into one tree and packed as tar.xz (166 MB), travel in four parts under .jax012/ (one a
+# call: the device tool carries 64 MiB), with flax 0.12.12's wheel; .jax012/site012.sha256 is the whole archive's.
+#
+# Usage (device, repo root): bash benchmarks/jax012_check.sh STEP, where STEP is
+#   assemble  check the parts against the sha256, unpack them and the flax wheel into /tmp/site012, print versions
+#   routes    route_check.py on jax 0.12: 16-bit outputs at (14336, 4096), where the Mosaic GPU kernel stores them
+#             itself, and float32 outputs over every route at N = 1024
+#   bench     bench_gemm.py and bench_llama.py on jax 0.11.2 and on jax 0.12, one after the other
+# Logs to $OUT/jax012_STEP.log; JSON under $OUT/jax0112/ and $OUT/jax012/.
+set -u
+export PYTHONUNBUFFERED=1
+SITE=/tmp/site012
+STEP=${1:?usage: bash benchmarks/jax012_check.sh assemble|routes|bench}
+LOG=$OUT/jax012_$STEP.log
+on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
+on_012() { mkdir -p "$OUT/jax012" && OUT=$OUT/jax012 PYTHONPATH=$SITE:$PWD python3 "$@"; }
+versions='import jax, jaxlib, flax; print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax", flax.__version__, jax.devices())'
+GEMM="benchmarks/bench_gemm.py --ms 1,8,16,64,256,2048 --shapes 14336x4096,4096x14336
+  --skip emulation,xla_dequant,scaled_dot,fp8_tensor"
+LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fuse-projections --fuse-norms
+  --batches 1,8,32"
+{
+  echo "# bash benchmarks/jax012_check.sh $STEP ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)," \
+    "$(date -u +%F))"
+  case $STEP in
+    assemble)
+      want=$(cat .jax012/site012.sha256)
+      got=$(cat .jax012/site012.tar.xz.part* | sha256sum | cut -c1-64)
+      [ "$got" = "$want" ] || { echo "parts' sha256 $got, expected $want"; exit 1; }
+      rm -rf $SITE && mkdir -p $SITE && cat .jax012/site012.tar.xz.part* | xz -d | tar -x -C $SITE || exit 1
+      python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE .jax012/flax-*.whl || exit 1
+      on_0112 -c "$versions" && on_012 -c "$versions"
+      ;;
+    routes)
+      on_012 benchmarks/route_check.py --rows 1,2,3,8,9,16,17,64,65,256,2048 --widths 14336 --depths 4096 \
+        --out-dtype bfloat16
+      on_012 benchmarks/route_check.py --rows 1,2,8,16,64,256,2048 --widths 1024 --depths 128,4096,16384
+      ;;
+    bench)
+      for version in 0112 012; do
+        echo "=== jax $version: $GEMM" && "on_$version" $GEMM
+        echo "=== jax $version: $LLAMA" && "on_$version" $LLAMA
+      done
+      ;;
+    *) echo "unknown step $STEP" && exit 2 ;;
+  esac
+} 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
