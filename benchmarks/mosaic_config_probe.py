@@ -1,0 +1,72 @@
+"""The Mosaic GPU kernel's configs at 64-256 rows, timed against bf16 ``jnp.dot``: which one a jax version runs fastest.
+
+On jax 0.12.0.1 the routed config at 256 rows ran 24-26% slower than on jax 0.11.2 (docs/benchmark_log.md, "jax 0.12
+on the device"); this times the configs around it, each checked against emulation.
+
+    PYTHONPATH=. python3 benchmarks/mosaic_config_probe.py [--rows 128,256]
+
+Writes ``$OUT/mosaic_config_probe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from timing import environment, failure, loop_time, write_json  # noqa: E402
+
+from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
+
+SHAPES = ((14336, 4096), (28672, 4096))
+CONFIGS = tuple(
+    hopper_mosaic.MosaicConfig(num_wgs=wgs, tile_k=tile_k, stages=stages, split_k=split)
+    for wgs, tile_k, stages, split in (
+        (2, 128, 2, 1),
+        (2, 128, 1, 1),
+        (2, 64, 2, 1),
+        (2, 64, 3, 1),
+        (2, 64, 4, 1),
+        (1, 128, 2, 1),
+        (1, 128, 3, 1),
+        (2, 128, 2, 2),
+    )
+)
+"""(num_wgs, tile_k, stages, split_k); the first is the route's at 256 rows and these shapes."""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="256", help="comma-separated activation rows")
+    args = ap.parse_args()
+    env = environment()
+    print(env, flush=True)
+    rows = []
+    for n, k in SHAPES:
+        for m in (int(r) for r in args.rows.split(",")):
+            sets = operands(n, k, m)
+            ref = reference(*sets[0])
+            bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
+            print(f"== N={n} K={k} M={m}: bf16 {bf16 * 1e6:.1f} us, route {hopper.mosaic_config(m, n, k)}", flush=True)
+            for cfg in CONFIGS:
+                row = dict(n=n, k=k, m=m, config=str(cfg), bf16_us=bf16 * 1e6)
+                if (why := cfg.check(m, n, k)) is not None:
+                    print(f"  {cfg}: cannot run ({why})", flush=True)
+                    continue
+                fn = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(hopper.decode_operand(x), q, jnp.float32, cfg)  # noqa: E731
+                try:
+                    row |= dict(us=loop_time(fn, sets) * 1e6, rel_err=rel_err(fn(*sets[0]), ref))
+                    print(f"  {cfg}: {row['us']:.1f} us ({bf16 * 1e6 / row['us']:.2f}x), error {row['rel_err']:.1e}")
+                except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
+                    row["error"] = failure(e)
+                    print(f"  {cfg}: {row['error']}", flush=True)
+                rows.append(row)
+            write_json("mosaic_config_probe.json", dict(environment=env, rows=rows))
+
+
+if __name__ == "__main__":
+    main()
