@@ -1,6 +1,6 @@
-"""The Mosaic GPU kernel's configs at 64-256 rows, timed against bf16 ``jnp.dot``: which one a jax version runs fastest.
+"""The Mosaic GPU kernel's configs at 128-256 rows, timed against bf16 ``jnp.dot``: the fastest on a jax version.
 
-On jax 0.12.0.1 the routed config at 256 rows ran 24-26% slower than on jax 0.11.2 (docs/benchmark_log.md, "jax 0.12
+On jax 0.12.0.1 the routed config at 256 rows ran 23-26% slower than on jax 0.11.2 (docs/benchmark_log.md, "jax 0.12
 on the device"); this times the configs around it, each checked against emulation.
 
     PYTHONPATH=. python3 benchmarks/mosaic_config_probe.py [--rows 128,256] [--route-only]
