@@ -142,11 +142,17 @@ def test_the_shipped_ptx_has_exactly_the_sources_library_instantiations():
 def test_the_shipped_ptx_is_the_source_compiled():
     """Rebuilt from gemv.cu by the NVRTC the test extra pins (12.1.105, the one gemv.ptx was built with), byte for
     byte: rebuild with ``python -m mxfp8_xla.backends.cuda_gemv`` after editing gemv.cu."""
-    pytest.importorskip("cuda.bindings.nvrtc")
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
     try:
         rebuilt = cuda_gemv.build_ptx()
     except (RuntimeError, OSError) as e:  # cuda-bindings without libnvrtc
         pytest.skip(f"NVRTC unavailable: {e}")
+    _, major, minor = nvrtc.nvrtcVersion()
+    assert (major, minor) == (12, 1), (
+        f"this environment loads NVRTC {major}.{minor}, where gemv.ptx is NVRTC 12.1's output: the test extra pins "
+        "nvidia-cuda-nvrtc-cu12==12.1.105 and cuda-bindings<13 (PyPI's CUDA build of torch 2.13 brings "
+        "cuda-bindings 13)"
+    )
     assert rebuilt == cuda_gemv.PTX.read_text()
 
 
