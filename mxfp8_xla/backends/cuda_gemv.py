@@ -295,29 +295,53 @@ def _thread_locale_kept() -> Iterator[None]:
         libc.uselocale(before)
 
 
+def _nvrtc() -> ctypes.CDLL:
+    """NVRTC 12.1's library from the ``nvidia-cuda-nvrtc-cu12==12.1.105`` wheel (the ``test`` extra), called through
+    ctypes: ``cuda-bindings`` 12, the Python binding for it, cannot be installed beside PyPI's CUDA torch 2.13, which
+    requires ``cuda-bindings`` 13 and NVRTC 13 (Python 3.12 and later, where no CPU build of torch 2.13 is on PyPI)."""
+    try:
+        import nvidia.cuda_nvrtc
+    except ImportError as e:
+        raise RuntimeError(f"NVRTC 12.1 is not installed ({e}): pip install nvidia-cuda-nvrtc-cu12==12.1.105") from e
+    lib = ctypes.CDLL(str(Path(list(nvidia.cuda_nvrtc.__path__)[0]) / "lib" / "libnvrtc.so.12"))
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+    return lib
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """The (major, minor) version of the NVRTC that :func:`build_ptx` compiles with."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _nvrtc().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return major.value, minor.value
+
+
 def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
-    """``source`` (no includes) compiled to PTX for compute_90 by NVRTC (``cuda-bindings`` and
-    ``nvidia-cuda-nvrtc-cu12==12.1.105``, both in the ``test`` extra; ``gemv.ptx`` was built with NVRTC 12.1, whose PTX
-    ISA 8.1 every CUDA 12 driver reads, and a test rebuilds it byte for byte)."""
-    from cuda.bindings import nvrtc
+    """``source`` (no includes) compiled to PTX for compute_90 by NVRTC 12.1 (:func:`_nvrtc`; ``gemv.ptx`` was built
+    with it, and its PTX ISA 8.1 every CUDA 12 driver reads; a test rebuilds it byte for byte)."""
+    nvrtc = _nvrtc()
 
-    def check(result):
-        err, *rest = result
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise RuntimeError(f"NVRTC: {err}")
-        return rest[0] if rest else None
+    def check(status: int) -> None:
+        if status != 0:
+            raise RuntimeError(f"NVRTC: {nvrtc.nvrtcGetErrorString(status).decode()}")
 
-    prog = check(nvrtc.nvrtcCreateProgram(source.read_bytes(), source.name.encode(), 0, [], []))
-    opts = [b"--gpu-architecture=compute_90", b"-std=c++17", *(f"-D{d}".encode() for d in defines)]
-    with _thread_locale_kept():
-        err, *_ = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        log = b" " * check(nvrtc.nvrtcGetProgramLogSize(prog))
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        raise RuntimeError(f"NVRTC could not compile {source.name}:\n{log.decode(errors='replace')}")
-    ptx = b" " * check(nvrtc.nvrtcGetPTXSize(prog))
-    check(nvrtc.nvrtcGetPTX(prog, ptx))
-    return ptx.rstrip(b"\x00").decode()
+    prog = ctypes.c_void_p()
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0, None, None))
+    try:
+        opts = [b"--gpu-architecture=compute_90", b"-std=c++17", *(f"-D{d}".encode() for d in defines)]
+        with _thread_locale_kept():
+            status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        if status != 0:
+            check(nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size)))
+            log = ctypes.create_string_buffer(size.value)
+            check(nvrtc.nvrtcGetProgramLog(prog, log))
+            raise RuntimeError(f"NVRTC could not compile {source.name}:\n{log.value.decode(errors='replace')}")
+        check(nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size)))
+        ptx = ctypes.create_string_buffer(size.value)
+        check(nvrtc.nvrtcGetPTX(prog, ptx))
+        return ptx.value.decode()
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
 if __name__ == "__main__":  # python -m mxfp8_xla.backends.cuda_gemv: rebuild gemv.ptx from gemv.cu
