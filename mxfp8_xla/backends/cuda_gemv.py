@@ -295,6 +295,7 @@ def _thread_locale_kept() -> Iterator[None]:
         libc.uselocale(before)
 
 
+@functools.cache
 def _nvrtc() -> ctypes.CDLL:
     """NVRTC 12.1's library from the ``nvidia-cuda-nvrtc-cu12==12.1.105`` wheel (the ``test`` extra), called through
     ctypes: ``cuda-bindings`` 12, the Python binding for it, cannot be installed beside PyPI's CUDA torch 2.13, which
