@@ -1,7 +1,7 @@
 """What the shipped Mosaic GPU kernel (``hopper_mosaic``) executes per step: its machine code, counted.
 
-On the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sass.py [N,K ...]`` compiles and runs the
-kernel once per shape (M = 16, the backend's own config) with Mosaic GPU's PTX and ptxas dumps
+On the device: ``PYTHONPATH=. python3 benchmarks/mosaic_sass.py [--rows M] [N,K ...]`` compiles and runs the
+kernel once per shape (M rows, 16 unless given; the backend's own config) with Mosaic GPU's PTX and ptxas dumps
 on (and its SASS dump, which needs ``nvdisasm`` on PATH: the H200 image has none) and packs
 them into ``$OUT/mosaic_sass.tar.gz``.
 
@@ -91,8 +91,9 @@ def sass_of(path: Path) -> str:
         ).stdout
 
 
-def dump_on_device(shapes: list[tuple[int, int]]) -> None:
-    """Compile and run the shipped kernel at ``shapes`` (M = 16) with Mosaic GPU's dumps on; pack the dumps."""
+def dump_on_device(shapes: list[tuple[int, int]], m: int) -> None:
+    """Compile and run the shipped kernel at ``shapes`` for ``m`` activation rows with Mosaic GPU's dumps on; pack
+    the dumps."""
     dump = Path(tempfile.mkdtemp(prefix="mosaic_dump_"))
     for var in ("MOSAIC_GPU_DUMP_PTX", "MOSAIC_GPU_DUMP_SASS", "MOSAIC_GPU_DUMP_PTXAS"):
         os.environ[var] = "1"
@@ -105,7 +106,6 @@ def dump_on_device(shapes: list[tuple[int, int]]) -> None:
     import mxfp8_xla as mx
     from mxfp8_xla.backends import hopper, hopper_mosaic
 
-    m = 16
     for n, k in shapes:
         rng = np.random.default_rng(0)
         w = mx.quantize(jnp.asarray(rng.standard_normal((n, k), np.float32) * 0.02, jnp.bfloat16))
@@ -123,7 +123,11 @@ def main() -> None:
         for name in sys.argv[2:]:
             print(f"== {name}\n{report(sass_of(Path(name)))}")
         return
-    dump_on_device([tuple(map(int, a.split(","))) for a in sys.argv[1:]] or [(4096, 14336), (14336, 4096)])
+    args = sys.argv[1:]
+    m = 16
+    if args[:1] == ["--rows"]:
+        m, args = int(args[1]), args[2:]
+    dump_on_device([tuple(map(int, a.split(","))) for a in args] or [(4096, 14336), (14336, 4096)], m)
 
 
 if __name__ == "__main__":
