@@ -14,6 +14,9 @@
 #   bench     bench_gemm.py and bench_llama.py on jax 0.11.2 and on jax 0.12, one after the other
 #   spill     mosaic_spill_probe.py on jax 0.11.2 and on jax 0.12 under MOSAIC_GPU_DUMP_PTXAS=1, and the shipped
 #             kernel's PTX at 256 rows on each (mosaic_sass.py, $OUT/mosaic_sass_VERSION.tar.gz)
+#   nvjitlink mosaic_spill_probe.py and bench_gemm.py on jax 0.12 with XLA_FLAGS=--xla_gpu_libnvjitlink_mode=disabled:
+#             jax 0.12 compiles Mosaic GPU kernels through XLA's compilation provider, which links them with nvJitLink,
+#             and ptxas ignores setmaxnreg in code compiled for linking ("C7504 ... across compilation units")
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -23,7 +26,7 @@ set -u
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site012
 PARTS=/tmp/jax012_parts
-STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|checks [CHECK ...]}
+STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|checks [CHECK ...]}
 shift
 LOG=$OUT/jax012_$STEP.log
 on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
@@ -68,6 +71,12 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
         "on_$version" benchmarks/mosaic_sass.py --rows 256 14336,4096 && mv "$OUT/jax$version/mosaic_sass.tar.gz" \
           "$OUT/mosaic_sass_$version.tar.gz"
       done
+      ;;
+    nvjitlink)
+      export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_libnvjitlink_mode=disabled"
+      echo "=== jax 0.12, XLA_FLAGS=$XLA_FLAGS: mosaic_spill_probe.py"
+      MOSAIC_GPU_DUMP_PTXAS=1 on_012 benchmarks/mosaic_spill_probe.py
+      echo "=== jax 0.12, XLA_FLAGS=$XLA_FLAGS: $GEMM" && on_012 $GEMM
       ;;
     checks)
       [ $# -gt 0 ] || set -- grad_check.py "route_check.py --ragged" "route_check.py --dtype float32" \
