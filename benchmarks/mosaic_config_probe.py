@@ -3,10 +3,11 @@
 On jax 0.12.0.1 the routed config at 256 rows ran 23-26% slower than on jax 0.11.2 (docs/benchmark_log.md, "jax 0.12
 on the device"); this times the configs around it, each checked against emulation.
 
-    PYTHONPATH=. python3 benchmarks/mosaic_config_probe.py [--rows 128,256] [--route-only]
+    PYTHONPATH=. python3 benchmarks/mosaic_config_probe.py [--rows 128,256] [--route-only | --first N]
 
-``--route-only`` times the route's config alone; run it with ``MOSAIC_GPU_DUMP_PTXAS=1`` to see ptxas's registers and
-spills for each compile.
+The route's config is timed first, then the same config with ``block_loads`` flipped (the weight tile loaded whole or
+one 32-column block at a time). ``--route-only`` times the route's config alone; run it with
+``MOSAIC_GPU_DUMP_PTXAS=1`` to see ptxas's registers and spills for each compile.
 
 Writes ``$OUT/mosaic_config_probe.json``.
 """
@@ -14,6 +15,7 @@ Writes ``$OUT/mosaic_config_probe.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -34,15 +36,18 @@ CONFIGS = tuple(
 
 
 def candidates(m: int, n: int, k: int) -> tuple[hopper_mosaic.MosaicConfig, ...]:
-    """The route's config for ``m`` rows of ``(n, k)``, then the ``CONFIGS`` that differ from it and can run."""
+    """The route's config for ``m`` rows of ``(n, k)``, the same with ``block_loads`` flipped, then the ``CONFIGS``
+    that differ from both and can run."""
     route = hopper.mosaic_config(m, n, k)
-    return (route, *(c for c in CONFIGS if c != route and c.check(m, n, k) is None))
+    flipped = dataclasses.replace(route, block_loads=not route.block_loads)
+    return (route, flipped, *(c for c in CONFIGS if c not in (route, flipped) and c.check(m, n, k) is None))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="256", help="comma-separated activation rows")
     ap.add_argument("--route-only", action="store_true", help="only the route's own config")
+    ap.add_argument("--first", type=int, help="only the first this many candidates (2: the route's and its flip)")
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
@@ -53,7 +58,7 @@ def main() -> None:
             ref = reference(*sets[0])
             bf16 = loop_time(lambda x, wb: jnp.dot(x, wb.T), [(x, q.data.astype(jnp.bfloat16)) for x, q in sets])
             print(f"== N={n} K={k} M={m}: bf16 {bf16 * 1e6:.1f} us; the route's config first", flush=True)
-            for cfg in candidates(m, n, k)[: 1 if args.route_only else None]:
+            for cfg in candidates(m, n, k)[: 1 if args.route_only else args.first]:
                 row = dict(n=n, k=k, m=m, config=str(cfg), bf16_us=bf16 * 1e6)
                 fn = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(hopper.decode_operand(x), q, jnp.float32, cfg)  # noqa: E731
                 try:

@@ -121,6 +121,15 @@ faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x /
 """
 
 
+BLOCK_LOADS_MIN_ROWS = 128
+"""From this many rows the Mosaic GPU kernel loads its weight tile one 32-column block at a time where ptxas ignores
+``setmaxnreg`` (jax 0.12; ``MosaicConfig.block_loads``). There its compute warpgroups keep 168 registers a thread, and
+at 256 rows the whole-tile load spilled 152 bytes and serialized the wgmmas: on an H200 (``mosaic_spill_probe.py``,
+thirty-third session) block loads took 73.0-73.4 us against 87.4-88.1 us at (14336, 4096) and 136.0-136.3 against
+165.7-166.7 us at (28672, 4096); at 128 rows 48.5 against 51.3-52.8 and 89.8-90.9 against 92.6-94.3 us. On jax 0.11.2,
+which honors ``setmaxnreg``, they lost 3-9% at both row counts, and whole tiles stay. 17-127 rows were not timed."""
+
+
 def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
     """The Mosaic GPU kernel's split (>= :data:`MOSAIC_MIN_CTAS` CTAs) and stages (what fits) for ``[m, k] x [n, k]``,
     whether or not :func:`mosaic_config` routes the shape to it; it may still fail ``check``.
@@ -132,13 +141,14 @@ def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
     (3584, 2432), 28 CTAs and 19 tiles, one tile a CTA (19 ways) ran 25.9 / 38.0 us at 64 / 128 rows against 22.0 /
     26.6 us unsplit, and 20.3 us either way at 32 rows (twenty-ninth session)."""
     cfg = hopper_mosaic.MosaicConfig()
+    block_loads = m >= BLOCK_LOADS_MIN_ROWS and hopper_mosaic.setmaxnreg_ignored()
     stages = hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages)
     split = hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS)
     ctas, tiles = n // (hopper_mosaic.ROWS * cfg.num_wgs), k // (cfg.tile_k * split)
     if 0 < ctas * split < MOSAIC_MIN_CTAS and k % cfg.tile_k == 0 and tiles % 2:
         sums_most = PARTIAL_SUMS_MAX_WEIGHTS * k // (4 * hopper_mosaic.padded_rows(m) * split)
         split *= _odd_split(tiles, -(-MOSAIC_MIN_CTAS // (ctas * split)), min(sums_most, tiles // stages))
-    return dataclasses.replace(cfg, split_k=split, stages=stages)
+    return dataclasses.replace(cfg, split_k=split, stages=stages, block_loads=block_loads)
 
 
 def mosaic_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig | None:

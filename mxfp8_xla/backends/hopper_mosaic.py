@@ -59,12 +59,18 @@ the pipeline's barriers and Pallas's scratch."""
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """``num_wgs`` compute warpgroups of 64 weight rows each; ``tile_k`` of K per pipeline step;
-    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA."""
+    ``stages`` steps in flight; ``split_k`` CTAs along K, their partial sums added by XLA.
+
+    ``block_loads``: the weight tile sits in shared memory tiled ``[8, 32]`` with a 32-byte swizzle, and each
+    ``[64, 32]`` block is loaded into registers just before its decode, instead of the whole ``[64, tile_k]`` tile
+    at once (128-byte swizzle): fewer registers live, for compiles where ptxas ignores ``setmaxnreg``
+    (:func:`setmaxnreg_ignored`)."""
 
     num_wgs: int = 2
     tile_k: int = 128
     stages: int = 4
     split_k: int = 1
+    block_loads: bool = False
 
     def stage_bytes(self, m: int) -> int:
         """Shared memory of one pipeline stage: the fp8 weight tile and ``m`` (padded) bf16 activation rows."""
@@ -132,6 +138,20 @@ def row_layout() -> plgpu.Layout:
     return plgpu.Layout.WGMMA.reduce(1)
 
 
+@functools.cache
+def setmaxnreg_ignored() -> bool:
+    """Whether this jaxlib's Mosaic GPU compiles kernels for linking, where ptxas ignores ``setmaxnreg`` (jaxlib 0.12).
+
+    The warp-specialized pipeline hands its compute warpgroups 232 registers a thread through ``setmaxnreg``; ptxas
+    drops that in code compiled for linking ("C7504 ... 'setmaxnreg' ignored to maintain compatibility across
+    compilation units"), so they keep the 168 a 384-thread CTA launches with. jaxlib 0.12.0.1 does so (ptxas's report
+    on an H200, ``benchmarks/mosaic_spill_probe.py``); 0.11.2 did not.
+    """
+    import jaxlib.version
+
+    return tuple(int(p) for p in jaxlib.version.__version__.split(".")[:2]) >= (0, 12)
+
+
 def store_to_gmem(ref: Any, value: jax.Array) -> None:
     """``ref[...] = value`` for a global-memory ``ref``, straight from registers, as jax 0.10.2 and 0.11.2 store it.
 
@@ -160,10 +180,11 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
         acc_ref, scale_bytes = carry
         upcoming = load_scales(jnp.minimum(idx[0] + 1, steps - 1))  # in flight while this step computes
         factors = tuple(map(numerics.scale_to_factor, scale_bytes))
-        tile = w_smem[wg_rows]  # [64, tile_k] fp8 in registers (slices of a swizzled ref along K cannot be loaded)
+        tile = None if cfg.block_loads else w_smem[wg_rows]  # [64, tile_k] fp8 in registers
         for j in range(blocks):
-            w_block = decode_with_factor(tile[:, j * BLOCK : (j + 1) * BLOCK], factors[j])
-            plgpu.wgmma(acc_ref, w_block, x_smem.at[:, pl.ds(j * BLOCK, BLOCK)].T)
+            cols = pl.ds(j * BLOCK, BLOCK)
+            q = w_smem[wg_rows, cols] if cfg.block_loads else tile[:, j * BLOCK : (j + 1) * BLOCK]
+            plgpu.wgmma(acc_ref, decode_with_factor(q, factors[j]), x_smem.at[:, cols].T)
         plgpu.wgmma_wait(0)
         return acc_ref, upcoming
 
@@ -174,6 +195,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
             store_to_gmem(o_gmem.at[i_s, :, my_rows].transpose((1, 0)), out)  # out [M, N]: no transpose after
 
+    w_tile_cols = BLOCK if cfg.block_loads else 128  # a [64, 32] block is a whole tile, or a 128-byte row is
     pipeline = plgpu.emit_pipeline_warp_specialized(
         step,
         grid=(k_split // cfg.tile_k,),
@@ -182,7 +204,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
             plgpu.BlockSpec(
                 (cta_rows, cfg.tile_k),
                 lambda t: (0, t),
-                transforms=(plgpu.TilingTransform((8, 128)), plgpu.SwizzleTransform(128)),
+                transforms=(plgpu.TilingTransform((8, w_tile_cols)), plgpu.SwizzleTransform(w_tile_cols)),
             ),
             plgpu.BlockSpec(
                 (m, cfg.tile_k),
