@@ -93,7 +93,8 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
     assert hopper.mosaic_config(16, 14336, 4096) is None  # up to 16 rows at K = 4096: the Triton kernel
     assert hopper.mosaic_config(17, 14336, 4096) == hopper_mosaic.MosaicConfig()  # 112 CTAs: no split
     assert hopper.mosaic_config(64, 4096, 4096) == hopper_mosaic.MosaicConfig(split_k=4)
-    assert hopper.mosaic_config(256, 28672, 4096) == hopper_mosaic.MosaicConfig(stages=2)  # smem
+    blocks = hopper_mosaic.setmaxnreg_ignored()  # jaxlib 0.12: the weight tile loaded block by block from 128 rows
+    assert hopper.mosaic_config(256, 28672, 4096) == hopper_mosaic.MosaicConfig(stages=2, block_loads=blocks)  # smem
     assert hopper.mosaic_config(257, 28672, 4096) is None  # beyond wgmma's 256 columns: cuBLAS
     assert hopper.mosaic_config(64, 4160, 4096) is None  # N not a multiple of 128: the Triton kernel
 
@@ -208,3 +209,48 @@ def test_load_whole_passes_an_index_only_where_plgpu_load_requires_one(monkeypat
         hopper_mosaic.load_whole("ref", "layout")
     kw = dict(layout="layout", optimized=False)
     assert calls == [(("ref", ()), kw), (("ref",), kw)]
+
+
+@pytest.mark.parametrize(("m", "split_k"), [(128, 1), (256, 1), (256, 2)])
+def test_kernel_with_block_loads_lowers_to_another_kernel(m, split_k):
+    """The weight tile loaded one 32-column block at a time (``block_loads``) lowers, and changes the kernel."""
+    n, k = 256, 1024
+    args = (
+        jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn),
+        jax.ShapeDtypeStruct((n, k // 32), jnp.uint8),
+    )
+
+    def lowered(block_loads: bool) -> str:
+        cfg = hopper_mosaic.MosaicConfig(
+            split_k=split_k, stages=hopper_mosaic.stages_for_rows(m, 2, 128), block_loads=block_loads
+        )
+        run = lambda x, data, scale: hopper_mosaic.matmul_2d(x, MXArray(data, scale), jnp.bfloat16, cfg)  # noqa: E731
+        return jax.jit(run).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    with_blocks = lowered(True)
+    assert "mosaic_gpu" in with_blocks
+    assert with_blocks != lowered(False)
+
+
+@pytest.mark.parametrize(
+    ("ignored", "m", "expected"),
+    [(True, 127, False), (True, 128, True), (True, 256, True), (False, 256, False), (False, 16, False)],
+)
+def test_block_loads_from_128_rows_only_where_ptxas_ignores_setmaxnreg(monkeypatch, ignored, m, expected):
+    monkeypatch.setattr(hopper_mosaic, "setmaxnreg_ignored", lambda: ignored)
+    assert hopper.mosaic_kernel_config(m, 14336, 4096).block_loads is expected
+
+
+@pytest.mark.parametrize(
+    ("version", "ignored"), [("0.10.2", False), ("0.11.2", False), ("0.12.0.1", True), ("1.0.0", True)]
+)
+def test_setmaxnreg_is_ignored_from_jaxlib_0_12(monkeypatch, version, ignored):
+    import jaxlib.version
+
+    monkeypatch.setattr(jaxlib.version, "__version__", version)
+    hopper_mosaic.setmaxnreg_ignored.cache_clear()
+    try:
+        assert hopper_mosaic.setmaxnreg_ignored() is ignored
+    finally:
+        hopper_mosaic.setmaxnreg_ignored.cache_clear()
