@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.backends import cuda_gemv, ptx_launch
-from mxfp8_xla.backends.hopper import SMALL_M_KERNEL_ENV, small_m_choice
+from mxfp8_xla.backends import cuda_gemv, hopper_mosaic, ptx_launch
+from mxfp8_xla.backends.hopper import BLOCK_LOADS_MIN_ROWS, SMALL_M_KERNEL_ENV, small_m_choice
 from mxfp8_xla.backends.select import (
     BACKEND_ENV,
     FLASHINFER_MIN_K,
@@ -94,6 +94,12 @@ def info() -> dict[str, Any]:
             "kernel": one_row or f"none ({SMALL_M_KERNEL_ENV})",
             "launcher_missing": ptx_launch.unavailable(),
         },
+        "hopper_mosaic_weight_loads": (
+            f"block by block from {BLOCK_LOADS_MIN_ROWS} rows (this jaxlib's Mosaic GPU compiles for linking, where "
+            "ptxas ignores setmaxnreg)"
+            if hopper_mosaic.setmaxnreg_ignored()
+            else "whole tiles"
+        ),
         "env": {
             BACKEND_ENV: os.environ.get(BACKEND_ENV),
             COMMAND_BUFFER_ENV: os.environ.get(COMMAND_BUFFER_ENV),
