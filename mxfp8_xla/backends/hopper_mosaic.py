@@ -197,7 +197,7 @@ def _kernel(w_gmem, s_gmem, x_gmem, o_gmem, *, m: int, cfg: MosaicConfig, k_spli
             out = plgpu.layout_cast(acc_ref[...].astype(o_gmem.dtype), plgpu.Layout.WGMMA_TRANSPOSED)
             store_to_gmem(o_gmem.at[i_s, :, my_rows].transpose((1, 0)), out)  # out [M, N]: no transpose after
 
-    w_tile_cols = BLOCK if cfg.block_loads else 128  # a [64, 32] block is a whole tile, or a 128-byte row is
+    w_tile_cols = BLOCK if cfg.block_loads else 128  # shared-memory tiles one block wide, or one 128-byte swizzle wide
     pipeline = plgpu.emit_pipeline_warp_specialized(
         step,
         grid=(k_split // cfg.tile_k,),
