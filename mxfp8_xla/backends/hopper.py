@@ -127,7 +127,8 @@ BLOCK_LOADS_MIN_ROWS = 128
 at 256 rows the whole-tile load spilled 152 bytes and serialized the wgmmas: on an H200 (``mosaic_spill_probe.py``,
 thirty-third session) block loads took 73.0-73.4 us against 87.4-88.1 us at (14336, 4096) and 136.0-136.3 against
 165.7-166.7 us at (28672, 4096); at 128 rows 48.5 against 51.3-52.8 and 89.8-90.9 against 92.6-94.3 us. On jax 0.11.2,
-which honors ``setmaxnreg``, they lost 3-9% at both row counts, and whole tiles stay. Only 128 and 256 rows were timed."""
+which honors ``setmaxnreg``, they lost 3-9% at both row counts, and whole tiles stay. Only 128 and 256 rows were
+timed."""
 
 
 def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
