@@ -17,6 +17,9 @@
 #   nvjitlink mosaic_spill_probe.py and bench_gemm.py on jax 0.12 with XLA_FLAGS=--xla_gpu_enable_libnvjitlink=false:
 #             jax 0.12 compiles Mosaic GPU kernels for linking, and ptxas ignores setmaxnreg in such code ("C7504 ...
 #             across compilation units"); the flag did not change that (thirty-third session)
+#   blocks    the library's Mosaic GPU kernel with and without block loads (MosaicConfig.block_loads, routed from 128
+#             rows on jaxlib >= 0.12) on both versions: mosaic_config_probe.py --first 2 at 64-256 rows, then on 0.12
+#             route_check.py with bf16 outputs at (14336, 4096) and (28672, 4096) and bench_gemm.py at 128-256 rows
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -26,7 +29,7 @@ set -u
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site012
 PARTS=/tmp/jax012_parts
-STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|checks [CHECK ...]}
+STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|checks [CHECK ...]}
 shift
 LOG=$OUT/jax012_$STEP.log
 on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
@@ -77,6 +80,17 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
       echo "=== jax 0.12, XLA_FLAGS=$XLA_FLAGS: mosaic_spill_probe.py"
       MOSAIC_GPU_DUMP_PTXAS=1 on_012 benchmarks/mosaic_spill_probe.py
       echo "=== jax 0.12, XLA_FLAGS=$XLA_FLAGS: $GEMM" && on_012 $GEMM
+      ;;
+    blocks)
+      for version in 0112 012; do
+        echo "=== jax $version: mosaic_config_probe.py --rows 64,128,192,256 --first 2"
+        "on_$version" benchmarks/mosaic_config_probe.py --rows 64,128,192,256 --first 2
+      done
+      echo "=== jax 0.12: route_check.py with bf16 outputs (ROWS from 17; block loads at 256)"
+      on_012 benchmarks/route_check.py --rows 17,64,65,256 --widths 14336,28672 --depths 4096 --out-dtype bfloat16
+      echo "=== jax 0.12: bench_gemm.py at 128-256 rows"
+      on_012 benchmarks/bench_gemm.py --ms 128,192,256 --shapes 14336x4096,4096x14336,28672x4096 \
+        --skip emulation,xla_dequant,scaled_dot,fp8_tensor
       ;;
     checks)
       [ $# -gt 0 ] || set -- grad_check.py "route_check.py --ragged" "route_check.py --dtype float32" \
