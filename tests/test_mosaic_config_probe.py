@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -16,5 +17,7 @@ def test_the_routes_config_comes_first_and_every_candidate_can_run():
         for m in (64, 128, 256):
             cands = probe.candidates(m, n, k)
             assert cands[0] == hopper.mosaic_config(m, n, k) and len(set(cands)) == len(cands)
+            assert cands[1] == dataclasses.replace(cands[0], block_loads=not cands[0].block_loads)
             assert all(cfg.check(m, n, k) is None for cfg in cands)
-    assert len(probe.candidates(256, 14336, 4096)) == len(probe.CONFIGS)  # (2, 2, 1) is the route's there
+    # (2, 2, 1) is the route's there, in one of its two weight loads: CONFIGS and the other
+    assert len(probe.candidates(256, 14336, 4096)) == len(probe.CONFIGS) + 1
