@@ -10,7 +10,9 @@ spills where 0.11.2 had none (docs/benchmark_log.md, "jax 0.12 on the device"). 
   loaded into registers just before its decode instead of the whole ``[64, tile_k]`` tile at once;
 - ``wgmma_store``: the accumulator stored as ``out.T [N, M]`` in wgmma's own layout (no layout cast), XLA transposes;
 - ``memory_registers_24``: the producer warpgroup at 24 registers a thread, the compute warpgroups at 240 (not 232);
-- ``f32_out``: float32 output (what ``mosaic_config_probe.py`` timed).
+- ``f32_out``: float32 output (what ``mosaic_config_probe.py`` timed);
+- ``block_tiles_scales_now``: the two that took registers off on jax 0.12, together (added after the thirty-third
+  session's runs, not yet timed).
 
 Each runs after the activation's quantize+decode pass, is checked against emulation and timed (``loop_time``, weights
 rotating through >= 150 MB) beside bf16 ``jnp.dot`` in the same process. Run it under ``MOSAIC_GPU_DUMP_PTXAS=1`` to
@@ -73,6 +75,7 @@ VARIANTS = (
     Variant("wgmma_store", wgmma_store=True),
     Variant("memory_registers_24", memory_registers=24),
     Variant("f32_out", out_dtype="float32"),
+    Variant("block_tiles_scales_now", block_tiles=True, scales_ahead=False),
 )
 
 
