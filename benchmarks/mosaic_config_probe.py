@@ -32,7 +32,8 @@ CONFIGS = tuple(
     hopper_mosaic.MosaicConfig(num_wgs=wgs, tile_k=128, stages=stages, split_k=split)
     for wgs, stages, split in ((2, 2, 1), (2, 1, 1), (1, 2, 1), (1, 3, 1), (2, 2, 2))
 )
-"""(num_wgs, stages, split_k) at ``tile_k`` 128 (the weight's swizzle width), timed after the route's own config."""
+"""(num_wgs, stages, split_k) at ``tile_k`` 128 (the weight's swizzle width), timed after the route's own config and
+its flip."""
 
 
 def candidates(m: int, n: int, k: int) -> tuple[hopper_mosaic.MosaicConfig, ...]:
