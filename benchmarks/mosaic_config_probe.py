@@ -9,7 +9,8 @@ The route's config is timed first, then the same config with ``block_loads`` fli
 one 32-column block at a time). ``--route-only`` times the route's config alone; run it with
 ``MOSAIC_GPU_DUMP_PTXAS=1`` to see ptxas's registers and spills for each compile.
 
-Writes ``$OUT/mosaic_config_probe.json``.
+Each config's float32 output is checked against emulation; the probe exits 1 if one is off by more than
+``route_check.TOLERANCE``. Writes ``$OUT/mosaic_config_probe.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from route_check import TOLERANCE  # noqa: E402
 from timing import environment, failure, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
@@ -52,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     env = environment()
     print(env, flush=True)
-    rows = []
+    rows, failed = [], 0
     for n, k in SHAPES:
         for m in (int(r) for r in args.rows.split(",")):
             sets = operands(n, k, m)
@@ -64,12 +66,18 @@ def main() -> None:
                 fn = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(hopper.decode_operand(x), q, jnp.float32, cfg)  # noqa: E731
                 try:
                     row |= dict(us=loop_time(fn, sets) * 1e6, rel_err=rel_err(fn(*sets[0]), ref))
-                    print(f"  {cfg}: {row['us']:.1f} us ({bf16 * 1e6 / row['us']:.2f}x), error {row['rel_err']:.1e}")
+                    row["ok"] = row["rel_err"] <= TOLERANCE
+                    failed += not row["ok"]
+                    print(
+                        f"  {cfg}: {row['us']:.1f} us ({bf16 * 1e6 / row['us']:.2f}x), error {row['rel_err']:.1e}"
+                        + ("" if row["ok"] else " MISMATCH")
+                    )
                 except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
                     row["error"] = failure(e)
                     print(f"  {cfg}: {row['error']}", flush=True)
                 rows.append(row)
             write_json("mosaic_config_probe.json", dict(environment=env, rows=rows))
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
