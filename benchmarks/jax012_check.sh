@@ -20,6 +20,8 @@
 #   blocks    the library's Mosaic GPU kernel with and without block loads (MosaicConfig.block_loads, routed from 128
 #             rows on jaxlib >= 0.12) on both versions: mosaic_config_probe.py --first 2 at 64-256 rows, then on 0.12
 #             route_check.py with bf16 outputs at (14336, 4096) and (28672, 4096) and bench_gemm.py at 128-256 rows
+#   blockrows ROWS  mosaic_config_probe.py --first 2 on jax 0.12 alone at ROWS (comma-separated): where between 128
+#             and 256 rows block loads start to pay (thirty-fourth session: they lost at 192 rows)
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -29,7 +31,7 @@ set -u
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site012
 PARTS=/tmp/jax012_parts
-STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|checks [CHECK ...]}
+STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|blockrows ROWS|checks [CHECK ...]}
 shift
 LOG=$OUT/jax012_$STEP.log
 on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
@@ -91,6 +93,10 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
       echo "=== jax 0.12: bench_gemm.py at 128-256 rows"
       on_012 benchmarks/bench_gemm.py --ms 128,192,256 --shapes 14336x4096,4096x14336,28672x4096 \
         --skip emulation,xla_dequant,scaled_dot,fp8_tensor
+      ;;
+    blockrows)
+      echo "=== jax 0.12: mosaic_config_probe.py --rows ${1:?rows} --first 2"
+      on_012 benchmarks/mosaic_config_probe.py --rows "$1" --first 2
       ;;
     checks)
       [ $# -gt 0 ] || set -- grad_check.py "route_check.py --ragged" "route_check.py --dtype float32" \
