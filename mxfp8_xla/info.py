@@ -95,8 +95,8 @@ def info() -> dict[str, Any]:
             "launcher_missing": ptx_launch.unavailable(),
         },
         "hopper_mosaic_weight_loads": (
-            f"block by block from {BLOCK_LOADS_MIN_ROWS} rows (this jaxlib's Mosaic GPU compiles for linking, where "
-            "ptxas ignores setmaxnreg)"
+            f"block by block from {BLOCK_LOADS_MIN_ROWS} padded rows (this jaxlib's Mosaic GPU compiles for linking, "
+            "where ptxas ignores setmaxnreg)"
             if hopper_mosaic.setmaxnreg_ignored()
             else "whole tiles"
         ),

@@ -497,7 +497,9 @@ def test_info_reports_devices_versions_and_backends(capsys, monkeypatch):
     assert report["hopper_one_row"]["kernel"] == "mxfp8_gemv_split_c1_r4_bf16"
     assert report["hopper_one_row"]["launcher_missing"] == ptx_launch.unavailable()
     blocks = hopper_mosaic.setmaxnreg_ignored()
-    assert report["hopper_mosaic_weight_loads"].startswith("block by block from 128 rows" if blocks else "whole tiles")
+    assert report["hopper_mosaic_weight_loads"].startswith(
+        "block by block from 224 padded rows" if blocks else "whole tiles"
+    )
     assert info_mod.main() == 0
     kept = {"pallas": "none (MXFP8_XLA_HOPPER_SMALL_M)", "cuda": "none: MXFP8_XLA_HOPPER_SMALL_M='cuda': expected"}
     for value, kernel in kept.items():

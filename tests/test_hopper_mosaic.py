@@ -93,7 +93,7 @@ def test_auto_runs_mosaic_only_where_it_measured_faster(monkeypatch):
     assert hopper.mosaic_config(16, 14336, 4096) is None  # up to 16 rows at K = 4096: the Triton kernel
     assert hopper.mosaic_config(17, 14336, 4096) == hopper_mosaic.MosaicConfig()  # 112 CTAs: no split
     assert hopper.mosaic_config(64, 4096, 4096) == hopper_mosaic.MosaicConfig(split_k=4)
-    blocks = hopper_mosaic.setmaxnreg_ignored()  # jaxlib 0.12: the weight tile loaded block by block from 128 rows
+    blocks = hopper_mosaic.setmaxnreg_ignored()  # jaxlib 0.12: the weight tile loaded block by block from 224 rows
     assert hopper.mosaic_config(256, 28672, 4096) == hopper_mosaic.MosaicConfig(stages=2, block_loads=blocks)  # smem
     assert hopper.mosaic_config(257, 28672, 4096) is None  # beyond wgmma's 256 columns: cuBLAS
     assert hopper.mosaic_config(64, 4160, 4096) is None  # N not a multiple of 128: the Triton kernel
@@ -235,9 +235,17 @@ def test_kernel_with_block_loads_lowers_to_another_kernel(m, split_k):
 
 @pytest.mark.parametrize(
     ("ignored", "m", "expected"),
-    [(True, 127, False), (True, 128, True), (True, 256, True), (False, 256, False), (False, 16, False)],
+    [
+        (True, 128, False),
+        (True, 216, False),
+        (True, 217, True),  # padded to 224
+        (True, 224, True),
+        (True, 256, True),
+        (False, 256, False),
+        (False, 16, False),
+    ],
 )
-def test_block_loads_from_128_rows_only_where_ptxas_ignores_setmaxnreg(monkeypatch, ignored, m, expected):
+def test_block_loads_from_224_padded_rows_only_where_ptxas_ignores_setmaxnreg(monkeypatch, ignored, m, expected):
     monkeypatch.setattr(hopper_mosaic, "setmaxnreg_ignored", lambda: ignored)
     assert hopper.mosaic_kernel_config(m, 14336, 4096).block_loads is expected
 

@@ -121,14 +121,15 @@ faster than K unsplit at 17 / 32 / 48 / 64 rows, with partial sums 1.1x / 2.0x /
 """
 
 
-BLOCK_LOADS_MIN_ROWS = 128
-"""From this many rows the Mosaic GPU kernel loads its weight tile one 32-column block at a time where ptxas ignores
-``setmaxnreg`` (jax 0.12; ``MosaicConfig.block_loads``). There its compute warpgroups keep 168 registers a thread, and
-at 256 rows the whole-tile load spilled 152 bytes and serialized the wgmmas: on an H200 (``mosaic_spill_probe.py``,
-thirty-third session) block loads took 73.0-73.4 us against 87.4-88.1 us at (14336, 4096) and 136.0-136.3 against
-165.7-166.7 us at (28672, 4096); at 128 rows 48.5 against 51.3-52.8 and 89.8-90.9 against 92.6-94.3 us. On jax 0.11.2,
-which honors ``setmaxnreg``, they lost 3-9% at both row counts, and whole tiles stay. Only 128 and 256 rows were
-timed."""
+BLOCK_LOADS_MIN_ROWS = 224
+"""From this many rows (padded to wgmma's multiple of 8) the Mosaic GPU kernel loads its weight tile one 32-column block
+at a time where ptxas ignores ``setmaxnreg`` (jax 0.12; ``MosaicConfig.block_loads``). There its compute warpgroups keep
+168 registers a thread, and at 256 rows the whole-tile load spilled 152 bytes and serialized the wgmmas. On an H200 with
+jax 0.12.0.1 (``mosaic_config_probe.py --first 2``, thirty-fourth session; us, block loads / whole tiles) at (14336,
+4096): 65.4 / 72.4 at 224 rows, 73.1 / 74.1 at 240, 73.8 / 87.2 at 256; at (28672, 4096): 121.9 / 131.4, 133.1 /
+142.8, 140.2 / 167.7. At 144-208 rows whole tiles ran as fast or faster (208 rows: 61.7 / 56.8 and 115.9 / 104.8); at
+128 rows block loads won 2-5% (50.9 / 53.4, 95.2 / 97.0), a point this rule leaves out. On jax 0.11.2, which honors
+``setmaxnreg``, block loads lost 3-9% at 64-256 rows, and whole tiles stay."""
 
 
 def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
@@ -142,7 +143,7 @@ def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
     (3584, 2432), 28 CTAs and 19 tiles, one tile a CTA (19 ways) ran 25.9 / 38.0 us at 64 / 128 rows against 22.0 /
     26.6 us unsplit, and 20.3 us either way at 32 rows (twenty-ninth session)."""
     cfg = hopper_mosaic.MosaicConfig()
-    block_loads = m >= BLOCK_LOADS_MIN_ROWS and hopper_mosaic.setmaxnreg_ignored()
+    block_loads = hopper_mosaic.padded_rows(m) >= BLOCK_LOADS_MIN_ROWS and hopper_mosaic.setmaxnreg_ignored()
     stages = hopper_mosaic.stages_for_rows(m, cfg.num_wgs, cfg.tile_k, most=cfg.stages)
     split = hopper_mosaic.split_for_ctas(n, k, cfg.num_wgs, cfg.tile_k, min_ctas=MOSAIC_MIN_CTAS)
     ctas, tiles = n // (hopper_mosaic.ROWS * cfg.num_wgs), k // (cfg.tile_k * split)

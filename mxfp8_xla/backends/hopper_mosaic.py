@@ -18,7 +18,7 @@ whole step to land (turning them into factors at once made every step wait for i
 change took 4-16% off the time at M <= 16 on an H200, docs/benchmark_log.md). It writes the
 output ``[M, N]`` in the output dtype from registers (float32 partial sums per K split,
 added by XLA, when ``split_k > 1``). Where ptxas ignores the pipeline's ``setmaxnreg`` (jaxlib 0.12,
-:func:`setmaxnreg_ignored`) the compute warpgroups keep 168 registers a thread, and from 128 rows the
+:func:`setmaxnreg_ignored`) the compute warpgroups keep 168 registers a thread, and from 224 rows the
 backend has the kernel load its weight tile one block at a time (``MosaicConfig.block_loads``).
 
 Requires jax's Mosaic GPU backend on an SM90 GPU. Measured against the Triton kernel by
