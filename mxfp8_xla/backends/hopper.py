@@ -129,7 +129,7 @@ jax 0.12.0.1 (``mosaic_config_probe.py --first 2``, thirty-fourth session; us, b
 4096): 65.4 / 72.4 at 224 rows, 73.1 / 74.1 at 240, 73.8 / 87.2 at 256; at (28672, 4096): 121.9 / 131.4, 133.1 /
 142.8, 140.2 / 167.7. At 144-208 rows whole tiles ran as fast or faster (208 rows: 61.7 / 56.8 and 115.9 / 104.8); at
 128 rows block loads won 2-5% (50.9 / 53.4, 95.2 / 97.0), a point this rule leaves out. On jax 0.11.2, which honors
-``setmaxnreg``, block loads lost 3-9% at 64-256 rows, and whole tiles stay."""
+``setmaxnreg``, block loads lost 2-9% at 64-256 rows, and whole tiles stay."""
 
 
 def mosaic_kernel_config(m: int, n: int, k: int) -> hopper_mosaic.MosaicConfig:
