@@ -17,11 +17,12 @@
 #   nvjitlink mosaic_spill_probe.py and bench_gemm.py on jax 0.12 with XLA_FLAGS=--xla_gpu_enable_libnvjitlink=false:
 #             jax 0.12 compiles Mosaic GPU kernels for linking, and ptxas ignores setmaxnreg in such code ("C7504 ...
 #             across compilation units"); the flag did not change that (thirty-third session)
-#   blocks    the library's Mosaic GPU kernel with and without block loads (MosaicConfig.block_loads, routed from 128
-#             rows on jaxlib >= 0.12) on both versions: mosaic_config_probe.py --first 2 at 64-256 rows, then on 0.12
-#             route_check.py with bf16 outputs at (14336, 4096) and (28672, 4096) and bench_gemm.py at 128-256 rows
+#   blocks    the library's Mosaic GPU kernel with and without block loads (MosaicConfig.block_loads, routed from 224
+#             padded rows on jaxlib >= 0.12) on both versions: mosaic_config_probe.py --first 2 at 64-256 rows, then on
+#             0.12 route_check.py with bf16 outputs at (14336, 4096) and (28672, 4096) and bench_gemm.py at 128-256 rows
+#             (the thirty-fourth session ran it at fffd389, where the route took block loads from 128 rows)
 #   blockrows ROWS  mosaic_config_probe.py --first 2 on jax 0.12 alone at ROWS (comma-separated): where between 128
-#             and 256 rows block loads start to pay (thirty-fourth session: they lost at 192 rows)
+#             and 256 rows block loads start to pay (thirty-fourth session: from 224)
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -91,7 +92,7 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
       echo "=== jax 0.12: route_check.py with bf16 outputs (ROWS from 17; block loads at 256)"
       on_012 benchmarks/route_check.py --rows 17,64,65,256 --widths 14336,28672 --depths 4096 --out-dtype bfloat16
       echo "=== jax 0.12: bench_gemm.py at 128-256 rows"
-      on_012 benchmarks/bench_gemm.py --ms 128,192,256 --shapes 14336x4096,4096x14336,28672x4096 \
+      on_012 benchmarks/bench_gemm.py --ms 128,208,224,256 --shapes 14336x4096,4096x14336,28672x4096 \
         --skip emulation,xla_dequant,scaled_dot,fp8_tensor
       ;;
     blockrows)
