@@ -95,11 +95,12 @@ def check_quantizable(x: Any, name: str = "x", axis: int = -1) -> None:
         raise TypeError(f"{name} must be an array (jnp.asarray makes one), got {type(x).__name__}")
     shape = tuple(jnp.shape(x))
     check_float_dtype(f"the dtype of {name} with shape {shape}", x.dtype)
+    described = f"{name} has shape {shape} and dtype {jnp.dtype(x.dtype)}"
     if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"{name} has shape {shape}: axis {axis} is out of range for {len(shape)} dimensions")
+        raise ValueError(f"{described}: axis {axis} is out of range for {len(shape)} dimensions")
     if not shape or shape[axis] % numerics.BLOCK_SIZE:
         raise ValueError(
-            f"{name} has shape {shape}: the blocked axis {axis} must be a multiple of "
+            f"{described}: the blocked axis {axis} must be a multiple of "
             f"{numerics.BLOCK_SIZE} (MXFP8 shares one scale per {numerics.BLOCK_SIZE} elements)"
         )
 

@@ -53,11 +53,22 @@ def test_prequantized_x_and_vmap(rng):
     np.testing.assert_array_equal(np.asarray(direct), np.asarray(mapped))
 
 
-def test_nan_propagates(rng):
-    x = rng.standard_normal((2, 64)).astype(np.float32)
-    x[0, 5] = np.inf
-    out = np.asarray(mx.mxfp8_matmul(x, mx.quantize(np.ones((3, 64), np.float32))))
-    assert np.all(np.isnan(out[0])) and np.all(np.isfinite(out[1]))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_makes_nan_outputs(bad, dtype, rng):
+    """A non-finite value in x makes its row NaN, one in w its column; the other outputs stay finite. Infinity
+    against a zero weight gives NaN too, as in float arithmetic."""
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    x[0, 5], w[2, 40] = bad, bad
+    w[3] = 0.0
+    x[1, 40] = np.inf
+    matmul = jax.jit(mx.mxfp8_matmul, static_argnames=("out_dtype", "backend"))
+    for fn in (mx.mxfp8_matmul, matmul):
+        out = np.asarray(fn(jnp.asarray(x, dtype), mx.quantize(jnp.asarray(w, dtype)), out_dtype=dtype), np.float32)
+        nan = np.zeros(out.shape, bool)
+        nan[0], nan[:, 2], nan[1] = True, True, True  # row 1's infinity meets a finite or zero weight in every column
+        np.testing.assert_array_equal(np.isnan(out), nan)
 
 
 def test_bad_operands():

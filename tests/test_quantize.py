@@ -149,9 +149,33 @@ def test_scale_byte_zero_dequantizes_exactly():
     )
 
 
+def neighbours(values: np.ndarray) -> np.ndarray:
+    """Each positive finite value of a float dtype with the next one down and the next one up (its bits -1 and +1)."""
+    bits = values.view(f"u{values.dtype.itemsize}")
+    return np.concatenate([bits - 1, bits, bits + 1]).view(values.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16])
+def test_every_scale_boundary_and_its_neighbours(dtype):
+    """amax = 448 * 2**k and 2**k, and the floats either side, for every k the dtype holds (its subnormals included):
+    each block's scale byte and elements as the reference gives them."""
+    info = ml_dtypes.finfo(dtype)
+    ks = np.arange(-160, 129)
+    amax = np.concatenate([448.0 * 2.0**ks, 2.0**ks])
+    amax = amax[(amax >= float(info.smallest_subnormal)) & (amax <= float(info.max))].astype(dtype)
+    amax = neighbours(amax)
+    amax = amax[np.isfinite(amax) & (amax > 0)]
+    x = np.zeros((amax.size, 32), dtype)
+    x[:, 0] = amax
+    x[:, 1] = -(amax.astype(np.float64) / 3).astype(dtype)
+    x[:, 2] = (amax.astype(np.float64) * 0.6875).astype(dtype)  # off the E4M3 grid once scaled
+    assert_matches_reference(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_block_becomes_nan(bad):
-    x = np.concatenate([block(1.0, bad, 2.0), block(1.0, 2.0)], axis=1)
+def test_non_finite_block_becomes_nan(bad, dtype):
+    x = np.concatenate([block(1.0, bad, 2.0), block(1.0, 2.0)], axis=1).astype(dtype)
     a = jax.jit(mx.quantize)(x)
     np.testing.assert_array_equal(np.asarray(a.scale), [[255, 120]])  # 2/448 -> e = -7
     back = np.asarray(mx.dequantize(a))
@@ -191,8 +215,8 @@ def test_ranks_and_vmap(rank, rng):
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"shape \(4, 48\).*axis -1 must be a multiple of 32"):
-        mx.quantize(jnp.zeros((4, 48)))
+    with pytest.raises(ValueError, match=r"x has shape \(4, 48\) and dtype bfloat16: the blocked axis -1 must be a multiple"):
+        mx.quantize(jnp.zeros((4, 48), jnp.bfloat16))
     with pytest.raises(TypeError, match="int32.*float32, bfloat16, float16"):
         mx.quantize(jnp.zeros((4, 32), jnp.int32))
     with pytest.raises(TypeError, match="float64 is not supported"):
@@ -201,7 +225,7 @@ def test_bad_inputs_raise_clear_errors():
         mx.quantize(jnp.zeros((40, 64)), axis=0)
     with pytest.raises(TypeError, match="dequantize expects an MXArray"):
         mx.dequantize(jnp.zeros((4, 32)))
-    with pytest.raises(ValueError, match=r"shape \(4, 32\): axis 5 is out of range for 2 dimensions"):
+    with pytest.raises(ValueError, match=r"shape \(4, 32\) and dtype float32: axis 5 is out of range for 2 dimensions"):
         mx.quantize(jnp.zeros((4, 32)), axis=5)
     with pytest.raises(TypeError, match=r"x must be an array \(jnp.asarray makes one\), got list"):
         mx.quantize([[1.0] * 32])
