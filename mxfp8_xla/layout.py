@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mxfp8_xla.mxarray import MXArray
+
 ROW_TILE = 128
 COL_TILE = 4
 
@@ -33,12 +35,22 @@ def swizzled_scale_len(rows: int, cols: int) -> int:
 
 
 def swizzle_scales(scale_2d: jax.Array) -> jax.Array:
-    """Reorder uint8 scales ``[rows, cols]`` into FlashInfer's 1-D 128x4 layout (zero padded)."""
-    if scale_2d.ndim != 2 or jnp.dtype(scale_2d.dtype) != jnp.uint8:
-        raise ValueError(
-            f"swizzle_scales expects a 2-D uint8 scale matrix, got shape {tuple(scale_2d.shape)} "
-            f"and dtype {scale_2d.dtype}"
+    """Reorder uint8 scales ``[rows, cols]`` into FlashInfer's 1-D 128x4 layout (zero padded).
+
+    Raises ``TypeError`` for an ``MXArray`` (pass its ``.scale``) or a dtype other than uint8, ``ValueError`` for a
+    shape that is not 2-D."""
+    if isinstance(scale_2d, MXArray):
+        raise TypeError(
+            f"swizzle_scales expects the 2-D uint8 scale matrix of an MXArray (its .scale, shape "
+            f"{tuple(scale_2d.scale.shape)}), got the MXArray itself (data shape {tuple(scale_2d.shape)})"
         )
+    problem = (
+        f"swizzle_scales expects a 2-D uint8 scale matrix, got shape {tuple(scale_2d.shape)} and dtype {scale_2d.dtype}"
+    )
+    if jnp.dtype(scale_2d.dtype) != jnp.uint8:
+        raise TypeError(problem)
+    if scale_2d.ndim != 2:
+        raise ValueError(problem)
     rows, cols = scale_2d.shape
     rp, cp = round_up(rows, ROW_TILE), round_up(cols, COL_TILE)
     padded = jnp.pad(scale_2d, ((0, rp - rows), (0, cp - cols)))
@@ -50,7 +62,7 @@ def unswizzle_scales(swizzled: jax.Array, rows: int, cols: int) -> jax.Array:
     """Inverse of :func:`swizzle_scales`: the 1-D buffer back to ``[rows, cols]``."""
     expected = swizzled_scale_len(rows, cols)
     if jnp.dtype(swizzled.dtype) != jnp.uint8:
-        raise ValueError(
+        raise TypeError(
             f"unswizzle_scales expects uint8 scale bytes, got dtype {swizzled.dtype} with shape {tuple(swizzled.shape)}"
         )
     if swizzled.ndim != 1 or swizzled.shape[0] != expected:

@@ -28,6 +28,11 @@ from mxfp8_xla.backends.select import log_weight_unswizzle
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 
+def labelled(function: str, name: str | None) -> str:
+    """``function`` with the layer ``name`` in brackets, as errors name their source: ``mxfp8_matmul(MyLayer)``."""
+    return f"{function}({name})" if name else function
+
+
 def mxfp8_matmul(
     x: jax.Array | MXArray,
     w: MXArray | FlashInferWeight,
@@ -51,20 +56,20 @@ def mxfp8_matmul(
     is split as x's rows and w's N are, and where both split K, ``out_sharding`` must say how to split the summed
     output, as ``jnp.dot``'s does. ``out_sharding``, if given, reshards the output.
     """
+    where = labelled("mxfp8_matmul", name)
     if not isinstance(w, (MXArray, FlashInferWeight)):
         got = f"{type(w).__name__} with shape {tuple(jnp.shape(w))}" if hasattr(w, "shape") else type(w).__name__
         raise TypeError(
-            f"mxfp8_matmul: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one) or a FlashInferWeight, "
-            f"got {got}"
+            f"{where}: w must be an MXArray [N, K] (mxfp8_xla.quantize(w) makes one) or a FlashInferWeight, got {got}"
         )
-    out_dtype = check_float_dtype("mxfp8_matmul: out_dtype", out_dtype)
+    out_dtype = check_float_dtype(f"{where}: out_dtype", out_dtype)
     if w.ndim != 2:
-        raise ValueError(f"mxfp8_matmul: w must be 2-D [N, K], got shape {w.shape}")
+        raise ValueError(f"{where}: w must be 2-D [N, K], got shape {w.shape}")
     if not isinstance(x, MXArray):
-        check_quantizable(x, "mxfp8_matmul: x")
+        check_quantizable(x, f"{where}: x")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(
-            f"mxfp8_matmul: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
+            f"{where}: x has shape {tuple(x.shape)} but w has shape {w.shape}; "
             f"the last axis of x must equal K = {w.shape[1]}"
         )
     if per_shard.is_split(*jax.tree.leaves((x, w))):
@@ -100,7 +105,7 @@ def _split_product(
         wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
         return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
 
-    label = f"mxfp8_matmul({name})" if name else "mxfp8_matmul"
+    label = labelled("mxfp8_matmul", name)
     return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
 
 
@@ -206,28 +211,29 @@ def add_rms_norm_matmul(
     elsewhere (and on operands split over Explicit mesh axes) the sum and the norm are ``jnp`` and the product
     :func:`mxfp8_matmul`, with the same numbers up to the order of the float32 sum of squares.
     """
-    check_quantizable(x, "add_rms_norm_matmul: x")
-    out_dtype = check_float_dtype("add_rms_norm_matmul: out_dtype", out_dtype)
+    where = labelled("add_rms_norm_matmul", name)
+    check_quantizable(x, f"{where}: x")
+    out_dtype = check_float_dtype(f"{where}: out_dtype", out_dtype)
     for label, operand in (("delta", delta), ("norm_weight", norm_weight)):
         if not isinstance(operand, jax.Array | np.ndarray):
-            raise TypeError(f"add_rms_norm_matmul: {label} must be an array, got {type(operand).__name__}")
+            raise TypeError(f"{where}: {label} must be an array, got {type(operand).__name__}")
     if delta.shape != x.shape or delta.dtype != x.dtype:
         raise ValueError(
-            f"add_rms_norm_matmul: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
+            f"{where}: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
             f"got {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}"
         )
     if norm_weight.shape != x.shape[-1:] or not jnp.issubdtype(norm_weight.dtype, jnp.floating):
         raise ValueError(
-            f"add_rms_norm_matmul: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
+            f"{where}: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
             f"{tuple(norm_weight.shape)} {jnp.dtype(norm_weight.dtype).name}"
         )
     if not isinstance(w, (MXArray, FlashInferWeight)):
         raise TypeError(
-            f"add_rms_norm_matmul: w must be an MXArray [N, {x.shape[-1]}] (mxfp8_xla.quantize(w) makes one) or a "
+            f"{where}: w must be an MXArray [N, {x.shape[-1]}] (mxfp8_xla.quantize(w) makes one) or a "
             f"FlashInferWeight, got {type(w).__name__}"
         )
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"add_rms_norm_matmul: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
+        raise ValueError(f"{where}: w must be [N, {x.shape[-1]}] (K = x's last axis), got shape {w.shape}")
     fused = None  # split operands (Explicit mesh axes) compose: mxfp8_matmul runs, and resolves "auto", per shard
     if not per_shard.is_split(*jax.tree.leaves((x, delta, norm_weight, w))):
         backend = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=name)

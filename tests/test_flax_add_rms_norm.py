@@ -85,6 +85,22 @@ def test_nnx(use_bias):
     assert_same(y, layer(norm.rms_norm(h_want, g, EPS)))
 
 
+def test_bad_operands_name_the_layer():
+    x, delta, g = operands()
+    layer = MXFP8Linear(K, N, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=rf"add_rms_norm_matmul\(MXFP8Linear\({K}, {N}\)\): norm_weight must be"):
+        layer.with_add_rms_norm(x, delta, g[:32], eps=EPS)
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, delta, g):
+            return MXFP8Dense(N, name="proj").with_add_rms_norm(x, delta, g, eps=EPS)
+
+    params = Block().init(jax.random.key(0), x, delta, g)
+    with pytest.raises(ValueError, match=r"add_rms_norm_matmul\(MXFP8Dense at 'proj'\): delta must have x's shape"):
+        Block().apply(params, x, delta[..., :32], g)
+
+
 def test_nnx_train_mode_refuses():
     x, delta, g = operands()
     layer = MXFP8Linear(K, N, mode="train", rngs=nnx.Rngs(0))

@@ -20,7 +20,7 @@ import reference as ref
 from conftest import subprocess_env
 from jax.sharding import PartitionSpec as P
 
-from mxfp8_xla import BackendUnavailableError
+from mxfp8_xla import BackendUnavailableError, quantize
 from mxfp8_xla.flax import MXFP8Dense, quantize_params
 
 KEY = jax.random.key(0)
@@ -323,18 +323,28 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)  # noqa: E731
     v = zeros(jax.eval_shape(MLP(mx()).init, KEY, x))
     vt = zeros(jax.eval_shape(MLP(mx(mode="train")).init, KEY, x))
+    # An input of another K than the loaded params: the input is named, with the K the params hold.
     for fn in (MLP(mx()).apply, jax.jit(MLP(mx()).apply)):
         with pytest.raises(
             ValueError,
-            match=r"MXFP8Dense at 'fc1'.*'kernel_q' has shape \(128, 64\) "
-            r".*float8_e4m3fn; expected shape \(128, 96\)",
+            match=r"MXFP8Dense at 'fc1': input has shape \(2, 96\) and dtype float32; expected last dimension 64 "
+            r"\(the K of the params' 'kernel_q', shape \(128, 64\)\)",
         ):
             fn(v, jnp.ones((2, 96)))
     with pytest.raises(
         ValueError,
-        match=r"MXFP8Dense at 'fc1'.*'kernel' has shape \(64, 128\) .*float32; expected shape \(96, 128\)",
+        match=r"MXFP8Dense at 'fc1': input has shape \(2, 96\).*last dimension 64 .*'kernel', shape \(64, 128\)",
     ):
         jax.jit(MLP(mx(mode="train")).apply)(vt, jnp.ones((2, 96)))
+    # A float8 input, or an MXArray: the layer quantizes float32/bfloat16/float16 arrays itself.
+    for dtype in (jnp.float32, jnp.bfloat16):  # the output dtype must not turn a float8 input into an "integer" one
+        for bad in (jnp.float8_e4m3fn, jnp.float8_e5m2):
+            with pytest.raises(
+                TypeError, match=rf"MXFP8Dense at 'fc1': input with shape \(2, 64\) has dtype {jnp.dtype(bad).name}"
+            ):
+                MLP(mx(dtype=dtype)).apply(v, jnp.ones((2, 64), bad))
+    with pytest.raises(TypeError, match=r"MXFP8Dense at 'fc1': input is an MXArray with shape \(2, 64\)"):
+        MLP(mx()).apply(v, quantize(x))
     # K not a multiple of 32, at init, in both modes.
     for mode in ("inference", "train"):
         with pytest.raises(ValueError, match=r"MXFP8Dense at 'fc1'.*input of shape \(2, 48\).*K = 48.*multiple of 32"):

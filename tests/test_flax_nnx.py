@@ -20,6 +20,7 @@ from flax import nnx
 from jax.experimental.layout import Format, Layout
 from jax.sharding import PartitionSpec as P
 
+from mxfp8_xla import quantize
 from mxfp8_xla.flax import MXFP8Linear
 
 BIAS_INIT = nnx.initializers.normal(0.5)
@@ -209,9 +210,28 @@ def test_errors_name_layer_tensor_shape_dtype() -> None:
         pytest.raises(TypeError, match=r"input with shape \(2, 64\) has dtype float64"),
     ):
         call(layer, jnp.ones((2, 64), jnp.float64))
+    for dtype in (None, jnp.bfloat16):  # with an output dtype too: float8 is not an integer input to cast
+        typed = MXFP8Linear(64, 8, dtype=dtype, rngs=nnx.Rngs(0))
+        for bad in (jnp.float8_e4m3fn, jnp.float8_e5m2):
+            with pytest.raises(
+                TypeError, match=rf"MXFP8Linear\(64, 8\): input with shape \(2, 64\) has dtype {jnp.dtype(bad).name}"
+            ):
+                call(typed, jnp.ones((2, 64), bad))
+    with pytest.raises(TypeError, match=r"MXFP8Linear\(64, 8\): input is an MXArray with shape \(2, 64\); layers take"):
+        layer(quantize(jnp.ones((2, 64))))
     layer.kernel_q = nnx.Param(layer.kernel_q[...].astype(jnp.float32))
     with pytest.raises(TypeError, match=r"'kernel_q' with shape \(8, 64\) has dtype float32; expected float8_e4m3fn"):
         call(layer, jnp.ones((2, 64)))
+
+
+def test_from_linear_refuses_what_is_not_a_linear() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"expects an nnx.Linear \(a 2-D kernel \[K, N\]\), got Conv with a kernel of shape \(3, 32, 8\)",
+    ):
+        MXFP8Linear.from_linear(nnx.Conv(32, 8, (3,), rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match=r"got Dropout without a kernel"):
+        MXFP8Linear.from_linear(nnx.Dropout(0.1))
 
 
 EMBED_MLP = ("embed", "mlp")

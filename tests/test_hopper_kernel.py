@@ -304,7 +304,9 @@ def test_pallas_transposed_quantize_is_quantize_along_axis_0(dtype, bk, bn, rng)
 def test_pallas_transposed_quantize_names_bad_kernels():
     with pytest.raises(ValueError, match=r"K=224 must be a multiple of bk=64"):
         pallas_quantize.quantize_transposed_2d(jnp.ones((224, 8)), bk=64, interpret=True)
-    with pytest.raises(ValueError, match=r"x \[K, N\] has shape \(48, 8\) and dtype float32: the blocked axis 0 must be a multiple"):
+    with pytest.raises(
+        ValueError, match=r"x \[K, N\] has shape \(48, 8\) and dtype float32: the blocked axis 0 must be a multiple"
+    ):
         pallas_quantize.quantize_transposed_2d(jnp.ones((48, 8)), interpret=True)
     with pytest.raises(ValueError, match=r"must be 2-D \[K, N\], got shape \(2, 64, 8\)"):
         pallas_quantize.quantize_transposed_2d(jnp.ones((2, 64, 8)), interpret=True)

@@ -46,11 +46,13 @@ def test_hand_computed_positions():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="2-D uint8"):
         mx.swizzle_scales(jnp.zeros((4,), jnp.uint8))
-    with pytest.raises(ValueError, match="2-D uint8.*float32"):
+    with pytest.raises(TypeError, match="2-D uint8.*float32"):
         mx.swizzle_scales(jnp.zeros((4, 4), jnp.float32))
+    with pytest.raises(TypeError, match=r"the 2-D uint8 scale matrix of an MXArray \(its .scale, shape \(4, 2\)\)"):
+        mx.swizzle_scales(mx.quantize(jnp.zeros((4, 64))))
     with pytest.raises(ValueError, match=r"needs a 1-D buffer of length 512"):
         mx.unswizzle_scales(jnp.zeros((100,), jnp.uint8), 3, 2)
-    with pytest.raises(ValueError, match=r"expects uint8 scale bytes, got dtype float32 with shape \(512,\)"):
+    with pytest.raises(TypeError, match=r"expects uint8 scale bytes, got dtype float32 with shape \(512,\)"):
         mx.unswizzle_scales(jnp.zeros((512,), jnp.float32), 3, 2)
     with pytest.raises(ValueError, match=r"a scale matrix \[-5, 4\] \(rows, K/32 columns\) needs sizes >= 0"):
         mx.unswizzle_scales(jnp.zeros((0,), jnp.uint8), -5, 4)

@@ -215,7 +215,9 @@ def test_ranks_and_vmap(rank, rng):
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"x has shape \(4, 48\) and dtype bfloat16: the blocked axis -1 must be a multiple"):
+    with pytest.raises(
+        ValueError, match=r"x has shape \(4, 48\) and dtype bfloat16: the blocked axis -1 must be a multiple"
+    ):
         mx.quantize(jnp.zeros((4, 48), jnp.bfloat16))
     with pytest.raises(TypeError, match="int32.*float32, bfloat16, float16"):
         mx.quantize(jnp.zeros((4, 32), jnp.int32))

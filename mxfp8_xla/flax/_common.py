@@ -126,10 +126,15 @@ def inference_weight(kernel_q: jax.Array, kernel_scale: jax.Array) -> MXArray | 
 
 def prepare_input(layer: str, x: Any, in_features: int | None = None) -> jax.Array:
     """``x`` as a JAX array, with its dtype and last axis checked."""
+    if isinstance(x, MXArray):
+        raise TypeError(
+            f"{layer}: input is an MXArray with shape {x.shape}; layers take float arrays and quantize them "
+            "(mxfp8_xla.mxfp8_matmul multiplies an MXArray activation)"
+        )
     x = jnp.asarray(x)
     if x.ndim == 0:
         raise ValueError(f"{layer}: input must have at least 1 dimension [..., K], got a scalar")
-    if x.dtype == jnp.float64 or not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
+    if x.dtype not in FLOAT_DTYPES and not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(
             f"{layer}: input with shape {tuple(x.shape)} has dtype {x.dtype}; expected float32, "
             f"bfloat16 or float16 (or an integer dtype)"

@@ -82,6 +82,7 @@ class MXFP8Dense(nn.Module):
         _common.check_k(layer, k, f"input of shape {tuple(x.shape)}")
         pdt = self.param_dtype
         self._check_mode_matches_params(layer)
+        self._check_input_width(layer, x)
 
         if self.mode == "train":
             self._check_existing(layer, "kernel", (k, n), FLOAT_DTYPES)
@@ -141,6 +142,19 @@ class MXFP8Dense(nn.Module):
             raise ValueError(
                 f"{layer}: mode='train' needs a float 'kernel' [K, N] but got inference-mode params "
                 "'kernel_q'/'kernel_scale'"
+            )
+
+    def _check_input_width(self, layer: str, x: jax.Array) -> None:
+        """Raise ``ValueError`` if the loaded kernel (``kernel_q [N, K]`` or ``kernel [K, N]``) has another K than
+        the input: the input is named as the likely culprit, before the param checks would blame the param."""
+        name, k_axis = ("kernel", 0) if self.mode == "train" else ("kernel_q", 1)
+        if not self.has_variable("params", name):
+            return
+        shape = tuple(jnp.shape(nn.meta.unbox(self.get_variable("params", name))))
+        if len(shape) == 2 and shape[k_axis] != x.shape[-1]:
+            raise ValueError(
+                f"{layer}: input has shape {tuple(x.shape)} and dtype {x.dtype}; expected last dimension "
+                f"{shape[k_axis]} (the K of the params' '{name}', shape {shape})"
             )
 
     def _check_existing(self, layer: str, name: str, shape: tuple[int, ...], dtypes: tuple[Any, ...]) -> None:

@@ -119,7 +119,13 @@ class MXFP8Linear(nnx.Module):
         the ``mesh`` metadata's mesh or the context's (``jax.set_mesh``), else in the mesh ``linear``'s kernel is
         sharded over, so this runs outside the mesh context too.
         """
-        k, n = linear.kernel.shape
+        kernel_shape = tuple(getattr(getattr(linear, "kernel", None), "shape", ()))
+        if len(kernel_shape) != 2:
+            raise TypeError(
+                f"MXFP8Linear.from_linear expects an nnx.Linear (a 2-D kernel [K, N]), got {type(linear).__name__}"
+                + (f" with a kernel of shape {kernel_shape}" if hasattr(linear, "kernel") else " without a kernel")
+            )
+        k, n = kernel_shape
         layer = f"MXFP8Linear({k}, {n})"
         new = nnx.eval_shape(
             lambda: cls(
