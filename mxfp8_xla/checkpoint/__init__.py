@@ -9,11 +9,10 @@ from mxfp8_xla.checkpoint.modelopt import (
     QuantConfig,
     load_modelopt,
     load_safetensors,
-    quantize_state_dict,
     read_quant_config,
-    save_modelopt,
     scan_modelopt,
 )
+from mxfp8_xla.checkpoint.save import quantize_state_dict, save_modelopt
 
 __all__ = [
     "DEFAULT_EXCLUDE",
