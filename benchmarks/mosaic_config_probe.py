@@ -23,9 +23,9 @@ import sys
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from mosaic_sweep import operands, reference, timed_check  # noqa: E402
 from route_check import TOLERANCE  # noqa: E402
-from timing import environment, failure, loop_time, write_json  # noqa: E402
+from timing import environment, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla.backends import hopper, hopper_mosaic  # noqa: E402
 
@@ -64,17 +64,15 @@ def main() -> None:
             for cfg in candidates(m, n, k)[: 1 if args.route_only else args.first]:
                 row = dict(n=n, k=k, m=m, config=str(cfg), bf16_us=bf16 * 1e6)
                 fn = lambda x, q, cfg=cfg: hopper_mosaic.matmul_2d(hopper.decode_operand(x), q, jnp.float32, cfg)  # noqa: E731
-                try:
-                    row |= dict(us=loop_time(fn, sets) * 1e6, rel_err=rel_err(fn(*sets[0]), ref))
-                    row["ok"] = row["rel_err"] <= TOLERANCE
+                row |= timed_check(fn, sets, ref, TOLERANCE)
+                if "error" in row:
+                    print(f"  {cfg}: {row['error']}", flush=True)
+                else:
                     failed += not row["ok"]
                     print(
                         f"  {cfg}: {row['us']:.1f} us ({bf16 * 1e6 / row['us']:.2f}x), error {row['rel_err']:.1e}"
                         + ("" if row["ok"] else " MISMATCH")
                     )
-                except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
-                    row["error"] = failure(e)
-                    print(f"  {cfg}: {row['error']}", flush=True)
                 rows.append(row)
             write_json("mosaic_config_probe.json", dict(environment=env, rows=rows))
     sys.exit(1 if failed else 0)

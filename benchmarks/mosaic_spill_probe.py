@@ -38,9 +38,9 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mosaic_sweep import operands, reference, rel_err  # noqa: E402
+from mosaic_sweep import operands, reference, timed_check  # noqa: E402
 from route_check import tolerance_for  # noqa: E402
-from timing import environment, failure, loop_time, write_json  # noqa: E402
+from timing import environment, loop_time, write_json  # noqa: E402
 
 from mxfp8_xla import numerics  # noqa: E402
 from mxfp8_xla.backends import hopper  # noqa: E402
@@ -177,18 +177,16 @@ def main() -> None:
             for v in VARIANTS:
                 row = dict(n=n, k=k, m=m, config=str(cfg), variant=v.name, bf16_us=bf16 * 1e6)
                 fn = lambda x, q, cfg=cfg, v=v: matmul(hopper.decode_operand(x), q, cfg, v)  # noqa: E731
-                try:
-                    row |= dict(us=loop_time(fn, sets) * 1e6, rel_err=rel_err(fn(*sets[0]), ref))
-                    row["ok"] = row["rel_err"] <= tolerance_for(v.out_dtype)
+                row |= timed_check(fn, sets, ref, tolerance_for(v.out_dtype))
+                if "error" in row:
+                    print(f"  {v.name:20s} {row['error']}", flush=True)
+                else:
                     failed += not row["ok"]
                     print(
                         f"  {v.name:20s} {row['us']:7.1f} us ({bf16 * 1e6 / row['us']:.2f}x bf16), "
                         f"error {row['rel_err']:.1e}{'' if row['ok'] else ' MISMATCH'}",
                         flush=True,
                     )
-                except Exception as e:  # noqa: BLE001 - reported, the probe goes on
-                    row["error"] = failure(e)
-                    print(f"  {v.name:20s} {row['error']}", flush=True)
                 rows.append(row)
             write_json("mosaic_spill_probe.json", dict(environment=env, rows=rows))
     sys.exit(1 if failed else 0)

@@ -66,6 +66,16 @@ def _emulated(x: jax.Array, w: MXArray) -> jax.Array:
     return emulation.matmul(quantize(x), w, jnp.float32)
 
 
+def timed_check(fn, sets, ref: np.ndarray, tolerance: float) -> dict:
+    """``fn`` timed over ``sets`` (``us``, :func:`timing.loop_time`) and its output on the first set against ``ref``
+    (``rel_err``, ``ok`` within ``tolerance``); ``error`` instead where it fails to compile or run."""
+    try:
+        row = dict(us=loop_time(fn, sets) * 1e6, rel_err=rel_err(fn(*sets[0]), ref))
+    except Exception as e:  # noqa: BLE001 - reported, the caller goes on
+        return dict(error=failure(e))
+    return row | dict(ok=row["rel_err"] <= tolerance)
+
+
 def reference(x: jax.Array, w: MXArray) -> np.ndarray:
     """Emulation's float32 product of a raw activation and a weight: what every probe's kernel must match (compiled
     once per shape and dtype)."""
