@@ -1,4 +1,4 @@
-"""Command line: ``python -m mxfp8_xla [demo|info|inspect PATH]``."""
+"""Command line: ``python -m mxfp8_xla [demo|info|inspect PATH|build-ptx]``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="devices, versions, and which backends are usable here")
     inspect = sub.add_parser("inspect", help="summarize a ModelOpt MXFP8 checkpoint directory")
     inspect.add_argument("path")
+    sub.add_parser("build-ptx", help="rebuild the hopper backend's gemv.ptx from gemv.cu (NVRTC 12.1, the test extra)")
     args = parser.parse_args(argv)
 
     if args.command in (None, "demo"):
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         from mxfp8_xla.info import main as info_main
 
         return info_main()
+    if args.command == "build-ptx":
+        from mxfp8_xla.backends import cuda_gemv
+
+        cuda_gemv.PTX.write_text(cuda_gemv.build_ptx())
+        print(f"wrote {cuda_gemv.PTX}")
+        return 0
     from mxfp8_xla.checkpoint import inspect_main
 
     return inspect_main(args.path)

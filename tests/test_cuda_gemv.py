@@ -14,6 +14,7 @@ import pytest
 from conftest import ADD_NORM_KERNELS, H100, cuda_kernel_names, needs_gpp
 
 from mxfp8_xla import MXArray, quantize
+from mxfp8_xla.__main__ import main as cli_main
 from mxfp8_xla.backends import cuda_gemv, hopper, ptx_launch
 from mxfp8_xla.backends.select import override_capability
 
@@ -141,13 +142,25 @@ def test_the_shipped_ptx_has_exactly_the_sources_library_instantiations():
 
 def test_the_shipped_ptx_is_the_source_compiled():
     """Rebuilt from gemv.cu by the NVRTC the test extra pins (12.1.105, the one gemv.ptx was built with), byte for
-    byte: rebuild with ``python -m mxfp8_xla.backends.cuda_gemv`` after editing gemv.cu."""
+    byte: rebuild with ``python -m mxfp8_xla build-ptx`` after editing gemv.cu."""
     try:
         rebuilt = cuda_gemv.build_ptx()
     except (RuntimeError, OSError) as e:  # no nvidia-cuda-nvrtc-cu12 wheel
         pytest.skip(f"NVRTC unavailable: {e}")
     assert cuda_gemv.nvrtc_version() == (12, 1)
     assert rebuilt == cuda_gemv.PTX.read_text()
+
+
+def test_the_build_ptx_command_writes_the_shipped_ptx(tmp_path, monkeypatch, capsys):
+    try:
+        cuda_gemv.nvrtc_version()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"NVRTC unavailable: {e}")
+    shipped = cuda_gemv.PTX.read_text()
+    monkeypatch.setattr(cuda_gemv, "PTX", tmp_path / "gemv.ptx")
+    assert cli_main(["build-ptx"]) == 0
+    assert (tmp_path / "gemv.ptx").read_text() == shipped
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'gemv.ptx'}\n"
 
 
 def test_a_source_that_does_not_compile_raises_with_nvrtcs_log(tmp_path):

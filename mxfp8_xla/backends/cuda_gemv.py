@@ -343,8 +343,3 @@ def build_ptx(source: Path = SOURCE, defines: tuple[str, ...] = ()) -> str:
         return ptx.value.decode()
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
-if __name__ == "__main__":  # python -m mxfp8_xla.backends.cuda_gemv: rebuild gemv.ptx from gemv.cu
-    PTX.write_text(build_ptx())
-    print(f"wrote {PTX}")
