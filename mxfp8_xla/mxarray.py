@@ -31,8 +31,17 @@ class MXArray:
 
     def __post_init__(self) -> None:
         # Pytree machinery rebuilds instances with placeholders (None, tracers of
-        # other ranks, axis specs); check only when both leaves look like arrays.
-        if _is_arraylike(self.data) and _is_arraylike(self.scale):
+        # other ranks, axis specs) and autodiff with tangents (float0 for the uint8 scale);
+        # check only when both leaves look like arrays and neither is a float0 tangent.
+        if (
+            _is_arraylike(self.data)
+            and _is_arraylike(self.scale)
+            and jax.dtypes.float0
+            not in (
+                self.data.dtype,
+                self.scale.dtype,
+            )
+        ):
             check_mxarray_leaves(self.data, self.scale)
 
     @property
@@ -54,6 +63,15 @@ class MXArray:
     def nbytes(self) -> int:
         """Bytes of data plus scales (1 + 1/32 bytes per element)."""
         return int(np.prod(self.data.shape)) + int(np.prod(self.scale.shape))
+
+
+# jax.export serializes the pytrees of an exported function's arguments and results: an MXArray has no auxiliary data.
+jax.export.register_pytree_node_serialization(
+    MXArray,
+    serialized_name="mxfp8_xla.MXArray",
+    serialize_auxdata=lambda aux: b"",
+    deserialize_auxdata=lambda raw: (),
+)
 
 
 def _is_arraylike(x: Any) -> bool:
