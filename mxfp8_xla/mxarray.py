@@ -33,15 +33,7 @@ class MXArray:
         # Pytree machinery rebuilds instances with placeholders (None, tracers of
         # other ranks, axis specs) and autodiff with tangents (float0 for the uint8 scale);
         # check only when both leaves look like arrays and neither is a float0 tangent.
-        if (
-            _is_arraylike(self.data)
-            and _is_arraylike(self.scale)
-            and jax.dtypes.float0
-            not in (
-                self.data.dtype,
-                self.scale.dtype,
-            )
-        ):
+        if _is_arraylike(self.data) and _is_arraylike(self.scale) and not _is_tangent(self.data, self.scale):
             check_mxarray_leaves(self.data, self.scale)
 
     @property
@@ -76,6 +68,11 @@ jax.export.register_pytree_node_serialization(
 
 def _is_arraylike(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _is_tangent(data: Any, scale: Any) -> bool:
+    """Whether the leaves are an autodiff tangent or cotangent: float0 stands for an integer leaf's."""
+    return jax.dtypes.float0 in (data.dtype, scale.dtype)
 
 
 def check_mxarray_leaves(data: Any, scale: Any) -> None:
