@@ -154,17 +154,39 @@ def cotangent_operands(
     return g.astype(jnp.float32), dequantize(operand, jnp.float32), jax.lax.Precision.HIGHEST
 
 
+@jax.custom_jvp
+def straight_through(decoded: jax.Array, raw: jax.Array) -> jax.Array:
+    """``decoded`` (the decoded quantization of ``raw``, of its shape), differentiated as ``raw``: its tangent is
+    ``raw``'s, cast to ``decoded``'s dtype. The straight-through rule inside a backward pass, so that the backward
+    pass's own derivatives (second derivatives) are the straight-through ones; where nothing differentiates the
+    backward pass, ``raw`` is unused and compiles away."""
+    return decoded
+
+
+@straight_through.defjvp
+def _straight_through_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    decoded, _ = primals
+    return decoded, tangents[1].astype(decoded.dtype)
+
+
 def straight_through_dx(
     g: jax.Array,
     w: MXArray | FlashInferWeight,
     dtype: jnp.dtype,
     out_sharding: jax.sharding.NamedSharding | None = None,
+    raw_w: jax.Array | None = None,
 ) -> jax.Array:
     """The straight-through gradient of ``x @ w.T`` with respect to ``x [..., K]``: ``g [..., N] @ dequantize(w)``
     with float32 products and accumulation (:func:`cotangent_operands` picks the operands' dtypes), in ``dtype``,
-    sharded as ``out_sharding`` (:func:`mxfp8_xla.per_shard.explicit_sharding` of ``x``)."""
+    sharded as ``out_sharding`` (:func:`mxfp8_xla.per_shard.explicit_sharding` of ``x``). ``raw_w``, the float
+    ``[N, K]`` that ``w`` quantizes where it is trained, gives the decoded weight its tangent
+    (:func:`straight_through`)."""
     w = w.to_mxarray() if isinstance(w, FlashInferWeight) else w
     lhs, w_hat, precision = cotangent_operands(g, w, rows=math.prod(g.shape[:-1]))
+    if raw_w is not None:
+        w_hat = straight_through(w_hat, raw_w)
     dx = jax.lax.dot_general(
         lhs,
         w_hat,

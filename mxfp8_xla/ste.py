@@ -19,8 +19,14 @@ a bf16 cotangent of several rows meets the decoded operand in bf16, which holds 
 any other at ``Precision.HIGHEST``. The backend is used only in the forward pass. Gradients are *not*
 quantized (no MXFP8 backward GEMMs). Rounding to E4M3, underflow of tiny elements to zero and the clip at
 +-448 (which never triggers for finite inputs: each block's scale maps its amax
-to at most 448) all get the identity gradient. Only the quantized operands
-(1 + 1/32 bytes per element) are saved as residuals, not ``x`` or ``kernel``.
+to at most 448) all get the identity gradient. The backward products read the quantized operands
+(1 + 1/32 bytes per element), saved by the forward pass.
+
+Second derivatives (``jax.grad`` of ``jax.grad``, Hessian-vector products) are those of the same float32 matmul of
+the dequantized operands: the forward rule gives ``y`` the tangent ``dx @ w_hat.T + x_hat @ dkernel``, and the
+backward pass's decoded operands take ``x``'s and ``kernel``'s tangents (:func:`mxfp8_xla.matmul.straight_through`).
+For that, ``x`` and ``kernel`` are residuals too; a first-order gradient never reads them, and under ``jit`` XLA
+drops them (the compiled first-order step is the one without them, tested).
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ from jax.typing import DTypeLike
 
 from mxfp8_xla import per_shard, varying_axes
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
-from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through_dx
-from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, quantize
+from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through, straight_through_dx
+from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 __all__ = ["mxfp8_linear_ste"]
 
@@ -116,32 +122,56 @@ def _forward(
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
     quantize_x, quantize_kernel = static.quantizers
     label = f"mxfp8_linear_ste({static.name})" if static.name else "mxfp8_linear_ste"
-    xq = per_shard.quantize(quantize_x, x, -1, label)
-    wq = per_shard.quantize(quantize_kernel, kernel, 0, label)
+    # The quantizers' own derivatives are never taken (Pallas kernels have none): _product_tangent stands for them.
+    xq = per_shard.quantize(quantize_x, jax.lax.stop_gradient(x), -1, label)
+    wq = per_shard.quantize(quantize_kernel, jax.lax.stop_gradient(kernel), 0, label)
     y = mxfp8_matmul(
         xq, wq, out_dtype=static.out_dtype, backend=static.backend, name=static.name, out_sharding=static.out_sharding
     )
-    # Zero-size arrays carry the primal dtypes to the backward pass.
-    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
-    return y, (xq, wq, *dtypes)
+    return _product_tangent(y, xq, wq, x, kernel), (xq, wq, x, kernel)
+
+
+@jax.custom_jvp
+def _product_tangent(y: jax.Array, xq: MXArray, wq: MXArray, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``y = xq @ wq.T``, differentiated (where the forward rule itself is: second derivatives) as the float32 product
+    of the dequantized operands, ``x_hat @ w_hat.T``, with ``x``'s and ``kernel``'s tangents passed straight
+    through."""
+    return y
+
+
+@_product_tangent.defjvp
+def _product_tangent_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    y, xq, wq, _, _ = primals
+    _, _, _, x_dot, kernel_dot = tangents
+    product = functools.partial(
+        jnp.matmul,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+        out_sharding=per_shard.explicit_sharding(y),
+    )
+    y_dot = product(x_dot.astype(jnp.float32), dequantize(wq, jnp.float32).T) + product(
+        dequantize(xq, jnp.float32), kernel_dot.astype(jnp.float32)
+    )
+    return y, y_dot.astype(y.dtype)
 
 
 def _backward(
     static: _Static, residuals: tuple[MXArray, MXArray, jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     x_sharding, kernel_sharding = static.shardings
-    xq, wq, x_dtype_tag, k_dtype_tag = residuals
+    xq, wq, x, kernel = residuals
     lead = tuple(range(g.ndim - 1))  # contracted over every leading axis, not flattened: a split T cannot reshape
     g_lhs, x_hat, precision = cotangent_operands(g, xq, rows=math.prod(g.shape[:-1]))  # x_hat [..., K]
     dkernel = jax.lax.dot_general(
-        x_hat,
+        straight_through(x_hat, x),
         g_lhs,
         ((lead, lead), ((), ())),
         precision=precision,
         preferred_element_type=jnp.float32,
         out_sharding=kernel_sharding,
     )
-    return straight_through_dx(g, wq, x_dtype_tag.dtype, x_sharding), dkernel.astype(k_dtype_tag.dtype)
+    dx = straight_through_dx(g, wq, x.dtype, x_sharding, raw_w=kernel.T)
+    return dx, dkernel.astype(kernel.dtype)
 
 
 _ste.defvjp(_forward, _backward)
