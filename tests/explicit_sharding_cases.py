@@ -258,6 +258,40 @@ def check_linen_row_parallel() -> None:
             assert y.sharding.is_equivalent_to(NamedSharding(MESH, summed), 2)
 
 
+def check_second_derivatives() -> None:
+    """Train mode's Hessian-vector products (in x and the kernel together) on column-parallel, row-parallel and
+    data-parallel operands equal the unsplit ones, each split as its primal."""
+    v_x, v_k = RNG.standard_normal(X.shape).astype(np.float32), RNG.standard_normal(KERNEL.shape).astype(np.float32)
+
+    def hvp(x, kernel, v_x, v_k, out_sharding=None):
+        def loss(x, kernel):
+            return jnp.sum(mxfp8_linear_ste(x, kernel, out_dtype=jnp.float32, out_sharding=out_sharding) ** 2)
+
+        def along_v(x, kernel):
+            g_x, g_k = jax.grad(loss, (0, 1))(x, kernel)
+            return jnp.sum(g_x * v_x) + jnp.sum(g_k * v_k)  # no vdot: it would contract the split rows unresolved
+
+        return jax.grad(along_v, (0, 1))(x, kernel)
+
+    want = jax.jit(hvp)(X, KERNEL, v_x, v_k)
+    layouts = {
+        "column-parallel": (P("data", None), P(None, "model"), None),
+        "row-parallel": (P("data", "model"), P("model", None), P("data", None)),
+        "data-parallel": (P("data", None), P(None, None), None),
+    }
+    for label, (x_spec, kernel_spec, out_sharding) in layouts.items():
+        with jax.set_mesh(MESH):
+            args = [
+                jax.device_put(a, s) for a, s in ((X, x_spec), (KERNEL, kernel_spec), (v_x, x_spec), (v_k, kernel_spec))
+            ]
+            got = jax.jit(hvp, static_argnums=4)(*args, out_sharding)
+        for g, w, spec in zip(got, want, (x_spec, kernel_spec), strict=True):
+            # float32 summation order, against the largest entry (the products cancel in some entries)
+            assert np.max(np.abs(np.asarray(g) - np.asarray(w))) <= 1e-6 * np.max(np.abs(np.asarray(w))), label
+            assert g.sharding.is_equivalent_to(NamedSharding(MESH, spec), 2), (label, g.sharding, spec)
+        print(f"mxfp8_linear_ste second derivatives, {label}: equal to the unsharded ones")
+
+
 def main() -> int:
     check_layer((None, "model"), "column-parallel")
     check_layer(None, "replicated")
@@ -266,6 +300,7 @@ def main() -> int:
     check_hopper()
     check_more_layouts()
     check_linen_row_parallel()
+    check_second_derivatives()
     check_errors()
 
     # the op itself, bf16 (the backward products on bf16 operands), eager and under jit

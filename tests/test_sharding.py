@@ -31,9 +31,10 @@ def test_explicit_mesh_axes_in_a_process_with_4_cpu_devices():
     (row-parallel with out_sharding), their gradients split as their primals (the straight-through products are told
     the primals' shardings, as JAX's dot transpose is), the hopper backend's kernels run shard by shard, the layouts
     a review found broken (a split sequence axis, a FlashInferWeight, eager vmap, no mesh context, add-and-norm with
-    a K split, an Auto axis beside an Explicit one), and clear errors for splits that cannot work."""
+    a K split, an Auto axis beside an Explicit one), train mode's second derivatives on three layouts, and clear
+    errors for splits that cannot work."""
     out = run_cases("explicit_sharding_cases.py")
-    assert out.count("equal to the unsharded one") == 23
+    assert out.count("equal to the unsharded one") == 26
     assert out.count("equal to emulation") == 8
     assert out.count("error: ") == 5
 
@@ -42,10 +43,10 @@ def test_a_users_shard_map_with_check_vma_in_a_process_with_4_cpu_devices():
     """Inside ``jax.shard_map``'s default ``check_vma=True``: the emulation and torch backends' products, the
     add-norm product, train mode, train-mode NNX and Linen layers, and a product split over an Explicit axis inside
     a shard_map manual over another equal the unsharded ones, forward and gradients (a replicated kernel's summed
-    over the data axis by JAX); every hopper route traces with its outputs and
+    over the data axis by JAX), and train mode's second derivatives; every hopper route traces with its outputs and
     gradients typed as varying; and a per-device result returned as replicated is refused on every backend."""
     out = run_cases("varying_axes_cases.py")
-    assert out.count("equal to the unsharded one") == 20
+    assert out.count("equal to the unsharded one") == 21
     assert out.count("typed as varying") == 6
     assert out.count("as replicated refused") == 9
 

@@ -222,6 +222,31 @@ def check_hopper_types() -> None:
             print(f"hopper, {rows} rows ({route}): outputs and gradients typed as varying")
 
 
+def check_second_derivatives() -> None:
+    """Train mode's Hessian-vector product (in x and the kernel together) inside a data-parallel shard_map, the
+    losses summed over ``data`` by the user: equal to the unsharded one."""
+    v_x = jnp.asarray(RNG.standard_normal(X.shape), jnp.float32)
+    v_k = jnp.asarray(RNG.standard_normal(KERNEL.shape) * 0.05, jnp.float32)
+
+    def hvp(x, kernel, v_x, v_k, total=lambda a: a):
+        def loss(x, kernel):
+            return total(jnp.sum(mxfp8_linear_ste(x, kernel, out_dtype=jnp.float32) ** 2))
+
+        def along_v(x, kernel):
+            g_x, g_k = jax.grad(loss, (0, 1))(x, kernel)
+            return total(jnp.sum(g_x * v_x)) + jnp.sum(g_k * v_k)
+
+        return jax.grad(along_v, (0, 1))(x, kernel)
+
+    want = jax.jit(hvp)(X, KERNEL, v_x, v_k)
+    in_specs = (P("data"), P(), P("data"), P())
+    local = lambda *a: hvp(*a, total=lambda v: jax.lax.psum(v, "data"))  # noqa: E731
+    got = shard_map(local, in_specs, (P("data"), P()))(X, KERNEL, v_x, v_k)
+    for g, w in zip(got, want, strict=True):  # float32 summation order, against the largest entry
+        assert np.max(np.abs(np.asarray(g) - np.asarray(w))) <= 1e-6 * np.max(np.abs(np.asarray(w)))
+    print("mxfp8_linear_ste second derivatives, data-parallel: equal to the unsharded ones")
+
+
 def main() -> None:
     for backend in ("emulation", "torch"):
         check_products(backend)
@@ -232,6 +257,7 @@ def main() -> None:
         )
     check_layers()
     check_partly_manual()
+    check_second_derivatives()
     check_hopper_types()
     print("OK")
 
