@@ -1,13 +1,13 @@
 """Train mode's second derivatives on the device, and what supporting them costs a first-order training step.
 
 Second derivatives through ``mxfp8_linear_ste`` are those of the float32 product of the dequantized operands: its
-forward rule gives ``y`` the tangent ``dx @ w_hat.T + x_hat @ dkernel`` and its backward pass's decoded operands
+forward rule gives ``y`` the tangent ``x_dot @ w_hat.T + x_hat @ kernel_dot`` and its backward pass's decoded operands
 take ``x``'s and ``kernel``'s tangents, which makes ``x`` and ``kernel`` residuals too (docs/layers.md, "Autodiff").
 
 - ``hvp`` cases: ``jax.grad`` of ``jax.grad`` (a Hessian-vector product in ``x`` and ``kernel`` together) of
   ``sum(y^2)`` through ``--backend``, under ``jit``, against float64 NumPy from the decoded operands: within 1e-5 of
   the largest entry for float32 outputs, 2^-7 for bf16 outputs (the roundings of ``y``, its cotangent and the
-  tangents to bf16).
+  tangents to bf16); and through two layers in a ``lax.scan`` against the same unrolled (within 1e-5).
 - ``first order`` cases: the jitted first-order step (``jax.grad`` of ``sum(h^2)`` through ``--layers`` layers
   ``h = relu(ste(h, k))``, unrolled and as a ``lax.scan``) against :func:`quantized_residuals_only`, the same
   product and first-order rule saving only the quantized operands: XLA's temporary memory must not grow; device
@@ -94,6 +94,31 @@ def hvp_case(backend: str, m: int, n: int, k: int, out_dtype: jnp.dtype) -> dict
     return {"dx_diff": diffs[0], "dkernel_diff": diffs[1], "ok": max(diffs) <= tolerance}
 
 
+def loop_case(backend: str, m: int, width: int) -> dict:
+    """The Hessian-vector product through two layers ``h = tanh(ste(h, k))`` in a ``lax.scan`` against the unrolled
+    layers (float32 outputs, within 1e-5 of the largest entry): loops are where jax < 0.12 drops a ``custom_jvp``'s
+    rule, so there the forward rule's tangent is a ``custom_vjp``."""
+    keys = jax.random.split(jax.random.key(m + 1), 4)
+    x, v_x = (jax.random.normal(key, (m, width), F32) for key in keys[:2])
+    ks, v_ks = (jax.random.normal(key, (2, width, width), F32) * width**-0.5 for key in keys[2:])
+    layer = lambda h, k: jnp.tanh(ste.mxfp8_linear_ste(h, k, backend=backend, out_dtype=F32))  # noqa: E731
+    losses = {
+        "unrolled": lambda x, ks: jnp.sum(layer(layer(x, ks[0]), ks[1]) ** 2),
+        "scan": lambda x, ks: jnp.sum(jax.lax.scan(lambda h, k: (layer(h, k), None), x, ks)[0] ** 2),
+    }
+    hvps = {}
+    for name, loss in losses.items():
+
+        def along_v(x: jax.Array, ks: jax.Array, loss=loss) -> jax.Array:
+            g_x, g_ks = jax.grad(loss, (0, 1))(x, ks)
+            return jnp.vdot(g_x, v_x) + jnp.vdot(g_ks, v_ks)
+
+        hvps[name] = jax.jit(jax.grad(along_v, (0, 1)))(x, ks)
+    pairs = zip(hvps["scan"], hvps["unrolled"], strict=True)
+    diffs = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs]
+    return {"dx_diff": diffs[0], "dkernels_diff": diffs[1], "ok": max(diffs) <= 1e-5}
+
+
 def first_order_case(
     backend: str, m: int, width: int, layers: int, scanned: bool, iters: int | None, dtype: jnp.dtype = jnp.bfloat16
 ) -> dict:
@@ -149,22 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     results = {"env": environment(), "args": vars(args), "cases": []}
     print(results["env"], flush=True)
-    runs = [
-        (
-            {"what": "hvp", "m": m, "out_dtype": dt.__name__},
-            lambda m=m, dt=dt: hvp_case(args.backend, m, args.hvp_n, args.width, dt),
-        )
-        for m in map(int, args.rows.split(","))
-        for dt in (jnp.float32, jnp.bfloat16)
-    ] + [
-        (
-            {"what": "first order", "m": args.step_rows, "scan": scanned},
-            lambda scanned=scanned: first_order_case(
-                args.backend, args.step_rows, args.width, args.layers, scanned, args.iters or None
-            ),
-        )
-        for scanned in (False, True)
-    ]
+    runs = (
+        [
+            (
+                {"what": "hvp", "m": m, "out_dtype": dt.__name__},
+                lambda m=m, dt=dt: hvp_case(args.backend, m, args.hvp_n, args.width, dt),
+            )
+            for m in map(int, args.rows.split(","))
+            for dt in (jnp.float32, jnp.bfloat16)
+        ]
+        + [
+            ({"what": "hvp, scan against unrolled", "m": 300}, lambda: loop_case(args.backend, 300, args.width)),
+        ]
+        + [
+            (
+                {"what": "first order", "m": args.step_rows, "scan": scanned},
+                lambda scanned=scanned: first_order_case(
+                    args.backend, args.step_rows, args.width, args.layers, scanned, args.iters or None
+                ),
+            )
+            for scanned in (False, True)
+        ]
+    )
     for case, run in runs:
         try:
             case.update(run())

@@ -159,7 +159,7 @@ def straight_through(decoded: jax.Array, raw: jax.Array) -> jax.Array:
     """``decoded`` (the decoded quantization of ``raw``, of its shape), differentiated as ``raw``: its tangent is
     ``raw``'s, cast to ``decoded``'s dtype. The straight-through rule inside a backward pass, so that the backward
     pass's own derivatives (second derivatives) are the straight-through ones; where nothing differentiates the
-    backward pass, ``raw`` is unused and compiles away."""
+    backward pass, ``raw`` is unused, and under ``jit`` compiles away."""
     return decoded
 
 
@@ -168,7 +168,7 @@ def _straight_through_jvp(
     primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
     decoded, _ = primals
-    return decoded, tangents[1].astype(decoded.dtype)
+    return straight_through(*primals), tangents[1].astype(decoded.dtype)  # repeated: third derivatives too
 
 
 def straight_through_dx(

@@ -22,11 +22,14 @@ quantized (no MXFP8 backward GEMMs). Rounding to E4M3, underflow of tiny element
 to at most 448) all get the identity gradient. The backward products read the quantized operands
 (1 + 1/32 bytes per element), saved by the forward pass.
 
-Second derivatives (``jax.grad`` of ``jax.grad``, Hessian-vector products) are those of the same float32 matmul of
-the dequantized operands: the forward rule gives ``y`` the tangent ``dx @ w_hat.T + x_hat @ dkernel``, and the
-backward pass's decoded operands take ``x``'s and ``kernel``'s tangents (:func:`mxfp8_xla.matmul.straight_through`).
-For that, ``x`` and ``kernel`` are residuals too; a first-order gradient never reads them, and under ``jit`` XLA
-drops them (the compiled first-order step is the one without them, tested).
+Higher derivatives (``jax.grad`` of ``jax.grad``, Hessian-vector products, third derivatives) are those of the same
+float32 matmul of the dequantized operands, also inside ``lax.scan`` and ``fori_loop``: the forward rule gives ``y``
+the tangent ``x_dot @ w_hat.T + x_hat @ kernel_dot`` (:func:`_differentiated_as_product`), and the backward pass's
+decoded operands take ``x``'s and ``kernel``'s tangents (:func:`mxfp8_xla.matmul.straight_through`). On jax < 0.12
+only reverse over reverse (see :data:`KEEPS_CUSTOM_JVP_RULES`). For that, ``x`` and ``kernel`` are residuals too. A
+first-order gradient never reads them: where one jitted function differentiates and uses the gradient, XLA drops
+them (the compiled step is the one without them, tested), but a ``jax.vjp`` closure taken eagerly or returned from a
+``jit`` holds them (the caller's arrays, or copies where they were computed inside the differentiated function).
 """
 
 from __future__ import annotations
@@ -122,26 +125,45 @@ def _forward(
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
     quantize_x, quantize_kernel = static.quantizers
     label = f"mxfp8_linear_ste({static.name})" if static.name else "mxfp8_linear_ste"
-    # The quantizers' own derivatives are never taken (Pallas kernels have none): _product_tangent stands for them.
+    # The quantizers' own derivatives are never taken (Pallas kernels have none): _differentiated_as_product stands
+    # for them.
     xq = per_shard.quantize(quantize_x, jax.lax.stop_gradient(x), -1, label)
     wq = per_shard.quantize(quantize_kernel, jax.lax.stop_gradient(kernel), 0, label)
     y = mxfp8_matmul(
         xq, wq, out_dtype=static.out_dtype, backend=static.backend, name=static.name, out_sharding=static.out_sharding
     )
-    return _product_tangent(y, xq, wq, x, kernel), (xq, wq, x, kernel)
+    residuals = (xq, wq, x, kernel)
+    return _differentiated_as_product(static, y, *residuals), residuals
+
+
+KEEPS_CUSTOM_JVP_RULES = jax.__version_info__ >= (0, 12)
+"""Whether JAX keeps a ``custom_jvp``'s rule where partial evaluation meets it with unknown inputs. jax 0.11.2 and
+older dropped it (``JaxprTrace.process_custom_jvp_call``), which a ``lax.scan``, ``fori_loop`` or ``map`` body does
+when it is differentiated: the forward rule's tangent would vanish there silently. Older JAX gets a ``custom_vjp``
+instead, which survives, so there second derivatives are reverse-over-reverse only (``jax.grad`` of ``jax.grad``);
+forward-over-reverse (``jax.hessian``, ``jax.jvp`` of ``jax.grad``) raises JAX's "can't apply forward-mode autodiff
+(jvp) to a custom_vjp function"."""
+
+
+def _differentiated_as_product(
+    static: _Static, y: jax.Array, xq: MXArray, wq: MXArray, x: jax.Array, kernel: jax.Array
+) -> jax.Array:
+    """``y = xq @ wq.T`` as computed, differentiated (where the forward rule itself is: second derivatives) as the
+    float32 product of the decoded operands, ``x_hat @ w_hat.T``, whose tangents are ``x``'s and ``kernel``'s."""
+    if KEEPS_CUSTOM_JVP_RULES:
+        return _product_tangent(y, xq, wq, x, kernel)
+    return _product_cotangent(static, y, xq, wq, x, kernel)
 
 
 @jax.custom_jvp
 def _product_tangent(y: jax.Array, xq: MXArray, wq: MXArray, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``y = xq @ wq.T``, differentiated (where the forward rule itself is: second derivatives) as the float32 product
-    of the dequantized operands, ``x_hat @ w_hat.T``, with ``x``'s and ``kernel``'s tangents passed straight
-    through."""
+    """:func:`_differentiated_as_product` by its tangent, ``x_dot @ w_hat.T + x_hat @ kernel_dot``."""
     return y
 
 
 @_product_tangent.defjvp
 def _product_tangent_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
-    y, xq, wq, _, _ = primals
+    y, xq, wq, x, kernel = primals
     _, _, _, x_dot, kernel_dot = tangents
     product = functools.partial(
         jnp.matmul,
@@ -149,10 +171,31 @@ def _product_tangent_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, ja
         preferred_element_type=jnp.float32,
         out_sharding=per_shard.explicit_sharding(y),
     )
-    y_dot = product(x_dot.astype(jnp.float32), dequantize(wq, jnp.float32).T) + product(
-        dequantize(xq, jnp.float32), kernel_dot.astype(jnp.float32)
-    )
-    return y, y_dot.astype(y.dtype)
+    # The decoded operands move as x and kernel do, and the call repeats itself: third derivatives too.
+    x_hat = straight_through(dequantize(xq, jnp.float32), x)
+    w_hat = straight_through(dequantize(wq, jnp.float32), kernel.T)
+    y_dot = product(x_dot.astype(jnp.float32), w_hat.T) + product(x_hat, kernel_dot.astype(jnp.float32))
+    return _product_tangent(*primals), y_dot.astype(y.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _product_cotangent(
+    static: _Static, y: jax.Array, xq: MXArray, wq: MXArray, x: jax.Array, kernel: jax.Array
+) -> jax.Array:
+    """:func:`_differentiated_as_product` by its cotangents, those of the backward rule (jax < 0.12)."""
+    return y
+
+
+def _product_cotangent_forward(static: _Static, y, xq, wq, x, kernel) -> tuple[jax.Array, tuple]:
+    # The call repeats itself: third derivatives too.
+    return _product_cotangent(static, y, xq, wq, x, kernel), (xq, wq, x, kernel)
+
+
+def _product_cotangent_backward(static: _Static, residuals: tuple, g: jax.Array) -> tuple:
+    return (None, None, None, *_backward(static, residuals, g))  # y is a function of the quantized operands alone
+
+
+_product_cotangent.defvjp(_product_cotangent_forward, _product_cotangent_backward)
 
 
 def _backward(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import reference as ref
 
 from mxfp8_xla import dequantize, mxfp8_matmul, quantize
+from mxfp8_xla import ste as ste_module
 from mxfp8_xla.ste import mxfp8_linear_ste
 
 F32 = jnp.float32
@@ -78,7 +81,7 @@ def test_kernel_gradient_of_a_bf16_cotangent_is_the_float32_product(g_dtype) -> 
         np.testing.assert_array_less(np.abs(dk - xd.T @ g64), bound)
 
 
-def test_gradient_dtypes_follow_primal_dtypes_and_residuals_are_quantized() -> None:
+def test_gradient_dtypes_follow_primal_dtypes_and_residuals_are_the_quantized_operands_and_inputs() -> None:
     """The residuals are the quantized operands, plus x and kernel themselves (the caller's buffers, not copies:
     only second derivatives read them)."""
     x = jnp.asarray(_data(7, (4, 64)), jnp.bfloat16)
@@ -109,8 +112,8 @@ def test_second_derivatives_are_those_of_the_dequantized_float_product(out_dtype
     def loss(x: jax.Array, k: jax.Array) -> jax.Array:
         return jnp.sum(ste(x, k, out_dtype).astype(F32) ** 2)
 
-    # bf16 outputs: the roundings of y, its cotangent and the tangents to bf16, each at most 2^-9 relative (2.6e-3
-    # measured); float32 accumulation otherwise (2.1e-7 measured).
+    # bf16 outputs: the roundings of y, its cotangent and the tangents to bf16, each at most 2^-9 relative; float32
+    # accumulation otherwise.
     tol = 2.0**-7 if out_dtype == jnp.bfloat16 else 1e-5
     directions = [
         (_data(24, x.shape, spread=1.0), np.zeros_like(k)),
@@ -133,6 +136,79 @@ def test_second_derivatives_are_those_of_the_dequantized_float_product(out_dtype
             for got, want in zip(fn(jnp.asarray(x), jnp.asarray(k)), (want_x, want_k), strict=True):
                 got = np.asarray(got, np.float64)
                 assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want)), out_dtype
+
+
+def _two_layers(x: jax.Array, ks: jax.Array, loop: str) -> jax.Array:
+    """sum(h^2) after two layers h = tanh(ste(h, k)), unrolled or in one of JAX's loops."""
+    layer = lambda h, k: jnp.tanh(ste(h, k))  # noqa: E731
+    if loop == "unrolled":
+        h = layer(layer(x, ks[0]), ks[1])
+    elif loop == "scan":
+        h = jax.lax.scan(lambda h, k: (layer(h, k), None), x, ks)[0]
+    elif loop == "scan, remat":
+        h = jax.lax.scan(jax.checkpoint(lambda h, k: (layer(h, k), None)), x, ks)[0]
+    else:  # fori_loop
+        h = jax.lax.fori_loop(0, 2, lambda i, h: layer(h, ks[i]), x)
+    return jnp.sum(h**2)
+
+
+def _hvp(loss, x: jax.Array, ks: jax.Array, v_x: jax.Array, v_ks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """grad of grad: the Hessian of ``loss`` times ``(v_x, v_ks)``, reverse over reverse."""
+
+    def along_v(x: jax.Array, ks: jax.Array) -> jax.Array:
+        g_x, g_ks = jax.grad(loss, (0, 1))(x, ks)
+        return jnp.vdot(g_x, v_x) + jnp.vdot(g_ks, v_ks)
+
+    return jax.grad(along_v, (0, 1))(x, ks)
+
+
+@pytest.mark.parametrize("loop", ["scan", "scan, remat", "fori_loop"])
+def test_second_derivatives_inside_loops_equal_the_unrolled_ones(loop: str) -> None:
+    """Inside lax.scan and fori_loop (whose differentiation drops a custom_jvp's rule on jax < 0.12, so there the
+    forward rule's tangent is a custom_vjp) the Hessian-vector product equals the unrolled one."""
+    x, ks = jnp.asarray(_data(30, (8, 64), spread=1.0)), jnp.asarray(_data(31, (2, 64, 64), spread=1.0) / 8)
+    v_x, v_ks = jnp.asarray(_data(32, (8, 64), spread=1.0)), jnp.asarray(_data(33, (2, 64, 64), spread=1.0) / 8)
+    want = _hvp(functools.partial(_two_layers, loop="unrolled"), x, ks, v_x, v_ks)
+    got = jax.jit(_hvp, static_argnums=0)(functools.partial(_two_layers, loop=loop), x, ks, v_x, v_ks)
+    for g, w in zip(got, want, strict=True):
+        assert float(jnp.max(jnp.abs(w))) > 0
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w))), loop
+
+
+def test_forward_over_reverse_second_derivatives_where_jax_keeps_custom_jvp_rules() -> None:
+    """jax.hessian (forward over reverse) on jax >= 0.12 equals grad of grad; on older JAX it raises JAX's error for
+    forward-mode autodiff of a custom_vjp, never a wrong number."""
+    x, ks = jnp.asarray(_data(34, (2, 32), spread=1.0)), jnp.asarray(_data(35, (2, 32, 32), spread=1.0) / 8)
+    v_x = jnp.asarray(_data(36, (2, 32), spread=1.0))
+    loss = functools.partial(_two_layers, loop="scan")
+    if not ste_module.KEEPS_CUSTOM_JVP_RULES:
+        with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+            jax.hessian(loss)(x, ks)
+        return
+    hessian_v = jnp.einsum("ijkl,kl->ij", jax.hessian(loss)(x, ks), v_x)
+    want = _hvp(loss, x, ks, v_x, jnp.zeros_like(ks))[0]
+    assert float(jnp.max(jnp.abs(hessian_v - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
+
+
+def test_third_derivatives_are_those_of_the_dequantized_float_product() -> None:
+    """d^3/dt^3 sum(y(x + t v, k + t u)^2) = 12 sum(A * B), with y = x_hat @ w_hat.T moving straight through,
+    A = v @ w_hat.T + x_hat @ u and B = v @ u (float64 NumPy)."""
+    x, k = _data(37, (8, 64), spread=1.0), _data(38, (64, 32), spread=1.0) / 8
+    v, u = _data(39, x.shape, spread=1.0), _data(40, k.shape, spread=1.0) / 8
+    xd = ref.dequantize_values(*ref.quantize_values(x))
+    wd = ref.dequantize_values(*ref.quantize_values(k, axis=0))
+    want = 12 * np.sum((v @ wd.T + xd @ u) * (v @ u))
+
+    def along(f):
+        def directional(x: jax.Array, k: jax.Array) -> jax.Array:
+            g_x, g_k = jax.grad(f, (0, 1))(x, k)
+            return jnp.vdot(g_x, v) + jnp.vdot(g_k, u)
+
+        return directional
+
+    loss = lambda x, k: jnp.sum(ste(x, k) ** 2)  # noqa: E731
+    got = float(jax.jit(along(along(along(loss))))(jnp.asarray(x), jnp.asarray(k)))
+    assert abs(got - want) <= 1e-5 * abs(want)
 
 
 def test_jit_vmap_grad_remat_scan_agree() -> None:

@@ -18,6 +18,11 @@ def test_hessian_vector_products_pass(out_dtype) -> None:
     assert case["ok"], case
 
 
+def test_the_scanned_hessian_vector_product_passes() -> None:
+    case = check.loop_case("emulation", m=8, width=64)
+    assert case["ok"], case
+
+
 @pytest.mark.parametrize("scanned", [False, True], ids=["unrolled", "scan"])
 def test_first_order_step_needs_no_more_memory_than_quantized_residuals(scanned: bool) -> None:
     case = check.first_order_case("emulation", m=64, width=128, layers=4, scanned=scanned, iters=None)
