@@ -7,7 +7,7 @@ take ``x``'s and ``kernel``'s tangents, which makes ``x`` and ``kernel`` residua
 - ``hvp`` cases: ``jax.grad`` of ``jax.grad`` (a Hessian-vector product in ``x`` and ``kernel`` together) of
   ``sum(y^2)`` through ``--backend``, under ``jit``, against float64 NumPy from the decoded operands: within 1e-5 of
   the largest entry for float32 outputs, 2^-7 for bf16 outputs (the roundings of ``y``, its cotangent and the
-  tangents to bf16); and through two layers in a ``lax.scan`` against the same unrolled (within 1e-5).
+  tangents to bf16); and the layer as a ``lax.scan``'s body.
 - ``first order`` cases: the jitted first-order step (``jax.grad`` of ``sum(h^2)`` through ``--layers`` layers
   ``h = relu(ste(h, k))``, unrolled and as a ``lax.scan``) against :func:`quantized_residuals_only`, the same
   product and first-order rule saving only the quantized operands: XLA's temporary memory must not grow; device
@@ -67,14 +67,18 @@ def quantized_residuals_only(backend: str, out_dtype: jnp.dtype) -> Callable[[ja
     return jax.jit(product)
 
 
-def hvp_case(backend: str, m: int, n: int, k: int, out_dtype: jnp.dtype) -> dict:
-    """One Hessian-vector product through ``mxfp8_linear_ste`` on ``backend`` against float64 NumPy."""
+def hvp_case(backend: str, m: int, n: int, k: int, out_dtype: jnp.dtype, scanned: bool = False) -> dict:
+    """One Hessian-vector product through ``mxfp8_linear_ste`` on ``backend`` against float64 NumPy; ``scanned``: the
+    layer as the body of a one-step ``lax.scan``, where jax < 0.12 drops a ``custom_jvp``'s rule (so there the
+    forward rule's tangent is a ``custom_vjp``)."""
     keys = jax.random.split(jax.random.key(m), 4)
     x, v_x = (jax.random.normal(key, (m, k), F32) for key in keys[:2])
     kernel, v_k = (jax.random.normal(key, (k, n), F32) * k**-0.5 for key in keys[2:])
 
     def loss(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return jnp.sum(ste.mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype).astype(F32) ** 2)
+        layer = lambda x, kernel: ste.mxfp8_linear_ste(x, kernel, backend=backend, out_dtype=out_dtype)  # noqa: E731
+        y = jax.lax.scan(lambda x, k: (x, layer(x, k)), x, kernel[None])[1][0] if scanned else layer(x, kernel)
+        return jnp.sum(y.astype(F32) ** 2)
 
     def along_v(x: jax.Array, kernel: jax.Array) -> jax.Array:
         g_x, g_k = jax.grad(loss, (0, 1))(x, kernel)
@@ -92,31 +96,6 @@ def hvp_case(backend: str, m: int, n: int, k: int, out_dtype: jnp.dtype) -> dict
     ]
     tolerance = 2.0**-7 if out_dtype == jnp.bfloat16 else 1e-5
     return {"dx_diff": diffs[0], "dkernel_diff": diffs[1], "ok": max(diffs) <= tolerance}
-
-
-def loop_case(backend: str, m: int, width: int) -> dict:
-    """The Hessian-vector product through two layers ``h = tanh(ste(h, k))`` in a ``lax.scan`` against the unrolled
-    layers (float32 outputs, within 1e-5 of the largest entry): loops are where jax < 0.12 drops a ``custom_jvp``'s
-    rule, so there the forward rule's tangent is a ``custom_vjp``."""
-    keys = jax.random.split(jax.random.key(m + 1), 4)
-    x, v_x = (jax.random.normal(key, (m, width), F32) for key in keys[:2])
-    ks, v_ks = (jax.random.normal(key, (2, width, width), F32) * width**-0.5 for key in keys[2:])
-    layer = lambda h, k: jnp.tanh(ste.mxfp8_linear_ste(h, k, backend=backend, out_dtype=F32))  # noqa: E731
-    losses = {
-        "unrolled": lambda x, ks: jnp.sum(layer(layer(x, ks[0]), ks[1]) ** 2),
-        "scan": lambda x, ks: jnp.sum(jax.lax.scan(lambda h, k: (layer(h, k), None), x, ks)[0] ** 2),
-    }
-    hvps = {}
-    for name, loss in losses.items():
-
-        def along_v(x: jax.Array, ks: jax.Array, loss=loss) -> jax.Array:
-            g_x, g_ks = jax.grad(loss, (0, 1))(x, ks)
-            return jnp.vdot(g_x, v_x) + jnp.vdot(g_ks, v_ks)
-
-        hvps[name] = jax.jit(jax.grad(along_v, (0, 1)))(x, ks)
-    pairs = zip(hvps["scan"], hvps["unrolled"], strict=True)
-    diffs = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs]
-    return {"dx_diff": diffs[0], "dkernels_diff": diffs[1], "ok": max(diffs) <= 1e-5}
 
 
 def first_order_case(
@@ -184,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             for dt in (jnp.float32, jnp.bfloat16)
         ]
         + [
-            ({"what": "hvp, scan against unrolled", "m": 300}, lambda: loop_case(args.backend, 300, args.width)),
+            (
+                {"what": "hvp in a lax.scan", "m": 300, "out_dtype": "float32"},
+                lambda: hvp_case(args.backend, 300, args.hvp_n, args.width, jnp.float32, scanned=True),
+            ),
         ]
         + [
             (

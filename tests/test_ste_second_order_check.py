@@ -18,8 +18,8 @@ def test_hessian_vector_products_pass(out_dtype) -> None:
     assert case["ok"], case
 
 
-def test_the_scanned_hessian_vector_product_passes() -> None:
-    case = check.loop_case("emulation", m=8, width=64)
+def test_the_hessian_vector_product_in_a_scan_passes() -> None:
+    case = check.hvp_case("emulation", m=24, n=64, k=256, out_dtype=jnp.float32, scanned=True)
     assert case["ok"], case
 
 
