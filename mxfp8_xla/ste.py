@@ -140,7 +140,7 @@ KEEPS_CUSTOM_JVP_RULES = jax.__version_info__ >= (0, 12)
 """Whether JAX keeps a ``custom_jvp``'s rule where partial evaluation meets it with unknown inputs. jax 0.11.2 and
 older dropped it (``JaxprTrace.process_custom_jvp_call``), which a ``lax.scan``, ``fori_loop`` or ``map`` body does
 when it is differentiated: the forward rule's tangent would vanish there silently. Older JAX gets a ``custom_vjp``
-instead, which survives, so there second derivatives are reverse-over-reverse only (``jax.grad`` of ``jax.grad``);
+instead, which survives, so there higher derivatives are reverse-over-reverse only (``jax.grad`` of ``jax.grad``);
 forward-over-reverse (``jax.hessian``, ``jax.jvp`` of ``jax.grad``) raises JAX's "can't apply forward-mode autodiff
 (jvp) to a custom_vjp function"."""
 
@@ -186,7 +186,9 @@ def _product_cotangent(
     return y
 
 
-def _product_cotangent_forward(static: _Static, y, xq, wq, x, kernel) -> tuple[jax.Array, tuple]:
+def _product_cotangent_forward(
+    static: _Static, y: jax.Array, xq: MXArray, wq: MXArray, x: jax.Array, kernel: jax.Array
+) -> tuple[jax.Array, tuple]:
     # The call repeats itself: third derivatives too.
     return _product_cotangent(static, y, xq, wq, x, kernel), (xq, wq, x, kernel)
 
