@@ -47,7 +47,7 @@ from jax.typing import DTypeLike
 
 from mxfp8_xla import per_shard, varying_axes
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
-from mxfp8_xla.matmul import cotangent_operands, mxfp8_matmul, straight_through, straight_through_dx
+from mxfp8_xla.matmul import cotangent_operands, labelled, mxfp8_matmul, straight_through, straight_through_dx
 from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
 
 __all__ = ["mxfp8_linear_ste"]
@@ -124,7 +124,7 @@ def _forward(
     static: _Static, x: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, tuple[MXArray, MXArray, jax.Array, jax.Array]]:
     quantize_x, quantize_kernel = static.quantizers
-    label = f"mxfp8_linear_ste({static.name})" if static.name else "mxfp8_linear_ste"
+    label = labelled("mxfp8_linear_ste", static.name)
     # The quantizers' own derivatives are never taken (Pallas kernels have none): _differentiated_as_product stands
     # for them.
     xq = per_shard.quantize(quantize_x, jax.lax.stop_gradient(x), -1, label)
