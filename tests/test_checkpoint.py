@@ -133,6 +133,23 @@ def test_load_dtype(ckpt_dir: Path):
     assert f32.tensors[Q + ".weight"].data.dtype == jnp.float8_e4m3fn  # quantized bytes untouched
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.float8_e4m3fn, "float8_e5m2"])
+def test_load_refuses_a_dtype_that_would_change_the_values(ckpt_dir: Path, dtype):
+    """Casting the embeddings and norms to an integer or float8 dtype would change them silently."""
+    name = jnp.dtype(dtype).name
+    message = rf"^load_modelopt: dtype is {name}; expected a float dtype of 16 bits or more"
+    with pytest.raises(TypeError, match=message):
+        load_modelopt(ckpt_dir, dtype=dtype)
+    with pytest.raises(TypeError, match=message.replace("load_modelopt", "load_safetensors")):
+        load_safetensors(ckpt_dir / "model.safetensors", dtype=dtype)
+
+
+def test_load_safetensors_dtype_casts_the_unquantized_floats_only(ckpt_dir: Path):
+    tensors = load_safetensors(ckpt_dir / "model.safetensors", dtype=jnp.float16)
+    assert tensors["lm_head.weight"].dtype == jnp.float16
+    assert tensors[Q + ".weight"].dtype == jnp.float8_e4m3fn and tensors[Q + ".weight_scale"].dtype == jnp.uint8
+
+
 @pytest.mark.parametrize("keep", ["config.json", "hf_quant_config.json"])
 def test_either_config_file_suffices(ckpt_dir: Path, keep: str):
     if keep == "config.json":
@@ -456,6 +473,40 @@ def test_quantize_state_dict_then_save_matches_modelopt_file(tmp_path: Path):
     assert set(qc.exclude_modules) == {"lm_head", "model.embed_tokens"}
 
 
+def test_quantize_state_dict_takes_one_pattern_as_a_string():
+    """A lone string is one ModelOpt pattern, not one pattern per character (which would match nothing)."""
+    w = np.ones((64, 64), np.float32)
+    out = quantize_state_dict({"lm_head.weight": w, "model.q_proj.weight": w}, exclude_modules="lm_head")
+    assert out["lm_head.weight"] is w and isinstance(out["model.q_proj.weight"], mx.MXArray)
+    assert QuantConfig(exclude_modules="lm_head").exclude_modules == ("lm_head",)
+    assert QuantConfig(exclude_modules=["a*", "b"]).exclude_modules == ("a*", "b")
+    with pytest.raises(TypeError, match=r"^QuantConfig: exclude_modules must be strings \(module patterns\), got 3$"):
+        QuantConfig(exclude_modules=["a", 3])
+
+
+@pytest.mark.parametrize(
+    "dtype, hint",
+    [
+        (
+            ml_dtypes.float8_e4m3fn,
+            "it looks quantized already; load a quantized checkpoint with load_modelopt, or give "
+            "it as MXArray(data, scale) with its 'm.proj.weight_scale'",
+        ),
+        (ml_dtypes.float8_e5m2, "it looks quantized already"),
+        (np.float64, "cast it to one of them first"),
+    ],
+)
+def test_quantize_state_dict_error_for_a_weight_it_cannot_quantize(dtype, hint: str):
+    w = np.ones((8, 64)).astype(dtype)  # float64 too: quantize refuses it, and float32 first could round twice
+    name = np.dtype(dtype).name
+    with pytest.raises(CheckpointError) as e:
+        quantize_state_dict({"m.proj.weight": w})
+    assert str(e.value).startswith(
+        f"quantize_state_dict: tensor 'm.proj.weight' ({name}, shape [8, 64]) is not float32, bfloat16 or float16"
+    )
+    assert hint in str(e.value)
+
+
 def test_quantize_state_dict_skips_unblockable_k(caplog):
     w = np.ones((64, 48), np.float32)
     out = quantize_state_dict({"m.proj.weight": w})
@@ -473,6 +524,10 @@ def test_save_errors(tmp_path: Path):
         save_modelopt(tmp_path / "c", {"m.weight": q}, quant_config=QuantConfig(quant_algo="NVFP4"))
     with pytest.raises(CheckpointError, match="given as well"):
         save_modelopt(tmp_path / "d", {"m.weight": q, "m.weight_scale": q.scale})
+    (tmp_path / "e").write_text("not a directory")
+    with pytest.raises(CheckpointError, match=r"it exists and is not a directory \(save_modelopt writes a checkpoint"):
+        save_modelopt(tmp_path / "e", {"m.weight": q})
+    assert (tmp_path / "e").read_text() == "not a directory"
 
 
 # --- inspect ------------------------------------------------------------------------------
@@ -684,6 +739,29 @@ def test_error_quantization_config_not_an_object(ckpt_dir: Path, value):
     f = ckpt_dir / "config.json"
     _edit_json(f, lambda c: c.update(quantization_config=value))
     _expect_match(ckpt_dir, rf"^{_q(f)}: quantization_config is not an object$")
+
+
+@pytest.mark.parametrize(
+    "name, field, key",
+    [("config.json", "quantization_config", "ignore"), ("hf_quant_config.json", "quantization", "exclude_modules")],
+)
+def test_a_config_s_lone_exclude_string_is_one_pattern(ckpt_dir: Path, name: str, field: str, key: str):
+    """Neither file is what ModelOpt writes (a list), but a string names one module, not one per character."""
+    _edit_json(ckpt_dir / name, lambda c: c[field].update({key: "lm_head"}))
+    qc = load_modelopt(ckpt_dir).quant_config
+    assert set(qc.exclude_modules) == {"lm_head", "model.embed_tokens"}
+    assert qc.excluded_by("lm_head") == "lm_head"
+
+
+@pytest.mark.parametrize("value", [{"lm_head": True}, ["lm_head", 3], 7])
+@pytest.mark.parametrize(
+    "name, field, key",
+    [("config.json", "quantization_config", "ignore"), ("hf_quant_config.json", "quantization", "exclude_modules")],
+)
+def test_error_exclude_patterns_not_strings(ckpt_dir: Path, name: str, field: str, key: str, value):
+    f = ckpt_dir / name
+    _edit_json(f, lambda c: c[field].update({key: value}))
+    _expect_match(ckpt_dir, rf"^{_q(f)}: {field}.{key} must be a list of module patterns \(strings\), got ")
 
 
 @pytest.mark.parametrize("name", ["config.json", "hf_quant_config.json", "model.safetensors.index.json"])

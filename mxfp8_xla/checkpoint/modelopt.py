@@ -63,7 +63,7 @@ class QuantConfig:
 
     ``exclude_modules`` are ModelOpt's wildcard patterns (``*`` matches anything) of
     modules left unquantized: the union of ``config.json``'s ``quantization_config.ignore``
-    and ``hf_quant_config.json``'s ``quantization.exclude_modules``.
+    and ``hf_quant_config.json``'s ``quantization.exclude_modules``. Built in code, a lone string is one pattern.
     """
 
     quant_algo: str = "MXFP8"
@@ -73,6 +73,15 @@ class QuantConfig:
     producer: Mapping[str, Any] | None = None
     sources: tuple[str, ...] = ()
     """The files these settings were read from (empty for a config built in code)."""
+
+    def __post_init__(self) -> None:
+        # A lone string is one pattern, not one per character.
+        patterns = self.exclude_modules
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        bad = [p for p in patterns if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"QuantConfig: exclude_modules must be strings (module patterns), got {bad[0]!r}")
+        object.__setattr__(self, "exclude_modules", patterns)
 
     def excluded_by(self, module: str) -> str | None:
         """The first ``exclude_modules`` pattern matching ``module`` (full match), or None."""
@@ -145,6 +154,17 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"cannot parse {str(path)!r}: {e}") from None
 
 
+def _config_patterns(value: Any, file: Path, field: str) -> list[str]:
+    """A config's module patterns as a list: none, one string, or a list of strings (else :class:`CheckpointError`)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return value
+    raise CheckpointError(f"{str(file)!r}: {field} must be a list of module patterns (strings), got {value!r}")
+
+
 def read_quant_config(path: str | Path) -> tuple[dict[str, Any], QuantConfig]:
     """Parse ``config.json`` and ``hf_quant_config.json`` of the directory ``path``.
 
@@ -178,7 +198,8 @@ def read_quant_config(path: str | Path) -> tuple[dict[str, Any], QuantConfig]:
             found.append((str(cfg_file), "quantization_config.quant_algo", qc.get("quant_algo")))
             if "group_size" in qc:
                 group_sizes.append((f"{str(cfg_file)!r} (quantization_config.group_size)", qc["group_size"]))
-            exclude += list(qc.get("ignore") or qc.get("exclude_modules") or [])
+            key = "ignore" if qc.get("ignore") else "exclude_modules"
+            exclude += _config_patterns(qc.get(key), cfg_file, f"quantization_config.{key}")
             kv_algo = qc.get("kv_cache_quant_algo", kv_algo)
             producer = qc.get("producer", producer)
 
@@ -191,7 +212,7 @@ def read_quant_config(path: str | Path) -> tuple[dict[str, Any], QuantConfig]:
         found.append((str(hf_file), "quantization.quant_algo", quant.get("quant_algo")))
         if "group_size" in quant:
             group_sizes.append((f"{str(hf_file)!r} (quantization.group_size)", quant["group_size"]))
-        exclude += list(quant.get("exclude_modules") or [])
+        exclude += _config_patterns(quant.get("exclude_modules"), hf_file, "quantization.exclude_modules")
         kv_algo = quant.get("kv_cache_quant_algo", kv_algo)
         producer = hf.get("producer", producer)
 
@@ -374,7 +395,7 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
     Args:
       path: the Hugging Face directory (``config.json`` / ``hf_quant_config.json`` and
         ``model.safetensors`` or shards with ``model.safetensors.index.json``).
-      dtype: dtype of the non-quantized floating-point tensors (``None`` keeps the
+      dtype: dtype of the non-quantized floating-point tensors, a float of 16 bits or more (``None`` keeps the
         stored dtype; with JAX's x64 mode off, 64-bit tensors become 32-bit, and one whose values would
         change raises). Quantized weights keep their bytes: ``MXArray(data float8_e4m3fn [N, K], scale uint8
         [N, K/32])``.
@@ -385,8 +406,8 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
     checked before any tensor is read; problems raise :class:`CheckpointError` naming
     the tensor and the file.
     """
+    out_dtype = _cast_dtype("load_modelopt", dtype)
     index = scan_modelopt(path)
-    out_dtype = None if dtype is None else jnp.dtype(dtype)
     parts: dict[str, jax.Array] = {}
     files: dict[str, Path] = {}
     scale_of = {scale.name: weight for weight, (_, scale) in index.quantized.items()}
@@ -421,6 +442,20 @@ def load_modelopt(path: str | Path, *, dtype: Any = jnp.bfloat16, progress: bool
     return ModelOptCheckpoint(index.config, index.quant_config, tensors, index.path, files)
 
 
+def _cast_dtype(caller: str, dtype: Any) -> jnp.dtype | None:
+    """``dtype`` as a ``jnp.dtype`` (``None`` stays ``None``), or ``TypeError`` unless it is a float of 16 bits or
+    more: casting a checkpoint's float tensors to an integer or float8 dtype would change their values."""
+    if dtype is None:
+        return None
+    d = jnp.dtype(dtype)
+    if not jnp.issubdtype(d, jnp.floating) or d.itemsize < 2:
+        raise TypeError(
+            f"{caller}: dtype is {d}; expected a float dtype of 16 bits or more for the unquantized tensors "
+            "(bfloat16, float16, float32), or None to keep the stored dtypes"
+        )
+    return d
+
+
 def _device_array(view: np.ndarray, where: str) -> jax.Array:
     """``jnp.asarray(view)``, refusing a 64-bit tensor whose values JAX's 32-bit default (x64 off) would change:
     an integer outside the 32-bit range, or a finite float that overflows float32."""
@@ -445,13 +480,15 @@ def load_safetensors(path: str | Path, *, dtype: Any = None) -> dict[str, jax.Ar
     """Every tensor of one (unquantized) safetensors file, memory-mapped, as JAX arrays.
 
     float8 tensors are returned as stored (no scale is applied); ``dtype`` casts the
-    other floating-point tensors. Raises :class:`CheckpointError` for a bad file.
+    other floating-point tensors (a float of 16 bits or more, else ``TypeError``). Raises :class:`CheckpointError` for
+    a bad file.
     """
+    out_dtype = _cast_dtype("load_safetensors", dtype)
     shard = SafetensorsFile(path)
     out: dict[str, jax.Array] = {}
     for info in sorted(shard.tensors.values(), key=lambda t: t.begin):
         value = _device_array(shard.get(info.name), f"tensor {info.name!r} in {str(path)!r}")
-        if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating) and not info.dtype.startswith("F8"):
-            value = value.astype(dtype)
+        if out_dtype is not None and jnp.issubdtype(value.dtype, jnp.floating) and not info.dtype.startswith("F8"):
+            value = value.astype(out_dtype)
         out[info.name] = value
     return out

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from mxfp8_xla.checkpoint.modelopt import (
     pair_quantized,
     progress_bar,
 )
-from mxfp8_xla.mxarray import MXArray, quantize
+from mxfp8_xla.mxarray import FLOAT_DTYPES, MXArray, quantize
 from mxfp8_xla.numerics import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -85,19 +85,21 @@ def _is_float_linear_weight(name: str, value: Any) -> bool:
 
 
 def quantize_state_dict(
-    tensors: Mapping[str, Any], *, exclude_modules: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE
+    tensors: Mapping[str, Any], *, exclude_modules: str | Iterable[str] = DEFAULT_EXCLUDE
 ) -> dict[str, MXArray | Any]:
     """Quantize the linear weights of a Hugging Face state dict the way ModelOpt exports them.
 
     Every 2-D floating-point ``*.weight`` (torch orientation ``[N, K]``) whose module is
-    not matched by ``exclude_modules`` (ModelOpt wildcards) becomes
+    not matched by ``exclude_modules`` (ModelOpt wildcards; a lone string is one pattern) becomes
     ``mxfp8_xla.quantize(w)``: blocks of 32 along K, bit-identical to ModelOpt's
     ``weight``/``weight_scale`` bytes. Weights whose K is not a multiple of 32 are left
     as they are, with a logged warning. Other tensors are passed through unchanged, except
     that torch tensors (a ``state_dict()``) come back as NumPy arrays of the same dtype and
     bytes (bfloat16 and float8 as ``ml_dtypes`` dtypes), which :func:`save_modelopt` writes as they are.
+    A weight to quantize that is not float32, bfloat16 or float16 (a float8 one is stored quantized already) raises
+    :class:`CheckpointError` naming it.
     """
-    qc = QuantConfig(exclude_modules=tuple(exclude_modules))
+    qc = QuantConfig(exclude_modules=exclude_modules)
     out: dict[str, MXArray | Any] = {}
     for name, value in tensors.items():
         value = _from_torch(value, f"quantize_state_dict: tensor {name!r}")
@@ -109,6 +111,17 @@ def quantize_state_dict(
                     tuple(value.shape),
                     value.shape[-1],
                     BLOCK_SIZE,
+                )
+            elif jnp.dtype(value.dtype) not in FLOAT_DTYPES:
+                raise CheckpointError(
+                    f"quantize_state_dict: tensor {name!r} ({jnp.dtype(value.dtype)}, shape {list(value.shape)}) is "
+                    "not float32, bfloat16 or float16"
+                    + (
+                        ": it looks quantized already; load a quantized checkpoint with load_modelopt, or give it as "
+                        f"MXArray(data, scale) with its {name + '_scale'!r}"
+                        if jnp.dtype(value.dtype).itemsize == 1
+                        else "; cast it to one of them first"
+                    )
                 )
             else:
                 value = quantize(jnp.asarray(value))
@@ -196,6 +209,11 @@ def save_modelopt(
     from mxfp8_xla import __version__
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(
+            f"cannot save a checkpoint to {str(path)!r}: it exists and is not a directory (save_modelopt writes a "
+            "checkpoint directory)"
+        )
     if isinstance(checkpoint, ModelOptCheckpoint):
         tensors: Mapping[str, Any] = checkpoint.tensors
         config = checkpoint.config if config is None else config
