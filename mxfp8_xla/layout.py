@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mxfp8_xla.mxarray import MXArray
+from mxfp8_xla.mxarray import MXArray, check_array
 
 ROW_TILE = 128
 COL_TILE = 4
@@ -44,6 +44,7 @@ def swizzle_scales(scale_2d: jax.Array) -> jax.Array:
             f"swizzle_scales expects the 2-D uint8 scale matrix of an MXArray (its .scale, shape "
             f"{tuple(scale_2d.scale.shape)}), got the MXArray itself (data shape {tuple(scale_2d.shape)})"
         )
+    check_array(scale_2d, "swizzle_scales: scale_2d")
     problem = (
         f"swizzle_scales expects a 2-D uint8 scale matrix, got shape {tuple(scale_2d.shape)} and dtype {scale_2d.dtype}"
     )
@@ -61,6 +62,7 @@ def swizzle_scales(scale_2d: jax.Array) -> jax.Array:
 def unswizzle_scales(swizzled: jax.Array, rows: int, cols: int) -> jax.Array:
     """Inverse of :func:`swizzle_scales`: the 1-D buffer back to ``[rows, cols]``."""
     expected = swizzled_scale_len(rows, cols)
+    check_array(swizzled, "unswizzle_scales: swizzled")
     if jnp.dtype(swizzled.dtype) != jnp.uint8:
         raise TypeError(
             f"unswizzle_scales expects uint8 scale bytes, got dtype {swizzled.dtype} with shape {tuple(swizzled.shape)}"

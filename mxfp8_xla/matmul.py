@@ -16,7 +16,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
@@ -25,7 +24,15 @@ from mxfp8_xla import norm, per_shard, varying_axes
 from mxfp8_xla.backends import FUSED_ADD_NORM, TAKES_RAW_ACTIVATIONS, backend_problems, get_backend, select_backend
 from mxfp8_xla.backends.flashinfer import FlashInferWeight
 from mxfp8_xla.backends.select import log_weight_unswizzle
-from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
+from mxfp8_xla.mxarray import (
+    FLOAT_DTYPES,
+    MXArray,
+    check_array,
+    check_float_dtype,
+    check_quantizable,
+    dequantize,
+    quantize,
+)
 
 
 def labelled(function: str, name: str | None) -> str:
@@ -236,17 +243,16 @@ def add_rms_norm_matmul(
     where = labelled("add_rms_norm_matmul", name)
     check_quantizable(x, f"{where}: x")
     out_dtype = check_float_dtype(f"{where}: out_dtype", out_dtype)
-    for label, operand in (("delta", delta), ("norm_weight", norm_weight)):
-        if not isinstance(operand, jax.Array | np.ndarray):
-            raise TypeError(f"{where}: {label} must be an array, got {type(operand).__name__}")
+    check_array(delta, f"{where}: delta")
+    check_array(norm_weight, f"{where}: norm_weight")
     if delta.shape != x.shape or delta.dtype != x.dtype:
         raise ValueError(
             f"{where}: delta must have x's shape and dtype {tuple(x.shape)} {jnp.dtype(x.dtype).name}, "
             f"got {tuple(delta.shape)} {jnp.dtype(delta.dtype).name}"
         )
-    if norm_weight.shape != x.shape[-1:] or not jnp.issubdtype(norm_weight.dtype, jnp.floating):
+    if norm_weight.shape != x.shape[-1:] or jnp.dtype(norm_weight.dtype) not in FLOAT_DTYPES:
         raise ValueError(
-            f"{where}: norm_weight must be a float array [{x.shape[-1]}] (x's last axis), got "
+            f"{where}: norm_weight must be a float32, bfloat16 or float16 array [{x.shape[-1]}] (x's last axis), got "
             f"{tuple(norm_weight.shape)} {jnp.dtype(norm_weight.dtype).name}"
         )
     if not isinstance(w, (MXArray, FlashInferWeight)):

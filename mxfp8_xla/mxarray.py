@@ -97,6 +97,8 @@ def check_float_dtype(what: str, dtype: Any) -> jnp.dtype:
 
     An output dtype is checked too: an integer one would turn a NaN or an infinity into a finite number.
     """
+    if dtype is None:  # jnp.dtype(None) is float64
+        raise TypeError(f"{what} is None; expected one of float32, bfloat16, float16")
     d = jnp.dtype(dtype)
     if d not in FLOAT_DTYPES:
         hint = " (float64 is not supported: use float32)" if d == jnp.float64 else ""
@@ -104,13 +106,20 @@ def check_float_dtype(what: str, dtype: Any) -> jnp.dtype:
     return d
 
 
+def check_array(x: Any, name: str) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``x`` has a shape and a dtype (a JAX or NumPy array)."""
+    if not (hasattr(x, "dtype") and hasattr(x, "shape")):
+        raise TypeError(f"{name} must be an array (jnp.asarray makes one), got {type(x).__name__}")
+
+
 def check_quantizable(x: Any, name: str = "x", axis: int = -1) -> None:
     """Raise unless ``x`` is a float32/bfloat16/float16 array whose ``axis`` is a multiple of 32."""
-    if not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array (jnp.asarray makes one), got {type(x).__name__}")
+    check_array(x, name)
     shape = tuple(jnp.shape(x))
     check_float_dtype(f"the dtype of {name} with shape {shape}", x.dtype)
     described = f"{name} has shape {shape} and dtype {jnp.dtype(x.dtype)}"
+    if not isinstance(axis, int | np.integer) or isinstance(axis, bool):
+        raise TypeError(f"{described}: axis must be an int, got {axis!r}")
     if not -len(shape) <= axis < len(shape):
         raise ValueError(f"{described}: axis {axis} is out of range for {len(shape)} dimensions")
     if not shape or shape[axis] % numerics.BLOCK_SIZE:

@@ -48,7 +48,7 @@ from jax.typing import DTypeLike
 from mxfp8_xla import per_shard, varying_axes
 from mxfp8_xla.backends import TRAIN_QUANTIZERS, select_backend
 from mxfp8_xla.matmul import cotangent_operands, labelled, mxfp8_matmul, straight_through, straight_through_dx
-from mxfp8_xla.mxarray import MXArray, check_float_dtype, check_quantizable, dequantize, quantize
+from mxfp8_xla.mxarray import MXArray, check_array, check_float_dtype, check_quantizable, dequantize, quantize
 
 __all__ = ["mxfp8_linear_ste"]
 
@@ -73,15 +73,17 @@ def mxfp8_linear_ste(
     operands). Works under ``jit``, ``vmap``, ``grad``, ``remat`` and ``scan``.
     """
     check_quantizable(x, "mxfp8_linear_ste: x")
+    check_array(kernel, "mxfp8_linear_ste: kernel")
     if kernel.ndim != 2:
         raise ValueError(f"mxfp8_linear_ste: kernel must be 2-D [K, N], got shape {tuple(kernel.shape)}")
+    if x.shape[-1] != kernel.shape[0]:
+        transposed = "; this one looks like [N, K]: pass its transpose" if x.shape[-1] == kernel.shape[1] else ""
+        raise ValueError(
+            f"mxfp8_linear_ste: x has shape {tuple(x.shape)} but kernel has shape {tuple(kernel.shape)}; the last "
+            f"axis of x must equal K = {kernel.shape[0]} (the kernel is [K, N]{transposed})"
+        )
     k, n = kernel.shape
     check_quantizable(jax.ShapeDtypeStruct((n, k), kernel.dtype), "mxfp8_linear_ste: kernel.T [N, K]")
-    if x.shape[-1] != kernel.shape[0]:
-        raise ValueError(
-            f"mxfp8_linear_ste: x has shape {tuple(x.shape)} but kernel has shape "
-            f"{tuple(kernel.shape)}; the last axis of x must equal K = {kernel.shape[0]}"
-        )
     out_dtype = check_float_dtype("mxfp8_linear_ste: out_dtype", out_dtype)
     k_local, n_local = per_shard.local_shape(kernel)  # one device's, where the kernel is split (Explicit axes)
     chosen = select_backend(backend, n=n_local, k=k_local, out_dtype=out_dtype, name=name)

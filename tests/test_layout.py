@@ -44,6 +44,12 @@ def test_hand_computed_positions():
 
 
 def test_bad_inputs():
+    with pytest.raises(
+        TypeError, match=r"^swizzle_scales: scale_2d must be an array \(jnp.asarray makes one\), got list$"
+    ):
+        mx.swizzle_scales([[1, 2]])
+    with pytest.raises(TypeError, match=r"^unswizzle_scales: swizzled must be an array \(jnp.asarray makes one\), got"):
+        mx.unswizzle_scales([1, 2], 1, 1)
     with pytest.raises(ValueError, match="2-D uint8"):
         mx.swizzle_scales(jnp.zeros((4,), jnp.uint8))
     with pytest.raises(TypeError, match="2-D uint8.*float32"):

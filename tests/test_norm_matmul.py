@@ -88,16 +88,37 @@ def test_a_non_finite_sum_makes_every_output_nan(bad):
     [
         (lambda x, d, g, w: (x, d[:, :128], g, w), ValueError, "delta must have x's shape and dtype"),
         (lambda x, d, g, w: (x, d.astype(jnp.float32), g, w), ValueError, "delta must have x's shape and dtype"),
-        (lambda x, d, g, w: (x, d, g[:128], w), ValueError, r"norm_weight must be a float array \[256\]"),
-        (lambda x, d, g, w: (x, d, g.astype(jnp.int32), w), ValueError, "norm_weight must be a float array"),
+        (
+            lambda x, d, g, w: (x, d, g[:128], w),
+            ValueError,
+            r"norm_weight must be a float32, bfloat16 or float16 array \[256\] \(x's last axis\), got \(128,\) bfloat16",
+        ),
+        (
+            lambda x, d, g, w: (x, d, g.astype(jnp.int32), w),
+            ValueError,
+            r"norm_weight must be a float32, bfloat16 or float16 array \[256\] .*, got \(256,\) int32",
+        ),
+        (
+            lambda x, d, g, w: (x, d, g.astype(jnp.float8_e4m3fn), w),
+            ValueError,
+            r"norm_weight must be a float32, bfloat16 or float16 array .* float8_e4m3fn",
+        ),
         (
             lambda x, d, g, w: (x, d, g, weight(32, 128)),
             ValueError,
             r"w must be \[N, 256\] \(K = x's last axis\), got shape \(32, 128\)",
         ),
         (lambda x, d, g, w: (x, d, g, jnp.ones((32, 256))), TypeError, r"w must be an MXArray \[N, 256\]"),
-        (lambda x, d, g, w: (x, d.tolist(), g, w), TypeError, "delta must be an array, got list"),
-        (lambda x, d, g, w: (x, d, 1.0, w), TypeError, "norm_weight must be an array, got float"),
+        (
+            lambda x, d, g, w: (x, d.tolist(), g, w),
+            TypeError,
+            r"delta must be an array \(jnp.asarray makes one\), got list",
+        ),
+        (
+            lambda x, d, g, w: (x, d, 1.0, w),
+            TypeError,
+            r"norm_weight must be an array \(jnp.asarray makes one\), got float",
+        ),
     ],
 )
 def test_bad_operands_are_named(change, error, message):

@@ -231,6 +231,16 @@ def test_bad_inputs_raise_clear_errors():
         mx.quantize(jnp.zeros((4, 32)), axis=5)
     with pytest.raises(TypeError, match=r"x must be an array \(jnp.asarray makes one\), got list"):
         mx.quantize([[1.0] * 32])
+    for axis in (None, 1.0, True):
+        with pytest.raises(
+            TypeError, match=rf"^x has shape \(4, 32\) and dtype float32: axis must be an int, got {axis}$"
+        ):
+            mx.quantize(jnp.zeros((4, 32)), axis=axis)
+    assert mx.quantize(jnp.zeros((32, 4)), axis=np.int64(0)).shape == (4, 32)
+    with pytest.raises(TypeError, match=r"^dequantize: dtype is None; expected one of float32, bfloat16, float16$"):
+        mx.dequantize(mx.quantize(jnp.zeros((4, 32))), None)
+    with pytest.raises(TypeError, match=r"^mxfp8_matmul: out_dtype is None; expected one of float32, bfloat16"):
+        mx.mxfp8_matmul(jnp.zeros((4, 32)), mx.quantize(jnp.zeros((8, 32))), out_dtype=None)
 
 
 def test_mxarray_pytree_and_validation():

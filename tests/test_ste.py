@@ -273,6 +273,14 @@ def test_errors_are_clear_and_raised_at_trace_time() -> None:
         jax.jit(ste)(jnp.ones((2, 48)), jnp.ones((48, 8)))
     with pytest.raises(ValueError, match=r"kernel must be 2-D \[K, N\], got shape \(2, 64, 8\)"):
         jax.jit(ste)(x, jnp.ones((2, 64, 8)))
+    with pytest.raises(
+        ValueError, match=r"K = 8 \(the kernel is \[K, N\]; this one looks like \[N, K\]: pass its transpose\)"
+    ):
+        ste(x, jnp.ones((8, 64)))  # [N, K], whose N = 8 is no multiple of 32: the shapes are named, not the block
+    with pytest.raises(
+        TypeError, match=r"^mxfp8_linear_ste: kernel must be an array \(jnp.asarray makes one\), got list"
+    ):
+        ste(x, [[1.0] * 8] * 64)
     with pytest.raises(TypeError, match=r"int32"):
         ste(x, jnp.ones((64, 8), jnp.int32))
     with jax.enable_x64(True), pytest.raises(TypeError, match=r"float64"):
