@@ -23,6 +23,7 @@
 #             (the thirty-fourth session ran it at fffd389, where the route took block loads from 128 rows)
 #   blockrows ROWS  mosaic_config_probe.py --first 2 on jax 0.12 alone at ROWS (comma-separated): where between 128
 #             and 256 rows block loads start to pay (thirty-fourth session: from 224)
+#   quantize  bench_quantize.py (activation quantization against copy bandwidth) on jax 0.11.2 and on jax 0.12
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -32,7 +33,7 @@ set -u
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site012
 PARTS=/tmp/jax012_parts
-STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|blockrows ROWS|checks [CHECK ...]}
+STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|blockrows ROWS|quantize|checks [CHECK ...]}
 shift
 LOG=$OUT/jax012_$STEP.log
 on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
@@ -94,6 +95,11 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
       echo "=== jax 0.12: bench_gemm.py at 128-256 rows"
       on_012 benchmarks/bench_gemm.py --ms 128,208,224,256 --shapes 14336x4096,4096x14336,28672x4096 \
         --skip emulation,xla_dequant,scaled_dot,fp8_tensor
+      ;;
+    quantize)
+      for version in 0112 012; do
+        echo "=== jax $version: bench_quantize.py" && "on_$version" benchmarks/bench_quantize.py
+      done
       ;;
     blockrows)
       echo "=== jax 0.12: mosaic_config_probe.py --rows ${1:?rows} --first 2"
