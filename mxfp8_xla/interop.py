@@ -168,10 +168,11 @@ def rowwise_vmap(fun: Callable[..., Any], row_argnums: Sequence[int]) -> Callabl
                         a = jnp.broadcast_to(a, (axis_size, *a.shape))
                     if a.ndim < 2:
                         raise ValueError(f"rowwise_vmap: row argument {i} has shape {a.shape[1:]} (no row axis)")
-                    a = a.reshape((axis_size * a.shape[1], *a.shape[2:]))
+                    m = a.shape[1]  # rows per element, shared by every row argument and output
+                    a = a.reshape((axis_size * m, *a.shape[2:]))
                 flat.append(a)
             out = batched(*flat)
-            out = jax.tree.map(lambda o: o.reshape((axis_size, o.shape[0] // axis_size, *o.shape[1:])), out)
+            out = jax.tree.map(lambda o: o.reshape((axis_size, m, *o.shape[1:])), out)
         else:
             logger.warning(
                 "rowwise_vmap(%s): vmap maps argument(s) %s outside the row arguments %s, so the batch of %d runs "

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import mxfp8_xla as mx
 from mxfp8_xla import interop
 from mxfp8_xla.interop import CALL_COUNTS, rowwise_vmap, torch_callback
 
@@ -142,6 +143,23 @@ def test_nested_vmap_flatten():
     inner = jax.vmap(lambda x, w: _row_mm(x, w, row_argnums=(0,)), (0, None))
     y = jax.jit(jax.vmap(inner, (0, None)))(x, w)
     np.testing.assert_allclose(y, np.einsum("abmk,nk->abmn", x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape", [(0, 3, 32), (2, 0, 3, 32), (0, 2, 3, 32)], ids=["empty batch", "empty inner", "empty outer"]
+)
+def test_vmap_flatten_over_an_empty_batch(shape):
+    """A batch of 0 has 0 rows in all; each element's M (3) still shapes the output (no division by the batch)."""
+    x = _random(shape, jnp.float32, 3)
+    w = _random((5, 32), jnp.float32, 4)
+    f = lambda x, w: _row_mm(x, w, row_argnums=(0,))  # noqa: E731
+    for _ in shape[:-2]:
+        f = jax.vmap(f, (0, None))
+    y = jax.jit(f)(x, w)
+    assert y.shape == (*shape[:-1], 5) and y.dtype == jnp.float32
+    w_q = mx.quantize(_random((48, 32), jnp.float32, 5))
+    y = jax.vmap(lambda x: mx.mxfp8_matmul(x, w_q, backend="torch"))(jnp.zeros((0, 3, 32)))
+    assert y.shape == (0, 3, 48)
 
 
 def test_vmap_over_non_row_arg_falls_back_to_sequential(caplog):
