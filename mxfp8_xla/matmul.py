@@ -103,17 +103,27 @@ def _split_product(
 ) -> jax.Array:
     """:func:`mxfp8_matmul` on operands split over Explicit mesh axes, shard by shard (jitted: eager calls compile
     once per shape)."""
-
-    def run(x: jax.Array | MXArray, w: MXArray | FlashInferWeight, partial: bool) -> jax.Array:
-        """One device's product: the backend ("auto" resolved) for its local shapes; partial sums in float32 where
-        that backend writes float32."""
-        shard = f"{name or 'mxfp8_matmul'}, one device's shard"
-        chosen = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=shard)
-        wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
-        return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
-
+    run = functools.partial(shard_product, out_dtype=out_dtype, backend=backend, name=name)
     label = labelled("mxfp8_matmul", name)
     return per_shard.product(run, x, w, out_dtype=out_dtype, out_sharding=out_sharding, label=label)
+
+
+def shard_product(
+    x: jax.Array | MXArray,
+    w: MXArray | FlashInferWeight,
+    partial: bool,
+    *,
+    out_dtype: jnp.dtype,
+    backend: str,
+    name: str | None,
+) -> jax.Array:
+    """One device's :func:`mxfp8_matmul` in a split computation: the backend ("auto" resolved) for its local shapes,
+    its errors labelled "NAME, one device's shard"; ``partial`` sums (K split) in float32 where that backend writes
+    float32, else in ``out_dtype``."""
+    shard = f"{name or 'mxfp8_matmul'}, one device's shard"
+    chosen = select_backend(backend, n=w.shape[0], k=w.shape[1], out_dtype=out_dtype, name=shard)
+    wide = partial and not backend_problems(chosen, n=w.shape[0], k=w.shape[1], out_dtype=jnp.float32)
+    return mxfp8_matmul(x, w, out_dtype=jnp.float32 if wide else out_dtype, backend=chosen, name=shard)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

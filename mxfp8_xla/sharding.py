@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from mxfp8_xla.matmul import mxfp8_matmul
+from mxfp8_xla.matmul import shard_product
 from mxfp8_xla.mxarray import MXArray, check_float_dtype
 from mxfp8_xla.numerics import BLOCK_SIZE
 from mxfp8_xla.per_shard import shard_map
@@ -124,11 +124,11 @@ def column_parallel(
 ) -> jax.Array:
     """``x [B, K] @ w.T`` with ``w`` split along N; the result ``[B, N]`` stays split along N."""
     check_operands(f"column-parallel {name}", x, w, mesh, (model_axis, data_axis))
-    check_float_dtype(f"column-parallel {name}: out_dtype", out_dtype)
+    out_dtype = check_float_dtype(f"column-parallel {name}: out_dtype", out_dtype)
     check_column_parallel(w.shape, mesh.shape[model_axis], name)
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
-        return mxfp8_matmul(xs, ws, out_dtype=out_dtype, backend=backend, name=name)
+        return shard_product(xs, ws, False, out_dtype=out_dtype, backend=backend, name=name)
 
     return shard_map(
         local,
@@ -155,8 +155,8 @@ def row_parallel(
     check_row_parallel(w.shape, mesh.shape[model_axis], name)
 
     def local(xs: jax.Array, ws: MXArray) -> jax.Array:
-        partial = mxfp8_matmul(xs, ws, out_dtype=jnp.float32, backend=backend, name=name)
-        return jax.lax.psum(partial, model_axis).astype(out_dtype)
+        partial = shard_product(xs, ws, True, out_dtype=out_dtype, backend=backend, name=name)
+        return jax.lax.psum(partial.astype(jnp.float32), model_axis).astype(out_dtype)
 
     return shard_map(
         local,

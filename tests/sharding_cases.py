@@ -170,6 +170,17 @@ def main() -> None:
         ),
         (TypeError, r"out_dtype is int8", lambda: sh.row_parallel(jnp.ones((8, 128)), w, mesh2, out_dtype=jnp.int8)),
         (ValueError, r"kind must be 'column' or 'row'", lambda: sh.shard_weight(w, mesh2, "diagonal")),
+        (  # the backend runs per shard, and its error says so: 32 of the 64 rows, not the caller's weight
+            mx.BackendUnavailableError,
+            r"layer \"up, one device's shard\" \(x \[\.\.\., 128\] @ w \[32, 128\]\.T -> bfloat16\) cannot use backend "
+            r"'flashinfer'",
+            lambda: sh.column_parallel(jnp.ones((8, 128)), w, mesh2, backend="flashinfer", name="up"),
+        ),
+        (
+            mx.BackendUnavailableError,
+            r"layer \"down, one device's shard\" \(x \[\.\.\., 64\] @ w \[64, 64\]\.T -> bfloat16\) cannot use backend",
+            lambda: sh.row_parallel(jnp.ones((8, 128)), w, mesh2, backend="flashinfer", name="down"),
+        ),
     ):
         try:
             call()

@@ -478,6 +478,22 @@ def test_flashinfer_backend_inside_a_shard_map_that_checks_varying_axes(fake_fla
         jax.shard_map(product, mesh=mesh, in_specs=spec, out_specs=jax.sharding.PartitionSpec())(x)
 
 
+@pytest.mark.parametrize("kind", ["column", "row"])
+def test_flashinfer_backend_in_the_tensor_parallel_helpers(fake_flashinfer, kind):
+    """row_parallel asks a backend for float32 partial sums only where it writes them: mm_mxfp8's are bf16 (it
+    refused the helper's float32 request before), added in float32 by the psum."""
+    from mxfp8_xla import sharding as sh
+
+    x, w = _data((8,), 256, 256, seed=9)
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    fn = sh.column_parallel if kind == "column" else sh.row_parallel
+    out = np.asarray(fn(x, sh.shard_weight(w, mesh, kind), mesh, backend="flashinfer", name=kind), np.float32)
+    emu = np.asarray(matmul(x, w, "emulation", jnp.float32), np.float32)
+    ulp = np.exp2(np.floor(np.log2(np.maximum(np.abs(emu), 1e-30))) - 7)
+    assert out.shape == (8, 256) and np.all(np.abs(out - emu) <= ulp)
+    assert fake_flashinfer[-1][0][:2] == ((8, 256), (256, 256))
+
+
 # ----------------------------------------------------------------------------- info
 
 

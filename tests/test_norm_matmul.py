@@ -91,7 +91,8 @@ def test_a_non_finite_sum_makes_every_output_nan(bad):
         (
             lambda x, d, g, w: (x, d, g[:128], w),
             ValueError,
-            r"norm_weight must be a float32, bfloat16 or float16 array \[256\] \(x's last axis\), got \(128,\) bfloat16",
+            r"norm_weight must be a float32, bfloat16 or float16 array \[256\] \(x's last axis\), got \(128,\) "
+            "bfloat16",
         ),
         (
             lambda x, d, g, w: (x, d, g.astype(jnp.int32), w),
