@@ -27,6 +27,7 @@ Runs on CPU too (smoke test; the timings then mean nothing). Total < 3 minutes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -366,6 +367,9 @@ def _sm() -> int | None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help, and no typos
     t0 = time.perf_counter()
     run_section("env", environment)
     run_section("correctness", correctness)

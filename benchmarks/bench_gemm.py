@@ -29,7 +29,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import bf16_matmul_rate, copy_bandwidth, environment, loop_time, write_json  # noqa: E402
+from timing import (  # noqa: E402
+    bf16_matmul_rate,
+    copy_bandwidth,
+    environment,
+    int_list,
+    loop_time,
+    positive_int,
+    shape_list,
+    write_json,
+)
 
 import mxfp8_xla as mx  # noqa: E402
 
@@ -66,18 +75,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer M values")
     ap.add_argument("--skip", default="emulation", help="comma-separated variants to skip")
-    ap.add_argument("--shapes", help="comma-separated NxK weight shapes (default: all of SHAPES)")
-    ap.add_argument("--ms", help="comma-separated row counts M (default: MS, or fewer with --quick)")
+    ap.add_argument("--shapes", type=shape_list, help="comma-separated NxK weight shapes (default: all of SHAPES)")
+    ap.add_argument("--ms", type=int_list, help="comma-separated row counts M (default: MS, or fewer with --quick)")
     ap.add_argument(
         "--iters",
-        type=int,
+        type=positive_int,
         default=50,
         help="loop rounds a timing (the loop's own dispatch is shared by iters * 8 calls)",
     )
     args = ap.parse_args()
-    shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
-    ms = [int(m) for m in args.ms.split(",")] if args.ms else [1, 16, 256, 2048] if args.quick else MS
+    shapes = args.shapes or SHAPES
+    ms = args.ms or ([1, 16, 256, 2048] if args.quick else MS)
     skip = set(filter(None, args.skip.split(",")))
+    if unknown := sorted(skip - set(variants())):
+        ap.error(f"--skip: unknown variant(s) {unknown}; the variants are {sorted(variants())}")
+    if "bf16" in skip:
+        ap.error("--skip: bf16 is the baseline every ratio is taken against; it cannot be skipped")
 
     env = environment()
     bw, rate = copy_bandwidth(), bf16_matmul_rate()

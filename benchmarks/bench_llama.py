@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from timing import environment, write_json  # noqa: E402
+from timing import environment, int_list, positive_int, write_json  # noqa: E402
 
 from examples.llama import Llama, LlamaConfig, forward, generate  # noqa: E402
+from mxfp8_xla.backends import BACKENDS  # noqa: E402
 
 PROMPT = 64
 SHORT, LONG = 16, 80
@@ -117,9 +118,9 @@ def decode_step(cfg: LlamaConfig, params, batch: int, rounds: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--batches", default="1,8,32", help="comma-separated decode batch sizes")
+    ap.add_argument("--layers", type=positive_int, default=4)
+    ap.add_argument("--backend", default="auto", choices=["auto", *sorted(BACKENDS)])
+    ap.add_argument("--batches", type=int_list, default=[1, 8, 32], help="comma-separated decode batch sizes")
     ap.add_argument("--tiny", action="store_true", help="small dimensions: a CPU smoke test of the script")
     ap.add_argument(
         "--bf16-layouts", default="kn,nk", help="bf16 baselines: kn = nn.Dense [K, N], nk = DenseNK [N, K] (as MXFP8)"
@@ -131,13 +132,20 @@ def main() -> None:
     ap.add_argument(
         "--fuse-norms", action="store_true", help="the MXFP8 model's norms inside its projections (with the above)"
     )
-    ap.add_argument("--dtype", default="bfloat16", help="the models' activations (LlamaConfig.dtype)")
+    floats = ("float32", "bfloat16", "float16")
+    ap.add_argument("--dtype", default="bfloat16", choices=floats, help="the models' activations (LlamaConfig.dtype)")
     ap.add_argument(
-        "--param-dtype", default="bfloat16", help="their non-quantized params: norms, embeddings, head, bf16 weights"
+        "--param-dtype",
+        default="bfloat16",
+        choices=floats,
+        help="their non-quantized params: norms, embeddings, head, bf16 weights",
     )
     args = ap.parse_args()
-    baselines = [f"bf16_{layout}" for layout in args.bf16_layouts.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
+    layouts = args.bf16_layouts.split(",")
+    if unknown := sorted(set(layouts) - {"kn", "nk"}):
+        ap.error(f"--bf16-layouts: unknown layout(s) {unknown}; the layouts are kn and nk")
+    baselines = [f"bf16_{layout}" for layout in layouts]
+    batches = args.batches
     env = environment()
     print(env, flush=True)
     out = {"env": env, "layers": args.layers, "fuse_projections": args.fuse_projections, "rows": []}

@@ -9,6 +9,7 @@ Timed with ``timing.loop_time`` (a jitted loop over 8 input sets); the H100 resu
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ SETS = 8
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help, and no typos
     env = environment()
     bw = copy_bandwidth()
     print(f"{env}  copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)

@@ -76,6 +76,37 @@ def loop_time(
     return statistics.median(samples)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, e.g. ``1,8,32``."""
+    return [positive_int(part) for part in text.split(",")]
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """argparse type: comma-separated ``NxK`` weight shapes of positive integers with K a multiple of 32, e.g.
+    ``14336x4096,4096x14336``."""
+    shapes = []
+    for part in text.split(","):
+        dims = part.split("x")
+        if len(dims) != 2:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a weight shape NxK (e.g. 14336x4096)")
+        n, k = (positive_int(d) for d in dims)
+        if k % 32:
+            raise argparse.ArgumentTypeError(f"{part!r}: K = {k} is not a multiple of 32 (one MXFP8 block)")
+        shapes.append((n, k))
+    return shapes
+
+
 def add_timer_option(ap: argparse.ArgumentParser) -> None:
     """``--timer loop|queued``: :func:`loop_time` (operands in a loop's carry) or :func:`device_time` (queued calls,
     operands as jit arguments in their default layouts); :func:`timer` turns the choice into a function."""
