@@ -24,6 +24,7 @@
 #   blockrows ROWS  mosaic_config_probe.py --first 2 on jax 0.12 alone at ROWS (comma-separated): where between 128
 #             and 256 rows block loads start to pay (thirty-fourth session: from 224)
 #   quantize  bench_quantize.py (activation quantization against copy bandwidth) on jax 0.11.2 and on jax 0.12
+#   tiles     quantize_tile_probe.py (the activation quantizer's tiles and warps) on jax 0.11.2 and on jax 0.12
 #   checks [CHECK ...]  GPU correctness nets on jax 0.12, each a script under benchmarks/ with its options; by default
 #             grad_check.py (train mode too), route_check.py with --ragged, with float32 rows and with float16
 #             outputs at (14336, 4096), eager_check.py, explicit_mesh_check.py, manual_mesh_check.py and
@@ -33,7 +34,7 @@ set -u
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site012
 PARTS=/tmp/jax012_parts
-STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|blockrows ROWS|quantize|checks [CHECK ...]}
+STEP=${1:?usage: bash benchmarks/jax012_check.sh carry|assemble|routes|bench|spill|nvjitlink|blocks|blockrows ROWS|quantize|tiles|checks [CHECK ...]}
 shift
 LOG=$OUT/jax012_$STEP.log
 on_0112() { mkdir -p "$OUT/jax0112" && OUT=$OUT/jax0112 PYTHONPATH=$PWD python3 "$@"; }
@@ -99,6 +100,11 @@ LLAMA="benchmarks/bench_llama.py --layers 4 --no-prefill --bf16-layouts nk --fus
     quantize)
       for version in 0112 012; do
         echo "=== jax $version: bench_quantize.py" && "on_$version" benchmarks/bench_quantize.py
+      done
+      ;;
+    tiles)
+      for version in 0112 012; do
+        echo "=== jax $version: quantize_tile_probe.py" && "on_$version" benchmarks/quantize_tile_probe.py
       done
       ;;
     blockrows)
