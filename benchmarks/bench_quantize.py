@@ -39,6 +39,7 @@ def main() -> None:
         "xla": mx.quantize,
         "pallas": pallas_quantize.quantize_2d,
         "pallas_bm64": lambda x: pallas_quantize.quantize_2d(x, bm=64, bk=128),
+        "tile_16x256": lambda x: pallas_quantize.quantize_2d(x, bm=16, bk=256, tile=True),  # shipped
         "tile_32x256": lambda x: pallas_quantize.quantize_2d(x, bm=32, bk=256, tile=True),
         "tile_64x256w8": lambda x: pallas_quantize.quantize_2d(x, bm=64, bk=256, num_warps=8, tile=True),
         "tile_16x512": lambda x: pallas_quantize.quantize_2d(x, bm=16, bk=512, tile=True),

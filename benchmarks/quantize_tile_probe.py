@@ -1,9 +1,10 @@
 """Tiles of the one-pass activation quantizer on this jax: which ``[bm, bk]`` tile and warp count is fastest.
 
-The hopper backend quantizes activations with ``pallas_quantize.quantize_2d(x, bm=32, bk=256, tile=True)`` (16 rows
-at M <= 16), chosen on jax 0.11.2 (docs/benchmark_log.md, "Activation quantization"). On jax 0.12.0.1 that tile took
-5-16% longer (thirty-sixth session). This probe times a grid of tiles against the shipped one in the same run, each
-checked byte for byte against ``mxfp8_xla.quantize``, and the copy bandwidth (``timing.copy_bandwidth``).
+The hopper backend quantized activations with ``pallas_quantize.quantize_2d(x, bm=32, bk=256, tile=True)`` (16 rows
+at M <= 16), chosen on jax 0.11.2 (docs/benchmark_log.md, "Activation quantization"); on jax 0.12.0.1 that tile took
+5-16% longer. This probe times a grid of tiles against the shipped one in the same run, each checked byte for byte
+against ``mxfp8_xla.quantize``, and the copy bandwidth (``timing.copy_bandwidth``); its first runs (thirty-sixth
+session) moved the shipped tile to ``[16, 256]`` at every M.
 
     python3 benchmarks/quantize_tile_probe.py [--shapes 4096x4096,8192x14336] [--bms 16,32,64] [--bks 256,512]
         [--warps 2,4,8]      # writes $OUT/quantize_tile_probe.json
@@ -29,7 +30,7 @@ import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import pallas_quantize  # noqa: E402
 
 SETS = 8
-SHIPPED = (32, 256, 4)  # bm, bk, num_warps of hopper.quantize_activations above 16 rows
+SHIPPED = (16, 256, 4)  # bm, bk, num_warps of hopper.quantize_activations (32 rows until the thirty-sixth session)
 
 
 def tiles(bms: list[int], bks: list[int], warps: list[int]) -> list[tuple[int, int, int]]:
