@@ -201,6 +201,44 @@ def test_quantize_module_selection_and_unconvertible_layers() -> None:
     assert type(wide.fc) is nnx.Linear
 
 
+def test_quantize_module_points_stacked_layers_to_vmapped_from_linear() -> None:
+    """Linears stacked by nnx.vmap are skipped with the way to convert them (quantize_module has no `stacked`), and
+    that way works: each layer of nnx.vmap(lambda layer: MXFP8Linear.from_linear(layer)) equals it converted alone."""
+
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(key: jax.Array) -> nnx.Linear:
+        return nnx.Linear(64, 32, rngs=nnx.Rngs(key))
+
+    class Stack(nnx.Module):
+        def __init__(self) -> None:
+            self.layers = make(jax.random.split(jax.random.key(0), 3))
+
+    model = Stack()
+    report = quantize_module(model)
+    assert report.skipped[0].reason == (
+        "kernel has shape (3, 64, 32): not a 2-D [K, N] Dense kernel (for layers stacked by a vmap or scan, "
+        "nnx.vmap(lambda layer: MXFP8Linear.from_linear(layer)) converts them)"
+    )
+    stacked = nnx.vmap(lambda layer: MXFP8Linear.from_linear(layer))(model.layers)
+    x = jax.random.normal(jax.random.key(1), (5, 64))
+    one = MXFP8Linear.from_linear(nnx.Linear(64, 32, rngs=nnx.Rngs(jax.random.split(jax.random.key(0), 3)[1])))
+    np.testing.assert_array_equal(stacked.kernel_q[...][1], one.kernel_q[...])
+    np.testing.assert_array_equal(nnx.vmap(lambda m: m(x), in_axes=0)(stacked)[1], one(x))
+
+
+def test_quantize_module_refuses_an_abstract_model_by_name() -> None:
+    abstract = nnx.eval_shape(lambda: NNet(nnx.Rngs(0)))
+    with pytest.raises(TypeError, match=r"^quantize_module: the nnx.Linear at 'blocks/0' is abstract \(kernel "):
+        quantize_module(abstract)
+
+    def converted() -> NNet:
+        model = NNet(nnx.Rngs(0))
+        quantize_module(model)
+        return model
+
+    assert nnx.eval_shape(converted).blocks[0].kernel_q.get_value().dtype == jnp.float8_e4m3fn
+
+
 class Shared(nnx.Module):
     """The audit's reproducer: one Linear under two attributes."""
 

@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import meta
@@ -105,11 +106,12 @@ def _selected(path: str, include: Patterns, exclude: Patterns) -> str | None:
     return f"path matched by exclude pattern {hit[0]!r}" if hit else None
 
 
-def _kernel_problem(kernel: Any, stacked: bool = False) -> str | None:
-    """``None`` if a ``[K, N]`` (``[..., K, N]`` if ``stacked``) kernel can be quantized, else why not."""
+def _kernel_problem(kernel: Any, stacked: bool = False, stacked_hint: str = "pass stacked=PATTERNS") -> str | None:
+    """``None`` if a ``[K, N]`` (``[..., K, N]`` if ``stacked``) kernel can be quantized, else why not
+    (``stacked_hint``: how to convert layers stacked along leading axes)."""
     shape, dtype = tuple(jnp.shape(kernel)), jnp.dtype(kernel.dtype)
     if len(shape) != 2 and not (stacked and len(shape) > 2):
-        hint = " (for nn.scan/nn.vmap-stacked layers pass stacked=PATTERNS)" if len(shape) > 2 else ""
+        hint = f" (for layers stacked by a vmap or scan, {stacked_hint})" if len(shape) > 2 else ""
         return f"kernel has shape {shape}: not a 2-D [K, N] Dense kernel{hint}"
     if shape[-2] % BLOCK_SIZE:
         return f"kernel has shape {shape}: K = {shape[-2]} is not a multiple of {BLOCK_SIZE}"
@@ -314,7 +316,13 @@ def quantize_module(
             )
     for linear, refs in found:
         name, aliases = refs[0][0], tuple(r[0] for r in refs[1:])
-        kernel = linear.kernel[...]
+        kernel = linear.kernel.get_value()
+        if isinstance(kernel, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"quantize_module: the nnx.Linear at {name!r} is abstract (kernel {kernel}, from nnx.eval_shape); "
+                "convert inside the abstract evaluation instead: nnx.eval_shape(f) with an f that builds the model, "
+                "calls quantize_module on it and returns it"
+            )
         if (reason := _selected(name, include, exclude)) is not None:
             _skip(report, name, reason, logging.INFO, aliases)
             continue
@@ -328,7 +336,10 @@ def quantize_module(
                 aliases=aliases,
             )
             continue
-        if (reason := _kernel_problem(kernel)) is not None:
+        reason = _kernel_problem(
+            kernel, stacked_hint="nnx.vmap(lambda layer: MXFP8Linear.from_linear(layer)) converts them"
+        )
+        if reason is not None:
             _skip(report, name, reason, aliases=aliases)
             continue
         try:
