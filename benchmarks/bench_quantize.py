@@ -15,12 +15,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import copy_bandwidth, environment, failure, loop_time, write_json  # noqa: E402
+from timing import copy_bandwidth, environment, failure, loop_time, same_bytes, write_json  # noqa: E402
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import pallas_quantize  # noqa: E402
@@ -53,10 +52,7 @@ def main() -> None:
         for name, fn in variants.items():
             try:
                 got = jax.jit(fn)(xs[0][0])
-                same = bool(
-                    np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
-                    and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
-                )
+                same = same_bytes(got, want)
                 t = loop_time(fn, xs)
             except Exception as e:  # noqa: BLE001 - a benchmark reports every failure and goes on
                 row[name] = {"error": failure(e)}

@@ -19,12 +19,20 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import copy_bandwidth, environment, failure, int_list, loop_time, shape_list, write_json  # noqa: E402
+from timing import (  # noqa: E402
+    copy_bandwidth,
+    environment,
+    failure,
+    int_list,
+    loop_time,
+    same_bytes,
+    shape_list,
+    write_json,
+)
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla.backends import pallas_quantize  # noqa: E402
@@ -45,10 +53,7 @@ def time_tile(xs: list[tuple[jax.Array]], want: mx.MXArray, tile: tuple[int, int
     fn = lambda x: pallas_quantize.quantize_2d(x, bm=bm, bk=bk, num_warps=warps, tile=True, interpret=interpret)  # noqa: E731
     try:
         got = jax.jit(fn)(xs[0][0])
-        same = bool(
-            np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
-            and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
-        )
+        same = same_bytes(got, want)
         return {"bm": bm, "bk": bk, "num_warps": warps, "seconds": loop_time(fn, xs, iters=20), "bit_exact": same}
     except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
         return {"bm": bm, "bk": bk, "num_warps": warps, "error": failure(e)}

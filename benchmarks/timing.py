@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def device_time(fn: Callable, arg_sets: Sequence[tuple], calls: int = 10, repeats: int = 5) -> float:
@@ -74,6 +75,14 @@ def loop_time(
         jax.block_until_ready(run(arg_sets))
         samples.append((time.perf_counter() - t0) / (iters * len(arg_sets)))
     return statistics.median(samples)
+
+
+def same_bytes(got, want) -> bool:
+    """Whether two MXArrays hold the same fp8 codes and scale bytes (NaN codes compared as bytes)."""
+    return bool(
+        np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
+        and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
+    )
 
 
 def positive_int(text: str) -> int:

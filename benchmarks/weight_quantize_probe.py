@@ -33,12 +33,19 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import add_timer_option, copy_bandwidth, environment, rotation_copies, timer, write_json  # noqa: E402
+from timing import (  # noqa: E402
+    add_timer_option,
+    copy_bandwidth,
+    environment,
+    rotation_copies,
+    same_bytes,
+    timer,
+    write_json,
+)
 
 import mxfp8_xla as mx  # noqa: E402
 from mxfp8_xla import numerics  # noqa: E402
@@ -106,10 +113,7 @@ def main() -> None:
                 fn = {"bf16_transpose": lambda kernel: kernel.T, "rowwise": mx.quantize}.get(name) or VARIANTS[name]
                 if name in VARIANTS:
                     got = jax.jit(fn)(sets[0][0])
-                    row[f"{name}_equal"] = bool(
-                        np.array_equal(np.asarray(got.data).view(np.uint8), np.asarray(want.data).view(np.uint8))
-                        and np.array_equal(np.asarray(got.scale), np.asarray(want.scale))
-                    )
+                    row[f"{name}_equal"] = same_bytes(got, want)
                 row[f"{name}_us"] = timed(fn, stored_nk if name == "rowwise" else sets, iters=args.iters) * 1e6
                 traffic = 2 * nbytes if name == "bf16_transpose" else moved
                 row[f"{name}_copy_share"] = traffic / (row[f"{name}_us"] * 1e-6) / copy
